@@ -1,0 +1,52 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `cargo xtask verify`: every check CI runs (fmt, clippy, tests, loom models, model checks).
+//! - `cargo xtask bench`: the benchmark suite against glibc, mimalloc and jemalloc.
+//! - `cargo xtask preload -- CMD ARGS...`: build `libhakmem.so` and run a command on it.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod bench;
+mod preload;
+mod verify;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hakmem's automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every check: fmt, clippy, tests, loom models and model checks.
+    Verify(verify::Args),
+    /// Run the benchmark suite.
+    Bench(bench::Args),
+    /// Build libhakmem.so and run a command with it preloaded.
+    Preload(preload::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Verify(a) => verify::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Preload(a) => preload::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
