@@ -1,1 +1,294 @@
+//! # hakmem-route: which tier serves a request, and what a pointer is
+//!
+//! One job: map a (size, alignment) request to a size class or to the large tier, and map a
+//! pointer to a small block, a large region, or "not ours".
+//!
+//! Tiers: **tiny** classes up to 1 KiB, **small** classes up to [`MAX_SMALL`] (the largest block a
+//! 64 KiB slab holds two of), and **large** beyond, in dedicated 2 MiB-aligned regions.
+//!
+//! Classes: multiples of 16 up to 128 B, then eight classes per doubling (`2^k + i * 2^(k-3)`,
+//! `i = 1..=8`), all multiples of 16.
+//!
+//! ## Invariants
+//! - **RT1 (fit).** `block_size(class_of(s)) >= s`, and for `s > 128` the waste
+//!   `block_size - s` is below `s / 8` (12.5%). Between 64 and 128 B the 16-byte step is the bound
+//!   (a block must stay 16-byte aligned).
+//! - **RT2 (alignment).** Every block size is a multiple of 16, so every block is 16-byte
+//!   aligned; a request with `align <= 4096` gets a class whose block size is a multiple of
+//!   `align` (slabs start 4096-aligned), else the large tier.
+//! - **RT3 (monotone).** Block sizes strictly increase with the class index.
+//! - **RT4 (cheap).** [`route`] for `size <= 1024, align <= 16` is one table load; nothing here
+//!   divides, locks or allocates.
+#![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
+
+use hakmem_registry::{Kind, Registry};
+use hakmem_superslab::{LargeHeader, SlabMeta, Superslab};
+
+/// Classes up to 128 B (16-byte steps).
+const LINEAR: usize = 8;
+/// Classes per doubling above 128 B.
+const PER_DOUBLING: usize = 8;
+/// Largest tiny block.
+pub const MAX_TINY: usize = 1024;
+/// Largest small block: two fit in a 64 KiB slab.
+pub const MAX_SMALL: usize = 32 * 1024;
+/// Number of tiny classes.
+pub const TINY_CLASSES: usize = class_of_const(MAX_TINY) + 1;
+/// Number of size classes (tiny and small).
+pub const CLASSES: usize = class_of_const(MAX_SMALL) + 1;
+/// Largest alignment served inside slabs.
+pub const MAX_SLAB_ALIGN: usize = 4096;
+
+const _: () = assert!(
+    CLASSES < hakmem_stats::MAX_CLASSES,
+    "stats count every class and large"
+);
+
+/// The class for `size` (1..=MAX_SMALL), computed without division or table.
+const fn class_of_const(size: usize) -> usize {
+    let s = if size == 0 { 1 } else { size };
+    if s <= 128 {
+        return (s + 15) / 16 - 1;
+    }
+    // s in (2^k, 2^(k+1)], k >= 7.
+    let k = (usize::BITS - 1 - (s - 1).leading_zeros()) as usize;
+    let step_shift = k - 3;
+    let idx = ((s - (1 << k)) + (1 << step_shift) - 1) >> step_shift; // 1..=8
+    LINEAR + (k - 7) * PER_DOUBLING + idx - 1
+}
+
+/// The block size of `class`.
+pub const fn block_size(class: usize) -> usize {
+    if class < LINEAR {
+        return 16 * (class + 1);
+    }
+    let g = (class - LINEAR) / PER_DOUBLING;
+    let i = (class - LINEAR) % PER_DOUBLING + 1;
+    let k = 7 + g;
+    (1 << k) + i * (1 << (k - 3))
+}
+
+const TINY_TABLE: [u8; MAX_TINY / 16 + 1] = {
+    let mut t = [0u8; MAX_TINY / 16 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = class_of_const(if i == 0 { 1 } else { i * 16 }) as u8;
+        i += 1;
+    }
+    t
+};
+
+const BLOCK_SIZES: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = block_size(c) as u32;
+        c += 1;
+    }
+    t
+};
+
+/// Block sizes by class, as a table.
+#[inline(always)]
+pub fn block_size_of(class: usize) -> usize {
+    BLOCK_SIZES[class] as usize
+}
+
+/// The class for `size` bytes at the default alignment; `None` beyond [`MAX_SMALL`].
+#[inline(always)]
+pub fn class_of(size: usize) -> Option<usize> {
+    if size <= MAX_TINY {
+        Some(TINY_TABLE[(size + 15) >> 4] as usize)
+    } else if size <= MAX_SMALL {
+        Some(class_of_const(size))
+    } else {
+        None
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A block of this class, in a slab.
+    Small(usize),
+    /// A dedicated large region.
+    Large,
+}
+
+/// The tier and class for `size` bytes aligned to `align` (a power of two) (RT1, RT2).
+#[inline(always)]
+pub fn route(size: usize, align: usize) -> Route {
+    if align <= 16 {
+        return match class_of(size) {
+            Some(c) => Route::Small(c),
+            None => Route::Large,
+        };
+    }
+    route_aligned(size, align)
+}
+
+#[cold]
+fn route_aligned(size: usize, align: usize) -> Route {
+    if align > MAX_SLAB_ALIGN {
+        return Route::Large;
+    }
+    let Some(mut c) = class_of(size.max(align)) else {
+        return Route::Large;
+    };
+    while c < CLASSES {
+        if BLOCK_SIZES[c] as usize & (align - 1) == 0 {
+            return Route::Small(c);
+        }
+        c += 1;
+    }
+    Route::Large
+}
+
+/// Per-class bound of a thread list: about 16 KiB of blocks, between 2 and 256.
+pub const fn list_cap(class: usize) -> u32 {
+    let n = 16 * 1024 / block_size(class);
+    (if n < 2 {
+        2
+    } else if n > 256 {
+        256
+    } else {
+        n
+    }) as u32
+}
+
+/// Per-class bound of the unified cache: the same budget as the thread list.
+pub const fn cache_cap(class: usize) -> u32 {
+    list_cap(class)
+}
+
+/// Total unified-cache slots over every class.
+pub const CACHE_SLOTS: usize = {
+    let mut n = 0;
+    let mut c = 0;
+    while c < CLASSES {
+        n += cache_cap(c) as usize;
+        c += 1;
+    }
+    n
+};
+
+/// Per-class list bounds, as an array.
+pub const LIST_CAPS: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = list_cap(c);
+        c += 1;
+    }
+    t
+};
+
+/// Per-class cache bounds, as an array.
+pub const CACHE_CAPS: [u32; CLASSES] = {
+    let mut t = [0u32; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = cache_cap(c);
+        c += 1;
+    }
+    t
+};
+
+/// What a pointer is.
+pub enum PtrRoute<'a> {
+    /// Inside a superslab: the slab it falls in. Whether it is a block start, and its class,
+    /// are for the slab's owner to say.
+    Small(&'a Superslab, &'a SlabMeta),
+    /// Inside a large region.
+    Large(&'a LargeHeader),
+    /// Not inside any live region of ours.
+    NotOurs,
+}
+
+/// Classifies `p` through the registry: O(1), lock-free, safe for any address.
+///
+/// # Safety
+/// The caller holds `p`'s block (or a pin), so the region cannot be released meanwhile; for a
+/// pointer that is not ours the answer is `NotOurs` and nothing is dereferenced.
+#[inline(always)]
+pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
+    match registry.lookup(p as usize) {
+        Some((base, Kind::Superslab)) => {
+            // SAFETY: the registry reports a live superslab at `base` (R1: header visible).
+            let ss = unsafe { Superslab::at(base) };
+            PtrRoute::Small(ss, ss.slab_of(p))
+        }
+        // SAFETY: the registry reports a live large region at `base` (R1).
+        Some((base, Kind::Large)) => PtrRoute::Large(unsafe { LargeHeader::at(base) }),
+        None => PtrRoute::NotOurs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_fits_with_bounded_waste() {
+        for s in 1..=MAX_SMALL {
+            let c = class_of(s).unwrap();
+            let b = block_size_of(c);
+            assert!(b >= s, "RT1 fit: size {s} class {c} block {b}");
+            assert_eq!(b % 16, 0, "RT2: block {b}");
+            if s > 128 {
+                assert!((b - s) * 8 < s, "RT1 waste: size {s} block {b}");
+            } else {
+                assert!(b - s < 16, "RT1 16-byte step: size {s} block {b}");
+            }
+            if c > 0 {
+                assert!(block_size_of(c - 1) < s, "smallest fitting class: size {s}");
+            }
+        }
+        assert_eq!(class_of(0), Some(0));
+        assert_eq!(class_of(MAX_SMALL + 1), None);
+        assert_eq!(block_size_of(CLASSES - 1), MAX_SMALL);
+        assert_eq!(block_size_of(TINY_CLASSES - 1), MAX_TINY);
+    }
+
+    #[test]
+    fn block_sizes_increase() {
+        for c in 1..CLASSES {
+            assert!(block_size_of(c) > block_size_of(c - 1), "RT3 at {c}");
+        }
+    }
+
+    #[test]
+    fn aligned_requests_get_aligned_classes_or_large() {
+        for shift in 0..=22 {
+            let align = 1usize << shift;
+            for size in [1, 7, 16, 100, 1000, 4096, 5000, 20_000, 32_768, 40_000] {
+                match route(size, align) {
+                    Route::Small(c) => {
+                        let b = block_size_of(c);
+                        assert!(
+                            b >= size && b % align.max(16) == 0,
+                            "size {size} align {align} block {b}"
+                        );
+                        assert!(align <= MAX_SLAB_ALIGN);
+                    }
+                    Route::Large => assert!(size > MAX_SMALL || align > 16),
+                }
+            }
+        }
+        assert_eq!(route(10, 4096), Route::Small(class_of(4096).unwrap()));
+        assert_eq!(route(10, 8192), Route::Large);
+        assert_eq!(route(MAX_SMALL + 1, 8), Route::Large);
+    }
+
+    #[test]
+    fn caps_are_bounded() {
+        for c in 0..CLASSES {
+            assert!((2..=256).contains(&list_cap(c)));
+        }
+        assert_eq!(
+            CACHE_SLOTS,
+            CACHE_CAPS.iter().map(|&x| x as usize).sum::<usize>()
+        );
+    }
+}

@@ -101,8 +101,10 @@ impl LocalCounter {
     #[inline(always)]
     pub fn add(&self, n: u64) {
         // S1: a single writer, so load + store cannot lose an update; readers tolerate staleness.
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// The current value.

@@ -1,1 +1,98 @@
+//! # hakmem-superslab: regions from the OS, and the superslabs carved out of them
+//!
+//! One job: own the layout and lifecycle of memory that comes from the OS. A *superslab* is a
+//! 2 MiB-aligned region of 2 MiB split into 32 slabs of 64 KiB; each slab holds blocks of one
+//! size. A *large region* holds one user block. The OS itself sits behind the [`Os`] trait.
+//!
+//! ```text
+//! superslab (2 MiB, aligned)             slab i = [base + i*64K, base + (i+1)*64K)
+//! +--------+-------------+-------------+--   --+-------------+
+//! | header | slab 0 data |   slab 1    |  ...  |   slab 31   |
+//! +--------+-------------+-------------+--   --+-------------+
+//! header: magic, state, refcount, owner, 32 x SlabMeta, HAKMEM_CHECK bitmaps
+//! ```
+//!
+//! ## Invariants
+//! - **SS1 (one address per block).** There are no per-block headers. A block's superslab is
+//!   `p & !(2 MiB - 1)` and its slab is `(p - base) >> 16`; the user's address *is* the block.
+//! - **SS2 (publication).** A superslab's or large region's header is fully written before it is
+//!   registered, and it is unregistered before its region is cached, reused or unmapped.
+//! - **SS3 (references).** `refcount` counts the superslab's holder (its owning heap, or the
+//!   abandoned list) plus transient pins. Only the thread whose [`Superslab::unpin`] returns true
+//!   retires it, so it is retired exactly once, and never while pinned.
+//! - **SS4 (no early release).** A slab is freed only when `used == 0`: no block of it is held by
+//!   a user, a thread list, a cache or a remote stack (`used` counts all four, since a block
+//!   leaves `used` only by coming back to the slab's own free list). A superslab is released
+//!   only when every slab is free. A remote freer pushes while its block still counts in `used`,
+//!   and pins first when it will touch the header after the push.
+//! - **SS5 (ownership).** A slab's `local` fields are touched only by its owner: the heap whose id
+//!   is in `owner`, or the one thread that took the superslab off the abandoned list. Others
+//!   touch only `owner` (a read) and the remote stack (a push).
+//! - **SS6 (remote stack).** Non-owners push with a CAS loop (Release); the owner takes the
+//!   whole stack with `swap(null, Acquire)`; every pushed block is taken exactly once.
+//! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
+//!   heap; taking it off the list (adopt, or a freer's collect) is the only way to touch its
+//!   slabs, and the lock makes that exclusive.
+//! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
+//!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
+#![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
+
+mod abandoned;
+mod large;
+mod os;
+mod remote;
+mod slab;
+mod superslab;
+mod sync;
+
+pub use abandoned::AbandonedList;
+pub use large::{LargeHeader, LargeLayout, LARGE_HEADER};
+#[cfg(any(test, loom, feature = "heap-os"))]
+pub use os::heap::HeapOs;
+pub use os::{LibcOs, Os, PAGE};
+pub use remote::RemoteStack;
+pub use slab::{Corrupt, SlabLocal, SlabMeta};
+pub use superslab::{Superslab, DATA_OFFSET};
+pub use sync::{spin, SpinLock};
+
+use hakmem_registry::Registry;
+use hakmem_stats::GlobalStats;
+
+/// log2 of the superslab size.
+pub const SS_SHIFT: u32 = 21;
+/// The superslab size and alignment: 2 MiB.
+pub const SS_SIZE: usize = 1 << SS_SHIFT;
+/// log2 of the slab size.
+pub const SLAB_SHIFT: u32 = 16;
+/// The slab size: 64 KiB.
+pub const SLAB_SIZE: usize = 1 << SLAB_SHIFT;
+/// Slabs per superslab.
+pub const SLABS: usize = SS_SIZE / SLAB_SIZE;
+
+const _: () = assert!(
+    SS_SHIFT == hakmem_registry::CHUNK_SHIFT,
+    "one registry chunk per superslab"
+);
+const _: () = assert!(SLABS <= 32, "free-slab masks are u32");
+const _: () = assert!(
+    DATA_OFFSET < SLAB_SIZE / 2,
+    "the header leaves slab 0 room for blocks"
+);
+
+/// What superslab operations need from the world around them.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    /// Where memory comes from.
+    pub os: &'a dyn Os,
+    /// Where regions are published.
+    pub registry: &'a Registry,
+    /// Where OS calls and lifecycle events are counted.
+    pub stats: &'a GlobalStats,
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_models;

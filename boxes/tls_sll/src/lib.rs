@@ -1,1 +1,238 @@
+//! # hakmem-tls-sll: one thread's intrusive free lists, one per size class
+//!
+//! One job: the LIFO list the fast path pops from and pushes to. A free block's first word is
+//! the link to the next block; nothing else in the block is touched.
+//!
+//! ## Invariants
+//! - **L1 (count).** `len` is exactly the number of blocks reachable from `head`.
+//! - **L2 (bound).** `len <= cap` whenever the owner checks [`List::is_full`] before a push, as
+//!   the hot heap does; [`List::push`] itself never grows past `cap` silently in debug builds.
+//! - **L3 (one owner).** A list belongs to one thread and holds only blocks that thread owns;
+//!   nothing here is atomic.
+//! - **L4 (links).** Every block is at least 8 bytes and 8-byte aligned; its first word is the
+//!   link while it sits on a list, and is the user's again once popped.
+#![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
+
+use core::ptr::null_mut;
+
+/// Reads the link word of a free block.
+///
+/// # Safety
+/// `block` must be a free block (L4).
+#[inline(always)]
+pub unsafe fn next(block: *mut u8) -> *mut u8 {
+    // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
+    unsafe { block.cast::<*mut u8>().read() }
+}
+
+/// Writes the link word of a free block.
+///
+/// # Safety
+/// `block` must be a free block (L4) that nobody else is reading.
+#[inline(always)]
+pub unsafe fn set_next(block: *mut u8, next: *mut u8) {
+    // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
+    unsafe { block.cast::<*mut u8>().write(next) }
+}
+
+/// A chain of linked free blocks taken off a list: `head ..= tail`, `len` blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain {
+    /// First block.
+    pub head: *mut u8,
+    /// Last block; its link is unspecified.
+    pub tail: *mut u8,
+    /// Number of blocks.
+    pub len: u32,
+}
+
+/// One class's list.
+#[derive(Debug)]
+#[repr(C)]
+pub struct List {
+    head: *mut u8,
+    len: u32,
+    cap: u32,
+}
+
+impl List {
+    /// An empty list bounded by `cap` blocks.
+    pub const fn new(cap: u32) -> Self {
+        Self {
+            head: null_mut(),
+            len: 0,
+            cap,
+        }
+    }
+
+    /// Blocks on the list (L1).
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True when empty.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// The bound (L2).
+    #[inline(always)]
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    /// Changes the bound; a list longer than the new bound keeps its blocks until popped.
+    pub fn set_cap(&mut self, cap: u32) {
+        self.cap = cap;
+    }
+
+    /// True when a push would exceed the bound.
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.len >= self.cap
+    }
+
+    /// The first block, or null.
+    #[inline(always)]
+    pub fn head(&self) -> *mut u8 {
+        self.head
+    }
+
+    /// Pushes `block`.
+    ///
+    /// # Safety
+    /// `block` is a free block owned by this thread and on no list (L3, L4).
+    #[inline(always)]
+    pub unsafe fn push(&mut self, block: *mut u8) {
+        debug_assert!(
+            self.len < self.cap || self.cap == 0,
+            "L2: push past the bound"
+        );
+        // SAFETY: the caller hands over a free block nobody else reads.
+        unsafe { set_next(block, self.head) };
+        self.head = block;
+        self.len += 1;
+    }
+
+    /// Pops the most recently pushed block, or returns null.
+    ///
+    /// # Safety
+    /// The list's blocks must still be free and linked (L4).
+    #[inline(always)]
+    pub unsafe fn pop(&mut self) -> *mut u8 {
+        let b = self.head;
+        if !b.is_null() {
+            // SAFETY: `b` is a free block on this list.
+            self.head = unsafe { next(b) };
+            self.len -= 1;
+        }
+        b
+    }
+
+    /// Pushes a whole chain at once.
+    ///
+    /// # Safety
+    /// The chain's blocks are free, linked `head ..= tail`, owned by this thread, on no list.
+    pub unsafe fn splice(&mut self, chain: Chain) {
+        if chain.len == 0 {
+            return;
+        }
+        // SAFETY: the tail is a free block of the chain handed over by the caller.
+        unsafe { set_next(chain.tail, self.head) };
+        self.head = chain.head;
+        self.len += chain.len;
+    }
+
+    /// Takes up to `n` blocks off the top as a chain.
+    ///
+    /// # Safety
+    /// The list's blocks must still be free and linked (L4).
+    pub unsafe fn take(&mut self, n: u32) -> Chain {
+        let head = self.head;
+        let mut tail = null_mut();
+        let mut len = 0;
+        while len < n && !self.head.is_null() {
+            tail = self.head;
+            // SAFETY: `tail` is a free block on this list.
+            self.head = unsafe { next(tail) };
+            len += 1;
+        }
+        self.len -= len;
+        Chain {
+            head: if len == 0 { null_mut() } else { head },
+            tail,
+            len,
+        }
+    }
+
+    /// Takes every block.
+    ///
+    /// # Safety
+    /// The list's blocks must still be free and linked (L4).
+    pub unsafe fn take_all(&mut self) -> Chain {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.take(u32::MAX) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn blocks(n: usize) -> Vec<[u64; 2]> {
+        std::vec![[0u64; 2]; n]
+    }
+
+    #[test]
+    fn lifo_with_exact_counts() {
+        let mut mem = blocks(4);
+        let ptrs: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut l = List::new(4);
+        for &p in &ptrs {
+            assert!(!l.is_full());
+            unsafe { l.push(p) };
+        }
+        assert!(l.is_full());
+        assert_eq!(l.len(), 4);
+        for &p in ptrs.iter().rev() {
+            assert_eq!(unsafe { l.pop() }, p);
+        }
+        assert!(l.is_empty());
+        assert!(unsafe { l.pop() }.is_null());
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn take_and_splice_move_batches() {
+        let mut mem = blocks(10);
+        let ptrs: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut a = List::new(16);
+        for &p in &ptrs {
+            unsafe { a.push(p) };
+        }
+        let chain = unsafe { a.take(4) };
+        assert_eq!((chain.len, a.len()), (4, 6));
+        assert_eq!((chain.head, chain.tail), (ptrs[9], ptrs[6]));
+        let mut b = List::new(16);
+        unsafe { b.push(ptrs[0]) };
+        // ptrs[0] is on both lists now only in this test's bookkeeping: pop it back first.
+        assert_eq!(unsafe { b.pop() }, ptrs[0]);
+        unsafe { b.splice(chain) };
+        assert_eq!(b.len(), 4);
+        let mut seen = Vec::new();
+        while !b.is_empty() {
+            seen.push(unsafe { b.pop() });
+        }
+        assert_eq!(seen, std::vec![ptrs[9], ptrs[8], ptrs[7], ptrs[6]]);
+        let rest = unsafe { a.take_all() };
+        assert_eq!((rest.len, a.len(), a.is_empty()), (6, 0, true));
+        let none = unsafe { a.take(3) };
+        assert_eq!(none.len, 0);
+        assert!(none.head.is_null());
+    }
+}

@@ -1,1 +1,177 @@
+//! # hakmem-unified-cache: per-class bounded arrays between the thread lists and the slabs
+//!
+//! One job: stage blocks in batches, so that the thread lists (hakmem-tls-sll) rarely talk to
+//! slabs, and slabs are refilled from and flushed to in runs rather than one block at a time.
+//! The cache stores block addresses in an array, so it never writes into the blocks themselves.
+//!
+//! ## Invariants
+//! - **U1 (bounded).** Class `c` holds at most `cap(c)` blocks; a push to a full class is refused.
+//! - **U2 (disjoint storage).** Each class has its own slice of one fixed array; classes never
+//!   overlap, and nothing here allocates.
+//! - **U3 (one owner).** A cache belongs to one thread and holds only blocks that thread owns.
+#![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
+
+use core::ptr::null_mut;
+
+/// The cache for `CLASSES` classes sharing `SLOTS` slots.
+pub struct UnifiedCache<const CLASSES: usize, const SLOTS: usize> {
+    slots: [*mut u8; SLOTS],
+    start: [u32; CLASSES],
+    len: [u32; CLASSES],
+    cap: [u32; CLASSES],
+}
+
+/// Why [`UnifiedCache::new`] refused a set of capacities.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManySlots {
+    /// Slots asked for.
+    pub wanted: usize,
+    /// Slots available.
+    pub available: usize,
+}
+
+impl<const CLASSES: usize, const SLOTS: usize> UnifiedCache<CLASSES, SLOTS> {
+    /// A cache whose class `c` holds up to `caps[c]` blocks (U1, U2).
+    pub fn new(caps: &[u32; CLASSES]) -> Result<Self, TooManySlots> {
+        let wanted: usize = caps.iter().map(|&c| c as usize).sum();
+        if wanted > SLOTS {
+            return Err(TooManySlots {
+                wanted,
+                available: SLOTS,
+            });
+        }
+        let mut start = [0u32; CLASSES];
+        let mut at = 0u32;
+        for c in 0..CLASSES {
+            start[c] = at;
+            at += caps[c];
+        }
+        Ok(Self {
+            slots: [null_mut(); SLOTS],
+            start,
+            len: [0; CLASSES],
+            cap: *caps,
+        })
+    }
+
+    /// Blocks cached for `class`.
+    #[inline]
+    pub fn len(&self, class: usize) -> u32 {
+        self.len[class]
+    }
+
+    /// True when `class` has no block.
+    #[inline]
+    pub fn is_empty(&self, class: usize) -> bool {
+        self.len[class] == 0
+    }
+
+    /// The bound of `class` (U1).
+    #[inline]
+    pub fn cap(&self, class: usize) -> u32 {
+        self.cap[class]
+    }
+
+    /// Free room in `class`.
+    #[inline]
+    pub fn room(&self, class: usize) -> u32 {
+        self.cap[class] - self.len[class]
+    }
+
+    /// Caches `block`; false when `class` is full (U1).
+    #[inline]
+    pub fn push(&mut self, class: usize, block: *mut u8) -> bool {
+        let n = self.len[class];
+        if n >= self.cap[class] {
+            return false;
+        }
+        self.slots[(self.start[class] + n) as usize] = block;
+        self.len[class] = n + 1;
+        true
+    }
+
+    /// The most recently cached block of `class`, or null.
+    #[inline]
+    pub fn pop(&mut self, class: usize) -> *mut u8 {
+        let n = self.len[class];
+        if n == 0 {
+            return null_mut();
+        }
+        self.len[class] = n - 1;
+        self.slots[(self.start[class] + n - 1) as usize]
+    }
+
+    /// Removes up to `n` blocks of `class`, oldest first, handing each to `f`. Returns how many.
+    /// Oldest-first keeps the recently freed (cache-warm) blocks for the thread lists.
+    pub fn drain_oldest(&mut self, class: usize, n: u32, mut f: impl FnMut(*mut u8)) -> u32 {
+        let take = n.min(self.len[class]);
+        let s = self.start[class] as usize;
+        for i in 0..take as usize {
+            f(self.slots[s + i]);
+        }
+        let keep = (self.len[class] - take) as usize;
+        self.slots
+            .copy_within(s + take as usize..s + take as usize + keep, s);
+        self.len[class] = keep as u32;
+        take
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(i: usize) -> *mut u8 {
+        (i * 16) as *mut u8
+    }
+
+    #[test]
+    fn classes_are_bounded_and_disjoint() {
+        let mut c = UnifiedCache::<3, 8>::new(&[2, 0, 5]).unwrap();
+        assert!(c.push(0, p(1)));
+        assert!(c.push(0, p(2)));
+        assert!(!c.push(0, p(3)), "U1: class 0 holds two");
+        assert!(!c.push(1, p(4)), "U1: class 1 holds none");
+        for i in 0..5 {
+            assert!(c.push(2, p(10 + i)));
+        }
+        assert_eq!((c.len(0), c.len(2), c.room(2)), (2, 5, 0));
+        assert_eq!(c.pop(0), p(2));
+        assert_eq!(c.pop(2), p(14));
+        assert_eq!(c.pop(0), p(1));
+        assert!(c.pop(0).is_null());
+        assert!(c.is_empty(1));
+    }
+
+    #[test]
+    fn drain_oldest_takes_from_the_bottom() {
+        let mut c = UnifiedCache::<1, 8>::new(&[8]).unwrap();
+        for i in 0..6 {
+            c.push(0, p(i + 1));
+        }
+        let mut got = [core::ptr::null_mut(); 4];
+        let mut k = 0;
+        assert_eq!(
+            c.drain_oldest(0, 4, |b| {
+                got[k] = b;
+                k += 1
+            }),
+            4
+        );
+        assert_eq!(got, [p(1), p(2), p(3), p(4)]);
+        assert_eq!(c.len(0), 2);
+        assert_eq!((c.pop(0), c.pop(0)), (p(6), p(5)));
+    }
+
+    #[test]
+    fn too_many_slots_is_refused() {
+        assert_eq!(
+            UnifiedCache::<2, 4>::new(&[3, 2]).err(),
+            Some(TooManySlots {
+                wanted: 5,
+                available: 4
+            })
+        );
+    }
+}

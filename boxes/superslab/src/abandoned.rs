@@ -1,0 +1,133 @@
+//! The abandoned list: superslabs whose owner exited while blocks were still out.
+use crate::superslab::Superslab;
+use crate::sync::{AtomicUsize, Ordering};
+use crate::SpinLock;
+use core::ptr::null;
+
+struct Inner {
+    head: *const Superslab,
+}
+
+// SAFETY: the pointers are only followed under the lock, and superslabs are shared memory.
+unsafe impl Send for Inner {}
+
+/// A doubly linked list of abandoned superslabs under a spin lock. Being on the list is a
+/// reference (the one the exiting owner held). Taking a superslab off the list, by
+/// [`AbandonedList::adopt`] or [`AbandonedList::try_remove`], is what makes its taker the only
+/// thread that may touch its slabs.
+pub struct AbandonedList {
+    inner: SpinLock<Inner>,
+    len: AtomicUsize,
+}
+
+impl Default for AbandonedList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AbandonedList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self {
+            inner: SpinLock::new(Inner { head: null() }),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many superslabs wait (a hint).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// True when none waits (a hint).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn push(&self, ss: &Superslab) {
+        self.inner.with(|inner| {
+            let old = inner.head;
+            // SAFETY: list links are only touched under this lock; `old` is listed, hence live.
+            unsafe {
+                ss.link.with_mut(|l| {
+                    (*l).next = old;
+                    (*l).prev = null();
+                    (*l).listed = true;
+                });
+                if let Some(o) = old.as_ref() {
+                    o.link.with_mut(|l| (*l).prev = ss);
+                }
+            }
+            inner.head = ss;
+        });
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unlink(inner: &mut Inner, ss: &Superslab) {
+        // SAFETY: under the lock; `ss` and its neighbours are listed, hence live.
+        unsafe {
+            let (next, prev) = ss.link.with_mut(|l| {
+                (*l).listed = false;
+                ((*l).next, (*l).prev)
+            });
+            match prev.as_ref() {
+                Some(p) => p.link.with_mut(|l| (*l).next = next),
+                None => inner.head = next,
+            }
+            if let Some(n) = next.as_ref() {
+                n.link.with_mut(|l| (*l).prev = prev);
+            }
+        }
+    }
+
+    /// Takes `ss` off the list if it is still on it. True means the caller now holds it
+    /// exclusively, with the list's reference.
+    pub fn try_remove(&self, ss: &Superslab) -> bool {
+        let removed = self.inner.with(|inner| {
+            // SAFETY: link fields are guarded by this lock.
+            let listed = ss.link.with(|l| unsafe { (*l).listed });
+            if listed {
+                Self::unlink(inner, ss);
+            }
+            listed
+        });
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Takes the most recently abandoned superslab and makes `owner` its owner, with the list's
+    /// reference. The caller should then collect its remote frees.
+    pub fn adopt<'a>(&self, owner: usize) -> Option<&'a Superslab> {
+        if self.is_empty() {
+            return None;
+        }
+        let ss = self.inner.with(|inner| {
+            // SAFETY: listed superslabs are live while the list holds their reference.
+            let ss = unsafe { inner.head.as_ref()? };
+            #[cfg(not(hakmem_seeded_bug = "adopt_no_take"))]
+            Self::unlink(inner, ss);
+            Some(ss)
+        })?;
+        #[cfg(not(hakmem_seeded_bug = "adopt_no_take"))]
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: taken off the list above, so held exclusively.
+        unsafe { ss.take_ownership(owner) };
+        // SAFETY: a listed superslab is live; its reference moved to the caller.
+        Some(unsafe { &*(ss as *const Superslab) })
+    }
+
+    /// Takes the lock and keeps it (fork's `prepare`).
+    #[cfg(not(loom))]
+    pub fn lock(&self) {
+        self.inner.lock();
+    }
+
+    /// Releases a lock taken by [`AbandonedList::lock`] (fork's `parent` and `child`).
+    #[cfg(not(loom))]
+    pub fn unlock(&self) {
+        self.inner.unlock();
+    }
+}

@@ -1,0 +1,107 @@
+//! Large regions: one user block per dedicated, 2 MiB-aligned mapping, with a header at the
+//! base so that a registry hit finds the block in O(1), even past the region's first 2 MiB.
+use crate::os::PAGE;
+use crate::{Env, SS_SIZE};
+use core::ptr::{addr_of_mut, NonNull};
+use hakmem_registry::Kind;
+
+const MAGIC: usize = 0x4841_4b4d_4c52_0001; // "HAKMLR" v1
+
+/// Bytes reserved for the header before the first user byte (for alignments up to this).
+pub const LARGE_HEADER: usize = 64;
+
+/// The header at the base of a large region.
+#[repr(C)]
+pub struct LargeHeader {
+    magic: usize,
+    /// Bytes mapped, from the base.
+    pub len: usize,
+    /// Offset of the user's block from the base.
+    pub user_offset: usize,
+}
+
+/// Where a block of `size` bytes aligned to `align` goes in a large region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeLayout {
+    /// Bytes to map (whole pages).
+    pub len: usize,
+    /// Alignment of the mapping (at least `SS_SIZE`).
+    pub align: usize,
+    /// Offset of the user's block.
+    pub user_offset: usize,
+}
+
+impl LargeLayout {
+    /// The layout for `size` bytes at `align` (a power of two); `None` on overflow.
+    pub fn new(size: usize, align: usize) -> Option<Self> {
+        let user_offset = LARGE_HEADER.max(align);
+        let len = user_offset.checked_add(size)?.checked_add(PAGE - 1)? & !(PAGE - 1);
+        (len <= isize::MAX as usize).then_some(Self {
+            len,
+            align: align.max(SS_SIZE),
+            user_offset,
+        })
+    }
+}
+
+impl LargeHeader {
+    /// Writes the header into `region` and registers it; returns the user's block. On a
+    /// registry refusal the region is handed back untouched.
+    ///
+    /// # Safety
+    /// `region` is `layout.len` bytes at `layout.align`, owned by the caller and unused.
+    pub unsafe fn init(
+        env: &Env<'_>,
+        region: NonNull<u8>,
+        layout: LargeLayout,
+    ) -> Result<NonNull<u8>, NonNull<u8>> {
+        let h = region.as_ptr().cast::<LargeHeader>();
+        // SAFETY: the region is ours and at least one page long; published only after writing.
+        unsafe {
+            addr_of_mut!((*h).magic).write(MAGIC);
+            addr_of_mut!((*h).len).write(layout.len);
+            addr_of_mut!((*h).user_offset).write(layout.user_offset);
+        }
+        if env
+            .registry
+            .register(region.as_ptr() as usize, layout.len, Kind::Large)
+            .is_err()
+        {
+            return Err(region);
+        }
+        // SAFETY: user_offset < len, inside the region.
+        Ok(unsafe { NonNull::new_unchecked(region.as_ptr().add(layout.user_offset)) })
+    }
+
+    /// The header at `base`, a base the registry reported as a live large region.
+    ///
+    /// # Safety
+    /// `base` is a live large region (its user block is held by the caller, or it is pinned).
+    pub unsafe fn at<'a>(base: usize) -> &'a Self {
+        // SAFETY: forwarded from the caller.
+        let h = unsafe { &*(base as *const Self) };
+        debug_assert_eq!(h.magic, MAGIC);
+        h
+    }
+
+    /// The user's block.
+    pub fn user(&self) -> usize {
+        self as *const Self as usize + self.user_offset
+    }
+
+    /// Bytes usable from the user's block to the end of the mapping.
+    pub fn usable(&self) -> usize {
+        self.len - self.user_offset
+    }
+
+    /// Withdraws the region from the registry and returns `(base, len)` for caching or unmap.
+    ///
+    /// # Safety
+    /// The caller holds the region's user block and gives it up; nothing else refers to it.
+    pub unsafe fn retire(&self, env: &Env<'_>) -> (NonNull<u8>, usize) {
+        let base = self as *const Self as usize;
+        let len = self.len;
+        env.registry.unregister(base, len);
+        (NonNull::new(base as *mut u8).expect("never at 0"), len)
+    }
+}

@@ -1,0 +1,225 @@
+//! Loom models of this box's lock-free protocols. Each runs the box's real code; `HeapOs` stands
+//! in for mmap. Run: `RUSTFLAGS="--cfg loom" cargo test -p hakmem-superslab --release`.
+extern crate std;
+use super::*;
+use hakmem_registry::AtomicUsize;
+use loom::sync::Arc;
+use std::boxed::Box;
+use std::vec::Vec;
+
+struct World {
+    os: HeapOs,
+    registry: Registry,
+    stats: GlobalStats,
+    list: AbandonedList,
+}
+
+impl World {
+    fn new() -> Arc<Self> {
+        let os = HeapOs::new(2);
+        let (first, chunks) = os.window();
+        let table: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+        let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+        Arc::new(World {
+            os,
+            registry,
+            stats: GlobalStats::new(),
+            list: AbandonedList::new(),
+        })
+    }
+    fn env(&self) -> Env<'_> {
+        Env {
+            os: &self.os,
+            registry: &self.registry,
+            stats: &self.stats,
+        }
+    }
+    /// Retires and unmaps `ss`, as the allocator does with a superslab whose last reference
+    /// it dropped.
+    fn release(&self, ss: &Superslab) {
+        // SAFETY: the caller got `true` from `unpin` (or `free_remote`).
+        unsafe {
+            let region = ss.retire(&self.env());
+            self.os.unmap(region, SS_SIZE, &self.stats);
+        }
+    }
+}
+
+/// A superslab owned by heap 1 with one slab of 16-byte blocks and `n` blocks handed out.
+fn superslab_with_blocks(w: &World, n: u32) -> (&'static Superslab, Vec<usize>) {
+    let ss = Superslab::create(&w.env(), 1).expect("arena has room");
+    let mut blocks = Vec::new();
+    // SAFETY: this thread is heap 1, the owner.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        slab.alloc_batch(n, |b| blocks.push(b as usize));
+    }
+    // SAFETY: the superslab lives in the World's arena for the whole model iteration.
+    (unsafe { &*(ss as *const Superslab) }, blocks)
+}
+
+/// Model 1, the remote-free stack (SS6): two threads push blocks while the owner drains
+/// concurrently; every block comes back exactly once, none is lost.
+#[test]
+fn remote_stack() {
+    loom::model(|| {
+        let stack = Arc::new(RemoteStack::new());
+        let blocks: Vec<usize> = (0..3)
+            .map(|_| Box::into_raw(Box::new([0usize; 2])) as usize)
+            .collect();
+        let pushers: Vec<_> = [vec_of(&blocks[..2]), vec_of(&blocks[2..])]
+            .into_iter()
+            .map(|mine| {
+                let stack = stack.clone();
+                loom::thread::spawn(move || {
+                    for b in mine {
+                        // SAFETY: each block is pushed once, by the thread that holds it.
+                        unsafe { stack.push(b as *mut u8) };
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        take_chain(stack.take_all(), &mut got);
+        for p in pushers {
+            p.join().unwrap();
+        }
+        take_chain(stack.take_all(), &mut got);
+        got.sort_unstable();
+        let mut want = blocks.clone();
+        want.sort_unstable();
+        assert_eq!(got, want, "every block exactly once");
+        for b in blocks {
+            // SAFETY: allocated above as Box<[usize; 2]>.
+            drop(unsafe { Box::from_raw(b as *mut [usize; 2]) });
+        }
+    });
+}
+
+fn vec_of(s: &[usize]) -> Vec<usize> {
+    s.to_vec()
+}
+
+fn take_chain(mut b: *mut u8, out: &mut Vec<usize>) {
+    while !b.is_null() {
+        out.push(b as usize);
+        // SAFETY: blocks on a taken chain are linked through their first word.
+        b = unsafe { b.cast::<*mut u8>().read() };
+    }
+}
+
+/// Model 2, refcount pinning against release (SS3, SS4): the owner abandons a superslab with
+/// two blocks out; two threads free one block each, and each freer pins before it pushes, then
+/// tries to collect. The superslab is released exactly once, by whoever dropped the last
+/// reference, never while pinned and never while a block is out; nobody touches it after.
+#[test]
+fn refcount() {
+    loom::model(|| {
+        let w = World::new();
+        let (ss, blocks) = superslab_with_blocks(&w, 2);
+        // SAFETY: heap 1 owns it and "exits" now.
+        unsafe { ss.abandon(&w.list) };
+        let freers: Vec<_> = blocks
+            .into_iter()
+            .map(|b| {
+                let w = w.clone();
+                loom::thread::spawn(move || {
+                    let slab = ss.slab_of(b as *const u8);
+                    // SAFETY: this thread holds `b` and gives it up.
+                    let last = unsafe { ss.free_remote(slab, b as *mut u8, &w.list) }.unwrap();
+                    if last {
+                        w.release(ss);
+                    }
+                    last
+                })
+            })
+            .collect();
+        let releases = freers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&x| x)
+            .count();
+        if releases != 1 {
+            // SAFETY: every other thread has joined.
+            let used = unsafe { ss.slabs[0].local().used };
+            let free_len = unsafe { ss.slabs[0].local().free_len };
+            panic!("released {releases} times; refcount {} listed {} used {used} free {free_len} remote_empty {}", ss.refcount(), w.list.len(), ss.slabs[0].remote.is_empty());
+        }
+        assert_eq!(w.os.unmaps(), 1);
+        assert_eq!(w.registry.lookup(ss.base()), None);
+    });
+}
+
+/// Model 3, abandon and adopt (SS7): the owner exits (abandons) while a thread frees its blocks
+/// remotely and two threads try to adopt. The superslab is adopted by at most one thread, no
+/// block is lost or reclaimed twice, and it is released at most once.
+#[test]
+fn abandon_adopt() {
+    loom::model(|| {
+        let w = World::new();
+        let (ss, blocks) = superslab_with_blocks(&w, 2);
+        let freer = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                let mut released = false;
+                for b in blocks {
+                    let slab = ss.slab_of(b as *const u8);
+                    // SAFETY: this thread holds `b` and gives it up.
+                    if unsafe { ss.free_remote(slab, b as *mut u8, &w.list) }.unwrap() {
+                        w.release(ss);
+                        released = true;
+                    }
+                }
+                released
+            })
+        };
+        let adopters: Vec<_> = [2usize, 3]
+            .into_iter()
+            .map(|id| {
+                let w = w.clone();
+                loom::thread::spawn(move || {
+                    let ss = w.list.adopt(id)?;
+                    assert_eq!(ss.owner(), id);
+                    // SAFETY: adopted: this thread owns it now.
+                    let empty =
+                        unsafe { ss.collect(|_, _| ()) }.expect("no block comes back twice");
+                    // Empty: drop the owner's reference (a freer's pin may outlive it).
+                    let released = empty && ss.unpin();
+                    if released {
+                        w.release(ss);
+                    }
+                    Some(empty)
+                })
+            })
+            .collect();
+        // SAFETY: this thread is heap 1, the owner, and exits now.
+        unsafe { ss.abandon(&w.list) };
+        freer.join().unwrap();
+        let adopted: Vec<bool> = adopters
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        assert!(adopted.len() <= 1, "adopted by exactly one thread");
+        if w.os.unmaps() == 0 {
+            // Still held: by the list, or by an adopter that collected before the last free.
+            // Finish the job as its holder would, and account for every block.
+            if adopted.is_empty() {
+                assert!(
+                    w.list.try_remove(ss),
+                    "neither released nor adopted: still listed"
+                );
+            } else {
+                assert!(
+                    !adopted[0],
+                    "an empty adopted superslab was released by someone"
+                );
+            }
+            // SAFETY: all other threads joined; we hold it.
+            let empty = unsafe { ss.collect(|_, _| ()) }.expect("no block comes back twice");
+            assert!(empty, "no block lost: both came back");
+            assert!(ss.unpin());
+            w.release(ss);
+        }
+        assert_eq!(w.os.unmaps(), 1, "released exactly once");
+    });
+}

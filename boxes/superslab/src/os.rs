@@ -1,0 +1,211 @@
+//! The OS layer: the only code that maps, unmaps and purges memory. Everything above it goes
+//! through the narrow [`Os`] trait, so loom models can give it heap-backed regions.
+use core::ptr::NonNull;
+use hakmem_stats::{Event, GlobalStats};
+
+/// The page size this allocator assumes (x86_64 and aarch64 Linux with 4 KiB pages).
+pub const PAGE: usize = 4096;
+
+/// Where regions come from.
+///
+/// Every method reports each system call it makes to `stats`.
+pub trait Os: Sync {
+    /// Maps `len` bytes (a multiple of [`PAGE`]) aligned to `align` (a power of two, at least
+    /// [`PAGE`]). Fresh memory reads as zero. `None` when the OS refuses.
+    fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>>;
+
+    /// Gives `[ptr, ptr + len)` back to the OS.
+    ///
+    /// # Safety
+    /// The range was mapped by this `Os`, page-aligned, and nothing uses it any more.
+    unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats);
+
+    /// Gives the pages of `[ptr, ptr + len)` back while keeping the mapping; afterwards the
+    /// range reads as zero. False when that is not possible (then the contents are unchanged).
+    ///
+    /// # Safety
+    /// The range was mapped by this `Os`, page-aligned, and its contents are no longer needed.
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool;
+}
+
+/// The real OS: anonymous private mappings through libc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LibcOs;
+
+impl LibcOs {
+    fn mmap(len: usize, stats: &GlobalStats) -> Option<usize> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+        // existing memory.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        stats.event(Event::Mmap, len);
+        Some(p as usize)
+    }
+
+    fn munmap(addr: usize, len: usize, stats: &GlobalStats) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: callers pass whole pages of a mapping this layer made and no longer uses.
+        let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        debug_assert_eq!(rc, 0, "munmap of our own mapping cannot fail");
+        stats.event(Event::Munmap, len);
+    }
+}
+
+impl Os for LibcOs {
+    fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
+        debug_assert!(len % PAGE == 0 && align.is_power_of_two() && align >= PAGE);
+        // Consecutive mappings tend to be adjacent, so an exact-size mapping is often aligned
+        // already: try that first, and over-map then trim only when it is not.
+        let p = Self::mmap(len, stats)?;
+        if p & (align - 1) == 0 {
+            return NonNull::new(p as *mut u8);
+        }
+        Self::munmap(p, len, stats);
+        let over = len.checked_add(align - PAGE)?;
+        let p = Self::mmap(over, stats)?;
+        let start = (p + align - 1) & !(align - 1);
+        Self::munmap(p, start - p, stats);
+        Self::munmap(start + len, p + over - (start + len), stats);
+        NonNull::new(start as *mut u8)
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
+        Self::munmap(ptr.as_ptr() as usize, len, stats);
+    }
+
+    unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
+        // SAFETY: the caller guarantees the range is ours and its contents are dead. On private
+        // anonymous memory MADV_DONTNEED frees the pages at once and later reads see zeros.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+        stats.event(Event::Madvise, len);
+        rc == 0
+    }
+}
+
+/// Heap-backed regions for tests and loom models: no system call, one arena carved in order,
+/// and a record of what was handed out and given back, so a model can assert "released exactly
+/// once" and size a registry window over the arena.
+#[cfg(any(test, loom, feature = "heap-os"))]
+pub mod heap {
+    extern crate std;
+    use super::*;
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Mutex;
+    use std::vec::Vec;
+
+    /// An [`Os`] over one zeroed `std::alloc` arena, recording mapped and unmapped ranges. It is
+    /// test scaffolding, not a protocol under test, so it uses std's lock and atomics: loom
+    /// does not see (nor explore) them.
+    pub struct HeapOs {
+        arena: usize,
+        layout: Layout,
+        next: Mutex<usize>,
+        live: Mutex<Vec<(usize, usize)>>,
+        unmaps: AtomicUsize,
+    }
+
+    impl HeapOs {
+        /// An OS whose arena holds `chunks` chunks of 2 MiB; `map` fails once it is used up.
+        pub fn new(chunks: usize) -> Self {
+            let layout = Layout::from_size_align(chunks * crate::SS_SIZE, crate::SS_SIZE)
+                .expect("arena layout");
+            // SAFETY: a non-zero size. calloc-backed: pages are only touched when used.
+            let arena = unsafe { alloc_zeroed(layout) } as usize;
+            assert_ne!(arena, 0, "arena allocation");
+            Self {
+                arena,
+                layout,
+                next: Mutex::new(arena),
+                live: Mutex::new(Vec::new()),
+                unmaps: AtomicUsize::new(0),
+            }
+        }
+
+        /// The arena as `(first chunk index, chunks)`, for `Registry::with_window`.
+        pub fn window(&self) -> (usize, usize) {
+            (
+                self.arena >> crate::SS_SHIFT,
+                self.layout.size() >> crate::SS_SHIFT,
+            )
+        }
+
+        /// How many ranges were unmapped so far.
+        pub fn unmaps(&self) -> usize {
+            self.unmaps.load(SeqCst)
+        }
+
+        /// True while `[ptr, ptr + len)` lies in a mapped range.
+        pub fn is_mapped(&self, ptr: usize, len: usize) -> bool {
+            self.live
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|&(p, n)| p <= ptr && ptr + len <= p + n)
+        }
+    }
+
+    impl Drop for HeapOs {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout, freed once, here.
+            unsafe { dealloc(self.arena as *mut u8, self.layout) };
+        }
+    }
+
+    impl Os for HeapOs {
+        fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
+            let end = self.arena + self.layout.size();
+            let p = {
+                let mut next = self.next.lock().unwrap();
+                let p = (*next + align - 1) & !(align - 1);
+                let stop = p.checked_add(len).filter(|&s| s <= end)?;
+                *next = stop;
+                p
+            };
+            self.live.lock().unwrap().push((p, len));
+            stats.event(Event::Mmap, len);
+            NonNull::new(p as *mut u8)
+        }
+
+        unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
+            let a = ptr.as_ptr() as usize;
+            {
+                let mut l = self.live.lock().unwrap();
+                let i = l
+                    .iter()
+                    .position(|&(p, n)| p <= a && a + len <= p + n)
+                    .expect("unmap of a range that is not mapped (released twice?)");
+                let (p, n) = l.remove(i);
+                // Keep the parts outside the unmapped range (a trim).
+                if p < a {
+                    l.push((p, a - p));
+                }
+                if a + len < p + n {
+                    l.push((a + len, p + n - a - len));
+                }
+            }
+            self.unmaps.fetch_add(1, SeqCst);
+            stats.event(Event::Munmap, len);
+        }
+
+        unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
+            // SAFETY: the caller guarantees the range is ours and dead.
+            unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+            stats.event(Event::Madvise, len);
+            true
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Slab metadata: one 64 KiB slab of equal-size blocks, living in its superslab's header.
+use crate::remote::RemoteStack;
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+use core::ptr::null_mut;
+
+/// What went wrong when a slab got back a block it did not expect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corrupt {
+    /// The block was freed twice (it is already free, or the slab has no block out).
+    DoubleFree(usize),
+    /// The address is not the start of a block this slab handed out.
+    NotABlock(usize),
+}
+
+/// The owner-only part of a slab's metadata.
+#[derive(Clone, Copy, Debug)]
+pub struct SlabLocal {
+    /// Size class index, as the route box numbers them.
+    pub class: u32,
+    /// Block size in bytes (a multiple of 16).
+    pub block_size: u32,
+    /// Blocks that fit in the slab.
+    pub capacity: u32,
+    /// Blocks `carve..capacity` have never been handed out.
+    pub carve: u32,
+    /// Blocks out of the slab: held by a user, a thread list, a cache or the remote stack.
+    pub used: u32,
+    /// Blocks on the local free list.
+    pub free_len: u32,
+    /// The local free list, linked through first words.
+    pub free: *mut u8,
+    /// Address of block 0.
+    pub start: *mut u8,
+    /// The owning heap's ring of slabs of this class.
+    pub next: *const SlabMeta,
+    /// The owning heap's ring of slabs of this class.
+    pub prev: *const SlabMeta,
+    /// Blocks never carved read as zero (the slab's pages were fresh or purged when it began).
+    pub fresh: bool,
+    /// The slab is in use (owned or abandoned), not free in its superslab.
+    pub in_use: bool,
+}
+
+impl SlabLocal {
+    const EMPTY: Self = Self {
+        class: 0,
+        block_size: 0,
+        capacity: 0,
+        carve: 0,
+        used: 0,
+        free_len: 0,
+        free: null_mut(),
+        start: null_mut(),
+        next: core::ptr::null(),
+        prev: core::ptr::null(),
+        fresh: false,
+        in_use: false,
+    };
+}
+
+/// One slab's metadata.
+///
+/// `owner` and `remote` are shared with every thread; `local` belongs to the owner alone (the
+/// heap whose id is in `owner`, or whoever holds the abandoned superslab exclusively).
+#[repr(C, align(64))]
+pub struct SlabMeta {
+    owner: AtomicUsize,
+    /// Blocks freed by non-owners, waiting for the owner.
+    pub remote: RemoteStack,
+    local: UnsafeCell<SlabLocal>,
+}
+
+// SAFETY: `owner` and `remote` are atomics; `local` is touched only by the owner (SS5).
+unsafe impl Sync for SlabMeta {}
+
+impl SlabMeta {
+    pub(crate) fn new() -> Self {
+        Self {
+            owner: AtomicUsize::new(0),
+            remote: RemoteStack::new(),
+            local: UnsafeCell::new(SlabLocal::EMPTY),
+        }
+    }
+
+    /// The owning heap's id; 0 while the slab is free or abandoned.
+    #[inline(always)]
+    pub fn owner(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_owner(&self, id: usize) {
+        self.owner.store(id, Ordering::Relaxed);
+    }
+
+    /// Reads the owner-only fields.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline(always)]
+    pub unsafe fn local(&self) -> SlabLocal {
+        // SAFETY: the caller owns the slab, so nobody writes `local` concurrently.
+        self.local.with(|l| unsafe { *l })
+    }
+
+    /// Runs `f` on the owner-only fields.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline(always)]
+    pub unsafe fn with_local<R>(&self, f: impl FnOnce(&mut SlabLocal) -> R) -> R {
+        // SAFETY: the caller owns the slab, so this is the only access to `local`.
+        self.local.with_mut(|l| f(unsafe { &mut *l }))
+    }
+
+    /// The size class, for the owner's fast path.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline(always)]
+    pub unsafe fn class(&self) -> usize {
+        // SAFETY: forwarded.
+        self.local.with(|l| unsafe { (*l).class }) as usize
+    }
+
+    pub(crate) unsafe fn init(
+        &self,
+        class: u32,
+        block_size: u32,
+        start: *mut u8,
+        capacity: u32,
+        fresh: bool,
+    ) {
+        // SAFETY: the caller owns the (free) slab.
+        unsafe {
+            self.with_local(|l| {
+                *l = SlabLocal {
+                    class,
+                    block_size,
+                    capacity,
+                    start,
+                    fresh,
+                    in_use: true,
+                    ..SlabLocal::EMPTY
+                }
+            })
+        }
+    }
+
+    /// Hands out up to `max` blocks, from the free list first and then never-carved blocks,
+    /// passing each to `out`. Returns how many.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn alloc_batch(&self, max: u32, mut out: impl FnMut(*mut u8)) -> u32 {
+        // SAFETY: the caller owns the slab; blocks on the free list are free and linked.
+        unsafe {
+            self.with_local(|l| {
+                let mut n = 0;
+                while n < max && !l.free.is_null() {
+                    let b = l.free;
+                    l.free = b.cast::<*mut u8>().read();
+                    l.free_len -= 1;
+                    out(b);
+                    n += 1;
+                }
+                while n < max && l.carve < l.capacity {
+                    out(l.start.add((l.carve * l.block_size) as usize));
+                    l.carve += 1;
+                    n += 1;
+                }
+                l.used += n;
+                n
+            })
+        }
+    }
+
+    /// One never-carved block, which reads as zero, if the slab began fresh and has one left.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn carve_zeroed(&self) -> Option<*mut u8> {
+        // SAFETY: the caller owns the slab.
+        unsafe {
+            self.with_local(|l| {
+                if !l.fresh || l.carve >= l.capacity {
+                    return None;
+                }
+                let b = l.start.add((l.carve * l.block_size) as usize);
+                l.carve += 1;
+                l.used += 1;
+                Some(b)
+            })
+        }
+    }
+
+    /// True when `p` is the start of a block this slab has handed out at some time.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn is_block(&self, p: *mut u8) -> bool {
+        // SAFETY: the caller owns the slab.
+        let l = unsafe { self.local() };
+        let off = (p as usize).wrapping_sub(l.start as usize);
+        l.in_use
+            && l.block_size != 0
+            && off % l.block_size as usize == 0
+            && off / (l.block_size as usize) < l.carve as usize
+    }
+
+    /// Takes back one block from the owner. Returns true when the slab is now empty.
+    ///
+    /// # Safety
+    /// The caller owns the slab and gives `block` up.
+    pub unsafe fn free_local(&self, block: *mut u8) -> Result<bool, Corrupt> {
+        // SAFETY: the caller owns the slab and hands over `block`.
+        unsafe {
+            self.with_local(|l| {
+                if l.used == 0 || block == l.free {
+                    return Err(Corrupt::DoubleFree(block as usize));
+                }
+                block.cast::<*mut u8>().write(l.free);
+                l.free = block;
+                l.free_len += 1;
+                l.used -= 1;
+                Ok(l.used == 0)
+            })
+        }
+    }
+
+    /// Moves every block on the remote stack to the local free list. Returns how many moved.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn drain_remote(&self) -> Result<u32, Corrupt> {
+        let mut b = self.remote.take_all();
+        // SAFETY: the caller owns the slab; the chain came off our remote stack, linked through
+        // first words, and its blocks were given up by their freers.
+        unsafe {
+            self.with_local(|l| {
+                let mut n = 0u32;
+                while !b.is_null() {
+                    let next = b.cast::<*mut u8>().read();
+                    if l.used == 0 {
+                        // More blocks came back than were out: a double free. Stop here.
+                        return Err(Corrupt::DoubleFree(b as usize));
+                    }
+                    b.cast::<*mut u8>().write(l.free);
+                    l.free = b;
+                    l.free_len += 1;
+                    l.used -= 1;
+                    n += 1;
+                    b = next;
+                }
+                Ok(n)
+            })
+        }
+    }
+
+    /// True when a block can be handed out without asking anyone (free list or carve).
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline]
+    pub unsafe fn has_free(&self) -> bool {
+        // SAFETY: forwarded.
+        let l = unsafe { self.local() };
+        !l.free.is_null() || l.carve < l.capacity
+    }
+
+    /// True when no block is out.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline]
+    pub unsafe fn is_empty(&self) -> bool {
+        // SAFETY: forwarded.
+        unsafe { self.local().used == 0 }
+    }
+}

@@ -1,0 +1,484 @@
+//! The superslab header and its lifecycle: init, slabs in and out, pins, abandon, retire.
+use crate::abandoned::AbandonedList;
+use crate::os::PAGE;
+use crate::slab::{Corrupt, SlabMeta};
+use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::{Env, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE};
+use core::ptr::{addr_of_mut, NonNull};
+use hakmem_registry::Kind;
+use hakmem_stats::Event;
+
+const MAGIC: usize = 0x4841_4b4d_5353_0001; // "HAKMSS" v1
+
+/// Lifecycle states (the `state` word).
+const OWNED: usize = 1;
+const ABANDONED: usize = 2;
+const RELEASED: usize = 3;
+
+/// Bits per slab in the `HAKMEM_CHECK` bitmap: one per 16-byte block.
+#[cfg(not(loom))]
+const CHECK_WORDS: usize = SLAB_SIZE / 16 / 64;
+#[cfg(loom)]
+const CHECK_WORDS: usize = 1;
+
+/// The owner-only part of the header.
+struct SsLocal {
+    /// Bit `i` set: slab `i` is free.
+    free_slabs: u32,
+    /// Bit `i` set: slab `i`'s pages are known to read as zero.
+    zero_slabs: u32,
+    /// The owning heap's list of superslabs.
+    next: *const Superslab,
+    prev: *const Superslab,
+}
+
+/// Links in the abandoned list, guarded by that list's lock.
+pub(crate) struct SsLink {
+    pub(crate) next: *const Superslab,
+    pub(crate) prev: *const Superslab,
+    pub(crate) listed: bool,
+}
+
+/// The header at the start of every superslab (in slab 0's space).
+#[repr(C)]
+pub struct Superslab {
+    magic: usize,
+    state: AtomicUsize,
+    refcount: AtomicUsize,
+    owner: AtomicUsize,
+    /// Set by freers that pushed onto an abandoned superslab; cleared by its collector.
+    pending: AtomicBool,
+    local: UnsafeCell<SsLocal>,
+    pub(crate) link: UnsafeCell<SsLink>,
+    /// The slabs' metadata.
+    pub slabs: [SlabMeta; SLABS],
+    check: [[AtomicU64; CHECK_WORDS]; SLABS],
+}
+
+// SAFETY: shared fields are atomics; `local` is touched only by the owner (SS5) and `link` only
+// under the abandoned list's lock (SS7).
+unsafe impl Sync for Superslab {}
+
+/// Offset of slab 0's first block: the header rounded up to a page.
+pub const DATA_OFFSET: usize = (core::mem::size_of::<Superslab>() + PAGE - 1) & !(PAGE - 1);
+
+impl Superslab {
+    /// Writes a fresh header into `region` (one superslab of memory) for the heap `owner`, then
+    /// registers it. The caller's reference (the refcount's first unit) is returned as `&Self`.
+    /// `zeroed` says the region reads as zero. On a registry refusal the region is handed back.
+    ///
+    /// # Safety
+    /// `region` is `SS_SIZE` bytes, aligned to `SS_SIZE`, owned by the caller and unused.
+    pub unsafe fn init<'a>(
+        env: &Env<'_>,
+        region: NonNull<u8>,
+        zeroed: bool,
+        owner: usize,
+    ) -> Result<&'a Self, NonNull<u8>> {
+        let ss = region.as_ptr().cast::<Superslab>();
+        // SAFETY: the region is ours, large enough and aligned for the header; every field is
+        // written before the header is published through the registry.
+        unsafe {
+            addr_of_mut!((*ss).magic).write(MAGIC);
+            addr_of_mut!((*ss).state).write(AtomicUsize::new(OWNED));
+            addr_of_mut!((*ss).refcount).write(AtomicUsize::new(1));
+            addr_of_mut!((*ss).owner).write(AtomicUsize::new(owner));
+            addr_of_mut!((*ss).pending).write(AtomicBool::new(false));
+            addr_of_mut!((*ss).local).write(UnsafeCell::new(SsLocal {
+                free_slabs: u32::MAX >> (32 - SLABS),
+                zero_slabs: if zeroed { u32::MAX >> (32 - SLABS) } else { 0 },
+                next: core::ptr::null(),
+                prev: core::ptr::null(),
+            }));
+            addr_of_mut!((*ss).link).write(UnsafeCell::new(SsLink {
+                next: core::ptr::null(),
+                prev: core::ptr::null(),
+                listed: false,
+            }));
+            let slabs = addr_of_mut!((*ss).slabs).cast::<SlabMeta>();
+            for i in 0..SLABS {
+                slabs.add(i).write(SlabMeta::new());
+            }
+            // Zeroed memory already is a valid all-clear bitmap; loom's atomics must be built.
+            if !zeroed || cfg!(loom) {
+                let words = addr_of_mut!((*ss).check).cast::<AtomicU64>();
+                for i in 0..SLABS * CHECK_WORDS {
+                    words.add(i).write(AtomicU64::new(0));
+                }
+            }
+        }
+        if env
+            .registry
+            .register(region.as_ptr() as usize, SS_SIZE, Kind::Superslab)
+            .is_err()
+        {
+            return Err(region);
+        }
+        // SAFETY: initialised above; lives until retired, which needs this reference back.
+        Ok(unsafe { &*ss })
+    }
+
+    /// Maps a new superslab from the OS for `owner`.
+    pub fn create<'a>(env: &Env<'_>, owner: usize) -> Option<&'a Self> {
+        let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
+        // SAFETY: a fresh mapping of the right size and alignment, read as zero.
+        match unsafe { Self::init(env, region, true, owner) } {
+            Ok(ss) => {
+                env.stats.event(Event::SsCreated, 0);
+                Some(ss)
+            }
+            Err(region) => {
+                // SAFETY: the mapping is ours and was never published.
+                unsafe { env.os.unmap(region, SS_SIZE, env.stats) };
+                None
+            }
+        }
+    }
+
+    /// The superslab holding `p` (by mask), for a `p` known to lie in a live superslab.
+    ///
+    /// # Safety
+    /// `p` lies inside a live superslab.
+    #[inline(always)]
+    pub unsafe fn of<'a>(p: *const u8) -> &'a Self {
+        // SAFETY: the caller guarantees a live superslab covers `p`; its header is at the base.
+        unsafe { &*((p as usize & !(SS_SIZE - 1)) as *const Self) }
+    }
+
+    /// The header at `base`, checking its magic (for addresses from the registry).
+    ///
+    /// # Safety
+    /// `base` is a superslab the registry reported live, pinned or holding a block of the caller.
+    pub unsafe fn at<'a>(base: usize) -> &'a Self {
+        // SAFETY: forwarded from the caller.
+        let ss = unsafe { &*(base as *const Self) };
+        debug_assert_eq!(ss.magic, MAGIC);
+        ss
+    }
+
+    /// The base address.
+    #[inline(always)]
+    pub fn base(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// The metadata of the slab holding `p` (by shift).
+    #[inline(always)]
+    pub fn slab_of(&self, p: *const u8) -> &SlabMeta {
+        &self.slabs[(p as usize - self.base()) >> SLAB_SHIFT]
+    }
+
+    /// Index of `slab` in this superslab.
+    pub fn slab_index(&self, slab: &SlabMeta) -> usize {
+        (slab as *const SlabMeta as usize - self.slabs.as_ptr() as usize)
+            / core::mem::size_of::<SlabMeta>()
+    }
+
+    /// The owning heap's id, 0 while abandoned.
+    pub fn owner(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// True while the superslab waits in the abandoned list (or is being collected from it).
+    pub fn is_abandoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// The references now held (owner or abandoned list, plus pins).
+    pub fn refcount(&self) -> usize {
+        self.refcount.load(Ordering::Acquire)
+    }
+
+    fn assert_live(&self) {
+        assert!(
+            self.magic == MAGIC && self.state.load(Ordering::Relaxed) != RELEASED,
+            "hakmem: superslab used after release"
+        );
+    }
+
+    /// Adds a transient reference. The caller must already hold something that keeps the
+    /// superslab alive (a block, or a reference).
+    pub fn pin(&self) {
+        self.assert_live();
+        self.refcount.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops a reference. True when it was the last one: the caller must then [`Self::retire`]
+    /// the superslab, and nobody else will.
+    #[must_use]
+    pub fn unpin(&self) -> bool {
+        let prev = self.refcount.fetch_sub(1, Ordering::Release);
+        assert!(
+            prev != 0 && prev < usize::MAX / 2,
+            "hakmem: superslab unpinned after release"
+        );
+        if prev == 1 {
+            fence(Ordering::Acquire);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Withdraws the superslab from the registry and hands its region back, exactly once, to
+    /// the caller, who either caches or unmaps it.
+    ///
+    /// # Safety
+    /// The caller got `true` from [`Self::unpin`]: no reference and no block remain.
+    pub unsafe fn retire(&self, env: &Env<'_>) -> NonNull<u8> {
+        self.assert_live();
+        assert_eq!(
+            self.refcount.load(Ordering::Relaxed),
+            0,
+            "hakmem: retiring a pinned superslab"
+        );
+        self.state.store(RELEASED, Ordering::Release);
+        env.registry.unregister(self.base(), SS_SIZE);
+        NonNull::new(self.base() as *mut u8).expect("a superslab is never at 0")
+    }
+
+    /// Takes a free slab for blocks of `block_size` bytes of `class`, for the owner.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn alloc_slab(&self, class: u32, block_size: u32) -> Option<&SlabMeta> {
+        // SAFETY: the caller owns the superslab, so it alone touches `local`.
+        let i = self.local.with_mut(|l| unsafe {
+            let mut free = (*l).free_slabs;
+            // Slab 0 is shorter (it holds this header); skip it for blocks it cannot hold.
+            if SLAB_SIZE - DATA_OFFSET < block_size as usize {
+                free &= !1;
+            }
+            if free == 0 {
+                return None;
+            }
+            let i = free.trailing_zeros() as usize;
+            (*l).free_slabs &= !(1 << i);
+            Some((i, (*l).zero_slabs & (1 << i) != 0))
+        });
+        let (i, fresh) = i?;
+        self.local
+            .with_mut(|l| unsafe { (*l).zero_slabs &= !(1 << i) });
+        let start = if i == 0 { DATA_OFFSET } else { i * SLAB_SIZE };
+        let capacity =
+            ((SLAB_SIZE * (i + 1) - start.max(i * SLAB_SIZE)) / block_size as usize) as u32;
+        let slab = &self.slabs[i];
+        // SAFETY: the slab was free, so the owner of the superslab owns it.
+        unsafe {
+            slab.init(
+                class,
+                block_size,
+                (self.base() + start) as *mut u8,
+                capacity,
+                fresh,
+            )
+        };
+        slab.set_owner(self.owner());
+        Some(slab)
+    }
+
+    /// Returns an empty slab to the superslab. True when every slab is free afterwards.
+    ///
+    /// # Safety
+    /// The caller owns the superslab, and the slab is empty (no block out).
+    pub unsafe fn free_slab(&self, slab: &SlabMeta) -> bool {
+        let i = self.slab_index(slab);
+        // SAFETY: the caller owns the slab.
+        unsafe { slab.with_local(|l| l.in_use = false) };
+        slab.set_owner(0);
+        // SAFETY: the caller owns the superslab.
+        self.local.with_mut(|l| unsafe {
+            (*l).free_slabs |= 1 << i;
+            (*l).free_slabs == u32::MAX >> (32 - SLABS)
+        })
+    }
+
+    /// True when some slab is free.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn has_free_slab(&self) -> bool {
+        // SAFETY: forwarded.
+        self.local.with(|l| unsafe { (*l).free_slabs != 0 })
+    }
+
+    /// True when every slab is free.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn is_empty(&self) -> bool {
+        // SAFETY: forwarded.
+        self.local
+            .with(|l| unsafe { (*l).free_slabs == u32::MAX >> (32 - SLABS) })
+    }
+
+    /// The slabs in use (owned or abandoned).
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn slabs_in_use(&self) -> impl Iterator<Item = &SlabMeta> {
+        // SAFETY: forwarded.
+        let free = self.local.with(|l| unsafe { (*l).free_slabs });
+        self.slabs
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| free & (1 << i) == 0)
+            .map(|(_, s)| s)
+    }
+
+    /// The owning heap's superslab list links.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn heap_links(&self) -> (*const Superslab, *const Superslab) {
+        // SAFETY: forwarded.
+        self.local.with(|l| unsafe { ((*l).next, (*l).prev) })
+    }
+
+    /// Sets the owning heap's superslab list links.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn set_heap_links(&self, next: *const Superslab, prev: *const Superslab) {
+        // SAFETY: forwarded.
+        self.local.with_mut(|l| unsafe {
+            (*l).next = next;
+            (*l).prev = prev;
+        })
+    }
+
+    /// Drains every in-use slab's remote stack and frees the empty slabs. True when the whole
+    /// superslab is empty afterwards. `on_drained(class, n)` hears of each slab's returns.
+    ///
+    /// # Safety
+    /// The caller owns the superslab (as owner, or holding it exclusively out of the abandoned
+    /// list).
+    pub unsafe fn collect(&self, mut on_drained: impl FnMut(usize, u32)) -> Result<bool, Corrupt> {
+        // An RMW reads the latest flag, so it also synchronises with the push that set it.
+        self.pending.swap(false, Ordering::Acquire);
+        let mut all_free = false;
+        // SAFETY: the caller holds the superslab, hence its slabs.
+        for slab in unsafe { self.slabs_in_use() } {
+            // SAFETY: as above.
+            unsafe {
+                let n = slab.drain_remote()?;
+                if n != 0 {
+                    on_drained(slab.class(), n);
+                }
+                if slab.is_empty() {
+                    all_free = self.free_slab(slab);
+                }
+            }
+        }
+        Ok(all_free)
+    }
+
+    /// Hands the superslab, with the owner's reference, to the abandoned list: an exiting heap
+    /// calls this when blocks are still out.
+    ///
+    /// # Safety
+    /// The caller owns the superslab and forgets it afterwards.
+    pub unsafe fn abandon(&self, list: &AbandonedList) {
+        // SAFETY: forwarded; the caller owns every in-use slab.
+        for slab in unsafe { self.slabs_in_use() } {
+            slab.set_owner(0);
+        }
+        self.owner.store(0, Ordering::Relaxed);
+        self.state.store(ABANDONED, Ordering::Release);
+        list.push(self);
+    }
+
+    /// Makes `owner` the owner of a superslab just taken out of the abandoned list.
+    ///
+    /// # Safety
+    /// The caller took the superslab out of the list (it holds it exclusively).
+    pub(crate) unsafe fn take_ownership(&self, owner: usize) {
+        self.state.store(OWNED, Ordering::Relaxed);
+        self.owner.store(owner, Ordering::Relaxed);
+        // SAFETY: the caller holds the superslab exclusively.
+        for slab in unsafe { self.slabs_in_use() } {
+            slab.set_owner(owner);
+        }
+    }
+
+    /// Frees `block` of `slab` from a thread that does not own the slab: one CAS onto the
+    /// slab's remote stack. When the superslab is abandoned, the freer also tries to collect it,
+    /// so an abandoned superslab goes back as soon as its last block does. True means the caller
+    /// dropped the last reference and must retire the superslab.
+    ///
+    /// # Safety
+    /// `block` is a block of `slab` (in this superslab) that the caller holds and gives up.
+    pub unsafe fn free_remote(
+        &self,
+        slab: &SlabMeta,
+        block: *mut u8,
+        list: &AbandonedList,
+    ) -> Result<bool, Corrupt> {
+        if !self.is_abandoned() {
+            // SAFETY: forwarded from the caller.
+            unsafe { slab.remote.push(block) };
+            return Ok(false);
+        }
+        // The block keeps the superslab alive until it is pushed; the pin keeps it alive after.
+        #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
+        self.pin();
+        // SAFETY: forwarded from the caller.
+        unsafe { slab.remote.push(block) };
+        // An RMW, not a store: it extends every earlier freer's release sequence, so the
+        // collector's swap synchronises with all pushes flagged before it.
+        self.pending.swap(true, Ordering::Release);
+        let mut result = Ok(());
+        // Collect while we can take it off the list. A block pushed while another freer held
+        // it out of the list would otherwise strand it there: whoever puts it back looks again,
+        // and the lock orders that look after the other freer's push.
+        while list.try_remove(self) {
+            // SAFETY: out of the list, the superslab is ours alone until we put it back.
+            match unsafe { self.collect(|_, _| ()) } {
+                Ok(true) => {
+                    // Empty: drop the list's reference instead of putting it back.
+                    let last = self.unpin();
+                    #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
+                    debug_assert!(!last, "our pin is still held");
+                    #[cfg(hakmem_seeded_bug = "missing_pin")]
+                    if last {
+                        return Ok(true);
+                    }
+                    break;
+                }
+                Ok(false) => {
+                    list.push(self);
+                    if !self.pending.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    list.push(self);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
+        let last = self.unpin();
+        #[cfg(hakmem_seeded_bug = "missing_pin")]
+        let last = {
+            self.assert_live();
+            false
+        };
+        result.map(|()| last)
+    }
+
+    /// Marks block `index` of slab `slab` as held by a user (`HAKMEM_CHECK`). False when it
+    /// already was.
+    pub fn check_mark_held(&self, slab: usize, index: usize) -> bool {
+        let (w, bit) = (index / 64, 1u64 << (index % 64));
+        w < CHECK_WORDS && self.check[slab][w].fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Marks block `index` of slab `slab` as given back by its user (`HAKMEM_CHECK`). False
+    /// when it was not held: a double free.
+    pub fn check_mark_freed(&self, slab: usize, index: usize) -> bool {
+        let (w, bit) = (index / 64, 1u64 << (index % 64));
+        w < CHECK_WORDS && self.check[slab][w].fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}

@@ -1,0 +1,257 @@
+#![cfg(not(loom))]
+extern crate std;
+use super::*;
+use hakmem_registry::{AtomicUsize, Kind};
+use std::boxed::Box;
+use std::vec::Vec;
+
+struct World {
+    os: HeapOs,
+    registry: Registry,
+    stats: GlobalStats,
+}
+
+impl World {
+    fn new() -> Box<Self> {
+        let os = HeapOs::new(32);
+        let (first, chunks) = os.window();
+        let table: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+        let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+        Box::new(World {
+            os,
+            registry,
+            stats: GlobalStats::new(),
+        })
+    }
+    fn env(&self) -> Env<'_> {
+        Env {
+            os: &self.os,
+            registry: &self.registry,
+            stats: &self.stats,
+        }
+    }
+}
+
+#[test]
+fn header_fits_and_pointers_find_their_superslab_and_slab() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 7).unwrap();
+    assert_eq!(ss.base() % SS_SIZE, 0);
+    assert_eq!(
+        w.registry.lookup(ss.base() + 12345),
+        Some((ss.base(), Kind::Superslab))
+    );
+    // SAFETY: we own the superslab.
+    let slab = unsafe { ss.alloc_slab(3, 64) }.unwrap();
+    let mut blocks = Vec::new();
+    // SAFETY: we own the slab.
+    let n = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
+    assert_eq!(n, 10);
+    for &b in &blocks {
+        assert_eq!(b as usize % 16, 0);
+        // SAFETY: b lies in a live superslab.
+        let found = unsafe { Superslab::of(b) };
+        assert_eq!(found.base(), ss.base());
+        assert!(core::ptr::eq(found.slab_of(b), slab));
+        // SAFETY: we own the slab.
+        assert!(unsafe { slab.is_block(b) });
+        assert!(!unsafe { slab.is_block(b.add(16)) });
+    }
+    // Slab 0 starts after the header, page-aligned, and the header never overlaps a block.
+    assert_eq!(blocks[0] as usize, ss.base() + DATA_OFFSET);
+    assert_eq!(slab.owner(), 7);
+}
+
+#[test]
+fn slab_accounting_and_double_free_detection() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own everything here.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(3, |x| b.push(x));
+        assert_eq!(slab.local().used, 3);
+        assert_eq!(slab.free_local(b[0]), Ok(false));
+        assert_eq!(
+            slab.free_local(b[0]),
+            Err(Corrupt::DoubleFree(b[0] as usize))
+        );
+        assert_eq!(slab.free_local(b[1]), Ok(false));
+        assert_eq!(slab.free_local(b[2]), Ok(true));
+        assert_eq!(
+            slab.free_local(b[2]),
+            Err(Corrupt::DoubleFree(b[2] as usize))
+        );
+        // Freed blocks come back before new ones are carved (LIFO).
+        let mut again = Vec::new();
+        slab.alloc_batch(2, |x| again.push(x));
+        assert_eq!(again, std::vec![b[2], b[1]]);
+    }
+}
+
+#[test]
+fn remote_frees_come_back_on_drain() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    let list = AbandonedList::new();
+    // SAFETY: we own the slab; the other threads act as non-owners.
+    unsafe {
+        let slab = ss.alloc_slab(2, 48).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(100, |x| b.push(x as usize));
+        std::thread::scope(|s| {
+            for chunk in b.chunks(25) {
+                let list = &list;
+                s.spawn(move || {
+                    for &x in chunk {
+                        assert_eq!(ss.free_remote(slab, x as *mut u8, list), Ok(false));
+                    }
+                });
+            }
+        });
+        assert_eq!(slab.drain_remote(), Ok(100));
+        assert!(slab.is_empty());
+        assert_eq!(slab.local().free_len, 100);
+    }
+}
+
+#[test]
+fn an_abandoned_superslab_is_collected_by_its_last_remote_free() {
+    let w = World::new();
+    let env = w.env();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&env, 1).unwrap();
+    let mut b = Vec::new();
+    // SAFETY: we own the superslab until we abandon it.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        slab.alloc_batch(2, |x| b.push(x));
+        ss.abandon(&list);
+    }
+    assert_eq!(list.len(), 1);
+    assert_eq!(ss.owner(), 0);
+    let slab = ss.slab_of(b[0]);
+    // SAFETY: we hold both blocks and give them up.
+    unsafe {
+        assert_eq!(ss.free_remote(slab, b[0], &list), Ok(false));
+        assert_eq!(list.len(), 1, "still holds a block: put back");
+        assert_eq!(
+            ss.free_remote(slab, b[1], &list),
+            Ok(true),
+            "the last block retires it"
+        );
+    }
+    assert_eq!(list.len(), 0);
+    // SAFETY: free_remote returned true: ours to retire.
+    let region = unsafe { ss.retire(&env) };
+    assert_eq!(w.registry.lookup(region.as_ptr() as usize), None);
+    // SAFETY: retired, so unused.
+    unsafe { env.os.unmap(region, SS_SIZE, env.stats) };
+    assert_eq!(w.os.unmaps(), 1);
+}
+
+#[test]
+fn adopt_takes_ownership_of_every_slab_in_use() {
+    let w = World::new();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own it until abandoned.
+    let (s0, s1) = unsafe {
+        let s0 = ss.alloc_slab(0, 16).unwrap();
+        let s1 = ss.alloc_slab(5, 96).unwrap();
+        s0.alloc_batch(1, |_| ());
+        s1.alloc_batch(1, |_| ());
+        ss.abandon(&list);
+        (s0, s1)
+    };
+    assert_eq!((s0.owner(), s1.owner()), (0, 0));
+    let got = list.adopt(9).unwrap();
+    assert!(core::ptr::eq(got, ss));
+    assert_eq!((ss.owner(), s0.owner(), s1.owner()), (9, 9, 9));
+    assert!(list.adopt(10).is_none(), "adopted by exactly one");
+    assert!(!ss.is_abandoned());
+}
+
+#[test]
+fn carve_zeroed_only_on_fresh_slabs() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own it.
+    unsafe {
+        let slab = ss.alloc_slab(0, 1024).unwrap();
+        let b = slab.carve_zeroed().unwrap();
+        assert!(core::slice::from_raw_parts(b, 1024).iter().all(|&x| x == 0));
+        b.write_bytes(0xAB, 1024);
+        assert_eq!(slab.free_local(b), Ok(true));
+        // Re-used for another class, the slab is no longer fresh.
+        assert!(ss.free_slab(slab));
+        let again = ss.alloc_slab(1, 2048).unwrap();
+        assert!(core::ptr::eq(again, slab));
+        assert!(again.carve_zeroed().is_none());
+    }
+}
+
+#[test]
+fn large_regions_are_found_past_their_first_chunk() {
+    let w = World::new();
+    let env = w.env();
+    for (size, align) in [
+        (3 * SS_SIZE + 5, 16),
+        (100_000, SS_SIZE),
+        (4096, 4 * SS_SIZE),
+    ] {
+        let layout = LargeLayout::new(size, align).unwrap();
+        let region = env.os.map(layout.len, layout.align, env.stats).unwrap();
+        // SAFETY: a fresh region of the layout's size and alignment.
+        let user = unsafe { LargeHeader::init(&env, region, layout) }.unwrap();
+        assert_eq!(user.as_ptr() as usize % align, 0);
+        let last = user.as_ptr() as usize + size - 1;
+        let (base, kind) = w.registry.lookup(last).unwrap();
+        assert_eq!((base, kind), (region.as_ptr() as usize, Kind::Large));
+        // SAFETY: the registry reports it live and we hold its block.
+        let h = unsafe { LargeHeader::at(base) };
+        assert_eq!(h.user(), user.as_ptr() as usize);
+        assert!(h.usable() >= size);
+        // SAFETY: we give the block up.
+        let (b, len) = unsafe { h.retire(&env) };
+        assert_eq!(w.registry.lookup(last), None);
+        // SAFETY: retired.
+        unsafe { env.os.unmap(b, len, env.stats) };
+    }
+}
+
+#[test]
+fn libc_os_maps_aligned_and_counts_calls() {
+    let stats = GlobalStats::new();
+    let p = LibcOs.map(SS_SIZE, SS_SIZE, &stats).unwrap();
+    assert_eq!(p.as_ptr() as usize % SS_SIZE, 0);
+    // SAFETY: our mapping.
+    unsafe {
+        p.as_ptr().write_bytes(7, SS_SIZE);
+        assert!(LibcOs.purge(p, SS_SIZE, &stats));
+        assert_eq!(
+            *p.as_ptr().add(SS_SIZE - 1),
+            0,
+            "MADV_DONTNEED reads back zero"
+        );
+        LibcOs.unmap(p, SS_SIZE, &stats);
+    }
+    let s = stats.snapshot();
+    assert!(s.count(hakmem_stats::Event::Mmap) >= 1);
+    assert_eq!(s.count(hakmem_stats::Event::Madvise), 1);
+    assert!(s.bytes(hakmem_stats::Event::Munmap) >= SS_SIZE as u64);
+}
+
+#[test]
+fn check_bitmap_catches_a_double_free() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    assert!(ss.check_mark_held(3, 100));
+    assert!(!ss.check_mark_held(3, 100));
+    assert!(ss.check_mark_freed(3, 100));
+    assert!(
+        !ss.check_mark_freed(3, 100),
+        "second free of the same block"
+    );
+}
