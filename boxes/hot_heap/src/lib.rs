@@ -1,1 +1,838 @@
+//! # hakmem-hot-heap: the per-thread Hot Box
+//!
+//! One job: serve a thread's small allocations and frees. A [`Heap`] owns the thread's thread
+//! lists (hakmem-tls-sll), its unified cache, its superslabs and, per class, a ring of its slabs
+//! that have free blocks. The [`Ctx`] is what all heaps share: the OS layer, the registry, the
+//! lru, the abandoned list, the global stats and the list of heaps.
+//!
+//! ```text
+//! alloc: thread list --(empty)--> unified cache --(empty)--> slabs, in this order:
+//!        own slabs -> drained remote frees -> adopted abandoned superslabs
+//!        -> new slab in an own superslab -> lru -> OS
+//! free (owner):     thread list --(full)--> unified cache --(full)--> slab free lists
+//! free (non-owner): one CAS onto the slab's remote stack
+//! ```
+//!
+//! ## Invariants
+//! - **H1 (own blocks only).** A heap's thread lists and cache hold only blocks of slabs it owns;
+//!   a free checks `slab.owner() == heap.id` and sends anything else to the remote stack.
+//! - **H2 (fast path).** [`Heap::alloc`] and the owner's [`Heap::free_small`] touch the heap, the
+//!   block, and (for the free) the slab's shared `owner`/`class` words, which only the owner
+//!   writes: no atomic read-modify-write, no lock, no division.
+//! - **H3 (rings).** A slab is on its class's ring iff it is in use by this heap and has a free
+//!   or never-carved block, or it is the ring's current slab. Full slabs leave the ring and
+//!   come back when a block returns (local flush or drained remote free).
+//! - **H4 (empty slabs go back).** A slab that becomes empty is returned to its superslab at
+//!   once, unless it is its class's current slab; a superslab that becomes empty is retired to
+//!   the lru (which gives its pages back).
+//! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
+//!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
+//!   superslab is ever leaked with an owner that no longer runs.
+//! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
+//!   the slow path, where a per-slab bitmap catches every double free.
+#![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
+
+mod sync;
+
+use core::ptr::{null, null_mut, NonNull};
+use hakmem_lru::{now_ns, Lru, LruConfig};
+use hakmem_registry::Registry;
+use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
+use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
+use hakmem_superslab::{
+    AbandonedList, Corrupt, Env, Os, SlabMeta, SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE,
+    SS_SIZE,
+};
+use hakmem_tls_sll::List;
+use hakmem_unified_cache::UnifiedCache;
+use sync::{AtomicUsize, Ordering};
+
+/// The unified cache type every heap carries.
+type Cache = UnifiedCache<CLASSES, CACHE_SLOTS>;
+
+/// Owned superslabs scanned for remote frees per refill, before the full scan that precedes
+/// taking a new superslab.
+const SCAN_PER_REFILL: usize = 4;
+
+struct Heaps {
+    live: *mut Heap,
+    free: *mut Heap,
+    live_count: usize,
+}
+
+// SAFETY: heap pointers are only followed under the lock that guards this list.
+unsafe impl Send for Heaps {}
+
+/// What every heap shares.
+pub struct Ctx {
+    os: &'static dyn Os,
+    /// Which regions are ours.
+    pub registry: Registry,
+    /// Global counters.
+    pub stats: GlobalStats,
+    /// Empty regions kept for reuse.
+    pub lru: Lru,
+    /// Superslabs whose owner exited while blocks were out.
+    pub abandoned: AbandonedList,
+    check: bool,
+    report: fn(Corrupt),
+    heaps: SpinLock<Heaps>,
+    next_id: AtomicUsize,
+}
+
+impl Ctx {
+    /// A context over `os` and `registry`. `check` turns on full double-free checks (H6);
+    /// `report` hears of every corruption found (it may abort; if it returns, the offending
+    /// block is dropped and the allocator goes on).
+    pub fn new(
+        os: &'static dyn Os,
+        registry: Registry,
+        lru: LruConfig,
+        check: bool,
+        report: fn(Corrupt),
+    ) -> Self {
+        Self {
+            os,
+            registry,
+            stats: GlobalStats::new(),
+            lru: Lru::new(lru),
+            abandoned: AbandonedList::new(),
+            check,
+            report,
+            heaps: SpinLock::new(Heaps {
+                live: null_mut(),
+                free: null_mut(),
+                live_count: 0,
+            }),
+            next_id: AtomicUsize::new(1),
+        }
+    }
+
+    /// The environment superslab operations need.
+    #[inline(always)]
+    pub fn env(&self) -> Env<'_> {
+        Env {
+            os: self.os,
+            registry: &self.registry,
+            stats: &self.stats,
+        }
+    }
+
+    /// True in check mode.
+    pub fn check(&self) -> bool {
+        self.check
+    }
+
+    /// Reports a corruption (see [`Ctx::new`]).
+    #[cold]
+    pub fn report(&self, c: Corrupt) {
+        (self.report)(c)
+    }
+
+    /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
+    /// refuses memory.
+    pub fn new_heap(&'static self) -> Option<NonNull<Heap>> {
+        let recycled = self.heaps.with(|h| {
+            let f = h.free;
+            if !f.is_null() {
+                // SAFETY: heaps on the free list are ours and unused.
+                h.free = unsafe { (*f).next };
+            }
+            f
+        });
+        let heap = match NonNull::new(recycled) {
+            Some(h) => h,
+            None => {
+                let len = (core::mem::size_of::<Heap>() + PAGE - 1) & !(PAGE - 1);
+                self.os.map(len, PAGE, &self.stats)?.cast::<Heap>()
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: fresh zeroed memory or a retired heap (left empty by `retire_heap`), both
+        // valid `Heap`s (a zeroed Heap is valid: every field is an integer or a pointer).
+        unsafe { Heap::init(heap.as_ptr(), self, id) };
+        self.heaps.with(|h| {
+            // SAFETY: under the lock; `heap` is ours, the list's heaps are live.
+            unsafe {
+                (*heap.as_ptr()).next = h.live;
+                (*heap.as_ptr()).prev = null_mut();
+                if let Some(l) = h.live.as_mut() {
+                    l.prev = heap.as_ptr();
+                }
+            }
+            h.live = heap.as_ptr();
+            h.live_count += 1;
+        });
+        Some(heap)
+    }
+
+    /// Tears a thread's heap down (H5), merges its counts, and keeps its memory for the next
+    /// thread.
+    ///
+    /// # Safety
+    /// `heap` came from [`Ctx::new_heap`], its thread will not use it again, and nobody else does.
+    pub unsafe fn retire_heap(&self, heap: NonNull<Heap>) {
+        let h = heap.as_ptr();
+        // SAFETY: the caller hands the heap over.
+        unsafe { (*h).teardown() };
+        self.heaps.with(|l| {
+            // SAFETY: under the lock; `h` and its neighbours are on the live list.
+            unsafe {
+                self.stats.merge(&(*h).stats);
+                let (next, prev) = ((*h).next, (*h).prev);
+                match prev.as_mut() {
+                    Some(p) => p.next = next,
+                    None => l.live = next,
+                }
+                if let Some(n) = next.as_mut() {
+                    n.prev = prev;
+                }
+                (*h).next = l.free;
+                (*h).id = 0;
+            }
+            l.free = h;
+            l.live_count -= 1;
+        });
+    }
+
+    /// Every counter: the global ones plus each live heap's.
+    pub fn snapshot(&self) -> Snapshot {
+        self.heaps.with(|l| {
+            let mut s = self.stats.snapshot();
+            let mut h = l.live;
+            // SAFETY: under the lock, live heaps stay on the list; their counters are atomics.
+            while let Some(heap) = unsafe { h.as_ref() } {
+                s.add_thread(&heap.stats);
+                h = heap.next;
+            }
+            s
+        })
+    }
+
+    /// Live heaps (threads that have allocated and not exited).
+    pub fn live_heaps(&self) -> usize {
+        self.heaps.with(|l| l.live_count)
+    }
+
+    /// Retires a superslab whose last reference was dropped, into the lru.
+    ///
+    /// # Safety
+    /// The caller got `true` from [`Superslab::unpin`] or [`Superslab::free_remote`].
+    pub unsafe fn release_superslab(&self, ss: &Superslab) {
+        let env = self.env();
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { ss.retire(&env) };
+        // SAFETY: retired: unregistered, no block or reference left.
+        unsafe { self.lru.put(&env, region, SS_SIZE, now_ns()) };
+    }
+
+    /// A superslab for heap `owner`: from the lru, else fresh from the OS.
+    fn superslab_for(&self, owner: usize) -> Option<&'static Superslab> {
+        let env = self.env();
+        if let Some(r) = self.lru.take(&env, SS_SIZE, now_ns()) {
+            // SAFETY: a cached region is ours, whole and unused (lru C2).
+            match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
+                Ok(ss) => return Some(ss),
+                // SAFETY: never published.
+                Err(region) => unsafe { self.os.unmap(region, SS_SIZE, &self.stats) },
+            }
+        }
+        Superslab::create(&env, owner)
+    }
+
+    /// Takes every lock a forking thread must not leave held (fork's `prepare`).
+    #[cfg(not(loom))]
+    pub fn lock_all(&self) {
+        self.heaps.lock();
+        self.abandoned.lock();
+        self.lru.lock();
+    }
+
+    /// Releases what [`Ctx::lock_all`] took (fork's `parent` and `child`).
+    #[cfg(not(loom))]
+    pub fn unlock_all(&self) {
+        self.lru.unlock();
+        self.abandoned.unlock();
+        self.heaps.unlock();
+    }
+}
+
+/// One thread's heap.
+#[repr(C)]
+pub struct Heap {
+    sll: [List; CLASSES],
+    id: usize,
+    ctx: *const Ctx,
+    current: [*const SlabMeta; CLASSES],
+    owned: *const Superslab,
+    cursor: *const Superslab,
+    /// This thread's counters.
+    pub stats: ThreadStats,
+    next: *mut Heap,
+    prev: *mut Heap,
+    cache: Cache,
+}
+
+/// Where a block's check-bitmap bit lives: `(slab index, 16-byte granule in the slab)`.
+fn check_index(ss: &Superslab, p: *mut u8) -> (usize, usize) {
+    let off = p as usize - ss.base();
+    (off >> SLAB_SHIFT, (off & (SLAB_SIZE - 1)) >> 4)
+}
+
+impl Heap {
+    /// Initialises a heap in place.
+    ///
+    /// # Safety
+    /// `this` points to a valid, empty `Heap` (zeroed memory is one) that nobody else uses.
+    unsafe fn init(this: *mut Heap, ctx: &'static Ctx, id: usize) {
+        // SAFETY: the caller hands over a valid, empty heap.
+        let h = unsafe { &mut *this };
+        h.id = id;
+        h.ctx = ctx;
+        for c in 0..CLASSES {
+            h.sll[c] = List::new(if ctx.check { 0 } else { LIST_CAPS[c] });
+            h.current[c] = null();
+        }
+        h.owned = null();
+        h.cursor = null();
+        h.cache
+            .set_caps(&CACHE_CAPS)
+            .expect("route sizes the cache for every class");
+    }
+
+    /// This heap's id (what its slabs hold in `owner`).
+    #[inline(always)]
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The shared context.
+    #[inline(always)]
+    pub fn ctx(&self) -> &'static Ctx {
+        // SAFETY: set at init to a context that lives for the program.
+        unsafe { &*self.ctx }
+    }
+
+    /// A block of `class`, or null when the OS refuses memory (H2).
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this.
+    #[inline(always)]
+    pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
+        // SAFETY: the list holds free blocks this heap owns (H1).
+        let p = unsafe { self.sll[class].pop() };
+        if !p.is_null() {
+            self.stats.on_alloc(class);
+            return p;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_slow(class) }
+    }
+
+    /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this.
+    pub unsafe fn alloc_zeroed(&mut self, class: usize) -> *mut u8 {
+        if self.sll[class].is_empty() && self.cache.is_empty(class) {
+            if let Some(slab) = NonNull::new(self.current[class] as *mut SlabMeta) {
+                // SAFETY: current slabs are owned by this heap.
+                let slab = unsafe { slab.as_ref() };
+                // SAFETY: as above.
+                if let Some(p) = unsafe { slab.carve_zeroed() } {
+                    self.ctx().stats.held_add(class, 1);
+                    self.on_handed_out(class, p);
+                    return p;
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc(class) };
+        if !p.is_null() {
+            // SAFETY: a block of at least block_size bytes, ours.
+            unsafe { p.write_bytes(0, block_size_of(class)) };
+        }
+        p
+    }
+
+    fn on_handed_out(&mut self, class: usize, p: *mut u8) {
+        self.stats.on_alloc(class);
+        if self.ctx().check {
+            // SAFETY: `p` is a block of a live superslab of ours.
+            let ss = unsafe { Superslab::of(p) };
+            let (s, g) = check_index(ss, p);
+            if !ss.check_mark_held(s, g) {
+                self.ctx().report(Corrupt::DoubleFree(p as usize));
+            }
+        }
+    }
+
+    #[cold]
+    unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        if self.cache.is_empty(class) {
+            // SAFETY: only the heap's thread gets here.
+            unsafe { self.refill_cache(class) };
+        }
+        let p = self.cache.pop(class);
+        if p.is_null() {
+            return null_mut();
+        }
+        let batch = (self.sll[class].cap() / 2).min(self.cache.len(class));
+        for _ in 0..batch {
+            let b = self.cache.pop(class);
+            // SAFETY: a free block this heap owns, on no list.
+            unsafe { self.sll[class].push(b) };
+        }
+        self.on_handed_out(class, p);
+        p
+    }
+
+    /// Fills the cache for `class` halfway from slabs, in the refill order.
+    unsafe fn refill_cache(&mut self, class: usize) {
+        let want = (self.cache.cap(class) / 2).max(1);
+        let mut got = 0;
+        while got < want {
+            // SAFETY: only the heap's thread gets here.
+            let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
+                break;
+            };
+            let cache = &mut self.cache;
+            // SAFETY: the slab is ours (H3).
+            let n = unsafe { slab.alloc_batch(want - got, |b| assert!(cache.push(class, b))) };
+            got += n;
+            self.ctx().stats.held_add(class, n as usize);
+            // SAFETY: as above.
+            if unsafe { !slab.has_free() } {
+                self.ring_remove(class, slab);
+            }
+        }
+    }
+
+    /// A slab of `class` with a free block, in the refill order (module docs).
+    unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
+        // 1. Own slabs with free blocks.
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 2. Remote frees, drained from a few own superslabs.
+        self.collect_owned(SCAN_PER_REFILL);
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 3. Abandoned superslabs, adopted.
+        while let Some(ss) = self.ctx().abandoned.adopt(self.id) {
+            self.ctx().stats.event(Event::Adopt, 0);
+            self.link_owned(ss);
+            self.collect_one(ss);
+            if let Some(s) = self.current(class) {
+                return Some(s);
+            }
+        }
+        // Before asking for a new superslab, drain every own superslab once.
+        self.collect_owned(usize::MAX);
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 4. A new slab in an own superslab; 5. the lru; 6. the OS.
+        let bs = block_size_of(class) as u32;
+        let mut ss = self.owned;
+        // SAFETY: owned superslabs are live and ours.
+        while let Some(s) = unsafe { ss.as_ref() } {
+            // SAFETY: ours.
+            if let Some(slab) = unsafe { s.alloc_slab(class as u32, bs) } {
+                self.ring_insert(class, slab);
+                return Some(slab);
+            }
+            // SAFETY: ours.
+            ss = unsafe { s.heap_links().0 };
+        }
+        let s = self.ctx().superslab_for(self.id)?;
+        self.link_owned(s);
+        // SAFETY: ours, fresh: every slab is free.
+        let slab = unsafe { s.alloc_slab(class as u32, bs) }?;
+        self.ring_insert(class, slab);
+        Some(slab)
+    }
+
+    #[inline]
+    fn current(&self, class: usize) -> Option<&'static SlabMeta> {
+        // SAFETY: ring slabs are live and ours (H3).
+        unsafe { self.current[class].as_ref() }
+    }
+
+    fn in_ring(slab: &SlabMeta) -> bool {
+        // SAFETY: only called on slabs this heap owns.
+        unsafe { !slab.local().next.is_null() }
+    }
+
+    fn ring_insert(&mut self, class: usize, slab: &SlabMeta) {
+        let cur = self.current[class];
+        // SAFETY: ring members are slabs this heap owns; only this thread touches their locals.
+        unsafe {
+            if cur.is_null() {
+                slab.with_local(|l| {
+                    l.next = slab;
+                    l.prev = slab;
+                });
+                self.current[class] = slab;
+            } else {
+                let prev = (*cur).local().prev;
+                slab.with_local(|l| {
+                    l.next = cur;
+                    l.prev = prev;
+                });
+                (*prev).with_local(|l| l.next = slab);
+                (*cur).with_local(|l| l.prev = slab);
+            }
+        }
+    }
+
+    fn ring_remove(&mut self, class: usize, slab: &SlabMeta) {
+        // SAFETY: as in ring_insert.
+        unsafe {
+            let l = slab.local();
+            if l.next.is_null() {
+                return;
+            }
+            if core::ptr::eq(l.next, slab) {
+                self.current[class] = null();
+            } else {
+                (*l.prev).with_local(|p| p.next = l.next);
+                (*l.next).with_local(|n| n.prev = l.prev);
+                if core::ptr::eq(self.current[class], slab) {
+                    self.current[class] = l.next;
+                }
+            }
+            slab.with_local(|x| {
+                x.next = null();
+                x.prev = null();
+            });
+        }
+    }
+
+    fn link_owned(&mut self, ss: &Superslab) {
+        // SAFETY: `ss` is now owned by this heap; the list's superslabs are too.
+        unsafe {
+            ss.set_heap_links(self.owned, null());
+            if let Some(o) = self.owned.as_ref() {
+                let next = o.heap_links().0;
+                o.set_heap_links(next, ss);
+            }
+        }
+        self.owned = ss;
+    }
+
+    fn unlink_owned(&mut self, ss: &Superslab) {
+        // SAFETY: `ss` and its neighbours are owned by this heap.
+        unsafe {
+            let (next, prev) = ss.heap_links();
+            match prev.as_ref() {
+                Some(p) => p.set_heap_links(next, p.heap_links().1),
+                None => self.owned = next,
+            }
+            if let Some(n) = next.as_ref() {
+                n.set_heap_links(n.heap_links().0, prev);
+            }
+            if core::ptr::eq(self.cursor, ss) {
+                self.cursor = next;
+            }
+            ss.set_heap_links(null(), null());
+        }
+    }
+
+    /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.
+    fn collect_owned(&mut self, n: usize) {
+        let mut left = n;
+        let mut ss = if self.cursor.is_null() {
+            self.owned
+        } else {
+            self.cursor
+        };
+        let start = ss;
+        while left > 0 {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { ss.as_ref() }) else {
+                break;
+            };
+            // SAFETY: ours.
+            let next = unsafe { s.heap_links().0 };
+            self.collect_one(s);
+            left -= 1;
+            ss = if next.is_null() { self.owned } else { next };
+            if core::ptr::eq(ss, start) {
+                break;
+            }
+        }
+        self.cursor = ss;
+    }
+
+    /// Drains the remote stacks of `ss`'s slabs into their free lists; fixes rings; gives back
+    /// empty slabs and, when all are empty, the superslab (H3, H4).
+    fn collect_one(&mut self, ss: &'static Superslab) {
+        // SAFETY: `ss` is owned by this heap.
+        for slab in unsafe { ss.slabs_in_use() } {
+            // SAFETY: ours.
+            let drained = match unsafe { slab.drain_remote() } {
+                Ok(n) => n,
+                Err(e) => {
+                    self.ctx().report(e);
+                    continue;
+                }
+            };
+            let class = slab.class();
+            if drained != 0 {
+                self.ctx().stats.held_sub(class, drained as usize);
+            }
+            // SAFETY: ours.
+            let (empty, has_free) = unsafe { (slab.is_empty(), slab.has_free()) };
+            if empty && !core::ptr::eq(self.current[class], slab) {
+                if self.free_slab(ss, class, slab) {
+                    return;
+                }
+            } else if has_free && !Self::in_ring(slab) {
+                self.ring_insert(class, slab);
+            }
+        }
+    }
+
+    /// Returns an empty slab to its superslab; true when that released the superslab.
+    fn free_slab(&mut self, ss: &'static Superslab, class: usize, slab: &SlabMeta) -> bool {
+        self.ring_remove(class, slab);
+        // SAFETY: ours and empty.
+        if unsafe { ss.free_slab(slab) } {
+            self.unlink_owned(ss);
+            if ss.unpin() {
+                // SAFETY: the last reference was ours.
+                unsafe { self.ctx().release_superslab(ss) };
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Frees `p`, a block in `slab` of `ss` (H1, H2). The caller found both through the
+    /// registry and checked `p` is 16-byte aligned.
+    ///
+    /// # Safety
+    /// `p` is a block the caller holds and gives up; only the heap's thread calls this.
+    #[inline(always)]
+    pub unsafe fn free_small(&mut self, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        let class = slab.class();
+        if slab.owner() == self.id {
+            let l = &mut self.sll[class];
+            if !l.is_full() && l.head() != p {
+                // SAFETY: a block of our own slab, given up by the caller.
+                unsafe { l.push(p) };
+                self.stats.on_free(class);
+                return;
+            }
+            // SAFETY: forwarded.
+            return unsafe { self.free_local_slow(class, p) };
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_remote(ss, slab, class, p) }
+    }
+
+    #[cold]
+    unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        if self.ctx().check {
+            // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
+            unsafe { self.return_checked(class, p) };
+            return;
+        }
+        if self.sll[class].head() == p {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
+        self.spill(class);
+        // SAFETY: the list has room now; `p` is ours and given up.
+        unsafe { self.sll[class].push(p) };
+        self.stats.on_free(class);
+    }
+
+    /// Check mode: validates `p` against its slab and the bitmap, then returns it to the slab.
+    unsafe fn return_checked(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: `p` lies in a live superslab of ours.
+        let ss = unsafe { Superslab::of(p) };
+        let (s, g) = check_index(ss, p);
+        if !ss.check_mark_freed(s, g) {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
+        self.stats.on_free(class);
+        self.return_to_slab(class, p);
+    }
+
+    /// Moves half a thread list into the cache, flushing the cache's oldest blocks to their
+    /// slabs first if it has no room.
+    fn spill(&mut self, class: usize) {
+        let n = (self.sll[class].cap() / 2).max(1);
+        if self.cache.room(class) < n {
+            let flush = n.max(self.cache.cap(class) / 2);
+            let mut batch = [null_mut(); 256];
+            let mut k = 0;
+            self.cache.drain_oldest(class, flush, |b| {
+                batch[k] = b;
+                k += 1;
+            });
+            for &b in &batch[..k] {
+                self.return_to_slab(class, b);
+            }
+        }
+        // SAFETY: the list holds free blocks of ours.
+        let chain = unsafe { self.sll[class].take(n) };
+        let mut b = chain.head;
+        for _ in 0..chain.len {
+            // SAFETY: a block of the chain, linked through its first word.
+            let next = unsafe { hakmem_tls_sll::next(b) };
+            if !self.cache.push(class, b) {
+                self.return_to_slab(class, b);
+            }
+            b = next;
+        }
+    }
+
+    /// Gives one block back to its slab's free list; validates it first.
+    fn return_to_slab(&mut self, class: usize, b: *mut u8) {
+        // SAFETY: blocks in our lists and cache lie in live superslabs we own (H1).
+        let ss = unsafe { Superslab::of(b) };
+        let slab = ss.slab_of(b);
+        // SAFETY: ours.
+        if !unsafe { slab.is_block(b) } {
+            self.ctx().report(Corrupt::NotABlock(b as usize));
+            return;
+        }
+        // SAFETY: ours, and the block is given up.
+        match unsafe { slab.free_local(b) } {
+            Ok(empty) => {
+                self.ctx().stats.held_sub(class, 1);
+                if empty && !core::ptr::eq(self.current[class], slab) {
+                    self.free_slab(ss, class, slab);
+                } else if !Self::in_ring(slab) {
+                    self.ring_insert(class, slab);
+                }
+            }
+            Err(e) => self.ctx().report(e),
+        }
+    }
+
+    #[cold]
+    unsafe fn free_remote(
+        &mut self,
+        ss: &'static Superslab,
+        slab: &SlabMeta,
+        class: usize,
+        p: *mut u8,
+    ) {
+        let ctx = self.ctx();
+        if ctx.check {
+            let (s, g) = check_index(ss, p);
+            if !ss.check_mark_freed(s, g) {
+                ctx.report(Corrupt::DoubleFree(p as usize));
+                return;
+            }
+        }
+        self.stats.on_free(class);
+        self.stats.on_remote_free();
+        // SAFETY: the caller gives up `p`, a block of `slab` in `ss`.
+        match unsafe { ss.free_remote(slab, p, &ctx.abandoned, &ctx.stats) } {
+            // SAFETY: we dropped the last reference.
+            Ok(true) => unsafe { ctx.release_superslab(ss) },
+            Ok(false) => {}
+            Err(e) => ctx.report(e),
+        }
+    }
+
+    /// Frees `p` from a thread that has no heap (or no longer has one): always the remote path.
+    ///
+    /// # Safety
+    /// As for [`Heap::free_small`]; `ctx` is the context `ss` belongs to.
+    pub unsafe fn free_orphan(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        if ctx.check {
+            let (s, g) = check_index(ss, p);
+            if !ss.check_mark_freed(s, g) {
+                ctx.report(Corrupt::DoubleFree(p as usize));
+                return;
+            }
+        }
+        ctx.stats.count_free(slab.class());
+        ctx.stats.event(Event::RemoteFree, 0);
+        // SAFETY: the caller gives up `p`, a block of `slab` in `ss`.
+        match unsafe { ss.free_remote(slab, p, &ctx.abandoned, &ctx.stats) } {
+            // SAFETY: we dropped the last reference.
+            Ok(true) => unsafe { ctx.release_superslab(ss) },
+            Ok(false) => {}
+            Err(e) => ctx.report(e),
+        }
+    }
+
+    /// Everything back (H5): lists and cache to slabs, remote frees drained, empty slabs and
+    /// superslabs released, the rest abandoned.
+    unsafe fn teardown(&mut self) {
+        for class in 0..CLASSES {
+            // SAFETY: the list holds free blocks of ours.
+            let chain = unsafe { self.sll[class].take_all() };
+            let mut b = chain.head;
+            for _ in 0..chain.len {
+                // SAFETY: a block of the chain.
+                let next = unsafe { hakmem_tls_sll::next(b) };
+                self.return_to_slab(class, b);
+                b = next;
+            }
+            let mut batch = [null_mut(); 256];
+            loop {
+                let mut k = 0;
+                self.cache.drain_oldest(class, 256, |b| {
+                    batch[k] = b;
+                    k += 1;
+                });
+                if k == 0 {
+                    break;
+                }
+                for &b in &batch[..k] {
+                    self.return_to_slab(class, b);
+                }
+            }
+        }
+        self.current = [null(); CLASSES];
+        while let Some(ss) = NonNull::new(self.owned as *mut Superslab) {
+            // SAFETY: owned superslabs are live and ours.
+            let ss: &'static Superslab = unsafe { &*ss.as_ptr() };
+            // SAFETY: ours; the rings are dissolved (current is cleared above).
+            for slab in unsafe { ss.slabs_in_use() } {
+                // SAFETY: ours.
+                unsafe {
+                    slab.with_local(|l| {
+                        l.next = null();
+                        l.prev = null();
+                    })
+                };
+            }
+            let ctx = self.ctx();
+            // SAFETY: ours.
+            let empty = match unsafe { ss.collect(|c, n| ctx.stats.held_sub(c, n as usize)) } {
+                Ok(e) => e,
+                Err(e) => {
+                    ctx.report(e);
+                    false
+                }
+            };
+            self.unlink_owned(ss);
+            if empty {
+                if ss.unpin() {
+                    // SAFETY: the last reference was ours.
+                    unsafe { ctx.release_superslab(ss) };
+                }
+            } else {
+                ctx.stats.event(Event::Abandon, 0);
+                // SAFETY: ours, and forgotten from here on.
+                unsafe { ss.abandon(&ctx.abandoned) };
+            }
+        }
+        self.cursor = null();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

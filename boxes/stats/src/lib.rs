@@ -201,6 +201,18 @@ impl GlobalStats {
         }
     }
 
+    /// One allocation of `class` by a thread without a heap (counted straight into the globals).
+    #[inline]
+    pub fn count_alloc(&self, class: usize) {
+        self.allocs[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One free of `class` by a thread without a heap (counted straight into the globals).
+    #[inline]
+    pub fn count_free(&self, class: usize) {
+        self.frees[class].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `n` blocks of `class` left their slab (S3). Updates the peak.
     #[inline]
     pub fn held_add(&self, class: usize, n: usize) {

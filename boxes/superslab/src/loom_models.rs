@@ -126,7 +126,8 @@ fn refcount() {
                 loom::thread::spawn(move || {
                     let slab = ss.slab_of(b as *const u8);
                     // SAFETY: this thread holds `b` and gives it up.
-                    let last = unsafe { ss.free_remote(slab, b as *mut u8, &w.list) }.unwrap();
+                    let last =
+                        unsafe { ss.free_remote(slab, b as *mut u8, &w.list, &w.stats) }.unwrap();
                     if last {
                         w.release(ss);
                     }
@@ -165,7 +166,7 @@ fn abandon_adopt() {
                 for b in blocks {
                     let slab = ss.slab_of(b as *const u8);
                     // SAFETY: this thread holds `b` and gives it up.
-                    if unsafe { ss.free_remote(slab, b as *mut u8, &w.list) }.unwrap() {
+                    if unsafe { ss.free_remote(slab, b as *mut u8, &w.list, &w.stats) }.unwrap() {
                         w.release(ss);
                         released = true;
                     }

@@ -1,6 +1,6 @@
 //! Slab metadata: one 64 KiB slab of equal-size blocks, living in its superslab's header.
 use crate::remote::RemoteStack;
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{AtomicU32, AtomicUsize, Ordering, UnsafeCell};
 use core::ptr::null_mut;
 
 /// What went wrong when a slab got back a block it did not expect.
@@ -15,8 +15,6 @@ pub enum Corrupt {
 /// The owner-only part of a slab's metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct SlabLocal {
-    /// Size class index, as the route box numbers them.
-    pub class: u32,
     /// Block size in bytes (a multiple of 16).
     pub block_size: u32,
     /// Blocks that fit in the slab.
@@ -43,7 +41,6 @@ pub struct SlabLocal {
 
 impl SlabLocal {
     const EMPTY: Self = Self {
-        class: 0,
         block_size: 0,
         capacity: 0,
         carve: 0,
@@ -60,11 +57,14 @@ impl SlabLocal {
 
 /// One slab's metadata.
 ///
-/// `owner` and `remote` are shared with every thread; `local` belongs to the owner alone (the
-/// heap whose id is in `owner`, or whoever holds the abandoned superslab exclusively).
+/// `owner`, `class` and `remote` are shared with every thread; `local` belongs to the owner
+/// alone (the heap whose id is in `owner`, or whoever holds the abandoned superslab exclusively).
+/// `class` changes only when the slab is (re)initialised, which needs every block back, so a
+/// thread holding a block reads it reliably.
 #[repr(C, align(64))]
 pub struct SlabMeta {
     owner: AtomicUsize,
+    class: AtomicU32,
     /// Blocks freed by non-owners, waiting for the owner.
     pub remote: RemoteStack,
     local: UnsafeCell<SlabLocal>,
@@ -77,6 +77,7 @@ impl SlabMeta {
     pub(crate) fn new() -> Self {
         Self {
             owner: AtomicUsize::new(0),
+            class: AtomicU32::new(0),
             remote: RemoteStack::new(),
             local: UnsafeCell::new(SlabLocal::EMPTY),
         }
@@ -112,14 +113,11 @@ impl SlabMeta {
         self.local.with_mut(|l| f(unsafe { &mut *l }))
     }
 
-    /// The size class, for the owner's fast path.
-    ///
-    /// # Safety
-    /// The caller owns the slab.
+    /// The size class (as the route box numbers them). Reliable for the owner and for any
+    /// thread holding one of the slab's blocks.
     #[inline(always)]
-    pub unsafe fn class(&self) -> usize {
-        // SAFETY: forwarded.
-        self.local.with(|l| unsafe { (*l).class }) as usize
+    pub fn class(&self) -> usize {
+        self.class.load(Ordering::Relaxed) as usize
     }
 
     pub(crate) unsafe fn init(
@@ -130,11 +128,11 @@ impl SlabMeta {
         capacity: u32,
         fresh: bool,
     ) {
+        self.class.store(class, Ordering::Relaxed);
         // SAFETY: the caller owns the (free) slab.
         unsafe {
             self.with_local(|l| {
                 *l = SlabLocal {
-                    class,
                     block_size,
                     capacity,
                     start,

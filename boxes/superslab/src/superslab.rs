@@ -6,7 +6,7 @@ use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCel
 use crate::{Env, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE};
 use core::ptr::{addr_of_mut, NonNull};
 use hakmem_registry::Kind;
-use hakmem_stats::Event;
+use hakmem_stats::{Event, GlobalStats};
 
 const MAGIC: usize = 0x4841_4b4d_5353_0001; // "HAKMSS" v1
 
@@ -413,6 +413,7 @@ impl Superslab {
         slab: &SlabMeta,
         block: *mut u8,
         list: &AbandonedList,
+        stats: &GlobalStats,
     ) -> Result<bool, Corrupt> {
         if !self.is_abandoned() {
             // SAFETY: forwarded from the caller.
@@ -433,7 +434,7 @@ impl Superslab {
         // and the lock orders that look after the other freer's push.
         while list.try_remove(self) {
             // SAFETY: out of the list, the superslab is ours alone until we put it back.
-            match unsafe { self.collect(|_, _| ()) } {
+            match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
                 Ok(true) => {
                     // Empty: drop the list's reference instead of putting it back.
                     let last = self.unpin();

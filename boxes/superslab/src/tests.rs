@@ -102,10 +102,10 @@ fn remote_frees_come_back_on_drain() {
         slab.alloc_batch(100, |x| b.push(x as usize));
         std::thread::scope(|s| {
             for chunk in b.chunks(25) {
-                let list = &list;
+                let (list, stats) = (&list, &w.stats);
                 s.spawn(move || {
                     for &x in chunk {
-                        assert_eq!(ss.free_remote(slab, x as *mut u8, list), Ok(false));
+                        assert_eq!(ss.free_remote(slab, x as *mut u8, list, stats), Ok(false));
                     }
                 });
             }
@@ -134,10 +134,10 @@ fn an_abandoned_superslab_is_collected_by_its_last_remote_free() {
     let slab = ss.slab_of(b[0]);
     // SAFETY: we hold both blocks and give them up.
     unsafe {
-        assert_eq!(ss.free_remote(slab, b[0], &list), Ok(false));
+        assert_eq!(ss.free_remote(slab, b[0], &list, &w.stats), Ok(false));
         assert_eq!(list.len(), 1, "still holds a block: put back");
         assert_eq!(
-            ss.free_remote(slab, b[1], &list),
+            ss.free_remote(slab, b[1], &list, &w.stats),
             Ok(true),
             "the last block retires it"
         );

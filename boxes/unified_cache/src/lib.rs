@@ -55,6 +55,30 @@ impl<const CLASSES: usize, const SLOTS: usize> UnifiedCache<CLASSES, SLOTS> {
         })
     }
 
+    /// Re-lays the classes out for `caps`, in place, on an empty cache (or zeroed memory, which
+    /// is a valid empty cache with no room): no large value moves through the stack.
+    pub fn set_caps(&mut self, caps: &[u32; CLASSES]) -> Result<(), TooManySlots> {
+        let wanted: usize = caps.iter().map(|&c| c as usize).sum();
+        if wanted > SLOTS {
+            return Err(TooManySlots {
+                wanted,
+                available: SLOTS,
+            });
+        }
+        debug_assert!(
+            self.len.iter().all(|&n| n == 0),
+            "set_caps on a non-empty cache"
+        );
+        let mut at = 0u32;
+        for c in 0..CLASSES {
+            self.start[c] = at;
+            self.len[c] = 0;
+            self.cap[c] = caps[c];
+            at += caps[c];
+        }
+        Ok(())
+    }
+
     /// Blocks cached for `class`.
     #[inline]
     pub fn len(&self, class: usize) -> u32 {
