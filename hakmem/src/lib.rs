@@ -1,1 +1,339 @@
+//! # hakmem: a general-purpose memory allocator built from layered boxes
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static A: hakmem::HakMem = hakmem::HakMem;
+//! ```
+//!
+//! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
+//! allocator, owns start-up and the per-thread heap pointer, and serves the large tier. It never
+//! exports `malloc` and friends; `libhakmem.so` (crate `hakmem-preload`) does that.
+//!
+//! ## Invariants
+//! - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
+//!   formatting, no `std::env`: memory comes from mmap, settings from `libc::getenv`, messages
+//!   are formatted on the stack.
+//! - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
+//!   its region through the registry and its slab by shift.
+//! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
+//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not a block start, is
+//!   reported as `hakmem: free(): invalid pointer 0x…` and aborts (`HAKMEM_INVALID_FREE=warn`
+//!   reports and goes on).
+#![deny(unsafe_op_in_unsafe_fn)]
 
+mod global;
+mod large;
+mod out;
+mod settings;
+mod stats;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::null_mut;
+use global::{ctx, ctx_or_init, heap_ptr, heap_slow, invalid_pointer, DEAD};
+use hakmem_hot_heap::{Ctx, Heap};
+use hakmem_route::{block_size_of, classify, route, PtrRoute, Route};
+use hakmem_superslab::{SlabMeta, Superslab};
+
+pub use hakmem_stats::Event;
+pub use settings::{OnInvalid, Settings};
+pub use stats::{peak_rss_kib, ClassStats, Stats};
+
+/// The allocator, for `#[global_allocator]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HakMem;
+
+// SAFETY: every method upholds GlobalAlloc's contract: blocks are at least `layout.size()`
+// bytes, aligned to `layout.align()`, disjoint while live, and null is returned on failure.
+unsafe impl GlobalAlloc for HakMem {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { alloc_impl(layout.size(), layout.align(), false) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from this allocator and is given up.
+        unsafe { free_impl(ptr, "free") }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { alloc_impl(layout.size(), layout.align(), true) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` is a live block of this allocator with `layout`.
+        unsafe { realloc_impl(ptr, new_size, layout.align()) }
+    }
+}
+
+/// A snapshot of every counter (allocates nothing).
+pub fn stats() -> Stats {
+    match ctx() {
+        Some(c) => Stats::new(
+            c.snapshot(),
+            c.lru.usage(),
+            c.abandoned.len(),
+            c.live_heaps(),
+        ),
+        None => Stats::empty(),
+    }
+}
+
+/// The settings in force (read from `HAKMEM_*` at the first allocation).
+pub fn settings() -> Settings {
+    global::settings()
+}
+
+/// With `HAKMEM_STATS=1`, writes the report to stderr (without allocating).
+pub fn report_stats_if_enabled() {
+    if ctx().is_some() && settings().stats {
+        let mut w = out::StackWriter::<4096>::new(2);
+        let _ = stats().write_report(&mut w);
+    }
+}
+
+/// The C-style API `libhakmem.so` exports, with glibc's semantics where they differ from
+/// `GlobalAlloc`'s. Pointers are 16-byte aligned at least.
+pub mod raw {
+    use super::*;
+
+    /// `size` bytes (a unique block for 0), or null when the OS refuses.
+    ///
+    /// # Safety
+    /// Always safe to call; unsafe as part of the C-style family.
+    #[inline]
+    pub unsafe fn malloc(size: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { alloc_impl(size, 16, false) }
+    }
+
+    /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
+    /// the OS is not zeroed again.
+    ///
+    /// # Safety
+    /// Always safe to call.
+    pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
+        match n.checked_mul(size) {
+            // SAFETY: forwarded.
+            Some(total) => unsafe { alloc_impl(total, 16, true) },
+            None => null_mut(),
+        }
+    }
+
+    /// `size` bytes aligned to `align` (any power of two), or null (also for a bad `align`).
+    ///
+    /// # Safety
+    /// Always safe to call.
+    pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+        if !align.is_power_of_two() {
+            return null_mut();
+        }
+        // SAFETY: forwarded.
+        unsafe { alloc_impl(size, align.max(16), false) }
+    }
+
+    /// Gives `p` back; null is ignored.
+    ///
+    /// # Safety
+    /// `p` is null or a live block of this allocator, given up.
+    #[inline]
+    pub unsafe fn free(p: *mut u8) {
+        if !p.is_null() {
+            // SAFETY: forwarded.
+            unsafe { free_impl(p, "free") }
+        }
+    }
+
+    /// glibc's realloc: null `p` allocates; size 0 frees `p` and returns null; on failure `p`
+    /// is left alone and null comes back.
+    ///
+    /// # Safety
+    /// `p` is null or a live block of this allocator.
+    pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+        if p.is_null() {
+            // SAFETY: forwarded.
+            return unsafe { malloc(size) };
+        }
+        if size == 0 {
+            // SAFETY: forwarded.
+            unsafe { free_impl(p, "realloc") };
+            return null_mut();
+        }
+        // SAFETY: forwarded.
+        unsafe { realloc_impl(p, size, 16) }
+    }
+
+    /// Bytes usable at `p` (at least what was asked); 0 for null.
+    ///
+    /// # Safety
+    /// `p` is null or a live block of this allocator.
+    pub unsafe fn usable_size(p: *mut u8) -> usize {
+        if p.is_null() {
+            return 0;
+        }
+        // SAFETY: forwarded.
+        match unsafe { lookup(p, "malloc_usable_size") } {
+            Some(Block::Small(ss, _)) => block_size_of(ss.slab_of(p).class()),
+            Some(Block::Large(h)) => h.usable(),
+            None => 0,
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
+    match route(size, align) {
+        Route::Small(class) => {
+            let h = heap_ptr();
+            if h as usize > DEAD as usize {
+                // SAFETY: this thread's live heap.
+                let h = unsafe { &mut *h };
+                // SAFETY: called on the heap's own thread.
+                return unsafe {
+                    if zero {
+                        h.alloc_zeroed(class)
+                    } else {
+                        h.alloc(class)
+                    }
+                };
+            }
+            // SAFETY: forwarded.
+            unsafe { alloc_small_slow(class, zero) }
+        }
+        Route::Large => match ctx_or_init() {
+            Some(ctx) => large::alloc(ctx, size, align, zero),
+            None => null_mut(),
+        },
+    }
+}
+
+#[cold]
+unsafe fn alloc_small_slow(class: usize, zero: bool) -> *mut u8 {
+    if let Some(h) = heap_slow() {
+        // SAFETY: this thread's live heap, on its own thread.
+        return unsafe { heap_alloc(&mut *h.as_ptr(), class, zero) };
+    }
+    // After this thread's exit clean-up (or when no heap could be mapped): a heap for this one
+    // block, torn down at once, so nothing is left owned by a thread that is going away.
+    let Some(ctx) = ctx_or_init() else {
+        return null_mut();
+    };
+    let Some(h) = ctx.new_heap() else {
+        return null_mut();
+    };
+    // SAFETY: a fresh heap used by this thread only, retired right after.
+    unsafe {
+        let p = heap_alloc(&mut *h.as_ptr(), class, zero);
+        ctx.retire_heap(h);
+        p
+    }
+}
+
+unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
+    // SAFETY: the caller runs on the heap's thread.
+    unsafe {
+        if zero {
+            h.alloc_zeroed(class)
+        } else {
+            h.alloc(class)
+        }
+    }
+}
+
+enum Block {
+    Small(&'static Superslab, &'static SlabMeta),
+    Large(&'static hakmem_superslab::LargeHeader),
+}
+
+/// The block `p` is, or a report for `op` and `None` when it is not one of ours.
+unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
+    let Some(ctx) = ctx() else {
+        invalid_pointer(op, p);
+        return None;
+    };
+    // SAFETY: the caller holds `p` if it is ours; otherwise nothing is dereferenced.
+    match unsafe { classify(&ctx.registry, p) } {
+        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, p) => {
+            Some(Block::Small(ss, slab))
+        }
+        PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
+        _ => {
+            invalid_pointer(op, p);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn free_impl(p: *mut u8, op: &str) {
+    let Some(ctx) = ctx() else {
+        invalid_pointer(op, p);
+        return;
+    };
+    // SAFETY: the caller gives up `p`; for a pointer not ours nothing is dereferenced.
+    match unsafe { classify(&ctx.registry, p) } {
+        PtrRoute::Small(ss, slab) if p as usize & 15 == 0 => {
+            let h = heap_ptr();
+            if h as usize > DEAD as usize {
+                // SAFETY: this thread's live heap; `p` is a block of `slab` given up.
+                return unsafe { (*h).free_small(ss, slab, p) };
+            }
+            // SAFETY: forwarded.
+            unsafe { free_small_slow(ctx, ss, slab, p) }
+        }
+        // SAFETY: the registry says `h` is live and the caller gives its block up.
+        PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
+        _ => invalid_pointer(op, p),
+    }
+}
+
+#[cold]
+unsafe fn free_small_slow(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    if heap_ptr().is_null() {
+        if let Some(h) = heap_slow() {
+            // SAFETY: this thread's new heap; `p` is given up.
+            return unsafe { (*h.as_ptr()).free_small(ss, slab, p) };
+        }
+    }
+    // SAFETY: forwarded: a thread without a heap frees as a non-owner.
+    unsafe { Heap::free_orphan(ctx, ss, slab, p) }
+}
+
+unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: the caller holds `p`.
+    let (old_usable, in_place) = match unsafe { lookup(p, "realloc") } {
+        Some(Block::Small(_, slab)) => {
+            let class = slab.class();
+            (
+                block_size_of(class),
+                route(new_size, align) == Route::Small(class),
+            )
+        }
+        Some(Block::Large(h)) => {
+            let usable = h.usable();
+            (
+                usable,
+                new_size <= usable && new_size > hakmem_route::MAX_SMALL && new_size >= usable / 2,
+            )
+        }
+        None => return null_mut(),
+    };
+    if in_place {
+        return p;
+    }
+    // SAFETY: forwarded.
+    let q = unsafe { alloc_impl(new_size, align, false) };
+    if q.is_null() {
+        return null_mut();
+    }
+    // SAFETY: both blocks hold at least the bytes copied, and they are distinct live blocks.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
+        free_impl(p, "realloc");
+    }
+    q
+}

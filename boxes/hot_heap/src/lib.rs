@@ -290,10 +290,10 @@ impl Heap {
         let h = unsafe { &mut *this };
         h.id = id;
         h.ctx = ctx;
-        for c in 0..CLASSES {
-            h.sll[c] = List::new(if ctx.check { 0 } else { LIST_CAPS[c] });
-            h.current[c] = null();
+        for (list, &cap) in h.sll.iter_mut().zip(LIST_CAPS.iter()) {
+            *list = List::new(if ctx.check { 0 } else { cap });
         }
+        h.current = [null(); CLASSES];
         h.owned = null();
         h.cursor = null();
         h.cache

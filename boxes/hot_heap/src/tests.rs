@@ -30,15 +30,20 @@ fn ctx(chunks: usize, check: bool) -> &'static Ctx {
 
 /// Frees `p` the way the facade does: through the registry.
 unsafe fn free(h: &mut Heap, p: *mut u8) {
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     match unsafe { hakmem_route::classify(&h.ctx().registry, p) } {
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
         hakmem_route::PtrRoute::Small(ss, slab) => unsafe { h.free_small(ss, slab, p) },
         _ => panic!("not a small block: {p:?}"),
     }
 }
 
+// Each call maps a new heap, so the `&mut` is unique.
+#[allow(clippy::mut_from_ref)]
 fn heap(ctx: &'static Ctx) -> &'static mut Heap {
+    let h = ctx.new_heap().unwrap();
     // SAFETY: a fresh heap, used by this test's thread only.
-    unsafe { &mut *ctx.new_heap().unwrap().as_ptr() }
+    unsafe { &mut *h.as_ptr() }
 }
 
 #[test]
@@ -62,6 +67,7 @@ fn blocks_are_distinct_aligned_and_keep_their_contents() {
             assert!(unsafe { core::slice::from_raw_parts(q, n) }
                 .iter()
                 .all(|&x| x == v));
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
             unsafe { free(h, q) };
         }
     }
@@ -70,6 +76,7 @@ fn blocks_are_distinct_aligned_and_keep_their_contents() {
         assert!(seen.insert(p as usize), "a block handed out twice");
         // SAFETY: our block.
         assert!(
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
             unsafe { core::slice::from_raw_parts(p, n) }
                 .iter()
                 .all(|&x| x == v),
@@ -87,6 +94,7 @@ fn freeing_everything_gives_the_superslab_back_to_the_lru() {
     let h = heap(ctx);
     let c = class_of(64).unwrap();
     // Enough blocks to fill several slabs and overflow the thread list and cache.
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let blocks: Vec<*mut u8> = (0..5000).map(|_| unsafe { h.alloc(c) }).collect();
     for &b in &blocks {
         // SAFETY: our blocks, freed once.
@@ -113,6 +121,7 @@ fn remote_frees_are_reclaimed_by_the_owner() {
     let ctx = ctx(16, false);
     let h = heap(ctx);
     let c = class_of(32).unwrap();
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let blocks: Vec<usize> = (0..3000).map(|_| unsafe { h.alloc(c) } as usize).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -127,6 +136,7 @@ fn remote_frees_are_reclaimed_by_the_owner() {
     });
     assert_eq!(ctx.snapshot().count(Event::RemoteFree), 3000);
     // The owner gets its blocks back through drains instead of new superslabs.
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let again: Vec<*mut u8> = (0..3000).map(|_| unsafe { h.alloc(c) }).collect();
     assert_eq!(
         ctx.snapshot().count(Event::SsCreated),
@@ -149,6 +159,7 @@ fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
     let kept: Vec<usize> = std::thread::scope(|s| {
         s.spawn(|| {
             let h = heap(ctx);
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
             let kept: Vec<usize> = (0..100).map(|_| unsafe { h.alloc(c) } as usize).collect();
             // SAFETY: the thread "exits" with blocks out.
             unsafe { ctx.retire_heap(NonNull::from(h)) };
@@ -161,6 +172,7 @@ fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
     assert_eq!(ctx.abandoned.len(), 1);
     let h = heap(ctx);
     // A new thread's refill adopts before it maps.
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let p = unsafe { h.alloc(c) };
     assert!(!p.is_null());
     let s = ctx.snapshot();
@@ -170,6 +182,7 @@ fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
         // SAFETY: handed over; freed once.
         unsafe { free(h, b as *mut u8) };
     }
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     unsafe { free(h, p) };
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
@@ -185,6 +198,7 @@ fn abandoned_superslab_goes_back_with_its_last_remote_free() {
     let kept: Vec<usize> = std::thread::scope(|s| {
         s.spawn(|| {
             let h = heap(ctx);
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
             let kept: Vec<usize> = (0..10).map(|_| unsafe { h.alloc(c) } as usize).collect();
             // SAFETY: exits with blocks out.
             unsafe { ctx.retire_heap(NonNull::from(h)) };
@@ -196,6 +210,7 @@ fn abandoned_superslab_goes_back_with_its_last_remote_free() {
     // A thread with no heap frees them all: the last free collects and retires it.
     for &b in &kept {
         let p = b as *mut u8;
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
         match unsafe { hakmem_route::classify(&ctx.registry, p) } {
             // SAFETY: handed over, freed once.
             hakmem_route::PtrRoute::Small(ss, slab) => unsafe {
@@ -215,9 +230,12 @@ fn check_mode_catches_every_double_free() {
     let ctx = ctx(8, true);
     let h = heap(ctx);
     let c = class_of(256).unwrap();
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let a = unsafe { h.alloc(c) };
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let b = unsafe { h.alloc(c) };
     let before = REPORTS.load(SeqCst);
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     unsafe {
         free(h, a);
         free(h, b);
@@ -234,6 +252,7 @@ fn out_of_memory_returns_null() {
     let c = class_of(32 * 1024).unwrap();
     let mut n = 0;
     loop {
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
         let p = unsafe { h.alloc(c) };
         if p.is_null() {
             break;
@@ -249,6 +268,7 @@ fn zeroed_allocation_skips_fresh_memory_and_zeroes_the_rest() {
     let ctx = ctx(8, false);
     let h = heap(ctx);
     let c = class_of(4096).unwrap();
+    // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let p = unsafe { h.alloc_zeroed(c) };
     // SAFETY: our block of 4096 bytes.
     unsafe {

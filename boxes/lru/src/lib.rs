@@ -16,12 +16,15 @@
 //!   reads as zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped at the next cache
 //!   operation.
+//! - **C6 (counted).** Every region entering, leaving for reuse, and unmapped from here counts
+//!   as a superslab cached, reused and released; large regions count too, as the regions they
+//!   are.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
 use core::ptr::NonNull;
 use hakmem_stats::Event;
-use hakmem_superslab::{Env, SpinLock, SS_SIZE};
+use hakmem_superslab::{Env, SpinLock};
 
 /// Most regions cached at once.
 pub const MAX_ENTRIES: usize = 64;
@@ -99,9 +102,7 @@ impl Doomed {
                     env.stats,
                 )
             };
-            if len == SS_SIZE {
-                env.stats.event(Event::SsReleased, 0);
-            }
+            env.stats.event(Event::SsReleased, 0);
         }
     }
 }
@@ -186,9 +187,7 @@ impl Lru {
             inner.len += 1;
             inner.bytes += len;
         });
-        if len == SS_SIZE {
-            env.stats.event(Event::SsCached, 0);
-        }
+        env.stats.event(Event::SsCached, 0);
         doomed.unmap(env);
         true
     }
@@ -220,9 +219,7 @@ impl Lru {
                 );
             }
         }
-        if len == SS_SIZE {
-            env.stats.event(Event::SsReused, 0);
-        }
+        env.stats.event(Event::SsReused, 0);
         Some(Reused {
             base: NonNull::new(e.base as *mut u8)?,
             zeroed: e.zeroed,

@@ -2,7 +2,7 @@ extern crate std;
 use super::*;
 use hakmem_registry::{AtomicUsize, Registry};
 use hakmem_stats::GlobalStats;
-use hakmem_superslab::{HeapOs, Os, PAGE};
+use hakmem_superslab::{HeapOs, Os, PAGE, SS_SIZE};
 use std::boxed::Box;
 use std::vec::Vec;
 

@@ -23,7 +23,7 @@
 #![no_std]
 
 use hakmem_registry::{Kind, Registry};
-use hakmem_superslab::{LargeHeader, SlabMeta, Superslab};
+use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, DATA_OFFSET, SLAB_SHIFT};
 
 /// Classes up to 128 B (16-byte steps).
 const LINEAR: usize = 8;
@@ -49,7 +49,7 @@ const _: () = assert!(
 const fn class_of_const(size: usize) -> usize {
     let s = if size == 0 { 1 } else { size };
     if s <= 128 {
-        return (s + 15) / 16 - 1;
+        return s.div_ceil(16) - 1;
     }
     // s in (2^k, 2^(k+1)], k >= 7.
     let k = (usize::BITS - 1 - (s - 1).leading_zeros()) as usize;
@@ -223,6 +223,16 @@ pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
         Some((base, Kind::Large)) => PtrRoute::Large(unsafe { LargeHeader::at(base) }),
         None => PtrRoute::NotOurs,
     }
+}
+
+/// True when `p`, inside `ss`, falls on a block boundary of its slab's class. Needs no owner:
+/// it reads only the slab's shared class word and the fixed slab layout (one division, so it
+/// stays off the fast path).
+pub fn is_block_start(ss: &Superslab, p: *const u8) -> bool {
+    let off = p as usize - ss.base();
+    let i = off >> SLAB_SHIFT;
+    let start = if i == 0 { DATA_OFFSET } else { i << SLAB_SHIFT };
+    off >= start && (off - start).is_multiple_of(block_size_of(ss.slabs[i].class()))
 }
 
 #[cfg(test)]

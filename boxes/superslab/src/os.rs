@@ -66,7 +66,7 @@ impl LibcOs {
 
 impl Os for LibcOs {
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
-        debug_assert!(len % PAGE == 0 && align.is_power_of_two() && align >= PAGE);
+        debug_assert!(len.is_multiple_of(PAGE) && align.is_power_of_two() && align >= PAGE);
         // Consecutive mappings tend to be adjacent, so an exact-size mapping is often aligned
         // already: try that first, and over-map then trim only when it is not.
         let p = Self::mmap(len, stats)?;

@@ -201,7 +201,7 @@ impl SlabMeta {
         let off = (p as usize).wrapping_sub(l.start as usize);
         l.in_use
             && l.block_size != 0
-            && off % l.block_size as usize == 0
+            && off.is_multiple_of(l.block_size as usize)
             && off / (l.block_size as usize) < l.carve as usize
     }
 

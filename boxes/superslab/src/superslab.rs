@@ -257,6 +257,7 @@ impl Superslab {
             Some((i, (*l).zero_slabs & (1 << i) != 0))
         });
         let (i, fresh) = i?;
+        // SAFETY: the caller owns the superslab.
         self.local
             .with_mut(|l| unsafe { (*l).zero_slabs &= !(1 << i) });
         let start = if i == 0 { DATA_OFFSET } else { i * SLAB_SIZE };

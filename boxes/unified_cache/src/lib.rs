@@ -70,11 +70,11 @@ impl<const CLASSES: usize, const SLOTS: usize> UnifiedCache<CLASSES, SLOTS> {
             "set_caps on a non-empty cache"
         );
         let mut at = 0u32;
-        for c in 0..CLASSES {
+        for (c, &cap) in caps.iter().enumerate() {
             self.start[c] = at;
             self.len[c] = 0;
-            self.cap[c] = caps[c];
-            at += caps[c];
+            self.cap[c] = cap;
+            at += cap;
         }
         Ok(())
     }

@@ -1,0 +1,198 @@
+//! Start-up and the per-thread heap pointer.
+//!
+//! The first allocation initialises everything from static, const-built state: the registry
+//! table and the shared context are mapped straight from the OS, settings come from
+//! `libc::getenv`, and nothing is allocated through hakmem itself. Only once the context is
+//! published are the fork handlers and the thread-exit key registered, since glibc may
+//! allocate while registering them (that re-entry then finds hakmem ready).
+use crate::out::eprint;
+use crate::settings::{OnInvalid, Settings};
+use core::cell::Cell;
+use core::ptr::{null_mut, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use hakmem_hot_heap::{Ctx, Heap};
+use hakmem_lru::LruConfig;
+use hakmem_registry::{AtomicUsize as RegWord, Registry, FULL_ENTRIES};
+use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
+
+static OS: LibcOs = LibcOs;
+static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static mut SETTINGS: Settings = Settings::DEFAULT;
+static mut KEY: libc::pthread_key_t = 0;
+
+const UNINIT: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+
+/// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
+pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
+
+std::thread_local! {
+    // No destructor and a const initialiser: every access is a plain TLS load (allocator
+    // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
+    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+}
+
+/// The shared context, if initialised.
+#[inline(always)]
+pub fn ctx() -> Option<&'static Ctx> {
+    // SAFETY: once published, the context lives for the rest of the program.
+    unsafe { CTX.load(Ordering::Acquire).as_ref() }
+}
+
+/// The settings in force (the defaults until start-up read the environment).
+pub fn settings() -> Settings {
+    // SAFETY: written once, during start-up, before READY is published; read-only after.
+    unsafe { *core::ptr::addr_of!(SETTINGS) }
+}
+
+/// The shared context, initialising it on first use. `None` when the OS refuses memory.
+#[inline]
+pub fn ctx_or_init() -> Option<&'static Ctx> {
+    match ctx() {
+        Some(c) => Some(c),
+        None => init(),
+    }
+}
+
+#[cold]
+fn init() -> Option<&'static Ctx> {
+    loop {
+        match STATE.compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(READY) => return ctx(),
+            Err(FAILED) => return None,
+            // Another thread is initialising; it allocates nothing through us, so it finishes.
+            Err(_) => core::hint::spin_loop(),
+        }
+    }
+    let settings = Settings::from_env();
+    // SAFETY: only the thread holding BUSY writes, and readers wait for READY.
+    unsafe { SETTINGS = settings };
+    let Some(ctx) = build(settings) else {
+        STATE.store(FAILED, Ordering::Release);
+        return None;
+    };
+    CTX.store(ctx.as_ptr(), Ordering::Release);
+    STATE.store(READY, Ordering::Release);
+    // SAFETY: plain C callbacks; registration may allocate, which now finds hakmem ready.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        libc::pthread_key_create(core::ptr::addr_of_mut!(KEY), Some(thread_exit));
+    }
+    // SAFETY: published above.
+    Some(unsafe { &*ctx.as_ptr() })
+}
+
+fn build(s: Settings) -> Option<NonNull<Ctx>> {
+    // The bootstrap mappings are counted once the context (and its counters) exist.
+    let scratch = hakmem_stats::GlobalStats::new();
+    // The registry covers the 47-bit address space: 512 MiB reserved, MAP_NORESERVE, and only
+    // the pages under live regions are ever touched.
+    let table_len = FULL_ENTRIES * core::mem::size_of::<RegWord>();
+    let table = OS.map(table_len, PAGE, &scratch)?;
+    let len = (core::mem::size_of::<Ctx>() + PAGE - 1) & !(PAGE - 1);
+    let mem = OS.map(len, PAGE, &scratch)?.cast::<Ctx>();
+    // SAFETY: a fresh zeroed mapping of FULL_ENTRIES words, never unmapped.
+    let registry = unsafe { Registry::from_raw(table.as_ptr().cast::<RegWord>(), FULL_ENTRIES) };
+    let lru = LruConfig {
+        max_bytes: s.lru_mb << 20,
+        decay_ns: s.lru_decay_ms * 1_000_000,
+        purge: s.lazy_zero,
+    };
+    // SAFETY: fresh memory of the right size and alignment, never unmapped.
+    unsafe {
+        mem.as_ptr()
+            .write(Ctx::new(&OS, registry, lru, s.check, on_corrupt))
+    };
+    // SAFETY: just written.
+    let ctx = unsafe { mem.as_ref() };
+    // Page-aligned requests take exactly one mmap each.
+    ctx.stats.event(hakmem_stats::Event::Mmap, table_len);
+    ctx.stats.event(hakmem_stats::Event::Mmap, len);
+    Some(mem)
+}
+
+/// Reports a corruption the boxes found, then aborts (or, with `HAKMEM_INVALID_FREE=warn`,
+/// goes on).
+fn on_corrupt(c: Corrupt) {
+    match c {
+        Corrupt::DoubleFree(p) => eprint(format_args!(
+            "hakmem: free(): double free detected {p:#x}\n"
+        )),
+        Corrupt::NotABlock(p) => eprint(format_args!("hakmem: free(): invalid pointer {p:#x}\n")),
+    }
+    if settings().on_invalid == OnInvalid::Abort {
+        // SAFETY: abort never returns and touches no Rust state.
+        unsafe { libc::abort() };
+    }
+}
+
+/// Reports `p`, which `op` cannot accept (not ours, or not the start of a block).
+#[cold]
+pub fn invalid_pointer(op: &str, p: *const u8) {
+    eprint(format_args!("hakmem: {op}(): invalid pointer {p:p}\n"));
+    if settings().on_invalid == OnInvalid::Abort {
+        // SAFETY: as above.
+        unsafe { libc::abort() };
+    }
+}
+
+/// This thread's heap pointer: null before its first allocation, [`DEAD`] after exit.
+#[inline(always)]
+pub fn heap_ptr() -> *mut Heap {
+    HEAP.with(|h| h.get())
+}
+
+/// This thread's heap, creating it on first use. `None` after the thread's exit clean-up, or
+/// when the OS refuses memory.
+#[cold]
+pub fn heap_slow() -> Option<NonNull<Heap>> {
+    let h = heap_ptr();
+    if h == DEAD {
+        return None;
+    }
+    if let Some(h) = NonNull::new(h) {
+        return Some(h);
+    }
+    let ctx = ctx_or_init()?;
+    let heap = ctx.new_heap()?;
+    HEAP.with(|c| c.set(heap.as_ptr()));
+    // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
+    unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
+    Some(heap)
+}
+
+extern "C" fn thread_exit(arg: *mut libc::c_void) {
+    let Some(heap) = NonNull::new(arg.cast::<Heap>()) else {
+        return;
+    };
+    HEAP.with(|c| c.set(DEAD));
+    if let Some(ctx) = ctx() {
+        // SAFETY: this thread's heap; the thread uses only orphan paths from now on.
+        unsafe { ctx.retire_heap(heap) };
+    }
+}
+
+extern "C" fn fork_prepare() {
+    if let Some(c) = ctx() {
+        c.lock_all();
+    }
+}
+
+extern "C" fn fork_parent() {
+    if let Some(c) = ctx() {
+        c.unlock_all();
+    }
+}
+
+extern "C" fn fork_child() {
+    // Only the forking thread survives. Its heap is intact; the other threads' heaps stay as
+    // they were (their superslabs keep owners that never run again, so their blocks freed by
+    // the child wait on remote stacks: leaked in the child, never corrupted).
+    if let Some(c) = ctx() {
+        c.unlock_all();
+    }
+}

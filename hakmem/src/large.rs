@@ -1,0 +1,83 @@
+//! The large tier: one user block per dedicated region, reused through the lru.
+use crate::global::{heap_ptr, DEAD};
+use core::ptr::null_mut;
+use hakmem_hot_heap::Ctx;
+use hakmem_lru::now_ns;
+use hakmem_route::CLASSES;
+use hakmem_stats::Event;
+use hakmem_superslab::{LargeHeader, LargeLayout, SS_SIZE};
+
+/// The stats row the large tier counts in.
+pub const LARGE_ROW: usize = CLASSES;
+
+fn count(alloc: bool) {
+    let h = heap_ptr();
+    if h.is_null() || h == DEAD {
+        if let Some(c) = crate::global::ctx() {
+            if alloc {
+                c.stats.count_alloc(LARGE_ROW)
+            } else {
+                c.stats.count_free(LARGE_ROW)
+            }
+        }
+        return;
+    }
+    // SAFETY: a live heap of this thread; its counters are written by this thread only.
+    let stats = unsafe { &(*h).stats };
+    if alloc {
+        stats.on_alloc(LARGE_ROW)
+    } else {
+        stats.on_free(LARGE_ROW)
+    }
+}
+
+/// A block of `size` bytes aligned to `align`, zeroed when `zero`; null when the OS refuses.
+pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(layout) = LargeLayout::new(size, align) else {
+        return null_mut();
+    };
+    let env = ctx.env();
+    // Cached regions are 2 MiB-aligned: they serve any alignment up to that.
+    let reused = if layout.align == SS_SIZE {
+        ctx.lru.take(&env, layout.len, now_ns())
+    } else {
+        None
+    };
+    let (region, zeroed) = match reused {
+        Some(r) => (r.base, r.zeroed),
+        None => match env.os.map(layout.len, layout.align, env.stats) {
+            Some(p) => (p, true),
+            None => return null_mut(),
+        },
+    };
+    // SAFETY: a whole, unused region of the layout's size and alignment.
+    let user = match unsafe { LargeHeader::init(&env, region, layout) } {
+        Ok(u) => u.as_ptr(),
+        Err(region) => {
+            // SAFETY: never published.
+            unsafe { env.os.unmap(region, layout.len, env.stats) };
+            return null_mut();
+        }
+    };
+    if zero && !zeroed {
+        // SAFETY: `size` bytes from `user` lie in the region.
+        unsafe { user.write_bytes(0, size) };
+    }
+    env.stats.event(Event::LargeAlloc, layout.len);
+    count(true);
+    user
+}
+
+/// Gives a large block back.
+///
+/// # Safety
+/// `h` is the header of a live large region whose user block the caller holds and gives up.
+pub unsafe fn free(ctx: &Ctx, h: &LargeHeader) {
+    let env = ctx.env();
+    // SAFETY: forwarded.
+    let (base, len) = unsafe { h.retire(&env) };
+    env.stats.event(Event::LargeFree, len);
+    count(false);
+    // SAFETY: retired: unregistered, and nothing refers to it.
+    unsafe { ctx.lru.put(&env, base, len, now_ns()) };
+}

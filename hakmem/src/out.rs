@@ -1,0 +1,59 @@
+//! Printing without the heap: format into a stack buffer, then `write(2)`.
+use core::fmt::{self, Write};
+
+/// A fixed buffer that formats with `core::fmt` and writes itself to a file descriptor.
+pub struct StackWriter<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    fd: i32,
+}
+
+impl<const N: usize> StackWriter<N> {
+    /// An empty buffer bound for `fd`.
+    pub fn new(fd: i32) -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+            fd,
+        }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        let mut at = 0;
+        while at < self.len {
+            // SAFETY: the slice is initialised bytes of our buffer.
+            let n = unsafe { libc::write(self.fd, self.buf[at..].as_ptr().cast(), self.len - at) };
+            if n <= 0 {
+                break;
+            }
+            at += n as usize;
+        }
+        self.len = 0;
+    }
+}
+
+impl<const N: usize> Write for StackWriter<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for chunk in s.as_bytes().chunks(N) {
+            if self.len + chunk.len() > N {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+impl<const N: usize> Drop for StackWriter<N> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Writes one formatted message to stderr without allocating.
+pub fn eprint(args: fmt::Arguments<'_>) {
+    let mut w = StackWriter::<512>::new(2);
+    let _ = w.write_fmt(args);
+}
