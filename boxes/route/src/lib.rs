@@ -277,7 +277,7 @@ mod tests {
                     Route::Small(c) => {
                         let b = block_size_of(c);
                         assert!(
-                            b >= size && b % align.max(16) == 0,
+                            b >= size && b.is_multiple_of(align.max(16)),
                             "size {size} align {align} block {b}"
                         );
                         assert!(align <= MAX_SLAB_ALIGN);

@@ -195,14 +195,17 @@ mod tests {
         let mut l = List::new(4);
         for &p in &ptrs {
             assert!(!l.is_full());
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
             unsafe { l.push(p) };
         }
         assert!(l.is_full());
         assert_eq!(l.len(), 4);
         for &p in ptrs.iter().rev() {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
             assert_eq!(unsafe { l.pop() }, p);
         }
         assert!(l.is_empty());
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         assert!(unsafe { l.pop() }.is_null());
         assert_eq!(l.len(), 0);
     }
@@ -213,24 +216,32 @@ mod tests {
         let ptrs: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         let mut a = List::new(16);
         for &p in &ptrs {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
             unsafe { a.push(p) };
         }
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         let chain = unsafe { a.take(4) };
         assert_eq!((chain.len, a.len()), (4, 6));
         assert_eq!((chain.head, chain.tail), (ptrs[9], ptrs[6]));
         let mut b = List::new(16);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         unsafe { b.push(ptrs[0]) };
         // ptrs[0] is on both lists now only in this test's bookkeeping: pop it back first.
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         assert_eq!(unsafe { b.pop() }, ptrs[0]);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         unsafe { b.splice(chain) };
         assert_eq!(b.len(), 4);
         let mut seen = Vec::new();
         while !b.is_empty() {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
             seen.push(unsafe { b.pop() });
         }
         assert_eq!(seen, std::vec![ptrs[9], ptrs[8], ptrs[7], ptrs[6]]);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         let rest = unsafe { a.take_all() };
         assert_eq!((rest.len, a.len(), a.is_empty()), (6, 0, true));
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
         let none = unsafe { a.take(3) };
         assert_eq!(none.len, 0);
         assert!(none.head.is_null());
