@@ -32,6 +32,7 @@ fn count(alloc: bool) {
 }
 
 /// A block of `size` bytes aligned to `align`, zeroed when `zero`; null when the OS refuses.
+#[inline(never)]
 pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(layout) = LargeLayout::new(size, align) else {
         return null_mut();
@@ -69,6 +70,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// Gives a large block back.
+#[inline(never)]
 ///
 /// # Safety
 /// `h` is the header of a live large region whose user block the caller holds and gives up.

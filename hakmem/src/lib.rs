@@ -30,8 +30,8 @@ mod stats;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use global::{ctx, ctx_or_init, heap_ptr, heap_slow, invalid_pointer, DEAD};
-use hakmem_hot_heap::{Ctx, Heap};
-use hakmem_route::{block_size_of, classify, route, PtrRoute, Route};
+use hakmem_hot_heap::Heap;
+use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::{SlabMeta, Superslab};
 
 pub use hakmem_stats::Event;
@@ -52,7 +52,19 @@ unsafe impl GlobalAlloc for HakMem {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // GlobalAlloc's contract hands back the layout the block was allocated with, and every
+        // such layout routes to a slab (route RT2), so the block's slab is found by mask and
+        // shift alone, without the registry.
+        // `align << 3 <= MAX_SMALL` is `align <= MAX_SLAB_ALIGN`; or-ing the two tests into one
+        // compare can only send a few small blocks to the registry path, which is also right.
+        const _: () = assert!(MAX_SLAB_ALIGN << 3 == MAX_SMALL);
+        if layout.size() | (layout.align() << 3) <= MAX_SMALL {
+            // SAFETY: a small block of ours, live until now: its superslab is live.
+            let (ss, slab) = unsafe { Superslab::slab_of_block(ptr) };
+            // SAFETY: given up by the caller.
+            return unsafe { free_small_in(ss, slab, ptr) };
+        }
         // SAFETY: `ptr` came from this allocator and is given up.
         unsafe { free_impl(ptr, "free") }
     }
@@ -212,6 +224,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 #[cold]
+#[inline(never)]
 unsafe fn alloc_small_slow(class: usize, zero: bool) -> *mut u8 {
     if let Some(h) = heap_slow() {
         // SAFETY: this thread's live heap, on its own thread.
@@ -276,23 +289,32 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
     };
     // SAFETY: the caller gives up `p`; for a pointer not ours nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
-        PtrRoute::Small(ss, slab) if p as usize & 15 == 0 => {
-            let h = heap_ptr();
-            if h as usize > DEAD as usize {
-                // SAFETY: this thread's live heap; `p` is a block of `slab` given up.
-                return unsafe { (*h).free_small(ss, slab, p) };
-            }
-            // SAFETY: forwarded.
-            unsafe { free_small_slow(ctx, ss, slab, p) }
-        }
+        // SAFETY: a 16-byte aligned address in a live superslab, given up by the caller.
+        PtrRoute::Small(ss, slab) if p as usize & 15 == 0 => unsafe { free_small_in(ss, slab, p) },
         // SAFETY: the registry says `h` is live and the caller gives its block up.
         PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
         _ => invalid_pointer(op, p),
     }
 }
 
+/// Frees a small block whose slab is known.
+#[inline(always)]
+unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // SAFETY: this thread's live heap; `p` is a block of `slab` given up.
+        return unsafe { (*h).free_small(ss, slab, p) };
+    }
+    // SAFETY: forwarded.
+    unsafe { free_small_slow(ss, slab, p) }
+}
+
 #[cold]
-unsafe fn free_small_slow(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+#[inline(never)]
+unsafe fn free_small_slow(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    let Some(ctx) = ctx() else {
+        return invalid_pointer("free", p);
+    };
     if heap_ptr().is_null() {
         if let Some(h) = heap_slow() {
             // SAFETY: this thread's new heap; `p` is given up.

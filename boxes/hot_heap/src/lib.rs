@@ -266,6 +266,7 @@ pub struct Heap {
     ctx: *const Ctx,
     current: [*const SlabMeta; CLASSES],
     owned: *const Superslab,
+    owned_count: usize,
     cursor: *const Superslab,
     /// This thread's counters.
     pub stats: ThreadStats,
@@ -295,6 +296,7 @@ impl Heap {
         }
         h.current = [null(); CLASSES];
         h.owned = null();
+        h.owned_count = 0;
         h.cursor = null();
         h.cache
             .set_caps(&CACHE_CAPS)
@@ -369,6 +371,7 @@ impl Heap {
     }
 
     #[cold]
+    #[inline(never)]
     unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
         if self.cache.is_empty(class) {
             // SAFETY: only the heap's thread gets here.
@@ -521,6 +524,7 @@ impl Heap {
             }
         }
         self.owned = ss;
+        self.owned_count += 1;
     }
 
     fn unlink_owned(&mut self, ss: &Superslab) {
@@ -539,30 +543,22 @@ impl Heap {
             }
             ss.set_heap_links(null(), null());
         }
+        self.owned_count -= 1;
     }
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.
+    /// Bounded by the number owned, since collecting may release the superslab it started at.
     fn collect_owned(&mut self, n: usize) {
-        let mut left = n;
-        let mut ss = if self.cursor.is_null() {
-            self.owned
-        } else {
-            self.cursor
-        };
-        let start = ss;
+        let mut left = n.min(self.owned_count);
+        let mut ss = if self.cursor.is_null() { self.owned } else { self.cursor };
         while left > 0 {
             // SAFETY: owned superslabs are live and ours.
-            let Some(s) = (unsafe { ss.as_ref() }) else {
-                break;
-            };
-            // SAFETY: ours.
+            let Some(s) = (unsafe { ss.as_ref() }) else { break };
+            // SAFETY: ours. Read before collecting, which may unlink `s` (never `next`).
             let next = unsafe { s.heap_links().0 };
             self.collect_one(s);
             left -= 1;
             ss = if next.is_null() { self.owned } else { next };
-            if core::ptr::eq(ss, start) {
-                break;
-            }
         }
         self.cursor = ss;
     }
@@ -619,8 +615,11 @@ impl Heap {
     #[inline(always)]
     pub unsafe fn free_small(&mut self, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
         let class = slab.class();
+        debug_assert!(class < CLASSES);
         if slab.owner() == self.id {
-            let l = &mut self.sll[class];
+            // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes,
+            // all below CLASSES, and cannot change while `p`, one of its blocks, is out.
+            let l = unsafe { self.sll.get_unchecked_mut(class) };
             if !l.is_full() && l.head() != p {
                 // SAFETY: a block of our own slab, given up by the caller.
                 unsafe { l.push(p) };
@@ -635,6 +634,7 @@ impl Heap {
     }
 
     #[cold]
+    #[inline(never)]
     unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
@@ -718,6 +718,7 @@ impl Heap {
     }
 
     #[cold]
+    #[inline(never)]
     unsafe fn free_remote(
         &mut self,
         ss: &'static Superslab,

@@ -162,10 +162,26 @@ impl Superslab {
         self as *const Self as usize
     }
 
-    /// The metadata of the slab holding `p` (by shift).
+    /// The metadata of the slab holding `p` (by shift). `p` must lie in this superslab.
     #[inline(always)]
     pub fn slab_of(&self, p: *const u8) -> &SlabMeta {
-        &self.slabs[(p as usize - self.base()) >> SLAB_SHIFT]
+        let i = (p as usize).wrapping_sub(self.base()) >> SLAB_SHIFT;
+        assert!(i < SLABS, "hakmem: pointer outside its superslab");
+        // SAFETY: checked just above.
+        unsafe { self.slabs.get_unchecked(i) }
+    }
+
+    /// The slab holding `p`, found by mask and shift alone (SS1): the fast path's lookup.
+    ///
+    /// # Safety
+    /// `p` lies inside a live superslab.
+    #[inline(always)]
+    pub unsafe fn slab_of_block<'a>(p: *const u8) -> (&'a Self, &'a SlabMeta) {
+        // SAFETY: forwarded from the caller.
+        let ss = unsafe { Self::of(p) };
+        let i = (p as usize & (SS_SIZE - 1)) >> SLAB_SHIFT;
+        // SAFETY: a masked offset below SS_SIZE, shifted, is below SLABS.
+        (ss, unsafe { ss.slabs.get_unchecked(i) })
     }
 
     /// Index of `slab` in this superslab.
