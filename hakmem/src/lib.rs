@@ -270,7 +270,7 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
     };
     // SAFETY: the caller holds `p` if it is ours; otherwise nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
-        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, p) => {
+        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => {
             Some(Block::Small(ss, slab))
         }
         PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
@@ -289,8 +289,10 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
     };
     // SAFETY: the caller gives up `p`; for a pointer not ours nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
-        // SAFETY: a 16-byte aligned address in a live superslab, given up by the caller.
-        PtrRoute::Small(ss, slab) if p as usize & 15 == 0 => unsafe { free_small_in(ss, slab, p) },
+        // SAFETY: a block start in a live superslab, given up by the caller.
+        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => unsafe {
+            free_small_in(ss, slab, p)
+        },
         // SAFETY: the registry says `h` is live and the caller gives its block up.
         PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
         _ => invalid_pointer(op, p),

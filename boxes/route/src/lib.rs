@@ -23,7 +23,7 @@
 #![no_std]
 
 use hakmem_registry::{Kind, Registry};
-use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, DATA_OFFSET, SLAB_SHIFT};
+use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, DATA_OFFSET, SLAB_SIZE};
 
 /// Classes up to 128 B (16-byte steps).
 const LINEAR: usize = 8;
@@ -225,14 +225,31 @@ pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
     }
 }
 
-/// True when `p`, inside `ss`, falls on a block boundary of its slab's class. Needs no owner:
-/// it reads only the slab's shared class word and the fixed slab layout (one division, so it
-/// stays off the fast path).
-pub fn is_block_start(ss: &Superslab, p: *const u8) -> bool {
-    let off = p as usize - ss.base();
-    let i = off >> SLAB_SHIFT;
-    let start = if i == 0 { DATA_OFFSET } else { i << SLAB_SHIFT };
-    off >= start && (off - start).is_multiple_of(block_size_of(ss.slabs[i].class()))
+/// `ceil(2^32 / block_size)` by class: `off * RECIP >> 32` is `off / block_size` exactly for any
+/// offset inside a slab (`off < 2^16`, block sizes below `2^16`), without a division.
+const RECIPROCALS: [u64; CLASSES] = {
+    let mut t = [0u64; CLASSES];
+    let mut c = 0;
+    while c < CLASSES {
+        t[c] = (1u64 << 32).div_ceil(block_size(c) as u64);
+        c += 1;
+    }
+    t
+};
+
+/// True when `p`, inside `ss` and its slab `slab`, is the start of a block of the slab's class.
+/// Needs no owner: it reads only the slab's shared class word and the fixed slab layout, and
+/// costs two multiplications, no division.
+#[inline(always)]
+pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
+    let off_ss = p as usize - ss.base();
+    let first = if off_ss < SLAB_SIZE { DATA_OFFSET } else { 0 };
+    let off = (off_ss & (SLAB_SIZE - 1)).wrapping_sub(first);
+    let c = slab.class();
+    match (BLOCK_SIZES.get(c), RECIPROCALS.get(c)) {
+        (Some(&bs), Some(&r)) if off < SLAB_SIZE => ((off as u64 * r) >> 32) * bs as u64 == off as u64,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +306,16 @@ mod tests {
         assert_eq!(route(10, 4096), Route::Small(class_of(4096).unwrap()));
         assert_eq!(route(10, 8192), Route::Large);
         assert_eq!(route(MAX_SMALL + 1, 8), Route::Large);
+    }
+
+    #[test]
+    fn reciprocals_divide_exactly_inside_a_slab() {
+        for c in 0..CLASSES {
+            let bs = block_size_of(c) as u64;
+            for off in 0..SLAB_SIZE as u64 {
+                assert_eq!((off * RECIPROCALS[c]) >> 32, off / bs, "class {c} offset {off}");
+            }
+        }
     }
 
     #[test]

@@ -35,7 +35,9 @@ impl LargeLayout {
     /// The layout for `size` bytes at `align` (a power of two); `None` on overflow.
     pub fn new(size: usize, align: usize) -> Option<Self> {
         let user_offset = LARGE_HEADER.max(align);
-        let len = user_offset.checked_add(size)?.checked_add(PAGE - 1)? & !(PAGE - 1);
+        // At least one byte: the user's address must lie inside the region (and its registry
+        // chunks), even for a zero-size request.
+        let len = user_offset.checked_add(size.max(1))?.checked_add(PAGE - 1)? & !(PAGE - 1);
         (len <= isize::MAX as usize).then_some(Self {
             len,
             align: align.max(SS_SIZE),

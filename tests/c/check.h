@@ -1,0 +1,57 @@
+/* Shared helpers for the preload test programs: a CHECK that names the failed condition, and a
+ * small deterministic random generator. Nothing here allocates. */
+#ifndef HAKMEM_TESTS_CHECK_H
+#define HAKMEM_TESTS_CHECK_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CHECK(c)                                                                          \
+    do {                                                                                  \
+        if (!(c)) {                                                                       \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);         \
+            abort();                                                                      \
+        }                                                                                 \
+    } while (0)
+
+/* A value the compiler cannot reason about (keeps absurd sizes from compile-time warnings). */
+static inline size_t opaque(size_t x) {
+    volatile size_t v = x;
+    return v;
+}
+
+/* xorshift64*: good enough to pick sizes and fill patterns. */
+static inline uint64_t rng_next(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* The byte a block seeded with `seed` holds at offset `i`. */
+static inline unsigned char pattern(uint64_t seed, size_t i) {
+    return (unsigned char)((seed >> 3) + i * 31u + (i >> 8));
+}
+
+static inline void fill(unsigned char *p, size_t n, uint64_t seed) {
+    for (size_t i = 0; i < n; i++) p[i] = pattern(seed, i);
+}
+
+static inline int verify(const unsigned char *p, size_t n, uint64_t seed) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != pattern(seed, i)) return 0;
+    return 1;
+}
+
+/* A size mix: mostly small, some medium, a few large (above any slab size). */
+static inline size_t pick_size(uint64_t *s) {
+    uint64_t r = rng_next(s);
+    if (r % 128 == 0) return (size_t)(r >> 20) % (1u << 20) + 65536; /* 64 KiB .. 1 MiB */
+    if (r % 8 == 0) return (size_t)(r >> 20) % 65536;                /* 0 .. 64 KiB */
+    return (size_t)(r >> 20) % 1024;                                 /* 0 .. 1 KiB */
+}
+
+#endif
