@@ -310,10 +310,10 @@ mod tests {
 
     #[test]
     fn reciprocals_divide_exactly_inside_a_slab() {
-        for c in 0..CLASSES {
+        for (c, &r) in RECIPROCALS.iter().enumerate() {
             let bs = block_size_of(c) as u64;
             for off in 0..SLAB_SIZE as u64 {
-                assert_eq!((off * RECIPROCALS[c]) >> 32, off / bs, "class {c} offset {off}");
+                assert_eq!((off * r) >> 32, off / bs, "class {c} offset {off}");
             }
         }
     }

@@ -1,0 +1,254 @@
+//! Ratios, geometric means and the terminal table.
+use super::{Cell, Entry, Report};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// An allocator's geometric-mean ratios against the baseline.
+#[derive(Serialize)]
+pub struct Geomean {
+    /// How many entries went into the throughput figure.
+    pub entries: usize,
+    /// Geometric mean of median-throughput ratios (higher is better).
+    pub throughput_ratio: Option<f64>,
+    /// Geometric mean of median-peak-RSS ratios (lower is better).
+    pub rss_ratio: Option<f64>,
+}
+
+/// Fill each cell's ratios against the baseline allocator's cell of the same entry.
+pub fn ratios(cells: &mut [Cell], baseline: &str) {
+    let base: BTreeMap<String, (Option<f64>, Option<f64>)> = cells
+        .iter()
+        .filter(|c| c.allocator == baseline && c.ok())
+        .map(|c| {
+            (
+                c.entry.clone(),
+                (c.median_ops_per_sec, c.median_peak_rss_kib),
+            )
+        })
+        .collect();
+    for c in cells.iter_mut().filter(|c| c.ok()) {
+        if let Some((t, r)) = base.get(&c.entry) {
+            c.ratio_vs_baseline = match (c.median_ops_per_sec, t) {
+                (Some(x), Some(b)) if *b > 0.0 => Some(x / b),
+                _ => None,
+            };
+            c.rss_ratio_vs_baseline = match (c.median_peak_rss_kib, r) {
+                (Some(x), Some(b)) if *b > 0.0 => Some(x / b),
+                _ => None,
+            };
+        }
+    }
+}
+
+fn geo(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        None
+    } else {
+        Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+    }
+}
+
+/// Geometric means over unique commands (an entry that repeats an earlier entry's
+/// arguments is counted once).
+pub fn geomeans(
+    cells: &[Cell],
+    entries: &[Entry],
+    allocs: &[String],
+    baseline: &str,
+) -> BTreeMap<String, Geomean> {
+    let mut seen: Vec<&Vec<String>> = Vec::new();
+    let mut unique_names: Vec<&str> = Vec::new();
+    for e in entries {
+        if !seen.contains(&&e.args) {
+            seen.push(&e.args);
+            unique_names.push(&e.name);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for al in allocs.iter().filter(|a| a.as_str() != baseline) {
+        let mine: Vec<&Cell> = cells
+            .iter()
+            .filter(|c| &c.allocator == al && unique_names.contains(&c.entry.as_str()))
+            .collect();
+        let t: Vec<f64> = mine.iter().filter_map(|c| c.ratio_vs_baseline).collect();
+        let r: Vec<f64> = mine
+            .iter()
+            .filter_map(|c| c.rss_ratio_vs_baseline)
+            .collect();
+        out.insert(
+            al.clone(),
+            Geomean {
+                entries: t.len(),
+                throughput_ratio: geo(&t),
+                rss_ratio: geo(&r),
+            },
+        );
+    }
+    out
+}
+
+/// Operations per second with an SI prefix.
+pub fn rate(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.2}k", x / 1e3)
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1}", kib / 1024.0)
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), f)
+}
+
+fn cell_rows(out: &mut String, cells: &[Cell], width: usize) {
+    let mut last = String::new();
+    for c in cells {
+        let name = if c.entry == last {
+            ""
+        } else {
+            c.entry.as_str()
+        };
+        if c.entry != last && !last.is_empty() {
+            out.push('\n');
+        }
+        last = c.entry.clone();
+        if !c.ok() {
+            let why = c.error.as_deref().unwrap_or("no samples");
+            let why = if why.starts_with("not built") {
+                "its build failed (see above)"
+            } else {
+                why
+            };
+            let _ = writeln!(
+                out,
+                "{name:<width$} {:<9} {}: {why}",
+                c.allocator,
+                c.status.to_uppercase(),
+            );
+            continue;
+        }
+        let spread = match (c.min_ops_per_sec, c.max_ops_per_sec) {
+            (Some(a), Some(b)) => format!("{}..{}", rate(a), rate(b)),
+            _ => "-".into(),
+        };
+        let rss_spread = match (c.min_peak_rss_kib, c.max_peak_rss_kib) {
+            (Some(a), Some(b)) => format!("{}..{}", mib(a), mib(b)),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{name:<width$} {:<9} {:>9} {:>19} {:>7} {:>9} {:>15} {:>7} {:>9}",
+            c.allocator,
+            opt(c.median_ops_per_sec, rate),
+            spread,
+            opt(c.ratio_vs_baseline, |r| format!("{r:.2}x")),
+            opt(c.median_peak_rss_kib, mib),
+            rss_spread,
+            opt(c.rss_ratio_vs_baseline, |r| format!("{r:.2}x")),
+            opt(c.median_rss_after_free_kib, mib),
+        );
+    }
+}
+
+/// The whole terminal report.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let width = r
+        .results
+        .iter()
+        .chain(&r.preload)
+        .map(|c| c.entry.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let _ = writeln!(
+        out,
+        "\nhakmem benchmark suite · {} · {} run(s) per cell{} · medians, spread = min..max",
+        r.date,
+        r.runs,
+        if r.quick { " · quick" } else { "" }
+    );
+    for (al, b) in r.builds.iter().filter(|(_, b)| b.as_str() != "ok") {
+        let _ = writeln!(out, "{al}: not built: {b}");
+    }
+    let base = &r.baseline;
+    let header = format!(
+        "{:<width$} {:<9} {:>9} {:>19} {:>7} {:>9} {:>15} {:>7} {:>9}",
+        "workload",
+        "allocator",
+        "ops/s",
+        "ops/s spread",
+        format!("vs {}", &base[..base.len().min(4)]),
+        "peak MiB",
+        "peak spread",
+        "RSS vs",
+        "freed MiB"
+    );
+    let rule = "-".repeat(header.len());
+    if !r.results.is_empty() {
+        let _ = writeln!(out, "{header}\n{rule}");
+        cell_rows(&mut out, &r.results, width);
+        let _ = writeln!(out, "{rule}");
+        for (al, g) in &r.geomean {
+            let _ = writeln!(
+                out,
+                "geomean {al:<9} throughput {} vs {base}, peak RSS {} (over {} entries)",
+                opt(g.throughput_ratio, |x| format!("{x:.3}x")),
+                opt(g.rss_ratio, |x| format!("{x:.3}x")),
+                g.entries
+            );
+        }
+    }
+    if !r.preload.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nLD_PRELOAD lane (C workload; system = glibc, mimalloc/jemalloc = Debian's libraries)\n{header}\n{rule}"
+        );
+        cell_rows(&mut out, &r.preload, width);
+    }
+    if !r.callgrind.is_empty() {
+        let _ = writeln!(
+            out,
+            "\ncallgrind: instructions per tiny-hot malloc+free pair (loop included)"
+        );
+        for c in &r.callgrind {
+            match c.instructions_per_pair {
+                Some(ipp) => {
+                    let _ = writeln!(
+                        out,
+                        "  {:<9} {ipp:>7.1}   (Ir {} at {} iterations, {} at {})",
+                        c.allocator,
+                        c.ir1.unwrap_or(0),
+                        c.n1,
+                        c.ir2.unwrap_or(0),
+                        c.n2
+                    );
+                }
+                None => {
+                    let why = c.error.as_deref().unwrap_or("");
+                    let why = if why.starts_with("not built") {
+                        "its build failed (see above)"
+                    } else {
+                        why
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {:<9} {}: {why}",
+                        c.allocator,
+                        c.status.to_uppercase(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
