@@ -2,9 +2,10 @@
 //!
 //! The first allocation initialises everything from static, const-built state: the registry
 //! table and the shared context are mapped straight from the OS, settings come from
-//! `libc::getenv`, and nothing is allocated through hakmem itself. Only once the context is
-//! published are the fork handlers and the thread-exit key registered, since glibc may
-//! allocate while registering them (that re-entry then finds hakmem ready).
+//! `libc::getenv`, and nothing is allocated through hakmem itself. The thread-exit key is made
+//! before the context is published (so every heap can be registered with it); the fork handlers
+//! are registered after, since glibc may allocate while registering them (that re-entry then
+//! finds hakmem ready).
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
 use core::cell::Cell;
@@ -75,13 +76,15 @@ fn init() -> Option<&'static Ctx> {
         STATE.store(FAILED, Ordering::Release);
         return None;
     };
+    // The thread-exit key must exist before any thread can see the context and make a heap.
+    // glibc's pthread_key_create takes a free slot in a static table: it does not allocate.
+    // SAFETY: KEY is written here only, before the context is published (Release below).
+    unsafe { libc::pthread_key_create(core::ptr::addr_of_mut!(KEY), Some(thread_exit)) };
     CTX.store(ctx.as_ptr(), Ordering::Release);
     STATE.store(READY, Ordering::Release);
-    // SAFETY: plain C callbacks; registration may allocate, which now finds hakmem ready.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-        libc::pthread_key_create(core::ptr::addr_of_mut!(KEY), Some(thread_exit));
-    }
+    // SAFETY: plain C callbacks. glibc may allocate while registering them; that re-entry finds
+    // the context published and goes through.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     // SAFETY: published above.
     Some(unsafe { &*ctx.as_ptr() })
 }
@@ -101,6 +104,7 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
         max_bytes: s.lru_mb << 20,
         decay_ns: s.lru_decay_ms * 1_000_000,
         purge: s.lazy_zero,
+        ..LruConfig::default()
     };
     // SAFETY: fresh memory of the right size and alignment, never unmapped.
     unsafe {

@@ -40,9 +40,14 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     let env = ctx.env();
     // Cached regions are 2 MiB-aligned: they serve any alignment up to that.
     let reused = if layout.align == SS_SIZE {
-        ctx.lru.take(&env, layout.len, now_ns())
+        ctx.lru.take(&env, layout.len, false, now_ns())
     } else {
         None
+    };
+    // A reused region may be up to twice the length asked for: the header records all of it.
+    let layout = LargeLayout {
+        len: reused.map_or(layout.len, |r| r.len),
+        ..layout
     };
     let (region, zeroed) = match reused {
         Some(r) => (r.base, r.zeroed),

@@ -230,7 +230,7 @@ impl Ctx {
     /// A superslab for heap `owner`: from the lru, else fresh from the OS.
     fn superslab_for(&self, owner: usize) -> Option<&'static Superslab> {
         let env = self.env();
-        if let Some(r) = self.lru.take(&env, SS_SIZE, now_ns()) {
+        if let Some(r) = self.lru.take(&env, SS_SIZE, true, now_ns()) {
             // SAFETY: a cached region is ours, whole and unused (lru C2).
             match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
                 Ok(ss) => return Some(ss),
@@ -550,10 +550,16 @@ impl Heap {
     /// Bounded by the number owned, since collecting may release the superslab it started at.
     fn collect_owned(&mut self, n: usize) {
         let mut left = n.min(self.owned_count);
-        let mut ss = if self.cursor.is_null() { self.owned } else { self.cursor };
+        let mut ss = if self.cursor.is_null() {
+            self.owned
+        } else {
+            self.cursor
+        };
         while left > 0 {
             // SAFETY: owned superslabs are live and ours.
-            let Some(s) = (unsafe { ss.as_ref() }) else { break };
+            let Some(s) = (unsafe { ss.as_ref() }) else {
+                break;
+            };
             // SAFETY: ours. Read before collecting, which may unlink `s` (never `next`).
             let next = unsafe { s.heap_links().0 };
             self.collect_one(s);

@@ -13,7 +13,10 @@
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
 //! - **C4 (pages given back).** With `purge` on (the default), a region's pages are given back
 //!   (`MADV_DONTNEED`) as it enters, so a cached region costs address space but no memory, and
-//!   reads as zero when reused.
+//!   reads as zero when reused. One bounded exception keeps reuse cheap: the most recently cached
+//!   regions, up to `hot_bytes` in all, keep their pages for at most `purge_delay_ns`, and are
+//!   purged at the first cache operation after that (a region that is reused sooner costs no
+//!   system call and no page fault).
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped at the next cache
 //!   operation.
 //! - **C6 (counted).** Every region entering, leaving for reuse, and unmapped from here counts
@@ -36,8 +39,12 @@ pub struct LruConfig {
     pub max_bytes: usize,
     /// A cached region is unmapped after this many nanoseconds.
     pub decay_ns: u64,
-    /// Give pages back with `MADV_DONTNEED` as a region enters (C4).
+    /// Give pages back with `MADV_DONTNEED` (C4).
     pub purge: bool,
+    /// Most bytes of recently cached regions whose purge is deferred (C4).
+    pub hot_bytes: usize,
+    /// How long a deferred purge waits, in nanoseconds.
+    pub purge_delay_ns: u64,
 }
 
 impl Default for LruConfig {
@@ -46,6 +53,8 @@ impl Default for LruConfig {
             max_bytes: 256 << 20,
             decay_ns: 1_000_000_000,
             purge: true,
+            hot_bytes: 32 << 20,
+            purge_delay_ns: 50_000_000,
         }
     }
 }
@@ -54,54 +63,63 @@ impl Default for LruConfig {
 struct Entry {
     base: usize,
     len: usize,
+    /// Reads as zero (purged, or never touched since it was mapped).
     zeroed: bool,
     since: u64,
 }
 
 struct Inner {
+    /// Oldest first.
     entries: [Entry; MAX_ENTRIES],
     len: usize,
     bytes: usize,
+    /// Bytes of entries whose purge is deferred.
+    hot: usize,
     config: LruConfig,
 }
 
 /// A region handed out of the cache.
 #[derive(Clone, Copy, Debug)]
 pub struct Reused {
-    /// The region (2 MiB-aligned, `len` bytes as asked).
+    /// The region (2 MiB-aligned).
     pub base: NonNull<u8>,
+    /// Its length: what was asked for, or (when not exact) up to twice that.
+    pub len: usize,
     /// True when it reads as zero.
     pub zeroed: bool,
 }
 
-/// Regions to unmap once the lock is dropped (no system call under the lock).
-struct Doomed {
-    list: [(usize, usize); MAX_ENTRIES + 1],
+/// Regions to unmap or purge once the lock is dropped (no system call under the lock).
+struct Batch {
+    list: [(usize, usize, u64); MAX_ENTRIES + 1],
     n: usize,
 }
 
-impl Doomed {
+impl Batch {
     fn new() -> Self {
         Self {
-            list: [(0, 0); MAX_ENTRIES + 1],
+            list: [(0, 0, 0); MAX_ENTRIES + 1],
             n: 0,
         }
     }
-    fn push(&mut self, base: usize, len: usize) {
-        self.list[self.n] = (base, len);
+    fn push(&mut self, e: Entry) {
+        self.list[self.n] = (e.base, e.len, e.since);
         self.n += 1;
     }
+    fn iter(&self) -> impl Iterator<Item = (NonNull<u8>, usize, u64)> + '_ {
+        self.list[..self.n].iter().map(|&(b, l, t)| {
+            (
+                NonNull::new(b as *mut u8).expect("cached regions are never at 0"),
+                l,
+                t,
+            )
+        })
+    }
     fn unmap(&self, env: &Env<'_>) {
-        for &(base, len) in &self.list[..self.n] {
+        for (base, len, _) in self.iter() {
             // SAFETY: each range was a cached region (C1) removed from the cache under the lock,
             // so nobody else can reach it (C2).
-            unsafe {
-                env.os.unmap(
-                    NonNull::new(base as *mut u8).expect("non-null"),
-                    len,
-                    env.stats,
-                )
-            };
+            unsafe { env.os.unmap(base, len, env.stats) };
             env.stats.event(Event::SsReleased, 0);
         }
     }
@@ -125,6 +143,7 @@ impl Lru {
                 }; MAX_ENTRIES],
                 len: 0,
                 bytes: 0,
+                hot: 0,
                 config,
             }),
         }
@@ -145,14 +164,71 @@ impl Lru {
         inner.entries.copy_within(i + 1..inner.len, i);
         inner.len -= 1;
         inner.bytes -= e.len;
+        if !e.zeroed && inner.config.purge {
+            inner.hot -= e.len;
+        }
         e
     }
 
-    fn decay(inner: &mut Inner, now: u64, doomed: &mut Doomed) {
-        // Entries are kept oldest first.
+    fn insert(inner: &mut Inner, e: Entry) {
+        // Keep oldest first: entries put back after a purge go where their age says.
+        let at = inner.entries[..inner.len]
+            .iter()
+            .position(|x| x.since > e.since)
+            .unwrap_or(inner.len);
+        inner.entries.copy_within(at..inner.len, at + 1);
+        inner.entries[at] = e;
+        inner.len += 1;
+        inner.bytes += e.len;
+        if !e.zeroed && inner.config.purge {
+            inner.hot += e.len;
+        }
+    }
+
+    /// Under the lock: takes out what decayed (to unmap) and what waited long enough for its
+    /// purge (to purge and put back).
+    fn expire(inner: &mut Inner, now: u64, doomed: &mut Batch, to_purge: &mut Batch) {
         while inner.len > 0 && now.saturating_sub(inner.entries[0].since) > inner.config.decay_ns {
-            let e = Self::remove(inner, 0);
-            doomed.push(e.base, e.len);
+            doomed.push(Self::remove(inner, 0));
+        }
+        if !inner.config.purge {
+            return;
+        }
+        let mut i = 0;
+        while i < inner.len {
+            let e = inner.entries[i];
+            if !e.zeroed && now.saturating_sub(e.since) > inner.config.purge_delay_ns {
+                to_purge.push(Self::remove(inner, i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Purges what `expire` took out and puts it back, as zeroed.
+    fn finish(&self, env: &Env<'_>, doomed: &Batch, to_purge: &Batch) {
+        doomed.unmap(env);
+        for (base, len, since) in to_purge.iter() {
+            // SAFETY: out of the cache under the lock, so nobody else can reach it (C2).
+            let zeroed = unsafe { env.os.purge(base, len, env.stats) };
+            let e = Entry {
+                base: base.as_ptr() as usize,
+                len,
+                zeroed,
+                since,
+            };
+            let put_back = self.inner.with(|inner| {
+                let fits = inner.len < MAX_ENTRIES && inner.bytes + len <= inner.config.max_bytes;
+                if fits {
+                    Self::insert(inner, e);
+                }
+                fits
+            });
+            if !put_back {
+                let mut b = Batch::new();
+                b.push(e);
+                b.unmap(env);
+            }
         }
     }
 
@@ -164,79 +240,95 @@ impl Lru {
     /// refers to any more.
     pub unsafe fn put(&self, env: &Env<'_>, base: NonNull<u8>, len: usize, now: u64) -> bool {
         let config = self.config();
-        let mut doomed = Doomed::new();
+        let mut doomed = Batch::new();
+        let mut to_purge = Batch::new();
+        let entry = Entry {
+            base: base.as_ptr() as usize,
+            len,
+            zeroed: false,
+            since: now,
+        };
         if len > config.max_bytes {
-            doomed.push(base.as_ptr() as usize, len);
+            doomed.push(entry);
             doomed.unmap(env);
             return false;
         }
-        // SAFETY: the caller gives up the region; its contents are dead.
-        let zeroed = config.purge && unsafe { env.os.purge(base, len, env.stats) };
+        // Purge at once unless the hot budget has room for it (C4).
+        let defer = config.purge && self.inner.with(|i| i.hot + len <= i.config.hot_bytes);
+        let zeroed = config.purge && !defer && {
+            // SAFETY: the caller gives up the region; its contents are dead.
+            unsafe { env.os.purge(base, len, env.stats) }
+        };
         self.inner.with(|inner| {
-            Self::decay(inner, now, &mut doomed);
+            Self::expire(inner, now, &mut doomed, &mut to_purge);
             while inner.len == MAX_ENTRIES || inner.bytes + len > inner.config.max_bytes {
-                let e = Self::remove(inner, 0);
-                doomed.push(e.base, e.len);
+                doomed.push(Self::remove(inner, 0));
             }
-            inner.entries[inner.len] = Entry {
-                base: base.as_ptr() as usize,
-                len,
-                zeroed,
-                since: now,
-            };
-            inner.len += 1;
-            inner.bytes += len;
+            Self::insert(inner, Entry { zeroed, ..entry });
         });
         env.stats.event(Event::SsCached, 0);
-        doomed.unmap(env);
+        self.finish(env, &doomed, &to_purge);
         true
     }
 
-    /// Takes a cached region of at least `len` bytes (a multiple of the page size), trimming the
-    /// excess from its tail, or `None` when none fits. The best fit is chosen.
-    pub fn take(&self, env: &Env<'_>, len: usize, now: u64) -> Option<Reused> {
-        let mut doomed = Doomed::new();
+    /// Takes a cached region of at least `len` bytes (a multiple of the page size), or `None`
+    /// when none fits; the best fit is chosen. With `exact`, any excess is unmapped from its
+    /// tail; without, a region up to twice `len` is handed over whole (see [`Reused::len`]).
+    pub fn take(&self, env: &Env<'_>, len: usize, exact: bool, now: u64) -> Option<Reused> {
+        let mut doomed = Batch::new();
+        let mut to_purge = Batch::new();
         let got = self.inner.with(|inner| {
-            Self::decay(inner, now, &mut doomed);
+            Self::expire(inner, now, &mut doomed, &mut to_purge);
+            // Best fit; among equals, one whose pages are still there (no faults), then the newest.
+            let rank = |e: &Entry| (e.len, e.zeroed);
             let mut best: Option<usize> = None;
             for i in 0..inner.len {
                 let e = inner.entries[i];
-                if e.len >= len && best.is_none_or(|b| e.len < inner.entries[b].len) {
+                if e.len >= len && best.is_none_or(|b| rank(&e) <= rank(&inner.entries[b])) {
                     best = Some(i);
                 }
             }
             best.map(|i| Self::remove(inner, i))
         });
-        doomed.unmap(env);
+        self.finish(env, &doomed, &to_purge);
         let e = got?;
-        if e.len > len {
+        let keep = if exact || e.len > 2 * len { len } else { e.len };
+        if e.len > keep {
             // SAFETY: the tail is part of a region we just took out of the cache (C2).
             unsafe {
                 env.os.unmap(
-                    NonNull::new((e.base + len) as *mut u8)?,
-                    e.len - len,
+                    NonNull::new((e.base + keep) as *mut u8)?,
+                    e.len - keep,
                     env.stats,
-                );
-            }
+                )
+            };
         }
         env.stats.event(Event::SsReused, 0);
         Some(Reused {
             base: NonNull::new(e.base as *mut u8)?,
+            len: keep,
             zeroed: e.zeroed,
         })
     }
 
-    /// Unmaps every region that has decayed by `now`.
+    /// Unmaps what has decayed and purges what has waited long enough, as of `now`.
     pub fn decay_now(&self, env: &Env<'_>, now: u64) {
-        let mut doomed = Doomed::new();
+        let mut doomed = Batch::new();
+        let mut to_purge = Batch::new();
         self.inner
-            .with(|inner| Self::decay(inner, now, &mut doomed));
-        doomed.unmap(env);
+            .with(|inner| Self::expire(inner, now, &mut doomed, &mut to_purge));
+        self.finish(env, &doomed, &to_purge);
     }
 
     /// Unmaps every cached region.
     pub fn flush(&self, env: &Env<'_>) {
-        self.decay_now(env, u64::MAX);
+        let mut doomed = Batch::new();
+        self.inner.with(|inner| {
+            while inner.len > 0 {
+                doomed.push(Self::remove(inner, 0));
+            }
+        });
+        doomed.unmap(env);
     }
 
     /// Takes the lock and keeps it (fork's `prepare`).

@@ -41,11 +41,19 @@ mod plain {
     use super::*;
     use hakmem_stats::Event;
 
+    /// Purges on entry: no hot budget.
+    fn eager() -> LruConfig {
+        LruConfig {
+            hot_bytes: 0,
+            ..LruConfig::default()
+        }
+    }
+
     #[test]
     fn reuse_before_the_os_with_pages_given_back() {
         let w = World::new(8);
         let env = w.env();
-        let lru = Lru::new(LruConfig::default());
+        let lru = Lru::new(eager());
         let r = w.region(SS_SIZE);
         // SAFETY: a dirty "retired" region.
         unsafe {
@@ -53,12 +61,15 @@ mod plain {
             assert!(lru.put(&env, r, SS_SIZE, 0));
         }
         assert_eq!(lru.usage(), (1, SS_SIZE));
-        let got = lru.take(&env, SS_SIZE, 10).unwrap();
+        let got = lru.take(&env, SS_SIZE, true, 10).unwrap();
         assert_eq!(got.base, r);
         assert!(got.zeroed);
         // SAFETY: purged memory of ours.
         assert_eq!(unsafe { *got.base.as_ptr() }, 0, "C4: reads as zero");
-        assert!(lru.take(&env, SS_SIZE, 10).is_none(), "C2: handed out once");
+        assert!(
+            lru.take(&env, SS_SIZE, true, 10).is_none(),
+            "C2: handed out once"
+        );
         let s = w.stats.snapshot();
         assert_eq!((s.count(Event::SsCached), s.count(Event::SsReused)), (1, 1));
         assert_eq!(s.count(Event::Madvise), 1);
@@ -75,8 +86,45 @@ mod plain {
         let r = w.region(SS_SIZE);
         // SAFETY: a retired region.
         unsafe { assert!(lru.put(&env, r, SS_SIZE, 0)) };
-        assert!(!lru.take(&env, SS_SIZE, 0).unwrap().zeroed);
+        assert!(!lru.take(&env, SS_SIZE, true, 0).unwrap().zeroed);
         assert_eq!(w.stats.snapshot().count(Event::Madvise), 0);
+    }
+
+    #[test]
+    fn recent_regions_are_purged_after_a_short_delay() {
+        let w = World::new(8);
+        let env = w.env();
+        let config = LruConfig {
+            hot_bytes: SS_SIZE,
+            purge_delay_ns: 100,
+            ..LruConfig::default()
+        };
+        let lru = Lru::new(config);
+        let (a, b) = (w.region(SS_SIZE), w.region(SS_SIZE));
+        // SAFETY: retired regions.
+        unsafe {
+            assert!(lru.put(&env, a, SS_SIZE, 0)); // within the hot budget: purge deferred
+            assert!(lru.put(&env, b, SS_SIZE, 0)); // beyond it: purged on entry
+        }
+        assert_eq!(w.stats.snapshot().count(Event::Madvise), 1);
+        // Reused soon: no system call, not zeroed.
+        let got = lru.take(&env, SS_SIZE, true, 50).unwrap();
+        assert_eq!(
+            (got.base, got.zeroed),
+            (a, false),
+            "among equals, pages still there first"
+        );
+        let got = lru.take(&env, SS_SIZE, true, 50).unwrap();
+        assert_eq!((got.base, got.zeroed), (b, true));
+        // SAFETY: given back again.
+        unsafe { assert!(lru.put(&env, a, SS_SIZE, 60)) };
+        lru.decay_now(&env, 200);
+        assert_eq!(
+            w.stats.snapshot().count(Event::Madvise),
+            2,
+            "purged once the delay passed"
+        );
+        assert!(lru.take(&env, SS_SIZE, true, 200).unwrap().zeroed);
     }
 
     #[test]
@@ -139,14 +187,17 @@ mod plain {
         let r = w.region(3 * SS_SIZE);
         // SAFETY: a retired region.
         unsafe { lru.put(&env, r, 3 * SS_SIZE, 0) };
-        assert!(lru.take(&env, 4 * SS_SIZE, 0).is_none());
-        let got = lru.take(&env, SS_SIZE + PAGE, 0).unwrap();
-        assert_eq!(got.base, r);
+        assert!(lru.take(&env, 4 * SS_SIZE, false, 0).is_none());
+        // Within twice the length asked: handed over whole.
+        let got = lru.take(&env, 2 * SS_SIZE, false, 0).unwrap();
+        assert_eq!((got.base, got.len), (r, 3 * SS_SIZE));
+        // SAFETY: given back.
+        unsafe { lru.put(&env, r, 3 * SS_SIZE, 0) };
+        let got = lru.take(&env, SS_SIZE + PAGE, true, 0).unwrap();
+        assert_eq!((got.base, got.len), (r, SS_SIZE + PAGE));
         assert!(w.os.is_mapped(r.as_ptr() as usize, SS_SIZE + PAGE));
-        assert!(
-            !w.os.is_mapped(r.as_ptr() as usize + SS_SIZE + PAGE, PAGE),
-            "tail given back"
-        );
+        let tail = r.as_ptr() as usize + SS_SIZE + PAGE;
+        assert!(!w.os.is_mapped(tail, PAGE), "tail given back");
     }
 
     #[test]
@@ -188,7 +239,7 @@ mod loom_models {
                 .into_iter()
                 .map(|now| {
                     let (w, lru) = (w.clone(), lru.clone());
-                    loom::thread::spawn(move || lru.take(&w.env(), SS_SIZE, now).is_some())
+                    loom::thread::spawn(move || lru.take(&w.env(), SS_SIZE, true, now).is_some())
                 })
                 .collect();
             putter.join().unwrap();
