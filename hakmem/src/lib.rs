@@ -56,10 +56,10 @@ unsafe impl GlobalAlloc for HakMem {
         // GlobalAlloc's contract hands back the layout the block was allocated with, and every
         // such layout routes to a slab (route RT2), so the block's slab is found by mask and
         // shift alone, without the registry.
-        // `align << 3 <= MAX_SMALL` is `align <= MAX_SLAB_ALIGN`; or-ing the two tests into one
+        // `align << 4 <= MAX_SMALL` is `align <= MAX_SLAB_ALIGN`; or-ing the two tests into one
         // compare can only send a few small blocks to the registry path, which is also right.
-        const _: () = assert!(MAX_SLAB_ALIGN << 3 == MAX_SMALL);
-        if layout.size() | (layout.align() << 3) <= MAX_SMALL {
+        const _: () = assert!(MAX_SLAB_ALIGN << 4 == MAX_SMALL);
+        if layout.size() | (layout.align() << 4) <= MAX_SMALL {
             // SAFETY: a small block of ours, live until now: its superslab is live.
             let (ss, slab) = unsafe { Superslab::slab_of_block(ptr) };
             // SAFETY: given up by the caller.

@@ -53,8 +53,8 @@ impl Default for LruConfig {
             max_bytes: 256 << 20,
             decay_ns: 1_000_000_000,
             purge: true,
-            hot_bytes: 32 << 20,
-            purge_delay_ns: 50_000_000,
+            hot_bytes: 64 << 20,
+            purge_delay_ns: 200_000_000,
         }
     }
 }

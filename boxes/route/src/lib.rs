@@ -4,7 +4,7 @@
 //! pointer to a small block, a large region, or "not ours".
 //!
 //! Tiers: **tiny** classes up to 1 KiB, **small** classes up to [`MAX_SMALL`] (the largest block a
-//! 64 KiB slab holds two of), and **large** beyond, in dedicated 2 MiB-aligned regions.
+//! 64 KiB slab holds), and **large** beyond, in dedicated 2 MiB-aligned regions.
 //!
 //! Classes: multiples of 16 up to 128 B, then eight classes per doubling (`2^k + i * 2^(k-3)`,
 //! `i = 1..=8`), all multiples of 16.
@@ -31,8 +31,9 @@ const LINEAR: usize = 8;
 const PER_DOUBLING: usize = 8;
 /// Largest tiny block.
 pub const MAX_TINY: usize = 1024;
-/// Largest small block: two fit in a 64 KiB slab.
-pub const MAX_SMALL: usize = 32 * 1024;
+/// Largest small block: one fills a 64 KiB slab (the never-touched tail of a slab costs address
+/// space, not memory).
+pub const MAX_SMALL: usize = 64 * 1024;
 /// Number of tiny classes.
 pub const TINY_CLASSES: usize = class_of_const(MAX_TINY) + 1;
 /// Number of size classes (tiny and small).
@@ -247,7 +248,9 @@ pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
     let off = (off_ss & (SLAB_SIZE - 1)).wrapping_sub(first);
     let c = slab.class();
     match (BLOCK_SIZES.get(c), RECIPROCALS.get(c)) {
-        (Some(&bs), Some(&r)) if off < SLAB_SIZE => ((off as u64 * r) >> 32) * bs as u64 == off as u64,
+        (Some(&bs), Some(&r)) if off < SLAB_SIZE => {
+            ((off as u64 * r) >> 32) * bs as u64 == off as u64
+        }
         _ => false,
     }
 }

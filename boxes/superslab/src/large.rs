@@ -37,7 +37,10 @@ impl LargeLayout {
         let user_offset = LARGE_HEADER.max(align);
         // At least one byte: the user's address must lie inside the region (and its registry
         // chunks), even for a zero-size request.
-        let len = user_offset.checked_add(size.max(1))?.checked_add(PAGE - 1)? & !(PAGE - 1);
+        let len = user_offset
+            .checked_add(size.max(1))?
+            .checked_add(PAGE - 1)?
+            & !(PAGE - 1);
         (len <= isize::MAX as usize).then_some(Self {
             len,
             align: align.max(SS_SIZE),

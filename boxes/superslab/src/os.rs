@@ -1,5 +1,6 @@
 //! The OS layer: the only code that maps, unmaps and purges memory. Everything above it goes
 //! through the narrow [`Os`] trait, so loom models can give it heap-backed regions.
+use crate::sync::{Ordering, StaticAtomicUsize};
 use core::ptr::NonNull;
 use hakmem_stats::{Event, GlobalStats};
 
@@ -32,13 +33,23 @@ pub trait Os: Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LibcOs;
 
+/// The lowest aligned mapping made so far: the next one is asked for just below it. The kernel
+/// places mappings top-down, so that address is usually free, and the mapping comes back aligned
+/// at the first system call instead of the three an over-map and trim takes.
+static HINT: StaticAtomicUsize = StaticAtomicUsize::new(0);
+
 impl LibcOs {
     fn mmap(len: usize, stats: &GlobalStats) -> Option<usize> {
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-        // existing memory.
+        Self::mmap_at(0, len, stats)
+    }
+
+    /// Maps `len` bytes, at `hint` if that range is free (a hint, never MAP_FIXED).
+    fn mmap_at(hint: usize, len: usize, stats: &GlobalStats) -> Option<usize> {
+        // SAFETY: an anonymous private mapping, without MAP_FIXED, never replaces existing
+        // memory: at `hint` only if that range is free, else where the kernel chooses.
         let p = unsafe {
             libc::mmap(
-                core::ptr::null_mut(),
+                hint as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
@@ -67,19 +78,28 @@ impl LibcOs {
 impl Os for LibcOs {
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
         debug_assert!(len.is_multiple_of(PAGE) && align.is_power_of_two() && align >= PAGE);
-        // Consecutive mappings tend to be adjacent, so an exact-size mapping is often aligned
-        // already: try that first, and over-map then trim only when it is not.
-        let p = Self::mmap(len, stats)?;
-        if p & (align - 1) == 0 {
-            return NonNull::new(p as *mut u8);
+        if align == PAGE {
+            return NonNull::new(Self::mmap(len, stats)? as *mut u8);
         }
-        Self::munmap(p, len, stats);
-        let over = len.checked_add(align - PAGE)?;
-        let p = Self::mmap(over, stats)?;
-        let start = (p + align - 1) & !(align - 1);
-        Self::munmap(p, start - p, stats);
-        Self::munmap(start + len, p + over - (start + len), stats);
-        NonNull::new(start as *mut u8)
+        // First ask for the aligned range just below the lowest one we made (see HINT).
+        let low = HINT.load(Ordering::Relaxed);
+        let want = low.checked_sub(len).map_or(0, |a| a & !(align - 1));
+        let p = Self::mmap_at(want, len, stats)?;
+        if p & (align - 1) != 0 {
+            // Missed: over-map by the alignment, then trim the head and the tail.
+            Self::munmap(p, len, stats);
+            let over = len.checked_add(align - PAGE)?;
+            let q = Self::mmap(over, stats)?;
+            let start = (q + align - 1) & !(align - 1);
+            Self::munmap(q, start - q, stats);
+            Self::munmap(start + len, q + over - (start + len), stats);
+            HINT.store(start, Ordering::Relaxed);
+            return NonNull::new(start as *mut u8);
+        }
+        if low == 0 || p < low {
+            HINT.store(p, Ordering::Relaxed);
+        }
+        NonNull::new(p as *mut u8)
     }
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {

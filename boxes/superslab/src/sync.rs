@@ -11,6 +11,9 @@ pub use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
+/// For process-wide statics that no model explores: loom's atomics cannot be `static`.
+pub use core::sync::atomic::AtomicUsize as StaticAtomicUsize;
+
 /// Tells the scheduler (or loom) that this thread is waiting on another.
 #[inline]
 pub fn spin() {
