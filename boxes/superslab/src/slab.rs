@@ -230,25 +230,37 @@ impl SlabMeta {
     /// # Safety
     /// The caller owns the slab.
     pub unsafe fn drain_remote(&self) -> Result<u32, Corrupt> {
-        let mut b = self.remote.take_all();
+        let head = self.remote.take_all();
+        if head.is_null() {
+            return Ok(0);
+        }
         // SAFETY: the caller owns the slab; the chain came off our remote stack, linked through
         // first words, and its blocks were given up by their freers.
         unsafe {
             self.with_local(|l| {
-                let mut n = 0u32;
-                while !b.is_null() {
-                    let next = b.cast::<*mut u8>().read();
-                    if l.used == 0 {
-                        // More blocks came back than were out: a double free. Stop here.
-                        return Err(Corrupt::DoubleFree(b as usize));
+                // Walk it read-only to count it and find its tail, then splice it whole: each
+                // block (last written by another core) is read once here, not rewritten.
+                let mut n = 1u32;
+                let mut tail = head;
+                loop {
+                    let next = tail.cast::<*mut u8>().read();
+                    if next.is_null() {
+                        break;
                     }
-                    b.cast::<*mut u8>().write(l.free);
-                    l.free = b;
-                    l.free_len += 1;
-                    l.used -= 1;
+                    if n >= l.used {
+                        // More blocks came back than were out: a double free (or a cycle).
+                        return Err(Corrupt::DoubleFree(next as usize));
+                    }
+                    tail = next;
                     n += 1;
-                    b = next;
                 }
+                if n > l.used {
+                    return Err(Corrupt::DoubleFree(head as usize));
+                }
+                tail.cast::<*mut u8>().write(l.free);
+                l.free = head;
+                l.free_len += n;
+                l.used -= n;
                 Ok(n)
             })
         }
