@@ -6,7 +6,8 @@
 //!    a noisy neighbour hits them all alike; keeps the median and the min..max spread.
 //! 3. The LD_PRELOAD lane: a C workload under glibc, libhakmem.so and, where installed,
 //!    Debian's libmimalloc and libjemalloc.
-//! 4. callgrind: instructions per tiny-hot malloc+free pair, when valgrind is present.
+//! 4. callgrind: instructions per malloc+free pair (the bare `tiny-pair` loop), when valgrind
+//!    is present.
 //! 5. Prints a table and writes target/bench/results.json and target/bench/results.svg.
 mod chart;
 mod exec;
@@ -173,7 +174,7 @@ pub struct Callgrind {
     pub n2: u64,
     pub ir1: Option<u64>,
     pub ir2: Option<u64>,
-    /// (ir2 - ir1) / (n2 - n1): instructions per malloc+free pair, loop included.
+    /// (ir2 - ir1) / (n2 - n1): instructions per malloc+free pair, with the bare loop around it.
     pub instructions_per_pair: Option<f64>,
 }
 
@@ -527,10 +528,10 @@ pub fn run(a: Args) -> Result<(), String> {
         .collect();
     let preload_name = format!("preload/mixed/t{threads}");
     let do_preload = selected(&a.filter, &preload_name);
-    let do_callgrind = selected(&a.filter, "callgrind/tiny-hot");
+    let do_callgrind = selected(&a.filter, "callgrind/tiny-pair");
     if entries.is_empty() && !do_preload && !do_callgrind {
         return Err(format!(
-            "--filter {} matches nothing; entries are {}, {preload_name}, callgrind/tiny-hot",
+            "--filter {} matches nothing; entries are {}, {preload_name}, callgrind/tiny-pair",
             a.filter.join(","),
             plan(threads)
                 .iter()
@@ -741,11 +742,11 @@ pub fn run(a: Args) -> Result<(), String> {
         report::ratios(&mut preload, &baseline);
     }
 
-    // 4. callgrind: instructions per tiny-hot malloc+free pair.
+    // 4. callgrind: instructions per malloc+free pair, on the bare tiny-pair loop.
     let mut callgrind: Vec<Callgrind> = Vec::new();
     if do_callgrind {
         if pb.is_hidden() {
-            eprintln!("bench: callgrind/tiny-hot");
+            eprintln!("bench: callgrind/tiny-pair");
         }
         let valgrind = command_output("valgrind", &["--version"], &root);
         let dir = bench_dir.join("callgrind");
@@ -777,13 +778,13 @@ pub fn run(a: Args) -> Result<(), String> {
             let mut irs = Vec::new();
             let mut done = 0;
             for n in [n1, n2] {
-                pb.set_message(format!("callgrind · tiny-hot · {al} · {n} iterations"));
+                pb.set_message(format!("callgrind · tiny-pair · {al} · {n} iterations"));
                 let out = dir.join(format!("{al}-{n}.out"));
                 let mut c = Command::new("valgrind");
                 c.arg("--tool=callgrind")
                     .arg(format!("--callgrind-out-file={}", out.display()))
                     .arg(&bins[al])
-                    .args(["tiny-hot", "--iters", &n.to_string()]);
+                    .args(["tiny-pair", "--iters", &n.to_string()]);
                 let r =
                     exec::output(c, Duration::from_secs(600)).and_then(|_| callgrind_total(&out));
                 pb.inc(1);

@@ -4,7 +4,7 @@
 //! the link to the next block; nothing else in the block is touched.
 //!
 //! ## Invariants
-//! - **L1 (count).** `len` is exactly the number of blocks reachable from `head`.
+//! - **L1 (count).** `len() = cap - room` is exactly the number of blocks reachable from `head`.
 //! - **L2 (bound).** `len <= cap` whenever the owner checks [`List::is_full`] before a push, as
 //!   the hot heap does; [`List::push`] itself never grows past `cap` silently in debug builds.
 //! - **L3 (one owner).** A list belongs to one thread and holds only blocks that thread owns;
@@ -52,7 +52,9 @@ pub struct Chain {
 #[repr(C)]
 pub struct List {
     head: *mut u8,
-    len: u32,
+    /// `cap - len`, kept instead of `len` so the fast path tests and updates one word. Signed:
+    /// lowering the bound below the length makes it negative until enough blocks are popped.
+    room: i32,
     cap: u32,
 }
 
@@ -61,7 +63,7 @@ impl List {
     pub const fn new(cap: u32) -> Self {
         Self {
             head: null_mut(),
-            len: 0,
+            room: cap as i32,
             cap,
         }
     }
@@ -69,7 +71,7 @@ impl List {
     /// Blocks on the list (L1).
     #[inline(always)]
     pub fn len(&self) -> u32 {
-        self.len
+        (self.cap as i32 - self.room) as u32
     }
 
     /// True when empty.
@@ -86,13 +88,14 @@ impl List {
 
     /// Changes the bound; a list longer than the new bound keeps its blocks until popped.
     pub fn set_cap(&mut self, cap: u32) {
+        self.room += cap as i32 - self.cap as i32;
         self.cap = cap;
     }
 
     /// True when a push would exceed the bound.
     #[inline(always)]
     pub fn is_full(&self) -> bool {
-        self.len >= self.cap
+        self.room <= 0
     }
 
     /// The first block, or null.
@@ -107,14 +110,11 @@ impl List {
     /// `block` is a free block owned by this thread and on no list (L3, L4).
     #[inline(always)]
     pub unsafe fn push(&mut self, block: *mut u8) {
-        debug_assert!(
-            self.len < self.cap || self.cap == 0,
-            "L2: push past the bound"
-        );
+        debug_assert!(self.room > 0 || self.cap == 0, "L2: push past the bound");
         // SAFETY: the caller hands over a free block nobody else reads.
         unsafe { set_next(block, self.head) };
         self.head = block;
-        self.len += 1;
+        self.room -= 1;
     }
 
     /// Pops the most recently pushed block, or returns null.
@@ -127,7 +127,7 @@ impl List {
         if !b.is_null() {
             // SAFETY: `b` is a free block on this list.
             self.head = unsafe { next(b) };
-            self.len -= 1;
+            self.room += 1;
         }
         b
     }
@@ -143,7 +143,7 @@ impl List {
         // SAFETY: the tail is a free block of the chain handed over by the caller.
         unsafe { set_next(chain.tail, self.head) };
         self.head = chain.head;
-        self.len += chain.len;
+        self.room -= chain.len as i32;
     }
 
     /// Takes up to `n` blocks off the top as a chain.
@@ -160,7 +160,7 @@ impl List {
             self.head = unsafe { next(tail) };
             len += 1;
         }
-        self.len -= len;
+        self.room += len as i32;
         Chain {
             head: if len == 0 { null_mut() } else { head },
             tail,

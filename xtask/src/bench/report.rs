@@ -218,7 +218,7 @@ pub fn table(r: &Report) -> String {
     if !r.callgrind.is_empty() {
         let _ = writeln!(
             out,
-            "\ncallgrind: instructions per tiny-hot malloc+free pair (loop included)"
+            "\ncallgrind: instructions per malloc+free pair of 32 B (bare tiny-pair loop: alloc, black_box, free)"
         );
         for c in &r.callgrind {
             match c.instructions_per_pair {

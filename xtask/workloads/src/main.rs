@@ -44,6 +44,7 @@ const ALLOCATOR: &str = if cfg!(feature = "alloc-hakmem") {
 /// Workload names, in the order the suite runs them.
 const WORKLOADS: &[&str] = &[
     "tiny-hot",
+    "tiny-pair",
     "random-mixed",
     "larson",
     "producer-consumer",
@@ -58,6 +59,7 @@ const WORKLOADS: &[&str] = &[
 fn default_iters(name: &str) -> (u64, u64) {
     match name {
         "tiny-hot" => (120_000_000, 40_000_000),
+        "tiny-pair" => (120_000_000, 40_000_000),
         "random-mixed" => (36_000_000, 12_000_000),
         "larson" => (45_000_000, 15_000_000),
         "producer-consumer" => (12_000_000, 4_000_000),
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let out = match o.workload.as_str() {
         "tiny-hot" => workloads::tiny_hot(iters),
+        "tiny-pair" => workloads::tiny_pair(iters),
         "random-mixed" => workloads::random_mixed(o.working_set, iters, t),
         "larson" => workloads::larson(iters, t, o.quick),
         "producer-consumer" => workloads::producer_consumer(iters, t.div_ceil(2)),

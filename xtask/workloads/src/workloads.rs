@@ -47,6 +47,24 @@ pub fn tiny_hot(iters: u64) -> Outcome {
     iters.into()
 }
 
+/// The bare malloc+free pair, for instruction counts (the suite's callgrind step): each
+/// iteration allocates one 32-byte block, passes it through `black_box`, and frees it, so a
+/// differenced count is the allocator's pair plus a few loop instructions. ops = pairs.
+pub fn tiny_pair(iters: u64) -> Outcome {
+    let layout = std::alloc::Layout::from_size_align(32, 8).expect("a valid layout");
+    for _ in 0..iters {
+        // SAFETY: a non-zero size; the block is freed at once, with its layout.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            std::alloc::dealloc(black_box(p), layout);
+        }
+    }
+    iters.into()
+}
+
 fn random_mixed_thread(ws: usize, iters: u64, stream: u64) -> u64 {
     let mut rng = Rng::new(SEED, stream);
     let mut slots: Vec<Block> = (0..ws)
