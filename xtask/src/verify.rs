@@ -561,7 +561,7 @@ impl Verify {
                 t.passed + t.failed
             ));
             if !o.ok() && t.failed == 0 {
-                problems.push(format!("{k}: {}", o.describe()));
+                problems.push(format!("{k}: {}{}", o.describe(), first_panic(&o.text)));
             }
             total.add(t);
         }
@@ -658,7 +658,11 @@ impl Verify {
                 caught_by.push(format!("{krate} {}", t.failing.join(" ")));
             } else if !o.ok() {
                 // The test process died (a crash in the broken code) before reporting: still a catch.
-                caught_by.push(format!("{krate} `{filter}` ({})", o.describe()));
+                caught_by.push(format!(
+                    "{krate} `{filter}` ({}{})",
+                    o.describe(),
+                    first_panic(&o.text)
+                ));
             }
         }
         if caught_by.is_empty() {
@@ -841,6 +845,18 @@ impl Verify {
             done.join("; ")
         ))
     }
+}
+
+/// `" (panicked: MESSAGE)"` for the first panic in a test's output, or nothing.
+fn first_panic(text: &str) -> String {
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.contains("panicked at") {
+            let msg = lines.next().unwrap_or("").trim();
+            return format!(" (panicked: {})", msg.chars().take(160).collect::<String>());
+        }
+    }
+    String::new()
 }
 
 /// Kills `pid` and its descendants (found through /proc), by id.
@@ -1034,6 +1050,14 @@ test result: ok. 10 passed; 0 failed; 2 ignored; 0 measured; 3 filtered out; fin
             Some(&PathBuf::from("/t/deps/hakmem_superslab-1"))
         );
         assert_eq!(exes.len(), 1);
+    }
+
+    #[test]
+    fn the_first_panic_message_is_quoted() {
+        let text =
+            "running 1 test\n\nthread 'm' (1) panicked at src/x.rs:1:2:\nModel exceeded\nstack\n";
+        assert_eq!(first_panic(text), " (panicked: Model exceeded)");
+        assert_eq!(first_panic("all fine"), "");
     }
 
     #[test]

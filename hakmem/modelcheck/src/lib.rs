@@ -34,8 +34,9 @@
 //! but the model's operations touches the heap. The executor makes sure of that: between the
 //! baseline (taken before the workers are released for a case) and the last reading (taken after
 //! the workers have finished the case's cleanup and are parked at a barrier), the only heap calls
-//! are the model's. The workers are spawned once, before any case; every vector the case touches
-//! is allocated with its final capacity before the baseline; the hand-over between threads uses
+//! are the model's. The workers are spawned once, before any case, and have finished starting
+//! (std frees the spawn closure on the new thread) before the first baseline; every vector the
+//! case touches is allocated with its final capacity before the baseline; the hand-over uses
 //! those vectors and `std::sync::{Mutex, RwLock, Barrier}`, which on Linux are futex-based and do
 //! not allocate; nothing is printed or formatted unless a check has already failed. The test binary
 //! runs without libtest's harness (`harness = false`), so no other test or harness thread runs
@@ -369,6 +370,9 @@ impl<H: Heap> Driver<H> {
                     .expect("spawn a model worker")
             })
             .collect();
+        // Wait until every worker has started: std's thread start-up frees the spawn closure's
+        // box on the new thread, and that must not land inside the first case's window.
+        shared.barrier.wait();
         Self { shared, workers }
     }
 
@@ -440,6 +444,7 @@ impl<H: Heap> Drop for Driver<H> {
 }
 
 fn worker<H: Heap>(s: &Shared<H>, me: usize) {
+    s.barrier.wait(); // started (see Driver::new)
     loop {
         s.barrier.wait(); // A
         let rounds = match &*s.plan.read().unwrap_or_else(|e| e.into_inner()) {

@@ -24,6 +24,9 @@ static A: hakmem::HakMem = hakmem::HakMem;
 /// The default seed: fixed, so that CI checks the same cases on every run.
 const DEFAULT_SEED: u64 = 0x6861_6b6d_656d_0001;
 
+/// Reruns of the minimal failing case, to tell a deterministic failure from an interleaving one.
+const RERUNS: usize = 20;
+
 /// Most operations in one case.
 const MAX_OPS: usize = 200;
 
@@ -156,6 +159,17 @@ fn main() {
         }
         driver.run_case(&case).map_err(|f| TestCaseError::fail(f.0))
     });
+    // A failure that depends on the threads' interleaving may not recur on every run of the same
+    // case (and then proptest's shrinking stalls early): say how often the minimal case fails.
+    let reruns = match &result {
+        Err(TestError::Fail(_, case)) => {
+            let failed = (0..RERUNS)
+                .filter(|_| driver.run_case(case).is_err())
+                .count();
+            Some(failed)
+        }
+        _ => None,
+    };
     drop(driver);
     let secs = started.elapsed().as_secs_f64();
     match result {
@@ -178,6 +192,9 @@ fn main() {
                     );
                     for op in &case.ops {
                         println!("  {op:?}");
+                    }
+                    if let Some(n) = reruns {
+                        println!("the minimal case failed again in {n} of {RERUNS} reruns");
                     }
                 }
                 TestError::Abort(why) => println!("model check aborted: {why}"),
