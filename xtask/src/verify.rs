@@ -81,6 +81,12 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         models: &[("hakmem-superslab", "loom_models::abandon_adopt")],
         what: "adopting an abandoned superslab does not take it off the list",
     },
+    SeededBug {
+        name: "lru_double_take",
+        in_crate: "hakmem-lru",
+        models: &[("hakmem-lru", "loom_models::hand_over")],
+        what: "taking a region out of the lru leaves it cached, so it can be handed out twice",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

@@ -288,7 +288,12 @@ impl Lru {
                     best = Some(i);
                 }
             }
-            best.map(|i| Self::remove(inner, i))
+            #[cfg(not(hakmem_seeded_bug = "lru_double_take"))]
+            let got = best.map(|i| Self::remove(inner, i));
+            // Seeded bug: hand the region out but leave it cached, so it can go out twice.
+            #[cfg(hakmem_seeded_bug = "lru_double_take")]
+            let got = best.map(|i| inner.entries[i]);
+            got
         });
         self.finish(env, &doomed, &to_purge);
         let e = got?;
