@@ -30,6 +30,8 @@
 //!   superslab is ever leaked with an owner that no longer runs.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
 //!   the slow path, where a per-slab bitmap catches every double free.
+//! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
+//!   comes before every full one, so finding a free slab looks at the front only.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -51,9 +53,12 @@ use sync::{AtomicUsize, Ordering};
 /// The unified cache type every heap carries.
 type Cache = UnifiedCache<CLASSES, CACHE_SLOTS>;
 
-/// Owned superslabs scanned for remote frees per refill, before the full scan that precedes
-/// taking a new superslab.
+/// Owned superslabs scanned for remote frees per refill.
 const SCAN_PER_REFILL: usize = 4;
+/// Owned superslabs scanned for remote frees before a new superslab is taken. Bounded, so a heap
+/// with hundreds of superslabs does not walk them all every 2 MiB; the rotating cursor still
+/// visits every one in turn.
+const SCAN_BEFORE_GROWING: usize = 32;
 
 struct Heaps {
     live: *mut Heap,
@@ -266,6 +271,7 @@ pub struct Heap {
     ctx: *const Ctx,
     current: [*const SlabMeta; CLASSES],
     owned: *const Superslab,
+    owned_tail: *const Superslab,
     owned_count: usize,
     cursor: *const Superslab,
     /// This thread's counters.
@@ -296,6 +302,7 @@ impl Heap {
         }
         h.current = [null(); CLASSES];
         h.owned = null();
+        h.owned_tail = null();
         h.owned_count = 0;
         h.cursor = null();
         h.cache
@@ -426,32 +433,46 @@ impl Heap {
         // 3. Abandoned superslabs, adopted.
         while let Some(ss) = self.ctx().abandoned.adopt(self.id) {
             self.ctx().stats.event(Event::Adopt, 0);
-            self.link_owned(ss);
+            // SAFETY: adopted: ours.
+            let has_free = unsafe { ss.has_free_slab() };
+            self.link_owned(ss, has_free);
             self.collect_one(ss);
             if let Some(s) = self.current(class) {
                 return Some(s);
             }
         }
-        // Before asking for a new superslab, drain every own superslab once.
-        self.collect_owned(usize::MAX);
+        // Before asking for a new superslab, drain more own superslabs.
+        self.collect_owned(SCAN_BEFORE_GROWING);
         if let Some(s) = self.current(class) {
             return Some(s);
         }
-        // 4. A new slab in an own superslab; 5. the lru; 6. the OS.
+        // 4. A new slab in an own superslab (H7: those with free slabs come first); 5. the lru;
+        // 6. the OS.
         let bs = block_size_of(class) as u32;
-        let mut ss = self.owned;
-        // SAFETY: owned superslabs are live and ours.
-        while let Some(s) = unsafe { ss.as_ref() } {
+        for _ in 0..4 {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { self.owned.as_ref() }) else {
+                break;
+            };
             // SAFETY: ours.
-            if let Some(slab) = unsafe { s.alloc_slab(class as u32, bs) } {
+            if unsafe { !s.has_free_slab() } {
+                break; // the first is full, so all are (H7)
+            }
+            // SAFETY: ours.
+            let slab = unsafe { s.alloc_slab(class as u32, bs) };
+            // SAFETY: ours.
+            if slab.is_none() || unsafe { !s.has_free_slab() } {
+                // Full now (or its only free slab, slab 0, is too short for this class).
+                self.unlink_owned(s);
+                self.link_owned(s, false);
+            }
+            if let Some(slab) = slab {
                 self.ring_insert(class, slab);
                 return Some(slab);
             }
-            // SAFETY: ours.
-            ss = unsafe { s.heap_links().0 };
         }
         let s = self.ctx().superslab_for(self.id)?;
-        self.link_owned(s);
+        self.link_owned(s, true);
         // SAFETY: ours, fresh: every slab is free.
         let slab = unsafe { s.alloc_slab(class as u32, bs) }?;
         self.ring_insert(class, slab);
@@ -514,16 +535,27 @@ impl Heap {
         }
     }
 
-    fn link_owned(&mut self, ss: &Superslab) {
+    /// Links `ss` into the owned list: at the front if it has a free slab, else at the back
+    /// (H7).
+    fn link_owned(&mut self, ss: &Superslab, front: bool) {
         // SAFETY: `ss` is now owned by this heap; the list's superslabs are too.
         unsafe {
-            ss.set_heap_links(self.owned, null());
-            if let Some(o) = self.owned.as_ref() {
-                let next = o.heap_links().0;
-                o.set_heap_links(next, ss);
+            if front {
+                ss.set_heap_links(self.owned, null());
+                match self.owned.as_ref() {
+                    Some(o) => o.set_heap_links(o.heap_links().0, ss),
+                    None => self.owned_tail = ss,
+                }
+                self.owned = ss;
+            } else {
+                ss.set_heap_links(null(), self.owned_tail);
+                match self.owned_tail.as_ref() {
+                    Some(t) => t.set_heap_links(ss, t.heap_links().1),
+                    None => self.owned = ss,
+                }
+                self.owned_tail = ss;
             }
         }
-        self.owned = ss;
         self.owned_count += 1;
     }
 
@@ -535,8 +567,9 @@ impl Heap {
                 Some(p) => p.set_heap_links(next, p.heap_links().1),
                 None => self.owned = next,
             }
-            if let Some(n) = next.as_ref() {
-                n.set_heap_links(n.heap_links().0, prev);
+            match next.as_ref() {
+                Some(n) => n.set_heap_links(n.heap_links().0, prev),
+                None => self.owned_tail = prev,
             }
             if core::ptr::eq(self.cursor, ss) {
                 self.cursor = next;
@@ -602,14 +635,17 @@ impl Heap {
     fn free_slab(&mut self, ss: &'static Superslab, class: usize, slab: &SlabMeta) -> bool {
         self.ring_remove(class, slab);
         // SAFETY: ours and empty.
-        if unsafe { ss.free_slab(slab) } {
-            self.unlink_owned(ss);
+        let all_free = unsafe { ss.free_slab(slab) };
+        self.unlink_owned(ss);
+        if all_free {
             if ss.unpin() {
                 // SAFETY: the last reference was ours.
                 unsafe { self.ctx().release_superslab(ss) };
             }
             return true;
         }
+        // It has a free slab now: to the front (H7).
+        self.link_owned(ss, true);
         false
     }
 
