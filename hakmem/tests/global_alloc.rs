@@ -272,7 +272,7 @@ fn a_large_free_shows_up_as_cached_or_released() {
     );
     // Its pages go back at once, or (for the most recently cached few MiB) within the lru's
     // purge delay, at the next cache operation.
-    std::thread::sleep(std::time::Duration::from_millis(120));
+    std::thread::sleep(std::time::Duration::from_millis(250));
     let q = Layout::from_size_align(16 << 20, 16).unwrap();
     // SAFETY: non-zero size; freed at once.
     unsafe { dealloc(alloc(q), q) };
