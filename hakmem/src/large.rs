@@ -74,6 +74,17 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     user
 }
 
+/// Grows a large block to `size` bytes by moving its pages; the block's new address, or `None`
+/// when the OS cannot (the caller then copies).
+///
+/// # Safety
+/// `h` is the header of a live large region whose user block the caller holds.
+#[inline(never)]
+pub unsafe fn grow(ctx: &Ctx, h: &LargeHeader, size: usize) -> Option<*mut u8> {
+    // SAFETY: forwarded.
+    unsafe { h.grow(&ctx.env(), size) }.map(|h| h.user() as *mut u8)
+}
+
 /// Gives a large block back.
 #[inline(never)]
 ///

@@ -76,7 +76,8 @@ impl Stats {
             .filter(|c| c.block_size != 0)
             .map(|c| c.live * c.block_size as i64)
             .sum();
-        small + self.bytes(Event::LargeAlloc) as i64 - self.bytes(Event::LargeFree) as i64
+        small + self.bytes(Event::LargeAlloc) as i64 + self.bytes(Event::Mremap) as i64
+            - self.bytes(Event::LargeFree) as i64
     }
 
     /// Every allocation so far.
@@ -145,7 +146,7 @@ impl Stats {
             self.live_blocks()
         )?;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        for e in [Event::Mmap, Event::Munmap, Event::Madvise] {
+        for e in [Event::Mmap, Event::Munmap, Event::Madvise, Event::Mremap] {
             writeln!(
                 w,
                 "  os {:8} {:10} calls {:12.1} MiB",

@@ -54,10 +54,12 @@ pub enum Event {
     LargeAlloc,
     /// A large region given back by a user (bytes: its mapped length).
     LargeFree,
+    /// A large region grown by moving its pages (`mremap`) instead of copying (bytes: growth).
+    Mremap,
 }
 
 /// Number of [`Event`] kinds.
-pub const EVENTS: usize = Event::LargeFree as usize + 1;
+pub const EVENTS: usize = Event::Mremap as usize + 1;
 
 impl Event {
     /// Every event, in declaration order.
@@ -74,6 +76,7 @@ impl Event {
         Event::Adopt,
         Event::LargeAlloc,
         Event::LargeFree,
+        Event::Mremap,
     ];
 
     /// A short lowercase name for reports.
@@ -91,6 +94,7 @@ impl Event {
             Event::Adopt => "adopts",
             Event::LargeAlloc => "large allocs",
             Event::LargeFree => "large frees",
+            Event::Mremap => "mremap",
         }
     }
 }

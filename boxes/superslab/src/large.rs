@@ -99,6 +99,42 @@ impl LargeHeader {
         self.len - self.user_offset
     }
 
+    /// Grows the region so its block holds `size` bytes, moving its pages instead of copying
+    /// them (`Os::remap`). Returns the header at its new place, or `None` when the OS cannot
+    /// (then nothing changed and the caller copies). The region stays registered throughout,
+    /// except while its pages move: unregistered before (R2), registered again after.
+    ///
+    /// # Safety
+    /// The caller holds the region's user block; nothing else refers to the region.
+    pub unsafe fn grow<'a>(&self, env: &Env<'_>, size: usize) -> Option<&'a LargeHeader> {
+        let base = self as *const Self as usize;
+        let (len, user_offset) = (self.len, self.user_offset);
+        let new_len = user_offset.checked_add(size)?.checked_add(PAGE - 1)? & !(PAGE - 1);
+        if user_offset > SS_SIZE || new_len <= len {
+            return None;
+        }
+        env.registry.unregister(base, len);
+        let old = NonNull::new(base as *mut u8)?;
+        // SAFETY: the caller holds the only reference to the whole region.
+        let Some(moved) = (unsafe { env.os.remap(old, len, new_len, SS_SIZE, env.stats) }) else {
+            // Unchanged: publish it again as it was (its chunks are still ours alone).
+            let again = env.registry.register(base, len, Kind::Large);
+            debug_assert!(again.is_ok());
+            return None;
+        };
+        let h = moved.as_ptr().cast::<LargeHeader>();
+        // SAFETY: the header moved with the pages; we own the region.
+        unsafe { addr_of_mut!((*h).len).write(new_len) };
+        // A fresh range of ours (or ours extended into free address space): no chunk of it can
+        // belong to another live region, so registering cannot fail.
+        let registered = env
+            .registry
+            .register(moved.as_ptr() as usize, new_len, Kind::Large);
+        debug_assert!(registered.is_ok());
+        // SAFETY: written above; live while the caller holds its block.
+        Some(unsafe { &*h })
+    }
+
     /// Withdraws the region from the registry and returns `(base, len)` for caching or unmap.
     ///
     /// # Safety

@@ -27,6 +27,26 @@ pub trait Os: Sync {
     /// # Safety
     /// The range was mapped by this `Os`, page-aligned, and its contents are no longer needed.
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool;
+
+    /// Grows the mapping `[ptr, ptr + len)` to `new_len` bytes, keeping its contents without
+    /// copying them, at an address aligned to `align`: in place when the range after it is
+    /// free, else moved. Returns the new address; `None` when that is not possible (then the
+    /// old mapping is unchanged, and the caller copies instead). The default never can.
+    ///
+    /// # Safety
+    /// The range is a whole mapping of this `Os`, page-aligned, that nothing else uses while
+    /// this runs; after `Some`, the old range must no longer be used.
+    unsafe fn remap(
+        &self,
+        ptr: NonNull<u8>,
+        len: usize,
+        new_len: usize,
+        align: usize,
+        stats: &GlobalStats,
+    ) -> Option<NonNull<u8>> {
+        let _ = (ptr, len, new_len, align, stats);
+        None
+    }
 }
 
 /// The real OS: anonymous private mappings through libc.
@@ -104,6 +124,45 @@ impl Os for LibcOs {
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
         Self::munmap(ptr.as_ptr() as usize, len, stats);
+    }
+
+    unsafe fn remap(
+        &self,
+        ptr: NonNull<u8>,
+        len: usize,
+        new_len: usize,
+        align: usize,
+        stats: &GlobalStats,
+    ) -> Option<NonNull<u8>> {
+        let old = ptr.as_ptr().cast::<libc::c_void>();
+        // In place, if the range after the mapping is free.
+        // SAFETY: the caller owns the whole mapping; without MREMAP_MAYMOVE the kernel either
+        // extends it where it is or fails and leaves it unchanged.
+        let p = unsafe { libc::mremap(old, len, new_len, 0) };
+        if p == old {
+            stats.event(Event::Mremap, new_len - len);
+            return Some(ptr);
+        }
+        // Else reserve an aligned range, and move the pages onto it.
+        let target = self.map(new_len, align, stats)?;
+        // SAFETY: `target` is our fresh mapping of `new_len` bytes; MREMAP_FIXED replaces it
+        // with the old pages (and removes the old mapping) or fails and changes nothing.
+        let p = unsafe {
+            libc::mremap(
+                old,
+                len,
+                new_len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if p == target.as_ptr().cast() {
+            stats.event(Event::Mremap, new_len - len);
+            return Some(target);
+        }
+        // SAFETY: our reservation, never used.
+        unsafe { self.unmap(target, new_len, stats) };
+        None
     }
 
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
