@@ -339,9 +339,12 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         }
         Some(Block::Large(h)) => {
             let usable = h.usable();
-            if new_size > usable && route(new_size, align) == Route::Large {
-                // Growing a large block: move its pages rather than copy them.
-                let ctx = ctx().expect("a large block exists, so hakmem is initialised");
+            // Growing a large block: move its pages rather than copy them. (A large block
+            // exists, so the context does too.)
+            if let (true, Some(ctx)) = (
+                new_size > usable && route(new_size, align) == Route::Large,
+                ctx(),
+            ) {
                 // SAFETY: the caller holds the block.
                 if let Some(q) = unsafe { large::grow(ctx, h, new_size) } {
                     return q;
