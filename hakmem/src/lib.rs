@@ -202,16 +202,8 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
         Route::Small(class) => {
             let h = heap_ptr();
             if h as usize > DEAD as usize {
-                // SAFETY: this thread's live heap.
-                let h = unsafe { &mut *h };
-                // SAFETY: called on the heap's own thread.
-                return unsafe {
-                    if zero {
-                        h.alloc_zeroed(class)
-                    } else {
-                        h.alloc(class)
-                    }
-                };
+                // SAFETY: this thread's live heap, used on its own thread.
+                return unsafe { heap_alloc(&mut *h, class, zero) };
             }
             // SAFETY: forwarded.
             unsafe { alloc_small_slow(class, zero) }
@@ -246,6 +238,7 @@ unsafe fn alloc_small_slow(class: usize, zero: bool) -> *mut u8 {
     }
 }
 
+#[inline(always)]
 unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
     // SAFETY: the caller runs on the heap's thread.
     unsafe {
