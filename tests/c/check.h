@@ -3,6 +3,7 @@
 #ifndef HAKMEM_TESTS_CHECK_H
 #define HAKMEM_TESTS_CHECK_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,18 @@
             fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);         \
             abort();                                                                      \
         }                                                                                 \
+    } while (0)
+
+/* Checks that `expr` fails as glibc's allocation functions do: NULL, with errno ENOMEM. */
+#define EXPECT_ENOMEM(expr)                                                                       \
+    do {                                                                                          \
+        errno = 0;                                                                                \
+        void *r_ = (expr);                                                                        \
+        if (r_ != NULL || errno != ENOMEM) {                                                      \
+            fprintf(stderr, "%s:%d: %s gave %p, errno %d (want NULL, ENOMEM)\n", __FILE__,         \
+                    __LINE__, #expr, r_, errno);                                                  \
+            abort();                                                                              \
+        }                                                                                         \
     } while (0)
 
 /* A value the compiler cannot reason about (keeps absurd sizes from compile-time warnings). */

@@ -24,17 +24,6 @@ static size_t vm_bytes(void) {
     return pages * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-#define EXPECT_ENOMEM(expr)                                                                       \
-    do {                                                                                          \
-        errno = 0;                                                                                \
-        void *r_ = (expr);                                                                        \
-        if (r_ != NULL || errno != ENOMEM) {                                                      \
-            fprintf(stderr, "%s:%d: %s gave %p, errno %d (want NULL, ENOMEM)\n", __FILE__,         \
-                    __LINE__, #expr, r_, errno);                                                  \
-            abort();                                                                              \
-        }                                                                                         \
-    } while (0)
-
 /* Allocates blocks of `size` until one fails; returns how many succeeded and frees them all. */
 static size_t exhaust(size_t size) {
     struct node *head = NULL;

@@ -6,17 +6,6 @@
 #include <malloc.h>
 #include <string.h>
 
-#define EXPECT_ENOMEM(expr)                                                                       \
-    do {                                                                                          \
-        errno = 0;                                                                                \
-        void *r_ = (expr);                                                                        \
-        if (r_ != NULL || errno != ENOMEM) {                                                      \
-            fprintf(stderr, "%s:%d: %s gave %p, errno %d (want NULL, ENOMEM)\n", __FILE__,         \
-                    __LINE__, #expr, r_, errno);                                                  \
-            abort();                                                                              \
-        }                                                                                         \
-    } while (0)
-
 static int cmp_ptr(const void *a, const void *b) {
     uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
     return x < y ? -1 : x > y;

@@ -122,12 +122,7 @@ fn cell_rows(out: &mut String, cells: &[Cell], width: usize) {
         }
         last = c.entry.clone();
         if !c.ok() {
-            let why = c.error.as_deref().unwrap_or("no samples");
-            let why = if why.starts_with("not built") {
-                "its build failed (see above)"
-            } else {
-                why
-            };
+            let why = why_not(c.error.as_deref().unwrap_or("no samples"));
             let _ = writeln!(
                 out,
                 "{name:<width$} {:<9} {}: {why}",
@@ -234,12 +229,7 @@ pub fn table(r: &Report) -> String {
                     );
                 }
                 None => {
-                    let why = c.error.as_deref().unwrap_or("");
-                    let why = if why.starts_with("not built") {
-                        "its build failed (see above)"
-                    } else {
-                        why
-                    };
+                    let why = why_not(c.error.as_deref().unwrap_or(""));
                     let _ = writeln!(
                         out,
                         "  {:<9} {}: {why}",
@@ -251,4 +241,13 @@ pub fn table(r: &Report) -> String {
         }
     }
     out
+}
+
+/// A failed or skipped cell's reason, shortened when it is the build's (printed above).
+fn why_not(error: &str) -> &str {
+    if error.starts_with("not built") {
+        "its build failed (see above)"
+    } else {
+        error
+    }
 }
