@@ -1,6 +1,5 @@
 extern crate std;
 use super::*;
-use hakmem_registry::AtomicUsize as RegWord;
 use hakmem_route::class_of;
 use hakmem_superslab::HeapOs;
 use std::boxed::Box;
@@ -16,9 +15,7 @@ fn count_report(_: Corrupt) {
 
 fn ctx(chunks: usize, check: bool) -> &'static Ctx {
     let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
-    let (first, n) = os.window();
-    let table: Vec<RegWord> = (0..n).map(|_| RegWord::new(0)).collect();
-    let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+    let registry = os.registry();
     Box::leak(Box::new(Ctx::new(
         os,
         registry,

@@ -1,9 +1,8 @@
 extern crate std;
 use super::*;
-use hakmem_registry::{AtomicUsize, Registry};
+use hakmem_registry::Registry;
 use hakmem_stats::GlobalStats;
-use hakmem_superslab::{HeapOs, Os, PAGE, SS_SIZE};
-use std::boxed::Box;
+use hakmem_superslab::{HeapOs, Os, SS_SIZE};
 use std::vec::Vec;
 
 pub(crate) struct World {
@@ -15,9 +14,7 @@ pub(crate) struct World {
 impl World {
     pub fn new(chunks: usize) -> World {
         let os = HeapOs::new(chunks);
-        let (first, n) = os.window();
-        let table: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-        let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+        let registry = os.registry();
         World {
             os,
             registry,
@@ -40,6 +37,7 @@ impl World {
 mod plain {
     use super::*;
     use hakmem_stats::Event;
+    use hakmem_superslab::PAGE;
 
     /// Purges on entry: no hot budget.
     fn eager() -> LruConfig {

@@ -2,7 +2,6 @@
 //! in for mmap. Run: `RUSTFLAGS="--cfg loom" cargo test -p hakmem-superslab --release`.
 extern crate std;
 use super::*;
-use hakmem_registry::AtomicUsize;
 use loom::sync::Arc;
 use std::boxed::Box;
 use std::vec::Vec;
@@ -17,9 +16,7 @@ struct World {
 impl World {
     fn new() -> Arc<Self> {
         let os = HeapOs::new(2);
-        let (first, chunks) = os.window();
-        let table: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
-        let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+        let registry = os.registry();
         Arc::new(World {
             os,
             registry,

@@ -222,6 +222,19 @@ pub mod heap {
             )
         }
 
+        /// A registry covering exactly this arena (its small table is leaked: a test's or a
+        /// model iteration's registry lives as long as the regions it covers).
+        pub fn registry(&self) -> hakmem_registry::Registry {
+            let (first, chunks) = self.window();
+            let table: Vec<hakmem_registry::AtomicUsize> = (0..chunks)
+                .map(|_| hakmem_registry::AtomicUsize::new(0))
+                .collect();
+            hakmem_registry::Registry::with_window(
+                std::boxed::Box::leak(table.into_boxed_slice()),
+                first,
+            )
+        }
+
         /// How many ranges were unmapped so far.
         pub fn unmaps(&self) -> usize {
             self.unmaps.load(SeqCst)

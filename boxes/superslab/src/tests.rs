@@ -1,7 +1,7 @@
 #![cfg(not(loom))]
 extern crate std;
 use super::*;
-use hakmem_registry::{AtomicUsize, Kind};
+use hakmem_registry::Kind;
 use std::boxed::Box;
 use std::vec::Vec;
 
@@ -14,9 +14,7 @@ struct World {
 impl World {
     fn new() -> Box<Self> {
         let os = HeapOs::new(32);
-        let (first, chunks) = os.window();
-        let table: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
-        let registry = Registry::with_window(Box::leak(table.into_boxed_slice()), first);
+        let registry = os.registry();
         Box::new(World {
             os,
             registry,

@@ -82,6 +82,15 @@ static void drain(struct mailbox *b) {
         free(local[i]);
 }
 
+/* Puts a fresh block of 16..1024 B in slot `j` and touches it with `v`. */
+static void refill(void **slot, size_t *size, size_t j, uint64_t *rng, unsigned char v) {
+    size[j] = 16 + below(rng, 1009);
+    slot[j] = malloc(size[j]);
+    if (!slot[j])
+        die("malloc");
+    touch(slot[j], size[j], v);
+}
+
 static void *run(void *arg) {
     struct worker *w = arg;
     uint64_t rng = splitmix64(0x68616b6d656dull ^ splitmix64((uint64_t)w->id + 1));
@@ -89,13 +98,8 @@ static void *run(void *arg) {
     size_t *size = malloc(SLOTS * sizeof(size_t));
     if (!slot || !size)
         die("malloc");
-    for (size_t i = 0; i < SLOTS; i++) {
-        size[i] = 16 + below(&rng, 1009);
-        slot[i] = malloc(size[i]);
-        if (!slot[i])
-            die("malloc");
-        touch(slot[i], size[i], 1);
-    }
+    for (size_t i = 0; i < SLOTS; i++)
+        refill(slot, size, i, &rng, 1);
     struct mailbox *mine = &w->boxes[w->id];
     struct mailbox *theirs = &w->boxes[(w->id + 1) % w->nthreads];
     for (long it = 0; it < w->iters; it++) {
@@ -110,18 +114,10 @@ static void *run(void *arg) {
             pthread_mutex_unlock(&theirs->lock);
             if (full)
                 free(slot[j]);
-            size[j] = 16 + below(&rng, 1009);
-            slot[j] = malloc(size[j]);
-            if (!slot[j])
-                die("malloc");
-            touch(slot[j], size[j], (unsigned char)it);
+            refill(slot, size, j, &rng, (unsigned char)it);
         } else if (r < 48) {
             free(slot[j]);
-            size[j] = 16 + below(&rng, 1009);
-            slot[j] = malloc(size[j]);
-            if (!slot[j])
-                die("malloc");
-            touch(slot[j], size[j], (unsigned char)it);
+            refill(slot, size, j, &rng, (unsigned char)it);
         } else {
             size_t n = 16 + below(&rng, 4081);
             void *p = realloc(slot[j], n);
