@@ -188,7 +188,8 @@ extern "C" fn fork_prepare() {
 
 extern "C" fn fork_parent() {
     if let Some(c) = ctx() {
-        c.unlock_all();
+        // SAFETY: fork_prepare took every lock on this thread just before the fork.
+        unsafe { c.unlock_all() };
     }
 }
 
@@ -197,6 +198,7 @@ extern "C" fn fork_child() {
     // they were (their superslabs keep owners that never run again, so their blocks freed by
     // the child wait on remote stacks: leaked in the child, never corrupted).
     if let Some(c) = ctx() {
-        c.unlock_all();
+        // SAFETY: the parent's fork_prepare took every lock; this is the only thread left.
+        unsafe { c.unlock_all() };
     }
 }

@@ -249,17 +249,24 @@ impl Ctx {
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).
     #[cfg(not(loom))]
     pub fn lock_all(&self) {
-        self.heaps.lock();
-        self.abandoned.lock();
-        self.lru.lock();
+        self.heaps.lock_for_fork();
+        self.abandoned.lock_for_fork();
+        self.lru.lock_for_fork();
     }
 
     /// Releases what [`Ctx::lock_all`] took (fork's `parent` and `child`).
+    ///
+    /// # Safety
+    /// [`Ctx::lock_all`] was called, by this thread or (in a forked child) by the parent's
+    /// forking thread, and not yet matched by a call of this.
     #[cfg(not(loom))]
-    pub fn unlock_all(&self) {
-        self.lru.unlock();
-        self.abandoned.unlock();
-        self.heaps.unlock();
+    pub unsafe fn unlock_all(&self) {
+        // SAFETY: forwarded: each lock was taken by lock_all's lock_for_fork.
+        unsafe {
+            self.lru.force_unlock();
+            self.abandoned.force_unlock();
+            self.heaps.force_unlock();
+        }
     }
 }
 

@@ -121,13 +121,17 @@ impl AbandonedList {
 
     /// Takes the lock and keeps it (fork's `prepare`).
     #[cfg(not(loom))]
-    pub fn lock(&self) {
-        self.inner.lock();
+    pub fn lock_for_fork(&self) {
+        self.inner.lock_for_fork();
     }
 
-    /// Releases a lock taken by [`AbandonedList::lock`] (fork's `parent` and `child`).
+    /// Releases a lock taken by [`AbandonedList::lock_for_fork`] (fork's `parent` and `child`).
+    ///
+    /// # Safety
+    /// As [`crate::SpinLock::force_unlock`]: the lock was taken by `lock_for_fork`.
     #[cfg(not(loom))]
-    pub fn unlock(&self) {
-        self.inner.unlock();
+    pub unsafe fn force_unlock(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.force_unlock() };
     }
 }

@@ -10,7 +10,34 @@ pub const PAGE: usize = 4096;
 /// Where regions come from.
 ///
 /// Every method reports each system call it makes to `stats`.
-pub trait Os: Sync {
+///
+/// # Safety
+/// The boxes' `unsafe` code trusts what an `Os` returns, so an implementation must guarantee:
+/// - [`Os::map`] returns `Some(p)` only for a fresh range `[p, p + len)` that is readable and
+///   writable, reads as zero, is aligned to `align`, overlaps no other live range of this `Os`,
+///   and stays valid (is never unmapped, moved or reused) until it is passed to [`Os::unmap`]
+///   or moved by [`Os::remap`];
+/// - [`Os::purge`] returning true leaves the range mapped and reading as zero;
+/// - [`Os::remap`] returning `Some(q)` gives a range `[q, q + new_len)` with the same guarantees
+///   as `map`'s, aligned to `align`, holding the old contents first;
+/// - the ranges outlive every use the caller makes of them, so an `Os` that owns its memory (such
+///   as [`HeapOs`](crate::HeapOs)) must be `'static` wherever regions are handed out as
+///   `'static`.
+///
+/// ```compile_fail
+/// use core::ptr::NonNull;
+/// use hakmem_stats::GlobalStats;
+/// // A safe impl that returns an address it does not own is refused: the trait is unsafe.
+/// struct Liar;
+/// impl hakmem_superslab::Os for Liar {
+///     fn map(&self, _: usize, _: usize, _: &GlobalStats) -> Option<NonNull<u8>> {
+///         NonNull::new(0x1000 as *mut u8)
+///     }
+///     unsafe fn unmap(&self, _: NonNull<u8>, _: usize, _: &GlobalStats) {}
+///     unsafe fn purge(&self, _: NonNull<u8>, _: usize, _: &GlobalStats) -> bool { false }
+/// }
+/// ```
+pub unsafe trait Os: Sync {
     /// Maps `len` bytes (a multiple of [`PAGE`]) aligned to `align` (a power of two, at least
     /// [`PAGE`]). Fresh memory reads as zero. `None` when the OS refuses.
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>>;
@@ -95,7 +122,10 @@ impl LibcOs {
     }
 }
 
-impl Os for LibcOs {
+// SAFETY: `map` returns fresh anonymous private mappings (zeroed, exclusive) trimmed to the
+// alignment; `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
+// is mremap, which keeps the contents; nothing is unmapped except through `unmap`.
+unsafe impl Os for LibcOs {
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
         debug_assert!(len.is_multiple_of(PAGE) && align.is_power_of_two() && align >= PAGE);
         if align == PAGE {
@@ -257,7 +287,9 @@ pub mod heap {
         }
     }
 
-    impl Os for HeapOs {
+    // SAFETY: regions are carved from the arena, which the HeapOs owns and frees only on drop;
+    // each is zeroed when handed out and never handed out twice while live.
+    unsafe impl Os for HeapOs {
         fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
             let end = self.arena + self.layout.size();
             let p = {

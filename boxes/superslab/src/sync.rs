@@ -92,16 +92,12 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock (Acquire), runs `f`, releases it (Release).
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        self.lock();
-        // SAFETY: the lock is held, so this is the only access to `value`.
-        let r = self.value.with_mut(|v| f(unsafe { &mut *v }));
-        self.unlock();
-        r
+        f(&mut self.lock())
     }
 
-    /// Takes the lock and keeps it until [`SpinLock::unlock`]: for `fork`, whose `prepare` takes
-    /// every lock and whose `parent` and `child` release them.
-    pub fn lock(&self) {
+    /// Takes the lock; it is released (Release) when the guard drops. The guard is the only way
+    /// to reach the value, so two `&mut` to it can never be live at once.
+    pub fn lock(&self) -> SpinGuard<'_, T> {
         while self
             .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -112,12 +108,52 @@ impl<T> SpinLock<T> {
                 spin();
             }
         }
+        SpinGuard { lock: self }
     }
 
-    /// Releases a lock taken with [`SpinLock::lock`]. In a forked child, the one thread left
-    /// may release a lock its parent's `prepare` took.
-    pub fn unlock(&self) {
+    /// Takes the lock and keeps it until [`SpinLock::force_unlock`]: for `fork`, whose
+    /// `prepare` takes every lock and whose `parent` and `child` release them.
+    pub fn lock_for_fork(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases the lock without a guard.
+    ///
+    /// # Safety
+    /// The lock was taken by [`SpinLock::lock_for_fork`] (in this process, or in the parent of a
+    /// forked child whose only thread this is), and no reference obtained under it is live.
+    pub unsafe fn force_unlock(&self) {
         self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
+#[cfg(not(loom))]
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+#[cfg(not(loom))]
+impl<T> core::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock, so nobody writes the value while it lives.
+        self.lock.value.with(|v| unsafe { &*v })
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> core::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock and is borrowed mutably: this is the only access.
+        self.lock.value.with_mut(|v| unsafe { &mut *v })
+    }
+}
+
+#[cfg(not(loom))]
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
     }
 }
 
@@ -139,5 +175,15 @@ mod tests {
             }
         });
         assert_eq!(l.with(|v| *v), 80_000);
+    }
+
+    #[test]
+    fn fork_lock_holds_until_forced() {
+        let l = SpinLock::new(1u32);
+        l.lock_for_fork();
+        assert!(l.locked.load(super::Ordering::Relaxed));
+        // SAFETY: taken by lock_for_fork just above; no reference from it is live.
+        unsafe { l.force_unlock() };
+        assert_eq!(*l.lock(), 1);
     }
 }
