@@ -4,12 +4,13 @@
 //! |---------------|------------------------------------------------------------------------------|
 //! | `fmt`         | `cargo fmt --all -- --check`                                                 |
 //! | `clippy`      | `cargo clippy --workspace --all-targets -- -D warnings`                      |
-//! | `test`        | `cargo test --workspace`                                                     |
+//! | `doc`         | `cargo doc --no-deps`, warnings denied; the boxes also with `missing_docs`     |
+//! | `test`        | `cargo test --workspace` (unit, integration and doc tests)                   |
 //! | `loom`        | every box's `loom_models` tests, `--cfg loom`, optimised, in `target/loom`   |
 //! | `seeded-bugs` | each loom model against a deliberately broken box: every bug must be caught  |
 //! | `model`       | `cargo test --release -p hakmem-modelcheck` (the proptest state machine)     |
 //!
-//! The default runs all six; `--seeded-bugs` runs only the seeded-bug pass; `--only` and `--skip`
+//! The default runs all seven; `--seeded-bugs` runs only the seeded-bug pass; `--only` and `--skip`
 //! pick steps. Every selected step runs even if an earlier one failed (unless `--fail-fast`), so
 //! one run reports everything; the exit status is non-zero if any step failed.
 //!
@@ -29,6 +30,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Every box crate: a library of its own, documented in full.
+pub const BOXES: &[&str] = &[
+    "hakmem-superslab",
+    "hakmem-registry",
+    "hakmem-tls-sll",
+    "hakmem-unified-cache",
+    "hakmem-hot-heap",
+    "hakmem-route",
+    "hakmem-stats",
+    "hakmem-lru",
+];
 
 /// Boxes that may hold loom models (a box without any runs zero of them, which is fine as long as
 /// the total is not zero).
@@ -105,7 +118,9 @@ pub enum Step {
     Fmt,
     /// `cargo clippy --workspace --all-targets -- -D warnings`.
     Clippy,
-    /// `cargo test --workspace`.
+    /// `cargo doc --no-deps` with warnings denied; `missing_docs` denied on every box.
+    Doc,
+    /// `cargo test --workspace` (unit, integration and doc tests).
     Test,
     /// The loom models of every box.
     Loom,
@@ -116,9 +131,10 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 6] = [
+    const ALL: [Step; 7] = [
         Step::Fmt,
         Step::Clippy,
+        Step::Doc,
         Step::Test,
         Step::Loom,
         Step::SeededBugs,
@@ -129,6 +145,7 @@ impl Step {
         match self {
             Step::Fmt => "fmt",
             Step::Clippy => "clippy",
+            Step::Doc => "doc",
             Step::Test => "test",
             Step::Loom => "loom",
             Step::SeededBugs => "seeded-bugs",
@@ -140,7 +157,7 @@ impl Step {
     fn timeout(self) -> Duration {
         Duration::from_secs(match self {
             Step::Fmt => 300,
-            Step::Clippy | Step::Test => 1200,
+            Step::Clippy | Step::Doc | Step::Test => 1200,
             Step::Loom => 1200,
             Step::SeededBugs => 600, // per build or run of a bug
             Step::Model => 900,
@@ -351,6 +368,7 @@ impl Verify {
         match step {
             Step::Fmt => self.fmt(),
             Step::Clippy => self.clippy(),
+            Step::Doc => self.doc(),
             Step::Test => self.test(),
             Step::Loom => self.loom(),
             Step::SeededBugs => self.seeded_bugs(),
@@ -516,6 +534,36 @@ impl Verify {
                 o.describe()
             ))
         }
+    }
+
+    /// Docs of the whole workspace with warnings (broken links included) denied, then the boxes
+    /// again with `missing_docs` denied: every box is a library users read.
+    fn doc(&self) -> Result<String, String> {
+        let mut boxes = vec!["doc", "--no-deps"];
+        for b in BOXES {
+            boxes.extend(["-p", b]);
+        }
+        let passes: [(&[&str], &str); 2] = [
+            (&["doc", "--no-deps", "--workspace"], "-D warnings"),
+            (&boxes, "-D warnings -D missing_docs"),
+        ];
+        for (args, flags) in passes {
+            let o = self.exec(
+                self.cargo().args(args).env("RUSTDOCFLAGS", flags),
+                Step::Doc.timeout(),
+            );
+            if !o.ok() {
+                let (errors, warnings) = diagnostics(&o.text);
+                return Err(format!(
+                    "{errors} errors, {warnings} warnings with RUSTDOCFLAGS=\"{flags}\" ({})",
+                    o.describe()
+                ));
+            }
+        }
+        Ok(format!(
+            "workspace, and {} boxes with missing_docs",
+            BOXES.len()
+        ))
     }
 
     fn test(&self) -> Result<String, String> {

@@ -9,6 +9,20 @@
 //! Classes: multiples of 16 up to 128 B, then eight classes per doubling (`2^k + i * 2^(k-3)`,
 //! `i = 1..=8`), all multiples of 16.
 //!
+//! ```
+//! use hakmem_route::{block_size_of, class_of, route, Route, CLASSES, MAX_SMALL};
+//! // A 100-byte request takes the 112-byte class; a 1 MiB one goes to the large tier.
+//! let Route::Small(c) = route(100, 8) else { unreachable!() };
+//! assert_eq!(block_size_of(c), 112);
+//! assert_eq!(route(1 << 20, 8), Route::Large);
+//! // Alignments up to 4096 are served by a class whose block size they divide (RT2).
+//! let Route::Small(c) = route(3000, 1024) else { unreachable!() };
+//! assert_eq!(block_size_of(c) % 1024, 0);
+//! // Every small size has a class, and classes grow with size (RT1, RT3).
+//! assert_eq!(class_of(MAX_SMALL), Some(CLASSES - 1));
+//! assert_eq!(class_of(MAX_SMALL + 1), None);
+//! ```
+//!
 //! ## Invariants
 //! - **RT1 (fit).** `block_size(class_of(s)) >= s`, and for `s > 128` the waste
 //!   `block_size - s` is below `s / 8` (12.5%). Between 64 and 128 B the 16-byte step is the bound

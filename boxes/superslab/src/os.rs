@@ -21,7 +21,7 @@ pub const PAGE: usize = 4096;
 /// - [`Os::remap`] returning `Some(q)` gives a range `[q, q + new_len)` with the same guarantees
 ///   as `map`'s, aligned to `align`, holding the old contents first;
 /// - the ranges outlive every use the caller makes of them, so an `Os` that owns its memory (such
-///   as [`HeapOs`](crate::HeapOs)) must be `'static` wherever regions are handed out as
+///   as the test `HeapOs`) must be `'static` wherever regions are handed out as
 ///   `'static`.
 ///
 /// ```compile_fail

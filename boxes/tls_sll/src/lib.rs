@@ -3,10 +3,31 @@
 //! One job: the LIFO list the fast path pops from and pushes to. A free block's first word is
 //! the link to the next block; nothing else in the block is touched.
 //!
+//! ```
+//! use hakmem_tls_sll::List;
+//! // Three 16-byte, 16-aligned "blocks" this thread owns.
+//! #[repr(align(16))]
+//! struct Block([u8; 16]);
+//! let mut blocks = [Block([0; 16]), Block([0; 16]), Block([0; 16])];
+//! let ptrs = blocks.each_mut().map(|b| b.0.as_mut_ptr());
+//! let mut list = List::new(2);
+//! for &p in &ptrs[..2] {
+//!     assert!(!list.is_full());
+//!     // SAFETY: a free block of ours, aligned and at least 8 bytes, on no other list (L3, L4).
+//!     unsafe { list.push(p) };
+//! }
+//! assert!(list.is_full()); // the third block must go elsewhere (L2)
+//! // SAFETY: the list's blocks are still free and linked (L4).
+//! let last = unsafe { list.pop() };
+//! assert_eq!(last, ptrs[1]);
+//! assert_eq!(list.len(), 1);
+//! ```
+//!
 //! ## Invariants
 //! - **L1 (count).** `len() = cap - room` is exactly the number of blocks reachable from `head`.
 //! - **L2 (bound).** `len <= cap` whenever the owner checks [`List::is_full`] before a push, as
-//!   the hot heap does; [`List::push`] itself never grows past `cap` silently in debug builds.
+//!   the hot heap does; [`List::push`] itself never grows past `cap` silently in debug builds,
+//!   and [`List::set_cap`] refuses a bound below the length.
 //! - **L3 (one owner).** A list belongs to one thread and holds only blocks that thread owns;
 //!   nothing here is atomic.
 //! - **L4 (links).** Every block is at least 8 bytes and 8-byte aligned; its first word is the
@@ -47,13 +68,24 @@ pub struct Chain {
     pub len: u32,
 }
 
+/// Why [`List::set_cap`] refused: the new bound is below the list's length (or beyond
+/// `i32::MAX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bound {cap} is below the {len} blocks on the list (L2)")]
+pub struct CapBelowLen {
+    /// The bound asked for.
+    pub cap: u32,
+    /// The blocks on the list.
+    pub len: u32,
+}
+
 /// One class's list.
 #[derive(Debug)]
 #[repr(C)]
 pub struct List {
     head: *mut u8,
-    /// `cap - len`, kept instead of `len` so the fast path tests and updates one word. Signed:
-    /// lowering the bound below the length makes it negative until enough blocks are popped.
+    /// `cap - len`, kept instead of `len` so the fast path tests and updates one word; never
+    /// negative (L2; [`List::set_cap`] refuses a bound below the length).
     room: i32,
     cap: u32,
 }
@@ -86,10 +118,29 @@ impl List {
         self.cap
     }
 
-    /// Changes the bound; a list longer than the new bound keeps its blocks until popped.
-    pub fn set_cap(&mut self, cap: u32) {
-        self.room += cap as i32 - self.cap as i32;
+    /// Changes the bound. A bound below the blocks already on the list would break L2, so it is
+    /// refused and nothing changes: pop (or [`List::take`]) the excess first.
+    ///
+    /// ```
+    /// use hakmem_tls_sll::{CapBelowLen, List};
+    /// let mut blocks = [[0u64; 2]; 3];
+    /// let mut list = List::new(4);
+    /// for b in &mut blocks {
+    ///     // SAFETY: each block is 16 bytes, aligned, ours, and on no other list.
+    ///     unsafe { list.push(b.as_mut_ptr().cast()) };
+    /// }
+    /// assert_eq!(list.set_cap(1), Err(CapBelowLen { cap: 1, len: 3 }));
+    /// assert_eq!((list.len(), list.cap()), (3, 4));
+    /// assert_eq!(list.set_cap(8), Ok(()));
+    /// ```
+    pub fn set_cap(&mut self, cap: u32) -> Result<(), CapBelowLen> {
+        let len = self.len();
+        if cap < len || cap > i32::MAX as u32 {
+            return Err(CapBelowLen { cap, len });
+        }
+        self.room = (cap - len) as i32;
         self.cap = cap;
+        Ok(())
     }
 
     /// True when a push would exceed the bound.

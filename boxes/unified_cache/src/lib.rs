@@ -4,6 +4,28 @@
 //! slabs, and slabs are refilled from and flushed to in runs rather than one block at a time.
 //! The cache stores block addresses in an array, so it never writes into the blocks themselves.
 //!
+//! Every method is safe: the cache only stores and returns addresses, and never reads or writes
+//! through them. What a popped address may be used for is the caller's business (U3).
+//!
+//! ```
+//! use hakmem_unified_cache::{TooManySlots, UnifiedCache};
+//! // Two classes sharing 8 slots: class 0 holds up to 2 blocks, class 1 up to 6.
+//! let mut cache = UnifiedCache::<2, 8>::new(&[2, 6]).unwrap();
+//! let mut blocks = [0u64; 3];
+//! let [a, b, c] = blocks.each_mut().map(|x| core::ptr::from_mut(x).cast::<u8>());
+//! assert!(cache.push(0, a) && cache.push(0, b));
+//! assert!(!cache.push(0, c), "class 0 is full (U1)");
+//! assert_eq!(cache.pop(0), b);
+//! let mut flushed = 0;
+//! cache.drain_oldest(0, 8, |_| flushed += 1);
+//! assert_eq!((flushed, cache.len(0)), (1, 0));
+//! // Capacities that do not fit the slots are refused.
+//! assert_eq!(
+//!     UnifiedCache::<2, 8>::new(&[4, 6]).err(),
+//!     Some(TooManySlots { wanted: 10, available: 8 })
+//! );
+//! ```
+//!
 //! ## Invariants
 //! - **U1 (bounded).** Class `c` holds at most `cap(c)` blocks; a push to a full class is refused.
 //! - **U2 (disjoint storage).** Each class has its own slice of one fixed array; classes never
@@ -23,7 +45,8 @@ pub struct UnifiedCache<const CLASSES: usize, const SLOTS: usize> {
 }
 
 /// Why [`UnifiedCache::new`] refused a set of capacities.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the capacities ask for {wanted} slots, but the cache has {available}")]
 pub struct TooManySlots {
     /// Slots asked for.
     pub wanted: usize,
