@@ -4,7 +4,7 @@
 //! |---------------|------------------------------------------------------------------------------|
 //! | `fmt`         | `cargo fmt --all -- --check`                                                 |
 //! | `clippy`      | `cargo clippy --workspace --all-targets -- -D warnings`                      |
-//! | `doc`         | `cargo doc --no-deps`, warnings denied; the boxes also with `missing_docs`     |
+//! | `doc`         | `cargo doc --no-deps`, warnings denied, boxes with `missing_docs`; `cargo package` |
 //! | `test`        | `cargo test --workspace` (unit, integration and doc tests)                   |
 //! | `loom`        | every box's `loom_models` tests, `--cfg loom`, optimised, in `target/loom`   |
 //! | `seeded-bugs` | each loom model against a deliberately broken box: every bug must be caught  |
