@@ -560,8 +560,17 @@ impl Verify {
                 ));
             }
         }
+        // Every crate must stay publishable: metadata, versioned path dependencies.
+        let o = self.exec(
+            self.cargo()
+                .args(["package", "--no-verify", "--workspace", "--allow-dirty"]),
+            Step::Doc.timeout(),
+        );
+        if !o.ok() {
+            return Err(format!("cargo package --no-verify: {}", o.describe()));
+        }
         Ok(format!(
-            "workspace, and {} boxes with missing_docs",
+            "workspace, {} boxes with missing_docs; every crate packages",
             BOXES.len()
         ))
     }
