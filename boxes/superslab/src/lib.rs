@@ -54,7 +54,7 @@ pub use os::{LibcOs, Os, PAGE};
 pub use remote::RemoteStack;
 pub use slab::{Corrupt, SlabLocal, SlabMeta};
 pub use superslab::{Superslab, DATA_OFFSET};
-pub use sync::{spin, SpinLock};
+pub use sync::{spin, LockCounts, SpinLock};
 
 use hakmem_registry::Registry;
 use hakmem_stats::GlobalStats;

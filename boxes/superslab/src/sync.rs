@@ -54,6 +54,12 @@ impl<T> UnsafeCell<T> {
 pub struct SpinLock<T> {
     #[cfg(not(loom))]
     locked: AtomicBool,
+    /// Acquisitions, and those that found the lock held: slow-path counters for
+    /// `docs/SCALING.md`, on the lock's own cache line, which the CAS takes anyway.
+    #[cfg(not(loom))]
+    acquired: AtomicU64,
+    #[cfg(not(loom))]
+    contended: AtomicU64,
     #[cfg(not(loom))]
     value: UnsafeCell<T>,
     #[cfg(loom)]
@@ -86,7 +92,17 @@ impl<T> SpinLock<T> {
     pub const fn new(value: T) -> Self {
         Self {
             locked: AtomicBool::new(false),
+            acquired: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
             value: UnsafeCell::new(value),
+        }
+    }
+
+    /// How often the lock was taken, and how often a taker found it held and had to wait.
+    pub fn contention(&self) -> LockCounts {
+        LockCounts {
+            acquired: self.acquired.load(Ordering::Relaxed),
+            contended: self.contended.load(Ordering::Relaxed),
         }
     }
 
@@ -98,17 +114,33 @@ impl<T> SpinLock<T> {
     /// Takes the lock; it is released (Release) when the guard drops. The guard is the only way
     /// to reach the value, so two `&mut` to it can never be live at once.
     pub fn lock(&self) -> SpinGuard<'_, T> {
-        while self
+        if self
             .locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            self.lock_contended();
+        }
+        self.acquired.fetch_add(1, Ordering::Relaxed);
+        SpinGuard { lock: self }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        self.contended.fetch_add(1, Ordering::Relaxed);
+        loop {
             // Wait with plain loads so the cache line is not bounced.
             while self.locked.load(Ordering::Relaxed) {
                 spin();
             }
+            if self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
         }
-        SpinGuard { lock: self }
     }
 
     /// Takes the lock and keeps it until [`SpinLock::force_unlock`]: for `fork`, whose
@@ -125,6 +157,15 @@ impl<T> SpinLock<T> {
     pub unsafe fn force_unlock(&self) {
         self.locked.store(false, Ordering::Release);
     }
+}
+
+/// What [`SpinLock::contention`] counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockCounts {
+    /// Times the lock was taken.
+    pub acquired: u64,
+    /// Times a taker found it held and waited.
+    pub contended: u64,
 }
 
 /// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
@@ -175,6 +216,9 @@ mod tests {
             }
         });
         assert_eq!(l.with(|v| *v), 80_000);
+        let c = l.contention();
+        assert_eq!(c.acquired, 80_001);
+        assert!(c.contended <= c.acquired);
     }
 
     #[test]
