@@ -10,7 +10,7 @@
 //! - **Initial-exec, by hand** (feature `initial-exec-tls`, on Linux x86_64 and aarch64; the
 //!   preload library turns it on). The slot is an 8-byte `.tbss` symbol defined with
 //!   `global_asm!`, and read with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT
-//!   entry added to the thread pointer: two instructions (three on aarch64), no call. The linker
+//!   entry added to the thread pointer: two instructions (four on aarch64), no call. The linker
 //!   emits an `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
