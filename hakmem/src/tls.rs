@@ -7,11 +7,13 @@
 //!   initialiser and no destructor, so in an executable it is the local-exec model: one
 //!   `%fs`-relative load. In a shared library rustc uses the general-dynamic model instead: a
 //!   call to `__tls_get_addr` (11 instructions) in each function that touches it.
-//! - **Initial-exec, by hand** (feature `initial-exec-tls`, on Linux x86_64 and aarch64; the
-//!   preload library turns it on). The slot is an 8-byte `.tbss` symbol defined with
-//!   `global_asm!`, and read with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT
-//!   entry added to the thread pointer: two instructions (four on aarch64), no call. The linker
-//!   emits an `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
+//! - **Initial-exec, by hand** (feature `initial-exec-tls`, on x86_64 and aarch64 Linux with
+//!   glibc; the preload library turns it on). Only glibc's handling of a late `dlopen` (a clean
+//!   refusal when static TLS is short: T3) has been checked, so other C libraries (musl) keep
+//!   `thread_local!`. The slot is an 8-byte `.tbss` symbol defined with `global_asm!`, and read
+//!   with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT entry added to the thread
+//!   pointer: two instructions (four on aarch64), no call. The linker emits an
+//!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
 //! ## Invariants
@@ -41,6 +43,7 @@ pub fn set(h: *mut Heap) {
 #[cfg(not(all(
     feature = "initial-exec-tls",
     target_os = "linux",
+    target_env = "gnu",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 mod imp {
@@ -68,6 +71,7 @@ mod imp {
 #[cfg(all(
     feature = "initial-exec-tls",
     target_os = "linux",
+    target_env = "gnu",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod imp {

@@ -17,6 +17,7 @@ fn h() -> &'static Harness {
 /// default feature; see hakmem/src/tls.rs).
 const INITIAL_EXEC: bool = cfg!(all(
     target_os = "linux",
+    target_env = "gnu",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ));
 
