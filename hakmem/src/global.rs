@@ -8,7 +8,6 @@
 //! finds hakmem ready).
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
-use core::cell::Cell;
 use core::ptr::{null_mut, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
@@ -29,12 +28,6 @@ const FAILED: u8 = 3;
 
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
 pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
-
-std::thread_local! {
-    // No destructor and a const initialiser: every access is a plain TLS load (allocator
-    // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
-    static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
-}
 
 /// The shared context, if initialised.
 #[inline(always)]
@@ -144,10 +137,11 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
     }
 }
 
-/// This thread's heap pointer: null before its first allocation, [`DEAD`] after exit.
+/// This thread's heap pointer: null before its first allocation, [`DEAD`] after exit. The one
+/// accessor: its TLS model is chosen in [`crate::tls`].
 #[inline(always)]
 pub fn heap_ptr() -> *mut Heap {
-    HEAP.with(|h| h.get())
+    crate::tls::get()
 }
 
 /// This thread's heap, creating it on first use. `None` after the thread's exit clean-up, or
@@ -163,7 +157,7 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     }
     let ctx = ctx_or_init()?;
     let heap = ctx.new_heap()?;
-    HEAP.with(|c| c.set(heap.as_ptr()));
+    crate::tls::set(heap.as_ptr());
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
     Some(heap)
@@ -173,7 +167,7 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let Some(heap) = NonNull::new(arg.cast::<Heap>()) else {
         return;
     };
-    HEAP.with(|c| c.set(DEAD));
+    crate::tls::set(DEAD);
     if let Some(ctx) = ctx() {
         // SAFETY: this thread's heap; the thread uses only orphan paths from now on.
         unsafe { ctx.retire_heap(heap) };

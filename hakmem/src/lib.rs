@@ -26,6 +26,7 @@ mod large;
 mod out;
 mod settings;
 mod stats;
+mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;

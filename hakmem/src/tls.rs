@@ -1,0 +1,230 @@
+//! The thread's heap pointer: one word of thread-local storage behind [`get`] and [`set`].
+//!
+//! Every `malloc` and `free` reads this word, so how it is reached is the largest fixed cost of
+//! the fast path. Two implementations, chosen at compile time:
+//!
+//! - **`thread_local!`** (the default, and every target without the one below). A `const`
+//!   initialiser and no destructor, so in an executable it is the local-exec model: one
+//!   `%fs`-relative load. In a shared library rustc uses the general-dynamic model instead: a
+//!   call to `__tls_get_addr` (11 instructions) in each function that touches it.
+//! - **Initial-exec, by hand** (feature `initial-exec-tls`, on x86_64 and aarch64 Linux with
+//!   glibc; the preload library turns it on). Only glibc's handling of a late `dlopen` (a clean
+//!   refusal when static TLS is short: T3) has been checked, so other C libraries (musl) keep
+//!   `thread_local!`. The slot is an 8-byte `.tbss` symbol defined with `global_asm!`, and read
+//!   with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT entry added to the thread
+//!   pointer: two instructions (four on aarch64), no call. The linker emits an
+//!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
+//!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
+//!
+//! ## Invariants
+//! - **T1 (per thread).** Each thread has its own slot, null when the thread starts.
+//! - **T2 (private to one copy).** The `.tbss` symbol is hidden (and carries the crate version
+//!   in its name), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
+//!   another shared object that links the facade) never bind to each other's slot.
+//! - **T3 (the price of initial-exec).** A library built with the feature needs a few bytes of
+//!   static TLS. Programs started with it (`LD_PRELOAD`, `DT_NEEDED`) always have them; a late
+//!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
+//!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
+//!   in that case (relocation fails before any constructor), so nothing can crash.
+use hakmem_hot_heap::Heap;
+
+/// This thread's heap pointer: null until [`set`] is called on this thread.
+#[inline(always)]
+pub fn get() -> *mut Heap {
+    imp::get()
+}
+
+/// Sets this thread's heap pointer.
+#[inline(always)]
+pub fn set(h: *mut Heap) {
+    imp::set(h)
+}
+
+#[cfg(not(all(
+    feature = "initial-exec-tls",
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod imp {
+    use core::cell::Cell;
+    use core::ptr::null_mut;
+    use hakmem_hot_heap::Heap;
+
+    std::thread_local! {
+        // No destructor and a const initialiser: every access is a plain TLS load (allocator
+        // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
+        static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+    }
+
+    #[inline(always)]
+    pub fn get() -> *mut Heap {
+        HEAP.with(Cell::get)
+    }
+
+    #[inline(always)]
+    pub fn set(h: *mut Heap) {
+        HEAP.with(|c| c.set(h))
+    }
+}
+
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod imp {
+    use core::arch::{asm, global_asm};
+    use hakmem_hot_heap::Heap;
+
+    /// The slot's symbol: hidden, and versioned so that two versions of the crate in one link
+    /// do not collide either.
+    macro_rules! slot {
+        () => {
+            concat!(
+                "__hakmem_heap_tls_",
+                env!("CARGO_PKG_VERSION_MAJOR"),
+                "_",
+                env!("CARGO_PKG_VERSION_MINOR"),
+                "_",
+                env!("CARGO_PKG_VERSION_PATCH")
+            )
+        };
+    }
+
+    // One zero-filled 8-byte word per thread: `.tbss` is the thread-local `.bss` ("T": TLS,
+    // nobits: zero-initialised in every thread's block). Global (the access may be in another
+    // codegen unit) but hidden: the reference binds inside the linked object, never across
+    // shared objects.
+    global_asm!(
+        concat!(".pushsection .tbss,\"awT\",%nobits"),
+        ".p2align 3",
+        concat!(".globl ", slot!()),
+        concat!(".hidden ", slot!()),
+        concat!(".type ", slot!(), ",%object"),
+        concat!(".size ", slot!(), ", 8"),
+        concat!(slot!(), ":"),
+        ".zero 8",
+        ".popsection",
+    );
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn get() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads this thread's slot (defined above, 8 bytes, 8-aligned) at the thread
+        // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
+        // result depends only on memory (`readonly`), so equal reads may be merged.
+        unsafe {
+            asm!(
+                concat!("mov {h}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn set(h: *mut Heap) {
+        // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
+        // never shares a register with `h`.
+        unsafe {
+            asm!(
+                concat!("mov {off}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
+                "mov qword ptr fs:[{off}], {h}",
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn get() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: as on x86_64: the thread pointer (tpidr_el0) plus the slot's offset, loaded
+        // from its GOT entry.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {h}, :gottprel:", slot!()),
+                concat!("ldr {h}, [{h}, #:gottprel_lo12:", slot!(), "]"),
+                "ldr {h}, [{tp}, {h}]",
+                tp = out(reg) _,
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn set(h: *mut Heap) {
+        // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
+        // outputs, distinct from `h`.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {off}, :gottprel:", slot!()),
+                concat!("ldr {off}, [{off}, #:gottprel_lo12:", slot!(), "]"),
+                "str {h}, [{tp}, {off}]",
+                tp = out(reg) _,
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::ptr::null_mut;
+
+    fn fake(n: usize) -> *mut Heap {
+        core::ptr::without_provenance_mut(n * 64)
+    }
+
+    #[test]
+    fn a_new_thread_starts_null_and_keeps_its_own_value() {
+        // Threads of our own: the harness's threads may have set their slots already.
+        let threads: Vec<_> = (1..=8usize)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    assert!(get().is_null(), "a new thread's slot is null");
+                    set(fake(i));
+                    for _ in 0..1000 {
+                        std::thread::yield_now();
+                        assert_eq!(get(), fake(i), "the slot is this thread's own");
+                    }
+                    set(null_mut());
+                    get().is_null()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn set_then_get_in_one_function_sees_each_write() {
+        std::thread::spawn(|| {
+            let mut seen = [null_mut(); 4];
+            for (i, s) in seen.iter_mut().enumerate() {
+                set(fake(i + 1));
+                *s = get();
+            }
+            assert_eq!(seen, [fake(1), fake(2), fake(3), fake(4)]);
+        })
+        .join()
+        .unwrap();
+    }
+}
