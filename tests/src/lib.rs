@@ -326,6 +326,63 @@ impl Outcome {
     }
 }
 
+/// How the allocator is told to treat a bad pointer: every hostile case runs in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnBad {
+    /// The default: report, then `abort()`.
+    Abort,
+    /// `HAKMEM_INVALID_FREE=warn`: report, ignore the call, go on.
+    Warn,
+}
+
+impl OnBad {
+    /// Both modes.
+    pub const BOTH: [OnBad; 2] = [OnBad::Abort, OnBad::Warn];
+
+    /// Sets the mode on `cmd` (the default is set explicitly by leaving the variable unset).
+    pub fn apply(self, cmd: &mut Command) -> &mut Command {
+        match self {
+            OnBad::Abort => cmd.env_remove("HAKMEM_INVALID_FREE"),
+            OnBad::Warn => cmd.env("HAKMEM_INVALID_FREE", "warn"),
+        }
+    }
+}
+
+/// The first line of the `HAKMEM_STATS` report.
+pub const REPORT_HEADER: &str = "hakmem: statistics";
+
+impl Outcome {
+    /// The allocator's messages on stderr: every line that starts with "hakmem: ", except the
+    /// header of its statistics report.
+    pub fn hakmem_messages(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("hakmem: ") && *l != REPORT_HEADER)
+            .collect()
+    }
+
+    /// The numbers that follow `label` in the `HAKMEM_STATS` report (one per report; a label
+    /// such as "abandons " or "threads with a heap "), in the order the reports appear.
+    pub fn report_numbers(&self, label: &str) -> Vec<i64> {
+        numbers_after(&self.stderr, label)
+    }
+}
+
+/// The decimal numbers that follow each occurrence of `label` in `text` (a `-` sign allowed).
+pub fn numbers_after(text: &str, label: &str) -> Vec<i64> {
+    text.match_indices(label)
+        .filter_map(|(i, _)| {
+            let rest = &text[i + label.len()..];
+            let sign = usize::from(rest.starts_with('-'));
+            let end = sign
+                + rest[sign..]
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len() - sign);
+            rest[..end].parse().ok()
+        })
+        .collect()
+}
+
 /// `SIGABRT` on Linux (the harness has no libc dependency).
 const fn libc_sigabrt() -> i32 {
     6
