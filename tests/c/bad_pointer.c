@@ -16,7 +16,7 @@
  *   warm  make one malloc/free first. Without it a foreign KIND's bad call is the process's very
  *         first allocator call (nothing before it allocates: output goes through write(2)).
  *
- * What the program checks itself, once the call returns: realloc gave NULL, or (freed blocks,
+ * What the program checks itself, once the call returns: realloc gave NULL with ENOMEM, or (freed blocks,
  * HAKMEM_CHECK=0) what it gave is printed as "realloc returned 0x..."; malloc_usable_size's result
  * is printed as "usable N"; the memory behind a foreign pointer is unchanged; the allocator still
  * works and hands out no block twice (unless realloc handed a freed block back as live, which the
@@ -117,6 +117,7 @@ int main(int argc, char **argv) {
     if (strcmp(op, "free") == 0) {
         free(bad);
     } else if (strcmp(op, "realloc") == 0) {
+        errno = 0;
         void *r = realloc(bad, realloc_to);
         if (freed) {
             say_ptr("realloc returned", r);
@@ -130,7 +131,7 @@ int main(int argc, char **argv) {
             }
             if (r != NULL) free(r);
         } else {
-            CHECK(r == NULL);
+            CHECK(r == NULL && errno == ENOMEM);
         }
     } else if (strcmp(op, "usable") == 0) {
         size_t n = malloc_usable_size(bad);

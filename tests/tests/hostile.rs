@@ -83,7 +83,9 @@ fn judge(out: &Outcome, mode: OnBad, expect: &Expect) -> Result<(), String> {
         Expect::Report(prefixes) => {
             let wanted: Vec<String> = prefixes.iter().map(|p| format!("{p}{ptr:#x}")).collect();
             if said.len() != 1 || !wanted.iter().any(|w| w == said[0]) {
-                return Err(format!("wanted one of {wanted:?} once, hakmem said {said:?}"));
+                return Err(format!(
+                    "wanted one of {wanted:?} once, hakmem said {said:?}"
+                ));
             }
         }
         Expect::Silent => {
@@ -95,13 +97,19 @@ fn judge(out: &Outcome, mode: OnBad, expect: &Expect) -> Result<(), String> {
     let goes_on = mode == OnBad::Warn || matches!(expect, Expect::Silent);
     if goes_on {
         if out.status.code() != Some(0) || !out.stdout.contains("survived") {
-            return Err(format!("wanted the program to go on and exit 0, it ended with {}", out.status));
+            return Err(format!(
+                "wanted the program to go on and exit 0, it ended with {}",
+                out.status
+            ));
         }
         if report_alloc_counts(&out.stderr).is_empty() {
             return Err("no HAKMEM_STATS report: hakmem did not serve the program".into());
         }
     } else if out.status.signal() != Some(SIGABRT) || out.stdout.contains("survived") {
-        return Err(format!("wanted SIGABRT, the program ended with {}", out.status));
+        return Err(format!(
+            "wanted SIGABRT, the program ended with {}",
+            out.status
+        ));
     }
     Ok(())
 }
@@ -239,7 +247,9 @@ fn realloc_and_usable_size_of_a_freed_block_without_hakmem_check() {
         match case.args[0].as_str() {
             "usable" => match hakmem_tests::numbers_after(&out.stdout, "usable ").first() {
                 Some(&n) if n >= 16 => Ok(()),
-                n => Err(format!("malloc_usable_size of a freed 16-byte block gave {n:?}")),
+                n => Err(format!(
+                    "malloc_usable_size of a freed 16-byte block gave {n:?}"
+                )),
             },
             _ if case.args[1] == "freed" => {
                 let got = out
