@@ -11,6 +11,10 @@
  *           interior (+16), misaligned (+1), misaligned8 (+8), interior-large (+8192),
  *           large-header (16 bytes before a large block), never-carved (the last block start
  *           of a fresh 48-byte block's slab, never handed out);
+ *         pointers into the allocator's own regions that no block covers:
+ *           superslab-header (64 bytes into the 2 MiB region a 16-byte block lies in),
+ *           unused-slab (the start of the last 64 KiB slab of that region, which a process this
+ *           small never uses);
  *         freed blocks (the block is not the last one freed; its slab stays in use):
  *           freed (realloc to the same size), freed-move (realloc to 1000 bytes)
  *   warm  make one malloc/free first. Without it a foreign KIND's bad call is the process's very
@@ -97,6 +101,11 @@ int main(int argc, char **argv) {
         CHECK(keep != NULL);
         uintptr_t p = (uintptr_t)keep, slab_end = (p & ~(uintptr_t)0xFFFF) + 0x10000;
         bad = (void *)(p + 48 * ((slab_end - p) / 48 - 1));
+    } else if (strcmp(kind, "superslab-header") == 0 || strcmp(kind, "unused-slab") == 0) {
+        keep = malloc(16);
+        CHECK(keep != NULL);
+        uintptr_t region = (uintptr_t)keep & ~(uintptr_t)((2u << 20) - 1);
+        bad = (void *)(region + (kind[0] == 's' ? 64 : (2u << 20) - (64u << 10)));
     } else if (strcmp(kind, "freed") == 0 || strcmp(kind, "freed-move") == 0) {
         void *a = malloc(16), *b = malloc(16);
         keep = malloc(16); /* keeps the slab in use */

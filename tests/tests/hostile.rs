@@ -161,17 +161,19 @@ const OPS: [(&str, &str); 3] = [
 /// Memory that was never a block of ours.
 const FOREIGN: [&str; 5] = ["stack", "global", "mmap", "mmap-aligned", "glibc-data"];
 
-/// Every operation on every kind, as an invalid pointer.
-fn invalid_cases(kinds: &[&str], extra: &[&str], check: bool) -> Vec<(Case, Expect)> {
+/// Every operation on every kind, under both `HAKMEM_CHECK` values, as an invalid pointer.
+fn invalid_cases(kinds: &[&str], extra: &[&str]) -> Vec<(Case, Expect)> {
     let mut cases = Vec::new();
-    for (op, name) in OPS {
-        for kind in kinds {
-            let mut args = vec![op, *kind];
-            args.extend_from_slice(extra);
-            cases.push((
-                Case::new("bad_pointer", &args, check),
-                Expect::Report(vec![invalid(name)]),
-            ));
+    for check in [false, true] {
+        for (op, name) in OPS {
+            for kind in kinds {
+                let mut args = vec![op, *kind];
+                args.extend_from_slice(extra);
+                cases.push((
+                    Case::new("bad_pointer", &args, check),
+                    Expect::Report(vec![invalid(name)]),
+                ));
+            }
         }
     }
     cases
@@ -180,12 +182,12 @@ fn invalid_cases(kinds: &[&str], extra: &[&str], check: bool) -> Vec<(Case, Expe
 #[test]
 fn foreign_pointer_as_the_very_first_allocator_call() {
     // The setting must hold from the first call: `warn` goes on, the default aborts.
-    check_all(invalid_cases(&FOREIGN, &[], false), nothing_more);
+    check_all(invalid_cases(&FOREIGN, &[]), nothing_more);
 }
 
 #[test]
 fn foreign_pointer_after_start_up() {
-    check_all(invalid_cases(&FOREIGN, &["warm"], false), nothing_more);
+    check_all(invalid_cases(&FOREIGN, &["warm"]), nothing_more);
 }
 
 #[test]
@@ -197,15 +199,23 @@ fn pointer_into_a_block() {
         "interior-large",
         "large-header",
     ];
-    check_all(invalid_cases(&kinds, &[], false), nothing_more);
+    check_all(invalid_cases(&kinds, &[]), nothing_more);
+}
+
+#[test]
+fn pointer_into_the_allocators_own_region_outside_any_block() {
+    // Inside a live superslab: its header, and a slab no class has used (whose metadata is
+    // still the zeroed one of a free slab).
+    check_all(
+        invalid_cases(&["superslab-header", "unused-slab"], &[]),
+        nothing_more,
+    );
 }
 
 #[test]
 fn never_carved_block_start_is_an_invalid_pointer() {
     // A block start in a slab, past everything the slab has handed out.
-    let mut cases = invalid_cases(&["never-carved"], &[], false);
-    cases.extend(invalid_cases(&["never-carved"], &[], true));
-    check_all(cases, nothing_more);
+    check_all(invalid_cases(&["never-carved"], &[]), nothing_more);
 }
 
 #[test]
