@@ -31,22 +31,6 @@
 
 static unsigned char global_buf[256];
 
-/* The checks after the bad call: the allocator works, and blocks of the sizes involved come out
- * pairwise disjoint. */
-static void still_works(size_t size) {
-    enum { N = 3000 };
-    static void *got[N];
-    static size_t sz[N];
-    for (size_t i = 0; i < N; i++) {
-        sz[i] = i % 2 ? size : 48;
-        got[i] = malloc(sz[i]);
-        CHECK(got[i] != NULL);
-        memset(got[i], (int)i, sz[i] < 4096 ? sz[i] : 4096);
-    }
-    check_disjoint(got, sz, N);
-    for (size_t i = 0; i < N; i++) free(got[i]);
-}
-
 int main(int argc, char **argv) {
     CHECK(argc == 3 || (argc == 4 && strcmp(argv[3], "warm") == 0));
     const char *op = argv[1], *kind = argv[2];
@@ -153,7 +137,7 @@ int main(int argc, char **argv) {
     /* Only reached when the allocator went on. */
     if (foreign_len) CHECK(memcmp(before, foreign, foreign_len) == 0);
     if (keep) free(keep);
-    still_works(freed ? 16 : 64);
+    check_fresh_blocks_disjoint(3000, freed ? 16 : 64, 48);
     say("survived");
     return 0;
 }

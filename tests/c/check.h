@@ -76,6 +76,23 @@ static inline void check_disjoint(void *const *p, const size_t *size, size_t n) 
         }
 }
 
+/* Mallocs n blocks (n <= 4096) whose sizes alternate between a and b, writes to each, checks
+ * that they are pairwise disjoint, and frees them: after a bad call the allocator goes on
+ * working and hands out no block twice. */
+static inline void check_fresh_blocks_disjoint(size_t n, size_t a, size_t b) {
+    static void *got[4096];
+    static size_t size[4096];
+    CHECK(n <= 4096);
+    for (size_t i = 0; i < n; i++) {
+        size[i] = i % 2 ? a : b;
+        got[i] = malloc(size[i]);
+        CHECK(got[i] != NULL);
+        memset(got[i], (int)i, size[i] < 4096 ? size[i] : 4096);
+    }
+    check_disjoint(got, size, n);
+    for (size_t i = 0; i < n; i++) free(got[i]);
+}
+
 /* A value the compiler cannot reason about (keeps absurd sizes from compile-time warnings). */
 static inline size_t opaque(size_t x) {
     volatile size_t v = x;

@@ -37,16 +37,14 @@ static void *free_a_b_a(void *arg) {
     return NULL;
 }
 
-enum { SPILL = 3000, GONE = 48, AFTER = 4096 };
+enum { SPILL = 3000, GONE = 48 };
 static void *blocks[SPILL];
-static void *got[AFTER];
-static size_t got_size[AFTER];
 
 int main(int argc, char **argv) {
     CHECK(argc == 2 || argc == 3);
     const char *mode = argv[1];
     size_t size = 16, other = 16; /* the sizes malloc'd afterwards, in turn */
-    size_t n_after = AFTER;
+    size_t n_after = 4096;
     if (strcmp(mode, "simple") == 0) {
         void *a = malloc(size);
         CHECK(a != NULL);
@@ -104,14 +102,7 @@ int main(int argc, char **argv) {
     if (argc == 3) CHECK(strcmp(mode, "spill") == 0);
     /* Reached only in warn mode: the twice-freed block must not come back twice, nor overlap a
      * block of another size carved where it lies. */
-    for (size_t i = 0; i < n_after; i++) {
-        got_size[i] = i % 2 ? size : other;
-        got[i] = malloc(got_size[i]);
-        CHECK(got[i] != NULL);
-        memset(got[i], (int)i, got_size[i] < 4096 ? got_size[i] : 4096);
-    }
-    check_disjoint(got, got_size, n_after);
-    for (size_t i = 0; i < n_after; i++) free(got[i]);
+    check_fresh_blocks_disjoint(n_after, size, other);
     say("survived");
     return 0;
 }
