@@ -76,13 +76,13 @@ static inline void check_disjoint(void *const *p, const size_t *size, size_t n) 
         }
 }
 
-/* Mallocs n blocks (n <= 4096) whose sizes alternate between a and b, writes to each, checks
+/* Mallocs n blocks (n <= 8192) whose sizes alternate between a and b, writes to each, checks
  * that they are pairwise disjoint, and frees them: after a bad call the allocator goes on
  * working and hands out no block twice. */
 static inline void check_fresh_blocks_disjoint(size_t n, size_t a, size_t b) {
-    static void *got[4096];
-    static size_t size[4096];
-    CHECK(n <= 4096);
+    static void *got[8192];
+    static size_t size[8192];
+    CHECK(n <= 8192);
     for (size_t i = 0; i < n; i++) {
         size[i] = i % 2 ? a : b;
         got[i] = malloc(size[i]);

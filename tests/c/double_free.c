@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
     CHECK(argc == 2 || argc == 3);
     const char *mode = argv[1];
     size_t size = 16, other = 16; /* the sizes malloc'd afterwards, in turn */
-    size_t n_after = 4096;
+    size_t n_after = 8192;
     if (strcmp(mode, "simple") == 0) {
         void *a = malloc(size);
         CHECK(a != NULL);

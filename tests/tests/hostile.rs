@@ -131,8 +131,9 @@ fn check_all(cases: Vec<(Case, Expect)>, more: impl Fn(&Case, &Outcome) -> Resul
             runs += 1;
             if let Err(why) = judge(&out, mode, expect).and_then(|()| more(case, &out)) {
                 failures.push(format!(
-                    "{}: {why}\n    stdout: {}\n    stderr: {}",
+                    "{}: {why}\n    ended with {}\n    stdout: {}\n    stderr: {}",
                     case.label(mode),
+                    out.status,
                     last_lines(&out.stdout, 3),
                     last_lines(&out.stderr, 4)
                 ));
