@@ -8,6 +8,8 @@
  *   interleaved   free a; free b; free a
  *   remote        a freed by another thread (a remote free), then by its owner
  *   remote-twice  thread B frees a, b, then a again, all remote: main, a's owner, waits alive
+ *   abandoned     a and b allocated by a thread that has exited (its superslab abandoned, b
+ *                 keeping it in use); main frees a twice
  *   large         a 4 MiB block (its region is gone after the first free)
  *   spill J       3000 blocks freed in order, then block J again: wherever it sits by then (the
  *                 thread list, the cache, or its slab's free list)
@@ -34,6 +36,13 @@ static void *free_a_b_a(void *arg) {
     free(ab[0]);
     free(ab[1]);
     free_again(ab[0]);
+    return NULL;
+}
+
+static void *alloc_two(void *arg) {
+    void **ab = arg;
+    ab[0] = malloc(16);
+    ab[1] = malloc(16);
     return NULL;
 }
 
@@ -73,6 +82,16 @@ int main(int argc, char **argv) {
         pthread_t t;
         CHECK(pthread_create(&t, NULL, free_a_b_a, ab) == 0);
         CHECK(pthread_join(t, NULL) == 0);
+    } else if (strcmp(mode, "abandoned") == 0) {
+        void *ab[2] = {NULL, NULL};
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, alloc_two, ab) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+        CHECK(ab[0] != NULL && ab[1] != NULL);
+        announce(ab[0]);
+        free(ab[0]);
+        free_again(ab[0]);
+        free(ab[1]);
     } else if (strcmp(mode, "large") == 0) {
         size = other = 4 << 20;
         n_after = 64;
