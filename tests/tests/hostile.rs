@@ -67,12 +67,8 @@ enum Expect {
 
 /// The address the program announced.
 fn announced(out: &Outcome) -> Result<usize, String> {
-    let word = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("pointer "))
-        .ok_or("the program announced no pointer")?;
-    hakmem_tests::parse_hex(word.trim()).ok_or_else(|| format!("{word:?} is not an address"))
+    out.stdout_address("pointer ")
+        .ok_or_else(|| "the program announced no pointer".to_string())
 }
 
 /// Checks one outcome against `expect` in `mode`.
@@ -263,11 +259,7 @@ fn realloc_and_usable_size_of_a_freed_block_without_hakmem_check() {
                 )),
             },
             _ if case.args[1] == "freed" => {
-                let got = out
-                    .stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix("realloc returned "))
-                    .and_then(hakmem_tests::parse_hex);
+                let got = out.stdout_address("realloc returned ");
                 if got == Some(ptr) {
                     Ok(())
                 } else {
