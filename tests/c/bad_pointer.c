@@ -20,11 +20,11 @@
  *   warm  make one malloc/free first. Without it a foreign KIND's bad call is the process's very
  *         first allocator call (nothing before it allocates: output goes through write(2)).
  *
- * What the program checks itself, once the call returns: realloc gave NULL with ENOMEM, or (freed blocks,
- * HAKMEM_CHECK=0) what it gave is printed as "realloc returned 0x..."; malloc_usable_size's result
- * is printed as "usable N"; the memory behind a foreign pointer is unchanged; the allocator still
- * works and hands out no block twice (unless realloc handed a freed block back as live, which the
- * harness checks for instead). */
+ * What the program checks itself, once the call returns: realloc gave NULL with ENOMEM (for a
+ * freed block it prints what it gave, "realloc returned 0x...", for the harness to judge);
+ * malloc_usable_size gave 0 (for a freed block it prints "usable N"); the memory behind a
+ * foreign pointer is unchanged; the allocator still works and hands out no block twice (unless
+ * realloc handed a freed block back as live, which the harness checks for instead). */
 #include "check.h"
 #include <malloc.h>
 #include <sys/mman.h>
