@@ -13,8 +13,8 @@
  *           of a fresh 48-byte block's slab, never handed out);
  *         pointers into the allocator's own regions that no block covers:
  *           superslab-header (64 bytes into the 2 MiB region a 16-byte block lies in),
- *           unused-slab (the start of the last 64 KiB slab of that region, which a process this
- *           small never uses);
+ *           unused-slab (the start of slab 16 of the 32 in that region: a process this small
+ *           uses a few slabs, from either end);
  *         freed blocks (the block is not the last one freed; its slab stays in use):
  *           freed (realloc to the same size), freed-move (realloc to 1000 bytes)
  *   warm  make one malloc/free first. Without it a foreign KIND's bad call is the process's very
@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
         keep = malloc(16);
         CHECK(keep != NULL);
         uintptr_t region = (uintptr_t)keep & ~(uintptr_t)((2u << 20) - 1);
-        bad = (void *)(region + (kind[0] == 's' ? 64 : (2u << 20) - (64u << 10)));
+        bad = (void *)(region + (kind[0] == 's' ? 64 : 16 * (64u << 10)));
     } else if (strcmp(kind, "freed") == 0 || strcmp(kind, "freed-move") == 0) {
         void *a = malloc(16), *b = malloc(16);
         keep = malloc(16); /* keeps the slab in use */
