@@ -314,16 +314,71 @@ impl Outcome {
         }
     }
 
-    /// The value printed after `key` on stdout (as in "pointer 0x55..."), parsed as an address.
-    pub fn stdout_pointer(&self, key: &str) -> usize {
-        let word = self
-            .stdout
+    /// The address printed after `key` at the start of a stdout line (as in
+    /// "pointer 0x55..."), if there is one.
+    pub fn stdout_address(&self, key: &str) -> Option<usize> {
+        self.stdout
             .lines()
             .find_map(|l| l.strip_prefix(key))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("stdout has no line starting with {key:?}\n{self:?}"));
-        parse_hex(word).unwrap_or_else(|| panic!("{word:?} is not an address\n{self:?}"))
+            .and_then(|w| parse_hex(w.trim()))
     }
+}
+
+/// How the allocator is told to treat a bad pointer: every hostile case runs in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnBad {
+    /// The default: report, then `abort()`.
+    Abort,
+    /// `HAKMEM_INVALID_FREE=warn`: report, ignore the call, go on.
+    Warn,
+}
+
+impl OnBad {
+    /// Both modes.
+    pub const BOTH: [OnBad; 2] = [OnBad::Abort, OnBad::Warn];
+
+    /// Sets the mode on `cmd` (the default is set explicitly by leaving the variable unset).
+    pub fn apply(self, cmd: &mut Command) -> &mut Command {
+        match self {
+            OnBad::Abort => cmd.env_remove("HAKMEM_INVALID_FREE"),
+            OnBad::Warn => cmd.env("HAKMEM_INVALID_FREE", "warn"),
+        }
+    }
+}
+
+/// The first line of the `HAKMEM_STATS` report.
+pub const REPORT_HEADER: &str = "hakmem: statistics";
+
+impl Outcome {
+    /// The allocator's messages on stderr: every line that starts with "hakmem: ", except the
+    /// header of its statistics report.
+    pub fn hakmem_messages(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("hakmem: ") && *l != REPORT_HEADER)
+            .collect()
+    }
+
+    /// The numbers that follow `label` in the `HAKMEM_STATS` report (one per report; a label
+    /// such as "abandons " or "threads with a heap "), in the order the reports appear.
+    pub fn report_numbers(&self, label: &str) -> Vec<i64> {
+        numbers_after(&self.stderr, label)
+    }
+}
+
+/// The decimal numbers that follow each occurrence of `label` in `text` (a `-` sign allowed).
+pub fn numbers_after(text: &str, label: &str) -> Vec<i64> {
+    text.match_indices(label)
+        .filter_map(|(i, _)| {
+            let rest = &text[i + label.len()..];
+            let sign = usize::from(rest.starts_with('-'));
+            let end = sign
+                + rest[sign..]
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len() - sign);
+            rest[..end].parse().ok()
+        })
+        .collect()
 }
 
 /// `SIGABRT` on Linux (the harness has no libc dependency).
@@ -334,20 +389,6 @@ const fn libc_sigabrt() -> i32 {
 /// Parses `0x1f` style hex.
 pub fn parse_hex(s: &str) -> Option<usize> {
     usize::from_str_radix(s.strip_prefix("0x")?, 16).ok()
-}
-
-/// The addresses printed after `prefix` anywhere in `text`, as in
-/// "hakmem: free(): invalid pointer 0x7ffd...".
-pub fn addresses_after(text: &str, prefix: &str) -> Vec<usize> {
-    text.match_indices(prefix)
-        .filter_map(|(i, _)| {
-            let rest = &text[i + prefix.len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_hexdigit() || c == 'x'))
-                .unwrap_or(rest.len());
-            parse_hex(&rest[..end])
-        })
-        .collect()
 }
 
 /// The total allocation counts of every `HAKMEM_STATS` report in `stderr`, one per process
