@@ -19,7 +19,6 @@ use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
 static OS: LibcOs = LibcOs;
 static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static mut SETTINGS: Settings = Settings::DEFAULT;
 static mut KEY: libc::pthread_key_t = 0;
 
 const UNINIT: u8 = 0;
@@ -43,10 +42,10 @@ pub fn ctx() -> Option<&'static Ctx> {
     unsafe { CTX.load(Ordering::Acquire).as_ref() }
 }
 
-/// The settings in force (the defaults until start-up read the environment).
+/// The settings in force: read from the environment (over any set in code) by the first call
+/// that needs them, an error path included.
 pub fn settings() -> Settings {
-    // SAFETY: written once, during start-up, before READY is published; read-only after.
-    unsafe { *core::ptr::addr_of!(SETTINGS) }
+    crate::settings::in_force().values()
 }
 
 /// The shared context, initialising it on first use. `None` when the OS refuses memory.
@@ -55,6 +54,19 @@ pub fn ctx_or_init() -> Option<&'static Ctx> {
     match ctx() {
         Some(c) => Some(c),
         None => init(),
+    }
+}
+
+/// [`ctx_or_init`] for a [`crate::HakMem`] that may carry settings from code (applied only if
+/// this call starts hakmem up).
+#[inline]
+pub fn ctx_or_init_with(code: &Option<Settings>) -> Option<&'static Ctx> {
+    match ctx() {
+        Some(c) => Some(c),
+        None => {
+            crate::settings::apply_code(code);
+            init()
+        }
     }
 }
 
@@ -69,9 +81,7 @@ fn init() -> Option<&'static Ctx> {
             Err(_) => core::hint::spin_loop(),
         }
     }
-    let settings = Settings::from_env();
-    // SAFETY: only the thread holding BUSY writes, and readers wait for READY.
-    unsafe { SETTINGS = settings };
+    let settings = crate::settings::freeze();
     let Some(ctx) = build(settings) else {
         STATE.store(FAILED, Ordering::Release);
         return None;
@@ -85,6 +95,8 @@ fn init() -> Option<&'static Ctx> {
     // SAFETY: plain C callbacks. glibc may allocate while registering them; that re-entry finds
     // the context published and goes through.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    // Also after READY, for the same reason (atexit may allocate past its static slots).
+    crate::stats::after_start_up();
     // SAFETY: published above.
     Some(unsafe { &*ctx.as_ptr() })
 }
@@ -114,7 +126,7 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
     // SAFETY: just written.
     let ctx = unsafe { mem.as_ref() };
     // Page-aligned requests take exactly one mmap each.
-    ctx.stats.event(hakmem_stats::Event::Mmap, table_len);
+    ctx.stats.event(hakmem_stats::Event::Reserve, table_len);
     ctx.stats.event(hakmem_stats::Event::Mmap, len);
     Some(mem)
 }
@@ -122,6 +134,7 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
 /// Reports a corruption the boxes found, then aborts (or, with `HAKMEM_INVALID_FREE=warn`,
 /// goes on).
 fn on_corrupt(c: Corrupt) {
+    crate::stats::corruption(c);
     match c {
         Corrupt::DoubleFree(p) => eprint(format_args!(
             "hakmem: free(): double free detected {p:#x}\n"
@@ -137,6 +150,7 @@ fn on_corrupt(c: Corrupt) {
 /// Reports `p`, which `op` cannot accept (not ours, or not the start of a block).
 #[cold]
 pub fn invalid_pointer(op: &str, p: *const u8) {
+    crate::stats::invalid_pointer(op, p);
     eprint(format_args!("hakmem: {op}(): invalid pointer {p:p}\n"));
     if settings().on_invalid == OnInvalid::Abort {
         // SAFETY: as above.
@@ -148,6 +162,14 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
 #[inline(always)]
 pub fn heap_ptr() -> *mut Heap {
     HEAP.with(|h| h.get())
+}
+
+/// Sets this thread's heap pointer to `h` and returns the old one. The tracing hook sets
+/// [`DEAD`] while a subscriber runs, so the subscriber's allocations take the orphan paths and
+/// never touch a heap that is in the middle of an operation.
+#[cfg(feature = "tracing")]
+pub fn swap_heap(h: *mut Heap) -> *mut Heap {
+    HEAP.with(|c| c.replace(h))
 }
 
 /// This thread's heap, creating it on first use. `None` after the thread's exit clean-up, or
