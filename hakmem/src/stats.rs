@@ -505,6 +505,8 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
 
 #[cold]
 fn note_corruption(op: &str, what: &str, p: usize) {
+    // Read the settings (and print any warnings about them) before the report.
+    let _ = crate::settings::in_force();
     if let Some(c) = crate::global::ctx() {
         c.stats.event(Event::Corrupt, 0);
     }
