@@ -37,7 +37,9 @@
 //! - `tracing`: the cold lifecycle events (a superslab mapped, retired, unmapped, abandoned or
 //!   adopted; a purge; an OS refusal; a corruption report) are emitted as `tracing` events with
 //!   target `hakmem`. A subscriber may allocate: a thread-local guard stops recursion, and its
-//!   allocations bypass the heap of the thread the event happened on.
+//!   allocations bypass the heap of the thread the event happened on. Events come from
+//!   inside allocations: a subscriber that takes a lock must not allocate while holding that
+//!   lock elsewhere (the allocation may raise an event that waits for the lock).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod global;
