@@ -7,7 +7,13 @@ use std::process::{Command, Output};
 /// `HAKMEM_*` variable).
 fn child(name: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
         cmd.env_remove(k);
     }

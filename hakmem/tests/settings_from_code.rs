@@ -18,7 +18,13 @@ static A: hakmem::HakMem = hakmem::HakMem;
 /// `HAKMEM_*` variable).
 fn child(name: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
         cmd.env_remove(k);
     }
@@ -42,8 +48,14 @@ fn code_settings_apply_and_the_environment_overrides_them() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("HAKMEM_LRU_MB=64 (code)\n"), "{stdout}");
-    assert!(stdout.contains("HAKMEM_INVALID_FREE=warn (code)\n"), "{stdout}");
-    assert!(stdout.contains("HAKMEM_LRU_DECAY_MS=1000 (default)\n"), "{stdout}");
+    assert!(
+        stdout.contains("HAKMEM_INVALID_FREE=warn (code)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HAKMEM_LRU_DECAY_MS=1000 (default)\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("went on"), "warn from code holds");
 
     let out = child(
@@ -52,7 +64,10 @@ fn code_settings_apply_and_the_environment_overrides_them() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("HAKMEM_LRU_MB=32 (env)\n"), "{stdout}");
-    assert!(stdout.contains("HAKMEM_INVALID_FREE=abort (env)\n"), "{stdout}");
+    assert!(
+        stdout.contains("HAKMEM_INVALID_FREE=abort (env)\n"),
+        "{stdout}"
+    );
     assert!(!out.status.success(), "abort from the environment holds");
     assert!(!stdout.contains("went on"));
 }
@@ -64,9 +79,15 @@ fn settings_in_force_are_the_code_ones_here() {
     let env_mb = std::env::var("HAKMEM_LRU_MB").ok();
     match env_mb.as_deref().and_then(|v| v.parse::<usize>().ok()) {
         Some(mb) if mb <= 1 << 20 => {
-            assert_eq!((s.lru_mb, s.source("HAKMEM_LRU_MB")), (mb, Some(Source::Env)))
+            assert_eq!(
+                (s.lru_mb, s.source("HAKMEM_LRU_MB")),
+                (mb, Some(Source::Env))
+            )
         }
-        _ => assert_eq!((s.lru_mb, s.source("HAKMEM_LRU_MB")), (64, Some(Source::Code))),
+        _ => assert_eq!(
+            (s.lru_mb, s.source("HAKMEM_LRU_MB")),
+            (64, Some(Source::Code))
+        ),
     }
     assert_eq!(B.code_settings().map(|c| c.lru_mb), Some(64));
     assert_eq!(A.code_settings(), None);

@@ -10,7 +10,13 @@ static A: hakmem::HakMem = hakmem::HakMem;
 /// `HAKMEM_*` variable).
 fn child(name: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
         cmd.env_remove(k);
     }
@@ -42,7 +48,11 @@ fn child_holds_blocks() {
     assert!(row.peak_live_or_cached >= row.live as u64, "{row:?}");
     assert_eq!(row.live_bytes(), row.live * row.block_size as i64);
     assert!(s.live_bytes() - before.live_bytes() >= (N * SIZE) as i64);
-    assert!(s.mapped_bytes() >= (N * SIZE) as u64, "{}", s.mapped_bytes());
+    assert!(
+        s.mapped_bytes() >= (N * SIZE) as u64,
+        "{}",
+        s.mapped_bytes()
+    );
     assert!(s.resident_bytes() >= (N * SIZE) as u64, "touched: resident");
     assert!(s.peak_resident_bytes() >= s.resident_bytes() / 2);
     assert_eq!(s.pid(), std::process::id());
@@ -82,7 +92,9 @@ fn child_holds_blocks() {
 }
 
 fn row_index(s: &hakmem::Stats, block_size: usize) -> usize {
-    s.classes().position(|c| c.block_size == block_size).unwrap()
+    s.classes()
+        .position(|c| c.block_size == block_size)
+        .unwrap()
 }
 
 #[test]
@@ -94,7 +106,10 @@ fn the_child_reports_its_figures() {
     assert!(stdout.contains("checked"), "{stdout}");
     #[cfg(feature = "serde")]
     assert!(stdout.contains("json "), "the JSON was checked: {stdout}");
-    assert!(!stderr.contains("statistics for"), "no report unless asked: {stderr}");
+    assert!(
+        !stderr.contains("statistics for"),
+        "no report unless asked: {stderr}"
+    );
 }
 
 #[test]
@@ -119,7 +134,9 @@ fn the_exit_report_opens_with_the_pid_and_the_program_name() {
     assert!(stderr.contains("  total allocs "), "{stderr}");
     // The typo gets a warning naming the setting meant.
     assert!(
-        stderr.contains("hakmem: warning: HAKMEM_STAT is not a hakmem setting (did you mean HAKMEM_STATS?)"),
+        stderr.contains(
+            "hakmem: warning: HAKMEM_STAT is not a hakmem setting (did you mean HAKMEM_STATS?)"
+        ),
         "{stderr}"
     );
 }
@@ -138,7 +155,10 @@ fn the_report_goes_to_the_stats_file_with_the_pid_in_its_name() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("statistics for"), "not on stderr: {stderr}");
+    assert!(
+        !stderr.contains("statistics for"),
+        "not on stderr: {stderr}"
+    );
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -176,7 +196,9 @@ fn values_out_of_range_get_a_warning_that_states_the_range() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("HAKMEM_LRU_MB=\"lots\" is not a whole number (valid: 0 to 1048576); using 256"),
+        stderr.contains(
+            "HAKMEM_LRU_MB=\"lots\" is not a whole number (valid: 0 to 1048576); using 256"
+        ),
         "{stderr}"
     );
 }

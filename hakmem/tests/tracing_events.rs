@@ -14,6 +14,8 @@ static A: HakMem = HakMem::with(Settings {
     on_invalid: OnInvalid::Warn,
     // One superslab's worth, so that a second retired region pushes the first out.
     lru_mb: 2,
+    // Cached regions leave by the purge or by the cap, never by age during the test.
+    lru_decay_ms: 600_000,
     ..Settings::DEFAULT
 });
 
@@ -66,7 +68,9 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
     .join()
     .unwrap();
     // Another thread's first refill of that class adopts an abandoned superslab.
-    std::thread::spawn(|| drop(Box::new([2u8; 200]))).join().unwrap();
+    std::thread::spawn(|| drop(Box::new([2u8; 200])))
+        .join()
+        .unwrap();
     // The main thread frees every kept block (remote frees): the superslabs empty out and are
     // retired to the lru, which holds one: the others are unmapped.
     for p in kept {
@@ -101,6 +105,9 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
             "no {event} event in:\n{text}"
         );
     }
-    assert!(text.contains("hakmem: free(): invalid pointer 0x"), "{text}");
+    assert!(
+        text.contains("hakmem: free(): invalid pointer 0x"),
+        "{text}"
+    );
     assert!(text.contains(" ERROR hakmem:"), "{text}");
 }
