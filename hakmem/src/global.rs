@@ -2,8 +2,9 @@
 //!
 //! The first allocation initialises everything from static, const-built state: the registry
 //! table and the shared context are mapped straight from the OS, settings come from
-//! `libc::getenv`, and nothing is allocated through hakmem itself. The thread-exit key is made
-//! before the context is published (so every heap can be registered with it); the fork handlers
+//! `settings::freeze` (read with `libc::getenv`, possibly earlier, by an error path), and nothing
+//! is allocated through hakmem itself. The thread-exit key is made before the context is
+//! published (so every heap can be registered with it); the fork handlers and the exit report
 //! are registered after, since glibc may allocate while registering them (that re-entry then
 //! finds hakmem ready).
 use crate::out::eprint;
