@@ -58,8 +58,8 @@ pub fn ctx_or_init() -> Option<&'static Ctx> {
     }
 }
 
-/// [`ctx_or_init`] for a [`crate::HakMem`] that may carry settings from code (applied only if
-/// this call starts hakmem up).
+/// [`ctx_or_init`] for a [`crate::HakMem`](struct@crate::HakMem) that may carry settings from
+/// code (applied only if this call starts hakmem up).
 #[inline]
 pub fn ctx_or_init_with(code: &Option<Settings>) -> Option<&'static Ctx> {
     match ctx() {

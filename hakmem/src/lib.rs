@@ -29,8 +29,8 @@
 //!   reports and goes on).
 //! - **F5 (settings before first use).** Every setting holds from the very first call, error
 //!   paths included: settings are read lazily by whatever needs them first (see `settings.rs`).
-//!   Settings from code ride on `&self` of the [`HakMem`] to the cold start-up path only; the
-//!   fast paths carry nothing more than a pointer they never read.
+//!   Settings from code ride on `&self` of the [`HakMem`](struct@HakMem) to the cold start-up
+//!   path only; the fast paths carry nothing more than a pointer they never read.
 //!
 //! ## Features
 //! - `serde`: [`Stats`] (and [`ClassStats`], [`Source`]) implement `serde::Serialize`.
@@ -253,8 +253,8 @@ pub mod raw {
     }
 }
 
-/// `code`: the settings from code of the [`HakMem`] called, read only on the cold path that
-/// starts hakmem up.
+/// `code`: the settings from code of the [`HakMem`](struct@HakMem) called, read only on the
+/// cold path that starts hakmem up.
 #[inline(always)]
 unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
     match route(size, align) {

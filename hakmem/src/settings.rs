@@ -8,8 +8,9 @@
 //! The settings are read at the first call that needs one, whichever it is (an error path
 //! included), not at start-up: `HAKMEM_INVALID_FREE=warn` holds for a bad `free` that is the
 //! process's first call. Settings from code arrive with the first allocation through a
-//! [`crate::HakMem`] (its `&self`), on the cold path, and count if that comes before start-up
-//! ([`freeze`]), which is the case in any program that uses it as its global allocator.
+//! [`crate::HakMem`](struct@crate::HakMem) (its `&self`), on the cold path, and count if that
+//! comes before start-up ([`freeze`]), which is the case in any program that uses it as its
+//! global allocator.
 //!
 //! Storage: the environment is parsed once, under a spin lock, into a static; the settings in
 //! force are built into one of two static slots (without code, with code), each written once

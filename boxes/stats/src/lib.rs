@@ -140,7 +140,7 @@ impl Event {
         }
     }
 
-    /// True for the rare events in the life of a region that a [`Hook`] hears of: a superslab
+    /// True for the rare events in the life of a region that the `hook` hears of: a superslab
     /// mapped, retired to the cache, unmapped, abandoned or adopted; a purge; an OS refusal.
     #[inline(always)]
     pub const fn is_lifecycle(self) -> bool {
