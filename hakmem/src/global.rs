@@ -2,8 +2,9 @@
 //!
 //! The first allocation initialises everything from static, const-built state: the registry
 //! table and the shared context are mapped straight from the OS, settings come from
-//! `libc::getenv`, and nothing is allocated through hakmem itself. The thread-exit key is made
-//! before the context is published (so every heap can be registered with it); the fork handlers
+//! `settings::freeze` (read with `libc::getenv`, possibly earlier, by an error path), and nothing
+//! is allocated through hakmem itself. The thread-exit key is made before the context is
+//! published (so every heap can be registered with it); the fork handlers and the exit report
 //! are registered after, since glibc may allocate while registering them (that re-entry then
 //! finds hakmem ready).
 use crate::out::eprint;
@@ -18,7 +19,6 @@ use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
 static OS: LibcOs = LibcOs;
 static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static mut SETTINGS: Settings = Settings::DEFAULT;
 static mut KEY: libc::pthread_key_t = 0;
 
 const UNINIT: u8 = 0;
@@ -36,10 +36,10 @@ pub fn ctx() -> Option<&'static Ctx> {
     unsafe { CTX.load(Ordering::Acquire).as_ref() }
 }
 
-/// The settings in force (the defaults until start-up read the environment).
+/// The settings in force: read from the environment (over any set in code) by the first call
+/// that needs them, an error path included.
 pub fn settings() -> Settings {
-    // SAFETY: written once, during start-up, before READY is published; read-only after.
-    unsafe { *core::ptr::addr_of!(SETTINGS) }
+    crate::settings::in_force().values()
 }
 
 /// The shared context, initialising it on first use. `None` when the OS refuses memory.
@@ -48,6 +48,19 @@ pub fn ctx_or_init() -> Option<&'static Ctx> {
     match ctx() {
         Some(c) => Some(c),
         None => init(),
+    }
+}
+
+/// [`ctx_or_init`] for a [`crate::HakMem`](struct@crate::HakMem) that may carry settings from
+/// code (applied only if this call starts hakmem up).
+#[inline]
+pub fn ctx_or_init_with(code: &Option<Settings>) -> Option<&'static Ctx> {
+    match ctx() {
+        Some(c) => Some(c),
+        None => {
+            crate::settings::apply_code(code);
+            init()
+        }
     }
 }
 
@@ -62,9 +75,7 @@ fn init() -> Option<&'static Ctx> {
             Err(_) => core::hint::spin_loop(),
         }
     }
-    let settings = Settings::from_env();
-    // SAFETY: only the thread holding BUSY writes, and readers wait for READY.
-    unsafe { SETTINGS = settings };
+    let settings = crate::settings::freeze();
     let Some(ctx) = build(settings) else {
         STATE.store(FAILED, Ordering::Release);
         return None;
@@ -78,6 +89,8 @@ fn init() -> Option<&'static Ctx> {
     // SAFETY: plain C callbacks. glibc may allocate while registering them; that re-entry finds
     // the context published and goes through.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    // Also after READY, for the same reason (atexit may allocate past its static slots).
+    crate::stats::after_start_up();
     // SAFETY: published above.
     Some(unsafe { &*ctx.as_ptr() })
 }
@@ -107,7 +120,7 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
     // SAFETY: just written.
     let ctx = unsafe { mem.as_ref() };
     // Page-aligned requests take exactly one mmap each.
-    ctx.stats.event(hakmem_stats::Event::Mmap, table_len);
+    ctx.stats.event(hakmem_stats::Event::Reserve, table_len);
     ctx.stats.event(hakmem_stats::Event::Mmap, len);
     Some(mem)
 }
@@ -115,6 +128,7 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
 /// Reports a corruption the boxes found, then aborts (or, with `HAKMEM_INVALID_FREE=warn`,
 /// goes on).
 fn on_corrupt(c: Corrupt) {
+    crate::stats::corruption(c);
     match c {
         Corrupt::DoubleFree(p) => eprint(format_args!(
             "hakmem: free(): double free detected {p:#x}\n"
@@ -130,6 +144,7 @@ fn on_corrupt(c: Corrupt) {
 /// Reports `p`, which `op` cannot accept (not ours, or not the start of a block).
 #[cold]
 pub fn invalid_pointer(op: &str, p: *const u8) {
+    crate::stats::invalid_pointer(op, p);
     eprint(format_args!("hakmem: {op}(): invalid pointer {p:p}\n"));
     if settings().on_invalid == OnInvalid::Abort {
         // SAFETY: as above.
@@ -142,6 +157,16 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
 #[inline(always)]
 pub fn heap_ptr() -> *mut Heap {
     crate::tls::get()
+}
+
+/// Sets this thread's heap pointer to `h` and returns the old one. The tracing hook sets
+/// [`DEAD`] while a subscriber runs, so the subscriber's allocations take the orphan paths and
+/// never touch a heap that is in the middle of an operation.
+#[cfg(feature = "tracing")]
+pub fn swap_heap(h: *mut Heap) -> *mut Heap {
+    let old = crate::tls::get();
+    crate::tls::set(h);
+    old
 }
 
 /// This thread's heap, creating it on first use. `None` after the thread's exit clean-up, or

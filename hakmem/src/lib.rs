@@ -5,6 +5,14 @@
 //! static A: hakmem::HakMem = hakmem::HakMem;
 //! ```
 //!
+//! Settings from code (the `HAKMEM_*` environment variables still override them):
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static A: hakmem::HakMem =
+//!     hakmem::HakMem::with(hakmem::Settings { lru_mb: 64, ..hakmem::Settings::DEFAULT });
+//! ```
+//!
 //! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
 //! allocator, owns start-up and the per-thread heap pointer, and serves the large tier. It never
 //! exports `malloc` and friends; `libhakmem.so` (crate `hakmem-preload`) does that.
@@ -19,6 +27,19 @@
 //! - **F4 (bad pointers are reported).** A pointer that is not ours, or not a block start, is
 //!   reported as `hakmem: free(): invalid pointer 0x…` and aborts (`HAKMEM_INVALID_FREE=warn`
 //!   reports and goes on).
+//! - **F5 (settings before first use).** Every setting holds from the very first call, error
+//!   paths included: settings are read lazily by whatever needs them first (see `settings.rs`).
+//!   Settings from code ride on `&self` of the [`HakMem`](struct@HakMem) to the cold start-up
+//!   path only; the fast paths carry nothing more than a pointer they never read.
+//!
+//! ## Features
+//! - `serde`: [`Stats`] (and [`ClassStats`], [`Source`]) implement `serde::Serialize`.
+//! - `tracing`: the cold lifecycle events (a superslab mapped, retired, unmapped, abandoned or
+//!   adopted; a purge; an OS refusal; a corruption report) are emitted as `tracing` events with
+//!   target `hakmem`. A subscriber may allocate: a thread-local guard stops recursion, and its
+//!   allocations bypass the heap of the thread the event happened on. Events come from
+//!   inside allocations: a subscriber that takes a lock must not allocate while holding that
+//!   lock elsewhere (the allocation may raise an event that waits for the lock).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod global;
@@ -27,21 +48,49 @@ mod out;
 mod settings;
 mod stats;
 mod tls;
+#[cfg(feature = "tracing")]
+mod trace;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
-use global::{ctx, ctx_or_init, heap_ptr, heap_slow, invalid_pointer, DEAD};
+use global::{ctx, ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer, DEAD};
 use hakmem_hot_heap::Heap;
 use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::{SlabMeta, Superslab};
 
 pub use hakmem_stats::Event;
-pub use settings::{OnInvalid, Settings};
+pub use settings::{OnInvalid, Settings, SettingsInForce, Source};
 pub use stats::{peak_rss_kib, ClassStats, Stats};
 
-/// The allocator, for `#[global_allocator]`.
+/// The allocator, for `#[global_allocator]`: `hakmem::HakMem` (the settings from the
+/// environment, over the defaults), or `hakmem::HakMem::with(settings)` (the environment still
+/// overrides each one it sets).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HakMem;
+pub struct HakMem {
+    settings: Option<Settings>,
+}
+
+/// The allocator with no settings from code: `static A: hakmem::HakMem = hakmem::HakMem;`.
+#[allow(non_upper_case_globals)]
+pub const HakMem: HakMem = HakMem { settings: None };
+
+impl HakMem {
+    /// The allocator with `settings` from code. They apply from the first allocation through
+    /// it, which starts hakmem up; each `HAKMEM_*` variable that is set overrides its field.
+    pub const fn with(settings: Settings) -> HakMem {
+        HakMem {
+            settings: Some(settings),
+        }
+    }
+
+    /// The settings given in code, if any.
+    pub const fn code_settings(&self) -> Option<Settings> {
+        self.settings
+    }
+}
+
+/// Settings from code for the cold start-up path: no settings (the C-style API, realloc).
+const NO_CODE: &Option<Settings> = &None;
 
 // SAFETY: every method upholds GlobalAlloc's contract: blocks are at least `layout.size()`
 // bytes, aligned to `layout.align()`, disjoint while live, and null is returned on failure.
@@ -49,7 +98,7 @@ unsafe impl GlobalAlloc for HakMem {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded.
-        unsafe { alloc_impl(layout.size(), layout.align(), false) }
+        unsafe { alloc_impl(layout.size(), layout.align(), false, &self.settings) }
     }
 
     #[inline]
@@ -73,7 +122,7 @@ unsafe impl GlobalAlloc for HakMem {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded.
-        unsafe { alloc_impl(layout.size(), layout.align(), true) }
+        unsafe { alloc_impl(layout.size(), layout.align(), true, &self.settings) }
     }
 
     #[inline]
@@ -96,17 +145,25 @@ pub fn stats() -> Stats {
     }
 }
 
-/// The settings in force (read from `HAKMEM_*` at the first allocation).
-pub fn settings() -> Settings {
-    global::settings()
+/// The settings in force, and where each came from (default, code or environment). They are
+/// read by the first call that needs them; settings from code count once the first allocation
+/// through a [`HakMem::with`] allocator has been made.
+pub fn settings() -> SettingsInForce {
+    *settings::in_force()
 }
 
-/// With `HAKMEM_STATS=1`, writes the report to stderr (without allocating).
+/// With `HAKMEM_STATS=1`, writes the report (to `HAKMEM_STATS_FILE`, or stderr) without
+/// allocating; at most once per process. hakmem calls this itself at exit (registered at
+/// start-up); `libhakmem.so` calls it from its own, later, exit handler.
 pub fn report_stats_if_enabled() {
-    if ctx().is_some() && settings().stats {
-        let mut w = out::StackWriter::<4096>::new(2);
-        let _ = stats().write_report(&mut w);
-    }
+    stats::report_once();
+}
+
+/// For `libhakmem.so`: the caller registers its own exit handler that calls
+/// [`report_stats_if_enabled`], so hakmem's own handler stays silent.
+#[doc(hidden)]
+pub fn exit_report_by_caller() {
+    stats::exit_report_by_caller();
 }
 
 /// The C-style API `libhakmem.so` exports, with glibc's semantics where they differ from
@@ -121,7 +178,7 @@ pub mod raw {
     #[inline]
     pub unsafe fn malloc(size: usize) -> *mut u8 {
         // SAFETY: forwarded.
-        unsafe { alloc_impl(size, 16, false) }
+        unsafe { alloc_impl(size, 16, false, NO_CODE) }
     }
 
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
@@ -132,7 +189,7 @@ pub mod raw {
     pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
         match n.checked_mul(size) {
             // SAFETY: forwarded.
-            Some(total) => unsafe { alloc_impl(total, 16, true) },
+            Some(total) => unsafe { alloc_impl(total, 16, true, NO_CODE) },
             None => null_mut(),
         }
     }
@@ -146,7 +203,7 @@ pub mod raw {
             return null_mut();
         }
         // SAFETY: forwarded.
-        unsafe { alloc_impl(size, align.max(16), false) }
+        unsafe { alloc_impl(size, align.max(16), false, NO_CODE) }
     }
 
     /// Gives `p` back; null is ignored.
@@ -197,8 +254,10 @@ pub mod raw {
     }
 }
 
+/// `code`: the settings from code of the [`HakMem`](struct@HakMem) called, read only on the
+/// cold path that starts hakmem up.
 #[inline(always)]
-unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
+unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
     match route(size, align) {
         Route::Small(class) => {
             let h = heap_ptr();
@@ -207,9 +266,9 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
                 return unsafe { heap_alloc(&mut *h, class, zero) };
             }
             // SAFETY: forwarded.
-            unsafe { alloc_small_slow(class, zero) }
+            unsafe { alloc_small_slow(class, zero, code) }
         }
-        Route::Large => match ctx_or_init() {
+        Route::Large => match ctx_or_init_with(code) {
             Some(ctx) => large::alloc(ctx, size, align, zero),
             None => null_mut(),
         },
@@ -218,14 +277,17 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-unsafe fn alloc_small_slow(class: usize, zero: bool) -> *mut u8 {
+unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
+    if ctx().is_none() {
+        settings::apply_code(code);
+    }
     if let Some(h) = heap_slow() {
         // SAFETY: this thread's live heap, on its own thread.
         return unsafe { heap_alloc(&mut *h.as_ptr(), class, zero) };
     }
     // After this thread's exit clean-up (or when no heap could be mapped): a heap for this one
     // block, torn down at once, so nothing is left owned by a thread that is going away.
-    let Some(ctx) = ctx_or_init() else {
+    let Some(ctx) = ctx_or_init_with(code) else {
         return null_mut();
     };
     let Some(h) = ctx.new_heap() else {
@@ -355,7 +417,7 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         return p;
     }
     // SAFETY: forwarded.
-    let q = unsafe { alloc_impl(new_size, align, false) };
+    let q = unsafe { alloc_impl(new_size, align, false, NO_CODE) };
     if q.is_null() {
         return null_mut();
     }

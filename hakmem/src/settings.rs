@@ -1,7 +1,26 @@
-//! The `HAKMEM_*` settings: read once at start-up with `libc::getenv` (which does not allocate).
-//! Every setting has a default that is right; a bad value gets a warning and the default.
+//! The `HAKMEM_*` settings: from code ([`crate::HakMem::with`]), overridden by the environment
+//! (read with `libc::getenv`, which does not allocate), over the defaults.
+//!
+//! Every setting has a default that is right; a bad value gets a warning (stating what is
+//! valid) and the value from code or the default. An unknown `HAKMEM_*` variable gets a warning
+//! naming the closest known one.
+//!
+//! The settings are read at the first call that needs one, whichever it is (an error path
+//! included), not at start-up: `HAKMEM_INVALID_FREE=warn` holds for a bad `free` that is the
+//! process's first call. Settings from code arrive with the first allocation through a
+//! [`crate::HakMem`](struct@crate::HakMem) (its `&self`), on the cold path, and count if that
+//! comes before start-up ([`freeze`]), which is the case in any program that uses it as its
+//! global allocator.
+//!
+//! Storage: the environment is parsed once, under a spin lock, into a static; the settings in
+//! force are built into one of two static slots (without code, with code), each written once
+//! and then published through an atomic pointer, so reading them is one load.
 use crate::out::eprint;
-use core::ffi::CStr;
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, CStr};
+use core::fmt;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// What to do with a pointer `free` cannot accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,23 +31,94 @@ pub enum OnInvalid {
     Warn,
 }
 
-/// Every setting, with its value in force.
+/// Every setting. A plain `Copy` value, usable in const context:
+/// `Settings { lru_mb: 64, ..Settings::DEFAULT }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap.
     pub check: bool,
     /// `HAKMEM_INVALID_FREE` (`abort`/`warn`, default `abort`).
     pub on_invalid: OnInvalid,
-    /// `HAKMEM_STATS` (0/1, default 0): print a report on stderr at exit (libhakmem.so).
+    /// `HAKMEM_STATS` (0/1, default 0): print the statistics report at exit.
     pub stats: bool,
+    /// `HAKMEM_STATS_FILE` (a path, default none: stderr): where the report goes; `%p` in the
+    /// path becomes the process id. The report is appended.
+    pub stats_file: Option<&'static CStr>,
     /// `HAKMEM_SS_LAZY_ZERO` (0/1, default 1): give a cached region's pages back with
     /// `MADV_DONTNEED` as it enters the lru.
     pub lazy_zero: bool,
-    /// `HAKMEM_LRU_MB` (default 256; 0 turns the cache off): most MiB of empty regions cached.
+    /// `HAKMEM_LRU_MB` (0 to 1048576, default 256; 0 turns the cache off): most MiB of empty
+    /// regions cached.
     pub lru_mb: usize,
-    /// `HAKMEM_LRU_DECAY_MS` (default 1000): a cached region is unmapped after this long.
+    /// `HAKMEM_LRU_DECAY_MS` (0 to 86400000, default 1000): a cached region is unmapped after
+    /// this long.
     pub lru_decay_ms: u64,
 }
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Source {
+    /// The default.
+    Default,
+    /// Set in code, with [`crate::HakMem::with`] (a value equal to the default counts as the
+    /// default).
+    Code,
+    /// The environment variable.
+    Env,
+}
+
+impl Source {
+    /// `default`, `code` or `env`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Code => "code",
+            Source::Env => "env",
+        }
+    }
+}
+
+/// The names of the settings, in the order of [`Settings`]' fields.
+pub const NAMES: [&str; COUNT] = [
+    "HAKMEM_CHECK",
+    "HAKMEM_INVALID_FREE",
+    "HAKMEM_STATS",
+    "HAKMEM_STATS_FILE",
+    "HAKMEM_SS_LAZY_ZERO",
+    "HAKMEM_LRU_MB",
+    "HAKMEM_LRU_DECAY_MS",
+];
+const COUNT: usize = 7;
+const CHECK: usize = 0;
+const INVALID_FREE: usize = 1;
+const STATS: usize = 2;
+const STATS_FILE: usize = 3;
+const LAZY_ZERO: usize = 4;
+const LRU_MB: usize = 5;
+const LRU_DECAY_MS: usize = 6;
+
+/// `HAKMEM_*` variables that belong to the project's tools, not to the allocator.
+const TOOL_PREFIXES: [&str; 4] = [
+    "HAKMEM_MODEL_",
+    "HAKMEM_TESTS_",
+    "HAKMEM_BENCH_",
+    "HAKMEM_XTASK_",
+];
+
+/// The largest `HAKMEM_LRU_MB`.
+pub const LRU_MB_MAX: u64 = 1 << 20;
+/// The largest `HAKMEM_LRU_DECAY_MS` (a day).
+pub const LRU_DECAY_MS_MAX: u64 = 24 * 3600 * 1000;
+/// The longest `HAKMEM_STATS_FILE`, in bytes.
+pub const STATS_FILE_MAX: usize = 1023;
 
 impl Settings {
     /// The defaults.
@@ -36,142 +126,515 @@ impl Settings {
         check: false,
         on_invalid: OnInvalid::Abort,
         stats: false,
+        stats_file: None,
         lazy_zero: true,
         lru_mb: 256,
         lru_decay_ms: 1000,
     };
 
-    /// Reads the environment.
-    pub fn from_env() -> Settings {
-        Self::from_lookup(|name| {
-            // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string
-            // that stays valid while the environment is not changed (we copy what we need now).
-            let v = unsafe { libc::getenv(name.as_ptr()) };
-            // SAFETY: as above.
-            (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_bytes())
-        })
+    /// Whether setting `i` differs between `self` and `o`.
+    fn differs(&self, o: &Settings, i: usize) -> bool {
+        match i {
+            CHECK => self.check != o.check,
+            INVALID_FREE => self.on_invalid != o.on_invalid,
+            STATS => self.stats != o.stats,
+            STATS_FILE => self.stats_file != o.stats_file,
+            LAZY_ZERO => self.lazy_zero != o.lazy_zero,
+            LRU_MB => self.lru_mb != o.lru_mb,
+            _ => self.lru_decay_ms != o.lru_decay_ms,
+        }
     }
 
-    /// Reads settings through `get` (the environment, or a table in tests).
-    pub fn from_lookup<'a>(get: impl Fn(&CStr) -> Option<&'a [u8]>) -> Settings {
-        let d = Self::DEFAULT;
-        Settings {
-            check: flag(&get, c"HAKMEM_CHECK", d.check),
-            on_invalid: match get(c"HAKMEM_INVALID_FREE") {
-                None => d.on_invalid,
-                Some(b"abort") => OnInvalid::Abort,
-                Some(b"warn") => OnInvalid::Warn,
-                Some(v) => {
-                    warn(c"HAKMEM_INVALID_FREE", v, "abort or warn", "abort");
-                    d.on_invalid
-                }
+    /// Copies setting `i` from `o`.
+    fn take(&mut self, o: &Settings, i: usize) {
+        match i {
+            CHECK => self.check = o.check,
+            INVALID_FREE => self.on_invalid = o.on_invalid,
+            STATS => self.stats = o.stats,
+            STATS_FILE => self.stats_file = o.stats_file,
+            LAZY_ZERO => self.lazy_zero = o.lazy_zero,
+            LRU_MB => self.lru_mb = o.lru_mb,
+            _ => self.lru_decay_ms = o.lru_decay_ms,
+        }
+    }
+
+    /// Writes setting `i`'s value as the environment would spell it.
+    fn write_value(&self, i: usize, f: &mut impl fmt::Write) -> fmt::Result {
+        let b = |v: bool| if v { "1" } else { "0" };
+        match i {
+            CHECK => f.write_str(b(self.check)),
+            INVALID_FREE => f.write_str(match self.on_invalid {
+                OnInvalid::Abort => "abort",
+                OnInvalid::Warn => "warn",
+            }),
+            STATS => f.write_str(b(self.stats)),
+            STATS_FILE => match self.stats_file {
+                Some(p) => f.write_str(p.to_str().unwrap_or("(not UTF-8)")),
+                None => f.write_str("(stderr)"),
             },
-            stats: flag(&get, c"HAKMEM_STATS", d.stats),
-            lazy_zero: flag(&get, c"HAKMEM_SS_LAZY_ZERO", d.lazy_zero),
-            lru_mb: number(&get, c"HAKMEM_LRU_MB", d.lru_mb as u64, 1 << 20) as usize,
-            lru_decay_ms: number(
-                &get,
-                c"HAKMEM_LRU_DECAY_MS",
-                d.lru_decay_ms,
-                24 * 3600 * 1000,
-            ),
+            LAZY_ZERO => f.write_str(b(self.lazy_zero)),
+            LRU_MB => write!(f, "{}", self.lru_mb),
+            _ => write!(f, "{}", self.lru_decay_ms),
         }
     }
 }
 
-fn flag<'a>(get: &impl Fn(&CStr) -> Option<&'a [u8]>, name: &CStr, default: bool) -> bool {
-    match get(name) {
-        None => default,
-        Some(b"1") => true,
-        Some(b"0") => false,
-        Some(v) => {
-            warn(name, v, "0 or 1", if default { "1" } else { "0" });
-            default
+/// The settings in force, and where each came from. Dereferences to [`Settings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SettingsInForce {
+    values: Settings,
+    sources: [Source; COUNT],
+}
+
+impl SettingsInForce {
+    /// The values.
+    pub fn values(&self) -> Settings {
+        self.values
+    }
+
+    /// Where the setting named `name` (such as `"HAKMEM_LRU_MB"`) came from; `None` for a name
+    /// that is not a setting.
+    pub fn source(&self, name: &str) -> Option<Source> {
+        NAMES
+            .iter()
+            .position(|&n| n == name)
+            .map(|i| self.sources[i])
+    }
+
+    /// Every setting as `(name, source)`, in the README's order.
+    pub fn sources(&self) -> impl Iterator<Item = (&'static str, Source)> + '_ {
+        NAMES.iter().copied().zip(self.sources.iter().copied())
+    }
+
+    /// Code's settings under the environment's (`env`, with `set[i]` for each variable given
+    /// and valid), over the defaults.
+    fn merge(code: Option<&Settings>, env: &Settings, set: &[bool; COUNT]) -> Self {
+        let d = Settings::DEFAULT;
+        let mut values = code.copied().unwrap_or(d);
+        let mut sources = [Source::Default; COUNT];
+        for i in 0..COUNT {
+            if set[i] {
+                values.take(env, i);
+                sources[i] = Source::Env;
+            } else if values.differs(&d, i) {
+                sources[i] = Source::Code;
+            }
+        }
+        Self { values, sources }
+    }
+}
+
+impl core::ops::Deref for SettingsInForce {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.values
+    }
+}
+
+/// One line per setting: `HAKMEM_LRU_MB=64 (code)`.
+impl fmt::Display for SettingsInForce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, source)) in self.sources().enumerate() {
+            write!(f, "{name}=")?;
+            self.values.write_value(i, f)?;
+            writeln!(f, " ({})", source.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// The settings' statics (see the module docs).
+struct Store {
+    lock: AtomicBool,
+    /// The settings in force: null until first read, then one of `slots`.
+    current: AtomicPtr<SettingsInForce>,
+    /// Start-up has used the settings: code can no longer change them.
+    frozen: AtomicBool,
+    /// Code's settings are in `slots[1]`.
+    code_applied: AtomicBool,
+    /// The parsed environment and which variables it set (under `lock`, once).
+    env: UnsafeCell<Option<(Settings, [bool; COUNT])>>,
+    /// Without code, with code: each written once, under `lock`, before it is published.
+    slots: [UnsafeCell<MaybeUninit<SettingsInForce>>; 2],
+    /// `HAKMEM_STATS_FILE`'s value, NUL-terminated (written once, with `env`).
+    path: UnsafeCell<[u8; STATS_FILE_MAX + 1]>,
+}
+
+// SAFETY: `env`, `slots` and `path` are written only under `lock`, each before anything refers
+// to it, and never again once published (`current` is stored with Release after the write and
+// read with Acquire); everything else is atomic.
+unsafe impl Sync for Store {}
+
+static STORE: Store = Store {
+    lock: AtomicBool::new(false),
+    current: AtomicPtr::new(core::ptr::null_mut()),
+    frozen: AtomicBool::new(false),
+    code_applied: AtomicBool::new(false),
+    env: UnsafeCell::new(None),
+    slots: [
+        UnsafeCell::new(MaybeUninit::uninit()),
+        UnsafeCell::new(MaybeUninit::uninit()),
+    ],
+    path: UnsafeCell::new([0; STATS_FILE_MAX + 1]),
+};
+
+/// The settings in force, read from the environment by the first call that needs them.
+#[inline]
+pub fn in_force() -> &'static SettingsInForce {
+    let p = STORE.current.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a published slot, never written again.
+        return unsafe { &*p };
+    }
+    load(None, false)
+}
+
+/// Applies settings from code, unless start-up has already used the settings (then they are
+/// ignored: the values in force stay as reported). Cold: called before start-up only.
+#[cold]
+pub fn apply_code(code: &Option<Settings>) {
+    if let Some(c) = code {
+        if !STORE.frozen.load(Ordering::Acquire) && !STORE.code_applied.load(Ordering::Acquire) {
+            load(Some(c), false);
         }
     }
 }
 
-fn number<'a>(
+/// The settings start-up uses; code can no longer change them after this.
+#[cold]
+pub fn freeze() -> Settings {
+    load(None, true).values
+}
+
+#[cold]
+fn load(code: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
+    while STORE
+        .lock
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    // SAFETY: under the lock; `env` is written here only, and read only under the lock.
+    let env = unsafe { &mut *STORE.env.get() };
+    let (env_values, set) = *env.get_or_insert_with(|| {
+        let base = code.copied().unwrap_or(Settings::DEFAULT);
+        warn_unknown_variables();
+        parse(&base, &getenv, &STORE)
+    });
+    let frozen = STORE.frozen.load(Ordering::Relaxed);
+    let applied = STORE.code_applied.load(Ordering::Relaxed);
+    let slot = if code.is_some() && !frozen && !applied {
+        STORE.code_applied.store(true, Ordering::Relaxed);
+        Some(1)
+    } else if STORE.current.load(Ordering::Relaxed).is_null() {
+        Some(0)
+    } else {
+        None
+    };
+    if let Some(i) = slot {
+        let s = SettingsInForce::merge(code, &env_values, &set);
+        // SAFETY: under the lock; slot `i` is written once (slot 0 while nothing is published,
+        // slot 1 the one time code is applied), before it is published below.
+        let p = unsafe { (*STORE.slots[i].get()).write(s) } as *mut SettingsInForce;
+        STORE.current.store(p, Ordering::Release);
+    }
+    if freeze {
+        STORE.frozen.store(true, Ordering::Release);
+    }
+    let p = STORE.current.load(Ordering::Relaxed);
+    STORE.lock.store(false, Ordering::Release);
+    // SAFETY: published above or before, never written again.
+    unsafe { &*p }
+}
+
+/// `libc::getenv`, as bytes.
+fn getenv(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv does not allocate, and returns null or a
+    // NUL-terminated string in the environment, copied out (or parsed) before anyone can change
+    // the environment in a way we would notice.
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: as above.
+    (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_bytes())
+}
+
+/// Parses the environment (through `get`) over `base`: the values, and which were set.
+/// `HAKMEM_STATS_FILE` is copied into `store`'s path buffer.
+fn parse<'a>(
+    base: &Settings,
     get: &impl Fn(&CStr) -> Option<&'a [u8]>,
-    name: &CStr,
-    default: u64,
-    max: u64,
-) -> u64 {
-    let Some(v) = get(name) else { return default };
-    let parsed = core::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&n| n <= max);
-    match parsed {
-        Some(n) => n,
-        None => {
-            let mut buf = [0u8; 24];
+    store: &Store,
+) -> (Settings, [bool; COUNT]) {
+    let mut s = *base;
+    let mut set = [false; COUNT];
+    let name = |i: usize| NAMES[i];
+    let mut flag = |i: usize, var: &CStr, cur: bool| -> bool {
+        match get(var) {
+            None => cur,
+            Some(b"1") => {
+                set[i] = true;
+                true
+            }
+            Some(b"0") => {
+                set[i] = true;
+                false
+            }
+            Some(v) => {
+                warn(
+                    name(i),
+                    v,
+                    format_args!("0 or 1"),
+                    format_args!("{}", cur as u8),
+                );
+                cur
+            }
+        }
+    };
+    s.check = flag(CHECK, c"HAKMEM_CHECK", s.check);
+    s.stats = flag(STATS, c"HAKMEM_STATS", s.stats);
+    s.lazy_zero = flag(LAZY_ZERO, c"HAKMEM_SS_LAZY_ZERO", s.lazy_zero);
+    match get(c"HAKMEM_INVALID_FREE") {
+        None => {}
+        Some(b"abort") => (s.on_invalid, set[INVALID_FREE]) = (OnInvalid::Abort, true),
+        Some(b"warn") => (s.on_invalid, set[INVALID_FREE]) = (OnInvalid::Warn, true),
+        Some(v) => {
+            let mut cur = crate::out::Buf::<16>::new();
+            let _ = s.write_value(INVALID_FREE, &mut cur);
             warn(
-                name,
+                name(INVALID_FREE),
                 v,
-                "a whole number up to the limit",
-                fmt_u64(default, &mut buf),
+                format_args!("abort or warn"),
+                format_args!("{}", cur.as_str()),
             );
-            default
         }
     }
+    let mut number = |i: usize, var: &CStr, cur: u64, max: u64| -> u64 {
+        let Some(v) = get(var) else { return cur };
+        match core::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            Some(n) if n <= max => {
+                set[i] = true;
+                n
+            }
+            Some(_) => {
+                warn_range(name(i), v, "is out of range", max, cur);
+                cur
+            }
+            None => {
+                warn_range(name(i), v, "is not a whole number", max, cur);
+                cur
+            }
+        }
+    };
+    s.lru_mb = number(LRU_MB, c"HAKMEM_LRU_MB", s.lru_mb as u64, LRU_MB_MAX) as usize;
+    s.lru_decay_ms = number(
+        LRU_DECAY_MS,
+        c"HAKMEM_LRU_DECAY_MS",
+        s.lru_decay_ms,
+        LRU_DECAY_MS_MAX,
+    );
+    match get(c"HAKMEM_STATS_FILE") {
+        None => {}
+        Some([]) => {
+            (s.stats_file, set[STATS_FILE]) = (None, true);
+        }
+        Some(v) if v.len() > STATS_FILE_MAX => warn(
+            name(STATS_FILE),
+            v,
+            format_args!("a path of at most {STATS_FILE_MAX} bytes"),
+            format_args!("the report on stderr"),
+        ),
+        Some(v) => {
+            // SAFETY: called under the store's lock, once, before any settings that refer to
+            // the buffer are published.
+            let buf = unsafe { &mut *store.path.get() };
+            buf[..v.len()].copy_from_slice(v);
+            buf[v.len()] = 0;
+            // SAFETY: the buffer lives for the program and is not written again (see above).
+            let buf: &'static [u8] = unsafe { &*store.path.get() };
+            s.stats_file = CStr::from_bytes_until_nul(buf).ok();
+            set[STATS_FILE] = true;
+        }
+    }
+    (s, set)
 }
 
-fn fmt_u64(mut n: u64, buf: &mut [u8; 24]) -> &str {
-    let mut i = buf.len();
+fn shown(value: &[u8]) -> &str {
+    core::str::from_utf8(value).unwrap_or("(not UTF-8)")
+}
+
+fn warn(name: &str, value: &[u8], expected: fmt::Arguments<'_>, using: fmt::Arguments<'_>) {
+    eprint(format_args!(
+        "hakmem: warning: {name}={:?} is not valid (expected {expected}); using {using}\n",
+        shown(value),
+    ));
+}
+
+fn warn_range(name: &str, value: &[u8], what: &str, max: u64, using: u64) {
+    eprint(format_args!(
+        "hakmem: warning: {name}={:?} {what} (valid: 0 to {max}); using {using}\n",
+        shown(value),
+    ));
+}
+
+/// Warns about each `HAKMEM_*` variable that is not a setting, naming the closest one. Walks
+/// `environ` without allocating.
+fn warn_unknown_variables() {
+    extern "C" {
+        static environ: *const *const c_char;
+    }
+    // SAFETY: glibc's environment array: null, or null-terminated pointers to NUL-terminated
+    // strings. It is read here once, before anything in this process is likely to change it.
+    let mut p = unsafe { environ };
+    if p.is_null() {
+        return;
+    }
     loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
+        // SAFETY: within the null-terminated array.
+        let e = unsafe { *p };
+        if e.is_null() {
             break;
         }
+        // SAFETY: a NUL-terminated string of the environment.
+        let entry = unsafe { CStr::from_ptr(e) }.to_bytes();
+        let var = entry.split(|&b| b == b'=').next().unwrap_or(entry);
+        if let Some(closest) = unknown(var) {
+            eprint(format_args!(
+                "hakmem: warning: {} is not a hakmem setting (did you mean {closest}?); ignored\n",
+                shown(var),
+            ));
+        }
+        // SAFETY: the next entry of the array (at most the terminating null).
+        p = unsafe { p.add(1) };
     }
-    core::str::from_utf8(&buf[i..]).unwrap_or("?")
 }
 
-fn warn(name: &CStr, value: &[u8], expected: &str, default: &str) {
-    let shown = core::str::from_utf8(value).unwrap_or("(not UTF-8)");
-    eprint(format_args!(
-        "hakmem: warning: {}={shown:?} is not valid (expected {expected}); using the default {default}\n",
-        name.to_str().unwrap_or("?"),
-    ));
+/// For a `HAKMEM_*` name that is no setting (nor a tool's variable), the closest setting.
+fn unknown(var: &[u8]) -> Option<&'static str> {
+    if !var.starts_with(b"HAKMEM_")
+        || NAMES.iter().any(|n| n.as_bytes() == var)
+        || TOOL_PREFIXES.iter().any(|p| var.starts_with(p.as_bytes()))
+    {
+        return None;
+    }
+    NAMES
+        .iter()
+        .copied()
+        .min_by_key(|n| edit_distance(var, n.as_bytes()))
+}
+
+/// Levenshtein distance, on the stack (names longer than 63 bytes compare by their start).
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    const N: usize = 64;
+    let (a, b) = (&a[..a.len().min(N - 1)], &b[..b.len().min(N - 1)]);
+    let mut prev = [0usize; N];
+    let mut cur = [0usize; N];
+    for (j, p) in prev.iter_mut().enumerate().take(b.len() + 1) {
+        *p = j;
+    }
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let sub = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        core::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn with(pairs: &'static [(&'static CStr, &'static [u8])]) -> Settings {
-        Settings::from_lookup(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+    fn store() -> &'static Store {
+        Box::leak(Box::new(Store {
+            lock: AtomicBool::new(false),
+            current: AtomicPtr::new(core::ptr::null_mut()),
+            frozen: AtomicBool::new(false),
+            code_applied: AtomicBool::new(false),
+            env: UnsafeCell::new(None),
+            slots: [
+                UnsafeCell::new(MaybeUninit::uninit()),
+                UnsafeCell::new(MaybeUninit::uninit()),
+            ],
+            path: UnsafeCell::new([0; STATS_FILE_MAX + 1]),
+        }))
+    }
+
+    fn with(pairs: &'static [(&'static CStr, &'static [u8])]) -> (Settings, [bool; COUNT]) {
+        let get = |n: &CStr| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        parse(&Settings::DEFAULT, &get, store())
     }
 
     #[test]
     fn defaults_and_valid_values() {
-        assert_eq!(with(&[]), Settings::DEFAULT);
-        let s = with(&[
+        assert_eq!(with(&[]), (Settings::DEFAULT, [false; COUNT]));
+        let (s, set) = with(&[
             (c"HAKMEM_CHECK", b"1"),
             (c"HAKMEM_INVALID_FREE", b"warn"),
             (c"HAKMEM_STATS", b"1"),
+            (c"HAKMEM_STATS_FILE", b"/tmp/r.%p"),
             (c"HAKMEM_SS_LAZY_ZERO", b"0"),
             (c"HAKMEM_LRU_MB", b"0"),
             (c"HAKMEM_LRU_DECAY_MS", b"250"),
         ]);
         assert!(s.check && s.stats && !s.lazy_zero);
         assert_eq!(
-            (s.on_invalid, s.lru_mb, s.lru_decay_ms),
-            (OnInvalid::Warn, 0, 250)
+            (s.on_invalid, s.lru_mb, s.lru_decay_ms, s.stats_file),
+            (OnInvalid::Warn, 0, 250, Some(c"/tmp/r.%p"))
         );
+        assert_eq!(set, [true; COUNT]);
     }
 
     #[test]
     fn bad_values_fall_back_to_defaults() {
-        let s = with(&[
+        let (s, set) = with(&[
             (c"HAKMEM_CHECK", b"yes"),
             (c"HAKMEM_INVALID_FREE", b"ignore"),
             (c"HAKMEM_LRU_MB", b"-3"),
             (c"HAKMEM_LRU_DECAY_MS", b"99999999999999999"),
         ]);
-        assert_eq!(s, Settings::DEFAULT);
+        assert_eq!((s, set), (Settings::DEFAULT, [false; COUNT]));
+    }
+
+    #[test]
+    fn environment_overrides_code_over_defaults() {
+        let code = Settings {
+            lru_mb: 64,
+            check: true,
+            lru_decay_ms: Settings::DEFAULT.lru_decay_ms,
+            ..Settings::DEFAULT
+        };
+        let (env, set) = with(&[(c"HAKMEM_CHECK", b"0"), (c"HAKMEM_STATS", b"1")]);
+        let f = SettingsInForce::merge(Some(&code), &env, &set);
+        assert_eq!((f.lru_mb, f.check, f.stats), (64, false, true));
+        assert_eq!(f.source("HAKMEM_LRU_MB"), Some(Source::Code));
+        assert_eq!(f.source("HAKMEM_CHECK"), Some(Source::Env));
+        assert_eq!(f.source("HAKMEM_STATS"), Some(Source::Env));
+        // Equal to the default: reported as the default.
+        assert_eq!(f.source("HAKMEM_LRU_DECAY_MS"), Some(Source::Default));
+        assert_eq!(f.source("HAKMEM_NOPE"), None);
+        let shown = f.to_string();
+        assert!(shown.contains("HAKMEM_LRU_MB=64 (code)\n"), "{shown}");
+        assert!(shown.contains("HAKMEM_STATS=1 (env)\n"), "{shown}");
+        assert!(
+            shown.contains("HAKMEM_STATS_FILE=(stderr) (default)\n"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_names_get_the_closest_setting() {
+        assert_eq!(unknown(b"HAKMEM_STAT"), Some("HAKMEM_STATS"));
+        assert_eq!(unknown(b"HAKMEM_LRUMB"), Some("HAKMEM_LRU_MB"));
+        assert_eq!(unknown(b"HAKMEM_INVALID_FRE"), Some("HAKMEM_INVALID_FREE"));
+        assert_eq!(unknown(b"HAKMEM_STATS"), None);
+        assert_eq!(unknown(b"HAKMEM_MODEL_SEED"), None);
+        assert_eq!(unknown(b"PATH"), None);
+        assert_eq!(edit_distance(b"kitten", b"sitting"), 3);
+        assert_eq!(edit_distance(b"", b"abc"), 3);
     }
 }

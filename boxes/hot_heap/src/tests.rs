@@ -109,7 +109,7 @@ fn freeing_everything_gives_the_superslab_back_to_the_lru() {
         "empty superslab went to the lru"
     );
     assert_eq!(s.count(Event::Abandon), 0);
-    assert_eq!(s.held[c], 0);
+    assert_eq!(s.held(c), 0);
     assert_eq!(ctx.lru.usage().0, 1);
 }
 
@@ -146,7 +146,7 @@ fn remote_frees_are_reclaimed_by_the_owner() {
     }
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held[c], 0);
+    assert_eq!(ctx.snapshot().held(c), 0);
 }
 
 #[test]

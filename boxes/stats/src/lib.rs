@@ -14,6 +14,12 @@
 //!   `peak_held[c] >= held[c]` at every moment a snapshot can observe.
 //! - **S4 (no allocation).** Nothing here allocates; a [`Snapshot`] is a plain `Copy` value of
 //!   fixed-size arrays, so it can be taken inside the allocator or in a signal-free exit hook.
+//!   Its counters are read by name ([`Snapshot::class`], [`Snapshot::event`], and the
+//!   iterators [`Snapshot::classes`] and [`Snapshot::events`]), never as raw arrays.
+//! - **S5 (hook: cold, and off by default).** With the `hook` feature, [`GlobalStats::event`]
+//!   calls the function set with `hook::set` for the lifecycle events only
+//!   ([`Event::is_lifecycle`]), after counting them. Without the feature there is no hook and no
+//!   code for it; the hot per-thread counters never call it.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -27,22 +33,23 @@ const CLASS_MASK: usize = MAX_CLASSES - 1;
 const _: () = assert!(MAX_CLASSES.is_power_of_two());
 
 /// Events counted globally: OS calls with their bytes, and the life of superslabs and slabs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
 pub enum Event {
     /// An `mmap` (bytes: the length mapped).
     Mmap,
-    /// A `munmap` (bytes: the length unmapped, trims included).
+    /// A `munmap` (bytes: the length unmapped, trims included), or a reservation that a moving
+    /// `mremap` replaced with the grown mapping.
     Munmap,
-    /// An `madvise(MADV_DONTNEED)` (bytes: the length given back).
+    /// An `madvise(MADV_DONTNEED)`: a purge (bytes: the length given back).
     Madvise,
     /// A superslab mapped fresh from the OS.
     SsCreated,
-    /// A superslab that entered the lru cache.
+    /// A superslab that entered the lru cache (retired).
     SsCached,
     /// A superslab taken back out of the lru cache.
     SsReused,
-    /// A superslab unmapped for good.
+    /// A cached region unmapped for good.
     SsReleased,
     /// A block freed by a thread that did not own its slab.
     RemoteFree,
@@ -56,10 +63,17 @@ pub enum Event {
     LargeFree,
     /// A large region grown by moving its pages (`mremap`) instead of copying (bytes: growth).
     Mremap,
+    /// Address space reserved but not memory in use, such as the registry's table mapped
+    /// `MAP_NORESERVE` (bytes: the length). Not counted as [`Event::Mmap`].
+    Reserve,
+    /// The OS refused to map memory (bytes: the length asked for).
+    OsRefused,
+    /// A corruption reported: an invalid pointer or a double free given to `free`.
+    Corrupt,
 }
 
 /// Number of [`Event`] kinds.
-pub const EVENTS: usize = Event::Mremap as usize + 1;
+pub const EVENTS: usize = Event::Corrupt as usize + 1;
 
 impl Event {
     /// Every event, in declaration order.
@@ -77,6 +91,9 @@ impl Event {
         Event::LargeAlloc,
         Event::LargeFree,
         Event::Mremap,
+        Event::Reserve,
+        Event::OsRefused,
+        Event::Corrupt,
     ];
 
     /// A short lowercase name for reports.
@@ -95,7 +112,48 @@ impl Event {
             Event::LargeAlloc => "large allocs",
             Event::LargeFree => "large frees",
             Event::Mremap => "mremap",
+            Event::Reserve => "reserve",
+            Event::OsRefused => "os refusals",
+            Event::Corrupt => "corruptions",
         }
+    }
+
+    /// A name for serialised data: lowercase, one word with underscores.
+    pub fn key(self) -> &'static str {
+        match self {
+            Event::Mmap => "mmap",
+            Event::Munmap => "munmap",
+            Event::Madvise => "madvise",
+            Event::SsCreated => "superslabs_created",
+            Event::SsCached => "superslabs_cached",
+            Event::SsReused => "superslabs_reused",
+            Event::SsReleased => "superslabs_released",
+            Event::RemoteFree => "remote_frees",
+            Event::Abandon => "abandons",
+            Event::Adopt => "adopts",
+            Event::LargeAlloc => "large_allocs",
+            Event::LargeFree => "large_frees",
+            Event::Mremap => "mremap",
+            Event::Reserve => "reserve",
+            Event::OsRefused => "os_refusals",
+            Event::Corrupt => "corruptions",
+        }
+    }
+
+    /// True for the rare events in the life of a region that the `hook` hears of: a superslab
+    /// mapped, retired to the cache, unmapped, abandoned or adopted; a purge; an OS refusal.
+    #[inline(always)]
+    pub const fn is_lifecycle(self) -> bool {
+        matches!(
+            self,
+            Event::SsCreated
+                | Event::SsCached
+                | Event::SsReleased
+                | Event::Abandon
+                | Event::Adopt
+                | Event::Madvise
+                | Event::OsRefused
+        )
     }
 }
 
@@ -206,6 +264,10 @@ impl GlobalStats {
         if bytes != 0 {
             self.event_bytes[event as usize].fetch_add(bytes as u64, Ordering::Relaxed);
         }
+        #[cfg(feature = "hook")]
+        if event.is_lifecycle() {
+            hook::call(event, bytes);
+        }
     }
 
     /// One allocation of `class` by a thread without a heap (counted straight into the globals).
@@ -257,49 +319,110 @@ impl GlobalStats {
     /// The global counts, without any live thread's share (see [`Snapshot::add_thread`]).
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::default();
-        for c in 0..MAX_CLASSES {
-            s.allocs[c] = self.allocs[c].load(Ordering::Relaxed);
-            s.frees[c] = self.frees[c].load(Ordering::Relaxed);
-            s.held[c] = self.held[c].load(Ordering::Relaxed);
+        for (c, row) in s.classes.iter_mut().enumerate() {
+            let held = self.held[c].load(Ordering::Relaxed);
             // `held_add` raises `held` before the peak: a snapshot in between must still see a
             // peak no lower than what it read (S3).
             let peak = self.peak_held[c].load(Ordering::Relaxed);
-            s.peak_held[c] = peak.max(s.held[c].max(0) as u64);
+            *row = ClassCounts {
+                allocs: self.allocs[c].load(Ordering::Relaxed),
+                frees: self.frees[c].load(Ordering::Relaxed),
+                held,
+                peak_held: peak.max(held.max(0) as u64),
+            };
         }
-        for e in 0..EVENTS {
-            s.events[e] = self.events[e].load(Ordering::Relaxed);
-            s.event_bytes[e] = self.event_bytes[e].load(Ordering::Relaxed);
+        for (e, row) in s.events.iter_mut().enumerate() {
+            *row = EventCounts {
+                count: self.events[e].load(Ordering::Relaxed),
+                bytes: self.event_bytes[e].load(Ordering::Relaxed),
+            };
         }
         s
     }
 }
 
-/// A plain copy of every counter (S4).
-#[derive(Clone, Copy, Debug)]
+/// The lifecycle hook (feature `hook`): one function, set once, told of every event for which
+/// [`Event::is_lifecycle`] holds, on the thread where it happened (S5). Without the feature
+/// there is no hook and no code for it.
+#[cfg(feature = "hook")]
+pub mod hook {
+    use super::Event;
+    // Not a protocol under test: a pointer published once, so core's atomic even under loom.
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    /// What the hook is: the event, and its bytes (0 where bytes mean nothing).
+    pub type Hook = fn(Event, usize);
+
+    static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Sets the hook (replacing any earlier one). The hook runs inside the allocator, on cold
+    /// paths but possibly in the middle of an operation: it must not allocate through the
+    /// allocator that counts these events unless that allocator guards against re-entry.
+    pub fn set(h: Hook) {
+        HOOK.store(h as *mut (), Ordering::Release);
+    }
+
+    /// Calls the hook, if any.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn call(e: Event, bytes: usize) {
+        let p = HOOK.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: only `set` stores a non-null value, and it stores a `Hook`; a function
+            // pointer round-trips through a data pointer on every platform Rust supports.
+            let h = unsafe { core::mem::transmute::<*mut (), Hook>(p) };
+            h(e, bytes);
+        }
+    }
+}
+
+/// One class's counts in a [`Snapshot`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounts {
+    /// Allocations.
+    pub allocs: u64,
+    /// Frees.
+    pub frees: u64,
+    /// Blocks outside their slabs now (S3): held by users, thread lists, caches or remote
+    /// stacks.
+    pub held: i64,
+    /// The most blocks ever outside their slabs at once: an upper bound on the peak of live
+    /// blocks, not the peak itself.
+    pub peak_held: u64,
+}
+
+impl ClassCounts {
+    /// Allocated and not yet freed.
+    pub fn live(&self) -> i64 {
+        self.allocs as i64 - self.frees as i64
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One event's counts in a [`Snapshot`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// How many times it happened.
+    pub count: u64,
+    /// The bytes it moved (0 where bytes mean nothing).
+    pub bytes: u64,
+}
+
+/// A plain copy of every counter (S4), read through named accessors.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Allocations per class.
-    pub allocs: [u64; MAX_CLASSES],
-    /// Frees per class.
-    pub frees: [u64; MAX_CLASSES],
-    /// Blocks per class outside their slabs now (S3).
-    pub held: [i64; MAX_CLASSES],
-    /// The most blocks per class ever outside their slabs at once.
-    pub peak_held: [u64; MAX_CLASSES],
-    /// Event counts, indexed by `Event as usize`.
-    pub events: [u64; EVENTS],
-    /// Event bytes, indexed by `Event as usize`.
-    pub event_bytes: [u64; EVENTS],
+    classes: [ClassCounts; MAX_CLASSES],
+    events: [EventCounts; EVENTS],
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
         Self {
-            allocs: [0; MAX_CLASSES],
-            frees: [0; MAX_CLASSES],
-            held: [0; MAX_CLASSES],
-            peak_held: [0; MAX_CLASSES],
-            events: [0; EVENTS],
-            event_bytes: [0; EVENTS],
+            classes: [ClassCounts::default(); MAX_CLASSES],
+            events: [EventCounts::default(); EVENTS],
         }
     }
 }
@@ -307,26 +430,84 @@ impl Default for Snapshot {
 impl Snapshot {
     /// Adds a live thread's not-yet-merged counts.
     pub fn add_thread(&mut self, t: &ThreadStats) {
-        for c in 0..MAX_CLASSES {
-            self.allocs[c] += t.allocs[c].get();
-            self.frees[c] += t.frees[c].get();
+        for (c, row) in self.classes.iter_mut().enumerate() {
+            row.allocs += t.allocs[c].get();
+            row.frees += t.frees[c].get();
         }
-        self.events[Event::RemoteFree as usize] += t.remote_frees.get();
+        self.events[Event::RemoteFree as usize].count += t.remote_frees.get();
+    }
+
+    /// The counts of `class` (all zero for a class out of range).
+    pub fn class(&self, class: usize) -> ClassCounts {
+        self.classes.get(class).copied().unwrap_or_default()
+    }
+
+    /// Every class that has counted anything, as `(class, counts)`.
+    pub fn classes(&self) -> impl Iterator<Item = (usize, ClassCounts)> + '_ {
+        self.classes
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, c)| !c.is_zero())
     }
 
     /// Blocks of `class` allocated and not yet freed.
     pub fn live(&self, class: usize) -> i64 {
-        self.allocs[class] as i64 - self.frees[class] as i64
+        self.class(class).live()
+    }
+
+    /// Blocks of `class` outside their slabs now (S3).
+    pub fn held(&self, class: usize) -> i64 {
+        self.class(class).held
+    }
+
+    /// The counts of `e`.
+    pub fn event(&self, e: Event) -> EventCounts {
+        self.events[e as usize]
+    }
+
+    /// Every event, in declaration order, with its counts.
+    pub fn events(&self) -> impl Iterator<Item = (Event, EventCounts)> + '_ {
+        Event::ALL.iter().map(|&e| (e, self.events[e as usize]))
     }
 
     /// The count of `e`.
     pub fn count(&self, e: Event) -> u64 {
-        self.events[e as usize]
+        self.events[e as usize].count
     }
 
     /// The bytes of `e`.
     pub fn bytes(&self, e: Event) -> u64 {
-        self.event_bytes[e as usize]
+        self.events[e as usize].bytes
+    }
+}
+
+/// Only what counted something: classes by number, events by name.
+impl core::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        struct Classes<'a>(&'a Snapshot);
+        impl core::fmt::Debug for Classes<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_map().entries(self.0.classes()).finish()
+            }
+        }
+        struct Events<'a>(&'a Snapshot);
+        impl core::fmt::Debug for Events<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_map()
+                    .entries(
+                        self.0
+                            .events()
+                            .filter(|(_, c)| c.count != 0)
+                            .map(|(e, c)| (e.key(), c)),
+                    )
+                    .finish()
+            }
+        }
+        f.debug_struct("Snapshot")
+            .field("classes", &Classes(self))
+            .field("events", &Events(self))
+            .finish()
     }
 }
 
@@ -349,7 +530,7 @@ mod tests {
         g.merge(&t);
         let mut s = g.snapshot();
         s.add_thread(&t); // zeroed by the merge: nothing counted twice
-        assert_eq!((s.allocs[3], s.frees[3]), (2, 1));
+        assert_eq!((s.class(3).allocs, s.class(3).frees), (2, 1));
         assert_eq!(s.count(Event::RemoteFree), 1);
     }
 
@@ -360,8 +541,81 @@ mod tests {
         g.held_sub(1, 7);
         g.held_add(1, 2);
         let s = g.snapshot();
-        assert_eq!(s.held[1], 5);
-        assert_eq!(s.peak_held[1], 10);
+        assert_eq!(s.held(1), 5);
+        assert_eq!(s.class(1).peak_held, 10);
+    }
+
+    #[test]
+    fn snapshot_reads_by_name_and_debug_shows_only_what_counted() {
+        let g = GlobalStats::new();
+        let t = ThreadStats::new();
+        t.on_alloc(5);
+        g.merge(&t);
+        g.event(Event::SsCreated, 0);
+        g.event(Event::Reserve, 1 << 20);
+        let s = g.snapshot();
+        let classes: [(usize, ClassCounts); 1] = [(
+            5,
+            ClassCounts {
+                allocs: 1,
+                frees: 0,
+                held: 0,
+                peak_held: 0,
+            },
+        )];
+        assert!(s.classes().eq(classes));
+        assert_eq!(s.class(MAX_CLASSES + 7), ClassCounts::default());
+        let counted: [(Event, u64, u64); 2] =
+            [(Event::SsCreated, 1, 0), (Event::Reserve, 1, 1 << 20)];
+        assert!(s
+            .events()
+            .filter(|(_, c)| c.count != 0)
+            .map(|(e, c)| (e, c.count, c.bytes))
+            .eq(counted));
+        struct Len(usize);
+        impl core::fmt::Write for Len {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
+        let mut n = Len(0);
+        core::fmt::write(&mut n, format_args!("{s:?}")).unwrap();
+        assert!(
+            n.0 < 400,
+            "Debug lists only what counted, not 128-entry arrays"
+        );
+    }
+
+    #[test]
+    fn lifecycle_events_are_the_rare_ones() {
+        assert!(Event::SsCreated.is_lifecycle() && Event::OsRefused.is_lifecycle());
+        assert!(!Event::RemoteFree.is_lifecycle() && !Event::Mmap.is_lifecycle());
+        for e in Event::ALL {
+            assert!(!e.key().contains(' '));
+        }
+    }
+
+    #[cfg(feature = "hook")]
+    #[test]
+    fn the_hook_hears_lifecycle_events_only() {
+        use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        // Other tests count events in parallel: only this test's distinctive byte counts count.
+        const MARK: usize = 0x5eed_0000;
+        static HEARD: AtomicUsize = AtomicUsize::new(0);
+        fn hook(e: Event, bytes: usize) {
+            if bytes & !0xff == MARK {
+                assert!(e.is_lifecycle());
+                HEARD.fetch_add(bytes & 0xff, SeqCst);
+            }
+        }
+        hook::set(hook);
+        let g = GlobalStats::new();
+        g.event(Event::Madvise, MARK | 1);
+        g.event(Event::OsRefused, MARK | 2);
+        g.event(Event::Mmap, MARK | 4);
+        assert_eq!(HEARD.load(SeqCst), 3);
+        assert_eq!(g.snapshot().count(Event::Mmap), 1, "still counted");
     }
 
     #[test]
@@ -405,16 +659,16 @@ mod loom_models {
                 })
             });
             let s = g.snapshot();
-            assert!(s.peak_held[0] as i64 >= s.held[0]);
+            assert!(s.class(0).peak_held as i64 >= s.held(0));
             for h in hs {
                 h.join().unwrap();
             }
             let s = g.snapshot();
             for i in 0..2 {
-                assert_eq!((s.allocs[i], s.frees[i]), (2, 1));
+                assert_eq!((s.class(i).allocs, s.class(i).frees), (2, 1));
             }
-            assert_eq!(s.held[0], 2);
-            assert!(s.peak_held[0] >= 2);
+            assert_eq!(s.held(0), 2);
+            assert!(s.class(0).peak_held >= 2);
         });
     }
 }

@@ -105,6 +105,7 @@ impl LibcOs {
             )
         };
         if p == libc::MAP_FAILED {
+            stats.event(Event::OsRefused, len);
             return None;
         }
         stats.event(Event::Mmap, len);
@@ -187,6 +188,9 @@ unsafe impl Os for LibcOs {
             )
         };
         if p == target.as_ptr().cast() {
+            // The reservation is gone, replaced by the old mapping grown: counted as unmapped,
+            // so that mmap - munmap + mremap stays the bytes mapped.
+            stats.event(Event::Munmap, new_len);
             stats.event(Event::Mremap, new_len - len);
             return Some(target);
         }

@@ -25,8 +25,8 @@
 //! - The `__libc_*` names glibc also exports for these functions are exported too, so a caller
 //!   that uses them directly gets the same allocator as everyone else.
 //!
-//! With `HAKMEM_STATS=1` the allocator's report is written to stderr when the process exits
-//! (see [`on_exit`]).
+//! With `HAKMEM_STATS=1` the allocator's report is written to stderr (or `HAKMEM_STATS_FILE`)
+//! when the process exits, once (see [`on_exit`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::ffi::{c_int, c_void};
@@ -312,9 +312,10 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The exit handler: with `HAKMEM_STATS=1`, the report on stderr. It formats on the stack and
-/// writes to fd 2 without allocating, so it works from whichever thread calls `exit`, while
-/// other threads still allocate, and after every other exit handler and destructor.
+/// The exit handler: with `HAKMEM_STATS=1`, the report on stderr (or in `HAKMEM_STATS_FILE`).
+/// It formats on the stack and writes without allocating, so it works from whichever thread
+/// calls `exit`, while other threads still allocate, and after every other exit handler and
+/// destructor.
 unsafe extern "C" fn on_exit(_: *mut c_void) {
     saved_stderr::restore_if_closed();
     hakmem::report_stats_if_enabled();
@@ -326,6 +327,8 @@ unsafe extern "C" fn on_exit(_: *mut c_void) {
 /// those make. No DSO handle is given, so no `__cxa_finalize` runs it early; the library is
 /// linked `-z nodelete`, so its code is still mapped when `exit` calls it.
 extern "C" fn on_load() {
+    // This handler, not the one hakmem registers at start-up, writes the report: it runs later.
+    hakmem::exit_report_by_caller();
     saved_stderr::save_if_stats_requested();
     // Registration fails only when the handler list cannot grow: the report is then lost, and
     // nothing else is, so the result is not checked.
