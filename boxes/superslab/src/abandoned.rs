@@ -2,6 +2,8 @@
 use crate::superslab::Superslab;
 use crate::sync::{AtomicUsize, Ordering};
 use crate::SpinLock;
+#[cfg(not(loom))]
+use crate::LockCounts;
 use core::ptr::null;
 
 struct Inner {
@@ -117,6 +119,13 @@ impl AbandonedList {
         unsafe { ss.take_ownership(owner) };
         // SAFETY: a listed superslab is live; its reference moved to the caller.
         Some(unsafe { &*(ss as *const Superslab) })
+    }
+
+    /// How often the list's lock was taken, and how often a taker had to wait (for
+    /// `docs/SCALING.md`).
+    #[cfg(not(loom))]
+    pub fn contention(&self) -> LockCounts {
+        self.inner.contention()
     }
 
     /// Takes the lock and keeps it (fork's `prepare`).
