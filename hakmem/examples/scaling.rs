@@ -146,8 +146,8 @@ fn larson(threads: usize, ops: usize) {
 }
 
 fn large(threads: usize, ops: usize) {
-    // Large blocks cost page faults, not allocator operations: a tenth of the operations.
-    let per = (ops / (20 * threads)).max(8);
+    // Large blocks cost page faults, not allocator operations: a thousandth of the operations.
+    let per = (ops / (2000 * threads)).max(8);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             thread::spawn(move || {
@@ -206,12 +206,12 @@ fn main() {
         }
     }
     println!(
-        "per million allocator operations (allocs + frees): lock acquisitions, with the share \
-         that found the lock held; remote-push CAS retries; registry writes (regions published \
-         or withdrawn)"
+        "per million allocator operations (allocs + frees): lock acquisitions, the share \
+         that found the lock held, the mean wait of those (us) and the longest wait so far (us); \
+         remote frees; remote-push CAS retries; registry writes (regions published or withdrawn)"
     );
     println!(
-        "{:<9} {:>3} {:>7} {:>6} | {:>15} {:>15} {:>15} | {:>8} {:>8} {:>7} | {:>6} {:>6}",
+        "{:<9} {:>3} {:>7} {:>6} | {:>29} {:>29} {:>29} | {:>8} {:>8} {:>7} | {:>6} {:>6}",
         "workload",
         "thr",
         "Mops",
@@ -253,7 +253,21 @@ fn main() {
                 } else {
                     100.0 * cont as f64 / acq as f64
                 };
-                locks.push_str(&format!(" {:>8.1} {:>5.1}%", per_m(acq as f64), frac));
+                // The mean wait of a contended take, in microseconds.
+                let wait = if cont == 0 {
+                    0.0
+                } else {
+                    (c1[i].1.waited_ns - c0[i].1.waited_ns) as f64 / cont as f64 / 1e3
+                };
+                // The longest wait since the process started (a maximum has no delta).
+                let max = c1[i].1.max_wait_ns as f64 / 1e3;
+                locks.push_str(&format!(
+                    " {:>8.1} {:>5.1}% {:>6.1} {:>6.0}",
+                    per_m(acq as f64),
+                    frac,
+                    wait,
+                    max
+                ));
             }
             let retries = (c1[3].1.contended - c0[3].1.contended) as f64;
             let regwr = d(Event::SsCreated)

@@ -382,8 +382,8 @@ pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 4] {
         ],
     };
     let remote = LockCounts {
-        acquired: 0,
         contended: RemoteStack::push_retries(),
+        ..LockCounts::default()
     };
     [a, b, c, ("remote push", remote)]
 }

@@ -1,9 +1,9 @@
 //! The abandoned list: superslabs whose owner exited while blocks were still out.
 use crate::superslab::Superslab;
 use crate::sync::{AtomicUsize, Ordering};
-use crate::SpinLock;
 #[cfg(not(loom))]
 use crate::LockCounts;
+use crate::SpinLock;
 use core::ptr::null;
 
 struct Inner {

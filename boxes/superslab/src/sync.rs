@@ -61,6 +61,10 @@ pub struct SpinLock<T> {
     #[cfg(not(loom))]
     contended: AtomicU64,
     #[cfg(not(loom))]
+    waited_ns: AtomicU64,
+    #[cfg(not(loom))]
+    max_wait_ns: AtomicU64,
+    #[cfg(not(loom))]
     value: UnsafeCell<T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
@@ -94,15 +98,20 @@ impl<T> SpinLock<T> {
             locked: AtomicBool::new(false),
             acquired: AtomicU64::new(0),
             contended: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            max_wait_ns: AtomicU64::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// How often the lock was taken, and how often a taker found it held and had to wait.
+    /// How often the lock was taken, how often a taker found it held and had to wait, and how
+    /// long those waits took (in all, and the longest).
     pub fn contention(&self) -> LockCounts {
         LockCounts {
             acquired: self.acquired.load(Ordering::Relaxed),
             contended: self.contended.load(Ordering::Relaxed),
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
+            max_wait_ns: self.max_wait_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -128,6 +137,7 @@ impl<T> SpinLock<T> {
     #[cold]
     fn lock_contended(&self) {
         self.contended.fetch_add(1, Ordering::Relaxed);
+        let start = monotonic_ns();
         loop {
             // Wait with plain loads so the cache line is not bounced.
             while self.locked.load(Ordering::Relaxed) {
@@ -138,6 +148,9 @@ impl<T> SpinLock<T> {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                let waited = monotonic_ns().saturating_sub(start);
+                self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+                self.max_wait_ns.fetch_max(waited, Ordering::Relaxed);
                 return;
             }
         }
@@ -166,6 +179,23 @@ pub struct LockCounts {
     pub acquired: u64,
     /// Times a taker found it held and waited.
     pub contended: u64,
+    /// Nanoseconds spent waiting in those takes, in all.
+    pub waited_ns: u64,
+    /// The longest of those waits, in nanoseconds.
+    pub max_wait_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (a vDSO read: no system call, no allocation). Read only
+/// on the contended path.
+#[cfg(not(loom))]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer to a timespec; this clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
