@@ -17,7 +17,7 @@
 //! - `larson`: each thread keeps 1000 blocks of 16..1024 B and replaces random ones; after a
 //!   while it hands its blocks to a successor thread and exits, server-style (larson).
 //! - `large`: each thread allocates blocks of 128 KiB..8 MiB (the large tier), writes a byte per
-//!   page, and keeps two live.
+//!   page, and keeps two live (it does `--ops / 200` operations: page faults dominate).
 //!
 //! This is a measurement tool, run by hand: the times it prints are for information only (on an
 //! oversubscribed machine they mostly measure the scheduler); the counts are what
@@ -146,8 +146,8 @@ fn larson(threads: usize, ops: usize) {
 }
 
 fn large(threads: usize, ops: usize) {
-    // Large blocks cost page faults, not allocator operations: a thousandth of the operations.
-    let per = (ops / (2000 * threads)).max(8);
+    // A large block costs page faults far more than allocator work: 1/200 of the operations.
+    let per = (ops / (400 * threads)).max(8);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             thread::spawn(move || {
@@ -169,7 +169,10 @@ fn large(threads: usize, ops: usize) {
     }
 }
 
-const WORKLOADS: [(&str, fn(usize, usize)); 4] = [
+/// A workload: `(threads, operations)`.
+type Workload = fn(usize, usize);
+
+const WORKLOADS: [(&str, Workload); 4] = [
     ("churn", churn),
     ("prodcons", prodcons),
     ("larson", larson),
