@@ -46,8 +46,8 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// Spins a contended taker makes before it yields its CPU at each further look (about 10 us
-/// on current x86: far longer than any critical section of a running holder).
+/// Spins a contended taker makes before it yields its CPU at each further look (a few
+/// microseconds on current x86: far longer than any critical section of a running holder).
 #[cfg(not(loom))]
 const SPINS_BEFORE_YIELD: u32 = 200;
 
