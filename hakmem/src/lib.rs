@@ -428,3 +428,24 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     }
     q
 }
+
+/// How often each shared lock was taken and found held, named, then the remote-free stacks'
+/// CAS retries as `("remote push", acquired: 0, contended: retries)` (remote frees themselves
+/// are counted in [`stats`]). Process-wide, for measurements (`docs/SCALING.md`); takes no lock
+/// and allocates nothing. All zero before the first allocation.
+pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 4] {
+    use hakmem_superslab::{LockCounts, RemoteStack};
+    let [a, b, c] = match ctx() {
+        Some(c) => c.lock_counts(),
+        None => [
+            ("heap list", LockCounts::default()),
+            ("abandoned list", LockCounts::default()),
+            ("lru", LockCounts::default()),
+        ],
+    };
+    let remote = LockCounts {
+        contended: RemoteStack::push_retries(),
+        ..LockCounts::default()
+    };
+    [a, b, c, ("remote push", remote)]
+}

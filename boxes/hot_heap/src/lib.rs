@@ -220,6 +220,17 @@ impl Ctx {
         self.heaps.with(|l| l.live_count)
     }
 
+    /// The counts of every lock heaps share, named: the heap list, the abandoned list, the lru
+    /// (see `docs/SCALING.md`). Reading them takes no lock.
+    #[cfg(not(loom))]
+    pub fn lock_counts(&self) -> [(&'static str, hakmem_superslab::LockCounts); 3] {
+        [
+            ("heap list", self.heaps.contention()),
+            ("abandoned list", self.abandoned.contention()),
+            ("lru", self.lru.contention()),
+        ]
+    }
+
     /// Retires a superslab whose last reference was dropped, into the lru.
     ///
     /// # Safety

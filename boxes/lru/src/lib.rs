@@ -351,6 +351,13 @@ impl Lru {
         // SAFETY: forwarded from the caller.
         unsafe { self.inner.force_unlock() };
     }
+
+    /// How often the cache's lock was taken, and how often a taker had to wait (for
+    /// `docs/SCALING.md`).
+    #[cfg(not(loom))]
+    pub fn contention(&self) -> hakmem_superslab::LockCounts {
+        self.inner.contention()
+    }
 }
 
 /// The instant the lru measures decay from: `CLOCK_MONOTONIC_COARSE` in nanoseconds (a vDSO

@@ -1,6 +1,8 @@
 //! The abandoned list: superslabs whose owner exited while blocks were still out.
 use crate::superslab::Superslab;
 use crate::sync::{AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use crate::LockCounts;
 use crate::SpinLock;
 use core::ptr::null;
 
@@ -117,6 +119,13 @@ impl AbandonedList {
         unsafe { ss.take_ownership(owner) };
         // SAFETY: a listed superslab is live; its reference moved to the caller.
         Some(unsafe { &*(ss as *const Superslab) })
+    }
+
+    /// How often the list's lock was taken, and how often a taker had to wait (for
+    /// `docs/SCALING.md`).
+    #[cfg(not(loom))]
+    pub fn contention(&self) -> LockCounts {
+        self.inner.contention()
     }
 
     /// Takes the lock and keeps it (fork's `prepare`).

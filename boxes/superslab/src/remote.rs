@@ -1,6 +1,10 @@
 //! The remote-free stack: how a thread that does not own a slab gives a block back to it.
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, Ordering, StaticAtomicUsize};
 use core::ptr::null_mut;
+
+/// Failed CASes in [`RemoteStack::push`], process-wide (for `docs/SCALING.md`). Only a retry
+/// touches it, so an uncontended push, and the owner, never do.
+static PUSH_RETRIES: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
 /// A lock-free LIFO of blocks, linked through each block's first word.
 ///
@@ -46,7 +50,10 @@ impl RemoteStack {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => return,
-                    Err(now) => head = now,
+                    Err(now) => {
+                        PUSH_RETRIES.fetch_add(1, Ordering::Relaxed);
+                        head = now;
+                    }
                 }
             }
         }
@@ -68,6 +75,12 @@ impl RemoteStack {
             return null_mut();
         }
         self.head.swap(null_mut(), Ordering::Acquire)
+    }
+
+    /// How many times, process-wide, a push's CAS failed and was retried (another push, or
+    /// the owner's take, changed the head in between). Pushes are made by non-owners only.
+    pub fn push_retries() -> u64 {
+        PUSH_RETRIES.load(Ordering::Relaxed) as u64
     }
 
     /// True when no block is waiting (a hint: a push may land right after).

@@ -46,7 +46,14 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// A test-and-test-and-set spin lock for short critical sections on slow paths.
+/// Spins a contended taker makes before it yields its CPU at each further look (a few
+/// microseconds on current x86: far longer than any critical section of a running holder).
+#[cfg(not(loom))]
+const SPINS_BEFORE_YIELD: u32 = 200;
+
+/// A test-and-test-and-set spin lock for short critical sections on slow paths. A taker that
+/// finds it held spins briefly, then yields (a holder preempted on an oversubscribed machine
+/// would otherwise keep every waiter spinning through whole time slices: `docs/SCALING.md`).
 ///
 /// Under loom it is a `loom::sync::Mutex`: loom cannot drive a spinning waiter to progress, and
 /// models care about what the lock protects, not how it spins (this lock is tested with real
@@ -60,6 +67,10 @@ pub struct SpinLock<T> {
     acquired: AtomicU64,
     #[cfg(not(loom))]
     contended: AtomicU64,
+    #[cfg(not(loom))]
+    waited_ns: AtomicU64,
+    #[cfg(not(loom))]
+    max_wait_ns: AtomicU64,
     #[cfg(not(loom))]
     value: UnsafeCell<T>,
     #[cfg(loom)]
@@ -94,15 +105,20 @@ impl<T> SpinLock<T> {
             locked: AtomicBool::new(false),
             acquired: AtomicU64::new(0),
             contended: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            max_wait_ns: AtomicU64::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// How often the lock was taken, and how often a taker found it held and had to wait.
+    /// How often the lock was taken, how often a taker found it held and had to wait, and how
+    /// long those waits took (in all, and the longest).
     pub fn contention(&self) -> LockCounts {
         LockCounts {
             acquired: self.acquired.load(Ordering::Relaxed),
             contended: self.contended.load(Ordering::Relaxed),
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
+            max_wait_ns: self.max_wait_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -128,16 +144,29 @@ impl<T> SpinLock<T> {
     #[cold]
     fn lock_contended(&self) {
         self.contended.fetch_add(1, Ordering::Relaxed);
+        let start = monotonic_ns();
+        let mut spins = 0u32;
         loop {
-            // Wait with plain loads so the cache line is not bounced.
+            // Wait with plain loads so the cache line is not bounced. A holder that runs leaves
+            // within a few spins; one that does not was preempted, and spinning on would burn
+            // the rest of this thread's time slice while it waits for a CPU: yield it instead.
             while self.locked.load(Ordering::Relaxed) {
-                spin();
+                if spins < SPINS_BEFORE_YIELD {
+                    spins += 1;
+                    spin();
+                } else {
+                    // SAFETY: sched_yield has no preconditions and does not allocate.
+                    unsafe { libc::sched_yield() };
+                }
             }
             if self
                 .locked
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                let waited = monotonic_ns().saturating_sub(start);
+                self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+                self.max_wait_ns.fetch_max(waited, Ordering::Relaxed);
                 return;
             }
         }
@@ -166,6 +195,23 @@ pub struct LockCounts {
     pub acquired: u64,
     /// Times a taker found it held and waited.
     pub contended: u64,
+    /// Nanoseconds spent waiting in those takes, in all.
+    pub waited_ns: u64,
+    /// The longest of those waits, in nanoseconds.
+    pub max_wait_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (a vDSO read: no system call, no allocation). Read only
+/// on the contended path.
+#[cfg(not(loom))]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer to a timespec; this clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
@@ -219,6 +265,26 @@ mod tests {
         let c = l.contention();
         assert_eq!(c.acquired, 80_001);
         assert!(c.contended <= c.acquired);
+    }
+
+    #[test]
+    fn a_contended_take_is_counted_with_its_wait() {
+        let l = SpinLock::new(0u32);
+        let g = l.lock();
+        std::thread::scope(|s| {
+            let t = s.spawn(|| *l.lock() += 1);
+            // Hold the lock until the other thread has found it held.
+            while l.contention().contended == 0 {
+                std::thread::yield_now();
+            }
+            drop(g);
+            t.join().unwrap();
+        });
+        let c = l.contention();
+        assert_eq!((c.acquired, c.contended), (2, 1));
+        // One wait: the total is that wait, and so is the longest.
+        assert_eq!(c.max_wait_ns, c.waited_ns);
+        assert_eq!(*l.lock(), 1);
     }
 
     #[test]
