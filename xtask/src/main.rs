@@ -11,7 +11,11 @@ mod preload;
 mod verify;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "hakmem's automation")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "hakmem's automation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -15,6 +15,8 @@
  * take is caught.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <gnu/libc-version.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -636,6 +638,32 @@ static const char *mapped_allocator(void) {
     return found;
 }
 
+/* The preloaded allocator's own version, when it exports a way to ask: mimalloc's
+ * mi_version() (e.g. 30302 for 3.3.2), jemalloc's mallctl("version"), glibc's
+ * gnu_get_libc_version(). Empty otherwise. */
+static void allocator_version(const char *alloc, char *out, size_t cap) {
+    out[0] = 0;
+    if (strcmp(alloc, "mimalloc") == 0) {
+        int (*v)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "mi_version");
+        if (v) {
+            int n = v();
+            snprintf(out, cap, "%d.%d.%d", n / 10000, n / 100 % 100, n % 100);
+        }
+    } else if (strcmp(alloc, "system") == 0) {
+        snprintf(out, cap, "glibc %s", gnu_get_libc_version());
+    } else if (strcmp(alloc, "jemalloc") == 0) {
+        int (*ctl)(const char *, void *, size_t *, void *, size_t) =
+            (int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl");
+        const char *ver = NULL;
+        size_t len = sizeof ver;
+        if (ctl && ctl("version", &ver, &len, NULL, 0) == 0 && ver)
+            snprintf(out, cap, "%s", ver);
+    }
+    for (char *c = out; *c; c++)
+        if (*c == '"' || *c == '\\')
+            *c = '_';
+}
+
 struct workload {
     const char *name;
     uint64_t full, quick; /* default --iters */
@@ -721,9 +749,12 @@ int main(int argc, char **argv) {
         ops = cross_thread_realloc(n, (int)threads);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    printf("{\"workload\":\"%s\",\"allocator\":\"%s\",\"threads\":%ld,\"iters\":%llu,"
-           "\"ops\":%llu,\"secs\":%.6f,\"peak_rss_kib\":%ld,\"rss_after_free_kib\":null}\n",
-           name, mapped_allocator(), threads, (unsigned long long)n, (unsigned long long)ops, secs,
+    const char *alloc = mapped_allocator();
+    char version[128];
+    allocator_version(alloc, version, sizeof version);
+    printf("{\"workload\":\"%s\",\"allocator\":\"%s\",\"allocator_version\":\"%s\",\"threads\":%ld,"
+           "\"iters\":%llu,\"ops\":%llu,\"secs\":%.6f,\"peak_rss_kib\":%ld,\"rss_after_free_kib\":null}\n",
+           name, alloc, version, threads, (unsigned long long)n, (unsigned long long)ops, secs,
            status_kib("VmHWM:"));
     return 0;
 }
