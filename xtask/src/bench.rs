@@ -681,7 +681,9 @@ pub fn run(a: Args) -> Result<(), String> {
     }
 
     // 2. The entries of both lanes, allocators interleaved within each repetition.
-    let mut by_cmd: Vec<((Lane, Vec<String>), BTreeMap<String, Cell>)> = Vec::new();
+    // Per unique (lane, arguments): its cells, by allocator.
+    type Cells = BTreeMap<String, Cell>;
+    let mut by_cmd: Vec<((Lane, Vec<String>), Cells)> = Vec::new();
     for e in &unique {
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for al in &allocs {
@@ -897,4 +899,119 @@ pub fn run(a: Args) -> Result<(), String> {
     let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
     println!("\nwrote {} and {}", show(&json_path), show(&svg_path));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_are_unique_and_each_workload_exists_in_its_lane() {
+        let p = plan(2);
+        let root = crate::root();
+        let c_src = std::fs::read_to_string(root.join(baselines::C_SOURCE)).unwrap();
+        let rust_src = std::fs::read_to_string(root.join("xtask/workloads/src/main.rs")).unwrap();
+        for (i, e) in p.iter().enumerate() {
+            assert!(p[..i].iter().all(|o| o.name != e.name), "{} twice", e.name);
+            assert_eq!(e.name.starts_with("c/"), e.lane == Lane::C, "{}", e.name);
+            let w = &e.args[0];
+            let known = match e.lane {
+                Lane::Rust => rust_src.contains(&format!("\"{w}\" =>")),
+                Lane::C => c_src.contains(&format!("{{\"{w}\", ")),
+            };
+            assert!(known, "{}: no workload {w} in its lane's program", e.name);
+        }
+        // The patterns both lanes must cover.
+        for w in [
+            "large-blocks",
+            "producer-consumer-64b",
+            "larson",
+            "cross-thread-realloc",
+        ] {
+            for lane in Lane::ALL {
+                assert!(
+                    p.iter().any(|e| e.lane == lane && e.args[0] == w),
+                    "{w} missing from the {lane:?} lane"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_has_whole_headers_and_a_geomean_per_lane() {
+        let entry = |lane, name: &str| Entry {
+            name: name.into(),
+            lane,
+            args: vec![],
+        };
+        let mut results = Vec::new();
+        for (lane, name) in [(Lane::Rust, "tiny-hot"), (Lane::C, "c/tiny-hot")] {
+            for (al, ops) in [("hakmem", 300.0), ("mimalloc", 200.0)] {
+                let mut c = Cell::new(&entry(lane, name), al, String::new());
+                for k in 0..3 {
+                    c.samples.push(Sample {
+                        workload: name.into(),
+                        allocator: al.into(),
+                        allocator_version: None,
+                        threads: 1,
+                        iters: 1,
+                        ops: ops as u64 + k,
+                        secs: 1.0,
+                        peak_rss_kib: Some(2048),
+                        rss_after_free_kib: None,
+                    });
+                }
+                c.summarize();
+                results.push(c);
+            }
+        }
+        report::ratios(&mut results, "mimalloc");
+        let allocs = vec!["hakmem".to_string(), "mimalloc".to_string()];
+        let mut geomean = BTreeMap::new();
+        for lane in Lane::ALL {
+            let es = vec![entry(
+                lane,
+                if lane == Lane::C {
+                    "c/tiny-hot"
+                } else {
+                    "tiny-hot"
+                },
+            )];
+            geomean.insert(
+                lane.key().to_string(),
+                report::geomeans(&results, &es, &allocs, "mimalloc"),
+            );
+        }
+        let rep = Report {
+            date: "today".into(),
+            quick: true,
+            runs: 3,
+            threads: 2,
+            baseline: "mimalloc".into(),
+            machine: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            builds: BTreeMap::new(),
+            preload_libraries: BTreeMap::new(),
+            results,
+            callgrind: vec![],
+            geomean,
+        };
+        let t = report::table(&rep);
+        for h in [
+            "vs mimalloc",
+            "peak RSS spread",
+            "RSS vs mimalloc",
+            "freed MiB",
+        ] {
+            assert!(t.contains(h), "header {h:?} cut short in\n{t}");
+        }
+        assert_eq!(t.matches("geomean hakmem").count(), 2, "{t}");
+        assert!(t.contains("1.50x"), "{t}");
+        // The chart draws from the same report.
+        let svg = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
+        chart::draw(&rep, &allocs, &svg).unwrap();
+        let s = std::fs::read_to_string(&svg).unwrap();
+        let _ = std::fs::remove_file(&svg);
+        assert!(s.contains("c/tiny-hot") && s.contains("geometric mean"));
+    }
 }

@@ -104,7 +104,11 @@ pub fn draw(r: &Report, allocs: &[String], path: &Path) -> Result<(), String> {
         70 + (allocs.len() as u32 * 24 + 30) * cg_lanes.len() as u32
     };
     let top_h = 80;
-    let main_h = 70 + ROW * n as u32;
+    let main_h = if rows.is_empty() {
+        0
+    } else {
+        70 + ROW * n as u32
+    };
     let root = SVGBackend::new(path, (WIDTH, top_h + main_h + cg_h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, rest) = root.split_vertically(top_h);
@@ -126,7 +130,7 @@ pub fn draw(r: &Report, allocs: &[String], path: &Path) -> Result<(), String> {
             10,
         ),
     ];
-    for (area, title, rss, label_w) in panels {
+    for (area, title, rss, label_w) in panels.into_iter().filter(|_| !rows.is_empty()) {
         let bars = |al: &str, row: &Row| -> Option<Bar> {
             match row {
                 Row::Lane(_) => None,
@@ -168,6 +172,7 @@ pub fn draw(r: &Report, allocs: &[String], path: &Path) -> Result<(), String> {
             .disable_y_mesh()
             .y_labels(0)
             .x_labels(10)
+            .x_label_style(("sans-serif", 12))
             .x_label_formatter(&|x| format!("{x:.1}x"))
             .draw()
             .map_err(|e| err(&e))?;
@@ -263,9 +268,10 @@ fn legend(r: &Report, allocs: &[String], area: &DrawingArea<SVGBackend, Shift>) 
     let title = ("sans-serif", 20).into_font().color(&BLACK);
     area.draw(&Text::new(
         format!(
-            "hakmem benchmarks, {} ({} runs per cell, medians{}); ratios to {}'s median = 1.0",
+            "hakmem benchmarks, {} ({} run{} per cell, medians{}); ratios to {}'s median = 1.0",
             r.date,
             r.runs,
+            if r.runs == 1 { "" } else { "s" },
             if r.quick { ", quick" } else { "" },
             r.baseline
         ),
@@ -347,6 +353,7 @@ fn callgrind_panel(
         .disable_y_mesh()
         .y_labels(0)
         .x_labels(10)
+        .x_label_style(("sans-serif", 12))
         .draw()?;
     let label = |bold: bool| {
         let f = ("sans-serif", 13).into_font();
