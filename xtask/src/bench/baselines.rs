@@ -128,9 +128,14 @@ pub fn build_baseline(root: &Path, bench_dir: &Path, alloc: &str) -> Result<Path
     // (the workspace's release profile has `debug = 1`).
     build.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
     if alloc == "mimalloc" {
-        // mimalloc's CMake builds with -fvisibility=hidden (its API is marked visible
-        // itself), so calls inside the library do not go through the PLT.
-        build.env("CFLAGS", "-fvisibility=hidden");
+        // As mimalloc's CMake builds its shared library: -fvisibility=hidden, so calls
+        // inside the library do not go through the PLT, and MI_SHARED_LIB(_EXPORT), which
+        // exports the mi_* API and skips the collection at exit that only a library loaded
+        // and unloaded repeatedly needs.
+        build.env(
+            "CFLAGS",
+            "-fvisibility=hidden -DMI_SHARED_LIB -DMI_SHARED_LIB_EXPORT",
+        );
     }
     let out = build
         .current_dir(root)

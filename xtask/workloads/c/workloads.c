@@ -673,12 +673,12 @@ static const struct workload WORKLOADS[] = {
     {"tiny-hot", 120000000, 40000000},
     {"pair", 120000000, 40000000},
     {"random-mixed", 36000000, 12000000},
-    {"glibc-simple", 120000000, 40000000},
-    {"long-lived-tree", 6000000, 2000000},
-    {"large-blocks", 300, 100},
+    {"glibc-simple", 30000000, 10000000},
+    {"long-lived-tree", 4000000, 1500000},
+    {"large-blocks", 200, 60},
     {"producer-consumer-64b", 12000000, 4000000},
     {"larson", 45000000, 15000000},
-    {"cross-thread-realloc", 16000000, 6000000},
+    {"cross-thread-realloc", 12000000, 4000000},
 };
 #define N_WORKLOADS (sizeof WORKLOADS / sizeof WORKLOADS[0])
 
