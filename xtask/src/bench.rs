@@ -817,8 +817,18 @@ pub fn run(a: Args) -> Result<(), String> {
                             None => c.env_remove(k),
                         };
                     }
-                    let r = exec::output(c, Duration::from_secs(600))
-                        .and_then(|_| callgrind_total(&out));
+                    // The program's own result line says which allocator it ran on: a
+                    // preload that did not take under valgrind is an error, not a count.
+                    let r = exec::sample(c, Duration::from_secs(600)).and_then(|s| {
+                        if s.allocator == *al {
+                            callgrind_total(&out)
+                        } else {
+                            Err(format!(
+                                "the process reports allocator {:?}, expected {al:?}",
+                                s.allocator
+                            ))
+                        }
+                    });
                     pb.inc(1);
                     done += 1;
                     match r {
