@@ -1,14 +1,20 @@
 //! `cargo xtask bench`: the benchmark suite (see docs/BENCHMARKS.md).
 //!
-//! 1. Builds `hakmem-workloads` once per allocator (`--features alloc-X`, each in its own
-//!    target dir under target/bench/, so later runs only re-check them).
-//! 2. Runs every workload in its own process, `--runs` times, allocators interleaved so
-//!    a noisy neighbour hits them all alike; keeps the median and the min..max spread.
-//! 3. The LD_PRELOAD lane: a C workload under glibc, libhakmem.so and, where installed,
-//!    Debian's libmimalloc and libjemalloc.
-//! 4. callgrind: instructions per malloc+free pair (the bare `tiny-pair` loop), when valgrind
-//!    is present.
-//! 5. Prints a table and writes target/bench/results.json and target/bench/results.svg.
+//! Two lanes, run side by side in one run, with the allocators interleaved:
+//! - the Rust lane: `hakmem-workloads` built once per global allocator (`--features alloc-X`,
+//!   each in its own target dir under target/bench/, so later runs only re-check them);
+//! - the C lane: C workloads (xtask/workloads/c/workloads.c, `cc -O2`) under LD_PRELOAD of
+//!   libhakmem.so and of mimalloc and jemalloc built from the C sources the -sys crates
+//!   bundle (bench/baselines.rs), and under plain glibc.
+//!
+//! 1. Builds everything a selected entry needs.
+//! 2. Runs every entry in its own process, `--runs` times, allocators interleaved so a noisy
+//!    neighbour hits them all alike; keeps the median and the min..max spread.
+//! 3. callgrind: instructions per malloc+free pair in both lanes (the Rust `tiny-pair` loop;
+//!    the C loop `p = malloc(16); p[0] = i; free(p)`), when valgrind is present.
+//! 4. Prints a table and writes results.json and results.svg to `--out` (default
+//!    target/bench).
+mod baselines;
 mod chart;
 mod exec;
 mod report;
@@ -28,13 +34,41 @@ const BASELINE: &str = "mimalloc";
 /// Iteration counts for the callgrind difference (two loop lengths).
 const CALLGRIND_ITERS: (u64, u64) = (200_000, 400_000);
 
+/// The two lanes of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// `hakmem-workloads`, with each allocator as Rust's global allocator.
+    Rust,
+    /// The C workloads under LD_PRELOAD (glibc without a preload).
+    C,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Rust, Lane::C];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Lane::Rust => "rust",
+            Lane::C => "c",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Lane::Rust => "Rust lane (global allocator)",
+            Lane::C => "C lane (LD_PRELOAD; system = glibc)",
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The whole suite in about two minutes: less work per run and 3 runs instead of 5.
     #[arg(long)]
     quick: bool,
     /// Run only the entries whose name contains one of these comma-separated words,
-    /// e.g. `larson`, `scaling`, `preload`, `callgrind`.
+    /// e.g. `larson`, `scaling`, `c/` (the C lane), `callgrind`.
     #[arg(long, value_delimiter = ',')]
     filter: Vec<String>,
     /// Threads for the multi-threaded workloads (default: the number of CPUs). The
@@ -51,12 +85,17 @@ pub struct Args {
     /// Runs per workload and allocator (default 5, or 3 with --quick).
     #[arg(long)]
     runs: Option<usize>,
+    /// Where results.json, results.svg and the callgrind profiles go (default target/bench;
+    /// the builds stay under target/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 /// One row group of the table: a workload with its arguments.
 #[derive(Clone)]
 pub struct Entry {
     pub name: String,
+    pub lane: Lane,
     pub args: Vec<String>,
 }
 
@@ -64,6 +103,7 @@ pub struct Entry {
 #[derive(Clone, Serialize)]
 pub struct Cell {
     pub entry: String,
+    pub lane: Lane,
     pub allocator: String,
     /// "ok", "failed" or "skipped".
     pub status: String,
@@ -85,9 +125,10 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn new(entry: &str, allocator: &str, command: String) -> Self {
+    fn new(entry: &Entry, allocator: &str, command: String) -> Self {
         Cell {
-            entry: entry.into(),
+            entry: entry.name.clone(),
+            lane: entry.lane,
             allocator: allocator.into(),
             status: "ok".into(),
             error: None,
@@ -106,7 +147,7 @@ impl Cell {
         }
     }
 
-    fn skipped(entry: &str, allocator: &str, why: String) -> Self {
+    fn skipped(entry: &Entry, allocator: &str, why: String) -> Self {
         let mut c = Cell::new(entry, allocator, String::new());
         c.status = "skipped".into();
         c.error = Some(why);
@@ -164,9 +205,12 @@ pub fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
-/// The callgrind figure for one allocator.
+/// The callgrind figure for one allocator in one lane.
 #[derive(Serialize)]
 pub struct Callgrind {
+    pub lane: Lane,
+    /// The loop counted, e.g. "tiny-pair: alloc 32 B, black_box, free".
+    pub program: String,
     pub allocator: String,
     pub status: String,
     pub error: Option<String>,
@@ -187,72 +231,109 @@ pub struct Report {
     pub baseline: String,
     pub machine: BTreeMap<String, String>,
     pub versions: BTreeMap<String, String>,
-    /// Per allocator: "ok", or why its build failed.
+    /// Per allocator, the Rust lane's build: "ok", or why it failed.
     pub builds: BTreeMap<String, String>,
+    /// Per allocator, the C lane's library: its path, "none (glibc)", or why it is missing.
+    pub preload_libraries: BTreeMap<String, String>,
+    /// Both lanes' cells (see `Cell::lane`).
     pub results: Vec<Cell>,
-    pub preload: Vec<Cell>,
     pub callgrind: Vec<Callgrind>,
-    /// Per allocator: geometric means of the ratios over the unique entries (not the
-    /// preload lane) where both it and the baseline succeeded.
-    pub geomean: BTreeMap<String, report::Geomean>,
+    /// Per lane ("rust", "c"), per allocator: geometric means of the ratios over the lane's
+    /// unique entries where both it and the baseline succeeded.
+    pub geomean: BTreeMap<String, BTreeMap<String, report::Geomean>>,
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// The suite's entries for `threads` threads.
+/// The suite's entries for `threads` threads: the Rust lane's, then the C lane's.
 fn plan(t: usize) -> Vec<Entry> {
-    let e = |name: String, args: &[&str]| Entry {
+    let e = |lane: Lane, name: String, args: &[&str]| Entry {
         name,
+        lane,
         args: args.iter().map(|s| s.to_string()).collect(),
     };
+    let r = |name: String, args: &[&str]| e(Lane::Rust, name, args);
+    let c = |name: &str, args: &[&str]| e(Lane::C, format!("c/{name}"), args);
     let ts = t.to_string();
     let fs = t.max(2).to_string();
     let mut v = vec![
-        e("tiny-hot".into(), &["tiny-hot", "--threads", "1"]),
-        e(
+        r("tiny-hot".into(), &["tiny-hot", "--threads", "1"]),
+        r(
             "random-mixed/w400".into(),
             &["random-mixed", "--working-set", "400", "--threads", "1"],
         ),
-        e(
+        r(
             "random-mixed/w8192".into(),
             &["random-mixed", "--working-set", "8192", "--threads", "1"],
         ),
-        e(format!("larson/t{t}"), &["larson", "--threads", &ts]),
-        e(
+        r(format!("larson/t{t}"), &["larson", "--threads", &ts]),
+        r(
             format!("producer-consumer/t{t}"),
             &["producer-consumer", "--threads", &ts],
         ),
-        e(
+        r(
+            "producer-consumer-64b".into(),
+            &["producer-consumer-64b", "--threads", "2"],
+        ),
+        r(
+            format!("cross-thread-realloc/t{t}"),
+            &["cross-thread-realloc", "--threads", &ts],
+        ),
+        r(
             format!("false-sharing/t{}", t.max(2)),
             &["false-sharing", "--threads", &fs],
         ),
-        e(
+        r(
             format!("thread-churn/t{t}"),
             &["thread-churn", "--threads", &ts],
         ),
-        e("mixed-sizes".into(), &["mixed-sizes", "--threads", "1"]),
-        e(
+        r("mixed-sizes".into(), &["mixed-sizes", "--threads", "1"]),
+        r("large-blocks".into(), &["large-blocks", "--threads", "1"]),
+        r(
             "realloc-growth".into(),
             &["realloc-growth", "--threads", "1"],
         ),
-        e("fragmentation".into(), &["fragmentation", "--threads", "1"]),
+        r("fragmentation".into(), &["fragmentation", "--threads", "1"]),
     ];
     for n in [1, 2, 4, 8] {
         let ns = n.to_string();
-        v.push(e(
+        v.push(r(
             format!("scaling/random-mixed-w400/t{n}"),
             &["random-mixed", "--working-set", "400", "--threads", &ns],
         ));
     }
     for n in [1, 2, 4, 8] {
         let ns = n.to_string();
-        v.push(e(
+        v.push(r(
             format!("scaling/larson/t{n}"),
             &["larson", "--threads", &ns],
         ));
     }
+    v.extend([
+        c("tiny-hot", &["tiny-hot"]),
+        c(
+            "random-mixed/w400",
+            &["random-mixed", "--working-set", "400"],
+        ),
+        c(
+            "random-mixed/w8192",
+            &["random-mixed", "--working-set", "8192"],
+        ),
+        c("glibc-simple", &["glibc-simple"]),
+        c("long-lived-tree", &["long-lived-tree"]),
+        c("large-blocks", &["large-blocks"]),
+        c(
+            "producer-consumer-64b",
+            &["producer-consumer-64b", "--threads", "2"],
+        ),
+        c(&format!("larson/t{t}"), &["larson", "--threads", &ts]),
+        c(
+            &format!("cross-thread-realloc/t{t}"),
+            &["cross-thread-realloc", "--threads", &ts],
+        ),
+    ]);
     v
 }
 
@@ -261,7 +342,7 @@ fn selected(filter: &[String], name: &str) -> bool {
 }
 
 /// The compiler's error lines if there are any, else the last lines.
-fn build_errors(s: &str) -> String {
+pub(crate) fn build_errors(s: &str) -> String {
     let errs: Vec<&str> = s
         .lines()
         .filter(|l| l.starts_with("error"))
@@ -274,7 +355,7 @@ fn build_errors(s: &str) -> String {
     }
 }
 
-fn last_lines(s: &str, n: usize) -> String {
+pub(crate) fn last_lines(s: &str, n: usize) -> String {
     let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     v[v.len().saturating_sub(n)..].join(" | ")
 }
@@ -305,87 +386,6 @@ fn build_workloads(root: &Path, alloc: &str) -> Result<PathBuf, String> {
             bin.display()
         ))
     }
-}
-
-fn newer(a: &Path, b: &Path) -> bool {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (m(a), m(b)) {
-        (Some(x), Some(y)) => x > y,
-        _ => true,
-    }
-}
-
-/// Compile the C workload of the LD_PRELOAD lane (again only when its source changed).
-fn build_c(root: &Path) -> Result<PathBuf, String> {
-    let src = root.join("xtask/workloads/c/preload_mixed.c");
-    let bin = root.join("target/bench/preload-mixed");
-    if bin.is_file() && !newer(&src, &bin) {
-        return Ok(bin);
-    }
-    let out = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("cannot run cc: {e}"))?;
-    if out.status.success() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "cc -O2 -pthread {} failed: {}",
-            src.display(),
-            last_lines(&String::from_utf8_lossy(&out.stderr), 4)
-        ))
-    }
-}
-
-/// Build libhakmem.so (`cargo build --release -p hakmem-preload`).
-fn build_preload(root: &Path) -> Result<PathBuf, String> {
-    let out = Command::new(cargo())
-        .current_dir(root)
-        .args(["build", "--release", "-p", "hakmem-preload", "--target-dir"])
-        .arg(root.join("target"))
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`cargo build --release -p hakmem-preload` failed: {}",
-            build_errors(&String::from_utf8_lossy(&out.stderr))
-        ));
-    }
-    let so = root.join("target/release/libhakmem.so");
-    if so.is_file() {
-        Ok(so)
-    } else {
-        Err(format!(
-            "`cargo build --release -p hakmem-preload` succeeded but {} is missing",
-            so.display()
-        ))
-    }
-}
-
-/// A distribution's shared library, e.g. `libmimalloc.so*` under the multiarch dir.
-fn find_system_lib(stem: &str) -> Option<PathBuf> {
-    let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
-    for dir in [multiarch.as_str(), "/usr/lib", "/usr/local/lib", "/lib"] {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut hits: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{stem}.so")))
-            })
-            .collect();
-        // Prefer the shortest name: libx.so.2 over libx.so.2.0.9 (same file, via link).
-        hits.sort_by_key(|p| p.as_os_str().len());
-        if let Some(p) = hits.into_iter().next() {
-            return Some(p);
-        }
-    }
-    None
 }
 
 fn command_output(prog: &str, args: &[&str], dir: &Path) -> Option<String> {
@@ -427,7 +427,7 @@ fn versions(root: &Path) -> BTreeMap<String, String> {
             }
         }
     }
-    for pkg in ["libmimalloc2.0", "libjemalloc2", "libc6", "valgrind"] {
+    for pkg in ["libc6", "valgrind"] {
         if let Some(r) = command_output("dpkg-query", &["-W", "-f", "${Version}", pkg], root) {
             if !r.is_empty() {
                 v.insert(format!("debian {pkg}"), r);
@@ -490,6 +490,67 @@ fn progress(len: u64) -> ProgressBar {
     pb
 }
 
+/// Where a cell's runs come from: the lane's program for this allocator, or why there is none.
+struct Programs {
+    /// Rust lane: the workload binary per allocator (missing: not built).
+    bins: BTreeMap<String, PathBuf>,
+    /// Rust lane: "ok" or the build error, per allocator.
+    builds: BTreeMap<String, String>,
+    /// C lane: the C workload binary.
+    cbin: Option<Result<PathBuf, String>>,
+    /// C lane: per allocator, the library to preload (None for glibc), or why it is missing.
+    libs: BTreeMap<String, Result<Option<PathBuf>, String>>,
+}
+
+impl Programs {
+    /// The command for `args` in `lane` on allocator `al`, or why it cannot run.
+    fn command(
+        &self,
+        lane: Lane,
+        al: &str,
+        args: &[String],
+        quick: bool,
+    ) -> Result<Command, String> {
+        let mut c = match lane {
+            Lane::Rust => match self.bins.get(al) {
+                Some(bin) => {
+                    let mut c = Command::new(bin);
+                    c.env_remove("LD_PRELOAD");
+                    c
+                }
+                None => {
+                    let why = self.builds.get(al).map_or("not selected", String::as_str);
+                    return Err(format!("not built: {why}"));
+                }
+            },
+            Lane::C => {
+                let bin = match &self.cbin {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => return Err("the C workloads were not built".into()),
+                };
+                let mut c = Command::new(bin);
+                match self.libs.get(al) {
+                    Some(Ok(Some(lib))) => {
+                        c.env("LD_PRELOAD", lib);
+                    }
+                    Some(Ok(None)) => {
+                        c.env_remove("LD_PRELOAD");
+                    }
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => return Err("no library".into()),
+                }
+                c
+            }
+        };
+        c.args(args);
+        if quick {
+            c.arg("--quick");
+        }
+        Ok(c)
+    }
+}
+
 pub fn run(a: Args) -> Result<(), String> {
     let root = crate::root();
     let mut allocs: Vec<String> = Vec::new();
@@ -519,25 +580,37 @@ pub fn run(a: Args) -> Result<(), String> {
     }
     let timeout = Duration::from_secs(if a.quick { 90 } else { 300 });
     let bench_dir = root.join("target/bench");
-    std::fs::create_dir_all(&bench_dir)
-        .map_err(|e| format!("cannot create {}: {e}", bench_dir.display()))?;
+    let out_dir = match &a.out {
+        Some(d) => std::path::absolute(d).map_err(|e| format!("--out {}: {e}", d.display()))?,
+        None => bench_dir.clone(),
+    };
+    for d in [&bench_dir, &out_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
 
     let entries: Vec<Entry> = plan(threads)
         .into_iter()
         .filter(|e| selected(&a.filter, &e.name))
         .collect();
-    let preload_name = format!("preload/mixed/t{threads}");
-    let do_preload = selected(&a.filter, &preload_name);
-    let do_callgrind = selected(&a.filter, "callgrind/tiny-pair");
-    if entries.is_empty() && !do_preload && !do_callgrind {
+    let cg_names = [
+        (Lane::Rust, "callgrind/tiny-pair"),
+        (Lane::C, "callgrind/c-pair"),
+    ];
+    let cg_lanes: Vec<Lane> = cg_names
+        .iter()
+        .filter(|(_, n)| selected(&a.filter, n))
+        .map(|(l, _)| *l)
+        .collect();
+    if entries.is_empty() && cg_lanes.is_empty() {
         return Err(format!(
-            "--filter {} matches nothing; entries are {}, {preload_name}, callgrind/tiny-pair",
+            "--filter {} matches nothing; entries are {}, {}",
             a.filter.join(","),
             plan(threads)
                 .iter()
                 .map(|e| e.name.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            cg_names.map(|(_, n)| n).join(", ")
         ));
     }
     let baseline = if allocs.iter().any(|x| x == BASELINE) {
@@ -545,93 +618,111 @@ pub fn run(a: Args) -> Result<(), String> {
     } else {
         allocs[0].clone()
     };
-    // Unique commands: an entry with the same arguments as an earlier one (say
+    // Unique commands: an entry with the same lane and arguments as an earlier one (say
     // scaling/larson/t2 and larson/t2) reuses its runs.
-    let mut unique: Vec<Vec<String>> = Vec::new();
+    let mut unique: Vec<&Entry> = Vec::new();
     for e in &entries {
-        if !unique.contains(&e.args) {
-            unique.push(e.args.clone());
+        if !unique.iter().any(|u| u.lane == e.lane && u.args == e.args) {
+            unique.push(e);
         }
     }
-    let need_bins = !entries.is_empty() || do_callgrind;
-    let callgrind_runs = if do_callgrind { 2 * allocs.len() } else { 0 };
-    let preload_steps = if do_preload {
-        2 + allocs.len() * runs
-    } else {
-        0
-    };
-    let total = if need_bins { allocs.len() } else { 0 }
+    let need = |lane: Lane| entries.iter().any(|e| e.lane == lane) || cg_lanes.contains(&lane);
+    let (need_rust, need_c) = (need(Lane::Rust), need(Lane::C));
+    let total = if need_rust { allocs.len() } else { 0 }
+        + if need_c { 1 + allocs.len() } else { 0 }
         + unique.len() * runs * allocs.len()
-        + preload_steps
-        + callgrind_runs;
+        + cg_lanes.len() * 2 * allocs.len();
     let pb = progress(total as u64);
 
-    // 1. Build one workload binary per allocator.
-    let mut bins: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut builds: BTreeMap<String, String> = BTreeMap::new();
-    if need_bins {
+    // 1. Builds.
+    let mut progs = Programs {
+        bins: BTreeMap::new(),
+        builds: BTreeMap::new(),
+        cbin: None,
+        libs: BTreeMap::new(),
+    };
+    if need_rust {
         for al in &allocs {
             pb.set_message(format!("building hakmem-workloads for {al}"));
             match build_workloads(&root, al) {
                 Ok(b) => {
-                    bins.insert(al.clone(), b);
-                    builds.insert(al.clone(), "ok".into());
+                    progs.bins.insert(al.clone(), b);
+                    progs.builds.insert(al.clone(), "ok".into());
                 }
                 Err(e) => {
                     pb.println(format!("{al}: build failed, skipping it: {e}"));
-                    builds.insert(al.clone(), e);
+                    progs.builds.insert(al.clone(), e);
                 }
             }
             pb.inc(1);
         }
     }
+    if need_c {
+        pb.set_message("building the C workloads (cc -O2)");
+        let cbin = baselines::build_c(&root, &bench_dir);
+        if let Err(e) = &cbin {
+            pb.println(format!("C lane: {e}"));
+        }
+        progs.cbin = Some(cbin);
+        pb.inc(1);
+        for al in &allocs {
+            pb.set_message(format!("building the preload library for {al}"));
+            let lib = match al.as_str() {
+                "system" => Ok(None),
+                "hakmem" => baselines::build_hakmem(&root).map(Some),
+                other => baselines::build_baseline(&root, &bench_dir, other).map(Some),
+            };
+            if let Err(e) = &lib {
+                pb.println(format!("C lane · {al}: {e}"));
+            }
+            progs.libs.insert(al.clone(), lib);
+            pb.inc(1);
+        }
+    }
 
-    // 2. The Rust workloads.
-    let mut by_args: BTreeMap<Vec<String>, BTreeMap<String, Cell>> = BTreeMap::new();
-    for args in &unique {
-        let name = entries
-            .iter()
-            .find(|e| &e.args == args)
-            .map(|e| e.name.clone())
-            .unwrap_or_default();
+    // 2. The entries of both lanes, allocators interleaved within each repetition.
+    // Per unique (lane, arguments): its cells, by allocator.
+    type Cells = BTreeMap<String, Cell>;
+    let mut by_cmd: Vec<((Lane, Vec<String>), Cells)> = Vec::new();
+    for e in &unique {
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for al in &allocs {
-            let cell = match bins.get(al) {
-                Some(bin) => {
-                    let mut c = Command::new(bin);
-                    c.args(args);
-                    if a.quick {
-                        c.arg("--quick");
-                    }
-                    Cell::new(&name, al, exec::describe(&c))
-                }
-                None => Cell::skipped(&name, al, format!("not built: {}", builds[al])),
+            let cell = match progs.command(e.lane, al, &e.args, a.quick) {
+                Ok(c) => Cell::new(e, al, exec::describe(&c)),
+                Err(why) => Cell::skipped(e, al, why),
             };
             cells.insert(al.clone(), cell);
         }
         if pb.is_hidden() {
             // No terminal for the bar (CI logs): one line per entry instead.
-            eprintln!("bench: {name} ({runs} runs × {} allocators)", allocs.len());
+            eprintln!(
+                "bench: {} ({runs} runs × {} allocators)",
+                e.name,
+                allocs.len()
+            );
         }
         for rep in 0..runs {
             for al in &allocs {
                 let cell = cells.get_mut(al).expect("a cell per allocator");
-                pb.set_message(format!("{name} · {al} · run {}/{runs}", rep + 1));
+                pb.set_message(format!("{} · {al} · run {}/{runs}", e.name, rep + 1));
                 if cell.status == "ok" {
-                    let mut c = Command::new(&bins[al]);
-                    c.args(args);
-                    if a.quick {
-                        c.arg("--quick");
-                    }
+                    let c = progs
+                        .command(e.lane, al, &e.args, a.quick)
+                        .expect("it worked for the cell");
                     match exec::sample(c, timeout) {
                         Ok(s) if s.allocator != *al => cell.fail(format!(
-                            "the binary reports allocator {:?}, expected {al:?}",
-                            s.allocator
+                            "the process reports allocator {:?}, expected {al:?}{}",
+                            s.allocator,
+                            if e.lane == Lane::C {
+                                " (the preload did not take)"
+                            } else {
+                                ""
+                            }
                         )),
                         Ok(s) => cell.samples.push(s),
-                        Err(e) => {
-                            pb.println(format!("{name} · {al}: FAILED: {e}"));
-                            cell.fail(e);
+                        Err(err) => {
+                            pb.println(format!("{} · {al}: FAILED: {err}", e.name));
+                            cell.fail(err);
                         }
                     }
                 }
@@ -641,177 +732,159 @@ pub fn run(a: Args) -> Result<(), String> {
         for c in cells.values_mut() {
             c.summarize();
         }
-        by_args.insert(args.clone(), cells);
+        by_cmd.push(((e.lane, e.args.clone()), cells));
     }
     let mut results: Vec<Cell> = Vec::new();
     for e in &entries {
+        let cells = &by_cmd
+            .iter()
+            .find(|(k, _)| k.0 == e.lane && k.1 == e.args)
+            .expect("every entry ran")
+            .1;
         for al in &allocs {
-            let mut c = by_args[&e.args][al].clone();
+            let mut c = cells[al].clone();
             c.entry = e.name.clone();
             results.push(c);
         }
     }
     report::ratios(&mut results, &baseline);
 
-    // 3. The LD_PRELOAD lane.
-    let mut preload: Vec<Cell> = Vec::new();
-    if do_preload {
-        if pb.is_hidden() {
-            eprintln!("bench: {preload_name}");
-        }
-        pb.set_message("building the C workload");
-        let cbin = build_c(&root);
-        pb.inc(1);
-        let so = if allocs.iter().any(|x| x == "hakmem") {
-            pb.set_message("building libhakmem.so (cargo build --release -p hakmem-preload)");
-            Some(build_preload(&root))
-        } else {
-            None
-        };
-        pb.inc(1);
-        let iters = if a.quick { "8000000" } else { "24000000" };
-        let tstr = threads.to_string();
-        for al in &allocs {
-            let lib: Result<Option<PathBuf>, String> = match al.as_str() {
-                "system" => Ok(None),
-                "hakmem" => match &so {
-                    Some(Ok(p)) => Ok(Some(p.clone())),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Err("not selected".into()),
-                },
-                other => {
-                    let stem = format!("lib{other}");
-                    find_system_lib(&stem).map(Some).ok_or_else(|| {
-                        format!(
-                            "{stem}.so not installed (Debian package {})",
-                            if other == "mimalloc" {
-                                "libmimalloc2.0"
-                            } else {
-                                "libjemalloc2"
-                            }
-                        )
-                    })
-                }
-            };
-            let mut cell = match (&cbin, &lib) {
-                (Err(e), _) => Cell::skipped(&preload_name, al, e.clone()),
-                (_, Err(e)) => Cell::skipped(&preload_name, al, e.clone()),
-                (Ok(bin), Ok(lib)) => {
-                    let mut c = Command::new(bin);
-                    c.args(["--threads", &tstr, "--iters", iters]);
-                    if let Some(l) = lib {
-                        c.env("LD_PRELOAD", l);
-                    }
-                    Cell::new(&preload_name, al, exec::describe(&c))
-                }
-            };
-            if cell.status == "ok" {
-                let want = if al == "system" { "none" } else { al.as_str() };
-                for rep in 0..runs {
-                    pb.set_message(format!("{preload_name} · {al} · run {}/{runs}", rep + 1));
-                    let mut c = Command::new(cbin.as_ref().expect("built"));
-                    c.args(["--threads", &tstr, "--iters", iters]);
-                    if let Ok(Some(l)) = &lib {
-                        c.env("LD_PRELOAD", l);
-                    }
-                    match exec::sample(c, timeout) {
-                        Ok(s) if s.allocator != want => {
-                            cell.fail(format!(
-                                "the preload did not take: the process has {:?} mapped, expected {want:?}",
-                                s.allocator
-                            ));
-                            pb.inc((runs - rep) as u64);
-                            break;
-                        }
-                        Ok(s) => cell.samples.push(s),
-                        Err(e) => {
-                            pb.println(format!("{preload_name} · {al}: FAILED: {e}"));
-                            cell.fail(e);
-                            pb.inc((runs - rep) as u64);
-                            break;
-                        }
-                    }
-                    pb.inc(1);
-                }
-            } else {
-                pb.inc(runs as u64);
-            }
-            cell.summarize();
-            preload.push(cell);
-        }
-        report::ratios(&mut preload, &baseline);
-    }
-
-    // 4. callgrind: instructions per malloc+free pair, on the bare tiny-pair loop.
+    // 3. callgrind: instructions per malloc+free pair, in each selected lane.
     let mut callgrind: Vec<Callgrind> = Vec::new();
-    if do_callgrind {
-        if pb.is_hidden() {
-            eprintln!("bench: callgrind/tiny-pair");
-        }
+    if !cg_lanes.is_empty() {
         let valgrind = command_output("valgrind", &["--version"], &root);
-        let dir = bench_dir.join("callgrind");
+        let dir = out_dir.join("callgrind");
         let _ = std::fs::create_dir_all(&dir);
         let (n1, n2) = CALLGRIND_ITERS;
-        for al in &allocs {
-            let mut row = Callgrind {
-                allocator: al.clone(),
-                status: "ok".into(),
-                error: None,
-                n1,
-                n2,
-                ir1: None,
-                ir2: None,
-                instructions_per_pair: None,
+        for lane in &cg_lanes {
+            let (name, workload, program) = match lane {
+                Lane::Rust => (
+                    "callgrind/tiny-pair",
+                    "tiny-pair",
+                    "Rust tiny-pair: alloc 32 B, black_box, free",
+                ),
+                Lane::C => (
+                    "callgrind/c-pair",
+                    "pair",
+                    "C under LD_PRELOAD: p = malloc(16); p[0] = i; free(p)",
+                ),
             };
-            let why_not = match (&valgrind, bins.get(al)) {
-                (None, _) => Some("valgrind not found".to_string()),
-                (_, None) => Some(format!("not built: {}", builds[al])),
-                _ => None,
-            };
-            if let Some(w) = why_not {
-                row.status = "skipped".into();
-                row.error = Some(w);
-                pb.inc(2);
-                callgrind.push(row);
-                continue;
+            if pb.is_hidden() {
+                eprintln!("bench: {name}");
             }
-            let mut irs = Vec::new();
-            let mut done = 0;
-            for n in [n1, n2] {
-                pb.set_message(format!("callgrind · tiny-pair · {al} · {n} iterations"));
-                let out = dir.join(format!("{al}-{n}.out"));
-                let mut c = Command::new("valgrind");
-                c.arg("--tool=callgrind")
-                    .arg(format!("--callgrind-out-file={}", out.display()))
-                    .arg(&bins[al])
-                    .args(["tiny-pair", "--iters", &n.to_string()]);
-                let r =
-                    exec::output(c, Duration::from_secs(600)).and_then(|_| callgrind_total(&out));
-                pb.inc(1);
-                done += 1;
-                match r {
-                    Ok(ir) => irs.push(ir),
-                    Err(e) => {
-                        pb.println(format!("callgrind · {al}: FAILED: {e}"));
-                        row.status = "failed".into();
-                        row.error = Some(e);
-                        break;
+            for al in &allocs {
+                let mut row = Callgrind {
+                    lane: *lane,
+                    program: program.into(),
+                    allocator: al.clone(),
+                    status: "ok".into(),
+                    error: None,
+                    n1,
+                    n2,
+                    ir1: None,
+                    ir2: None,
+                    instructions_per_pair: None,
+                };
+                let prog = progs.command(*lane, al, &[workload.to_string()], false);
+                let prog = match (&valgrind, prog) {
+                    (None, _) => Err("valgrind not found".to_string()),
+                    (_, p) => p,
+                };
+                let prog = match prog {
+                    Ok(p) => p,
+                    Err(w) => {
+                        row.status = "skipped".into();
+                        row.error = Some(w);
+                        pb.inc(2);
+                        callgrind.push(row);
+                        continue;
+                    }
+                };
+                let mut irs = Vec::new();
+                let mut done = 0;
+                for n in [n1, n2] {
+                    pb.set_message(format!("{name} · {al} · {n} iterations"));
+                    let out = dir.join(format!("{}-{al}-{n}.out", lane.key()));
+                    let mut c = Command::new("valgrind");
+                    c.arg("--tool=callgrind")
+                        .arg(format!("--callgrind-out-file={}", out.display()))
+                        .arg(prog.get_program())
+                        .args(prog.get_args())
+                        .args(["--iters", &n.to_string()]);
+                    for (k, v) in prog.get_envs() {
+                        match v {
+                            Some(v) => c.env(k, v),
+                            None => c.env_remove(k),
+                        };
+                    }
+                    // The program's own result line says which allocator it ran on: a
+                    // preload that did not take under valgrind is an error, not a count.
+                    let r = exec::sample(c, Duration::from_secs(600)).and_then(|s| {
+                        if s.allocator == *al {
+                            callgrind_total(&out)
+                        } else {
+                            Err(format!(
+                                "the process reports allocator {:?}, expected {al:?}",
+                                s.allocator
+                            ))
+                        }
+                    });
+                    pb.inc(1);
+                    done += 1;
+                    match r {
+                        Ok(ir) => irs.push(ir),
+                        Err(e) => {
+                            pb.println(format!("{name} · {al}: FAILED: {e}"));
+                            row.status = "failed".into();
+                            row.error = Some(e);
+                            break;
+                        }
                     }
                 }
+                pb.inc(2 - done);
+                row.ir1 = irs.first().copied();
+                row.ir2 = irs.get(1).copied();
+                if let [i1, i2] = irs[..] {
+                    row.instructions_per_pair = Some((i2 as f64 - i1 as f64) / (n2 - n1) as f64);
+                }
+                callgrind.push(row);
             }
-            pb.inc(2 - done);
-            row.ir1 = irs.first().copied();
-            row.ir2 = irs.get(1).copied();
-            if let [i1, i2] = irs[..] {
-                row.instructions_per_pair = Some((i2 as f64 - i1 as f64) / (n2 - n1) as f64);
-            }
-            callgrind.push(row);
         }
     }
     pb.finish_and_clear();
 
-    // 5. Report.
-    let geomean = report::geomeans(&results, &entries, &allocs, &baseline);
+    // 4. Report.
+    let mut geomean = BTreeMap::new();
+    for lane in Lane::ALL {
+        let lane_entries: Vec<Entry> = entries.iter().filter(|e| e.lane == lane).cloned().collect();
+        if !lane_entries.is_empty() {
+            geomean.insert(
+                lane.key().to_string(),
+                report::geomeans(&results, &lane_entries, &allocs, &baseline),
+            );
+        }
+    }
+    let mut vers = versions(&root);
+    // The C lane's allocators report their own versions (mi_version, mallctl, glibc).
+    for c in results.iter().filter(|c| c.lane == Lane::C) {
+        if let Some(v) = c.samples.iter().find_map(|s| s.allocator_version.clone()) {
+            if !v.is_empty() {
+                vers.entry(format!("C lane {}", c.allocator)).or_insert(v);
+            }
+        }
+    }
+    let preload_libraries = progs
+        .libs
+        .iter()
+        .map(|(al, l)| {
+            let v = match l {
+                Ok(Some(p)) => p.strip_prefix(&root).unwrap_or(p).display().to_string(),
+                Ok(None) => "none (glibc)".to_string(),
+                Err(e) => format!("missing: {e}"),
+            };
+            (al.clone(), v)
+        })
+        .collect();
     let rep = Report {
         date: date(&root),
         quick: a.quick,
@@ -819,27 +892,136 @@ pub fn run(a: Args) -> Result<(), String> {
         threads,
         baseline: baseline.clone(),
         machine: machine(&root),
-        versions: versions(&root),
-        builds,
+        versions: vers,
+        builds: progs.builds,
+        preload_libraries,
         results,
-        preload,
         callgrind,
         geomean,
     };
     print!("{}", report::table(&rep));
-    let json_path = bench_dir.join("results.json");
+    let json_path = out_dir.join("results.json");
     let json = serde_json::to_string_pretty(&rep).map_err(|e| format!("serialising: {e}"))?;
     std::fs::write(&json_path, json + "\n")
         .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
-    let svg_path = bench_dir.join("results.svg");
+    let svg_path = out_dir.join("results.svg");
     chart::draw(&rep, &allocs, &svg_path)?;
-    println!(
-        "\nwrote {} and {}",
-        json_path
-            .strip_prefix(&root)
-            .unwrap_or(&json_path)
-            .display(),
-        svg_path.strip_prefix(&root).unwrap_or(&svg_path).display()
-    );
+    let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
+    println!("\nwrote {} and {}", show(&json_path), show(&svg_path));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_are_unique_and_each_workload_exists_in_its_lane() {
+        let p = plan(2);
+        let root = crate::root();
+        let c_src = std::fs::read_to_string(root.join(baselines::C_SOURCE)).unwrap();
+        let rust_src = std::fs::read_to_string(root.join("xtask/workloads/src/main.rs")).unwrap();
+        for (i, e) in p.iter().enumerate() {
+            assert!(p[..i].iter().all(|o| o.name != e.name), "{} twice", e.name);
+            assert_eq!(e.name.starts_with("c/"), e.lane == Lane::C, "{}", e.name);
+            let w = &e.args[0];
+            let known = match e.lane {
+                Lane::Rust => rust_src.contains(&format!("\"{w}\" =>")),
+                Lane::C => c_src.contains(&format!("{{\"{w}\", ")),
+            };
+            assert!(known, "{}: no workload {w} in its lane's program", e.name);
+        }
+        // The patterns both lanes must cover.
+        for w in [
+            "large-blocks",
+            "producer-consumer-64b",
+            "larson",
+            "cross-thread-realloc",
+        ] {
+            for lane in Lane::ALL {
+                assert!(
+                    p.iter().any(|e| e.lane == lane && e.args[0] == w),
+                    "{w} missing from the {lane:?} lane"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_has_whole_headers_and_a_geomean_per_lane() {
+        let entry = |lane, name: &str| Entry {
+            name: name.into(),
+            lane,
+            args: vec![],
+        };
+        let mut results = Vec::new();
+        for (lane, name) in [(Lane::Rust, "tiny-hot"), (Lane::C, "c/tiny-hot")] {
+            for (al, ops) in [("hakmem", 300.0), ("mimalloc", 200.0)] {
+                let mut c = Cell::new(&entry(lane, name), al, String::new());
+                for k in 0..3 {
+                    c.samples.push(Sample {
+                        workload: name.into(),
+                        allocator: al.into(),
+                        allocator_version: None,
+                        threads: 1,
+                        iters: 1,
+                        ops: ops as u64 + k,
+                        secs: 1.0,
+                        peak_rss_kib: Some(2048),
+                        rss_after_free_kib: None,
+                    });
+                }
+                c.summarize();
+                results.push(c);
+            }
+        }
+        report::ratios(&mut results, "mimalloc");
+        let allocs = vec!["hakmem".to_string(), "mimalloc".to_string()];
+        let mut geomean = BTreeMap::new();
+        for lane in Lane::ALL {
+            let es = vec![entry(
+                lane,
+                if lane == Lane::C {
+                    "c/tiny-hot"
+                } else {
+                    "tiny-hot"
+                },
+            )];
+            geomean.insert(
+                lane.key().to_string(),
+                report::geomeans(&results, &es, &allocs, "mimalloc"),
+            );
+        }
+        let rep = Report {
+            date: "today".into(),
+            quick: true,
+            runs: 3,
+            threads: 2,
+            baseline: "mimalloc".into(),
+            machine: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            builds: BTreeMap::new(),
+            preload_libraries: BTreeMap::new(),
+            results,
+            callgrind: vec![],
+            geomean,
+        };
+        let t = report::table(&rep);
+        for h in [
+            "vs mimalloc",
+            "peak RSS spread",
+            "RSS vs mimalloc",
+            "freed MiB",
+        ] {
+            assert!(t.contains(h), "header {h:?} cut short in\n{t}");
+        }
+        assert_eq!(t.matches("geomean hakmem").count(), 2, "{t}");
+        assert!(t.contains("1.50x"), "{t}");
+        // The chart draws from the same report.
+        let svg = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
+        chart::draw(&rep, &allocs, &svg).unwrap();
+        let s = std::fs::read_to_string(&svg).unwrap();
+        let _ = std::fs::remove_file(&svg);
+        assert!(s.contains("c/tiny-hot") && s.contains("geometric mean"));
+    }
 }

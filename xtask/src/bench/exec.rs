@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 pub struct Sample {
     pub workload: String,
     /// The allocator the binary says it was built with (or, for the LD_PRELOAD lane, the
-    /// allocator library it found mapped: "none" means glibc).
+    /// allocator library it found mapped: "system" means none, i.e. glibc).
     pub allocator: String,
+    /// The C lane's allocator's own version, as the process found it (mimalloc's
+    /// `mi_version`, jemalloc's `mallctl("version")`, glibc's `gnu_get_libc_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocator_version: Option<String>,
     pub threads: u64,
     pub iters: u64,
     pub ops: u64,

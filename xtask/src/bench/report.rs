@@ -1,5 +1,5 @@
 //! Ratios, geometric means and the terminal table.
-use super::{Cell, Entry, Report};
+use super::{Cell, Entry, Lane, Report};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -109,26 +109,49 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
 
-fn cell_rows(out: &mut String, cells: &[Cell], width: usize) {
+/// The table's columns, left-aligned first two, the rest right-aligned.
+fn headers(base: &str) -> Vec<String> {
+    vec![
+        "workload".into(),
+        "allocator".into(),
+        "ops/s".into(),
+        "ops/s spread".into(),
+        format!("vs {base}"),
+        "peak RSS MiB".into(),
+        "peak RSS spread".into(),
+        format!("RSS vs {base}"),
+        "freed MiB".into(),
+    ]
+}
+
+/// One row per cell: the columns of `headers`, or (for a failed or skipped cell) the
+/// workload, the allocator and the reason.
+enum Row {
+    Ok(Vec<String>),
+    NotOk(String, String, String),
+    Gap,
+}
+
+fn rows(cells: &[&Cell]) -> Vec<Row> {
+    let mut out = Vec::new();
     let mut last = String::new();
     for c in cells {
         let name = if c.entry == last {
-            ""
+            String::new()
         } else {
-            c.entry.as_str()
+            c.entry.clone()
         };
         if c.entry != last && !last.is_empty() {
-            out.push('\n');
+            out.push(Row::Gap);
         }
         last = c.entry.clone();
         if !c.ok() {
             let why = why_not(c.error.as_deref().unwrap_or("no samples"));
-            let _ = writeln!(
-                out,
-                "{name:<width$} {:<9} {}: {why}",
-                c.allocator,
-                c.status.to_uppercase(),
-            );
+            out.push(Row::NotOk(
+                name,
+                c.allocator.clone(),
+                format!("{}: {why}", c.status.to_uppercase()),
+            ));
             continue;
         }
         let spread = match (c.min_ops_per_sec, c.max_ops_per_sec) {
@@ -139,10 +162,9 @@ fn cell_rows(out: &mut String, cells: &[Cell], width: usize) {
             (Some(a), Some(b)) => format!("{}..{}", mib(a), mib(b)),
             _ => "-".into(),
         };
-        let _ = writeln!(
-            out,
-            "{name:<width$} {:<9} {:>9} {:>19} {:>7} {:>9} {:>15} {:>7} {:>9}",
-            c.allocator,
+        out.push(Row::Ok(vec![
+            name,
+            c.allocator.clone(),
             opt(c.median_ops_per_sec, rate),
             spread,
             opt(c.ratio_vs_baseline, |r| format!("{r:.2}x")),
@@ -150,21 +172,65 @@ fn cell_rows(out: &mut String, cells: &[Cell], width: usize) {
             rss_spread,
             opt(c.rss_ratio_vs_baseline, |r| format!("{r:.2}x")),
             opt(c.median_rss_after_free_kib, mib),
-        );
+        ]));
     }
+    out
+}
+
+/// Lay out a table: every column as wide as its widest cell or header, never cut.
+fn layout(out: &mut String, headers: &[String], rows: &[Row]) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        match r {
+            Row::Ok(cols) => {
+                for (i, c) in cols.iter().enumerate() {
+                    w[i] = w[i].max(c.chars().count());
+                }
+            }
+            Row::NotOk(name, al, _) => {
+                w[0] = w[0].max(name.chars().count());
+                w[1] = w[1].max(al.chars().count());
+            }
+            Row::Gap => {}
+        }
+    }
+    let line = |cols: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cols.iter().enumerate() {
+            let pad = w[i].saturating_sub(c.chars().count());
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if i < 2 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let header = line(headers);
+    let rule = "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1));
+    let _ = writeln!(out, "{header}\n{rule}");
+    for r in rows {
+        match r {
+            Row::Ok(cols) => {
+                let _ = writeln!(out, "{}", line(cols));
+            }
+            Row::NotOk(name, al, why) => {
+                let _ = writeln!(out, "{name:<w0$}  {al:<w1$}  {why}", w0 = w[0], w1 = w[1]);
+            }
+            Row::Gap => out.push('\n'),
+        }
+    }
+    let _ = writeln!(out, "{rule}");
 }
 
 /// The whole terminal report.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
-    let width = r
-        .results
-        .iter()
-        .chain(&r.preload)
-        .map(|c| c.entry.len())
-        .max()
-        .unwrap_or(8)
-        .max(8);
     let _ = writeln!(
         out,
         "\nhakmem benchmark suite · {} · {} run(s) per cell{} · medians, spread = min..max",
@@ -176,66 +242,61 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "{al}: not built: {b}");
     }
     let base = &r.baseline;
-    let header = format!(
-        "{:<width$} {:<9} {:>9} {:>19} {:>7} {:>9} {:>15} {:>7} {:>9}",
-        "workload",
-        "allocator",
-        "ops/s",
-        "ops/s spread",
-        format!("vs {}", &base[..base.len().min(4)]),
-        "peak MiB",
-        "peak spread",
-        "RSS vs",
-        "freed MiB"
-    );
-    let rule = "-".repeat(header.len());
-    if !r.results.is_empty() {
-        let _ = writeln!(out, "{header}\n{rule}");
-        cell_rows(&mut out, &r.results, width);
-        let _ = writeln!(out, "{rule}");
-        for (al, g) in &r.geomean {
+    for lane in Lane::ALL {
+        let cells: Vec<&Cell> = r.results.iter().filter(|c| c.lane == lane).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{}", lane.title());
+        if lane == Lane::C {
+            for (al, lib) in &r.preload_libraries {
+                let _ = writeln!(out, "  {al}: {lib}");
+            }
+        }
+        layout(&mut out, &headers(base), &rows(&cells));
+        for (al, g) in r.geomean.get(lane.key()).into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "geomean {al:<9} throughput {} vs {base}, peak RSS {} (over {} entries)",
+                "geomean {al:<9} throughput {} of {base}'s, peak RSS {} (over {} entries)",
                 opt(g.throughput_ratio, |x| format!("{x:.3}x")),
                 opt(g.rss_ratio, |x| format!("{x:.3}x")),
                 g.entries
             );
         }
     }
-    if !r.preload.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nLD_PRELOAD lane (C workload; system = glibc, mimalloc/jemalloc = Debian's libraries)\n{header}\n{rule}"
-        );
-        cell_rows(&mut out, &r.preload, width);
-    }
     if !r.callgrind.is_empty() {
         let _ = writeln!(
             out,
-            "\ncallgrind: instructions per malloc+free pair of 32 B (bare tiny-pair loop: alloc, black_box, free)"
+            "\ncallgrind: instructions per malloc+free pair ((Ir at n2 - Ir at n1) / (n2 - n1))"
         );
-        for c in &r.callgrind {
-            match c.instructions_per_pair {
-                Some(ipp) => {
-                    let _ = writeln!(
-                        out,
-                        "  {:<9} {ipp:>7.1}   (Ir {} at {} iterations, {} at {})",
-                        c.allocator,
-                        c.ir1.unwrap_or(0),
-                        c.n1,
-                        c.ir2.unwrap_or(0),
-                        c.n2
-                    );
-                }
-                None => {
-                    let why = why_not(c.error.as_deref().unwrap_or(""));
-                    let _ = writeln!(
-                        out,
-                        "  {:<9} {}: {why}",
-                        c.allocator,
-                        c.status.to_uppercase(),
-                    );
+        let mut lanes: Vec<Lane> = r.callgrind.iter().map(|c| c.lane).collect();
+        lanes.dedup();
+        for lane in lanes {
+            let rows: Vec<&super::Callgrind> =
+                r.callgrind.iter().filter(|c| c.lane == lane).collect();
+            let _ = writeln!(out, "  {}", rows[0].program);
+            for c in rows {
+                match c.instructions_per_pair {
+                    Some(ipp) => {
+                        let _ = writeln!(
+                            out,
+                            "    {:<9} {ipp:>7.1}   (Ir {} at {} iterations, {} at {})",
+                            c.allocator,
+                            c.ir1.unwrap_or(0),
+                            c.n1,
+                            c.ir2.unwrap_or(0),
+                            c.n2
+                        );
+                    }
+                    None => {
+                        let why = why_not(c.error.as_deref().unwrap_or(""));
+                        let _ = writeln!(
+                            out,
+                            "    {:<9} {}: {why}",
+                            c.allocator,
+                            c.status.to_uppercase(),
+                        );
+                    }
                 }
             }
         }

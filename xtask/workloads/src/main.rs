@@ -53,6 +53,9 @@ const WORKLOADS: &[&str] = &[
     "mixed-sizes",
     "realloc-growth",
     "fragmentation",
+    "large-blocks",
+    "producer-consumer-64b",
+    "cross-thread-realloc",
 ];
 
 /// The default amount of work: (full, quick). Units are per workload (see workloads.rs).
@@ -69,6 +72,9 @@ fn default_iters(name: &str) -> (u64, u64) {
         "realloc-growth" => (3, 1),
         // Bytes allocated in the first phase.
         "fragmentation" => (1 << 30, 256 << 20),
+        "large-blocks" => (200, 60),
+        "producer-consumer-64b" => (12_000_000, 4_000_000),
+        "cross-thread-realloc" => (12_000_000, 4_000_000),
         _ => (0, 0),
     }
 }
@@ -152,6 +158,9 @@ fn main() -> ExitCode {
         "mixed-sizes" => workloads::mixed_sizes(iters, t),
         "realloc-growth" => workloads::realloc_growth(iters),
         "fragmentation" => workloads::fragmentation(iters as usize),
+        "large-blocks" => workloads::large_blocks(iters),
+        "producer-consumer-64b" => workloads::producer_consumer_64b(iters),
+        "cross-thread-realloc" => workloads::cross_thread_realloc(iters, t),
         _ => unreachable!("checked above"),
     };
     let secs = start.elapsed().as_secs_f64();

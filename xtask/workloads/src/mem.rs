@@ -76,3 +76,62 @@ fn page_size() -> u64 {
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(v).unwrap_or(4096)
 }
+
+/// A heap block that can be reallocated (what C code does with `realloc`): allocated,
+/// resized and freed through the global allocator's `alloc`, `realloc` and `dealloc`.
+pub struct RawBlock {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a RawBlock owns its block exclusively, as a Box does; the global allocator may be
+// called from any thread, so the block may be freed on another thread.
+unsafe impl Send for RawBlock {}
+
+impl RawBlock {
+    const ALIGN: usize = 8;
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len, Self::ALIGN)
+            .expect("a block size below isize::MAX")
+    }
+
+    /// Allocate `len` (at least 1) bytes, uninitialised.
+    pub fn new(len: usize) -> Self {
+        assert!(len > 0, "a RawBlock has at least one byte");
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        let ptr =
+            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        RawBlock { ptr, len }
+    }
+
+    /// Resize to `len` (at least 1) bytes with the global allocator's `realloc`; the first
+    /// min(old, new) bytes are kept.
+    pub fn realloc(&mut self, len: usize) {
+        assert!(len > 0, "a RawBlock has at least one byte");
+        let new = Self::layout(len);
+        // SAFETY: `ptr` was allocated by the global allocator with `layout(self.len)`, and the
+        // new size is non-zero and (checked by `layout`) does not overflow isize when rounded
+        // up to the alignment.
+        let p = unsafe { std::alloc::realloc(self.ptr.as_ptr(), Self::layout(self.len), len) };
+        self.ptr = std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(new));
+        self.len = len;
+    }
+
+    /// The block's bytes.
+    pub fn bytes(&mut self) -> &mut [MaybeUninit<u8>] {
+        // SAFETY: the block is `len` bytes, owned by self and borrowed mutably for the slice's
+        // life; MaybeUninit<u8> needs no initialisation.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len) }
+    }
+}
+
+impl Drop for RawBlock {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was allocated by the global allocator with `layout(self.len)` and is
+        // freed once, here.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}

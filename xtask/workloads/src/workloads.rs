@@ -1,10 +1,10 @@
 //! The workloads. Each does a fixed amount of work (the same for every allocator, from the
 //! same seeded PRNG) and returns how many operations it did; `main` times the call.
-use crate::mem::{block, current_rss_kib, touch, touch_ends, touch_slice, Block};
+use crate::mem::{block, current_rss_kib, touch, touch_ends, touch_slice, Block, RawBlock};
 use crate::rng::Rng;
 use std::hint::black_box;
 use std::mem::MaybeUninit;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 
 const SEED: u64 = 0x6861_6b6d_656d; // "hakmem"
@@ -156,6 +156,17 @@ pub fn larson(iters: u64, threads: usize, quick: bool) -> Outcome {
 ///    writes to each and frees it: every free is a remote free.
 ///    ops = blocks passed (one malloc + one remote free each).
 pub fn producer_consumer(iters: u64, pairs: usize) -> Outcome {
+    producer_consumer_sized(iters, pairs, (16, 512))
+}
+
+/// 4b. producer-consumer-64b (after xmalloc-test): one producer thread allocates 64-byte
+///     blocks and passes them, in batches of 256, to one consumer thread that writes to each
+///     and frees it. ops = blocks passed.
+pub fn producer_consumer_64b(iters: u64) -> Outcome {
+    producer_consumer_sized(iters, 1, (64, 64))
+}
+
+fn producer_consumer_sized(iters: u64, pairs: usize, (lo, hi): (usize, usize)) -> Outcome {
     const BATCH: usize = 256;
     const IN_FLIGHT: usize = 8;
     let per = iters / pairs as u64;
@@ -176,7 +187,7 @@ pub fn producer_consumer(iters: u64, pairs: usize) -> Outcome {
                     let mut batch = empty_rx.recv().expect("consumer alive");
                     let n = (per - done).min(BATCH as u64);
                     for i in 0..n {
-                        let mut b = block(rng.range(16, 512));
+                        let mut b = block(rng.range(lo, hi));
                         touch(&mut b, i as u8);
                         batch.push(b);
                     }
@@ -393,4 +404,111 @@ pub fn fragmentation(total: usize) -> Outcome {
         ops: (allocated + freed + again) as u64,
         rss_after_free_kib,
     }
+}
+
+/// 10. large-blocks (after mimalloc-bench's malloc-large): 20 live blocks of 5..=25 MiB
+///     (uniform), each written in full: each iteration frees a random slot's block, then
+///     allocates a new one and fills all of it. ops = replacements.
+pub fn large_blocks(iters: u64) -> Outcome {
+    const LIVE: usize = 20;
+    const LO: usize = 5 << 20;
+    const HI: usize = 25 << 20;
+    let fill = |b: &mut Block, v: u8| b.fill(MaybeUninit::new(v));
+    let mut rng = Rng::new(SEED, 0);
+    let mut slots: Vec<Block> = (0..LIVE)
+        .map(|_| {
+            let mut b = block(rng.range(LO, HI));
+            fill(&mut b, 1);
+            b
+        })
+        .collect();
+    for i in 0..iters {
+        let j = rng.below(LIVE);
+        let n = rng.range(LO, HI);
+        // Free the old block first (an empty boxed slice does not allocate), so the new one
+        // can reuse its memory.
+        slots[j] = Block::default();
+        let mut b = block(n);
+        fill(&mut b, i as u8 | 1);
+        slots[j] = b;
+    }
+    black_box(&mut slots);
+    iters.into()
+}
+
+/// Log-uniform in lo..=hi by integer steps, as the C lane's `log_range`: a uniform
+/// power-of-two band, then uniform within it.
+fn log2_range(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    let (blo, bhi) = (lo.ilog2(), hi.ilog2());
+    let b = blo + rng.below((bhi - blo + 1) as usize) as u32;
+    let a = (1usize << b).max(lo);
+    let z = ((2usize << b) - 1).min(hi);
+    rng.range(a, z)
+}
+
+/// 11. cross-thread-realloc (after rptest): `threads` threads, each with 1000 slots, do
+///     random operations: (11 in 16) free a slot's block and allocate a new one of
+///     16..=8192 B (log-uniform), (4 in 16) realloc it to 16..=16384 B, and (1 in 16) hand
+///     the block to a random other thread, which frees it when it next drains its mailbox
+///     (every 64 operations), and allocate a new one. New and grown blocks are touched.
+///     ops = operations.
+pub fn cross_thread_realloc(iters: u64, threads: usize) -> Outcome {
+    const SLOTS: usize = 1000;
+    const MAILBOX: usize = 8192;
+    let per = iters / threads as u64;
+    let boxes: Vec<Mutex<Vec<RawBlock>>> = (0..threads)
+        .map(|_| Mutex::new(Vec::with_capacity(MAILBOX)))
+        .collect();
+    let drain = |mine: &Mutex<Vec<RawBlock>>, local: &mut Vec<RawBlock>| {
+        std::mem::swap(&mut *mine.lock().expect("mailbox"), local);
+        local.clear();
+    };
+    thread::scope(|s| {
+        let boxes = &boxes;
+        for id in 0..threads {
+            s.spawn(move || {
+                let mut rng = Rng::new(SEED, id as u64);
+                let mut local: Vec<RawBlock> = Vec::with_capacity(MAILBOX);
+                let fresh = |rng: &mut Rng, v: u8| {
+                    let mut b = RawBlock::new(log2_range(rng, 16, 8192));
+                    touch_slice(b.bytes(), v);
+                    b
+                };
+                let mut slots: Vec<RawBlock> = (0..SLOTS).map(|_| fresh(&mut rng, 1)).collect();
+                for it in 0..per {
+                    let j = rng.below(SLOTS);
+                    let op = rng.below(16);
+                    if op < 4 {
+                        slots[j].realloc(log2_range(&mut rng, 16, 16384));
+                        touch_slice(slots[j].bytes(), it as u8);
+                        continue;
+                    }
+                    let to = (op == 4 && threads > 1).then(|| {
+                        let to = rng.below(threads - 1);
+                        if to >= id {
+                            to + 1
+                        } else {
+                            to
+                        }
+                    });
+                    let old = std::mem::replace(&mut slots[j], fresh(&mut rng, it as u8));
+                    if let Some(to) = to {
+                        let mut mb = boxes[to].lock().expect("mailbox");
+                        if mb.len() < MAILBOX {
+                            mb.push(old);
+                        }
+                        // (A full mailbox: `old` is freed here, after the lock.)
+                    }
+                    if it & 63 == 0 {
+                        drain(&boxes[id], &mut local);
+                    }
+                }
+                black_box(&mut slots);
+            });
+        }
+    });
+    for b in &boxes {
+        b.lock().expect("mailbox").clear();
+    }
+    (per * threads as u64).into()
 }
