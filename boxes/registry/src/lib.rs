@@ -243,14 +243,13 @@ impl Registry {
     /// modelled, the geometry shrinks to a root of 4 leaves of 2 chunks, counted from
     /// `first_chunk`, so that models over a small heap arena stay small.
     pub fn with_origin(source: &'static dyn LeafSource, first_chunk: usize) -> Self {
-        let _ = first_chunk;
+        #[cfg_attr(not(loom), allow(unused_mut))]
+        let mut r = Self::new(source);
         #[cfg(loom)]
-        let r = Self {
-            first: first_chunk,
-            ..Self::new(source)
-        };
-        #[cfg(not(loom))]
-        let r = Self::new(source);
+        {
+            r.first = first_chunk;
+        }
+        let _ = first_chunk;
         r
     }
 
