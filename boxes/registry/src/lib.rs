@@ -8,14 +8,16 @@
 //! [`ROOT_LEN`] leaf pointers is held inline; a leaf of [`LEAF_CHUNKS`] words (512 KiB of
 //! address space, covering 128 GiB) is mapped through a [`LeafSource`] the first time a region
 //! is registered in its range. A region is 2 MiB-aligned, and every chunk it covers holds
-//! `base | kind`. A lookup is a bounds check, a root load, a null check and a leaf load; a
-//! process whose regions lie in one 128 GiB window reserves one leaf, and commits one page of
-//! it per GiB of regions.
+//! `base | kind`. A lookup is a bounds check, a root load and a leaf load: a root entry without
+//! a leaf points to a shared empty one, so there is no null check, and entries are biased so
+//! the leaf is indexed by the chunk number without a mask. A process whose regions lie in one
+//! 128 GiB window reserves one leaf, and commits one page of it per GiB of regions.
 //!
 //! ```text
 //! address bits: | 47 ..... 37 | 36 ....... 21 | 20 ...... 0 |
 //!               |  root index |  leaf index   | in the chunk|
 //! root[2048] --> leaf[65536] of (region base | kind), 0 = not ours
+//!          `---> (no leaf yet) the shared empty leaf: all 0
 //! ```
 //!
 //! ## Example
@@ -85,11 +87,12 @@
 //!   Nothing here allocates except [`Registry::register`] and [`Registry::prepare`], which map
 //!   a missing leaf through the [`LeafSource`] (and report [`RegisterError::NoMemory`] when it
 //!   refuses).
-//! - **R5 (leaves stay).** A leaf is installed once, by a compare-and-swap of a null root entry
-//!   (`Release`, so a lookup that loads the leaf with `Acquire` sees it zeroed); a thread that
-//!   loses the race unmaps its own, never-published leaf. An installed leaf is never unmapped
-//!   while the registry lives (in the allocator: while the process lives), so a leaf pointer a
-//!   lookup loaded stays valid without any lock or pin.
+//! - **R5 (leaves stay).** Every root entry points to a leaf: at first the shared empty leaf,
+//!   which is never written. A leaf of its own is installed once, by a compare-and-swap from
+//!   the empty leaf (`Release`, so a lookup that loads the root entry with `Acquire` sees the
+//!   leaf zeroed); a thread that loses the race unmaps its own, never-published leaf. An
+//!   installed leaf is never unmapped while the registry lives (in the allocator: while the
+//!   process lives), so a leaf a lookup loaded stays valid without any lock or pin.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -99,7 +102,7 @@ use sync::{AtomicPtr, Ordering};
 
 use core::alloc::Layout;
 use core::ops::Range;
-use core::ptr::{null_mut, NonNull};
+use core::ptr::NonNull;
 
 /// log2 of the chunk size: every region is aligned to, and registered in units of, 2 MiB.
 pub const CHUNK_SHIFT: u32 = 21;
@@ -127,7 +130,6 @@ pub const COVERED_CHUNKS: usize = ROOT_LEN * LEAF_CHUNKS;
 /// The size and alignment of one leaf, as asked of the [`LeafSource`] (512 KiB).
 pub const LEAF_LAYOUT: Layout = Layout::new::<Leaf>();
 
-const LEAF_MASK: usize = LEAF_CHUNKS - 1;
 const KIND_MASK: usize = 0b11;
 
 #[cfg(not(loom))]
@@ -214,9 +216,23 @@ mod heap_leaves {
     }
 }
 
+/// The leaf every root entry without a leaf of its own points to: all empty, never written (R5).
+#[cfg(not(loom))]
+static EMPTY: Leaf = Leaf {
+    entries: [const { AtomicUsize::new(0) }; LEAF_CHUNKS],
+};
+
 /// The two-level address-to-region table.
 pub struct Registry {
-    root: [AtomicPtr<Leaf>; ROOT_LEN],
+    /// Root entry `r` points to its leaf's entries *biased* by `-(r << LEAF_BITS)` (computed
+    /// with wrapping pointer arithmetic, and only ever dereferenced back inside the leaf), so
+    /// that a lookup indexes it by the whole chunk number, without masking. Before a leaf is
+    /// installed, the entry points (biased alike) to the shared empty leaf, so a lookup needs
+    /// no null check either.
+    root: [AtomicPtr<AtomicUsize>; ROOT_LEN],
+    /// The empty leaf (a static; under loom, one per registry, since loom atomics are built
+    /// inside a model).
+    empty: *const Leaf,
     source: &'static dyn LeafSource,
     /// Leaves installed: a statistic, not part of any protocol (so not a loom atomic).
     leaves: core::sync::atomic::AtomicUsize,
@@ -225,12 +241,36 @@ pub struct Registry {
     first: usize,
 }
 
+// SAFETY: the root and the leaves are accessed only through atomics; `empty` points to a leaf
+// that is never written, and `source` is `Sync`.
+unsafe impl Sync for Registry {}
+// SAFETY: as above; the registry holds no thread-affine state.
+unsafe impl Send for Registry {}
+
+/// `leaf`'s entries, biased for root index `r`.
+#[inline(always)]
+fn biased(leaf: *const Leaf, r: usize) -> *mut AtomicUsize {
+    leaf.cast::<AtomicUsize>()
+        .cast_mut()
+        .wrapping_sub(r << LEAF_BITS)
+}
+
 impl Registry {
     /// An empty registry over the whole 48-bit address space; leaves come from `source` when
     /// regions are registered. Costs no memory beyond the inline root (16 KiB).
     pub fn new(source: &'static dyn LeafSource) -> Self {
+        #[cfg(not(loom))]
+        let empty: *const Leaf = &EMPTY;
+        #[cfg(loom)]
+        let empty: *const Leaf = {
+            extern crate std;
+            std::boxed::Box::leak(std::boxed::Box::new(Leaf {
+                entries: core::array::from_fn(|_| AtomicUsize::new(0)),
+            }))
+        };
         Self {
-            root: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+            root: core::array::from_fn(|r| AtomicPtr::new(biased(empty, r))),
+            empty,
             source,
             leaves: core::sync::atomic::AtomicUsize::new(0),
             #[cfg(loom)]
@@ -268,25 +308,35 @@ impl Registry {
         chunk
     }
 
-    /// The installed leaf at root index `r`, if any (R5).
+    /// The entry of chunk `chunk` (in the empty leaf when its own is not installed), or `None`
+    /// beyond the covered space. Never faults (R4).
     #[inline(always)]
-    fn leaf(&self, r: usize) -> Option<&Leaf> {
-        let leaf = self.root.get(r)?.load(Ordering::Acquire);
-        // SAFETY: a non-null root entry is a leaf installed by `leaf_or_map`, zeroed or built
-        // before its `Release` install, and never unmapped while `self` lives (R5).
-        unsafe { leaf.as_ref() }
+    fn entry(&self, chunk: usize) -> Option<&AtomicUsize> {
+        let leaf = self.root.get(chunk >> LEAF_BITS)?.load(Ordering::Acquire);
+        // SAFETY: root entry `r = chunk >> LEAF_BITS` is a leaf's entries biased by
+        // `-(r << LEAF_BITS)`, so adding `chunk` lands on entry `chunk & LEAF_MASK` of that
+        // leaf: the empty leaf, or one installed (zeroed or built before its `Release` install,
+        // which the `Acquire` above pairs with) and never unmapped while `self` lives (R5).
+        Some(unsafe { &*leaf.wrapping_add(chunk) })
     }
 
-    /// The entry of chunk `chunk`, when its leaf is installed.
-    #[inline(always)]
+    /// The entry of chunk `chunk` when its leaf is installed (never the empty leaf's).
     fn slot(&self, chunk: usize) -> Option<&AtomicUsize> {
-        Some(&self.leaf(chunk >> LEAF_BITS)?.entries[chunk & LEAF_MASK])
+        let r = chunk >> LEAF_BITS;
+        if self.root.get(r)?.load(Ordering::Acquire) == biased(self.empty, r) {
+            return None;
+        }
+        self.entry(chunk)
     }
 
-    /// The region covering `addr`, as `(base, kind)`, or `None` when not ours (R1, R4).
+    /// The region covering `addr`, as `(base, kind)`, or `None` when not ours (R1, R4): a
+    /// bounds check, a root load and a leaf load.
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> Option<(usize, Kind)> {
-        let e = self.slot(self.chunk_of(addr))?.load(Ordering::Acquire);
+        let chunk = self.chunk_of(addr);
+        let leaf = self.root.get(chunk >> LEAF_BITS)?.load(Ordering::Acquire);
+        // SAFETY: as in `entry` (written out here so that no null check is left in the path).
+        let e = unsafe { (*leaf.wrapping_add(chunk)).load(Ordering::Acquire) };
         match e & KIND_MASK {
             1 => Some((e & !KIND_MASK, Kind::Superslab)),
             2 => Some((e & !KIND_MASK, Kind::Large)),
@@ -306,11 +356,13 @@ impl Registry {
         Ok(first..last + 1)
     }
 
-    /// The leaf at root index `r`, mapped and installed now if missing (R4, R5).
+    /// Makes sure root entry `r` has a leaf of its own, mapping and installing one if not
+    /// (R4, R5).
     #[cold]
-    fn leaf_or_map(&self, r: usize) -> Result<&Leaf, RegisterError> {
-        if let Some(leaf) = self.leaf(r) {
-            return Ok(leaf);
+    fn install_leaf(&self, r: usize) -> Result<(), RegisterError> {
+        let empty = biased(self.empty, r);
+        if self.root[r].load(Ordering::Acquire) != empty {
+            return Ok(());
         }
         let mem = self
             .source
@@ -323,29 +375,29 @@ impl Registry {
             // SAFETY: fresh memory of the leaf's layout, ours alone until installed.
             unsafe { core::ptr::addr_of_mut!((*fresh).entries[i]).write(AtomicUsize::new(0)) };
         }
-        match self.root[r].compare_exchange(null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.root[r].compare_exchange(
+            empty,
+            biased(fresh, r),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
                 self.leaves
                     .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                // SAFETY: installed just now; it stays while `self` lives (R5).
-                Ok(unsafe { &*fresh })
             }
-            Err(winner) => {
-                // SAFETY: our leaf was never published: nobody else saw it. The winner's leaf
-                // is installed and stays (R5).
-                unsafe {
-                    drop_leaf(fresh);
-                    self.source.unmap(mem, LEAF_LAYOUT);
-                    Ok(&*winner)
-                }
-            }
+            // SAFETY: our leaf was never published: nobody else saw it. The winner's leaf is
+            // installed and stays (R5).
+            Err(_) => unsafe {
+                drop_leaf(fresh);
+                self.source.unmap(mem, LEAF_LAYOUT);
+            },
         }
+        Ok(())
     }
 
     fn prepare_chunks(&self, chunks: &Range<usize>) -> Result<(), RegisterError> {
         for r in (chunks.start >> LEAF_BITS)..=((chunks.end - 1) >> LEAF_BITS) {
-            self.leaf_or_map(r)?;
+            self.install_leaf(r)?;
         }
         Ok(())
     }
@@ -403,7 +455,7 @@ impl Registry {
                 continue;
             };
             let e = slot.load(Ordering::Relaxed);
-            if e & !KIND_MASK == base {
+            if e != 0 && e & !KIND_MASK == base {
                 slot.store(0, Ordering::Release);
             }
         }
@@ -414,7 +466,13 @@ impl Drop for Registry {
     fn drop(&mut self) {
         // `&mut self`: no lookup can be running, so the leaves can go back (R5 ends here).
         for r in 0..ROOT_LEN {
-            let leaf = self.root[r].load(Ordering::Acquire);
+            let leaf = self.root[r]
+                .load(Ordering::Acquire)
+                .wrapping_add(r << LEAF_BITS)
+                .cast::<Leaf>();
+            if core::ptr::eq(leaf, self.empty) {
+                continue;
+            }
             if let Some(mem) = NonNull::new(leaf.cast::<u8>()) {
                 // SAFETY: an installed leaf, mapped by our source with LEAF_LAYOUT; nothing can
                 // reach it once the registry is gone.

