@@ -281,13 +281,17 @@ impl Registry {
     /// A registry for regions that lie in one arena starting at chunk `first_chunk`. The same
     /// as [`Registry::new`] in a normal build. Under `--cfg loom`, where every atomic is
     /// modelled, the geometry shrinks to a root of 4 leaves of 2 chunks, counted from
-    /// `first_chunk`, so that models over a small heap arena stay small.
+    /// `first_chunk`, and every leaf is installed up front: the models of the boxes above then
+    /// explore their own protocols, not the leaf installation (this crate's models cover it).
     pub fn with_origin(source: &'static dyn LeafSource, first_chunk: usize) -> Self {
         #[cfg_attr(not(loom), allow(unused_mut))]
         let mut r = Self::new(source);
         #[cfg(loom)]
         {
             r.first = first_chunk;
+            for i in 0..ROOT_LEN {
+                r.own_leaf(i).expect("model leaves come from the heap");
+            }
         }
         let _ = first_chunk;
         r
@@ -308,25 +312,25 @@ impl Registry {
         chunk
     }
 
-    /// The entry of chunk `chunk` (in the empty leaf when its own is not installed), or `None`
-    /// beyond the covered space. Never faults (R4).
+    /// Root entry `r`'s leaf (biased), or `None` while it has none of its own.
     #[inline(always)]
-    fn entry(&self, chunk: usize) -> Option<&AtomicUsize> {
-        let leaf = self.root.get(chunk >> LEAF_BITS)?.load(Ordering::Acquire);
-        // SAFETY: root entry `r = chunk >> LEAF_BITS` is a leaf's entries biased by
-        // `-(r << LEAF_BITS)`, so adding `chunk` lands on entry `chunk & LEAF_MASK` of that
-        // leaf: the empty leaf, or one installed (zeroed or built before its `Release` install,
-        // which the `Acquire` above pairs with) and never unmapped while `self` lives (R5).
-        Some(unsafe { &*leaf.wrapping_add(chunk) })
+    fn installed(&self, r: usize) -> Option<*mut AtomicUsize> {
+        let leaf = self.root.get(r)?.load(Ordering::Acquire);
+        (leaf != biased(self.empty, r)).then_some(leaf)
     }
 
-    /// The entry of chunk `chunk` when its leaf is installed (never the empty leaf's).
-    fn slot(&self, chunk: usize) -> Option<&AtomicUsize> {
-        let r = chunk >> LEAF_BITS;
-        if self.root.get(r)?.load(Ordering::Acquire) == biased(self.empty, r) {
-            return None;
-        }
-        self.entry(chunk)
+    /// Entry `chunk` of `leaf`, root entry `chunk >> LEAF_BITS`'s biased leaf.
+    ///
+    /// # Safety
+    /// `leaf` was loaded from that root entry (R5: it stays valid while `self` lives).
+    #[inline(always)]
+    unsafe fn entry(&self, leaf: *mut AtomicUsize, chunk: usize) -> &AtomicUsize {
+        // SAFETY: root entry `r = chunk >> LEAF_BITS` is a leaf's entries biased by
+        // `-(r << LEAF_BITS)`, so adding `chunk` lands on entry `chunk % LEAF_CHUNKS` of that
+        // leaf: the empty leaf, or one installed (zeroed or built before its `Release` install,
+        // which the `Acquire` load of the root entry pairs with) and never unmapped while
+        // `self` lives (R5).
+        unsafe { &*leaf.wrapping_add(chunk) }
     }
 
     /// The region covering `addr`, as `(base, kind)`, or `None` when not ours (R1, R4): a
@@ -335,8 +339,8 @@ impl Registry {
     pub fn lookup(&self, addr: usize) -> Option<(usize, Kind)> {
         let chunk = self.chunk_of(addr);
         let leaf = self.root.get(chunk >> LEAF_BITS)?.load(Ordering::Acquire);
-        // SAFETY: as in `entry` (written out here so that no null check is left in the path).
-        let e = unsafe { (*leaf.wrapping_add(chunk)).load(Ordering::Acquire) };
+        // SAFETY: loaded from root entry `chunk >> LEAF_BITS` just now.
+        let e = unsafe { self.entry(leaf, chunk) }.load(Ordering::Acquire);
         match e & KIND_MASK {
             1 => Some((e & !KIND_MASK, Kind::Superslab)),
             2 => Some((e & !KIND_MASK, Kind::Large)),
@@ -356,14 +360,23 @@ impl Registry {
         Ok(first..last + 1)
     }
 
-    /// Makes sure root entry `r` has a leaf of its own, mapping and installing one if not
-    /// (R4, R5).
-    #[cold]
-    fn install_leaf(&self, r: usize) -> Result<(), RegisterError> {
+    /// Root entry `r`'s own leaf (biased), mapped and installed now if it has none (R4, R5).
+    #[inline]
+    fn own_leaf(&self, r: usize) -> Result<*mut AtomicUsize, RegisterError> {
         let empty = biased(self.empty, r);
-        if self.root[r].load(Ordering::Acquire) != empty {
-            return Ok(());
+        let leaf = self.root[r].load(Ordering::Acquire);
+        if leaf != empty {
+            return Ok(leaf);
         }
+        self.install_leaf(r, empty)
+    }
+
+    #[cold]
+    fn install_leaf(
+        &self,
+        r: usize,
+        empty: *mut AtomicUsize,
+    ) -> Result<*mut AtomicUsize, RegisterError> {
         let mem = self
             .source
             .map(LEAF_LAYOUT)
@@ -375,37 +388,69 @@ impl Registry {
             // SAFETY: fresh memory of the leaf's layout, ours alone until installed.
             unsafe { core::ptr::addr_of_mut!((*fresh).entries[i]).write(AtomicUsize::new(0)) };
         }
-        match self.root[r].compare_exchange(
-            empty,
-            biased(fresh, r),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        let ours = biased(fresh, r);
+        match self.root[r].compare_exchange(empty, ours, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 self.leaves
                     .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                Ok(ours)
             }
-            // SAFETY: our leaf was never published: nobody else saw it. The winner's leaf is
-            // installed and stays (R5).
-            Err(_) => unsafe {
-                drop_leaf(fresh);
-                self.source.unmap(mem, LEAF_LAYOUT);
-            },
+            Err(winner) => {
+                // SAFETY: our leaf was never published: nobody else saw it. The winner's leaf
+                // is installed and stays (R5).
+                unsafe {
+                    drop_leaf(fresh);
+                    self.source.unmap(mem, LEAF_LAYOUT);
+                }
+                Ok(winner)
+            }
         }
-        Ok(())
     }
 
-    fn prepare_chunks(&self, chunks: &Range<usize>) -> Result<(), RegisterError> {
-        for r in (chunks.start >> LEAF_BITS)..=((chunks.end - 1) >> LEAF_BITS) {
-            self.install_leaf(r)?;
+    /// Installs the leaves of `chunks`, and returns the first one's (biased).
+    fn prepare_chunks(&self, chunks: &Range<usize>) -> Result<*mut AtomicUsize, RegisterError> {
+        let (first, last) = (chunks.start >> LEAF_BITS, (chunks.end - 1) >> LEAF_BITS);
+        let leaf = self.own_leaf(first)?;
+        for r in first + 1..=last {
+            self.own_leaf(r)?;
         }
-        Ok(())
+        Ok(leaf)
     }
 
     /// Maps the leaves covering `[base, base + len)` without registering anything, so that a
     /// later [`Registry::register`] of a region there cannot fail for want of memory.
     pub fn prepare(&self, base: usize, len: usize) -> Result<(), RegisterError> {
-        self.prepare_chunks(&self.chunks(base, len)?)
+        self.prepare_chunks(&self.chunks(base, len)?).map(drop)
+    }
+
+    /// Calls `f` with the entry of every chunk in `chunks` whose leaf is installed, loading
+    /// each root entry once (`first` is the first chunk's leaf, when already loaded); stops
+    /// when `f` says so.
+    fn each_entry(
+        &self,
+        chunks: Range<usize>,
+        mut first: Option<*mut AtomicUsize>,
+        mut f: impl FnMut(usize, &AtomicUsize) -> bool,
+    ) {
+        let mut r = chunks.start >> LEAF_BITS;
+        for i in chunks {
+            if i >> LEAF_BITS != r {
+                r = i >> LEAF_BITS;
+                first = None;
+            }
+            let leaf = match first {
+                Some(l) => l,
+                None => match self.installed(r) {
+                    Some(l) => l,
+                    None => continue,
+                },
+            };
+            first = Some(leaf);
+            // SAFETY: `leaf` was loaded from root entry `r = i >> LEAF_BITS`.
+            if !f(i, unsafe { self.entry(leaf, i) }) {
+                return;
+            }
+        }
     }
 
     /// Publishes `[base, base + len)` as a region of `kind` (R1, R3), mapping a leaf first if
@@ -424,24 +469,27 @@ impl Registry {
         kind: Kind,
     ) -> Result<(), RegisterError> {
         let chunks = self.chunks(base, len)?;
-        self.prepare_chunks(&chunks)?;
+        let leaf = self.prepare_chunks(&chunks)?;
         let entry = base | kind as usize;
-        for (n, i) in chunks.clone().enumerate() {
-            let slot = self.slot(i).expect("prepared above, and leaves stay (R5)");
-            if slot
+        let mut claimed = chunks.start;
+        self.each_entry(chunks.clone(), Some(leaf), |i, slot| {
+            let ok = slot
                 .compare_exchange(0, entry, PUBLISH, Ordering::Relaxed)
-                .is_err()
-            {
-                // R3: undo what this call claimed, leave others' entries alone.
-                for j in chunks.start..chunks.start + n {
-                    self.slot(j)
-                        .expect("claimed above")
-                        .store(0, Ordering::Release);
-                }
-                return Err(RegisterError::Occupied);
+                .is_ok();
+            if ok {
+                claimed = i + 1;
             }
+            ok
+        });
+        if claimed == chunks.end {
+            return Ok(());
         }
-        Ok(())
+        // R3: undo what this call claimed, leave others' entries alone.
+        self.each_entry(chunks.start..claimed, Some(leaf), |_, slot| {
+            slot.store(0, Ordering::Release);
+            true
+        });
+        Err(RegisterError::Occupied)
     }
 
     /// Withdraws `[base, base + len)`; call before the region is unmapped or reused (R2).
@@ -450,15 +498,13 @@ impl Registry {
         let Ok(chunks) = self.chunks(base, len) else {
             return;
         };
-        for i in chunks {
-            let Some(slot) = self.slot(i) else {
-                continue;
-            };
+        self.each_entry(chunks, None, |_, slot| {
             let e = slot.load(Ordering::Relaxed);
             if e != 0 && e & !KIND_MASK == base {
                 slot.store(0, Ordering::Release);
             }
-        }
+            true
+        });
     }
 }
 

@@ -138,13 +138,25 @@ fn leaves_are_mapped_only_where_regions_are() {
     assert_eq!(r.leaves(), 4);
     assert_eq!(r.lookup(across), Some((across, Kind::Large)));
     assert_eq!(r.lookup(across + CHUNK + 1), Some((across, Kind::Large)));
+    // A refusal across a leaf boundary undoes the claim in the first leaf.
+    register(&r, 9 * LEAF_SPAN, CHUNK, Kind::Superslab).unwrap();
+    let clash = 9 * LEAF_SPAN - 2 * CHUNK;
+    assert_eq!(
+        register(&r, clash, 3 * CHUNK, Kind::Large),
+        Err(RegisterError::Occupied)
+    );
+    assert_eq!((r.lookup(clash), r.lookup(clash + CHUNK)), (None, None));
+    assert_eq!(
+        r.lookup(9 * LEAF_SPAN),
+        Some((9 * LEAF_SPAN, Kind::Superslab))
+    );
     // Installed leaves answer "not ours" for their empty chunks.
     assert_eq!(r.lookup(w + 2 * CHUNK), None);
-    assert_eq!(src.maps.load(SeqCst), 4);
+    assert_eq!(src.maps.load(SeqCst), 6);
     drop(r);
     assert_eq!(
         src.unmaps.load(SeqCst),
-        4,
+        6,
         "a dropped registry gives its leaves back"
     );
 }
