@@ -389,7 +389,17 @@ impl Registry {
             unsafe { core::ptr::addr_of_mut!((*fresh).entries[i]).write(AtomicUsize::new(0)) };
         }
         let ours = biased(fresh, r);
-        match self.root[r].compare_exchange(empty, ours, Ordering::AcqRel, Ordering::Acquire) {
+        #[cfg(not(hakmem_seeded_bug = "leaf_store"))]
+        let installed =
+            self.root[r].compare_exchange(empty, ours, Ordering::AcqRel, Ordering::Acquire);
+        // The seeded bug `leaf_store`: install with a plain store, so a racing installer's
+        // leaf (and what was registered in it) is lost.
+        #[cfg(hakmem_seeded_bug = "leaf_store")]
+        let installed = {
+            self.root[r].store(ours, Ordering::Release);
+            Ok::<_, *mut AtomicUsize>(empty)
+        };
+        match installed {
             Ok(_) => {
                 self.leaves
                     .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
