@@ -5,10 +5,9 @@
 //! come from `libc::getenv`, and nothing is allocated through hakmem itself. Registry leaves
 //! are mapped later, when the first region in their 128 GiB range is registered. A start-up
 //! the OS refused leaves the state as it was, and the next call tries again. The thread-exit
-//! key is made
-//! before the context is published (so every heap can be registered with it); the fork handlers
-//! are registered after, since glibc may allocate while registering them (that re-entry then
-//! finds hakmem ready).
+//! key is made before the context is published (so every heap can be registered with it); the
+//! fork handlers are registered after, since glibc may allocate while registering them (that
+//! re-entry then finds hakmem ready).
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
 use core::cell::Cell;
