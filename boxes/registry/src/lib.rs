@@ -137,7 +137,7 @@ const _: () = assert!(COVERED_CHUNKS == 1 << (ADDRESS_BITS - CHUNK_SHIFT));
 
 /// One leaf: an entry per chunk. Zeroed memory is a valid leaf of empty entries.
 #[repr(C)]
-pub struct Leaf {
+struct Leaf {
     entries: [AtomicUsize; LEAF_CHUNKS],
 }
 
