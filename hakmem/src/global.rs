@@ -1,9 +1,11 @@
 //! Start-up and the per-thread heap pointer.
 //!
-//! The first allocation initialises everything from static, const-built state: the registry
-//! table and the shared context are mapped straight from the OS, settings come from
-//! `settings::freeze` (read with `libc::getenv`, possibly earlier, by an error path), and nothing
-//! is allocated through hakmem itself. The thread-exit key is made before the context is
+//! The first allocation initialises everything from static, const-built state: the shared
+//! context (with the registry's 16 KiB root inside it) is mapped straight from the OS, settings
+//! come from `settings::freeze` (read with `libc::getenv`, possibly earlier, by an error path),
+//! and nothing is allocated through hakmem itself. Registry leaves are mapped later, when the
+//! first region in their 128 GiB range is registered. A start-up the OS refused leaves the state
+//! as it was, and the next call tries again. The thread-exit key is made before the context is
 //! published (so every heap can be registered with it); the fork handlers and the exit report
 //! are registered after, since glibc may allocate while registering them (that re-entry then
 //! finds hakmem ready).
@@ -13,7 +15,7 @@ use core::ptr::{null_mut, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
 use hakmem_lru::LruConfig;
-use hakmem_registry::{AtomicUsize as RegWord, Registry, FULL_ENTRIES};
+use hakmem_registry::{LeafSource, Registry};
 use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
 
 static OS: LibcOs = LibcOs;
@@ -24,7 +26,6 @@ static mut KEY: libc::pthread_key_t = 0;
 const UNINIT: u8 = 0;
 const BUSY: u8 = 1;
 const READY: u8 = 2;
-const FAILED: u8 = 3;
 
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
 pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
@@ -70,14 +71,14 @@ fn init() -> Option<&'static Ctx> {
         match STATE.compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => break,
             Err(READY) => return ctx(),
-            Err(FAILED) => return None,
             // Another thread is initialising; it allocates nothing through us, so it finishes.
             Err(_) => core::hint::spin_loop(),
         }
     }
     let settings = crate::settings::freeze();
     let Some(ctx) = build(settings) else {
-        STATE.store(FAILED, Ordering::Release);
+        // Not permanent: the OS refused memory now, and the next call tries again.
+        STATE.store(UNINIT, Ordering::Release);
         return None;
     };
     // The thread-exit key must exist before any thread can see the context and make a heap.
@@ -96,16 +97,12 @@ fn init() -> Option<&'static Ctx> {
 }
 
 fn build(s: Settings) -> Option<NonNull<Ctx>> {
-    // The bootstrap mappings are counted once the context (and its counters) exist.
+    // The bootstrap mapping is counted once the context (and its counters) exist.
     let scratch = hakmem_stats::GlobalStats::new();
-    // The registry covers the 47-bit address space: 512 MiB reserved, MAP_NORESERVE, and only
-    // the pages under live regions are ever touched.
-    let table_len = FULL_ENTRIES * core::mem::size_of::<RegWord>();
-    let table = OS.map(table_len, PAGE, &scratch)?;
     let len = (core::mem::size_of::<Ctx>() + PAGE - 1) & !(PAGE - 1);
     let mem = OS.map(len, PAGE, &scratch)?.cast::<Ctx>();
-    // SAFETY: a fresh zeroed mapping of FULL_ENTRIES words, never unmapped.
-    let registry = unsafe { Registry::from_raw(table.as_ptr().cast::<RegWord>(), FULL_ENTRIES) };
+    // The registry maps nothing yet: its leaves come from LEAVES on demand.
+    let registry = Registry::new(&LEAVES);
     let lru = LruConfig {
         max_bytes: s.lru_mb << 20,
         decay_ns: s.lru_decay_ms * 1_000_000,
@@ -120,9 +117,52 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
     // SAFETY: just written.
     let ctx = unsafe { mem.as_ref() };
     // Page-aligned requests take exactly one mmap each.
-    ctx.stats.event(hakmem_stats::Event::Reserve, table_len);
     ctx.stats.event(hakmem_stats::Event::Mmap, len);
     Some(mem)
+}
+
+/// The registry's leaves: page-aligned anonymous mappings (`MAP_NORESERVE`: only the pages
+/// under live regions are ever touched), counted as mmaps in the context's stats.
+struct Leaves;
+
+static LEAVES: Leaves = Leaves;
+
+impl Leaves {
+    fn len(layout: core::alloc::Layout) -> usize {
+        (layout.size() + PAGE - 1) & !(PAGE - 1)
+    }
+
+    fn with_stats<R>(f: impl FnOnce(&hakmem_stats::GlobalStats) -> R) -> R {
+        match ctx() {
+            Some(c) => f(&c.stats),
+            // Regions are registered only once the context is published; just in case.
+            None => f(&hakmem_stats::GlobalStats::new()),
+        }
+    }
+}
+
+// SAFETY: `LibcOs::map` returns fresh zeroed anonymous memory, page-aligned (a leaf needs 8),
+// of at least the layout's size, or `None`; `unmap` gives back exactly that mapping.
+unsafe impl LeafSource for Leaves {
+    fn map(&self, layout: core::alloc::Layout) -> Option<NonNull<u8>> {
+        if layout.size() == 0 || layout.align() > PAGE {
+            return None;
+        }
+        // A leaf is address space reserved (MAP_NORESERVE, touched only under live regions):
+        // counted as a reservation, apart from the memory mapped.
+        let len = Self::len(layout);
+        let leaf = OS.map(len, PAGE, &hakmem_stats::GlobalStats::new());
+        if leaf.is_some() {
+            Self::with_stats(|stats| stats.event(hakmem_stats::Event::Reserve, len));
+        }
+        leaf
+    }
+
+    unsafe fn unmap(&self, leaf: NonNull<u8>, layout: core::alloc::Layout) {
+        // SAFETY: the caller passes back a mapping `map` made with this layout. (Only a leaf that
+        // lost its installation race comes back; its reservation stays counted.)
+        unsafe { OS.unmap(leaf, Self::len(layout), &hakmem_stats::GlobalStats::new()) }
+    }
 }
 
 /// Reports a corruption the boxes found, then aborts (or, with `HAKMEM_INVALID_FREE=warn`,

@@ -121,8 +121,9 @@ impl Stats {
             .saturating_sub(self.bytes(Event::Munmap))
     }
 
-    /// Address space reserved but not in use as memory: the registry's table, mapped
-    /// `MAP_NORESERVE` and touched only under live regions.
+    /// Address space reserved but not in use as memory: the registry's leaves (512 KiB each,
+    /// one per 128 GiB of address space in use), mapped `MAP_NORESERVE` and touched only under
+    /// live regions.
     pub fn reserved_bytes(&self) -> u64 {
         self.bytes(Event::Reserve)
     }

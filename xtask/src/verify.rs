@@ -89,6 +89,12 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         what: "the registry publishes a region with Relaxed instead of Release",
     },
     SeededBug {
+        name: "leaf_store",
+        in_crate: "hakmem-registry",
+        models: &[("hakmem-registry", "loom_models::leaf_install")],
+        what: "the registry installs a leaf with a plain store instead of a CAS",
+    },
+    SeededBug {
         name: "adopt_no_take",
         in_crate: "hakmem-superslab",
         models: &[("hakmem-superslab", "loom_models::abandon_adopt")],

@@ -223,9 +223,15 @@ pub enum PtrRoute<'a> {
 
 /// Classifies `p` through the registry: O(1), lock-free, safe for any address.
 ///
+/// It reads the header of the region the registry reports. That is sound because
+/// [`Registry::register`] is `unsafe`: whoever registered a region promised a fully written
+/// header of its kind at its base, kept until the region is unregistered (the registry's R1).
+///
 /// # Safety
-/// The caller holds `p`'s block (or a pin), so the region cannot be released meanwhile; for a
-/// pointer that is not ours the answer is `NotOurs` and nothing is dereferenced.
+/// Every region in `registry` was registered by the superslab box (a [`Superslab`] or a
+/// [`LargeHeader`] at its base). The caller holds `p`'s block (or a pin), so the region cannot
+/// be released meanwhile; for a pointer that is not ours the answer is `NotOurs` and nothing is
+/// dereferenced.
 #[inline(always)]
 pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
     match registry.lookup(p as usize) {

@@ -67,11 +67,13 @@ impl LargeHeader {
             addr_of_mut!((*h).len).write(layout.len);
             addr_of_mut!((*h).user_offset).write(layout.user_offset);
         }
-        if env
-            .registry
-            .register(region.as_ptr() as usize, layout.len, Kind::Large)
-            .is_err()
-        {
+        // SAFETY: the caller owns the region until it is retired (which unregisters it first),
+        // and its header is written above (SS2).
+        let registered = unsafe {
+            env.registry
+                .register(region.as_ptr() as usize, layout.len, Kind::Large)
+        };
+        if registered.is_err() {
             return Err(region);
         }
         // SAFETY: user_offset < len, inside the region.
@@ -113,12 +115,16 @@ impl LargeHeader {
         if user_offset > SS_SIZE || new_len <= len {
             return None;
         }
+        // Map the registry's leaves for the grown range first: if the pages grow in place,
+        // registering them again then needs no memory.
+        env.registry.prepare(base, new_len).ok()?;
         env.registry.unregister(base, len);
         let old = NonNull::new(base as *mut u8)?;
         // SAFETY: the caller holds the only reference to the whole region.
         let Some(moved) = (unsafe { env.os.remap(old, len, new_len, SS_SIZE, env.stats) }) else {
             // Unchanged: publish it again as it was (its chunks are still ours alone).
-            let again = env.registry.register(base, len, Kind::Large);
+            // SAFETY: the same region and header as before, still ours.
+            let again = unsafe { env.registry.register(base, len, Kind::Large) };
             debug_assert!(again.is_ok());
             return None;
         };
@@ -126,10 +132,14 @@ impl LargeHeader {
         // SAFETY: the header moved with the pages; we own the region.
         unsafe { addr_of_mut!((*h).len).write(new_len) };
         // A fresh range of ours (or ours extended into free address space): no chunk of it can
-        // belong to another live region, so registering cannot fail.
-        let registered = env
-            .registry
-            .register(moved.as_ptr() as usize, new_len, Kind::Large);
+        // belong to another live region. Its leaves were prepared above when it grew in place;
+        // a move into a 128 GiB window that has no leaf yet, while the OS refuses the 512 KiB
+        // for one, is the one way this can fail (not handled: the block would read as foreign).
+        // SAFETY: the region (and the header that moved with it) is ours until retired.
+        let registered = unsafe {
+            env.registry
+                .register(moved.as_ptr() as usize, new_len, Kind::Large)
+        };
         debug_assert!(registered.is_ok());
         // SAFETY: written above; live while the caller holds its block.
         Some(unsafe { &*h })

@@ -248,7 +248,7 @@ pub mod heap {
             }
         }
 
-        /// The arena as `(first chunk index, chunks)`, for `Registry::with_window`.
+        /// The arena as `(first chunk index, chunks)`.
         pub fn window(&self) -> (usize, usize) {
             (
                 self.arena >> crate::SS_SHIFT,
@@ -256,17 +256,10 @@ pub mod heap {
             )
         }
 
-        /// A registry covering exactly this arena (its small table is leaked: a test's or a
-        /// model iteration's registry lives as long as the regions it covers).
+        /// A registry for this arena's regions, its leaves from the std heap (under loom, in
+        /// the model geometry counted from the arena's first chunk).
         pub fn registry(&self) -> hakmem_registry::Registry {
-            let (first, chunks) = self.window();
-            let table: Vec<hakmem_registry::AtomicUsize> = (0..chunks)
-                .map(|_| hakmem_registry::AtomicUsize::new(0))
-                .collect();
-            hakmem_registry::Registry::with_window(
-                std::boxed::Box::leak(table.into_boxed_slice()),
-                first,
-            )
+            hakmem_registry::Registry::with_origin(&hakmem_registry::HeapLeaves, self.window().0)
         }
 
         /// How many ranges were unmapped so far.

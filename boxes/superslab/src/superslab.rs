@@ -107,11 +107,13 @@ impl Superslab {
                 }
             }
         }
-        if env
-            .registry
-            .register(region.as_ptr() as usize, SS_SIZE, Kind::Superslab)
-            .is_err()
-        {
+        // SAFETY: the caller owns the region until it is retired (which unregisters it first),
+        // and a whole superslab header is written at its base above (SS2).
+        let registered = unsafe {
+            env.registry
+                .register(region.as_ptr() as usize, SS_SIZE, Kind::Superslab)
+        };
+        if registered.is_err() {
             return Err(region);
         }
         // SAFETY: initialised above; lives until retired, which needs this reference back.
