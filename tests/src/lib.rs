@@ -346,8 +346,9 @@ impl OnBad {
     }
 }
 
-/// The first line of the `HAKMEM_STATS` report.
-pub const REPORT_HEADER: &str = "hakmem: statistics";
+/// How the first line of the `HAKMEM_STATS` report starts (it goes on with the pid and the
+/// program's name).
+pub const REPORT_HEADER: &str = "hakmem: statistics for pid ";
 
 impl Outcome {
     /// The allocator's messages on stderr: every line that starts with "hakmem: ", except the
@@ -355,7 +356,7 @@ impl Outcome {
     pub fn hakmem_messages(&self) -> Vec<&str> {
         self.stderr
             .lines()
-            .filter(|l| l.starts_with("hakmem: ") && *l != REPORT_HEADER)
+            .filter(|l| l.starts_with("hakmem: ") && !l.starts_with(REPORT_HEADER))
             .collect()
     }
 
