@@ -43,8 +43,8 @@ use hakmem_registry::Registry;
 use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
-    AbandonedList, Corrupt, Env, Os, SlabMeta, SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE,
-    SS_SIZE,
+    free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
+    SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::List;
 use hakmem_unified_cache::UnifiedCache;
@@ -97,6 +97,8 @@ impl Ctx {
         check: bool,
         report: fn(Corrupt),
     ) -> Self {
+        // Draw the free key at start-up, before any heap exists (FK1).
+        init_free_key();
         Self {
             os,
             registry,
@@ -268,6 +270,8 @@ impl Ctx {
 pub struct Heap {
     sll: [List; CLASSES],
     id: usize,
+    /// The free key (FK1), next to `id`, which the free path reads anyway.
+    key: usize,
     ctx: *const Ctx,
     current: [*const SlabMeta; CLASSES],
     owned: *const Superslab,
@@ -296,6 +300,7 @@ impl Heap {
         // SAFETY: the caller hands over a valid, empty heap.
         let h = unsafe { &mut *this };
         h.id = id;
+        h.key = init_free_key();
         h.ctx = ctx;
         for (list, &cap) in h.sll.iter_mut().zip(LIST_CAPS.iter()) {
             *list = List::new(if ctx.check { 0 } else { cap });
@@ -366,6 +371,8 @@ impl Heap {
     }
 
     fn on_handed_out(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: a block of at least 16 bytes, ours, going to the user: unkeyed (FK2).
+        unsafe { set_key_word(p, 0) };
         self.stats.on_alloc(class);
         if self.ctx().check {
             // SAFETY: `p` is a block of a live superslab of ours.
@@ -392,7 +399,7 @@ impl Heap {
         for _ in 0..batch {
             let b = self.cache.pop(class);
             // SAFETY: a free block this heap owns, on no list.
-            unsafe { self.sll[class].push(b) };
+            unsafe { self.sll[class].push(b, self.key) };
         }
         self.on_handed_out(class, p);
         p
@@ -407,9 +414,14 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
-            let cache = &mut self.cache;
-            // SAFETY: the slab is ours (H3).
-            let n = unsafe { slab.alloc_batch(want - got, |b| assert!(cache.push(class, b))) };
+            let (cache, key) = (&mut self.cache, self.key);
+            // SAFETY: the slab is ours (H3); never-carved blocks get the key here (FK1).
+            let n = unsafe {
+                slab.alloc_batch(want - got, |b| {
+                    set_key_word(b, key);
+                    assert!(cache.push(class, b))
+                })
+            };
             got += n;
             self.ctx().stats.held_add(class, n as usize);
             // SAFETY: as above.
@@ -649,7 +661,7 @@ impl Heap {
         false
     }
 
-    /// Frees `p`, a block in `slab` of `ss` (H1, H2). The caller found both through the
+    /// Frees `p`, a block in `slab` of `ss` (H1, H2, FK3). The caller found both through the
     /// registry and checked `p` is 16-byte aligned.
     ///
     /// # Safety
@@ -659,17 +671,19 @@ impl Heap {
         let class = slab.class();
         debug_assert!(class < CLASSES);
         if slab.owner() == self.id {
+            let key = self.key;
             // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes,
             // all below CLASSES, and cannot change while `p`, one of its blocks, is out.
             let l = unsafe { self.sll.get_unchecked_mut(class) };
-            if !l.is_full() && l.head() != p {
+            // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+            if !l.is_full() && unsafe { key_word(p) } != key {
                 // SAFETY: a block of our own slab, given up by the caller.
-                unsafe { l.push(p) };
+                unsafe { l.push(p, key) };
                 self.stats.on_free(class);
                 return;
             }
             // SAFETY: forwarded.
-            return unsafe { self.free_local_slow(class, p) };
+            return unsafe { self.free_local_slow(class, slab, p) };
         }
         // SAFETY: forwarded.
         unsafe { self.free_remote(ss, slab, class, p) }
@@ -677,20 +691,47 @@ impl Heap {
 
     #[cold]
     #[inline(never)]
-    unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+    unsafe fn free_local_slow(&mut self, class: usize, slab: &SlabMeta, p: *mut u8) {
+        // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+        if unsafe { key_word(p) } == self.key && self.is_free_here(class, slab, p) {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };
             return;
         }
-        if self.sll[class].head() == p {
-            self.ctx().report(Corrupt::DoubleFree(p as usize));
-            return;
-        }
         self.spill(class);
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll[class].push(p) };
+        unsafe { self.sll[class].push(p, self.key) };
         self.stats.on_free(class);
+    }
+
+    /// The cold confirmation of a key match (FK3): true when `p`, a block of our own `slab`, is
+    /// on one of the free structures it could be on: the class's thread list, the cache, the
+    /// slab's free list or its remote stack. False means the user's data matched the key.
+    #[cold]
+    #[inline(never)]
+    fn is_free_here(&self, class: usize, slab: &SlabMeta, p: *mut u8) -> bool {
+        // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
+        // which is mapped while it is ours.
+        unsafe {
+            self.sll[class].contains(p)
+                || self.cache.contains(class, p)
+                || slab.free_list_contains(p)
+                || slab.remote_contains(p)
+        }
+    }
+
+    /// The non-owner's confirmation of a key match (FK3): the slab's remote stack is the only
+    /// free structure of another heap a non-owner may read.
+    #[cold]
+    #[inline(never)]
+    fn remote_double_free(slab: &SlabMeta, p: *mut u8) -> bool {
+        // SAFETY: `p` lies in a superslab the registry (or the caller's layout) found live; the
+        // look stays within its slab.
+        unsafe { key_word(p) == free_key() && slab.remote_contains(p) }
     }
 
     /// Check mode: validates `p` against its slab and the bitmap, then returns it to the slab.
@@ -769,6 +810,10 @@ impl Heap {
         p: *mut u8,
     ) {
         let ctx = self.ctx();
+        if Self::remote_double_free(slab, p) {
+            ctx.report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if ctx.check {
             let (s, g) = check_index(ss, p);
             if !ss.check_mark_freed(s, g) {
@@ -792,6 +837,10 @@ impl Heap {
     /// # Safety
     /// As for [`Heap::free_small`]; `ctx` is the context `ss` belongs to.
     pub unsafe fn free_orphan(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        if Self::remote_double_free(slab, p) {
+            ctx.report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if ctx.check {
             let (s, g) = check_index(ss, p);
             if !ss.check_mark_freed(s, g) {
@@ -870,7 +919,12 @@ impl Heap {
             } else {
                 ctx.stats.event(Event::Abandon, 0);
                 // SAFETY: ours, and forgotten from here on.
-                unsafe { ss.abandon(&ctx.abandoned) };
+                match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {
+                    // SAFETY: emptied by abandon's last drain, and the last reference was ours.
+                    Ok(true) => unsafe { ctx.release_superslab(ss) },
+                    Ok(false) => {}
+                    Err(e) => ctx.report(e),
+                }
             }
         }
         self.cursor = null();

@@ -4,13 +4,22 @@ use hakmem_route::class_of;
 use hakmem_superslab::HeapOs;
 use std::boxed::Box;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering::SeqCst};
+use hakmem_superslab::{key_word, set_key_word};
 use std::vec::Vec;
 
-static REPORTS: StdAtomic = StdAtomic::new(0);
+std::thread_local! {
+    // Reports seen by this test thread alone: tests run in parallel, so a process-wide count
+    // would also see other tests' reports.
+    static MINE: core::cell::RefCell<Vec<Corrupt>> = const { core::cell::RefCell::new(Vec::new()) };
+}
 
-fn count_report(_: Corrupt) {
-    REPORTS.fetch_add(1, SeqCst);
+fn count_report(c: Corrupt) {
+    MINE.with(|m| m.borrow_mut().push(c));
+}
+
+/// The reports this thread has seen since the last call.
+fn my_reports() -> Vec<Corrupt> {
+    MINE.with(|m| core::mem::take(&mut *m.borrow_mut()))
 }
 
 fn ctx(chunks: usize, check: bool) -> &'static Ctx {
@@ -231,14 +240,127 @@ fn check_mode_catches_every_double_free() {
     let a = unsafe { h.alloc(c) };
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let b = unsafe { h.alloc(c) };
-    let before = REPORTS.load(SeqCst);
+    my_reports();
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     unsafe {
         free(h, a);
         free(h, b);
-        free(h, a); // not at the head of any list: only the bitmap sees it
+        free(h, a); // not at the head of any list
     }
-    assert_eq!(REPORTS.load(SeqCst), before + 1);
+    assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+}
+
+fn remote_free(ctx: &'static Ctx, p: *mut u8) {
+    // SAFETY: the test hands `p` over (or frees it twice on purpose); `p` is a block of ours.
+    match unsafe { hakmem_route::classify(&ctx.registry, p) } {
+        // SAFETY: as above.
+        hakmem_route::PtrRoute::Small(ss, slab) => unsafe { Heap::free_orphan(ctx, ss, slab, p) },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_double_free_not_at_the_head_is_caught_by_default() {
+    // glibc's "double free detected in tcache 2" case: free(a); free(b); free(a).
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(48).unwrap();
+    my_reports();
+    // SAFETY: the heap is this test thread's own; the second free of `a` is the bug under test.
+    unsafe {
+        let a = h.alloc(c);
+        let b = h.alloc(c);
+        assert_eq!(key_word(a), 0, "FK2: handed out unkeyed");
+        free(h, a);
+        free(h, b);
+        assert_eq!(key_word(a), h.key, "FK1: keyed while free");
+        free(h, a);
+        assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+        // The report dropped the second free: the next allocations are distinct.
+        let x = h.alloc(c);
+        let y = h.alloc(c);
+        let z = h.alloc(c);
+        assert!(x != y && y != z && x != z);
+    }
+}
+
+#[test]
+fn a_double_free_is_caught_wherever_the_block_sits() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    // Enough blocks that freeing them all fills the thread list, spills into the cache, and
+    // flushes the cache's oldest to their slabs' free lists.
+    // SAFETY: the heap is this test thread's own, and every block is ours.
+    let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
+    for &b in &blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    let on_list = blocks.iter().copied().find(|&b| unsafe { h.sll[c].contains(b) });
+    let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
+    let on_slab = blocks.iter().copied().find(|&b| {
+        // SAFETY: our blocks, in live superslabs we own.
+        unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
+    });
+    my_reports();
+    for p in [on_list, in_cache, on_slab] {
+        let p = p.expect("a block in each place");
+        // SAFETY: a second free of a free block: the bug under test.
+        unsafe { free(h, p) };
+        assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(p as usize)]);
+    }
+}
+
+#[test]
+fn a_double_free_of_a_block_on_a_remote_stack_is_caught_by_owner_and_non_owner() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(32).unwrap();
+    // SAFETY: the heap is this test thread's own.
+    let (a, b) = unsafe { (h.alloc(c), h.alloc(c)) };
+    // Another thread (no heap) frees both: they wait on the slab's remote stack.
+    let (au, bu) = (a as usize, b as usize);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (a, b) = (au as *mut u8, bu as *mut u8);
+            remote_free(ctx, a);
+            remote_free(ctx, b);
+            my_reports();
+            remote_free(ctx, a); // the non-owner frees it again
+            assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+        });
+    });
+    my_reports();
+    // SAFETY: the owner frees it again: the bug under test.
+    unsafe { free(h, b) };
+    assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(b as usize)]);
+}
+
+#[test]
+fn user_data_that_matches_the_key_is_not_a_double_free() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(16).unwrap();
+    my_reports();
+    // SAFETY: our blocks; the user writes the key into its own block, then frees it once.
+    unsafe {
+        let p = h.alloc(c);
+        set_key_word(p, h.key);
+        free(h, p);
+        assert!(my_reports().is_empty(), "not confirmed: the free proceeds");
+        assert_eq!(h.alloc(c), p, "and the block is reused");
+        // The non-owner path too.
+        let q = h.alloc(c);
+        set_key_word(q, h.key);
+        let qu = q as usize;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                remote_free(ctx, qu as *mut u8);
+                assert!(my_reports().is_empty());
+            });
+        });
+    }
 }
 
 #[test]
