@@ -16,9 +16,15 @@
 //! - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
 //!   its region through the registry and its slab by shift.
 //! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
-//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not a block start, is
-//!   reported as `hakmem: free(): invalid pointer 0x…` and aborts (`HAKMEM_INVALID_FREE=warn`
-//!   reports and goes on).
+//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
+//!   its slab has handed out (below the slab's carve mark, SS10), is reported as
+//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3) as
+//!   `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
+//!   reports, drops the free and goes on).
+//! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
+//!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
+//!   allocate and free on it; at the last pass it is retired (H5), and later calls take the
+//!   orphan paths, which leave nothing owned.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod global;

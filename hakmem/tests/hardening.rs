@@ -27,7 +27,11 @@ fn stderr(o: &Output) -> String {
 fn assert_aborted_with(o: &Output, msg: &str) {
     use std::os::unix::process::ExitStatusExt;
     let e = stderr(o);
-    assert_eq!(o.status.signal(), Some(libc::SIGABRT), "aborts; stderr: {e}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGABRT),
+        "aborts; stderr: {e}"
+    );
     assert!(e.contains(msg), "says {msg:?}; stderr: {e}");
 }
 
@@ -111,7 +115,9 @@ fn a_never_carved_block_start_warns_and_hands_out_no_duplicate() {
         Some(o) => {
             assert!(o.status.success(), "goes on; stderr: {}", stderr(&o));
             assert_eq!(
-                stderr(&o).matches("hakmem: free(): invalid pointer 0x").count(),
+                stderr(&o)
+                    .matches("hakmem: free(): invalid pointer 0x")
+                    .count(),
                 1
             );
         }
@@ -196,7 +202,11 @@ fn allocations_in_late_tsd_destructors_use_the_real_heap_and_leak_nothing() {
             "a heap per late call: {abandons} abandons, {adopts} adopts for {THREADS} threads"
         );
         assert_eq!(after.threads(), before.threads(), "every heap retired");
-        assert_eq!(after.live_blocks(), before.live_blocks(), "every block back");
+        assert_eq!(
+            after.live_blocks(),
+            before.live_blocks(),
+            "every block back"
+        );
         return;
     };
     assert!(o.status.success(), "stderr: {}", stderr(&o));

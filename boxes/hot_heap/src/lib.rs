@@ -17,8 +17,8 @@
 //! - **H1 (own blocks only).** A heap's thread lists and cache hold only blocks of slabs it owns;
 //!   a free checks `slab.owner() == heap.id` and sends anything else to the remote stack.
 //! - **H2 (fast path).** [`Heap::alloc`] and the owner's [`Heap::free_small`] touch the heap, the
-//!   block, and (for the free) the slab's shared `owner`/`class` words, which only the owner
-//!   writes: no atomic read-modify-write, no lock, no division.
+//!   block's first two words, and (for the free) the slab's shared `owner`/`class` words, which
+//!   only the owner writes: no atomic read-modify-write, no lock, no division.
 //! - **H3 (rings).** A slab is on its class's ring iff it is in use by this heap and has a free
 //!   or never-carved block, or it is the ring's current slab. Full slabs leave the ring and
 //!   come back when a block returns (local flush or drained remote free).
@@ -32,6 +32,19 @@
 //!   the slow path, where a per-slab bitmap catches every double free.
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
+//! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
+//!   on a slab's free list or remote stack) carries the per-process free key in its second word:
+//!   a refill keys the blocks it carves, and every push writes it.
+//! - **FK2 (unkeyed when out).** Every block handed to a user has its second word cleared first
+//!   (`List::pop`, or the slow path's hand-out), so a user's block carries the key only if the
+//!   user wrote it there.
+//! - **FK3 (double frees caught).** Every free, the owner's and a non-owner's, compares the
+//!   block's second word with the key (one load and one compare on the fast path). A match goes
+//!   to a cold confirmation: the owner walks the class's thread list, the cache, the slab's free
+//!   list and its remote stack; a non-owner walks the slab's remote stack (bounded reads within
+//!   the slab). A confirmed match is reported as `Corrupt::DoubleFree` and the free is dropped;
+//!   an unconfirmed one (user data equal to the key) proceeds. In check mode (H6) the bitmap
+//!   still catches the rest.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 

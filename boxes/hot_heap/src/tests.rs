@@ -2,9 +2,9 @@ extern crate std;
 use super::*;
 use hakmem_route::class_of;
 use hakmem_superslab::HeapOs;
+use hakmem_superslab::{key_word, set_key_word};
 use std::boxed::Box;
 use std::collections::HashSet;
-use hakmem_superslab::{key_word, set_key_word};
 use std::vec::Vec;
 
 std::thread_local! {
@@ -297,7 +297,10 @@ fn a_double_free_is_caught_wherever_the_block_sits() {
         // SAFETY: ours, freed once.
         unsafe { free(h, b) };
     }
-    let on_list = blocks.iter().copied().find(|&b| unsafe { h.sll[c].contains(b) });
+    let on_list = blocks
+        .iter()
+        .copied()
+        .find(|&b| unsafe { h.sll[c].contains(b) });
     let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
     let on_slab = blocks.iter().copied().find(|&b| {
         // SAFETY: our blocks, in live superslabs we own.

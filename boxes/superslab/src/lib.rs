@@ -29,10 +29,22 @@
 //!   is in `owner`, or the one thread that took the superslab off the abandoned list. Others
 //!   touch only `owner` (a read) and the remote stack (a push).
 //! - **SS6 (remote stack).** Non-owners push with a CAS loop (Release); the owner takes the
-//!   whole stack with `swap(null, Acquire)`; every pushed block is taken exactly once.
+//!   whole stack with one swap (Acquire); every pushed block is taken exactly once. The head
+//!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack.
 //! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
 //!   heap; taking it off the list (adopt, or a freer's collect) is the only way to touch its
-//!   slabs, and the lock makes that exclusive.
+//!   slabs, and the lock makes that exclusive. Abandoning drains and flags every in-use slab's
+//!   remote stack in one swap per slab (collectors drain with the same swap; an adopter's drain
+//!   clears the flag), so a remote free either lands before and is drained, or sees the flag in
+//!   its one CAS and pins, pushes and collects: none is stranded (S1). Whoever lists the
+//!   superslab, or puts it back, looks again at `pending` under the list's lock order.
+//! - **SS9 (free key).** A block on a slab's free list or remote stack carries the per-process
+//!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
+//!   push); [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a
+//!   suspected double free. (Re)initialising a slab empties its remote stack (S2).
+//! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
+//!   at some time in its current life, is published before they go out, and is 0 while the slab
+//!   is free: a block start at or beyond it is not a block.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

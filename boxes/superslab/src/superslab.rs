@@ -406,7 +406,11 @@ impl Superslab {
     ///
     /// # Safety
     /// The caller owns the superslab and forgets it afterwards.
-    pub unsafe fn abandon(&self, list: &AbandonedList, stats: &GlobalStats) -> Result<bool, Corrupt> {
+    pub unsafe fn abandon(
+        &self,
+        list: &AbandonedList,
+        stats: &GlobalStats,
+    ) -> Result<bool, Corrupt> {
         // SAFETY: forwarded; the caller owns every in-use slab.
         for slab in unsafe { self.slabs_in_use() } {
             slab.set_owner(0);

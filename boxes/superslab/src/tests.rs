@@ -269,7 +269,11 @@ fn abandon_drains_what_was_pushed_and_flags_the_rest() {
         // A remote free that lands while the owner still owns it (before the flag).
         assert_eq!(ss.free_remote(slab, b[0], &list, &w.stats), Ok(false));
         assert_eq!(ss.abandon(&list, &w.stats), Ok(false));
-        assert_eq!(slab.local().used, 1, "the early push was drained by abandon");
+        assert_eq!(
+            slab.local().used,
+            1,
+            "the early push was drained by abandon"
+        );
         assert!(slab.remote.is_empty() && slab.remote.is_flagged());
         // S1: the push after the flag sees it in the same CAS, pins and collects: the last
         // block retires the superslab, nothing is stranded on the stack.
@@ -294,7 +298,11 @@ fn abandon_of_a_superslab_emptied_by_its_last_drain_hands_it_back() {
         let mut b = Vec::new();
         slab.alloc_batch(1, |x| b.push(x));
         assert_eq!(ss.free_remote(slab, b[0], &list, &w.stats), Ok(false));
-        assert_eq!(ss.abandon(&list, &w.stats), Ok(true), "empty: the caller retires it");
+        assert_eq!(
+            ss.abandon(&list, &w.stats),
+            Ok(true),
+            "empty: the caller retires it"
+        );
         assert_eq!(list.len(), 0);
         let region = ss.retire(&env);
         env.os.unmap(region, SS_SIZE, env.stats);
@@ -319,9 +327,15 @@ fn a_stale_remote_stack_does_not_survive_into_the_slabs_next_life() {
         assert_eq!(slab.owner(), 0);
         assert_eq!(slab.carved(), 0, "a free slab has no valid block start");
         let _ = ss.free_remote(slab, b[0], &list, &w.stats);
-        assert!(!slab.remote.is_empty(), "the double free sits on the free slab's stack");
+        assert!(
+            !slab.remote.is_empty(),
+            "the double free sits on the free slab's stack"
+        );
         let again = ss.alloc_slab(3, 256).unwrap();
-        assert!(core::ptr::eq(again, slab), "the same slab, in its next life");
+        assert!(
+            core::ptr::eq(again, slab),
+            "the same slab, in its next life"
+        );
         assert!(again.remote.is_empty(), "S2: init reset the stack");
         assert_eq!(again.drain_remote(), Ok(0));
         assert_eq!(again.local().used, 0);

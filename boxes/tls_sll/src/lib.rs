@@ -241,12 +241,18 @@ mod tests {
         assert!(l.is_full());
         assert_eq!(l.len(), 4);
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        assert!(ptrs.iter().all(|&p| unsafe { key(p) == 7 && l.contains(p) }));
+        assert!(ptrs
+            .iter()
+            .all(|&p| unsafe { key(p) == 7 && l.contains(p) }));
         for &p in ptrs.iter().rev() {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
             assert_eq!(unsafe { l.pop() }, p);
             // SAFETY: as above.
-            assert_eq!(unsafe { (key(p), l.contains(p)) }, (0, false), "L5: popped, unkeyed");
+            assert_eq!(
+                unsafe { (key(p), l.contains(p)) },
+                (0, false),
+                "L5: popped, unkeyed"
+            );
         }
         assert!(l.is_empty());
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
