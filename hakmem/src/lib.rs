@@ -72,7 +72,7 @@ unsafe impl GlobalAlloc for HakMem {
             return unsafe { free_small_in(ss, slab, ptr) };
         }
         // SAFETY: `ptr` came from this allocator and is given up.
-        unsafe { free_impl(ptr, "free") }
+        unsafe { dealloc_other(ptr) }
     }
 
     #[inline]
@@ -280,6 +280,14 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
     }
 }
 
+/// `dealloc` of a block whose layout does not route to a slab: out of line, so that `dealloc`
+/// itself stays small enough to be inlined into its callers.
+#[inline(never)]
+unsafe fn dealloc_other(p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_impl(p, "free") }
+}
+
 #[inline(always)]
 unsafe fn free_impl(p: *mut u8, op: &str) {
     let Some(ctx) = ctx() else {
@@ -307,12 +315,16 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
         return unsafe { (*h).free_small(ss, slab, p) };
     }
     // SAFETY: forwarded.
-    unsafe { free_small_slow(ss, slab, p) }
+    unsafe { free_small_slow(p) }
 }
 
+/// `free_small_in` for a thread without a live heap. It takes `p` alone, and finds its slab
+/// again by mask and shift, so the inlined fast path passes one register.
 #[cold]
 #[inline(never)]
-unsafe fn free_small_slow(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+unsafe fn free_small_slow(p: *mut u8) {
+    // SAFETY: the caller found `p` in a live superslab (by the registry or its layout).
+    let (ss, slab) = unsafe { Superslab::slab_of_block(p) };
     let Some(ctx) = ctx() else {
         return invalid_pointer("free", p);
     };

@@ -696,7 +696,7 @@ impl Heap {
                 return;
             }
             // SAFETY: forwarded.
-            return unsafe { self.free_local_slow(class, slab, p) };
+            return unsafe { self.free_local_slow(class, p) };
         }
         // SAFETY: forwarded.
         unsafe { self.free_remote(ss, slab, class, p) }
@@ -704,9 +704,9 @@ impl Heap {
 
     #[cold]
     #[inline(never)]
-    unsafe fn free_local_slow(&mut self, class: usize, slab: &SlabMeta, p: *mut u8) {
+    unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
         // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
-        if unsafe { key_word(p) } == self.key && self.is_free_here(class, slab, p) {
+        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
             self.ctx().report(Corrupt::DoubleFree(p as usize));
             return;
         }
@@ -726,7 +726,9 @@ impl Heap {
     /// slab's free list or its remote stack. False means the user's data matched the key.
     #[cold]
     #[inline(never)]
-    fn is_free_here(&self, class: usize, slab: &SlabMeta, p: *mut u8) -> bool {
+    fn is_free_here(&self, class: usize, p: *mut u8) -> bool {
+        // SAFETY: `p` lies in a live superslab of ours (the caller found its slab owned by us).
+        let (_, slab) = unsafe { Superslab::slab_of_block(p) };
         // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
         // which is mapped while it is ours.
         unsafe {
