@@ -176,10 +176,8 @@ fn allocations_in_late_tsd_destructors_use_the_real_heap_and_leak_nothing() {
         // SAFETY: start hakmem first, so its key is older than ours (its destructor runs first).
         unsafe { hakmem::raw::free(hakmem::raw::malloc(8)) };
         // SAFETY: a key with a plain C destructor.
-        assert_eq!(
-            unsafe { libc::pthread_key_create(&raw mut LATE_KEY, Some(late_destructor)) },
-            0
-        );
+        let made = unsafe { libc::pthread_key_create(&raw mut LATE_KEY, Some(late_destructor)) };
+        assert_eq!(made, 0);
         let before = hakmem::stats();
         const THREADS: usize = 200;
         for _ in 0..THREADS {
@@ -188,7 +186,7 @@ fn allocations_in_late_tsd_destructors_use_the_real_heap_and_leak_nothing() {
                 unsafe {
                     let p = hakmem::raw::malloc(32);
                     hakmem::raw::free(p);
-                    libc::pthread_setspecific(LATE_KEY, 1 as *const libc::c_void);
+                    libc::pthread_setspecific(LATE_KEY, std::ptr::dangling::<libc::c_void>());
                 }
             })
             .join()

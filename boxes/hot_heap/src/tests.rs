@@ -300,6 +300,7 @@ fn a_double_free_is_caught_wherever_the_block_sits() {
     let on_list = blocks
         .iter()
         .copied()
+        // SAFETY: the list's blocks are free and linked.
         .find(|&b| unsafe { h.sll[c].contains(b) });
     let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
     let on_slab = blocks.iter().copied().find(|&b| {

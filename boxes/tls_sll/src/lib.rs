@@ -240,19 +240,17 @@ mod tests {
         }
         assert!(l.is_full());
         assert_eq!(l.len(), 4);
-        // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        assert!(ptrs
-            .iter()
-            .all(|&p| unsafe { key(p) == 7 && l.contains(p) }));
+        for &p in &ptrs {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
+            let (k, on) = unsafe { (key(p), l.contains(p)) };
+            assert_eq!((k, on), (7, true), "L5: keyed while on the list");
+        }
         for &p in ptrs.iter().rev() {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
             assert_eq!(unsafe { l.pop() }, p);
             // SAFETY: as above.
-            assert_eq!(
-                unsafe { (key(p), l.contains(p)) },
-                (0, false),
-                "L5: popped, unkeyed"
-            );
+            let (k, on) = unsafe { (key(p), l.contains(p)) };
+            assert_eq!((k, on), (0, false), "L5: popped, unkeyed");
         }
         assert!(l.is_empty());
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
