@@ -210,7 +210,36 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     HEAP.with(|c| c.set(heap.as_ptr()));
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
+    // A heap made during glibc's last pass over the TSD destructors is never handed to
+    // `thread_exit` (S4). Every heap is tagged with its thread, and each new thread looks at one
+    // other heap, in turn, and retires it if its thread has ended: such a heap is reclaimed
+    // within as many thread starts as there are live heaps.
+    // SAFETY: just made, ours.
+    unsafe { ctx.set_tag(heap, thread_tag()) };
+    ctx.reap_one(thread_gone);
     Some(heap)
+}
+
+/// This thread's tag: the process id above the thread id.
+fn thread_tag() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+    (getpid() as u64) << 32 | (tid & 0xffff_ffff)
+}
+
+/// True when the thread tagged `tag` has ended. Never true for a heap made before a `fork`
+/// (its thread ids mean nothing in the child, and its state may be mid-operation), nor for a
+/// thread that may run again: only the kernel's "no such thread" counts.
+fn thread_gone(tag: u64) -> bool {
+    let pid = (tag >> 32) as libc::pid_t;
+    if pid as usize != getpid() {
+        return false;
+    }
+    let tid = (tag & 0xffff_ffff) as libc::pid_t;
+    // SAFETY: signal 0 only checks that the thread exists.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    // SAFETY: errno is this thread's.
+    r == -1 && unsafe { *libc::__errno_location() } == libc::ESRCH
 }
 
 /// The thread-exit destructor. Other TSD destructors may run after it and still allocate and

@@ -209,3 +209,71 @@ fn allocations_in_late_tsd_destructors_use_the_real_heap_and_leak_nothing() {
     };
     assert!(o.status.success(), "stderr: {}", stderr(&o));
 }
+
+static mut LAST_PASS_KEY: libc::pthread_key_t = 0;
+
+std::thread_local! {
+    static PASSES: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// Sets its key again until glibc's last destructor pass, and only then makes the thread's
+/// first allocation: hakmem's heap is made in the last pass, so hakmem's exit destructor never
+/// sees it (S4).
+extern "C" fn last_pass_destructor(_: *mut libc::c_void) {
+    let n = PASSES.with(|p| {
+        p.set(p.get() + 1);
+        p.get()
+    });
+    if n < 4 {
+        // SAFETY: our key; glibc runs another pass.
+        unsafe { libc::pthread_setspecific(LAST_PASS_KEY, std::ptr::dangling()) };
+        return;
+    }
+    // SAFETY: the C-style API.
+    unsafe { hakmem::raw::free(hakmem::raw::malloc(24)) };
+}
+
+#[test]
+fn a_heap_made_in_the_last_destructor_pass_is_reclaimed() {
+    let name = "a_heap_made_in_the_last_destructor_pass_is_reclaimed";
+    let Some(o) = in_child(name, &[]) else {
+        // SAFETY: start hakmem first, so its key is older than ours.
+        unsafe { hakmem::raw::free(hakmem::raw::malloc(8)) };
+        // SAFETY: a key with a plain C destructor.
+        let made =
+            unsafe { libc::pthread_key_create(&raw mut LAST_PASS_KEY, Some(last_pass_destructor)) };
+        assert_eq!(made, 0);
+        let before = hakmem::stats();
+        std::thread::spawn(|| {
+            // SAFETY: our key. The thread makes no other allocator call.
+            unsafe { libc::pthread_setspecific(LAST_PASS_KEY, std::ptr::dangling()) };
+        })
+        .join()
+        .unwrap();
+        // Later threads each look at one other heap; the orphan is found and retired.
+        for _ in 0..16 {
+            if hakmem::stats().threads() == before.threads() {
+                break;
+            }
+            std::thread::spawn(|| {
+                // SAFETY: the C-style API.
+                unsafe { hakmem::raw::free(hakmem::raw::malloc(24)) };
+            })
+            .join()
+            .unwrap();
+        }
+        let after = hakmem::stats();
+        assert_eq!(
+            after.threads(),
+            before.threads(),
+            "the last-pass heap was retired"
+        );
+        assert_eq!(
+            after.live_blocks(),
+            before.live_blocks(),
+            "every block back"
+        );
+        return;
+    };
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+}

@@ -27,7 +27,9 @@
 //!   the lru (which gives its pages back).
 //! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
 //!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
-//!   superslab is ever leaked with an owner that no longer runs.
+//!   superslab is ever leaked with an owner that no longer runs. A heap whose thread ended
+//!   without retiring it (its exit hook never ran) is retired by [`Ctx::reap_one`], which
+//!   another thread calls with a test of thread liveness; it looks at the live heaps in turn.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
 //!   the slow path, where a per-slab bitmap catches every double free.
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
@@ -74,7 +76,10 @@ const SCAN_PER_REFILL: usize = 4;
 const SCAN_BEFORE_GROWING: usize = 32;
 
 struct Heaps {
+    /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
     live: *mut Heap,
+    /// The last live heap: the one [`Ctx::reap_one`] checks next.
+    tail: *mut Heap,
     free: *mut Heap,
     live_count: usize,
 }
@@ -122,6 +127,7 @@ impl Ctx {
             report,
             heaps: SpinLock::new(Heaps {
                 live: null_mut(),
+                tail: null_mut(),
                 free: null_mut(),
                 live_count: 0,
             }),
@@ -175,16 +181,98 @@ impl Ctx {
         self.heaps.with(|h| {
             // SAFETY: under the lock; `heap` is ours, the list's heaps are live.
             unsafe {
-                (*heap.as_ptr()).next = h.live;
-                (*heap.as_ptr()).prev = null_mut();
-                if let Some(l) = h.live.as_mut() {
-                    l.prev = heap.as_ptr();
-                }
+                Self::push_live(h, heap.as_ptr());
             }
-            h.live = heap.as_ptr();
             h.live_count += 1;
         });
         Some(heap)
+    }
+
+    /// Links `heap` at the front of the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is ours and on no list.
+    unsafe fn push_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; the list's heaps are live.
+        unsafe {
+            (*heap).next = h.live;
+            (*heap).prev = null_mut();
+            match h.live.as_mut() {
+                Some(l) => l.prev = heap,
+                None => h.tail = heap,
+            }
+        }
+        h.live = heap;
+    }
+
+    /// Unlinks `heap` from the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is on the live list.
+    unsafe fn unlink_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; its neighbours are live heaps.
+        unsafe {
+            let (next, prev) = ((*heap).next, (*heap).prev);
+            match prev.as_mut() {
+                Some(p) => p.next = next,
+                None => h.live = next,
+            }
+            match next.as_mut() {
+                Some(n) => n.prev = prev,
+                None => h.tail = prev,
+            }
+        }
+    }
+
+    /// Sets the tag of `heap`: an opaque word naming its thread, for [`Ctx::reap_one`] (0: none).
+    ///
+    /// # Safety
+    /// `heap` came from [`Ctx::new_heap`] and is not retired.
+    pub unsafe fn set_tag(&self, heap: NonNull<Heap>, tag: u64) {
+        // SAFETY: under the lock, as `reap_one` reads it.
+        self.heaps.with(|_| unsafe { (*heap.as_ptr()).tag = tag });
+    }
+
+    /// Looks at the live heap looked at least recently (one per call, in turn), and retires it
+    /// when `gone(tag)` says its thread has ended without retiring it (a heap made during the
+    /// thread's last pass over TSD destructors is never handed to the exit destructor: H5 would
+    /// fail without this). `gone` must answer true only for a thread that will never run again.
+    /// True when a heap was retired.
+    pub fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
+        let (heap, tag) = self.heaps.with(|h| {
+            let t = h.tail;
+            if t.is_null() || t == h.live {
+                return (null_mut(), 0);
+            }
+            // SAFETY: under the lock; `t` is live. It moves to the front: checked last.
+            unsafe {
+                Self::unlink_live(h, t);
+                Self::push_live(h, t);
+                (t, (*t).tag)
+            }
+        });
+        if heap.is_null() || tag == 0 || !gone(tag) {
+            return false;
+        }
+        // Claim it: only one reaper retires it (a heap's memory is never unmapped, so `heap`
+        // is readable; the id is 0 once retired).
+        let claimed = self.heaps.with(|_| {
+            // SAFETY: under the lock.
+            unsafe {
+                let ok = (*heap).tag == tag && (*heap).id != 0;
+                if ok {
+                    (*heap).tag = 0;
+                }
+                ok
+            }
+        });
+        if !claimed {
+            return false;
+        }
+        // SAFETY: its thread has ended, so nobody else uses it, and the claim above made this
+        // thread its only reaper.
+        unsafe { self.retire_heap(NonNull::new_unchecked(heap)) };
+        true
     }
 
     /// Tears a thread's heap down (H5), merges its counts, and keeps its memory for the next
@@ -200,16 +288,10 @@ impl Ctx {
             // SAFETY: under the lock; `h` and its neighbours are on the live list.
             unsafe {
                 self.stats.merge(&(*h).stats);
-                let (next, prev) = ((*h).next, (*h).prev);
-                match prev.as_mut() {
-                    Some(p) => p.next = next,
-                    None => l.live = next,
-                }
-                if let Some(n) = next.as_mut() {
-                    n.prev = prev;
-                }
+                Self::unlink_live(l, h);
                 (*h).next = l.free;
                 (*h).id = 0;
+                (*h).tag = 0;
             }
             l.free = h;
             l.live_count -= 1;
@@ -285,6 +367,8 @@ pub struct Heap {
     id: usize,
     /// The free key (FK1), next to `id`, which the free path reads anyway.
     key: usize,
+    /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
+    tag: u64,
     ctx: *const Ctx,
     current: [*const SlabMeta; CLASSES],
     owned: *const Superslab,

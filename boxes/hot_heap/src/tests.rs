@@ -402,3 +402,36 @@ fn zeroed_allocation_skips_fresh_memory_and_zeroes_the_rest() {
         assert!(core::slice::from_raw_parts(q, 4096).iter().all(|&x| x == 0));
     }
 }
+
+#[test]
+fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
+    let ctx = ctx(8, false);
+    let orphan = heap(ctx);
+    let c = class_of(40).unwrap();
+    // SAFETY: this test thread plays the orphan's thread, then "ends" without retiring it.
+    let kept = unsafe { orphan.alloc(c) };
+    // SAFETY: made by new_heap, live.
+    unsafe { ctx.set_tag(NonNull::from(&mut *orphan), 7) };
+    let live = heap(ctx);
+    // SAFETY: as above.
+    unsafe { ctx.set_tag(NonNull::from(&mut *live), 8) };
+    assert_eq!(ctx.live_heaps(), 2);
+    // Only tag 7's thread is gone; the look goes round the live heaps in turn.
+    let mut reaped = 0;
+    for _ in 0..4 {
+        reaped += ctx.reap_one(|t| t == 7) as usize;
+    }
+    assert_eq!(reaped, 1, "retired once");
+    assert_eq!(ctx.live_heaps(), 1);
+    // Its block was out: its superslab is abandoned, and adopted by the live heap's refill.
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: the live heap is this thread's own; `kept` was handed over.
+    unsafe {
+        let p = live.alloc(class_of(2000).unwrap());
+        assert!(!p.is_null());
+        free(live, kept);
+        free(live, p);
+        ctx.retire_heap(NonNull::from(live));
+    }
+    assert_eq!(ctx.live_heaps(), 0);
+}
