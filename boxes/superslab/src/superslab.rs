@@ -423,16 +423,21 @@ impl Superslab {
         if empty {
             return Ok(self.unpin());
         }
-        // Our pin keeps it alive while we look again after listing it.
-        self.pin();
-        list.push(self);
         // A freer that saw the flag before the push found nothing to take off the list; it left
-        // `pending` set, and the lock orders its flag before our look.
-        let r = if self.pending.load(Ordering::Acquire) {
-            self.settle(list, stats)
-        } else {
-            Ok(())
-        };
+        // `pending` set, and the lock orders its flag before our look, which is made while the
+        // lock still keeps the superslab listed (so alive). Only then do we pin it, to look
+        // again after the lock is released; otherwise we never touch it after listing it.
+        let pinned = list.push_then(self, || {
+            let p = self.pending.load(Ordering::Acquire);
+            if p {
+                self.pin();
+            }
+            p
+        });
+        if !pinned {
+            return Ok(false);
+        }
+        let r = self.settle(list, stats);
         let last = self.unpin();
         r.map(|()| last)
     }
