@@ -41,12 +41,14 @@
 //!   (`List::pop`, or the slow path's hand-out), so a user's block carries the key only if the
 //!   user wrote it there.
 //! - **FK3 (double frees caught).** Every free, the owner's and a non-owner's, compares the
-//!   block's second word with the key (one load and one compare on the fast path). A match goes
-//!   to a cold confirmation: the owner walks the class's thread list, the cache, the slab's free
-//!   list and its remote stack; a non-owner walks the slab's remote stack (bounded reads within
-//!   the slab). A confirmed match is reported as `Corrupt::DoubleFree` and the free is dropped;
-//!   an unconfirmed one (user data equal to the key) proceeds. In check mode (H6) the bitmap
-//!   still catches the rest.
+//!   block's second word with the key (one load and one compare on the fast path). On the
+//!   owner's path a match goes to a cold confirmation that walks the class's thread list, the
+//!   cache, the slab's free list and its remote stack: a confirmed match is reported as
+//!   `Corrupt::DoubleFree` and the free is dropped; an unconfirmed one (user data equal to the
+//!   key) proceeds. A non-owner cannot read the owner's structures, and pushing a block that
+//!   sits on them would corrupt them, so on its path every match is reported (the key is
+//!   random per process and cleared at hand-out, so only a user that copied it out of freed
+//!   memory can have it). In check mode (H6) the bitmap still catches the rest.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -823,14 +825,17 @@ impl Heap {
         }
     }
 
-    /// The non-owner's confirmation of a key match (FK3): the slab's remote stack is the only
-    /// free structure of another heap a non-owner may read.
-    #[cold]
-    #[inline(never)]
-    fn remote_double_free(slab: &SlabMeta, p: *mut u8) -> bool {
-        // SAFETY: `p` lies in a superslab the registry (or the caller's layout) found live; the
-        // look stays within its slab.
-        unsafe { key_word(p) == free_key() && slab.remote_contains(p) }
+    /// The non-owner's check of a key match (FK3). A non-owner may read only one free structure
+    /// of another heap, the slab's remote stack; the block may also sit on the owner's thread
+    /// list, cache or free list, where a push would overwrite its link and corrupt them. So a
+    /// match counts as a double free whether or not it is on the remote stack: the block carries
+    /// the per-process random key only while it is free (FK1, FK2), unless its user copied the
+    /// key out of freed memory.
+    #[inline(always)]
+    fn remote_double_free(p: *mut u8) -> bool {
+        // SAFETY: `p` lies in a superslab the registry (or the caller's layout) found live, and
+        // is a block of at least 16 bytes.
+        unsafe { key_word(p) == free_key() }
     }
 
     /// Check mode: validates `p` against its slab and the bitmap, then returns it to the slab.
@@ -909,7 +914,7 @@ impl Heap {
         p: *mut u8,
     ) {
         let ctx = self.ctx();
-        if Self::remote_double_free(slab, p) {
+        if Self::remote_double_free(p) {
             ctx.report(Corrupt::DoubleFree(p as usize));
             return;
         }
@@ -936,7 +941,7 @@ impl Heap {
     /// # Safety
     /// As for [`Heap::free_small`]; `ctx` is the context `ss` belongs to.
     pub unsafe fn free_orphan(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-        if Self::remote_double_free(slab, p) {
+        if Self::remote_double_free(p) {
             ctx.report(Corrupt::DoubleFree(p as usize));
             return;
         }
