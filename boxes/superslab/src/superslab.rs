@@ -372,10 +372,24 @@ impl Superslab {
     /// # Safety
     /// The caller owns the superslab (as owner, or holding it exclusively out of the abandoned
     /// list).
-    pub unsafe fn collect(&self, mut on_drained: impl FnMut(usize, u32)) -> Result<bool, Corrupt> {
+    pub unsafe fn collect(&self, on_drained: impl FnMut(usize, u32)) -> Result<bool, Corrupt> {
         // An RMW reads the latest flag, so it also synchronises with the push that set it.
         self.pending.swap(false, Ordering::Acquire);
         let flagged = self.state.load(Ordering::Relaxed) == ABANDONED;
+        // SAFETY: forwarded.
+        unsafe { self.drain_all(flagged, on_drained) }
+    }
+
+    /// The body of [`Self::collect`]: drains (and, with `flagged`, flags) every in-use slab's
+    /// remote stack and frees the empty slabs.
+    ///
+    /// # Safety
+    /// As for [`Self::collect`].
+    unsafe fn drain_all(
+        &self,
+        flagged: bool,
+        mut on_drained: impl FnMut(usize, u32),
+    ) -> Result<bool, Corrupt> {
         let mut all_free = false;
         // SAFETY: the caller holds the superslab, hence its slabs.
         for slab in unsafe { self.slabs_in_use() } {
@@ -417,9 +431,11 @@ impl Superslab {
         }
         self.owner.store(0, Ordering::Relaxed);
         self.state.store(ABANDONED, Ordering::Release);
-        // Still ours alone: nobody can take it off a list it is not on yet.
+        // Still ours alone: nobody can take it off a list it is not on yet. (`pending` is only
+        // set by freers that saw a flag, so it is left alone here: a stale one only costs an
+        // extra look below.)
         // SAFETY: as above.
-        let empty = unsafe { self.collect(|class, n| stats.held_sub(class, n as usize))? };
+        let empty = unsafe { self.drain_all(true, |class, n| stats.held_sub(class, n as usize))? };
         if empty {
             return Ok(self.unpin());
         }
