@@ -12,7 +12,7 @@
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
 use hakmem_lru::LruConfig;
 use hakmem_registry::{LeafSource, Registry};
@@ -20,15 +20,26 @@ use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
 
 static OS: LibcOs = LibcOs;
 static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
-static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+/// The start-up state in the low two bits; while BUSY, the initialising process's id above them
+/// (so a child forked during start-up can tell the initialiser is not in its process: S3).
+static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
 static mut KEY: libc::pthread_key_t = 0;
 
-const UNINIT: u8 = 0;
-const BUSY: u8 = 1;
-const READY: u8 = 2;
+const UNINIT: usize = 0;
+const BUSY: usize = 1;
+const READY: usize = 2;
+
+/// glibc's (and musl's) `PTHREAD_DESTRUCTOR_ITERATIONS`: the passes over the TSD destructors.
+const DESTRUCTOR_ITERATIONS: u8 = 4;
 
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
 pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
+
+std::thread_local! {
+    // The thread-exit destructor's passes so far (0 while the thread runs). Read on the exit
+    // path only; the heap pointer itself lives in `crate::tls`.
+    static EXIT_PASSES: core::cell::Cell<u8> = const { core::cell::Cell::new(0) };
+}
 
 /// The shared context, if initialised.
 #[inline(always)]
@@ -65,15 +76,50 @@ pub fn ctx_or_init_with(code: &Option<Settings>) -> Option<&'static Ctx> {
     }
 }
 
+/// What [`claim`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// This thread holds BUSY and must initialise.
+    Won,
+    Ready,
+}
+
+fn getpid() -> usize {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as usize }
+}
+
+/// Waits for start-up to be done, or claims it. Another thread of this process that is
+/// initialising allocates nothing through us, so it finishes; but a BUSY left by a thread of the
+/// parent (this process was forked during start-up) never clears, so it is claimed afresh (S3).
+fn claim(state: &AtomicUsize) -> Claim {
+    let me = getpid();
+    let mut s = state.load(Ordering::Acquire);
+    loop {
+        let to = match s & 3 {
+            READY => return Claim::Ready,
+            UNINIT => UNINIT,
+            // BUSY in our own process: wait for it.
+            _ if s >> 2 == me => {
+                core::hint::spin_loop();
+                s = state.load(Ordering::Acquire);
+                continue;
+            }
+            // BUSY in the process we were forked from: nobody here will finish it.
+            _ => s,
+        };
+        match state.compare_exchange(to, me << 2 | BUSY, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return Claim::Won,
+            Err(now) => s = now,
+        }
+    }
+}
+
 #[cold]
 fn init() -> Option<&'static Ctx> {
-    loop {
-        match STATE.compare_exchange(UNINIT, BUSY, Ordering::Acquire, Ordering::Acquire) {
-            Ok(_) => break,
-            Err(READY) => return ctx(),
-            // Another thread is initialising; it allocates nothing through us, so it finishes.
-            Err(_) => core::hint::spin_loop(),
-        }
+    match claim(&STATE) {
+        Claim::Won => {}
+        Claim::Ready => return ctx(),
     }
     let settings = crate::settings::freeze();
     let Some(ctx) = build(settings) else {
@@ -225,13 +271,59 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     crate::tls::set(heap.as_ptr());
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
+    // A heap made during glibc's last pass over the TSD destructors is never handed to
+    // `thread_exit` (S4). Every heap is tagged with its thread, and each new thread looks at one
+    // other heap, in turn, and retires it if its thread has ended: such a heap is reclaimed
+    // within as many thread starts as there are live heaps.
+    // SAFETY: just made, ours.
+    unsafe { ctx.set_tag(heap, thread_tag()) };
+    ctx.reap_one(thread_gone);
     Some(heap)
 }
 
+/// This thread's tag: the process id above the thread id.
+fn thread_tag() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
+    (getpid() as u64) << 32 | (tid & 0xffff_ffff)
+}
+
+/// True when the thread tagged `tag` has ended. Never true for a heap made before a `fork`
+/// (its thread ids mean nothing in the child, and its state may be mid-operation), nor for a
+/// thread that may run again: only the kernel's "no such thread" counts.
+fn thread_gone(tag: u64) -> bool {
+    let pid = (tag >> 32) as libc::pid_t;
+    if pid as usize != getpid() {
+        return false;
+    }
+    let tid = (tag & 0xffff_ffff) as libc::pid_t;
+    // SAFETY: signal 0 only checks that the thread exists.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    // SAFETY: errno is this thread's.
+    r == -1 && unsafe { *libc::__errno_location() } == libc::ESRCH
+}
+
+/// The thread-exit destructor. Other TSD destructors may run after it and still allocate and
+/// free, so it keeps the heap through glibc's passes by re-arming the key (setting it again
+/// makes glibc run another pass, up to [`DESTRUCTOR_ITERATIONS`]); late allocations and frees
+/// use the real heap. Only at the last pass is the heap torn down; after that the thread's calls
+/// take the orphan paths.
 extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let Some(heap) = NonNull::new(arg.cast::<Heap>()) else {
         return;
     };
+    let pass = EXIT_PASSES.with(|p| {
+        let n = p.get().saturating_add(1);
+        p.set(n);
+        n
+    });
+    if pass < DESTRUCTOR_ITERATIONS {
+        // SAFETY: the key exists (we are its destructor); glibc sets a value during its
+        // destructor passes without allocating for keys below 32.
+        if unsafe { libc::pthread_setspecific(KEY, arg) } == 0 {
+            return;
+        }
+    }
     crate::tls::set(DEAD);
     if let Some(ctx) = ctx() {
         // SAFETY: this thread's heap; the thread uses only orphan paths from now on.
@@ -259,5 +351,43 @@ extern "C" fn fork_child() {
     if let Some(c) = ctx() {
         // SAFETY: the parent's fork_prepare took every lock; this is the only thread left.
         unsafe { c.unlock_all() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_left_busy_by_the_parent_is_claimed_in_a_forked_child() {
+        // S3: a thread of this process is "inside init" (BUSY with our pid) when another forks.
+        let state = AtomicUsize::new(getpid() << 2 | BUSY);
+        // SAFETY: the child only calls async-signal-safe functions besides `claim`, which
+        // spins on an atomic and calls getpid.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            // SAFETY: as above. The alarm ends a child that spins for ever (the bug).
+            unsafe {
+                libc::alarm(20);
+                let won = claim(&state) == Claim::Won;
+                libc::_exit(if won { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: our child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child claimed start-up instead of spinning (status {status:#x})"
+        );
+        // In the parent, the BUSY is its own: it is left to its owner.
+        assert_eq!(state.load(Ordering::Relaxed) & 3, BUSY);
+    }
+
+    #[test]
+    fn claim_waits_for_nothing_when_uninit_or_ready() {
+        assert_eq!(claim(&AtomicUsize::new(UNINIT)), Claim::Won);
+        assert_eq!(claim(&AtomicUsize::new(READY)), Claim::Ready);
     }
 }

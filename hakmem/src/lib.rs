@@ -24,10 +24,16 @@
 //! - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
 //!   its region through the registry and its slab by shift.
 //! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
-//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not a block start, is
-//!   reported as `hakmem: free(): invalid pointer 0x…` and aborts (`HAKMEM_INVALID_FREE=warn`
-//!   reports and goes on).
-//! - **F5 (settings before first use).** Every setting holds from the very first call, error
+//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
+//!   its slab has handed out (below the slab's carve mark, SS10), is reported as
+//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3) as
+//!   `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
+//!   reports, drops the free and goes on).
+//! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
+//!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
+//!   allocate and free on it; at the last pass it is retired (H5), and later calls take the
+//!   orphan paths, which leave nothing owned.
+//! - **F6 (settings before first use).** Every setting holds from the very first call, error
 //!   paths included: settings are read lazily by whatever needs them first (see `settings.rs`).
 //!   Settings from code ride on `&self` of the [`HakMem`](struct@HakMem) to the cold start-up
 //!   path only; the fast paths carry nothing more than a pointer they never read.
@@ -116,7 +122,7 @@ unsafe impl GlobalAlloc for HakMem {
             return unsafe { free_small_in(ss, slab, ptr) };
         }
         // SAFETY: `ptr` came from this allocator and is given up.
-        unsafe { free_impl(ptr, "free") }
+        unsafe { dealloc_other(ptr) }
     }
 
     #[inline]
@@ -337,6 +343,14 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
     }
 }
 
+/// `dealloc` of a block whose layout does not route to a slab: out of line, so that `dealloc`
+/// itself stays small enough to be inlined into its callers.
+#[inline(never)]
+unsafe fn dealloc_other(p: *mut u8) {
+    // SAFETY: forwarded.
+    unsafe { free_impl(p, "free") }
+}
+
 #[inline(always)]
 unsafe fn free_impl(p: *mut u8, op: &str) {
     let Some(ctx) = ctx() else {
@@ -364,12 +378,16 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
         return unsafe { (*h).free_small(ss, slab, p) };
     }
     // SAFETY: forwarded.
-    unsafe { free_small_slow(ss, slab, p) }
+    unsafe { free_small_slow(p) }
 }
 
+/// `free_small_in` for a thread without a live heap. It takes `p` alone, and finds its slab
+/// again by mask and shift, so the inlined fast path passes one register.
 #[cold]
 #[inline(never)]
-unsafe fn free_small_slow(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+unsafe fn free_small_slow(p: *mut u8) {
+    // SAFETY: the caller found `p` in a live superslab (by the registry or its layout).
+    let (ss, slab) = unsafe { Superslab::slab_of_block(p) };
     let Some(ctx) = ctx() else {
         return invalid_pointer("free", p);
     };

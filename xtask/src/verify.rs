@@ -106,6 +106,12 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         models: &[("hakmem-lru", "loom_models::hand_over")],
         what: "taking a region out of the lru leaves it cached, so it can be handed out twice",
     },
+    SeededBug {
+        name: "check_then_push",
+        in_crate: "hakmem-superslab",
+        models: &[("hakmem-superslab", "loom_models::abandon_vs_remote_free")],
+        what: "a remote free checks for abandonment, then pushes: an abandon in between strands it",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

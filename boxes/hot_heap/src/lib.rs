@@ -17,8 +17,8 @@
 //! - **H1 (own blocks only).** A heap's thread lists and cache hold only blocks of slabs it owns;
 //!   a free checks `slab.owner() == heap.id` and sends anything else to the remote stack.
 //! - **H2 (fast path).** [`Heap::alloc`] and the owner's [`Heap::free_small`] touch the heap, the
-//!   block, and (for the free) the slab's shared `owner`/`class` words, which only the owner
-//!   writes: no atomic read-modify-write, no lock, no division.
+//!   block's first two words, and (for the free) the slab's shared `owner`/`class` words, which
+//!   only the owner writes: no atomic read-modify-write, no lock, no division.
 //! - **H3 (rings).** A slab is on its class's ring iff it is in use by this heap and has a free
 //!   or never-carved block, or it is the ring's current slab. Full slabs leave the ring and
 //!   come back when a block returns (local flush or drained remote free).
@@ -27,11 +27,28 @@
 //!   the lru (which gives its pages back).
 //! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
 //!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
-//!   superslab is ever leaked with an owner that no longer runs.
+//!   superslab is ever leaked with an owner that no longer runs. A heap whose thread ended
+//!   without retiring it (its exit hook never ran) is retired by [`Ctx::reap_one`], which
+//!   another thread calls with a test of thread liveness; it looks at the live heaps in turn.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
 //!   the slow path, where a per-slab bitmap catches every double free.
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
+//! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
+//!   on a slab's free list or remote stack) carries the per-process free key in its second word:
+//!   a refill keys the blocks it carves, and every push writes it.
+//! - **FK2 (unkeyed when out).** Every block handed to a user has its second word cleared first
+//!   (`List::pop`, or the slow path's hand-out), so a user's block carries the key only if the
+//!   user wrote it there.
+//! - **FK3 (double frees caught).** Every free, the owner's and a non-owner's, compares the
+//!   block's second word with the key (one load and one compare on the fast path). On the
+//!   owner's path a match goes to a cold confirmation that walks the class's thread list, the
+//!   cache, the slab's free list and its remote stack: a confirmed match is reported as
+//!   `Corrupt::DoubleFree` and the free is dropped; an unconfirmed one (user data equal to the
+//!   key) proceeds. A non-owner cannot read the owner's structures, and pushing a block that
+//!   sits on them would corrupt them, so on its path every match is reported (the key is
+//!   random per process and cleared at hand-out, so only a user that copied it out of freed
+//!   memory can have it). In check mode (H6) the bitmap still catches the rest.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -43,8 +60,8 @@ use hakmem_registry::Registry;
 use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
-    AbandonedList, Corrupt, Env, Os, SlabMeta, SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE,
-    SS_SIZE,
+    free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
+    SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::List;
 use hakmem_unified_cache::UnifiedCache;
@@ -61,7 +78,10 @@ const SCAN_PER_REFILL: usize = 4;
 const SCAN_BEFORE_GROWING: usize = 32;
 
 struct Heaps {
+    /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
     live: *mut Heap,
+    /// The last live heap: the one [`Ctx::reap_one`] checks next.
+    tail: *mut Heap,
     free: *mut Heap,
     live_count: usize,
 }
@@ -97,6 +117,8 @@ impl Ctx {
         check: bool,
         report: fn(Corrupt),
     ) -> Self {
+        // Draw the free key at start-up, before any heap exists (FK1).
+        init_free_key();
         Self {
             os,
             registry,
@@ -107,6 +129,7 @@ impl Ctx {
             report,
             heaps: SpinLock::new(Heaps {
                 live: null_mut(),
+                tail: null_mut(),
                 free: null_mut(),
                 live_count: 0,
             }),
@@ -160,16 +183,98 @@ impl Ctx {
         self.heaps.with(|h| {
             // SAFETY: under the lock; `heap` is ours, the list's heaps are live.
             unsafe {
-                (*heap.as_ptr()).next = h.live;
-                (*heap.as_ptr()).prev = null_mut();
-                if let Some(l) = h.live.as_mut() {
-                    l.prev = heap.as_ptr();
-                }
+                Self::push_live(h, heap.as_ptr());
             }
-            h.live = heap.as_ptr();
             h.live_count += 1;
         });
         Some(heap)
+    }
+
+    /// Links `heap` at the front of the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is ours and on no list.
+    unsafe fn push_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; the list's heaps are live.
+        unsafe {
+            (*heap).next = h.live;
+            (*heap).prev = null_mut();
+            match h.live.as_mut() {
+                Some(l) => l.prev = heap,
+                None => h.tail = heap,
+            }
+        }
+        h.live = heap;
+    }
+
+    /// Unlinks `heap` from the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is on the live list.
+    unsafe fn unlink_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; its neighbours are live heaps.
+        unsafe {
+            let (next, prev) = ((*heap).next, (*heap).prev);
+            match prev.as_mut() {
+                Some(p) => p.next = next,
+                None => h.live = next,
+            }
+            match next.as_mut() {
+                Some(n) => n.prev = prev,
+                None => h.tail = prev,
+            }
+        }
+    }
+
+    /// Sets the tag of `heap`: an opaque word naming its thread, for [`Ctx::reap_one`] (0: none).
+    ///
+    /// # Safety
+    /// `heap` came from [`Ctx::new_heap`] and is not retired.
+    pub unsafe fn set_tag(&self, heap: NonNull<Heap>, tag: u64) {
+        // SAFETY: under the lock, as `reap_one` reads it.
+        self.heaps.with(|_| unsafe { (*heap.as_ptr()).tag = tag });
+    }
+
+    /// Looks at the live heap looked at least recently (one per call, in turn), and retires it
+    /// when `gone(tag)` says its thread has ended without retiring it (a heap made during the
+    /// thread's last pass over TSD destructors is never handed to the exit destructor: H5 would
+    /// fail without this). `gone` must answer true only for a thread that will never run again.
+    /// True when a heap was retired.
+    pub fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
+        let (heap, tag) = self.heaps.with(|h| {
+            let t = h.tail;
+            if t.is_null() || t == h.live {
+                return (null_mut(), 0);
+            }
+            // SAFETY: under the lock; `t` is live. It moves to the front: checked last.
+            unsafe {
+                Self::unlink_live(h, t);
+                Self::push_live(h, t);
+                (t, (*t).tag)
+            }
+        });
+        if heap.is_null() || tag == 0 || !gone(tag) {
+            return false;
+        }
+        // Claim it: only one reaper retires it (a heap's memory is never unmapped, so `heap`
+        // is readable; the id is 0 once retired).
+        let claimed = self.heaps.with(|_| {
+            // SAFETY: under the lock.
+            unsafe {
+                let ok = (*heap).tag == tag && (*heap).id != 0;
+                if ok {
+                    (*heap).tag = 0;
+                }
+                ok
+            }
+        });
+        if !claimed {
+            return false;
+        }
+        // SAFETY: its thread has ended, so nobody else uses it, and the claim above made this
+        // thread its only reaper.
+        unsafe { self.retire_heap(NonNull::new_unchecked(heap)) };
+        true
     }
 
     /// Tears a thread's heap down (H5), merges its counts, and keeps its memory for the next
@@ -185,16 +290,10 @@ impl Ctx {
             // SAFETY: under the lock; `h` and its neighbours are on the live list.
             unsafe {
                 self.stats.merge(&(*h).stats);
-                let (next, prev) = ((*h).next, (*h).prev);
-                match prev.as_mut() {
-                    Some(p) => p.next = next,
-                    None => l.live = next,
-                }
-                if let Some(n) = next.as_mut() {
-                    n.prev = prev;
-                }
+                Self::unlink_live(l, h);
                 (*h).next = l.free;
                 (*h).id = 0;
+                (*h).tag = 0;
             }
             l.free = h;
             l.live_count -= 1;
@@ -286,6 +385,10 @@ impl Ctx {
 pub struct Heap {
     sll: [List; CLASSES],
     id: usize,
+    /// The free key (FK1), next to `id`, which the free path reads anyway.
+    key: usize,
+    /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
+    tag: u64,
     ctx: *const Ctx,
     current: [*const SlabMeta; CLASSES],
     owned: *const Superslab,
@@ -314,6 +417,7 @@ impl Heap {
         // SAFETY: the caller hands over a valid, empty heap.
         let h = unsafe { &mut *this };
         h.id = id;
+        h.key = init_free_key();
         h.ctx = ctx;
         for (list, &cap) in h.sll.iter_mut().zip(LIST_CAPS.iter()) {
             *list = List::new(if ctx.check { 0 } else { cap });
@@ -384,6 +488,8 @@ impl Heap {
     }
 
     fn on_handed_out(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: a block of at least 16 bytes, ours, going to the user: unkeyed (FK2).
+        unsafe { set_key_word(p, 0) };
         self.stats.on_alloc(class);
         if self.ctx().check {
             // SAFETY: `p` is a block of a live superslab of ours.
@@ -410,7 +516,7 @@ impl Heap {
         for _ in 0..batch {
             let b = self.cache.pop(class);
             // SAFETY: a free block this heap owns, on no list.
-            unsafe { self.sll[class].push(b) };
+            unsafe { self.sll[class].push(b, self.key) };
         }
         self.on_handed_out(class, p);
         p
@@ -425,9 +531,14 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
-            let cache = &mut self.cache;
-            // SAFETY: the slab is ours (H3).
-            let n = unsafe { slab.alloc_batch(want - got, |b| assert!(cache.push(class, b))) };
+            let (cache, key) = (&mut self.cache, self.key);
+            // SAFETY: the slab is ours (H3); never-carved blocks get the key here (FK1).
+            let n = unsafe {
+                slab.alloc_batch(want - got, |b| {
+                    set_key_word(b, key);
+                    assert!(cache.push(class, b))
+                })
+            };
             got += n;
             self.ctx().stats.held_add(class, n as usize);
             // SAFETY: as above.
@@ -667,7 +778,7 @@ impl Heap {
         false
     }
 
-    /// Frees `p`, a block in `slab` of `ss` (H1, H2). The caller found both through the
+    /// Frees `p`, a block in `slab` of `ss` (H1, H2, FK3). The caller found both through the
     /// registry and checked `p` is 16-byte aligned.
     ///
     /// # Safety
@@ -677,12 +788,14 @@ impl Heap {
         let class = slab.class();
         debug_assert!(class < CLASSES);
         if slab.owner() == self.id {
+            let key = self.key;
             // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes,
             // all below CLASSES, and cannot change while `p`, one of its blocks, is out.
             let l = unsafe { self.sll.get_unchecked_mut(class) };
-            if !l.is_full() && l.head() != p {
+            // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+            if !l.is_full() && unsafe { key_word(p) } != key {
                 // SAFETY: a block of our own slab, given up by the caller.
-                unsafe { l.push(p) };
+                unsafe { l.push(p, key) };
                 self.stats.on_free(class);
                 return;
             }
@@ -696,19 +809,51 @@ impl Heap {
     #[cold]
     #[inline(never)]
     unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };
             return;
         }
-        if self.sll[class].head() == p {
-            self.ctx().report(Corrupt::DoubleFree(p as usize));
-            return;
-        }
         self.spill(class);
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll[class].push(p) };
+        unsafe { self.sll[class].push(p, self.key) };
         self.stats.on_free(class);
+    }
+
+    /// The cold confirmation of a key match (FK3): true when `p`, a block of our own `slab`, is
+    /// on one of the free structures it could be on: the class's thread list, the cache, the
+    /// slab's free list or its remote stack. False means the user's data matched the key.
+    #[cold]
+    #[inline(never)]
+    fn is_free_here(&self, class: usize, p: *mut u8) -> bool {
+        // SAFETY: `p` lies in a live superslab of ours (the caller found its slab owned by us).
+        let (_, slab) = unsafe { Superslab::slab_of_block(p) };
+        // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
+        // which is mapped while it is ours.
+        unsafe {
+            self.sll[class].contains(p)
+                || self.cache.contains(class, p)
+                || slab.free_list_contains(p)
+                || slab.remote_contains(p)
+        }
+    }
+
+    /// The non-owner's check of a key match (FK3). A non-owner may read only one free structure
+    /// of another heap, the slab's remote stack; the block may also sit on the owner's thread
+    /// list, cache or free list, where a push would overwrite its link and corrupt them. So a
+    /// match counts as a double free whether or not it is on the remote stack: the block carries
+    /// the per-process random key only while it is free (FK1, FK2), unless its user copied the
+    /// key out of freed memory.
+    #[inline(always)]
+    fn remote_double_free(p: *mut u8) -> bool {
+        // SAFETY: `p` lies in a superslab the registry (or the caller's layout) found live, and
+        // is a block of at least 16 bytes.
+        unsafe { key_word(p) == free_key() }
     }
 
     /// Check mode: validates `p` against its slab and the bitmap, then returns it to the slab.
@@ -787,6 +932,10 @@ impl Heap {
         p: *mut u8,
     ) {
         let ctx = self.ctx();
+        if Self::remote_double_free(p) {
+            ctx.report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if ctx.check {
             let (s, g) = check_index(ss, p);
             if !ss.check_mark_freed(s, g) {
@@ -810,6 +959,10 @@ impl Heap {
     /// # Safety
     /// As for [`Heap::free_small`]; `ctx` is the context `ss` belongs to.
     pub unsafe fn free_orphan(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        if Self::remote_double_free(p) {
+            ctx.report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
         if ctx.check {
             let (s, g) = check_index(ss, p);
             if !ss.check_mark_freed(s, g) {
@@ -888,7 +1041,12 @@ impl Heap {
             } else {
                 ctx.stats.event(Event::Abandon, 0);
                 // SAFETY: ours, and forgotten from here on.
-                unsafe { ss.abandon(&ctx.abandoned) };
+                match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {
+                    // SAFETY: emptied by abandon's last drain, and the last reference was ours.
+                    Ok(true) => unsafe { ctx.release_superslab(ss) },
+                    Ok(false) => {}
+                    Err(e) => ctx.report(e),
+                }
             }
         }
         self.cursor = null();

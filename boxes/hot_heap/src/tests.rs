@@ -2,15 +2,24 @@ extern crate std;
 use super::*;
 use hakmem_route::class_of;
 use hakmem_superslab::HeapOs;
+use hakmem_superslab::{key_word, set_key_word};
 use std::boxed::Box;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize as StdAtomic, Ordering::SeqCst};
 use std::vec::Vec;
 
-static REPORTS: StdAtomic = StdAtomic::new(0);
+std::thread_local! {
+    // Reports seen by this test thread alone: tests run in parallel, so a process-wide count
+    // would also see other tests' reports.
+    static MINE: core::cell::RefCell<Vec<Corrupt>> = const { core::cell::RefCell::new(Vec::new()) };
+}
 
-fn count_report(_: Corrupt) {
-    REPORTS.fetch_add(1, SeqCst);
+fn count_report(c: Corrupt) {
+    MINE.with(|m| m.borrow_mut().push(c));
+}
+
+/// The reports this thread has seen since the last call.
+fn my_reports() -> Vec<Corrupt> {
+    MINE.with(|m| core::mem::take(&mut *m.borrow_mut()))
 }
 
 fn ctx(chunks: usize, check: bool) -> &'static Ctx {
@@ -231,14 +240,121 @@ fn check_mode_catches_every_double_free() {
     let a = unsafe { h.alloc(c) };
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     let b = unsafe { h.alloc(c) };
-    let before = REPORTS.load(SeqCst);
+    my_reports();
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     unsafe {
         free(h, a);
         free(h, b);
-        free(h, a); // not at the head of any list: only the bitmap sees it
+        free(h, a); // not at the head of any list
     }
-    assert_eq!(REPORTS.load(SeqCst), before + 1);
+    assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+}
+
+fn remote_free(ctx: &'static Ctx, p: *mut u8) {
+    // SAFETY: the test hands `p` over (or frees it twice on purpose); `p` is a block of ours.
+    match unsafe { hakmem_route::classify(&ctx.registry, p) } {
+        // SAFETY: as above.
+        hakmem_route::PtrRoute::Small(ss, slab) => unsafe { Heap::free_orphan(ctx, ss, slab, p) },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_double_free_not_at_the_head_is_caught_by_default() {
+    // glibc's "double free detected in tcache 2" case: free(a); free(b); free(a).
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(48).unwrap();
+    my_reports();
+    // SAFETY: the heap is this test thread's own; the second free of `a` is the bug under test.
+    unsafe {
+        let a = h.alloc(c);
+        let b = h.alloc(c);
+        assert_eq!(key_word(a), 0, "FK2: handed out unkeyed");
+        free(h, a);
+        free(h, b);
+        assert_eq!(key_word(a), h.key, "FK1: keyed while free");
+        free(h, a);
+        assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+        // The report dropped the second free: the next allocations are distinct.
+        let x = h.alloc(c);
+        let y = h.alloc(c);
+        let z = h.alloc(c);
+        assert!(x != y && y != z && x != z);
+    }
+}
+
+#[test]
+fn a_double_free_is_caught_wherever_the_block_sits() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    // Enough blocks that freeing them all fills the thread list, spills into the cache, and
+    // flushes the cache's oldest to their slabs' free lists.
+    // SAFETY: the heap is this test thread's own, and every block is ours.
+    let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
+    for &b in &blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    let on_list = blocks
+        .iter()
+        .copied()
+        // SAFETY: the list's blocks are free and linked.
+        .find(|&b| unsafe { h.sll[c].contains(b) });
+    let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
+    let on_slab = blocks.iter().copied().find(|&b| {
+        // SAFETY: our blocks, in live superslabs we own.
+        unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
+    });
+    my_reports();
+    for p in [on_list, in_cache, on_slab] {
+        let p = p.expect("a block in each place");
+        // SAFETY: a second free of a free block: the bug under test.
+        unsafe { free(h, p) };
+        assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(p as usize)]);
+    }
+}
+
+#[test]
+fn a_double_free_of_a_block_on_a_remote_stack_is_caught_by_owner_and_non_owner() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(32).unwrap();
+    // SAFETY: the heap is this test thread's own.
+    let (a, b) = unsafe { (h.alloc(c), h.alloc(c)) };
+    // Another thread (no heap) frees both: they wait on the slab's remote stack.
+    let (au, bu) = (a as usize, b as usize);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (a, b) = (au as *mut u8, bu as *mut u8);
+            remote_free(ctx, a);
+            remote_free(ctx, b);
+            my_reports();
+            remote_free(ctx, a); // the non-owner frees it again
+            assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(a as usize)]);
+        });
+    });
+    my_reports();
+    // SAFETY: the owner frees it again: the bug under test.
+    unsafe { free(h, b) };
+    assert_eq!(my_reports(), std::vec![Corrupt::DoubleFree(b as usize)]);
+}
+
+#[test]
+fn user_data_that_matches_the_key_is_not_a_double_free() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(16).unwrap();
+    my_reports();
+    // SAFETY: our blocks; the user writes the key into its own block, then frees it once.
+    unsafe {
+        let p = h.alloc(c);
+        set_key_word(p, h.key);
+        free(h, p);
+        assert!(my_reports().is_empty(), "not confirmed: the free proceeds");
+        assert_eq!(h.alloc(c), p, "and the block is reused");
+    }
 }
 
 #[test]
@@ -274,5 +390,85 @@ fn zeroed_allocation_skips_fresh_memory_and_zeroes_the_rest() {
         free(h, p);
         let q = h.alloc_zeroed(c);
         assert!(core::slice::from_raw_parts(q, 4096).iter().all(|&x| x == 0));
+    }
+}
+
+#[test]
+fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
+    let ctx = ctx(8, false);
+    let orphan = heap(ctx);
+    let c = class_of(40).unwrap();
+    // SAFETY: this test thread plays the orphan's thread, then "ends" without retiring it.
+    let kept = unsafe { orphan.alloc(c) };
+    // SAFETY: made by new_heap, live.
+    unsafe { ctx.set_tag(NonNull::from(&mut *orphan), 7) };
+    let live = heap(ctx);
+    // SAFETY: as above.
+    unsafe { ctx.set_tag(NonNull::from(&mut *live), 8) };
+    assert_eq!(ctx.live_heaps(), 2);
+    // Only tag 7's thread is gone; the look goes round the live heaps in turn.
+    let mut reaped = 0;
+    for _ in 0..4 {
+        reaped += ctx.reap_one(|t| t == 7) as usize;
+    }
+    assert_eq!(reaped, 1, "retired once");
+    assert_eq!(ctx.live_heaps(), 1);
+    // Its block was out: its superslab is abandoned, and adopted by the live heap's refill.
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: the live heap is this thread's own; `kept` was handed over.
+    unsafe {
+        let p = live.alloc(class_of(2000).unwrap());
+        assert!(!p.is_null());
+        free(live, kept);
+        free(live, p);
+        ctx.retire_heap(NonNull::from(live));
+    }
+    assert_eq!(ctx.live_heaps(), 0);
+}
+
+#[test]
+fn a_non_owners_double_free_of_a_block_the_owner_holds_free_is_caught() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    // Blocks on the owner's thread list, in its cache, and on a slab's free list.
+    // SAFETY: the heap is this test thread's own, and every block is ours.
+    let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
+    for &b in &blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    // SAFETY: the list's blocks are free and linked.
+    let on_list = blocks
+        .iter()
+        .copied()
+        .find(|&b| unsafe { h.sll[c].contains(b) });
+    let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
+    let on_slab = blocks.iter().copied().find(|&b| {
+        // SAFETY: our blocks, in live superslabs we own.
+        unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
+    });
+    let dups: Vec<usize> = [on_list, in_cache, on_slab]
+        .into_iter()
+        .map(|p| p.expect("a block in each place") as usize)
+        .collect();
+    // Another thread frees each again: the key tells it the block is free.
+    let d = dups.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for &p in &d {
+                remote_free(ctx, p as *mut u8);
+            }
+            let got: Vec<Corrupt> = my_reports();
+            let want: Vec<Corrupt> = d.iter().map(|&p| Corrupt::DoubleFree(p)).collect();
+            assert_eq!(got, want, "each reported, and dropped");
+        });
+    });
+    // The owner's structures were not touched: nothing is handed out twice.
+    let mut seen = HashSet::new();
+    for _ in 0..6000 {
+        // SAFETY: this thread's heap.
+        let p = unsafe { h.alloc(c) };
+        assert!(seen.insert(p as usize), "a block handed out twice");
     }
 }

@@ -258,9 +258,11 @@ const RECIPROCALS: [u64; CLASSES] = {
     t
 };
 
-/// True when `p`, inside `ss` and its slab `slab`, is the start of a block of the slab's class.
-/// Needs no owner: it reads only the slab's shared class word and the fixed slab layout, and
-/// costs two multiplications, no division.
+/// True when `p`, inside `ss` and its slab `slab`, is the start of a block of the slab's class
+/// that the slab has handed out at some time (below its shared carve mark; a block start beyond
+/// it was never handed out, so it is not a block). Needs no owner: it reads only the slab's
+/// shared class and carve words and the fixed slab layout, and costs two multiplications and a
+/// compare, no division.
 #[inline(always)]
 pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
     let off_ss = p as usize - ss.base();
@@ -269,7 +271,8 @@ pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
     let c = slab.class();
     match (BLOCK_SIZES.get(c), RECIPROCALS.get(c)) {
         (Some(&bs), Some(&r)) if off < SLAB_SIZE => {
-            ((off as u64 * r) >> 32) * bs as u64 == off as u64
+            let index = (off as u64 * r) >> 32;
+            index * bs as u64 == off as u64 && index < slab.carved() as u64
         }
         _ => false,
     }

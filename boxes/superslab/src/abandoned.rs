@@ -48,7 +48,13 @@ impl AbandonedList {
     }
 
     pub(crate) fn push(&self, ss: &Superslab) {
-        self.inner.with(|inner| {
+        self.push_then(ss, || ());
+    }
+
+    /// Lists `ss`, then runs `f` while still holding the lock: while the lock is held nobody can
+    /// take `ss` off the list, so `f` may still touch it.
+    pub(crate) fn push_then<R>(&self, ss: &Superslab, f: impl FnOnce() -> R) -> R {
+        let r = self.inner.with(|inner| {
             let old = inner.head;
             // SAFETY: list links are only touched under this lock; `old` is listed, hence live.
             unsafe {
@@ -62,8 +68,10 @@ impl AbandonedList {
                 }
             }
             inner.head = ss;
+            f()
         });
         self.len.fetch_add(1, Ordering::Relaxed);
+        r
     }
 
     fn unlink(inner: &mut Inner, ss: &Superslab) {

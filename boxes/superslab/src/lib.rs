@@ -29,10 +29,22 @@
 //!   is in `owner`, or the one thread that took the superslab off the abandoned list. Others
 //!   touch only `owner` (a read) and the remote stack (a push).
 //! - **SS6 (remote stack).** Non-owners push with a CAS loop (Release); the owner takes the
-//!   whole stack with `swap(null, Acquire)`; every pushed block is taken exactly once.
+//!   whole stack with one swap (Acquire); every pushed block is taken exactly once. The head
+//!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack.
 //! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
 //!   heap; taking it off the list (adopt, or a freer's collect) is the only way to touch its
-//!   slabs, and the lock makes that exclusive.
+//!   slabs, and the lock makes that exclusive. Abandoning drains and flags every in-use slab's
+//!   remote stack in one swap per slab (collectors drain with the same swap; an adopter's drain
+//!   clears the flag), so a remote free either lands before and is drained, or sees the flag in
+//!   its one CAS and pins, pushes and collects: none is stranded (S1). Whoever lists the
+//!   superslab, or puts it back, looks again at `pending` under the list's lock order.
+//! - **SS9 (free key).** A block on a slab's free list or remote stack carries the per-process
+//!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
+//!   push); [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a
+//!   suspected double free. (Re)initialising a slab empties its remote stack (S2).
+//! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
+//!   at some time in its current life, is published before they go out, and is 0 while the slab
+//!   is free: a block start at or beyond it is not a block.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -51,7 +63,7 @@ pub use large::{LargeHeader, LargeLayout, LARGE_HEADER};
 #[cfg(any(test, loom, feature = "heap-os"))]
 pub use os::heap::HeapOs;
 pub use os::{LibcOs, Os, PAGE};
-pub use remote::RemoteStack;
+pub use remote::{Abandoned, RemoteStack};
 pub use slab::{Corrupt, SlabLocal, SlabMeta};
 pub use superslab::{Superslab, DATA_OFFSET};
 pub use sync::{spin, LockCounts, SpinLock};
@@ -89,6 +101,86 @@ pub struct Env<'a> {
     pub registry: &'a Registry,
     /// Where OS calls and lifecycle events are counted.
     pub stats: &'a GlobalStats,
+}
+
+/// The free key: a per-process random word, never 0, that a free block carries in its second
+/// word while it sits on any free structure (a thread list, a cache, a slab's free list, a remote
+/// stack). A free whose block already carries it is probably a double free (FK1..FK3 in the
+/// hot heap). 0 until [`init_free_key`] runs.
+static FREE_KEY: sync::StaticAtomicUsize = sync::StaticAtomicUsize::new(0);
+
+/// The free key (0 before [`init_free_key`]).
+#[inline(always)]
+pub fn free_key() -> usize {
+    FREE_KEY.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Draws the free key once per process, from `getrandom` (else the kernel's `AT_RANDOM` bytes,
+/// else the clock and an address), and returns it. Never 0; later calls return the same key.
+pub fn init_free_key() -> usize {
+    use core::sync::atomic::Ordering::Relaxed;
+    let k = FREE_KEY.load(Relaxed);
+    if k != 0 {
+        return k;
+    }
+    let mut r: usize = 0;
+    // SAFETY: getrandom writes at most 8 bytes into `r`.
+    let got = unsafe {
+        libc::getrandom(
+            (&mut r as *mut usize).cast(),
+            core::mem::size_of::<usize>(),
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if got != core::mem::size_of::<usize>() as isize {
+        const AT_RANDOM: libc::c_ulong = 25;
+        // SAFETY: AT_RANDOM, when present, points at 16 random bytes the kernel put on the
+        // initial stack, which stay for the life of the process.
+        r = unsafe {
+            let a = libc::getauxval(AT_RANDOM) as *const usize;
+            if a.is_null() {
+                0
+            } else {
+                a.add(1).read_unaligned()
+            }
+        };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        r ^= (ts.tv_nsec as usize).rotate_left(17) ^ (&FREE_KEY as *const _ as usize);
+    }
+    // Mix so a weak source still spreads, and never 0.
+    let mut k = r.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (r >> 29);
+    if k == 0 {
+        k = 0x5A5A_A5A5_0F0F_F0F1;
+    }
+    match FREE_KEY.compare_exchange(0, k, Relaxed, Relaxed) {
+        Ok(_) => k,
+        Err(now) => now,
+    }
+}
+
+/// Reads a block's second word (the free key's place).
+///
+/// # Safety
+/// `block` is a block of at least 16 bytes, 16-byte aligned, that the caller may read.
+#[inline(always)]
+pub unsafe fn key_word(block: *const u8) -> usize {
+    // SAFETY: forwarded.
+    unsafe { block.cast::<usize>().add(1).read() }
+}
+
+/// Writes a block's second word.
+///
+/// # Safety
+/// `block` is a block of at least 16 bytes, 16-byte aligned, that the caller may write.
+#[inline(always)]
+pub unsafe fn set_key_word(block: *mut u8, k: usize) {
+    // SAFETY: forwarded.
+    unsafe { block.cast::<usize>().add(1).write(k) }
 }
 
 #[cfg(test)]

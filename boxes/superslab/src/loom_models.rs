@@ -114,8 +114,8 @@ fn refcount() {
     loom::model(|| {
         let w = World::new();
         let (ss, blocks) = superslab_with_blocks(&w, 2);
-        // SAFETY: heap 1 owns it and "exits" now.
-        unsafe { ss.abandon(&w.list) };
+        // SAFETY: heap 1 owns it and "exits" now; two blocks are out, so it is listed.
+        assert_eq!(unsafe { ss.abandon(&w.list, &w.stats) }, Ok(false));
         let freers: Vec<_> = blocks
             .into_iter()
             .map(|b| {
@@ -191,7 +191,10 @@ fn abandon_adopt() {
             })
             .collect();
         // SAFETY: this thread is heap 1, the owner, and exits now.
-        unsafe { ss.abandon(&w.list) };
+        let owner_released = unsafe { ss.abandon(&w.list, &w.stats) }.unwrap();
+        if owner_released {
+            w.release(ss);
+        }
         freer.join().unwrap();
         let adopted: Vec<bool> = adopters
             .into_iter()
@@ -219,5 +222,45 @@ fn abandon_adopt() {
             w.release(ss);
         }
         assert_eq!(w.os.unmaps(), 1, "released exactly once");
+    });
+}
+
+/// Model 4, abandon against a racing remote free (S1): the owner abandons its superslab while
+/// another thread frees the one block still out. The owner's abandon drains and flags each
+/// remote stack in one swap, so the free either lands before (and abandon finds the superslab
+/// empty) or sees the flag in its CAS (and pins and collects it). Either way the superslab is
+/// released exactly once, by one of the two: the block is never stranded on an abandoned
+/// superslab's stack.
+#[test]
+fn abandon_vs_remote_free() {
+    loom::model(|| {
+        let w = World::new();
+        let (ss, blocks) = superslab_with_blocks(&w, 1);
+        let b = blocks[0];
+        let freer = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                let slab = ss.slab_of(b as *const u8);
+                // SAFETY: this thread holds `b` and gives it up.
+                unsafe { ss.free_remote(slab, b as *mut u8, &w.list, &w.stats) }.unwrap()
+            })
+        };
+        // SAFETY: this thread is heap 1, the owner, and exits now.
+        let owner_released = unsafe { ss.abandon(&w.list, &w.stats) }.unwrap();
+        if owner_released {
+            w.release(ss);
+        }
+        let freer_released = freer.join().unwrap();
+        if freer_released {
+            w.release(ss);
+        }
+        assert!(
+            owner_released ^ freer_released,
+            "released by exactly one (owner {owner_released}, freer {freer_released}); \
+             listed {}, block stranded on the stack: {}",
+            w.list.len(),
+            !ss.slabs[0].remote.is_empty()
+        );
+        assert_eq!(w.os.unmaps(), 1);
     });
 }

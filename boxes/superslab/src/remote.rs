@@ -1,6 +1,15 @@
 //! The remote-free stack: how a thread that does not own a slab gives a block back to it.
-use crate::sync::{AtomicPtr, Ordering, StaticAtomicUsize};
+//!
+//! The head word holds the top block's address, and in its low bit the **abandoned flag**
+//! (blocks are 16-byte aligned, so the low bits of a block address are free). An owner that
+//! abandons its superslab sets the flag with the same swap that takes the stack, so a pusher's
+//! one CAS sees either "owned, and my block will be drained by the owner" or "abandoned, and I
+//! must pin and collect": there is no window between the check and the push (S1).
+use crate::sync::{AtomicUsize, Ordering, StaticAtomicUsize};
 use core::ptr::null_mut;
+
+/// The abandoned flag in the head word.
+const FLAG: usize = 1;
 
 /// Failed CASes in [`RemoteStack::push`], process-wide (for `docs/SCALING.md`). Only a retry
 /// touches it, so an uncontended push, and the owner, never do.
@@ -8,12 +17,13 @@ static PUSH_RETRIES: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
 /// A lock-free LIFO of blocks, linked through each block's first word.
 ///
-/// Non-owners push with a CAS loop (Release on success); only the owner takes, and it takes the
-/// whole stack at once with `swap(null, Acquire)`. With a single taker that never pops one node at
-/// a time there is no ABA: a pusher's CAS can only fail because the head changed, and then it
-/// retries with the new head.
+/// Non-owners push with a CAS loop (Release on success); only the owner (or the one thread
+/// holding an abandoned superslab) takes, and it takes the whole stack at once with one swap
+/// (Acquire). With a single taker that never pops one node at a time there is no ABA: a pusher's
+/// CAS can only fail because the head changed, and then it retries with the new head. A pushed
+/// block carries the free key (see [`crate::free_key`]) in its second word.
 pub struct RemoteStack {
-    head: AtomicPtr<u8>,
+    head: AtomicUsize,
 }
 
 impl Default for RemoteStack {
@@ -22,34 +32,62 @@ impl Default for RemoteStack {
     }
 }
 
+/// A push refused because the stack is flagged abandoned (see [`RemoteStack::try_push`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Abandoned;
+
 impl RemoteStack {
-    /// An empty stack.
+    /// An empty stack, not flagged.
     pub fn new() -> Self {
         Self {
-            head: AtomicPtr::new(null_mut()),
+            head: AtomicUsize::new(0),
         }
     }
 
-    /// Pushes `block`: one CAS when uncontended, no lock.
+    /// Pushes `block` unless the stack is flagged abandoned: one CAS when uncontended, no lock.
+    /// On `Err` nothing was pushed; the caller must pin the superslab and then [`Self::push`].
     ///
     /// # Safety
-    /// `block` is a block of this stack's slab that the caller held and now gives up: nobody
-    /// else reads or writes it until the owner takes it.
+    /// `block` is a 16-byte aligned block of at least 16 bytes of this stack's slab that the
+    /// caller held and now gives up: nobody else reads or writes it until the owner takes it.
+    #[inline]
+    pub unsafe fn try_push(&self, block: *mut u8) -> Result<(), Abandoned> {
+        // SAFETY: forwarded.
+        unsafe { self.push_inner(block, true) }
+    }
+
+    /// Pushes `block` whether or not the stack is flagged (the flag is kept).
+    ///
+    /// # Safety
+    /// As for [`Self::try_push`].
     #[inline]
     pub unsafe fn push(&self, block: *mut u8) {
+        // SAFETY: forwarded.
+        let r = unsafe { self.push_inner(block, false) };
+        debug_assert!(r.is_ok());
+    }
+
+    #[inline]
+    unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<(), Abandoned> {
+        debug_assert_eq!(block as usize & 15, 0);
+        // SAFETY: the caller gave `block` up; its second word is the key while it is free.
+        unsafe { crate::set_key_word(block, crate::free_key()) };
         #[cfg(not(hakmem_seeded_bug = "plain_store"))]
         {
             let mut head = self.head.load(Ordering::Relaxed);
             loop {
+                if refuse_flagged && head & FLAG != 0 {
+                    return Err(Abandoned);
+                }
                 // SAFETY: the caller gave `block` up to this stack; its first word is the link.
-                unsafe { block.cast::<*mut u8>().write(head) };
+                unsafe { block.cast::<usize>().write(head & !FLAG) };
                 match self.head.compare_exchange_weak(
                     head,
-                    block,
+                    block as usize | (head & FLAG),
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     Err(now) => {
                         PUSH_RETRIES.fetch_add(1, Ordering::Relaxed);
                         head = now;
@@ -61,20 +99,39 @@ impl RemoteStack {
         {
             // Seeded bug: a plain store where a CAS is needed; a concurrent push is lost.
             let head = self.head.load(Ordering::Relaxed);
+            if refuse_flagged && head & FLAG != 0 {
+                return Err(Abandoned);
+            }
             // SAFETY: as above.
-            unsafe { block.cast::<*mut u8>().write(head) };
-            self.head.store(block, Ordering::Release);
+            unsafe { block.cast::<usize>().write(head & !FLAG) };
+            self.head
+                .store(block as usize | (head & FLAG), Ordering::Release);
+            Ok(())
         }
     }
 
-    /// Takes every block pushed so far, as a chain linked through first words (null if none).
-    /// Only the slab's owner calls this.
+    /// Takes every block pushed so far, as a chain linked through first words (null if none),
+    /// and clears the abandoned flag. Only the slab's owner calls this.
     #[inline]
     pub fn take_all(&self) -> *mut u8 {
-        if self.head.load(Ordering::Relaxed).is_null() {
+        if self.head.load(Ordering::Relaxed) == 0 {
             return null_mut();
         }
-        self.head.swap(null_mut(), Ordering::Acquire)
+        (self.head.swap(0, Ordering::Acquire) & !FLAG) as *mut u8
+    }
+
+    /// Takes every block pushed so far and leaves the stack flagged abandoned, in one swap:
+    /// every push before it is in the returned chain, and every push after it sees the flag.
+    /// Only the thread that owns the slab, or holds its abandoned superslab, calls this.
+    #[inline]
+    pub fn take_all_flagged(&self) -> *mut u8 {
+        (self.head.swap(FLAG, Ordering::Acquire) & !FLAG) as *mut u8
+    }
+
+    /// Empties the stack and clears the flag, dropping whatever it held: for a slab being
+    /// (re)initialised, whose blocks were all back, so anything still here was freed twice.
+    pub(crate) fn reset(&self) {
+        self.head.store(0, Ordering::Relaxed);
     }
 
     /// How many times, process-wide, a push's CAS failed and was retried (another push, or
@@ -86,6 +143,38 @@ impl RemoteStack {
     /// True when no block is waiting (a hint: a push may land right after).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.head.load(Ordering::Relaxed).is_null()
+        self.head.load(Ordering::Relaxed) & !FLAG == 0
+    }
+
+    /// True when the stack is flagged abandoned.
+    #[inline]
+    pub fn is_flagged(&self) -> bool {
+        self.head.load(Ordering::Relaxed) & FLAG != 0
+    }
+
+    /// True when `p` is on the stack now, looking at no more than `limit` blocks. Every link is
+    /// followed only if it lies in `[lo, hi)` and is 16-byte aligned, so a chain taken and
+    /// reused by the owner while this reads it can mislead the answer but never the reads.
+    ///
+    /// A true answer means `p` is free (it was on the stack after the caller's look began).
+    ///
+    /// # Safety
+    /// `[lo, hi)` is mapped memory (the slab) for the duration of the call.
+    pub unsafe fn contains(&self, p: *mut u8, lo: usize, hi: usize, limit: u32) -> bool {
+        let mut b = self.head.load(Ordering::Acquire) & !FLAG;
+        let mut n = 0;
+        while b != 0 && n < limit {
+            if b < lo || b >= hi || b & 15 != 0 {
+                return false;
+            }
+            if b == p as usize {
+                return true;
+            }
+            // SAFETY: `b` lies in the mapped range; a racing reuse only changes the value read,
+            // and the read is atomic, so it is not a data race.
+            b = unsafe { (*(b as *const core::sync::atomic::AtomicUsize)).load(Ordering::Relaxed) };
+            n += 1;
+        }
+        false
     }
 }

@@ -57,14 +57,18 @@ impl SlabLocal {
 
 /// One slab's metadata.
 ///
-/// `owner`, `class` and `remote` are shared with every thread; `local` belongs to the owner
-/// alone (the heap whose id is in `owner`, or whoever holds the abandoned superslab exclusively).
-/// `class` changes only when the slab is (re)initialised, which needs every block back, so a
-/// thread holding a block reads it reliably.
+/// `owner`, `class`, `carved` and `remote` are shared with every thread; `local` belongs to the
+/// owner alone (the heap whose id is in `owner`, or whoever holds the abandoned superslab
+/// exclusively). `class` changes only when the slab is (re)initialised, which needs every block
+/// back, so a thread holding a block reads it reliably; so does `carved`, which only grows while
+/// the slab is in use (and is written before the blocks it covers are handed out).
 #[repr(C, align(64))]
 pub struct SlabMeta {
     owner: AtomicUsize,
     class: AtomicU32,
+    /// Blocks `0..carved` have been handed out at some time (the carve mark, shared): any other
+    /// block start is not a block (0 while the slab is free).
+    carved: AtomicU32,
     /// Blocks freed by non-owners, waiting for the owner.
     pub remote: RemoteStack,
     local: UnsafeCell<SlabLocal>,
@@ -78,6 +82,7 @@ impl SlabMeta {
         Self {
             owner: AtomicUsize::new(0),
             class: AtomicU32::new(0),
+            carved: AtomicU32::new(0),
             remote: RemoteStack::new(),
             local: UnsafeCell::new(SlabLocal::EMPTY),
         }
@@ -120,6 +125,19 @@ impl SlabMeta {
         self.class.load(Ordering::Relaxed) as usize
     }
 
+    /// The shared carve mark: blocks `0..carved()` have been handed out at some time. Reliable
+    /// for the owner and for any thread holding one of the slab's blocks; 0 while the slab is
+    /// free.
+    #[inline(always)]
+    pub fn carved(&self) -> u32 {
+        self.carved.load(Ordering::Relaxed)
+    }
+
+    /// Marks the slab free: no block start of it is valid any more.
+    pub(crate) fn clear_carved(&self) {
+        self.carved.store(0, Ordering::Relaxed);
+    }
+
     pub(crate) unsafe fn init(
         &self,
         class: u32,
@@ -129,6 +147,10 @@ impl SlabMeta {
         fresh: bool,
     ) {
         self.class.store(class, Ordering::Relaxed);
+        self.carved.store(0, Ordering::Relaxed);
+        // S2: every block of the slab's last life came back, so whatever waits on the stack was
+        // freed twice (into a free slab); it must not survive into this life, in another class.
+        self.remote.reset();
         // SAFETY: the caller owns the (free) slab.
         unsafe {
             self.with_local(|l| {
@@ -161,10 +183,15 @@ impl SlabMeta {
                     out(b);
                     n += 1;
                 }
-                while n < max && l.carve < l.capacity {
-                    out(l.start.add((l.carve * l.block_size) as usize));
-                    l.carve += 1;
-                    n += 1;
+                if n < max && l.carve < l.capacity {
+                    let k = (max - n).min(l.capacity - l.carve);
+                    // Publish the carve mark before the blocks go out.
+                    self.carved.store(l.carve + k, Ordering::Relaxed);
+                    for _ in 0..k {
+                        out(l.start.add((l.carve * l.block_size) as usize));
+                        l.carve += 1;
+                    }
+                    n += k;
                 }
                 l.used += n;
                 n
@@ -185,6 +212,7 @@ impl SlabMeta {
                 }
                 let b = l.start.add((l.carve * l.block_size) as usize);
                 l.carve += 1;
+                self.carved.store(l.carve, Ordering::Relaxed);
                 l.used += 1;
                 Some(b)
             })
@@ -205,7 +233,8 @@ impl SlabMeta {
             && off / (l.block_size as usize) < l.carve as usize
     }
 
-    /// Takes back one block from the owner. Returns true when the slab is now empty.
+    /// Takes back one block from the owner, keyed as free. Returns true when the slab is now
+    /// empty.
     ///
     /// # Safety
     /// The caller owns the slab and gives `block` up.
@@ -216,6 +245,7 @@ impl SlabMeta {
                 if l.used == 0 || block == l.free {
                     return Err(Corrupt::DoubleFree(block as usize));
                 }
+                crate::set_key_word(block, crate::free_key());
                 block.cast::<*mut u8>().write(l.free);
                 l.free = block;
                 l.free_len += 1;
@@ -230,7 +260,56 @@ impl SlabMeta {
     /// # Safety
     /// The caller owns the slab.
     pub unsafe fn drain_remote(&self) -> Result<u32, Corrupt> {
-        let head = self.remote.take_all();
+        // SAFETY: forwarded.
+        unsafe { self.splice_remote(self.remote.take_all()) }
+    }
+
+    /// As [`Self::drain_remote`], and leaves the stack flagged abandoned (same swap), for a
+    /// superslab that is abandoned.
+    ///
+    /// # Safety
+    /// The caller holds the abandoned superslab exclusively (or owns it and is abandoning it).
+    pub unsafe fn drain_remote_flagged(&self) -> Result<u32, Corrupt> {
+        // SAFETY: forwarded.
+        unsafe { self.splice_remote(self.remote.take_all_flagged()) }
+    }
+
+    /// True when `p` is on the slab's local free list.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn free_list_contains(&self, p: *mut u8) -> bool {
+        // SAFETY: the caller owns the slab; the list's blocks are free and linked.
+        unsafe {
+            let l = self.local();
+            let mut b = l.free;
+            let mut n = 0;
+            while !b.is_null() && n <= l.free_len {
+                if b == p {
+                    return true;
+                }
+                b = b.cast::<*mut u8>().read();
+                n += 1;
+            }
+        }
+        false
+    }
+
+    /// True when `p` sits on the slab's remote stack now (a bounded look, safe for any thread
+    /// whose look races the owner's take: see [`RemoteStack::contains`]).
+    ///
+    /// # Safety
+    /// The slab's superslab stays mapped during the call.
+    pub unsafe fn remote_contains(&self, p: *mut u8) -> bool {
+        let lo = p as usize & !(crate::SLAB_SIZE - 1);
+        // SAFETY: the slab's 64 KiB lie in the mapped superslab.
+        unsafe {
+            self.remote
+                .contains(p, lo, lo + crate::SLAB_SIZE, (crate::SLAB_SIZE / 16) as u32)
+        }
+    }
+
+    unsafe fn splice_remote(&self, head: *mut u8) -> Result<u32, Corrupt> {
         if head.is_null() {
             return Ok(0);
         }

@@ -304,6 +304,7 @@ impl Superslab {
         let i = self.slab_index(slab);
         // SAFETY: the caller owns the slab.
         unsafe { slab.with_local(|l| l.in_use = false) };
+        slab.clear_carved();
         slab.set_owner(0);
         // SAFETY: the caller owns the superslab.
         self.local.with_mut(|l| unsafe {
@@ -367,20 +368,40 @@ impl Superslab {
     }
 
     /// Drains every in-use slab's remote stack and frees the empty slabs. True when the whole
-    /// superslab is empty afterwards. `on_drained(class, n)` hears of each slab's returns.
+    /// superslab is empty afterwards. `on_drained(class, n)` hears of each slab's returns. While
+    /// the superslab is abandoned, each stack is left flagged by the same swap that drains it.
     ///
     /// # Safety
     /// The caller owns the superslab (as owner, or holding it exclusively out of the abandoned
     /// list).
-    pub unsafe fn collect(&self, mut on_drained: impl FnMut(usize, u32)) -> Result<bool, Corrupt> {
+    pub unsafe fn collect(&self, on_drained: impl FnMut(usize, u32)) -> Result<bool, Corrupt> {
         // An RMW reads the latest flag, so it also synchronises with the push that set it.
         self.pending.swap(false, Ordering::Acquire);
+        let flagged = self.state.load(Ordering::Relaxed) == ABANDONED;
+        // SAFETY: forwarded.
+        unsafe { self.drain_all(flagged, on_drained) }
+    }
+
+    /// The body of [`Self::collect`]: drains (and, with `flagged`, flags) every in-use slab's
+    /// remote stack and frees the empty slabs.
+    ///
+    /// # Safety
+    /// As for [`Self::collect`].
+    unsafe fn drain_all(
+        &self,
+        flagged: bool,
+        mut on_drained: impl FnMut(usize, u32),
+    ) -> Result<bool, Corrupt> {
         let mut all_free = false;
         // SAFETY: the caller holds the superslab, hence its slabs.
         for slab in unsafe { self.slabs_in_use() } {
             // SAFETY: as above.
             unsafe {
-                let n = slab.drain_remote()?;
+                let n = if flagged {
+                    slab.drain_remote_flagged()?
+                } else {
+                    slab.drain_remote()?
+                };
                 if n != 0 {
                     on_drained(slab.class(), n);
                 }
@@ -393,18 +414,81 @@ impl Superslab {
     }
 
     /// Hands the superslab, with the owner's reference, to the abandoned list: an exiting heap
-    /// calls this when blocks are still out.
+    /// calls this when blocks are still out. Every in-use slab's remote stack is drained and
+    /// flagged abandoned in one swap, so each remote free either lands before it (and is
+    /// drained here) or sees the flag (and pins and collects): none is stranded (S1). True when
+    /// the superslab turned out empty and the caller dropped the last reference: the caller
+    /// must then retire it.
     ///
     /// # Safety
     /// The caller owns the superslab and forgets it afterwards.
-    pub unsafe fn abandon(&self, list: &AbandonedList) {
+    pub unsafe fn abandon(
+        &self,
+        list: &AbandonedList,
+        stats: &GlobalStats,
+    ) -> Result<bool, Corrupt> {
         // SAFETY: forwarded; the caller owns every in-use slab.
         for slab in unsafe { self.slabs_in_use() } {
             slab.set_owner(0);
         }
         self.owner.store(0, Ordering::Relaxed);
         self.state.store(ABANDONED, Ordering::Release);
-        list.push(self);
+        // Still ours alone: nobody can take it off a list it is not on yet. (`pending` is only
+        // set by freers that saw a flag, so it is left alone here: a stale one only costs an
+        // extra look below.)
+        // SAFETY: as above.
+        let empty = unsafe { self.drain_all(true, |class, n| stats.held_sub(class, n as usize))? };
+        if empty {
+            return Ok(self.unpin());
+        }
+        // A freer that saw the flag before the push found nothing to take off the list; it left
+        // `pending` set, and the lock orders its flag before our look, which is made while the
+        // lock still keeps the superslab listed (so alive). Only then do we pin it, to look
+        // again after the lock is released; otherwise we never touch it after listing it.
+        let pinned = list.push_then(self, || {
+            let p = self.pending.load(Ordering::Acquire);
+            if p {
+                self.pin();
+            }
+            p
+        });
+        if !pinned {
+            return Ok(false);
+        }
+        let r = self.settle(list, stats);
+        let last = self.unpin();
+        r.map(|()| last)
+    }
+
+    /// Collects the listed superslab while it can be taken off the list and flagged pushes keep
+    /// coming. The caller holds a pin. When it turns out empty, the list's reference is dropped
+    /// (never the last: the caller's pin remains).
+    fn settle(&self, list: &AbandonedList, stats: &GlobalStats) -> Result<(), Corrupt> {
+        // Collect while we can take it off the list. A block pushed while another thread held
+        // it out of the list would otherwise strand it there: whoever puts it back looks again,
+        // and the lock orders that look after the other pusher's flag.
+        while list.try_remove(self) {
+            // SAFETY: out of the list, the superslab is ours alone until we put it back.
+            match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
+                Ok(true) => {
+                    // Empty: drop the list's reference instead of putting it back.
+                    let last = self.unpin();
+                    debug_assert!(!last, "the caller's pin is still held");
+                    return Ok(());
+                }
+                Ok(false) => {
+                    list.push(self);
+                    if !self.pending.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    list.push(self);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes `owner` the owner of a superslab just taken out of the abandoned list.
@@ -421,9 +505,10 @@ impl Superslab {
     }
 
     /// Frees `block` of `slab` from a thread that does not own the slab: one CAS onto the
-    /// slab's remote stack. When the superslab is abandoned, the freer also tries to collect it,
-    /// so an abandoned superslab goes back as soon as its last block does. True means the caller
-    /// dropped the last reference and must retire the superslab.
+    /// slab's remote stack. When the stack is flagged abandoned, the freer pins the superslab,
+    /// pushes, and tries to collect it, so an abandoned superslab goes back as soon as its last
+    /// block does. True means the caller dropped the last reference and must retire the
+    /// superslab.
     ///
     /// # Safety
     /// `block` is a block of `slab` (in this superslab) that the caller holds and gives up.
@@ -434,7 +519,14 @@ impl Superslab {
         list: &AbandonedList,
         stats: &GlobalStats,
     ) -> Result<bool, Corrupt> {
+        #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
+        // SAFETY: forwarded from the caller.
+        if unsafe { slab.remote.try_push(block) }.is_ok() {
+            return Ok(false);
+        }
+        #[cfg(hakmem_seeded_bug = "check_then_push")]
         if !self.is_abandoned() {
+            // Seeded bug: check, then push: the owner may abandon in between (S1).
             // SAFETY: forwarded from the caller.
             unsafe { slab.remote.push(block) };
             return Ok(false);
@@ -447,45 +539,33 @@ impl Superslab {
         // An RMW, not a store: it extends every earlier freer's release sequence, so the
         // collector's swap synchronises with all pushes flagged before it.
         self.pending.swap(true, Ordering::Release);
-        let mut result = Ok(());
-        // Collect while we can take it off the list. A block pushed while another freer held
-        // it out of the list would otherwise strand it there: whoever puts it back looks again,
-        // and the lock orders that look after the other freer's push.
-        while list.try_remove(self) {
-            // SAFETY: out of the list, the superslab is ours alone until we put it back.
-            match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
-                Ok(true) => {
-                    // Empty: drop the list's reference instead of putting it back.
-                    let last = self.unpin();
-                    #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
-                    debug_assert!(!last, "our pin is still held");
-                    #[cfg(hakmem_seeded_bug = "missing_pin")]
-                    if last {
-                        return Ok(true);
+        #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
+        {
+            let result = self.settle(list, stats);
+            let last = self.unpin();
+            result.map(|()| last)
+        }
+        #[cfg(hakmem_seeded_bug = "missing_pin")]
+        {
+            while list.try_remove(self) {
+                // SAFETY: out of the list, ours alone.
+                match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
+                    Ok(true) => return Ok(self.unpin()),
+                    Ok(false) => {
+                        list.push(self);
+                        if !self.pending.load(Ordering::Acquire) {
+                            break;
+                        }
                     }
-                    break;
-                }
-                Ok(false) => {
-                    list.push(self);
-                    if !self.pending.load(Ordering::Acquire) {
-                        break;
+                    Err(e) => {
+                        list.push(self);
+                        return Err(e);
                     }
-                }
-                Err(e) => {
-                    list.push(self);
-                    result = Err(e);
-                    break;
                 }
             }
-        }
-        #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
-        let last = self.unpin();
-        #[cfg(hakmem_seeded_bug = "missing_pin")]
-        let last = {
             self.assert_live();
-            false
-        };
-        result.map(|()| last)
+            Ok(false)
+        }
     }
 
     /// Marks block `index` of slab `slab` as held by a user (`HAKMEM_CHECK`). False when it

@@ -1,15 +1,11 @@
 //! The sync shim: the only place this box names atomics, cells and spinning. `--cfg loom` swaps
 //! in loom's types, so the models run this box's real code.
 #[cfg(not(loom))]
-pub use core::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub use loom::cell::UnsafeCell;
 #[cfg(loom)]
-pub use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// For process-wide statics that no model explores: loom's atomics cannot be `static`.
 pub use core::sync::atomic::AtomicUsize as StaticAtomicUsize;

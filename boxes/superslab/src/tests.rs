@@ -125,7 +125,8 @@ fn an_abandoned_superslab_is_collected_by_its_last_remote_free() {
     unsafe {
         let slab = ss.alloc_slab(0, 16).unwrap();
         slab.alloc_batch(2, |x| b.push(x));
-        ss.abandon(&list);
+        assert_eq!(ss.abandon(&list, &w.stats), Ok(false));
+        assert!(slab.remote.is_flagged(), "abandon flags the stacks");
     }
     assert_eq!(list.len(), 1);
     assert_eq!(ss.owner(), 0);
@@ -160,7 +161,7 @@ fn adopt_takes_ownership_of_every_slab_in_use() {
         let s1 = ss.alloc_slab(5, 96).unwrap();
         s0.alloc_batch(1, |_| ());
         s1.alloc_batch(1, |_| ());
-        ss.abandon(&list);
+        assert_eq!(ss.abandon(&list, &w.stats), Ok(false));
         (s0, s1)
     };
     assert_eq!((s0.owner(), s1.owner()), (0, 0));
@@ -252,4 +253,131 @@ fn check_bitmap_catches_a_double_free() {
         !ss.check_mark_freed(3, 100),
         "second free of the same block"
     );
+}
+
+#[test]
+fn abandon_drains_what_was_pushed_and_flags_the_rest() {
+    let w = World::new();
+    let env = w.env();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&env, 1).unwrap();
+    let mut b = Vec::new();
+    // SAFETY: we own the superslab until we abandon it; then we act as remote freers.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        slab.alloc_batch(2, |x| b.push(x));
+        // A remote free that lands while the owner still owns it (before the flag).
+        assert_eq!(ss.free_remote(slab, b[0], &list, &w.stats), Ok(false));
+        assert_eq!(ss.abandon(&list, &w.stats), Ok(false));
+        assert_eq!(
+            slab.local().used,
+            1,
+            "the early push was drained by abandon"
+        );
+        assert!(slab.remote.is_empty() && slab.remote.is_flagged());
+        // S1: the push after the flag sees it in the same CAS, pins and collects: the last
+        // block retires the superslab, nothing is stranded on the stack.
+        assert_eq!(ss.free_remote(slab, b[1], &list, &w.stats), Ok(true));
+    }
+    assert_eq!(list.len(), 0);
+    // SAFETY: free_remote returned true.
+    let region = unsafe { ss.retire(&env) };
+    // SAFETY: retired.
+    unsafe { env.os.unmap(region, SS_SIZE, env.stats) };
+}
+
+#[test]
+fn abandon_of_a_superslab_emptied_by_its_last_drain_hands_it_back() {
+    let w = World::new();
+    let env = w.env();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&env, 1).unwrap();
+    // SAFETY: as above.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(1, |x| b.push(x));
+        assert_eq!(ss.free_remote(slab, b[0], &list, &w.stats), Ok(false));
+        assert_eq!(
+            ss.abandon(&list, &w.stats),
+            Ok(true),
+            "empty: the caller retires it"
+        );
+        assert_eq!(list.len(), 0);
+        let region = ss.retire(&env);
+        env.os.unmap(region, SS_SIZE, env.stats);
+    }
+}
+
+#[test]
+fn a_stale_remote_stack_does_not_survive_into_the_slabs_next_life() {
+    // S2: a block freed twice, the second time after its slab went back (owner 0), goes to the
+    // free slab's remote stack; re-initialising the slab must drop it, or it would be handed out
+    // again, in another class, beside a live block.
+    let w = World::new();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own the superslab; the second free plays a non-owner's double free.
+    unsafe {
+        let slab = ss.alloc_slab(0, 64).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(1, |x| b.push(x));
+        assert_eq!(slab.free_local(b[0]), Ok(true));
+        let _ = ss.free_slab(slab);
+        assert_eq!(slab.owner(), 0);
+        assert_eq!(slab.carved(), 0, "a free slab has no valid block start");
+        let _ = ss.free_remote(slab, b[0], &list, &w.stats);
+        assert!(
+            !slab.remote.is_empty(),
+            "the double free sits on the free slab's stack"
+        );
+        let again = ss.alloc_slab(3, 256).unwrap();
+        assert!(
+            core::ptr::eq(again, slab),
+            "the same slab, in its next life"
+        );
+        assert!(again.remote.is_empty(), "S2: init reset the stack");
+        assert_eq!(again.drain_remote(), Ok(0));
+        assert_eq!(again.local().used, 0);
+    }
+}
+
+#[test]
+fn the_carve_mark_is_shared_and_covers_only_handed_out_blocks() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own the slab.
+    unsafe {
+        let slab = ss.alloc_slab(1, 32).unwrap();
+        assert_eq!(slab.carved(), 0);
+        slab.alloc_batch(5, |_| ());
+        assert_eq!(slab.carved(), 5);
+        let z = ss.alloc_slab(1, 32).unwrap();
+        assert!(z.carve_zeroed().is_some());
+        assert_eq!(z.carved(), 1);
+    }
+}
+
+#[test]
+fn free_structures_carry_the_key_and_can_be_searched() {
+    let k = init_free_key();
+    assert_ne!(k, 0);
+    assert_eq!(init_free_key(), k, "one key per process");
+    let w = World::new();
+    let list = AbandonedList::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own the slab; the remote free plays a non-owner.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(4, |x| b.push(x));
+        assert_eq!(slab.free_local(b[0]), Ok(false));
+        assert_eq!(key_word(b[0]), k);
+        assert!(slab.free_list_contains(b[0]) && !slab.free_list_contains(b[1]));
+        assert_eq!(ss.free_remote(slab, b[1], &list, &w.stats), Ok(false));
+        assert_eq!(key_word(b[1]), k);
+        assert!(slab.remote_contains(b[1]) && !slab.remote_contains(b[2]));
+        assert_eq!(slab.drain_remote(), Ok(1));
+        assert!(!slab.remote_contains(b[1]) && slab.free_list_contains(b[1]));
+    }
 }

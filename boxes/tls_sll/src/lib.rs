@@ -1,7 +1,8 @@
 //! # hakmem-tls-sll: one thread's intrusive free lists, one per size class
 //!
 //! One job: the LIFO list the fast path pops from and pushes to. A free block's first word is
-//! the link to the next block; nothing else in the block is touched.
+//! the link to the next block, and its second word holds the caller's free key (a per-process
+//! random word) while it is on the list; nothing else in the block is touched.
 //!
 //! ```
 //! use hakmem_tls_sll::List;
@@ -30,8 +31,12 @@
 //!   and [`List::set_cap`] refuses a bound below the length.
 //! - **L3 (one owner).** A list belongs to one thread and holds only blocks that thread owns;
 //!   nothing here is atomic.
-//! - **L4 (links).** Every block is at least 8 bytes and 8-byte aligned; its first word is the
+//! - **L4 (links).** Every block is at least 16 bytes and 8-byte aligned; its first word is the
 //!   link while it sits on a list, and is the user's again once popped.
+//! - **L5 (key).** A block pushed with [`List::push`] carries the caller's key in its second
+//!   word; [`List::pop`] clears that word to 0 before it hands the block out, so a block that
+//!   carries the key is (almost surely) free. The caller compares [`key`] with its key before a
+//!   push to catch a double free, one load and one compare.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -55,6 +60,16 @@ pub unsafe fn next(block: *mut u8) -> *mut u8 {
 pub unsafe fn set_next(block: *mut u8, next: *mut u8) {
     // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
     unsafe { block.cast::<*mut u8>().write(next) }
+}
+
+/// Reads the key word (the second word) of a block.
+///
+/// # Safety
+/// `block` must be a block of at least 16 bytes that the caller may read.
+#[inline(always)]
+pub unsafe fn key(block: *mut u8) -> usize {
+    // SAFETY: forwarded.
+    unsafe { block.cast::<usize>().add(1).read() }
 }
 
 /// A chain of linked free blocks taken off a list: `head ..= tail`, `len` blocks.
@@ -155,20 +170,23 @@ impl List {
         self.head
     }
 
-    /// Pushes `block`.
+    /// Pushes `block`, writing `key` into its second word (L5).
     ///
     /// # Safety
     /// `block` is a free block owned by this thread and on no list (L3, L4).
     #[inline(always)]
-    pub unsafe fn push(&mut self, block: *mut u8) {
+    pub unsafe fn push(&mut self, block: *mut u8, key: usize) {
         debug_assert!(self.room > 0 || self.cap == 0, "L2: push past the bound");
-        // SAFETY: the caller hands over a free block nobody else reads.
-        unsafe { set_next(block, self.head) };
+        // SAFETY: the caller hands over a free block nobody else reads; it has two words.
+        unsafe {
+            set_next(block, self.head);
+            block.cast::<usize>().add(1).write(key);
+        }
         self.head = block;
         self.room -= 1;
     }
 
-    /// Pops the most recently pushed block, or returns null.
+    /// Pops the most recently pushed block, with its key word cleared (L5), or returns null.
     ///
     /// # Safety
     /// The list's blocks must still be free and linked (L4).
@@ -176,11 +194,33 @@ impl List {
     pub unsafe fn pop(&mut self) -> *mut u8 {
         let b = self.head;
         if !b.is_null() {
-            // SAFETY: `b` is a free block on this list.
-            self.head = unsafe { next(b) };
+            // SAFETY: `b` is a free block on this list, of at least two words.
+            unsafe {
+                self.head = next(b);
+                b.cast::<usize>().add(1).write(0);
+            }
             self.room += 1;
         }
         b
+    }
+
+    /// True when `block` is on the list (a walk of at most `len` blocks: the cold confirmation
+    /// of a suspected double free).
+    ///
+    /// # Safety
+    /// The list's blocks must still be free and linked (L4).
+    pub unsafe fn contains(&self, block: *mut u8) -> bool {
+        let mut b = self.head;
+        let mut n = 0;
+        while !b.is_null() && n <= self.len() {
+            if b == block {
+                return true;
+            }
+            // SAFETY: `b` is a free block on this list.
+            b = unsafe { next(b) };
+            n += 1;
+        }
+        false
     }
 
     /// Pushes a whole chain at once.
@@ -247,13 +287,21 @@ mod tests {
         for &p in &ptrs {
             assert!(!l.is_full());
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
-            unsafe { l.push(p) };
+            unsafe { l.push(p, 7) };
         }
         assert!(l.is_full());
         assert_eq!(l.len(), 4);
+        for &p in &ptrs {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
+            let (k, on) = unsafe { (key(p), l.contains(p)) };
+            assert_eq!((k, on), (7, true), "L5: keyed while on the list");
+        }
         for &p in ptrs.iter().rev() {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
             assert_eq!(unsafe { l.pop() }, p);
+            // SAFETY: as above.
+            let (k, on) = unsafe { (key(p), l.contains(p)) };
+            assert_eq!((k, on), (0, false), "L5: popped, unkeyed");
         }
         assert!(l.is_empty());
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
@@ -268,7 +316,7 @@ mod tests {
         let mut a = List::new(16);
         for &p in &ptrs {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
-            unsafe { a.push(p) };
+            unsafe { a.push(p, 7) };
         }
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
         let chain = unsafe { a.take(4) };
@@ -276,7 +324,7 @@ mod tests {
         assert_eq!((chain.head, chain.tail), (ptrs[9], ptrs[6]));
         let mut b = List::new(16);
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        unsafe { b.push(ptrs[0]) };
+        unsafe { b.push(ptrs[0], 7) };
         // ptrs[0] is on both lists now only in this test's bookkeeping: pop it back first.
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
         assert_eq!(unsafe { b.pop() }, ptrs[0]);

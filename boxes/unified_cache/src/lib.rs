@@ -138,6 +138,13 @@ impl<const CLASSES: usize, const SLOTS: usize> UnifiedCache<CLASSES, SLOTS> {
         true
     }
 
+    /// True when `block` is cached for `class` (a walk of that class's slice, for the cold
+    /// confirmation of a suspected double free).
+    pub fn contains(&self, class: usize, block: *mut u8) -> bool {
+        let s = self.start[class] as usize;
+        self.slots[s..s + self.len[class] as usize].contains(&block)
+    }
+
     /// The most recently cached block of `class`, or null.
     #[inline]
     pub fn pop(&mut self, class: usize) -> *mut u8 {
@@ -184,8 +191,10 @@ mod tests {
             assert!(c.push(2, p(10 + i)));
         }
         assert_eq!((c.len(0), c.len(2), c.room(2)), (2, 5, 0));
+        assert!(c.contains(0, p(2)) && c.contains(2, p(14)) && !c.contains(0, p(14)));
         assert_eq!(c.pop(0), p(2));
         assert_eq!(c.pop(2), p(14));
+        assert!(!c.contains(2, p(14)));
         assert_eq!(c.pop(0), p(1));
         assert!(c.pop(0).is_null());
         assert!(c.is_empty(1));
