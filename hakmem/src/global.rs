@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
 use hakmem_lru::LruConfig;
 use hakmem_registry::{LeafSource, Registry};
-use hakmem_superslab::{Corrupt, LibcOs, Os, PAGE};
+use hakmem_superslab::{Corrupt, LibcOs, Os, SpinLock, PAGE};
 
 static OS: LibcOs = LibcOs;
 static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
@@ -39,6 +39,51 @@ std::thread_local! {
     // The thread-exit destructor's passes so far (0 while the thread runs). Read on the exit
     // path only; the heap pointer itself lives in `crate::tls`.
     static EXIT_PASSES: core::cell::Cell<u8> = const { core::cell::Cell::new(0) };
+}
+
+/// The late heap: it serves the allocations of threads whose own heap was retired (TSD
+/// destructors that run after hakmem's last pass). One for the process, used only under its
+/// lock: such calls are rare and short, and a heap of their own would cost each one a heap
+/// built, torn down and its superslabs abandoned and adopted again. Its blocks are freed by
+/// everyone else through the remote path (no thread's heap has its id), and it is never
+/// retired, so it never strands a superslab.
+struct LateHeap(*mut Heap);
+
+// SAFETY: the pointer is followed only under LATE's lock.
+unsafe impl Send for LateHeap {}
+
+static LATE: SpinLock<LateHeap> = SpinLock::new(LateHeap(null_mut()));
+
+/// Runs `f` on the late heap, made on first use. `None` when its lock is held (by another
+/// thread, or by this one re-entering) or no heap could be made: the caller then makes do
+/// without it.
+pub fn with_late_heap<R>(ctx: &'static Ctx, f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+    let mut late = LATE.try_lock()?;
+    if late.0.is_null() {
+        late.0 = ctx.new_heap()?.as_ptr();
+        LATE_MADE.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: a heap of this context, never retired; the lock makes this thread its only user
+    // for now, which is all the heap's thread-only methods need.
+    Some(f(unsafe { &mut *late.0 }))
+}
+
+/// True once the late heap exists (it is never retired).
+pub fn late_heap_made() -> bool {
+    LATE_MADE.load(Ordering::Relaxed)
+}
+
+static LATE_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Retires the heap of every thread that has ended without its exit destructor seeing it (a
+/// heap first made in glibc's last pass over TSD destructors, S4), as the new threads' reaping
+/// would in turn. At exit, so the report counts only what live threads hold.
+pub fn reap_ended_threads() {
+    if let Some(c) = ctx() {
+        for _ in 0..c.live_heaps() {
+            c.reap_one(thread_gone);
+        }
+    }
 }
 
 /// The shared context, if initialised.
@@ -332,6 +377,8 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 }
 
 extern "C" fn fork_prepare() {
+    // The late heap's lock first: its holder may take the context's locks.
+    LATE.lock_for_fork();
     if let Some(c) = ctx() {
         c.lock_all();
     }
@@ -342,6 +389,8 @@ extern "C" fn fork_parent() {
         // SAFETY: fork_prepare took every lock on this thread just before the fork.
         unsafe { c.unlock_all() };
     }
+    // SAFETY: fork_prepare took it with lock_for_fork, and nothing references its value.
+    unsafe { LATE.force_unlock() };
 }
 
 extern "C" fn fork_child() {
@@ -352,6 +401,8 @@ extern "C" fn fork_child() {
         // SAFETY: the parent's fork_prepare took every lock; this is the only thread left.
         unsafe { c.unlock_all() };
     }
+    // SAFETY: as in fork_parent; the parent's prepare took it.
+    unsafe { LATE.force_unlock() };
 }
 
 #[cfg(test)]

@@ -145,7 +145,8 @@ pub fn stats() -> Stats {
             c.snapshot(),
             c.lru.usage(),
             c.abandoned.len(),
-            c.live_heaps(),
+            // The late heap (global.rs) belongs to no thread.
+            c.live_heaps() - usize::from(global::late_heap_made()),
         ),
         None => Stats::empty(),
     }
@@ -291,11 +292,17 @@ unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) ->
         // SAFETY: this thread's live heap, on its own thread.
         return unsafe { heap_alloc(&mut *h.as_ptr(), class, zero) };
     }
-    // After this thread's exit clean-up (or when no heap could be mapped): a heap for this one
-    // block, torn down at once, so nothing is left owned by a thread that is going away.
+    // After this thread's exit clean-up (or when no heap could be mapped): the process's late
+    // heap, under its lock; if another thread holds it (or this one, re-entering from a
+    // tracing subscriber), a heap for this one block, torn down at once. Either way nothing is
+    // left owned by a thread that is going away.
     let Some(ctx) = ctx_or_init_with(code) else {
         return null_mut();
     };
+    // SAFETY: the late heap's thread-only methods run under its lock.
+    if let Some(p) = global::with_late_heap(ctx, |h| unsafe { heap_alloc(h, class, zero) }) {
+        return p;
+    }
     let Some(h) = ctx.new_heap() else {
         return null_mut();
     };
@@ -332,7 +339,11 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
     };
     // SAFETY: the caller holds `p` if it is ours; otherwise nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
-        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => {
+        // With HAKMEM_CHECK, a block the bitmap does not hold (freed, or never handed out) is
+        // no block to resize or measure.
+        PtrRoute::Small(ss, slab)
+            if hakmem_route::is_block_start(ss, slab, p) && (!ctx.check() || ss.check_held(p)) =>
+        {
             Some(Block::Small(ss, slab))
         }
         PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),

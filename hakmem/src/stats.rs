@@ -430,6 +430,7 @@ pub fn report_once() {
     if !s.stats || crate::global::ctx().is_none() || REPORTED.swap(true, Ordering::AcqRel) {
         return;
     }
+    crate::global::reap_ended_threads();
     let stats = crate::stats();
     let fd = match s.stats_file {
         Some(path) => open_report_file(path.to_bytes(), stats.pid),

@@ -575,6 +575,15 @@ impl Superslab {
         w < CHECK_WORDS && self.check[slab][w].fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
+    /// True when the check bitmap says the block at `p` (a block start in this superslab) is
+    /// held by a user now (`HAKMEM_CHECK`; without check mode the bitmap is empty).
+    pub fn check_held(&self, p: *const u8) -> bool {
+        let off = (p as usize).wrapping_sub(self.base());
+        let (slab, index) = (off >> SLAB_SHIFT, (off & (SLAB_SIZE - 1)) >> 4);
+        let (w, bit) = (index / 64, 1u64 << (index % 64));
+        slab < SLABS && w < CHECK_WORDS && self.check[slab][w].load(Ordering::Acquire) & bit != 0
+    }
+
     /// Marks block `index` of slab `slab` as given back by its user (`HAKMEM_CHECK`). False
     /// when it was not held: a double free.
     pub fn check_mark_freed(&self, slab: usize, index: usize) -> bool {

@@ -168,6 +168,16 @@ impl<T> SpinLock<T> {
         }
     }
 
+    /// Takes the lock if it is free now; `None` when another holder has it (or this thread
+    /// does: nothing waits, so a caller that may already hold it cannot deadlock).
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        self.acquired.fetch_add(1, Ordering::Relaxed);
+        Some(SpinGuard { lock: self })
+    }
+
     /// Takes the lock and keeps it until [`SpinLock::force_unlock`]: for `fork`, whose
     /// `prepare` takes every lock and whose `parent` and `child` release them.
     pub fn lock_for_fork(&self) {
@@ -280,6 +290,16 @@ mod tests {
         assert_eq!((c.acquired, c.contended), (2, 1));
         // One wait: the total is that wait, and so is the longest.
         assert_eq!(c.max_wait_ns, c.waited_ns);
+        assert_eq!(*l.lock(), 1);
+    }
+
+    #[test]
+    fn try_lock_never_waits() {
+        let l = SpinLock::new(0u32);
+        let g = l.try_lock().expect("free");
+        assert!(l.try_lock().is_none(), "held");
+        drop(g);
+        *l.try_lock().expect("free again") += 1;
         assert_eq!(*l.lock(), 1);
     }
 

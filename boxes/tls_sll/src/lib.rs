@@ -14,14 +14,17 @@
 //! let mut list = List::new(2);
 //! for &p in &ptrs[..2] {
 //!     assert!(!list.is_full());
-//!     // SAFETY: a free block of ours, aligned and at least 8 bytes, on no other list (L3, L4).
-//!     unsafe { list.push(p) };
+//!     // SAFETY: a free block of ours, 16 bytes and aligned, on no other list (L3, L4, L5).
+//!     unsafe { list.push(p, 0x5eed) };
 //! }
 //! assert!(list.is_full()); // the third block must go elsewhere (L2)
 //! // SAFETY: the list's blocks are still free and linked (L4).
 //! let last = unsafe { list.pop() };
 //! assert_eq!(last, ptrs[1]);
 //! assert_eq!(list.len(), 1);
+//! // A block on the list carries the key in its second word; a popped one has it cleared.
+//! assert_eq!(blocks[0].0[8..].iter().filter(|&&b| b != 0).count(), 2);
+//! assert_eq!(blocks[1].0[8..], [0; 8]);
 //! ```
 //!
 //! ## Invariants
@@ -142,7 +145,7 @@ impl List {
     /// let mut list = List::new(4);
     /// for b in &mut blocks {
     ///     // SAFETY: each block is 16 bytes, aligned, ours, and on no other list.
-    ///     unsafe { list.push(b.as_mut_ptr().cast()) };
+    ///     unsafe { list.push(b.as_mut_ptr().cast(), 0x5eed) };
     /// }
     /// assert_eq!(list.set_cap(1), Err(CapBelowLen { cap: 1, len: 3 }));
     /// assert_eq!((list.len(), list.cap()), (3, 4));
