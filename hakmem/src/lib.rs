@@ -188,6 +188,25 @@ pub mod raw {
         unsafe { alloc_impl(size, 16, false, NO_CODE) }
     }
 
+    /// `malloc`'s fast path alone: a block from this thread's list for a tiny size, or null
+    /// when that cannot serve it (the list is empty, the size is not tiny, the thread has no
+    /// heap yet). Null is not a failure: the caller then calls [`malloc`], which decides.
+    ///
+    /// # Safety
+    /// Always safe to call; unsafe as part of the C-style family.
+    #[inline(always)]
+    pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
+        let Some(class) = hakmem_route::tiny_class(size) else {
+            return null_mut();
+        };
+        let h = heap_ptr();
+        if h as usize <= DEAD as usize {
+            return null_mut();
+        }
+        // SAFETY: this thread's live heap, on its own thread; tiny classes are below CLASSES.
+        unsafe { (*h).alloc_fast(class) }
+    }
+
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
     /// the OS is not zeroed again.
     ///
@@ -217,12 +236,19 @@ pub mod raw {
     ///
     /// # Safety
     /// `p` is null or a live block of this allocator, given up.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(p: *mut u8) {
-        if !p.is_null() {
-            // SAFETY: forwarded.
-            unsafe { free_impl(p, "free") }
+        // The fast path (H8 in hakmem-hot-heap): a block of a superslab this thread's heap owns,
+        // proved by its owned cache instead of the registry; anything else, null included,
+        // takes the full path.
+        let h = heap_ptr();
+        // SAFETY: this thread's live heap, on its own thread; `p` is given up, and any address
+        // is accepted (the heap reads nothing through it before proving it ours).
+        if h as usize > DEAD as usize && unsafe { (*h).try_free_owned(p) } {
+            return;
         }
+        // SAFETY: forwarded.
+        unsafe { free_full(p) }
     }
 
     /// glibc's realloc: null `p` allocates; size 0 frees `p` and returns null; on failure `p`
@@ -377,6 +403,17 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         // SAFETY: the registry says `h` is live and the caller gives its block up.
         PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
         _ => invalid_pointer(op, p),
+    }
+}
+
+/// `free`'s full path: null, foreign and bad pointers, large blocks, other heaps' blocks, full
+/// thread lists and suspected double frees.
+#[cold]
+#[inline(never)]
+unsafe fn free_full(p: *mut u8) {
+    if !p.is_null() {
+        // SAFETY: forwarded.
+        unsafe { free_impl(p, "free") }
     }
 }
 

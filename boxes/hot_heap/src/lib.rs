@@ -34,6 +34,13 @@
 //!   the slow path, where a per-slab bitmap catches every double free.
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
+//! - **H8 (owned cache).** `owned_cache[(base >> SS_SHIFT) % OWNED_CACHE]` holds either
+//!   `EMPTY_SLOT` or the base of a superslab on this heap's owned list: a superslab is entered
+//!   when it is linked and cleared when it is unlinked, before it can be abandoned or released.
+//!   Every in-use slab of an owned superslab has this heap's id as owner, and a free slab has
+//!   carve mark 0. So a hit in the cache proves, with one load and one compare, both "ours"
+//!   (the registry's answer) and "owned by this heap" (the owner check): the C free's fast path,
+//!   [`Heap::try_free_owned`].
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -61,11 +68,23 @@ use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE, SS_SHIFT, SS_SIZE,
 };
 use hakmem_tls_sll::List;
 use hakmem_unified_cache::UnifiedCache;
 use sync::{AtomicUsize, Ordering};
+
+/// Slots of a heap's owned-superslab cache (H8): 64 superslabs, 128 MiB of small blocks.
+const OWNED_CACHE: usize = 64;
+/// An empty slot of the owned cache: no superslab base (they are 2 MiB-aligned), and not 0, which
+/// is what a null pointer masks to.
+const EMPTY_SLOT: usize = 1;
+
+/// The owned-cache slot of the superslab at `base`.
+#[inline(always)]
+fn owned_slot(base: usize) -> usize {
+    (base >> SS_SHIFT) & (OWNED_CACHE - 1)
+}
 
 /// The unified cache type every heap carries.
 type Cache = UnifiedCache<CLASSES, CACHE_SLOTS>;
@@ -387,6 +406,8 @@ pub struct Heap {
     id: usize,
     /// The free key (FK1), next to `id`, which the free path reads anyway.
     key: usize,
+    /// Owned superslabs by base address, direct-mapped (H8).
+    owned_cache: [usize; OWNED_CACHE],
     /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
     tag: u64,
     ctx: *const Ctx,
@@ -423,6 +444,7 @@ impl Heap {
             *list = List::new(if ctx.check { 0 } else { cap });
         }
         h.current = [null(); CLASSES];
+        h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;
@@ -451,14 +473,31 @@ impl Heap {
     /// Only the heap's thread calls this.
     #[inline(always)]
     pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
-        // SAFETY: the list holds free blocks this heap owns (H1).
-        let p = unsafe { self.sll[class].pop() };
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc_fast(class) };
         if !p.is_null() {
-            self.stats.on_alloc(class);
             return p;
         }
         // SAFETY: forwarded.
         unsafe { self.alloc_slow(class) }
+    }
+
+    /// A block of `class` from its thread list, or null when the list is empty (nothing else is
+    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2).
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this, with `class < CLASSES`.
+    #[inline(always)]
+    pub unsafe fn alloc_fast(&mut self, class: usize) -> *mut u8 {
+        debug_assert!(class < CLASSES);
+        // SAFETY: `class < CLASSES` by the contract; the list holds free blocks this heap owns
+        // (H1).
+        let p = unsafe { self.sll.get_unchecked_mut(class).pop() };
+        if !p.is_null() {
+            // SAFETY: CLASSES < MAX_CLASSES (route box).
+            unsafe { self.stats.on_alloc_unchecked(class) };
+        }
+        p
     }
 
     /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
@@ -686,6 +725,7 @@ impl Heap {
             }
         }
         self.owned_count += 1;
+        self.owned_cache[owned_slot(ss.base())] = ss.base();
     }
 
     fn unlink_owned(&mut self, ss: &Superslab) {
@@ -706,6 +746,10 @@ impl Heap {
             ss.set_heap_links(null(), null());
         }
         self.owned_count -= 1;
+        let slot = &mut self.owned_cache[owned_slot(ss.base())];
+        if *slot == ss.base() {
+            *slot = EMPTY_SLOT;
+        }
     }
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.
@@ -804,6 +848,46 @@ impl Heap {
         }
         // SAFETY: forwarded.
         unsafe { self.free_remote(ss, slab, class, p) }
+    }
+
+    /// The C free's fast path (H8): frees `p` when it is a block this heap handed out of a
+    /// superslab in its owned cache, its thread list for the class has room, and the block does
+    /// not carry the free key. False, having changed nothing, for anything else: a pointer that
+    /// is not ours or not a block start, a block of another heap, a full list, a possible double
+    /// free, check mode. The caller then takes the full path, which decides.
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this, and if `p` is a live block of this allocator, the
+    /// caller gives it up. `p` may be any address: nothing is read through it before the cache
+    /// says it lies in a live superslab of ours.
+    #[inline(always)]
+    pub unsafe fn try_free_owned(&mut self, p: *mut u8) -> bool {
+        let base = p as usize & !(SS_SIZE - 1);
+        // SAFETY: the index is masked below OWNED_CACHE.
+        if unsafe { *self.owned_cache.get_unchecked(owned_slot(base)) } != base {
+            return false;
+        }
+        // SAFETY: the cache holds only superslabs this heap owns, live while owned (H8).
+        let ss = unsafe { Superslab::at(base) };
+        let slab = ss.slab_of(p);
+        let class = slab.class();
+        // SAFETY: an in-use slab of an owned superslab is ours (H8); a free one has carve mark 0,
+        // which no index is below.
+        if unsafe { slab.block_index(p) } >= u64::from(slab.carved()) {
+            return false;
+        }
+        let key = self.key;
+        // SAFETY: an in-use slab's class is one of the route box's, below CLASSES.
+        let l = unsafe { self.sll.get_unchecked_mut(class) };
+        // SAFETY: `p` is a block (at least 16 bytes) of our slab, handed out at some time.
+        if l.is_full() || unsafe { key_word(p) } == key {
+            return false;
+        }
+        // SAFETY: a block of our own slab, given up by the caller, and (FK3) not free.
+        unsafe { l.push(p, key) };
+        // SAFETY: CLASSES < MAX_CLASSES (route box).
+        unsafe { self.stats.on_free_unchecked(class) };
+        true
     }
 
     #[cold]

@@ -122,6 +122,18 @@ pub fn class_of(size: usize) -> Option<usize> {
     }
 }
 
+/// The class of a tiny request (`size <= MAX_TINY`, alignment 16 or less): one table load, the
+/// malloc fast path's lookup (RT4). `None` for larger sizes.
+#[inline(always)]
+pub fn tiny_class(size: usize) -> Option<usize> {
+    // The size is compared before it is rounded, so a size near usize::MAX cannot wrap into
+    // the table.
+    if size > MAX_TINY {
+        return None;
+    }
+    TINY_TABLE.get((size + 15) >> 4).map(|&c| c as usize)
+}
+
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -281,6 +293,22 @@ pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiny_class_agrees_with_class_of_and_never_wraps() {
+        for size in 0..=MAX_TINY {
+            assert_eq!(tiny_class(size), class_of(size), "size {size}");
+        }
+        for size in [
+            MAX_TINY + 1,
+            MAX_SMALL,
+            usize::MAX,
+            usize::MAX - 5,
+            usize::MAX - 15,
+        ] {
+            assert_eq!(tiny_class(size), None, "size {size}");
+        }
+    }
 
     #[test]
     fn every_size_fits_with_bounded_waste() {

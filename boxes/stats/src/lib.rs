@@ -221,6 +221,26 @@ impl ThreadStats {
         self.frees[class & CLASS_MASK].add(1);
     }
 
+    /// [`ThreadStats::on_alloc`] without the mask, for fast paths that know their class.
+    ///
+    /// # Safety
+    /// `class < MAX_CLASSES`.
+    #[inline(always)]
+    pub unsafe fn on_alloc_unchecked(&self, class: usize) {
+        // SAFETY: in bounds by the caller's contract.
+        unsafe { self.allocs.get_unchecked(class) }.add(1);
+    }
+
+    /// [`ThreadStats::on_free`] without the mask, for fast paths that know their class.
+    ///
+    /// # Safety
+    /// `class < MAX_CLASSES`.
+    #[inline(always)]
+    pub unsafe fn on_free_unchecked(&self, class: usize) {
+        // SAFETY: in bounds by the caller's contract.
+        unsafe { self.frees.get_unchecked(class) }.add(1);
+    }
+
     /// One free pushed onto another thread's slab.
     #[inline]
     pub fn on_remote_free(&self) {

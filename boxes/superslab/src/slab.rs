@@ -1,6 +1,6 @@
 //! Slab metadata: one 64 KiB slab of equal-size blocks, living in its superslab's header.
 use crate::remote::RemoteStack;
-use crate::sync::{AtomicU32, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 use core::ptr::null_mut;
 
 /// What went wrong when a slab got back a block it did not expect.
@@ -55,6 +55,22 @@ impl SlabLocal {
     };
 }
 
+/// The constants for [`SlabMeta::block_index`]: for `d = 2^rot * odd`, the inverse of `odd`
+/// modulo 2^64, and `rot`. Then for any 64-bit `off`, `(off * inv).rotate_right(rot)` is
+/// `off / d` when `d` divides `off`; otherwise its top `rot` bits are not all zero (the low bits
+/// of `off`, rotated up), or it exceeds `(2^(64 - rot) - 1) / odd` (Granlund and Montgomery's
+/// divisibility test): at least 2^32 either way for block sizes below 2^16.
+pub(crate) fn exact_division(d: u32) -> (u64, u32) {
+    let rot = d.trailing_zeros();
+    let odd = u64::from(d >> rot);
+    // Newton's iteration doubles the correct low bits: odd * odd = 1 (mod 8) gives 3 to start.
+    let mut inv = odd;
+    for _ in 0..5 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inv)));
+    }
+    (inv, rot)
+}
+
 /// One slab's metadata.
 ///
 /// `owner`, `class`, `carved` and `remote` are shared with every thread; `local` belongs to the
@@ -69,6 +85,10 @@ pub struct SlabMeta {
     /// Blocks `0..carved` have been handed out at some time (the carve mark, shared): any other
     /// block start is not a block (0 while the slab is free).
     carved: AtomicU32,
+    /// The exact-division constants of the block size `2^rot * odd`: the inverse of `odd`
+    /// modulo 2^64, and `rot` (SS11). Written with `class`, when the slab is (re)initialised.
+    inv: AtomicU64,
+    rot: AtomicU32,
     /// Blocks freed by non-owners, waiting for the owner.
     pub remote: RemoteStack,
     local: UnsafeCell<SlabLocal>,
@@ -83,6 +103,8 @@ impl SlabMeta {
             owner: AtomicUsize::new(0),
             class: AtomicU32::new(0),
             carved: AtomicU32::new(0),
+            inv: AtomicU64::new(0),
+            rot: AtomicU32::new(0),
             remote: RemoteStack::new(),
             local: UnsafeCell::new(SlabLocal::EMPTY),
         }
@@ -133,6 +155,22 @@ impl SlabMeta {
         self.carved.load(Ordering::Relaxed)
     }
 
+    /// The index of the block that starts at `p` when `p` is a block start of this slab, and a
+    /// number of at least 2^32 (so never below the carve mark) for any other address, `p`
+    /// before the slab's first block included: one subtraction, one multiplication and one
+    /// rotation (SS11). So `block_index(p) < carved()` says "a block the slab has handed out".
+    ///
+    /// # Safety
+    /// The caller owns the slab (it reads the owner-only start address).
+    #[inline(always)]
+    pub unsafe fn block_index(&self, p: *const u8) -> u64 {
+        // SAFETY: the caller owns the slab.
+        let start = unsafe { self.local.with(|l| (*l).start) } as u64;
+        let off = (p as u64).wrapping_sub(start);
+        off.wrapping_mul(self.inv.load(Ordering::Relaxed))
+            .rotate_right(self.rot.load(Ordering::Relaxed))
+    }
+
     /// Marks the slab free: no block start of it is valid any more.
     pub(crate) fn clear_carved(&self) {
         self.carved.store(0, Ordering::Relaxed);
@@ -148,6 +186,9 @@ impl SlabMeta {
     ) {
         self.class.store(class, Ordering::Relaxed);
         self.carved.store(0, Ordering::Relaxed);
+        let (inv, rot) = exact_division(block_size);
+        self.inv.store(inv, Ordering::Relaxed);
+        self.rot.store(rot, Ordering::Relaxed);
         // S2: every block of the slab's last life came back, so whatever waits on the stack was
         // freed twice (into a free slab); it must not survive into this life, in another class.
         self.remote.reset();
@@ -364,5 +405,34 @@ impl SlabMeta {
     pub unsafe fn is_empty(&self) -> bool {
         // SAFETY: forwarded.
         unsafe { self.local().used == 0 }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::exact_division;
+
+    #[test]
+    fn block_index_is_exact_for_block_starts_and_huge_otherwise() {
+        // Every block size a slab can have (multiples of 16 up to 64 KiB), against every
+        // 16-aligned offset in a slab, a few unaligned ones, and offsets before the slab start.
+        for d in (16..=65536u32).step_by(16) {
+            let (inv, rot) = exact_division(d);
+            let index = |off: u64| off.wrapping_mul(inv).rotate_right(rot);
+            for off in (0..=65536u64)
+                .step_by(16)
+                .chain([1, 8, 17, u64::from(d) + 4])
+            {
+                let q = index(off);
+                if off % u64::from(d) == 0 {
+                    assert_eq!(q, off / u64::from(d), "d {d} off {off}");
+                } else {
+                    assert!(q >= 1 << 32, "d {d} off {off}: {q}");
+                }
+            }
+            for back in (16..=(2u64 << 20)).step_by(4096 + 16) {
+                assert!(index(back.wrapping_neg()) >= 1 << 32, "d {d} off -{back}");
+            }
+        }
     }
 }

@@ -167,9 +167,10 @@ impl Superslab {
     /// The metadata of the slab holding `p` (by shift). `p` must lie in this superslab.
     #[inline(always)]
     pub fn slab_of(&self, p: *const u8) -> &SlabMeta {
-        let i = (p as usize).wrapping_sub(self.base()) >> SLAB_SHIFT;
-        assert!(i < SLABS, "hakmem: pointer outside its superslab");
-        // SAFETY: checked just above.
+        // Masked, so always a slab of this superslab (for `p` outside it, the slab at the same
+        // offset): the lookup stays a shift and a mask, with no bound to check.
+        let i = ((p as usize).wrapping_sub(self.base()) >> SLAB_SHIFT) & (SLABS - 1);
+        // SAFETY: masked below SLABS.
         unsafe { self.slabs.get_unchecked(i) }
     }
 

@@ -91,6 +91,19 @@ const MIN_ALIGN: usize = 16;
 /// Callable from any thread at any time, as C's `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    // SAFETY: every size is a valid request.
+    let p = unsafe { raw::malloc_fast(size) };
+    if !p.is_null() {
+        return p.cast();
+    }
+    // SAFETY: as above.
+    unsafe { malloc_full(size) }
+}
+
+/// `malloc` past its fast path: out of line, so the fast path keeps no frame.
+#[cold]
+#[inline(never)]
+unsafe fn malloc_full(size: usize) -> *mut c_void {
     // SAFETY: every size is a valid request; the facade returns NULL when it cannot serve it.
     or_enomem(unsafe { raw::malloc(size) })
 }
