@@ -28,6 +28,9 @@ pub struct Settings {
     pub lru_mb: usize,
     /// `HAKMEM_LRU_DECAY_MS` (default 1000): a cached region is unmapped after this long.
     pub lru_decay_ms: u64,
+    /// `HAKMEM_BACKGROUND_PURGE_MS` (default 0, off): a background thread wakes this often to
+    /// run due purges, for programs that go idle.
+    pub background_purge_ms: u64,
 }
 
 impl Settings {
@@ -39,6 +42,7 @@ impl Settings {
         lazy_zero: true,
         lru_mb: 256,
         lru_decay_ms: 1000,
+        background_purge_ms: 0,
     };
 
     /// Reads the environment.
@@ -74,6 +78,12 @@ impl Settings {
                 c"HAKMEM_LRU_DECAY_MS",
                 d.lru_decay_ms,
                 24 * 3600 * 1000,
+            ),
+            background_purge_ms: number(
+                &get,
+                c"HAKMEM_BACKGROUND_PURGE_MS",
+                d.background_purge_ms,
+                3600 * 1000,
             ),
         }
     }
@@ -156,7 +166,9 @@ mod tests {
             (c"HAKMEM_SS_LAZY_ZERO", b"0"),
             (c"HAKMEM_LRU_MB", b"0"),
             (c"HAKMEM_LRU_DECAY_MS", b"250"),
+            (c"HAKMEM_BACKGROUND_PURGE_MS", b"100"),
         ]);
+        assert_eq!(s.background_purge_ms, 100);
         assert!(s.check && s.stats && !s.lazy_zero);
         assert_eq!(
             (s.on_invalid, s.lru_mb, s.lru_decay_ms),

@@ -101,7 +101,7 @@ impl Ctx {
             os,
             registry,
             stats: GlobalStats::new(),
-            lru: Lru::new(lru),
+            lru: Lru::new(os, lru),
             abandoned: AbandonedList::new(),
             check,
             report,
@@ -138,6 +138,7 @@ impl Ctx {
     /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
     /// refuses memory.
     pub fn new_heap(&'static self) -> Option<NonNull<Heap>> {
+        self.lru.purge_if_due(&self.stats);
         let recycled = self.heaps.with(|h| {
             let f = h.free;
             if !f.is_null() {
@@ -229,13 +230,13 @@ impl Ctx {
         // SAFETY: forwarded from the caller.
         let region = unsafe { ss.retire(&env) };
         // SAFETY: retired: unregistered, no block or reference left.
-        unsafe { self.lru.put(&env, region, SS_SIZE, now_ns()) };
+        unsafe { self.lru.put(&self.stats, region, SS_SIZE, now_ns()) };
     }
 
     /// A superslab for heap `owner`: from the lru, else fresh from the OS.
     fn superslab_for(&self, owner: usize) -> Option<&'static Superslab> {
         let env = self.env();
-        if let Some(r) = self.lru.take(&env, SS_SIZE, true, now_ns()) {
+        if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
             // SAFETY: a cached region is ours, whole and unused (lru C2).
             match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
                 Ok(ss) => return Some(ss),
@@ -251,13 +252,14 @@ impl Ctx {
     pub fn lock_all(&self) {
         self.heaps.lock();
         self.abandoned.lock();
-        self.lru.lock();
+        core::mem::forget(self.lru.lock());
     }
 
     /// Releases what [`Ctx::lock_all`] took (fork's `parent` and `child`).
     #[cfg(not(loom))]
     pub fn unlock_all(&self) {
-        self.lru.unlock();
+        // SAFETY: `lock_all` (fork's prepare) took it and forgot the guard.
+        unsafe { self.lru.force_unlock() };
         self.abandoned.unlock();
         self.heaps.unlock();
     }
@@ -400,6 +402,7 @@ impl Heap {
 
     /// Fills the cache for `class` halfway from slabs, in the refill order.
     unsafe fn refill_cache(&mut self, class: usize) {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
         let want = (self.cache.cap(class) / 2).max(1);
         let mut got = 0;
         while got < want {
