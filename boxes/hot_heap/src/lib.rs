@@ -382,6 +382,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
         if self.cache.is_empty(class) {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
@@ -402,7 +403,6 @@ impl Heap {
 
     /// Fills the cache for `class` halfway from slabs, in the refill order.
     unsafe fn refill_cache(&mut self, class: usize) {
-        self.ctx().lru.purge_if_due(&self.ctx().stats);
         let want = (self.cache.cap(class) / 2).max(1);
         let mut got = 0;
         while got < want {
@@ -681,6 +681,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };

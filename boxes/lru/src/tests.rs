@@ -42,7 +42,7 @@ mod plain {
     #[test]
     fn reuse_before_the_os_with_pages_given_back() {
         let w = World::new(8);
-                let lru = w.lru(eager());
+        let lru = w.lru(eager());
         let r = w.region(SS_SIZE);
         // SAFETY: a dirty "retired" region.
         unsafe {
@@ -67,7 +67,7 @@ mod plain {
     #[test]
     fn purge_can_be_switched_off() {
         let w = World::new(4);
-                let lru = w.lru(LruConfig {
+        let lru = w.lru(LruConfig {
             purge: false,
             ..LruConfig::default()
         });
@@ -116,7 +116,11 @@ mod plain {
             "purged once the delay passed"
         );
         assert_eq!(lru.resident(), 0);
-        assert_eq!(lru.next_due(), 60 + config.decay_ns + 1, "C6: then its decay");
+        assert_eq!(
+            lru.next_due(),
+            60 + config.decay_ns + 1,
+            "C6: then its decay"
+        );
         assert!(lru.take(&w.stats, SS_SIZE, true, 200).unwrap().zeroed);
         assert_eq!(lru.next_due(), u64::MAX, "nothing cached, nothing due");
     }
@@ -177,10 +181,21 @@ mod plain {
         // SAFETY: a retired region.
         unsafe { lru.put(&w.stats, r, 6 * SS_SIZE + PAGE, 0) };
         let got = lru.take(&w.stats, 3 * SS_SIZE / 2, false, 0).unwrap();
-        assert_eq!((got.base, got.len), (r, 2 * SS_SIZE), "C8: up to the next step");
-        assert_eq!(lru.usage(), (1, 4 * SS_SIZE + PAGE), "the rest stays cached");
+        assert_eq!(
+            (got.base, got.len),
+            (r, 2 * SS_SIZE),
+            "C8: up to the next step"
+        );
+        assert_eq!(
+            lru.usage(),
+            (1, 4 * SS_SIZE + PAGE),
+            "the rest stays cached"
+        );
         let rest = lru.take(&w.stats, SS_SIZE, true, 0).unwrap();
-        assert_eq!(rest.base.as_ptr() as usize, r.as_ptr() as usize + 2 * SS_SIZE);
+        assert_eq!(
+            rest.base.as_ptr() as usize,
+            r.as_ptr() as usize + 2 * SS_SIZE
+        );
         assert_eq!(lru.usage(), (1, 3 * SS_SIZE + PAGE));
         // A small request takes only what it asked for when the region is much larger.
         let small = lru.take(&w.stats, 40 * PAGE, false, 0).unwrap();
@@ -235,7 +250,7 @@ mod plain {
     #[test]
     fn decay_unmaps_old_regions() {
         let w = World::new(8);
-                let lru = w.lru(LruConfig {
+        let lru = w.lru(LruConfig {
             decay_ns: 100,
             ..LruConfig::default()
         });
@@ -258,7 +273,7 @@ mod plain {
     #[test]
     fn bounded_by_bytes_and_count() {
         let w = World::new(80);
-                let lru = w.lru(LruConfig {
+        let lru = w.lru(LruConfig {
             max_bytes: 3 * SS_SIZE,
             ..LruConfig::default()
         });
@@ -285,7 +300,7 @@ mod plain {
     #[test]
     fn take_trims_a_larger_region() {
         let w = World::new(8);
-                let lru = w.lru(LruConfig::default());
+        let lru = w.lru(LruConfig::default());
         let r = w.region(3 * SS_SIZE);
         // SAFETY: a retired region.
         unsafe { lru.put(&w.stats, r, 3 * SS_SIZE, 0) };
