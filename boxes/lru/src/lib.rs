@@ -192,11 +192,11 @@ impl Inner {
 
     /// Takes out what decayed (to unmap), what kept its pages long enough, and the oldest
     /// resident regions past the budget (to purge and put back).
-    fn expire(&mut self, now: u64, doomed: &mut Batch, to_purge: &mut Batch) {
+    fn expire(&mut self, now: u64, work: &mut Batch) {
         self.tick(now);
         while self.len > 0 && now.saturating_sub(self.entries[0].since) > self.config.decay_ns {
             let e = self.remove(0);
-            doomed.push(e);
+            work.push(e, Act::Unmap);
         }
         if !self.config.purge {
             return;
@@ -208,7 +208,7 @@ impl Inner {
             let late = now.saturating_sub(e.since) > self.config.purge_delay_ns;
             if !e.zeroed && (late || self.resident > budget) {
                 let e = self.remove(i);
-                to_purge.push(e);
+                work.push(e, Act::Purge);
             } else {
                 i += 1;
             }
@@ -242,25 +242,36 @@ pub struct Reused {
     pub zeroed: bool,
 }
 
-/// Regions to unmap or purge once the lock is dropped (no system call under the lock).
+/// What to do with a region taken out of the cache, once the lock is dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// Unmap it, counted as released (C9).
+    Unmap,
+    /// Unmap it, uncounted: the rest of a region reused, which counts as that region.
+    Trim,
+    /// Purge it and put it back.
+    Purge,
+}
+
+/// Regions to unmap or purge once the lock is dropped (no system call under the lock). One
+/// operation takes out at most every cached region plus one (a new region, or the rest of a
+/// reused one), so `MAX_ENTRIES + 1` slots always suffice. (Kept small: it lives on the stack
+/// of allocator paths, and of loom's threads.)
 struct Batch {
-    list: [Entry; MAX_ENTRIES + 1],
+    list: [(Entry, Act); MAX_ENTRIES + 1],
     n: usize,
 }
 
 impl Batch {
     fn new() -> Self {
         Self {
-            list: [NO_ENTRY; MAX_ENTRIES + 1],
+            list: [(NO_ENTRY, Act::Unmap); MAX_ENTRIES + 1],
             n: 0,
         }
     }
-    fn push(&mut self, e: Entry) {
-        self.list[self.n] = e;
+    fn push(&mut self, e: Entry, act: Act) {
+        self.list[self.n] = (e, act);
         self.n += 1;
-    }
-    fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.list[..self.n].iter().copied()
     }
 }
 
@@ -361,46 +372,43 @@ where
         self.due.store(inner.next_due(), Ordering::Relaxed);
     }
 
-    /// Unmaps every region of `batch`, counting each as released when `count` (C9; the
-    /// trimmed rest of a reused region is part of that region, which counts as reused).
-    fn unmap(&self, stats: &GlobalStats, batch: &Batch, count: bool) -> usize {
-        let mut bytes = 0;
-        for e in batch.iter() {
-            // SAFETY: each range was a region of `self.os` (C7) that was cached (C1) and was
-            // removed from the cache under the lock, so nobody else can reach it (C2).
-            unsafe { self.os.unmap(ptr(e.base), e.len, stats) };
-            if count {
-                stats.event(Event::SsReleased, 0);
-            }
-            bytes += e.len;
+    /// Unmaps `e`, counting it as released when `count` (C9).
+    fn unmap(&self, stats: &GlobalStats, e: Entry, count: bool) {
+        // SAFETY: a region of `self.os` (C7) that was cached (C1) and was removed from the
+        // cache under the lock (or is the rest of one), so nobody else can reach it (C2).
+        unsafe { self.os.unmap(ptr(e.base), e.len, stats) };
+        if count {
+            stats.event(Event::SsReleased, 0);
         }
-        bytes
     }
 
-    /// Unmaps `doomed`; purges `to_purge` and puts it back, as zeroed. Returns the bytes given
-    /// back.
-    fn finish(&self, stats: &GlobalStats, doomed: &Batch, to_purge: &Batch) -> usize {
-        let mut bytes = self.unmap(stats, doomed, true);
-        let mut evicted = Batch::new();
-        for e in to_purge.iter() {
-            // SAFETY: out of the cache under the lock, so nobody else can reach it (C2); a
-            // region of `self.os` (C7) whose contents are dead (C1).
-            let zeroed = unsafe { self.os.purge(ptr(e.base), e.len, stats) };
+    /// Does what `work` says: unmaps, or purges and puts back as zeroed (unmapping what no
+    /// longer fits). Returns the bytes given back.
+    fn finish(&self, stats: &GlobalStats, work: &Batch) -> usize {
+        let mut bytes = 0;
+        for &(e, act) in &work.list[..work.n] {
             bytes += e.len;
-            let e = Entry { zeroed, ..e };
-            let put_back = self.inner.with(|inner| {
-                let fits = inner.has_room(e.len);
-                if fits {
-                    inner.insert(e);
-                    self.publish_due(inner);
+            match act {
+                Act::Unmap | Act::Trim => self.unmap(stats, e, act == Act::Unmap),
+                Act::Purge => {
+                    // SAFETY: out of the cache under the lock, so nobody else can reach it
+                    // (C2); a region of `self.os` (C7) whose contents are dead (C1).
+                    let zeroed = unsafe { self.os.purge(ptr(e.base), e.len, stats) };
+                    let e = Entry { zeroed, ..e };
+                    let put_back = self.inner.with(|inner| {
+                        let fits = inner.has_room(e.len);
+                        if fits {
+                            inner.insert(e);
+                            self.publish_due(inner);
+                        }
+                        fits
+                    });
+                    if !put_back {
+                        self.unmap(stats, e, true);
+                    }
                 }
-                fits
-            });
-            if !put_back {
-                evicted.push(e);
             }
         }
-        self.unmap(stats, &evicted, true);
         bytes
     }
 
@@ -411,8 +419,7 @@ where
     /// `[base, base + len)` is a whole retired region mapped by this cache's `Os`, 2 MiB-aligned,
     /// `len` a multiple of [`PAGE`], that nothing refers to any more and that is not cached yet.
     pub unsafe fn put(&self, stats: &GlobalStats, base: NonNull<u8>, len: usize, now: u64) -> bool {
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
+        let mut work = Batch::new();
         let entry = Entry {
             base: base.as_ptr() as usize,
             len,
@@ -424,15 +431,15 @@ where
             if len > inner.config.max_bytes {
                 return false;
             }
-            inner.expire(now, &mut doomed, &mut to_purge);
+            inner.expire(now, &mut work);
             while !inner.has_room(len) {
                 let e = inner.remove(0);
-                doomed.push(e);
+                work.push(e, Act::Unmap);
             }
             inner.insert(entry);
             // Past the budget now? Then the oldest resident regions are purged (C4).
             if inner.config.purge && inner.resident > inner.budget() {
-                inner.expire(now, &mut doomed, &mut to_purge);
+                inner.expire(now, &mut work);
             }
             self.publish_due(inner);
             true
@@ -440,9 +447,9 @@ where
         if cached {
             stats.event(Event::SsCached, 0);
         } else {
-            doomed.push(entry);
+            work.push(entry, Act::Unmap);
         }
-        self.finish(stats, &doomed, &to_purge);
+        self.finish(stats, &work);
         cached
     }
 
@@ -453,12 +460,10 @@ where
     /// starts 2 MiB-aligned, and is unmapped otherwise.
     pub fn take(&self, stats: &GlobalStats, len: usize, exact: bool, now: u64) -> Option<Reused> {
         let len = len.max(1).checked_add(PAGE - 1)? & !(PAGE - 1);
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
+        let mut work = Batch::new();
         let mut rest_cached = false;
-        let mut trimmed = Batch::new();
         let got = self.inner.with(|inner| {
-            inner.expire(now, &mut doomed, &mut to_purge);
+            inner.expire(now, &mut work);
             // Best fit; among equals, one whose pages are still there (no faults), then the newest.
             let rank = |e: &Entry| (e.len, e.zeroed);
             let mut best: Option<usize> = None;
@@ -497,7 +502,7 @@ where
                     inner.insert(rest);
                     rest_cached = true;
                 } else {
-                    trimmed.push(rest);
+                    work.push(rest, Act::Trim);
                 }
             }
             inner.lent(keep);
@@ -514,8 +519,7 @@ where
         if got.is_some() {
             stats.event(Event::SsReused, 0);
         }
-        self.unmap(stats, &trimmed, false);
-        self.finish(stats, &doomed, &to_purge);
+        self.finish(stats, &work);
         got
     }
 
@@ -538,26 +542,25 @@ where
     /// Unmaps what has decayed and purges what has waited long enough (or is past the budget),
     /// as of `now`. Returns the bytes given back.
     pub fn decay_now(&self, stats: &GlobalStats, now: u64) -> usize {
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
+        let mut work = Batch::new();
         self.inner.with(|inner| {
-            inner.expire(now, &mut doomed, &mut to_purge);
+            inner.expire(now, &mut work);
             self.publish_due(inner);
         });
-        self.finish(stats, &doomed, &to_purge)
+        self.finish(stats, &work)
     }
 
     /// Unmaps every cached region. Returns the bytes unmapped.
     pub fn flush(&self, stats: &GlobalStats) -> usize {
-        let mut doomed = Batch::new();
+        let mut work = Batch::new();
         self.inner.with(|inner| {
             while inner.len > 0 {
                 let e = inner.remove(0);
-                doomed.push(e);
+                work.push(e, Act::Unmap);
             }
             self.publish_due(inner);
         });
-        self.unmap(stats, &doomed, true)
+        self.finish(stats, &work)
     }
 
     /// Takes the lock and holds it until the guard is dropped (fork's `prepare`; forget the
