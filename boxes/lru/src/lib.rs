@@ -49,9 +49,9 @@
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
 //! - **C4 (pages given back in time).** With `purge` on (the default), a cached region keeps its
 //!   pages for at most `purge_delay_ns`, and the resident bytes cached stay within the resident
-//!   budget: half the largest amount of memory the program held through this cache (taken or
-//!   asked for, not yet given back) over the last one or two `decay_ns` windows, at least
-//!   `hot_bytes`, at most `max_bytes`. Past the budget, the oldest resident regions are purged
+//!   budget: three quarters of the largest amount of memory the program held through this cache
+//!   (taken or asked for, not yet given back) over the last one or two `decay_ns` windows, at
+//!   least `hot_bytes`, at most `max_bytes`. Past the budget, the oldest resident regions are purged
 //!   first. A purged region reads as zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
 //! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
@@ -185,7 +185,7 @@ impl Inner {
 
     /// The resident budget (C4).
     fn budget(&self) -> usize {
-        (self.peak.max(self.prev_peak) / 2)
+        (self.peak.max(self.prev_peak) / 4 * 3)
             .max(self.config.hot_bytes)
             .min(self.config.max_bytes)
     }

@@ -127,7 +127,7 @@ mod plain {
 
     #[test]
     fn the_budget_follows_the_working_set() {
-        let w = World::new(40);
+        let w = World::new(48);
         let lru = w.lru(LruConfig {
             hot_bytes: SS_SIZE,
             purge_delay_ns: u64::MAX / 4,
@@ -139,20 +139,24 @@ mod plain {
         for _ in 0..16 {
             assert!(lru.take(&w.stats, SS_SIZE, true, 10).is_none());
         }
-        assert_eq!(lru.budget(), 8 * SS_SIZE, "half the working set");
-        for t in 0..8 {
+        assert_eq!(
+            lru.budget(),
+            12 * SS_SIZE,
+            "three quarters of the working set"
+        );
+        for t in 0..12 {
             // SAFETY: retired regions.
             unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 20 + t)) };
         }
-        assert_eq!(lru.resident(), 8 * SS_SIZE);
+        assert_eq!(lru.resident(), 12 * SS_SIZE);
         assert_eq!(w.stats.snapshot().count(Event::Madvise), 0, "all kept");
         // SAFETY: as above.
-        unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 30)) };
+        unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 40)) };
         assert_eq!(w.stats.snapshot().count(Event::Madvise), 1, "past it");
-        // Two quiet windows later the working set is what is still out (7 regions).
-        lru.decay_now(&w.stats, 1040);
-        lru.decay_now(&w.stats, 2050);
-        assert_eq!(lru.budget(), 7 * SS_SIZE / 2);
+        // Two quiet windows later the working set is what is still out (3 regions).
+        lru.decay_now(&w.stats, 1050);
+        lru.decay_now(&w.stats, 2060);
+        assert_eq!(lru.budget(), 3 * SS_SIZE / 4 * 3);
     }
 
     #[test]
