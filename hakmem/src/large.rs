@@ -1,4 +1,9 @@
 //! The large tier: one user block per dedicated region, reused through the lru.
+//!
+//! A freed region goes to the lru with its pages, so the next large request that fits takes it
+//! back without a page fault (the lru splits a much larger one at a 2 MiB step); the lru gives
+//! the pages back once they have waited its purge delay, or sooner past its resident budget,
+//! which follows the program's recent large working set (lru C4, C8).
 use crate::global::{heap_ptr, DEAD};
 use core::ptr::null_mut;
 use hakmem_hot_heap::Ctx;
@@ -40,7 +45,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     let env = ctx.env();
     // Cached regions are 2 MiB-aligned: they serve any alignment up to that.
     let reused = if layout.align == SS_SIZE {
-        ctx.lru.take(&env, layout.len, false, now_ns())
+        ctx.lru.take(env.stats, layout.len, false, now_ns())
     } else {
         None
     };
@@ -97,5 +102,5 @@ pub unsafe fn free(ctx: &Ctx, h: &LargeHeader) {
     env.stats.event(Event::LargeFree, len);
     count(false);
     // SAFETY: retired: unregistered, and nothing refers to it.
-    unsafe { ctx.lru.put(&env, base, len, now_ns()) };
+    unsafe { ctx.lru.put(env.stats, base, len, now_ns()) };
 }

@@ -51,6 +51,7 @@
 mod global;
 mod large;
 mod out;
+mod purge;
 mod settings;
 mod stats;
 mod tls;
@@ -65,7 +66,7 @@ use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALI
 use hakmem_superslab::{SlabMeta, Superslab};
 
 pub use hakmem_stats::Event;
-pub use settings::{OnInvalid, Settings, SettingsInForce, Source};
+pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
 pub use stats::{peak_rss_kib, ClassStats, Stats};
 
 /// The allocator, for `#[global_allocator]`: `hakmem::HakMem` (the settings from the
@@ -149,6 +150,31 @@ pub fn stats() -> Stats {
             c.live_heaps() - usize::from(global::late_heap_made()),
         ),
         None => Stats::empty(),
+    }
+}
+
+/// Gives memory back to the OS now: unmaps every cached empty region (purged or not), so
+/// nothing waits for a purge delay or a decay. Returns the bytes given back (0 when there was
+/// nothing to give). `libhakmem.so`'s `malloc_trim` calls it.
+///
+/// Memory is given back on time without it: any allocator slow path runs the purges that are
+/// due, and `HAKMEM_BACKGROUND_PURGE_MS` covers a program that goes fully idle. Call it when a
+/// program knows it is done with a burst, for example before a long wait.
+///
+/// ```
+/// #[global_allocator]
+/// static A: hakmem::HakMem = hakmem::HakMem;
+///
+/// let burst: Vec<Vec<u8>> = (0..50).map(|_| vec![1u8; 1 << 20]).collect();
+/// drop(burst);
+/// let given_back = hakmem::collect();
+/// assert_eq!(hakmem::collect(), 0, "nothing left to give back");
+/// # let _ = given_back;
+/// ```
+pub fn collect() -> usize {
+    match ctx() {
+        Some(c) => c.lru.flush(&c.stats),
+        None => 0,
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Settings {
     /// `HAKMEM_LRU_DECAY_MS` (0 to 86400000, default 1000): a cached region is unmapped after
     /// this long.
     pub lru_decay_ms: u64,
+    /// `HAKMEM_BACKGROUND_PURGE_MS` (0 to 3600000, default 0, off): a background thread wakes
+    /// this often to run due purges, for programs that go idle.
+    pub background_purge_ms: u64,
 }
 
 impl Default for Settings {
@@ -95,8 +98,9 @@ pub const NAMES: [&str; COUNT] = [
     "HAKMEM_SS_LAZY_ZERO",
     "HAKMEM_LRU_MB",
     "HAKMEM_LRU_DECAY_MS",
+    "HAKMEM_BACKGROUND_PURGE_MS",
 ];
-const COUNT: usize = 7;
+const COUNT: usize = 8;
 const CHECK: usize = 0;
 const INVALID_FREE: usize = 1;
 const STATS: usize = 2;
@@ -104,6 +108,7 @@ const STATS_FILE: usize = 3;
 const LAZY_ZERO: usize = 4;
 const LRU_MB: usize = 5;
 const LRU_DECAY_MS: usize = 6;
+const BACKGROUND_PURGE_MS: usize = 7;
 
 /// `HAKMEM_*` variables that belong to the project's tools, not to the allocator.
 const TOOL_PREFIXES: [&str; 4] = [
@@ -117,6 +122,8 @@ const TOOL_PREFIXES: [&str; 4] = [
 pub const LRU_MB_MAX: u64 = 1 << 20;
 /// The largest `HAKMEM_LRU_DECAY_MS` (a day).
 pub const LRU_DECAY_MS_MAX: u64 = 24 * 3600 * 1000;
+/// The longest `HAKMEM_BACKGROUND_PURGE_MS` (an hour).
+pub const BACKGROUND_PURGE_MS_MAX: u64 = 3600 * 1000;
 /// The longest `HAKMEM_STATS_FILE`, in bytes.
 pub const STATS_FILE_MAX: usize = 1023;
 
@@ -130,6 +137,7 @@ impl Settings {
         lazy_zero: true,
         lru_mb: 256,
         lru_decay_ms: 1000,
+        background_purge_ms: 0,
     };
 
     /// Whether setting `i` differs between `self` and `o`.
@@ -141,7 +149,8 @@ impl Settings {
             STATS_FILE => self.stats_file != o.stats_file,
             LAZY_ZERO => self.lazy_zero != o.lazy_zero,
             LRU_MB => self.lru_mb != o.lru_mb,
-            _ => self.lru_decay_ms != o.lru_decay_ms,
+            LRU_DECAY_MS => self.lru_decay_ms != o.lru_decay_ms,
+            _ => self.background_purge_ms != o.background_purge_ms,
         }
     }
 
@@ -154,7 +163,8 @@ impl Settings {
             STATS_FILE => self.stats_file = o.stats_file,
             LAZY_ZERO => self.lazy_zero = o.lazy_zero,
             LRU_MB => self.lru_mb = o.lru_mb,
-            _ => self.lru_decay_ms = o.lru_decay_ms,
+            LRU_DECAY_MS => self.lru_decay_ms = o.lru_decay_ms,
+            _ => self.background_purge_ms = o.background_purge_ms,
         }
     }
 
@@ -174,7 +184,8 @@ impl Settings {
             },
             LAZY_ZERO => f.write_str(b(self.lazy_zero)),
             LRU_MB => write!(f, "{}", self.lru_mb),
-            _ => write!(f, "{}", self.lru_decay_ms),
+            LRU_DECAY_MS => write!(f, "{}", self.lru_decay_ms),
+            _ => write!(f, "{}", self.background_purge_ms),
         }
     }
 }
@@ -435,6 +446,12 @@ fn parse<'a>(
         s.lru_decay_ms,
         LRU_DECAY_MS_MAX,
     );
+    s.background_purge_ms = number(
+        BACKGROUND_PURGE_MS,
+        c"HAKMEM_BACKGROUND_PURGE_MS",
+        s.background_purge_ms,
+        BACKGROUND_PURGE_MS_MAX,
+    );
     match get(c"HAKMEM_STATS_FILE") {
         None => {}
         Some([]) => {
@@ -580,7 +597,9 @@ mod tests {
             (c"HAKMEM_SS_LAZY_ZERO", b"0"),
             (c"HAKMEM_LRU_MB", b"0"),
             (c"HAKMEM_LRU_DECAY_MS", b"250"),
+            (c"HAKMEM_BACKGROUND_PURGE_MS", b"100"),
         ]);
+        assert_eq!(s.background_purge_ms, 100);
         assert!(s.check && s.stats && !s.lazy_zero);
         assert_eq!(
             (s.on_invalid, s.lru_mb, s.lru_decay_ms, s.stats_file),

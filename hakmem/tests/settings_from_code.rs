@@ -100,7 +100,7 @@ fn settings_in_force_are_the_code_ones_here() {
     assert!(copy.check && C.check);
     assert_eq!(
         s.sources().count(),
-        7,
+        hakmem::SETTING_NAMES.len(),
         "every setting is listed with its source"
     );
 }

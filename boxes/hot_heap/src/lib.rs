@@ -142,7 +142,7 @@ impl Ctx {
             os,
             registry,
             stats: GlobalStats::new(),
-            lru: Lru::new(lru),
+            lru: Lru::new(os, lru),
             abandoned: AbandonedList::new(),
             check,
             report,
@@ -180,6 +180,7 @@ impl Ctx {
     /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
     /// refuses memory.
     pub fn new_heap(&'static self) -> Option<NonNull<Heap>> {
+        self.lru.purge_if_due(&self.stats);
         let recycled = self.heaps.with(|h| {
             let f = h.free;
             if !f.is_null() {
@@ -358,13 +359,13 @@ impl Ctx {
         // SAFETY: forwarded from the caller.
         let region = unsafe { ss.retire(&env) };
         // SAFETY: retired: unregistered, no block or reference left.
-        unsafe { self.lru.put(&env, region, SS_SIZE, now_ns()) };
+        unsafe { self.lru.put(&self.stats, region, SS_SIZE, now_ns()) };
     }
 
     /// A superslab for heap `owner`: from the lru, else fresh from the OS.
     fn superslab_for(&self, owner: usize) -> Option<&'static Superslab> {
         let env = self.env();
-        if let Some(r) = self.lru.take(&env, SS_SIZE, true, now_ns()) {
+        if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
             // SAFETY: a cached region is ours, whole and unused (lru C2).
             match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
                 Ok(ss) => return Some(ss),
@@ -543,6 +544,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
         if self.cache.is_empty(class) {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
@@ -898,6 +900,7 @@ impl Heap {
             self.ctx().report(Corrupt::DoubleFree(p as usize));
             return;
         }
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };

@@ -1,33 +1,80 @@
 //! # hakmem-lru: a cache of empty regions, asked before the OS
 //!
 //! One job: keep recently released regions (empty superslabs and freed large regions) mapped for
-//! a while, so the next request reuses one instead of calling mmap, without holding on to memory.
+//! a while, so the next request reuses one instead of calling mmap and faulting its pages in
+//! again, without holding on to memory the program no longer needs.
+//!
+//! A region enters with its pages (it stays *resident*). Its pages are given back
+//! (`MADV_DONTNEED`, a *purge*) once it has waited `purge_delay_ns` unused, or sooner when the
+//! resident bytes pass a budget that follows the program's recent working set; the region itself
+//! is unmapped once it has waited `decay_ns`. Every deadline is kept in one atomic, so any slow
+//! path can run what is due with [`Lru::purge_if_due`]: one load, and a clock read only when
+//! something is cached.
+//!
+//! The cache owns the [`Os`] its regions came from, and gives them back through it only.
+//!
+//! ```
+//! use hakmem_lru::{now_ns, Lru, LruConfig};
+//! use hakmem_stats::GlobalStats;
+//! use hakmem_superslab::{LibcOs, Os, SS_SIZE};
+//!
+//! static OS: LibcOs = LibcOs;
+//! let stats = GlobalStats::new();
+//! let lru = Lru::new(&OS, LruConfig::default());
+//!
+//! // A 6 MiB region the program is done with goes to the cache instead of munmap.
+//! let region = OS.map(6 << 20, SS_SIZE, &stats).expect("mmap");
+//! // SAFETY: a whole region of `OS`, 2 MiB-aligned, that nothing uses any more.
+//! unsafe { lru.put(&stats, region, 6 << 20, now_ns()) };
+//!
+//! // A 3 MiB request takes its first 4 MiB (whole 2 MiB steps); the other 2 MiB stay cached.
+//! let got = lru.take(&stats, 3 << 20, false, now_ns()).expect("cached");
+//! assert_eq!((got.base, got.len), (region, 4 << 20));
+//! assert_eq!(lru.usage(), (1, 2 << 20));
+//!
+//! // Give everything cached back now, as `hakmem::collect()` does.
+//! assert_eq!(lru.flush(&stats), 2 << 20);
+//! // SAFETY: the part we took is ours; nothing uses it.
+//! unsafe { OS.unmap(got.base, got.len, &stats) };
+//! ```
 //!
 //! ## Invariants
 //! - **C1 (only the dead).** A region enters the cache only after it was retired: unregistered,
 //!   with no block held anywhere. The cache never looks inside a region.
 //! - **C2 (one hand-over).** Every cached region leaves exactly once: taken by one thread for
 //!   reuse, or unmapped (by decay, by eviction, or by [`Lru::flush`]). Both happen under the lock,
-//!   so a region is never both reused and unmapped.
+//!   so a region is never both reused and unmapped. A region taken out to be purged is out of
+//!   the cache (nobody can take it) until it is put back.
 //! - **C3 (bounded).** At most [`MAX_ENTRIES`] regions and `max_bytes` bytes are cached; the oldest
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
-//! - **C4 (pages given back).** With `purge` on (the default), a region's pages are given back
-//!   (`MADV_DONTNEED`) as it enters, so a cached region costs address space but no memory, and
-//!   reads as zero when reused. One bounded exception keeps reuse cheap: the most recently cached
-//!   regions, up to `hot_bytes` in all, keep their pages for at most `purge_delay_ns`, and are
-//!   purged at the first cache operation after that (a region that is reused sooner costs no
-//!   system call and no page fault).
-//! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped at the next cache
-//!   operation.
-//! - **C6 (counted).** Every region entering, leaving for reuse, and unmapped from here counts
-//!   as a superslab cached, reused and released; large regions count too, as the regions they
-//!   are.
+//! - **C4 (pages given back in time).** With `purge` on (the default), a cached region keeps its
+//!   pages for at most `purge_delay_ns`, and the resident bytes cached stay within the resident
+//!   budget: three quarters of the largest amount of memory the program held through this cache
+//!   (taken or asked for, not yet given back) over the last one or two `decay_ns` windows, at
+//!   least `hot_bytes`, at most `max_bytes`. Past the budget, the oldest resident regions are purged
+//!   first. A purged region reads as zero when reused.
+//! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
+//! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
+//!   [`Lru::purge_if_due`] after the deadline; [`Lru::next_due`] is never later than the
+//!   earliest deadline of a cached region.
+//! - **C7 (only its own Os).** Every region is unmapped and purged through the [`Os`] the cache
+//!   was made with, which [`Lru::put`]'s contract says mapped it.
+//! - **C8 (fit).** [`Lru::take`] hands out the smallest cached region that fits. Past what was
+//!   asked it hands over at most 2 MiB, and at most what was asked again; the rest of the
+//!   region stays cached as a region of its own when it starts 2 MiB-aligned, and is unmapped
+//!   otherwise.
+//! - **C9 (counted).** Every region entering (a remainder too), leaving for reuse, and unmapped
+//!   from here counts as a superslab cached, reused and released.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
+mod sync;
+
+use core::ops::Deref;
 use core::ptr::NonNull;
-use hakmem_stats::Event;
-use hakmem_superslab::{Env, SpinLock};
+use hakmem_stats::{Event, GlobalStats};
+use hakmem_superslab::{Os, SpinLock, PAGE, SS_SIZE};
+use sync::{AtomicU64, Ordering};
 
 /// Most regions cached at once.
 pub const MAX_ENTRIES: usize = 64;
@@ -39,11 +86,11 @@ pub struct LruConfig {
     pub max_bytes: usize,
     /// A cached region is unmapped after this many nanoseconds.
     pub decay_ns: u64,
-    /// Give pages back with `MADV_DONTNEED` (C4).
+    /// Give pages back with `MADV_DONTNEED` (C4); off, a region keeps its pages until it decays.
     pub purge: bool,
-    /// Most bytes of recently cached regions whose purge is deferred (C4).
+    /// The least resident budget (C4), in bytes.
     pub hot_bytes: usize,
-    /// How long a deferred purge waits, in nanoseconds.
+    /// How long a cached region keeps its pages, in nanoseconds (C4).
     pub purge_delay_ns: u64,
 }
 
@@ -53,8 +100,8 @@ impl Default for LruConfig {
             max_bytes: 256 << 20,
             decay_ns: 1_000_000_000,
             purge: true,
-            hot_bytes: 64 << 20,
-            purge_delay_ns: 200_000_000,
+            hot_bytes: 32 << 20,
+            purge_delay_ns: 100_000_000,
         }
     }
 }
@@ -63,19 +110,125 @@ impl Default for LruConfig {
 struct Entry {
     base: usize,
     len: usize,
-    /// Reads as zero (purged, or never touched since it was mapped).
+    /// Reads as zero (purged): no resident pages.
     zeroed: bool,
     since: u64,
 }
+
+const NO_ENTRY: Entry = Entry {
+    base: 0,
+    len: 0,
+    zeroed: false,
+    since: 0,
+};
 
 struct Inner {
     /// Oldest first.
     entries: [Entry; MAX_ENTRIES],
     len: usize,
     bytes: usize,
-    /// Bytes of entries whose purge is deferred.
-    hot: usize,
+    /// Bytes of entries that keep their pages.
+    resident: usize,
+    /// Bytes taken out of (or asked of) the cache and not put back: the working set it sees.
+    out: usize,
+    /// The largest `out` in this window and the one before.
+    peak: usize,
+    prev_peak: usize,
+    window: u64,
     config: LruConfig,
+}
+
+impl Inner {
+    fn remove(&mut self, i: usize) -> Entry {
+        let e = self.entries[i];
+        self.entries.copy_within(i + 1..self.len, i);
+        self.len -= 1;
+        self.bytes -= e.len;
+        if !e.zeroed {
+            self.resident -= e.len;
+        }
+        e
+    }
+
+    /// Inserts where its age says (oldest first). The caller made room.
+    fn insert(&mut self, e: Entry) {
+        let at = self.entries[..self.len]
+            .iter()
+            .position(|x| x.since > e.since)
+            .unwrap_or(self.len);
+        self.entries.copy_within(at..self.len, at + 1);
+        self.entries[at] = e;
+        self.len += 1;
+        self.bytes += e.len;
+        if !e.zeroed {
+            self.resident += e.len;
+        }
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.len < MAX_ENTRIES && self.bytes + len <= self.config.max_bytes
+    }
+
+    /// Moves the working-set window on to `now`.
+    fn tick(&mut self, now: u64) {
+        if now.saturating_sub(self.window) >= self.config.decay_ns {
+            self.prev_peak = self.peak;
+            self.peak = self.out;
+            self.window = now;
+        }
+    }
+
+    fn lent(&mut self, len: usize) {
+        self.out += len;
+        self.peak = self.peak.max(self.out);
+    }
+
+    /// The resident budget (C4).
+    fn budget(&self) -> usize {
+        (self.peak.max(self.prev_peak) / 4 * 3)
+            .max(self.config.hot_bytes)
+            .min(self.config.max_bytes)
+    }
+
+    /// Takes out what decayed (to unmap), what kept its pages long enough, and the oldest
+    /// resident regions past the budget (to purge and put back).
+    fn expire(&mut self, now: u64, work: &mut Batch) {
+        self.tick(now);
+        while self.len > 0 && now.saturating_sub(self.entries[0].since) > self.config.decay_ns {
+            let e = self.remove(0);
+            work.push(e, Act::Unmap);
+        }
+        if !self.config.purge {
+            return;
+        }
+        let budget = self.budget();
+        let mut i = 0;
+        while i < self.len {
+            let e = self.entries[i];
+            let late = now.saturating_sub(e.since) > self.config.purge_delay_ns;
+            if !e.zeroed && (late || self.resident > budget) {
+                let e = self.remove(i);
+                work.push(e, Act::Purge);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The earliest deadline of a cached region (C6); `u64::MAX` when none is cached.
+    fn next_due(&self) -> u64 {
+        let Some(oldest) = self.entries[..self.len].first() else {
+            return u64::MAX;
+        };
+        let mut due = oldest.since.saturating_add(self.config.decay_ns);
+        if self.config.purge {
+            if let Some(e) = self.entries[..self.len].iter().find(|e| !e.zeroed) {
+                due = due.min(e.since.saturating_add(self.config.purge_delay_ns));
+            }
+        }
+        // `expire` acts once a deadline is passed, not reached.
+        due.saturating_add(1)
+    }
 }
 
 /// A region handed out of the cache.
@@ -83,70 +236,89 @@ struct Inner {
 pub struct Reused {
     /// The region (2 MiB-aligned).
     pub base: NonNull<u8>,
-    /// Its length: what was asked for, or (when not exact) up to twice that.
+    /// Its length: at least what was asked for (see C8).
     pub len: usize,
     /// True when it reads as zero.
     pub zeroed: bool,
 }
 
-/// Regions to unmap or purge once the lock is dropped (no system call under the lock).
+/// What to do with a region taken out of the cache, once the lock is dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// Unmap it, counted as released (C9).
+    Unmap,
+    /// Unmap it, uncounted: the rest of a region reused, which counts as that region.
+    Trim,
+    /// Purge it and put it back.
+    Purge,
+}
+
+/// Regions to unmap or purge once the lock is dropped (no system call under the lock). One
+/// operation takes out at most every cached region plus one (a new region, or the rest of a
+/// reused one), so `MAX_ENTRIES + 1` slots always suffice. (Kept small: it lives on the stack
+/// of allocator paths, and of loom's threads.)
 struct Batch {
-    list: [(usize, usize, u64); MAX_ENTRIES + 1],
+    list: [(Entry, Act); MAX_ENTRIES + 1],
     n: usize,
 }
 
 impl Batch {
     fn new() -> Self {
         Self {
-            list: [(0, 0, 0); MAX_ENTRIES + 1],
+            list: [(NO_ENTRY, Act::Unmap); MAX_ENTRIES + 1],
             n: 0,
         }
     }
-    fn push(&mut self, e: Entry) {
-        self.list[self.n] = (e.base, e.len, e.since);
+    fn push(&mut self, e: Entry, act: Act) {
+        self.list[self.n] = (e, act);
         self.n += 1;
     }
-    fn iter(&self) -> impl Iterator<Item = (NonNull<u8>, usize, u64)> + '_ {
-        self.list[..self.n].iter().map(|&(b, l, t)| {
-            (
-                NonNull::new(b as *mut u8).expect("cached regions are never at 0"),
-                l,
-                t,
-            )
-        })
-    }
-    fn unmap(&self, env: &Env<'_>) {
-        for (base, len, _) in self.iter() {
-            // SAFETY: each range was a cached region (C1) removed from the cache under the lock,
-            // so nobody else can reach it (C2).
-            unsafe { env.os.unmap(base, len, env.stats) };
-            env.stats.event(Event::SsReleased, 0);
-        }
-    }
 }
 
-/// The cache.
-pub struct Lru {
+fn ptr(base: usize) -> NonNull<u8> {
+    NonNull::new(base as *mut u8).expect("cached regions are never at 0")
+}
+
+/// The cache, over the [`Os`] that `O` points to (`&'static dyn Os` in the allocator; any
+/// `&T`, `Arc<T>` or `Box<T>` of an `Os` elsewhere).
+pub struct Lru<O = &'static dyn Os>
+where
+    O: Deref,
+    O::Target: Os,
+{
+    os: O,
     inner: SpinLock<Inner>,
+    /// `Inner::next_due`, readable without the lock (C6).
+    due: AtomicU64,
 }
 
-impl Lru {
-    /// An empty cache.
-    pub fn new(config: LruConfig) -> Self {
+impl<O> Lru<O>
+where
+    O: Deref,
+    O::Target: Os,
+{
+    /// An empty cache whose regions come from (and go back to) `os`.
+    pub fn new(os: O, config: LruConfig) -> Self {
         Self {
+            os,
             inner: SpinLock::new(Inner {
-                entries: [Entry {
-                    base: 0,
-                    len: 0,
-                    zeroed: false,
-                    since: 0,
-                }; MAX_ENTRIES],
+                entries: [NO_ENTRY; MAX_ENTRIES],
                 len: 0,
                 bytes: 0,
-                hot: 0,
+                resident: 0,
+                out: 0,
+                peak: 0,
+                prev_peak: 0,
+                window: 0,
                 config,
             }),
+            due: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The OS the cached regions belong to.
+    pub fn os(&self) -> &O::Target {
+        &self.os
     }
 
     /// The configuration in force.
@@ -159,126 +331,118 @@ impl Lru {
         self.inner.with(|i| (i.len, i.bytes))
     }
 
-    fn remove(inner: &mut Inner, i: usize) -> Entry {
-        let e = inner.entries[i];
-        inner.entries.copy_within(i + 1..inner.len, i);
-        inner.len -= 1;
-        inner.bytes -= e.len;
-        if !e.zeroed && inner.config.purge {
-            inner.hot -= e.len;
-        }
-        e
+    /// Bytes cached that still have their pages.
+    pub fn resident(&self) -> usize {
+        self.inner.with(|i| i.resident)
     }
 
-    fn insert(inner: &mut Inner, e: Entry) {
-        // Keep oldest first: entries put back after a purge go where their age says.
-        let at = inner.entries[..inner.len]
-            .iter()
-            .position(|x| x.since > e.since)
-            .unwrap_or(inner.len);
-        inner.entries.copy_within(at..inner.len, at + 1);
-        inner.entries[at] = e;
-        inner.len += 1;
-        inner.bytes += e.len;
-        if !e.zeroed && inner.config.purge {
-            inner.hot += e.len;
-        }
+    /// The resident budget in force now (C4).
+    pub fn budget(&self) -> usize {
+        self.inner.with(|i| i.budget())
     }
 
-    /// Under the lock: takes out what decayed (to unmap) and what waited long enough for its
-    /// purge (to purge and put back).
-    fn expire(inner: &mut Inner, now: u64, doomed: &mut Batch, to_purge: &mut Batch) {
-        while inner.len > 0 && now.saturating_sub(inner.entries[0].since) > inner.config.decay_ns {
-            doomed.push(Self::remove(inner, 0));
-        }
-        if !inner.config.purge {
-            return;
-        }
-        let mut i = 0;
-        while i < inner.len {
-            let e = inner.entries[i];
-            if !e.zeroed && now.saturating_sub(e.since) > inner.config.purge_delay_ns {
-                to_purge.push(Self::remove(inner, i));
-            } else {
-                i += 1;
-            }
+    /// The instant (as [`now_ns`]) from which [`Lru::purge_if_due`] has work; `u64::MAX` when
+    /// nothing is cached.
+    pub fn next_due(&self) -> u64 {
+        self.due.load(Ordering::Relaxed)
+    }
+
+    fn publish_due(&self, inner: &Inner) {
+        self.due.store(inner.next_due(), Ordering::Relaxed);
+    }
+
+    /// Unmaps `e`, counting it as released when `count` (C9).
+    fn unmap(&self, stats: &GlobalStats, e: Entry, count: bool) {
+        // SAFETY: a region of `self.os` (C7) that was cached (C1) and was removed from the
+        // cache under the lock (or is the rest of one), so nobody else can reach it (C2).
+        unsafe { self.os.unmap(ptr(e.base), e.len, stats) };
+        if count {
+            stats.event(Event::SsReleased, 0);
         }
     }
 
-    /// Purges what `expire` took out and puts it back, as zeroed.
-    fn finish(&self, env: &Env<'_>, doomed: &Batch, to_purge: &Batch) {
-        doomed.unmap(env);
-        for (base, len, since) in to_purge.iter() {
-            // SAFETY: out of the cache under the lock, so nobody else can reach it (C2).
-            let zeroed = unsafe { env.os.purge(base, len, env.stats) };
-            let e = Entry {
-                base: base.as_ptr() as usize,
-                len,
-                zeroed,
-                since,
-            };
-            let put_back = self.inner.with(|inner| {
-                let fits = inner.len < MAX_ENTRIES && inner.bytes + len <= inner.config.max_bytes;
-                if fits {
-                    Self::insert(inner, e);
+    /// Does what `work` says: unmaps, or purges and puts back as zeroed (unmapping what no
+    /// longer fits). Returns the bytes given back.
+    fn finish(&self, stats: &GlobalStats, work: &Batch) -> usize {
+        let mut bytes = 0;
+        for &(e, act) in &work.list[..work.n] {
+            bytes += e.len;
+            match act {
+                Act::Unmap | Act::Trim => self.unmap(stats, e, act == Act::Unmap),
+                Act::Purge => {
+                    // SAFETY: out of the cache under the lock, so nobody else can reach it
+                    // (C2); a region of `self.os` (C7) whose contents are dead (C1).
+                    let zeroed = unsafe { self.os.purge(ptr(e.base), e.len, stats) };
+                    let e = Entry { zeroed, ..e };
+                    let put_back = self.inner.with(|inner| {
+                        let fits = inner.has_room(e.len);
+                        if fits {
+                            inner.insert(e);
+                            self.publish_due(inner);
+                        }
+                        fits
+                    });
+                    if !put_back {
+                        self.unmap(stats, e, true);
+                    }
                 }
-                fits
-            });
-            if !put_back {
-                let mut b = Batch::new();
-                b.push(e);
-                b.unmap(env);
             }
         }
+        bytes
     }
 
-    /// Caches a retired region (C1) at time `now` (ns); unmaps it instead when it cannot be
-    /// cached. Returns true when it was cached.
+    /// Caches a retired region (C1) at time `now` (ns, as [`now_ns`]); unmaps it instead when
+    /// it cannot be cached. Returns true when it was cached.
     ///
     /// # Safety
-    /// `[base, base + len)` is a whole retired region of `env.os`, 2 MiB-aligned, that nothing
-    /// refers to any more.
-    pub unsafe fn put(&self, env: &Env<'_>, base: NonNull<u8>, len: usize, now: u64) -> bool {
-        let config = self.config();
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
+    /// `[base, base + len)` is a whole retired region mapped by this cache's `Os`, 2 MiB-aligned,
+    /// `len` a multiple of [`PAGE`], that nothing refers to any more and that is not cached yet.
+    pub unsafe fn put(&self, stats: &GlobalStats, base: NonNull<u8>, len: usize, now: u64) -> bool {
+        let mut work = Batch::new();
         let entry = Entry {
             base: base.as_ptr() as usize,
             len,
             zeroed: false,
             since: now,
         };
-        if len > config.max_bytes {
-            doomed.push(entry);
-            doomed.unmap(env);
-            return false;
-        }
-        // Purge at once unless the hot budget has room for it (C4).
-        let defer = config.purge && self.inner.with(|i| i.hot + len <= i.config.hot_bytes);
-        let zeroed = config.purge && !defer && {
-            // SAFETY: the caller gives up the region; its contents are dead.
-            unsafe { env.os.purge(base, len, env.stats) }
-        };
-        self.inner.with(|inner| {
-            Self::expire(inner, now, &mut doomed, &mut to_purge);
-            while inner.len == MAX_ENTRIES || inner.bytes + len > inner.config.max_bytes {
-                doomed.push(Self::remove(inner, 0));
+        let cached = self.inner.with(|inner| {
+            inner.out = inner.out.saturating_sub(len);
+            if len > inner.config.max_bytes {
+                return false;
             }
-            Self::insert(inner, Entry { zeroed, ..entry });
+            inner.expire(now, &mut work);
+            while !inner.has_room(len) {
+                let e = inner.remove(0);
+                work.push(e, Act::Unmap);
+            }
+            inner.insert(entry);
+            // Past the budget now? Then the oldest resident regions are purged (C4).
+            if inner.config.purge && inner.resident > inner.budget() {
+                inner.expire(now, &mut work);
+            }
+            self.publish_due(inner);
+            true
         });
-        env.stats.event(Event::SsCached, 0);
-        self.finish(env, &doomed, &to_purge);
-        true
+        if cached {
+            stats.event(Event::SsCached, 0);
+        } else {
+            work.push(entry, Act::Unmap);
+        }
+        self.finish(stats, &work);
+        cached
     }
 
-    /// Takes a cached region of at least `len` bytes (a multiple of the page size), or `None`
-    /// when none fits; the best fit is chosen. With `exact`, any excess is unmapped from its
-    /// tail; without, a region up to twice `len` is handed over whole (see [`Reused::len`]).
-    pub fn take(&self, env: &Env<'_>, len: usize, exact: bool, now: u64) -> Option<Reused> {
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
+    /// Takes the smallest cached region of at least `len` bytes (rounded up to whole pages), or
+    /// `None` when none fits (the caller then maps `len` bytes itself, which the working set
+    /// counts). With `exact`, exactly `len` bytes are handed over; without, up to the next 2 MiB
+    /// step, or the whole region when what is left is short (C8). The rest stays cached when it
+    /// starts 2 MiB-aligned, and is unmapped otherwise.
+    pub fn take(&self, stats: &GlobalStats, len: usize, exact: bool, now: u64) -> Option<Reused> {
+        let len = len.max(1).checked_add(PAGE - 1)? & !(PAGE - 1);
+        let mut work = Batch::new();
+        let mut rest_cached = false;
         let got = self.inner.with(|inner| {
-            Self::expire(inner, now, &mut doomed, &mut to_purge);
+            inner.expire(now, &mut work);
             // Best fit; among equals, one whose pages are still there (no faults), then the newest.
             let rank = |e: &Entry| (e.len, e.zeroed);
             let mut best: Option<usize> = None;
@@ -288,55 +452,98 @@ impl Lru {
                     best = Some(i);
                 }
             }
+            let Some(i) = best else {
+                inner.lent(len);
+                self.publish_due(inner);
+                return None;
+            };
             #[cfg(not(hakmem_seeded_bug = "lru_double_take"))]
-            let got = best.map(|i| Self::remove(inner, i));
+            let e = inner.remove(i);
             // Seeded bug: hand the region out but leave it cached, so it can go out twice.
             #[cfg(hakmem_seeded_bug = "lru_double_take")]
-            let got = best.map(|i| inner.entries[i]);
-            got
-        });
-        self.finish(env, &doomed, &to_purge);
-        let e = got?;
-        let keep = if exact || e.len > 2 * len { len } else { e.len };
-        if e.len > keep {
-            // SAFETY: the tail is part of a region we just took out of the cache (C2).
-            unsafe {
-                env.os.unmap(
-                    NonNull::new((e.base + keep) as *mut u8)?,
-                    e.len - keep,
-                    env.stats,
-                )
+            let e = inner.entries[i];
+            let steps = len.checked_add(SS_SIZE - 1).map(|l| l & !(SS_SIZE - 1));
+            let keep = match steps {
+                _ if exact => len,
+                // Little to spare: the whole region.
+                _ if e.len - len <= SS_SIZE.min(len) => e.len,
+                // Up to the next 2 MiB step; the rest stays cached.
+                Some(s) if s < e.len && s - len <= len => s,
+                _ => len,
             };
+            if keep < e.len {
+                let rest = Entry {
+                    base: e.base + keep,
+                    len: e.len - keep,
+                    ..e
+                };
+                if rest.base.is_multiple_of(SS_SIZE) && inner.has_room(rest.len) {
+                    inner.insert(rest);
+                    rest_cached = true;
+                } else {
+                    work.push(rest, Act::Trim);
+                }
+            }
+            inner.lent(keep);
+            self.publish_due(inner);
+            Some(Reused {
+                base: ptr(e.base),
+                len: keep,
+                zeroed: e.zeroed,
+            })
+        });
+        if rest_cached {
+            stats.event(Event::SsCached, 0);
         }
-        env.stats.event(Event::SsReused, 0);
-        Some(Reused {
-            base: NonNull::new(e.base as *mut u8)?,
-            len: keep,
-            zeroed: e.zeroed,
-        })
+        if got.is_some() {
+            stats.event(Event::SsReused, 0);
+        }
+        self.finish(stats, &work);
+        got
     }
 
-    /// Unmaps what has decayed and purges what has waited long enough, as of `now`.
-    pub fn decay_now(&self, env: &Env<'_>, now: u64) {
-        let mut doomed = Batch::new();
-        let mut to_purge = Batch::new();
-        self.inner
-            .with(|inner| Self::expire(inner, now, &mut doomed, &mut to_purge));
-        self.finish(env, &doomed, &to_purge);
+    /// Runs what is due (C6), if anything: one atomic load when nothing is cached, and one clock
+    /// read when nothing is due. For any slow path. Returns true when it did work.
+    #[inline]
+    pub fn purge_if_due(&self, stats: &GlobalStats) -> bool {
+        let due = self.due.load(Ordering::Relaxed);
+        if due == u64::MAX {
+            return false;
+        }
+        let now = now_ns();
+        if now < due {
+            return false;
+        }
+        self.decay_now(stats, now);
+        true
     }
 
-    /// Unmaps every cached region.
-    pub fn flush(&self, env: &Env<'_>) {
-        let mut doomed = Batch::new();
+    /// Unmaps what has decayed and purges what has waited long enough (or is past the budget),
+    /// as of `now`. Returns the bytes given back.
+    pub fn decay_now(&self, stats: &GlobalStats, now: u64) -> usize {
+        let mut work = Batch::new();
+        self.inner.with(|inner| {
+            inner.expire(now, &mut work);
+            self.publish_due(inner);
+        });
+        self.finish(stats, &work)
+    }
+
+    /// Unmaps every cached region. Returns the bytes unmapped.
+    pub fn flush(&self, stats: &GlobalStats) -> usize {
+        let mut work = Batch::new();
         self.inner.with(|inner| {
             while inner.len > 0 {
-                doomed.push(Self::remove(inner, 0));
+                let e = inner.remove(0);
+                work.push(e, Act::Unmap);
             }
+            self.publish_due(inner);
         });
-        doomed.unmap(env);
+        self.finish(stats, &work)
     }
 
-    /// Takes the lock and keeps it (fork's `prepare`).
+    /// Takes the lock and keeps it (fork's `prepare`; [`Lru::force_unlock`] in `parent` and
+    /// `child` releases it). Every other operation on the cache waits until then.
     #[cfg(not(loom))]
     pub fn lock_for_fork(&self) {
         self.inner.lock_for_fork();
@@ -346,6 +553,13 @@ impl Lru {
     ///
     /// # Safety
     /// As [`hakmem_superslab::SpinLock::force_unlock`]: the lock was taken by `lock_for_fork`.
+    ///
+    /// Safe code cannot release a lock another thread holds:
+    /// ```compile_fail
+    /// use hakmem_lru::{Lru, LruConfig};
+    /// let lru = Lru::new(&hakmem_superslab::LibcOs, LruConfig::default());
+    /// lru.force_unlock(); // error: an `unsafe fn`
+    /// ```
     #[cfg(not(loom))]
     pub unsafe fn force_unlock(&self) {
         // SAFETY: forwarded from the caller.

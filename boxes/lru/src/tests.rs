@@ -1,32 +1,24 @@
 extern crate std;
 use super::*;
-use hakmem_registry::Registry;
 use hakmem_stats::GlobalStats;
 use hakmem_superslab::{HeapOs, Os, SS_SIZE};
+use std::sync::Arc;
 use std::vec::Vec;
 
 pub(crate) struct World {
-    pub os: HeapOs,
-    pub registry: Registry,
+    pub os: Arc<HeapOs>,
     pub stats: GlobalStats,
 }
 
 impl World {
     pub fn new(chunks: usize) -> World {
-        let os = HeapOs::new(chunks);
-        let registry = os.registry();
         World {
-            os,
-            registry,
+            os: Arc::new(HeapOs::new(chunks)),
             stats: GlobalStats::new(),
         }
     }
-    pub fn env(&self) -> Env<'_> {
-        Env {
-            os: &self.os,
-            registry: &self.registry,
-            stats: &self.stats,
-        }
+    pub fn lru(&self, config: LruConfig) -> Lru<Arc<HeapOs>> {
+        Lru::new(self.os.clone(), config)
     }
     pub fn region(&self, len: usize) -> NonNull<u8> {
         self.os.map(len, SS_SIZE, &self.stats).unwrap()
@@ -50,22 +42,21 @@ mod plain {
     #[test]
     fn reuse_before_the_os_with_pages_given_back() {
         let w = World::new(8);
-        let env = w.env();
-        let lru = Lru::new(eager());
+        let lru = w.lru(eager());
         let r = w.region(SS_SIZE);
         // SAFETY: a dirty "retired" region.
         unsafe {
             r.as_ptr().write_bytes(9, 100);
-            assert!(lru.put(&env, r, SS_SIZE, 0));
+            assert!(lru.put(&w.stats, r, SS_SIZE, 0));
         }
         assert_eq!(lru.usage(), (1, SS_SIZE));
-        let got = lru.take(&env, SS_SIZE, true, 10).unwrap();
+        let got = lru.take(&w.stats, SS_SIZE, true, 10).unwrap();
         assert_eq!(got.base, r);
         assert!(got.zeroed);
         // SAFETY: purged memory of ours.
         assert_eq!(unsafe { *got.base.as_ptr() }, 0, "C4: reads as zero");
         assert!(
-            lru.take(&env, SS_SIZE, true, 10).is_none(),
+            lru.take(&w.stats, SS_SIZE, true, 10).is_none(),
             "C2: handed out once"
         );
         let s = w.stats.snapshot();
@@ -76,74 +67,206 @@ mod plain {
     #[test]
     fn purge_can_be_switched_off() {
         let w = World::new(4);
-        let env = w.env();
-        let lru = Lru::new(LruConfig {
+        let lru = w.lru(LruConfig {
             purge: false,
             ..LruConfig::default()
         });
         let r = w.region(SS_SIZE);
         // SAFETY: a retired region.
-        unsafe { assert!(lru.put(&env, r, SS_SIZE, 0)) };
-        assert!(!lru.take(&env, SS_SIZE, true, 0).unwrap().zeroed);
+        unsafe { assert!(lru.put(&w.stats, r, SS_SIZE, 0)) };
+        assert!(!lru.take(&w.stats, SS_SIZE, true, 0).unwrap().zeroed);
         assert_eq!(w.stats.snapshot().count(Event::Madvise), 0);
     }
 
     #[test]
-    fn recent_regions_are_purged_after_a_short_delay() {
+    fn regions_keep_their_pages_until_the_delay_or_the_budget() {
         let w = World::new(8);
-        let env = w.env();
         let config = LruConfig {
             hot_bytes: SS_SIZE,
             purge_delay_ns: 100,
             ..LruConfig::default()
         };
-        let lru = Lru::new(config);
+        let lru = w.lru(config);
         let (a, b) = (w.region(SS_SIZE), w.region(SS_SIZE));
         // SAFETY: retired regions.
         unsafe {
-            assert!(lru.put(&env, a, SS_SIZE, 0)); // within the hot budget: purge deferred
-            assert!(lru.put(&env, b, SS_SIZE, 0)); // beyond it: purged on entry
+            assert!(lru.put(&w.stats, a, SS_SIZE, 0)); // within the budget: keeps its pages
+            assert_eq!(w.stats.snapshot().count(Event::Madvise), 0);
+            assert!(lru.put(&w.stats, b, SS_SIZE, 1)); // past it: the oldest is purged
         }
         assert_eq!(w.stats.snapshot().count(Event::Madvise), 1);
+        assert_eq!(lru.resident(), SS_SIZE);
         // Reused soon: no system call, not zeroed.
-        let got = lru.take(&env, SS_SIZE, true, 50).unwrap();
+        let got = lru.take(&w.stats, SS_SIZE, true, 50).unwrap();
         assert_eq!(
             (got.base, got.zeroed),
-            (a, false),
+            (b, false),
             "among equals, pages still there first"
         );
-        let got = lru.take(&env, SS_SIZE, true, 50).unwrap();
-        assert_eq!((got.base, got.zeroed), (b, true));
+        let got = lru.take(&w.stats, SS_SIZE, true, 50).unwrap();
+        assert_eq!((got.base, got.zeroed), (a, true));
         // SAFETY: given back again.
-        unsafe { assert!(lru.put(&env, a, SS_SIZE, 60)) };
-        lru.decay_now(&env, 200);
+        unsafe { assert!(lru.put(&w.stats, a, SS_SIZE, 60)) };
+        assert_eq!(lru.next_due(), 161, "C6: due once the delay has passed");
+        assert_eq!(lru.decay_now(&w.stats, 160), 0, "not yet");
+        assert_eq!(lru.decay_now(&w.stats, 161), SS_SIZE);
         assert_eq!(
             w.stats.snapshot().count(Event::Madvise),
             2,
             "purged once the delay passed"
         );
-        assert!(lru.take(&env, SS_SIZE, true, 200).unwrap().zeroed);
+        assert_eq!(lru.resident(), 0);
+        assert_eq!(
+            lru.next_due(),
+            60 + config.decay_ns + 1,
+            "C6: then its decay"
+        );
+        assert!(lru.take(&w.stats, SS_SIZE, true, 200).unwrap().zeroed);
+        assert_eq!(lru.next_due(), u64::MAX, "nothing cached, nothing due");
+    }
+
+    #[test]
+    fn the_budget_follows_the_working_set() {
+        let w = World::new(48);
+        let lru = w.lru(LruConfig {
+            hot_bytes: SS_SIZE,
+            purge_delay_ns: u64::MAX / 4,
+            decay_ns: 1000,
+            ..LruConfig::default()
+        });
+        assert_eq!(lru.budget(), SS_SIZE, "the floor");
+        // The program asks for 16 regions (none cached: it maps them itself), then frees 8.
+        for _ in 0..16 {
+            assert!(lru.take(&w.stats, SS_SIZE, true, 10).is_none());
+        }
+        assert_eq!(
+            lru.budget(),
+            12 * SS_SIZE,
+            "three quarters of the working set"
+        );
+        for t in 0..12 {
+            // SAFETY: retired regions.
+            unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 20 + t)) };
+        }
+        assert_eq!(lru.resident(), 12 * SS_SIZE);
+        assert_eq!(w.stats.snapshot().count(Event::Madvise), 0, "all kept");
+        // SAFETY: as above.
+        unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 40)) };
+        assert_eq!(w.stats.snapshot().count(Event::Madvise), 1, "past it");
+        // Two quiet windows later the working set is what is still out (3 regions).
+        lru.decay_now(&w.stats, 1050);
+        lru.decay_now(&w.stats, 2060);
+        assert_eq!(lru.budget(), 3 * SS_SIZE / 4 * 3);
+    }
+
+    #[test]
+    fn purge_if_due_runs_what_is_due() {
+        let w = World::new(4);
+        let lru = w.lru(LruConfig {
+            purge_delay_ns: 0,
+            ..LruConfig::default()
+        });
+        assert!(!lru.purge_if_due(&w.stats), "nothing cached");
+        let since = now_ns() - 10;
+        // SAFETY: a retired region.
+        unsafe { assert!(lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, since)) };
+        assert_eq!(lru.next_due(), since + 1);
+        assert!(lru.purge_if_due(&w.stats));
+        assert_eq!(lru.resident(), 0);
+        assert_eq!(w.stats.snapshot().count(Event::Madvise), 1);
+        assert_eq!(lru.usage().0, 1, "purged, still cached");
+    }
+
+    #[test]
+    fn a_larger_region_is_split_at_a_2mib_step() {
+        let w = World::new(8);
+        let lru = w.lru(LruConfig::default());
+        let r = w.region(6 * SS_SIZE + PAGE);
+        // SAFETY: a retired region.
+        unsafe { lru.put(&w.stats, r, 6 * SS_SIZE + PAGE, 0) };
+        let got = lru.take(&w.stats, 3 * SS_SIZE / 2, false, 0).unwrap();
+        assert_eq!(
+            (got.base, got.len),
+            (r, 2 * SS_SIZE),
+            "C8: up to the next step"
+        );
+        assert_eq!(
+            lru.usage(),
+            (1, 4 * SS_SIZE + PAGE),
+            "the rest stays cached"
+        );
+        let rest = lru.take(&w.stats, SS_SIZE, true, 0).unwrap();
+        assert_eq!(
+            rest.base.as_ptr() as usize,
+            r.as_ptr() as usize + 2 * SS_SIZE
+        );
+        assert_eq!(lru.usage(), (1, 3 * SS_SIZE + PAGE));
+        // A small request takes only what it asked for when the region is much larger.
+        let small = lru.take(&w.stats, 40 * PAGE, false, 0).unwrap();
+        assert_eq!(small.len, 40 * PAGE);
+        assert_eq!(lru.usage(), (0, 0), "an unaligned rest is unmapped");
+        let s = w.stats.snapshot();
+        assert_eq!(
+            s.count(Event::SsCached),
+            s.count(Event::SsReused) + s.count(Event::SsReleased),
+            "C9: every region that entered left once"
+        );
+        assert!(w.os.is_mapped(r.as_ptr() as usize, 3 * SS_SIZE));
+    }
+
+    #[test]
+    fn flush_gives_everything_back() {
+        let w = World::new(8);
+        let lru = w.lru(LruConfig::default());
+        // SAFETY: retired regions.
+        unsafe {
+            lru.put(&w.stats, w.region(SS_SIZE), SS_SIZE, 0);
+            lru.put(&w.stats, w.region(2 * SS_SIZE), 2 * SS_SIZE, 0);
+        }
+        assert_eq!(lru.flush(&w.stats), 3 * SS_SIZE);
+        assert_eq!(lru.usage(), (0, 0));
+        assert_eq!(lru.flush(&w.stats), 0);
+        assert_eq!(w.os.unmaps(), 2);
+    }
+
+    #[test]
+    fn the_fork_lock_holds_until_forced() {
+        let w = World::new(4);
+        let lru = w.lru(LruConfig::default());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Fork's prepare: the lock stays taken until force_unlock.
+            lru.lock_for_fork();
+            let t = s.spawn(|| {
+                let _ = lru.usage();
+                done.load(std::sync::atomic::Ordering::SeqCst)
+            });
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            // SAFETY: taken by lock_for_fork above; released once.
+            unsafe { lru.force_unlock() };
+            assert!(t.join().unwrap(), "usage waited for the lock");
+        });
+        assert_eq!(lru.usage(), (0, 0));
     }
 
     #[test]
     fn decay_unmaps_old_regions() {
         let w = World::new(8);
-        let env = w.env();
-        let lru = Lru::new(LruConfig {
+        let lru = w.lru(LruConfig {
             decay_ns: 100,
             ..LruConfig::default()
         });
         let (a, b) = (w.region(SS_SIZE), w.region(SS_SIZE));
         // SAFETY: retired regions.
         unsafe {
-            lru.put(&env, a, SS_SIZE, 0);
-            lru.put(&env, b, SS_SIZE, 80);
+            lru.put(&w.stats, a, SS_SIZE, 0);
+            lru.put(&w.stats, b, SS_SIZE, 80);
         }
-        lru.decay_now(&env, 150);
+        lru.decay_now(&w.stats, 150);
         assert_eq!(lru.usage(), (1, SS_SIZE), "C5: the older one went");
         assert!(!w.os.is_mapped(a.as_ptr() as usize, SS_SIZE));
         assert!(w.os.is_mapped(b.as_ptr() as usize, SS_SIZE));
-        lru.flush(&env);
+        lru.flush(&w.stats);
         assert_eq!(lru.usage(), (0, 0));
         assert_eq!(w.os.unmaps(), 2);
         assert_eq!(w.stats.snapshot().count(Event::SsReleased), 2);
@@ -152,46 +275,44 @@ mod plain {
     #[test]
     fn bounded_by_bytes_and_count() {
         let w = World::new(80);
-        let env = w.env();
-        let lru = Lru::new(LruConfig {
+        let lru = w.lru(LruConfig {
             max_bytes: 3 * SS_SIZE,
             ..LruConfig::default()
         });
         let regions: Vec<_> = (0..4).map(|_| w.region(SS_SIZE)).collect();
         for (t, &r) in regions.iter().enumerate() {
             // SAFETY: retired regions.
-            unsafe { assert!(lru.put(&env, r, SS_SIZE, t as u64)) };
+            unsafe { assert!(lru.put(&w.stats, r, SS_SIZE, t as u64)) };
         }
         assert_eq!(lru.usage(), (3, 3 * SS_SIZE), "C3: the oldest was evicted");
         assert!(!w.os.is_mapped(regions[0].as_ptr() as usize, SS_SIZE));
         let big = w.region(4 * SS_SIZE);
         // SAFETY: a retired region, too big to cache: unmapped instead.
-        unsafe { assert!(!lru.put(&env, big, 4 * SS_SIZE, 5)) };
+        unsafe { assert!(!lru.put(&w.stats, big, 4 * SS_SIZE, 5)) };
         assert!(!w.os.is_mapped(big.as_ptr() as usize, 4 * SS_SIZE));
-        let off = Lru::new(LruConfig {
+        let off = w.lru(LruConfig {
             max_bytes: 0,
             ..LruConfig::default()
         });
         // SAFETY: as above.
-        unsafe { assert!(!off.put(&env, regions[1], SS_SIZE, 0)) };
+        unsafe { assert!(!off.put(&w.stats, regions[1], SS_SIZE, 0)) };
         let _ = MAX_ENTRIES;
     }
 
     #[test]
     fn take_trims_a_larger_region() {
         let w = World::new(8);
-        let env = w.env();
-        let lru = Lru::new(LruConfig::default());
+        let lru = w.lru(LruConfig::default());
         let r = w.region(3 * SS_SIZE);
         // SAFETY: a retired region.
-        unsafe { lru.put(&env, r, 3 * SS_SIZE, 0) };
-        assert!(lru.take(&env, 4 * SS_SIZE, false, 0).is_none());
+        unsafe { lru.put(&w.stats, r, 3 * SS_SIZE, 0) };
+        assert!(lru.take(&w.stats, 4 * SS_SIZE, false, 0).is_none());
         // Within twice the length asked: handed over whole.
-        let got = lru.take(&env, 2 * SS_SIZE, false, 0).unwrap();
+        let got = lru.take(&w.stats, 2 * SS_SIZE, false, 0).unwrap();
         assert_eq!((got.base, got.len), (r, 3 * SS_SIZE));
         // SAFETY: given back.
-        unsafe { lru.put(&env, r, 3 * SS_SIZE, 0) };
-        let got = lru.take(&env, SS_SIZE + PAGE, true, 0).unwrap();
+        unsafe { lru.put(&w.stats, r, 3 * SS_SIZE, 0) };
+        let got = lru.take(&w.stats, SS_SIZE + PAGE, true, 0).unwrap();
         assert_eq!((got.base, got.len), (r, SS_SIZE + PAGE));
         assert!(w.os.is_mapped(r.as_ptr() as usize, SS_SIZE + PAGE));
         let tail = r.as_ptr() as usize + SS_SIZE + PAGE;
@@ -218,7 +339,7 @@ mod loom_models {
     fn hand_over() {
         loom::model(|| {
             let w = Arc::new(World::new(2));
-            let lru = Arc::new(Lru::new(LruConfig {
+            let lru = Arc::new(w.lru(LruConfig {
                 decay_ns: 5,
                 ..LruConfig::default()
             }));
@@ -229,7 +350,7 @@ mod loom_models {
                 loom::thread::spawn(move || {
                     // SAFETY: a retired region handed to the cache once.
                     unsafe {
-                        lru.put(&w.env(), NonNull::new(base as *mut u8).unwrap(), SS_SIZE, 0)
+                        lru.put(&w.stats, NonNull::new(base as *mut u8).unwrap(), SS_SIZE, 0)
                     };
                 })
             };
@@ -237,7 +358,7 @@ mod loom_models {
                 .into_iter()
                 .map(|now| {
                     let (w, lru) = (w.clone(), lru.clone());
-                    loom::thread::spawn(move || lru.take(&w.env(), SS_SIZE, true, now).is_some())
+                    loom::thread::spawn(move || lru.take(&w.stats, SS_SIZE, true, now).is_some())
                 })
                 .collect();
             putter.join().unwrap();
@@ -246,7 +367,7 @@ mod loom_models {
                 .map(|t| t.join().unwrap())
                 .filter(|&x| x)
                 .count();
-            lru.flush(&w.env());
+            lru.flush(&w.stats);
             let unmapped = w.os.unmaps();
             assert_eq!(taken + unmapped, 1, "taken {taken}, unmapped {unmapped}");
             assert_eq!(w.os.is_mapped(base, SS_SIZE), taken == 1);

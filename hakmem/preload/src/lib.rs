@@ -22,6 +22,8 @@
 //!   the next one, as glibc does. `valloc` and `pvalloc` align to the page; `pvalloc` also
 //!   rounds the size up to a whole page.
 //! - `malloc_usable_size(NULL)` is 0, and otherwise at least the size asked for.
+//! - `malloc_trim(pad)` gives every cached empty region back now and returns 1 if there was
+//!   any, 0 otherwise (`pad` is ignored: there is no heap top to keep).
 //! - The `__libc_*` names glibc also exports for these functions are exported too, so a caller
 //!   that uses them directly gets the same allocator as everyone else.
 //!
@@ -253,6 +255,16 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     // SAFETY: the caller passes NULL or a live block of ours.
     unsafe { raw::usable_size(p.cast()) }
+}
+
+/// Gives free memory back to the OS now, as glibc's `malloc_trim` does: every cached empty
+/// region is unmapped ([`hakmem::collect`]). Returns 1 when memory was given back, 0 when there
+/// was none to give. `pad` (the free space glibc leaves at the top of its heap) has no meaning
+/// here: hakmem has no heap top, and keeps nothing back.
+#[no_mangle]
+pub extern "C" fn malloc_trim(pad: usize) -> c_int {
+    let _ = pad;
+    c_int::from(hakmem::collect() > 0)
 }
 
 /// glibc's other names for the same functions.
