@@ -22,9 +22,14 @@
 //! - **H3 (rings).** A slab is on its class's ring iff it is in use by this heap and has a free
 //!   or never-carved block, or it is the ring's current slab. Full slabs leave the ring and
 //!   come back when a block returns (local flush or drained remote free).
-//! - **H4 (empty slabs go back).** A slab that becomes empty is returned to its superslab at
-//!   once, unless it is its class's current slab; a superslab that becomes empty is retired to
-//!   the lru (which gives its pages back).
+//! - **H4 (empty memory goes back, with hysteresis).** A slab that becomes empty is returned to
+//!   its superslab at once, unless it is its class's current slab. A superslab that becomes
+//!   empty stays with its heap (still owned, its pages kept) when the heap keeps no other empty
+//!   one; otherwise it is retired to the lru, which purges and unmaps it by its decay rules. So
+//!   a heap whose blocks all come back (a producer whose consumer frees remotely) reuses its
+//!   superslab instead of retiring and re-creating it each time, and an idle heap holds at most
+//!   one empty superslab (2 MiB) beyond the memory its live blocks need; its exit (H5) releases
+//!   it.
 //! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
 //!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
 //!   superslab is ever leaked with an owner that no longer runs. A heap whose thread ended
@@ -417,6 +422,8 @@ pub struct Heap {
     owned_tail: *const Superslab,
     owned_count: usize,
     cursor: *const Superslab,
+    /// The one empty superslab this heap may keep (H4); null, or owned by this heap.
+    kept_empty: *const Superslab,
     /// This thread's counters.
     pub stats: ThreadStats,
     next: *mut Heap,
@@ -450,6 +457,7 @@ impl Heap {
         h.owned_tail = null();
         h.owned_count = 0;
         h.cursor = null();
+        h.kept_empty = null();
         h.cache
             .set_caps(&CACHE_CAPS)
             .expect("route sizes the cache for every class");
@@ -812,6 +820,11 @@ impl Heap {
         // SAFETY: ours and empty.
         let all_free = unsafe { ss.free_slab(slab) };
         self.unlink_owned(ss);
+        if all_free && self.keep_empty(ss) {
+            // Kept (H4): every slab is free, so to the front (H7).
+            self.link_owned(ss, true);
+            return false;
+        }
         if all_free {
             if ss.unpin() {
                 // SAFETY: the last reference was ours.
@@ -822,6 +835,21 @@ impl Heap {
         // It has a free slab now: to the front (H7).
         self.link_owned(ss, true);
         false
+    }
+
+    /// Whether the heap keeps `ss`, which has just become empty (H4): yes unless it already
+    /// keeps another superslab that is still empty.
+    fn keep_empty(&mut self, ss: &'static Superslab) -> bool {
+        // SAFETY: a kept superslab is owned by this heap (it is released only by teardown, which
+        // clears this first, or by `free_slab` when it is not the kept one).
+        if let Some(k) = unsafe { self.kept_empty.as_ref() } {
+            // SAFETY: ours.
+            if !core::ptr::eq(k, ss) && unsafe { k.is_empty() } {
+                return false;
+            }
+        }
+        self.kept_empty = ss;
+        true
     }
 
     /// Frees `p`, a block in `slab` of `ss` (H1, H2, FK3). The caller found both through the
@@ -1071,6 +1099,8 @@ impl Heap {
     /// Everything back (H5): lists and cache to slabs, remote frees drained, empty slabs and
     /// superslabs released, the rest abandoned.
     unsafe fn teardown(&mut self) {
+        // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
+        self.kept_empty = null();
         for class in 0..CLASSES {
             // SAFETY: the list holds free blocks of ours.
             let chain = unsafe { self.sll[class].take_all() };

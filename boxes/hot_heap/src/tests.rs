@@ -472,3 +472,42 @@ fn a_non_owners_double_free_of_a_block_the_owner_holds_free_is_caught() {
         assert!(seen.insert(p as usize), "a block handed out twice");
     }
 }
+
+#[test]
+fn a_superslab_emptied_by_remote_frees_stays_with_its_heap() {
+    // A producer whose blocks all come back through another thread's frees, round after
+    // round: its emptied superslab is kept (H4) and reused, not retired to the lru and taken
+    // back each round.
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    const ROUNDS: usize = 6;
+    for _ in 0..ROUNDS {
+        // About 1.5 superslabs of 64-byte blocks.
+        // SAFETY: the heap is this test thread's own.
+        let blocks: Vec<usize> = (0..48_000)
+            .map(|_| unsafe { h.alloc(c) } as usize)
+            .collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let other = heap(ctx);
+                for &b in &blocks {
+                    // SAFETY: handed over by the owner; freed once.
+                    unsafe { free(other, b as *mut u8) };
+                }
+                // SAFETY: this thread's heap, not used again.
+                unsafe { ctx.retire_heap(NonNull::from(other)) };
+            });
+        });
+    }
+    let s = ctx.snapshot();
+    assert!(
+        s.count(Event::SsCached) + s.count(Event::SsReused) < ROUNDS as u64,
+        "emptied superslabs churned through the lru: {} cached, {} reused in {ROUNDS} rounds",
+        s.count(Event::SsCached),
+        s.count(Event::SsReused)
+    );
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(c), 0);
+}
