@@ -368,7 +368,7 @@ impl Ctx {
     }
 
     /// A superslab for heap `owner`: from the lru, else fresh from the OS.
-    fn superslab_for(&self, owner: usize) -> Option<&'static Superslab> {
+    fn superslab_for(&'static self, owner: usize) -> Option<&'static Superslab> {
         let env = self.env();
         if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
             // SAFETY: a cached region is ours, whole and unused (lru C2).
@@ -609,7 +609,8 @@ impl Heap {
             return Some(s);
         }
         // 3. Abandoned superslabs, adopted.
-        while let Some(ss) = self.ctx().abandoned.adopt(self.id) {
+        // SAFETY: this heap's id, used by this thread alone.
+        while let Some(ss) = unsafe { self.ctx().abandoned.adopt(self.id) } {
             self.ctx().stats.event(Event::Adopt, 0);
             // SAFETY: adopted: ours.
             let has_free = unsafe { ss.has_free_slab() };
@@ -826,7 +827,9 @@ impl Heap {
             return false;
         }
         if all_free {
-            if ss.unpin() {
+            // SAFETY: the owner's reference (H5: a heap holds one per owned superslab), given up
+            // with the superslab, which just left the owned list.
+            if unsafe { ss.unpin() } {
                 // SAFETY: the last reference was ours.
                 unsafe { self.ctx().release_superslab(ss) };
             }
@@ -1151,7 +1154,8 @@ impl Heap {
             };
             self.unlink_owned(ss);
             if empty {
-                if ss.unpin() {
+                // SAFETY: the owner's reference, given up as the superslab leaves the heap.
+                if unsafe { ss.unpin() } {
                     // SAFETY: the last reference was ours.
                     unsafe { ctx.release_superslab(ss) };
                 }

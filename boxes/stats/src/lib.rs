@@ -2,6 +2,21 @@
 //!
 //! One job: count what the allocator does, without slowing it down or allocating.
 //!
+//! ```
+//! use hakmem_stats::{Event, GlobalStats, ThreadStats};
+//! let global = GlobalStats::new();
+//! let mine = ThreadStats::new();
+//! mine.on_alloc(3);
+//! mine.on_alloc(3);
+//! mine.on_free(3);
+//! global.event(Event::SsCreated, 0);
+//! global.merge(&mine); // a thread's counts move to the global ones (S2)
+//! let s = global.snapshot();
+//! assert_eq!((s.class(3).allocs, s.class(3).frees, s.live(3)), (2, 1, 1));
+//! assert_eq!(s.count(Event::SsCreated), 1);
+//! assert_eq!(s.classes().map(|(c, _)| c).collect::<Vec<_>>(), [3]);
+//! ```
+//!
 //! ## Invariants
 //! - **S1 (owner-only hot counters).** A [`ThreadStats`] is written by one thread only (its owner),
 //!   with a relaxed load and a relaxed store: no read-modify-write, no fence, no lock on the fast

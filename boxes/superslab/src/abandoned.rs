@@ -110,7 +110,17 @@ impl AbandonedList {
 
     /// Takes the most recently abandoned superslab and makes `owner` its owner, with the list's
     /// reference. The caller should then collect its remote frees.
-    pub fn adopt<'a>(&self, owner: usize) -> Option<&'a Superslab> {
+    ///
+    /// # Safety
+    /// `owner` is the calling thread's own heap id, which no other running thread uses: the
+    /// adopted superslab's owner-only fields (SS5) are then this thread's alone.
+    ///
+    /// ```compile_fail,E0133
+    /// fn take_any(list: &hakmem_superslab::AbandonedList) {
+    ///     let _ = list.adopt(42); // error: an `unsafe fn`
+    /// }
+    /// ```
+    pub unsafe fn adopt(&self, owner: usize) -> Option<&Superslab> {
         if self.is_empty() {
             return None;
         }

@@ -12,6 +12,56 @@
 //! header: magic, state, refcount, owner, 32 x SlabMeta, HAKMEM_CHECK bitmaps
 //! ```
 //!
+//! A superslab over the real OS, carving blocks from a slab and taking them back:
+//!
+//! ```
+//! use hakmem_registry::{HeapLeaves, Registry};
+//! use hakmem_stats::{Event, GlobalStats};
+//! use hakmem_superslab::{Env, LibcOs, Superslab};
+//! static OS: LibcOs = LibcOs;
+//! static LEAVES: HeapLeaves = HeapLeaves;
+//! let (registry, stats) = (Registry::new(&LEAVES), GlobalStats::new());
+//! let env = Env { os: &OS, registry: &registry, stats: &stats };
+//! let ss = Superslab::create(&env, 1).expect("the OS gave 2 MiB");
+//! // A pointer finds its superslab through the registry, and its slab by shift (SS1).
+//! assert!(registry.lookup(ss.base() + 12345).is_some());
+//! // SAFETY (each block below): heap 1 owns the superslab, and this thread is heap 1.
+//! let slab = unsafe { ss.alloc_slab(3, 64) }.expect("a free slab");
+//! let mut blocks = Vec::new();
+//! let n = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
+//! assert_eq!((n, blocks.len()), (10, 10));
+//! assert!(blocks.iter().all(|&b| core::ptr::eq(ss.slab_of(b), slab)));
+//! let mut empty = false;
+//! for &b in &blocks {
+//!     empty = unsafe { slab.free_local(b) }.expect("each block once");
+//! }
+//! assert!(empty, "every block came back");
+//! // The slab goes back to the superslab, the owner's reference is dropped, and the region is
+//! // withdrawn from the registry and unmapped.
+//! unsafe {
+//!     assert!(ss.free_slab(slab), "every slab free");
+//!     assert!(ss.unpin(), "the last reference");
+//!     let region = ss.retire(&env);
+//!     hakmem_superslab::Os::unmap(&OS, region, hakmem_superslab::SS_SIZE, &stats);
+//! }
+//! assert_eq!(stats.snapshot().count(Event::SsCreated), 1);
+//! ```
+//!
+//! What safe code cannot do: take another slab's remote frees, or release a lock it does not
+//! hold (`SpinLock` hands out a guard; the fork handlers' release is an `unsafe fn`).
+//!
+//! ```compile_fail,E0616
+//! fn steal(slab: &hakmem_superslab::SlabMeta) -> *mut u8 {
+//!     slab.remote.take_all() // error: `remote` is private
+//! }
+//! ```
+//!
+//! ```compile_fail,E0133
+//! fn release(lock: &hakmem_superslab::SpinLock<u64>) {
+//!     lock.force_unlock(); // error: an `unsafe fn`
+//! }
+//! ```
+//!
 //! ## Invariants
 //! - **SS1 (one address per block).** There are no per-block headers. A block's superslab is
 //!   `p & !(2 MiB - 1)` and its slab is `(p - base) >> 16`; the user's address *is* the block.

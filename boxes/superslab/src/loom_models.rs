@@ -176,13 +176,15 @@ fn abandon_adopt() {
             .map(|id| {
                 let w = w.clone();
                 loom::thread::spawn(move || {
-                    let ss = w.list.adopt(id)?;
+                    // SAFETY: `id` is this model thread's own.
+                    let ss = unsafe { w.list.adopt(id) }?;
                     assert_eq!(ss.owner(), id);
                     // SAFETY: adopted: this thread owns it now.
                     let empty =
                         unsafe { ss.collect(|_, _| ()) }.expect("no block comes back twice");
                     // Empty: drop the owner's reference (a freer's pin may outlive it).
-                    let released = empty && ss.unpin();
+                    // SAFETY: the list's reference, handed over by adopt.
+                    let released = empty && unsafe { ss.unpin() };
                     if released {
                         w.release(ss);
                     }
@@ -218,7 +220,8 @@ fn abandon_adopt() {
             // SAFETY: all other threads joined; we hold it.
             let empty = unsafe { ss.collect(|_, _| ()) }.expect("no block comes back twice");
             assert!(empty, "no block lost: both came back");
-            assert!(ss.unpin());
+            // SAFETY: the last reference, the model's own.
+            assert!(unsafe { ss.unpin() });
             w.release(ss);
         }
         assert_eq!(w.os.unmaps(), 1, "released exactly once");

@@ -89,8 +89,9 @@ pub struct SlabMeta {
     /// modulo 2^64, and `rot` (SS11). Written with `class`, when the slab is (re)initialised.
     inv: AtomicU64,
     rot: AtomicU32,
-    /// Blocks freed by non-owners, waiting for the owner.
-    pub remote: RemoteStack,
+    /// Blocks freed by non-owners, waiting for the owner (only this box's owner-side code takes
+    /// them: a non-owner that could take them would steal the owner's blocks).
+    pub(crate) remote: RemoteStack,
     local: UnsafeCell<SlabLocal>,
 }
 

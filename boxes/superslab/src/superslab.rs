@@ -120,8 +120,24 @@ impl Superslab {
         Ok(unsafe { &*ss })
     }
 
-    /// Maps a new superslab from the OS for `owner`.
-    pub fn create<'a>(env: &Env<'_>, owner: usize) -> Option<&'a Self> {
+    /// Maps a new superslab from the OS for `owner`. The reference lives no longer than the
+    /// environment's `Os` and registry (an `Os` that owns its memory cannot be dropped while a
+    /// superslab of it is in use):
+    ///
+    /// ```compile_fail,E0597
+    /// use hakmem_registry::{HeapLeaves, Registry};
+    /// use hakmem_stats::GlobalStats;
+    /// use hakmem_superslab::{Env, LibcOs, Superslab};
+    /// static LEAVES: HeapLeaves = HeapLeaves;
+    /// let stats = GlobalStats::new();
+    /// let ss = {
+    ///     let (os, registry) = (LibcOs, Registry::new(&LEAVES));
+    ///     let env = Env { os: &os, registry: &registry, stats: &stats };
+    ///     Superslab::create(&env, 1).unwrap()
+    /// };
+    /// ss.owner(); // error: `registry` and `os` do not live long enough
+    /// ```
+    pub fn create<'e>(env: &Env<'e>, owner: usize) -> Option<&'e Self> {
         let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
         // SAFETY: a fresh mapping of the right size and alignment, read as zero.
         match unsafe { Self::init(env, region, true, owner) } {
@@ -224,8 +240,19 @@ impl Superslab {
 
     /// Drops a reference. True when it was the last one: the caller must then [`Self::retire`]
     /// the superslab, and nobody else will.
+    ///
+    /// # Safety
+    /// The caller holds a reference it gives up here: the one [`Self::create`] or
+    /// [`Self::init`] returned, one taken with [`Self::pin`], or one an abandoned list handed
+    /// over. A call without one would release the superslab while others still use it (SS3).
+    ///
+    /// ```compile_fail,E0133
+    /// fn drop_a_reference(ss: &hakmem_superslab::Superslab) -> bool {
+    ///     ss.unpin() // error: an `unsafe fn`
+    /// }
+    /// ```
     #[must_use]
-    pub fn unpin(&self) -> bool {
+    pub unsafe fn unpin(&self) -> bool {
         let prev = self.refcount.fetch_sub(1, Ordering::Release);
         assert!(
             prev != 0 && prev < usize::MAX / 2,
@@ -440,7 +467,8 @@ impl Superslab {
         // SAFETY: as above.
         let empty = unsafe { self.drain_all(true, |class, n| stats.held_sub(class, n as usize))? };
         if empty {
-            return Ok(self.unpin());
+            // SAFETY: the freer's pin, taken above, given up.
+            return Ok(unsafe { self.unpin() });
         }
         // A freer that saw the flag before the push found nothing to take off the list; it left
         // `pending` set, and the lock orders its flag before our look, which is made while the
@@ -457,7 +485,8 @@ impl Superslab {
             return Ok(false);
         }
         let r = self.settle(list, stats);
-        let last = self.unpin();
+        // SAFETY: the reference taken above (a pin, or the list's), given up.
+        let last = unsafe { self.unpin() };
         r.map(|()| last)
     }
 
@@ -473,7 +502,8 @@ impl Superslab {
             match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
                 Ok(true) => {
                     // Empty: drop the list's reference instead of putting it back.
-                    let last = self.unpin();
+                    // SAFETY: the reference taken above (a pin, or the list's), given up.
+                    let last = unsafe { self.unpin() };
                     debug_assert!(!last, "the caller's pin is still held");
                     return Ok(());
                 }
@@ -543,7 +573,8 @@ impl Superslab {
         #[cfg(not(hakmem_seeded_bug = "missing_pin"))]
         {
             let result = self.settle(list, stats);
-            let last = self.unpin();
+            // SAFETY: the reference taken above (a pin, or the list's), given up.
+            let last = unsafe { self.unpin() };
             result.map(|()| last)
         }
         #[cfg(hakmem_seeded_bug = "missing_pin")]
@@ -551,7 +582,8 @@ impl Superslab {
             while list.try_remove(self) {
                 // SAFETY: out of the list, ours alone.
                 match unsafe { self.collect(|class, n| stats.held_sub(class, n as usize)) } {
-                    Ok(true) => return Ok(self.unpin()),
+                    // SAFETY: the freer's pin, given up.
+                    Ok(true) => return Ok(unsafe { self.unpin() }),
                     Ok(false) => {
                         list.push(self);
                         if !self.pending.load(Ordering::Acquire) {

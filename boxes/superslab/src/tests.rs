@@ -165,10 +165,15 @@ fn adopt_takes_ownership_of_every_slab_in_use() {
         (s0, s1)
     };
     assert_eq!((s0.owner(), s1.owner()), (0, 0));
-    let got = list.adopt(9).unwrap();
+    // SAFETY: 9 is this test thread's id alone.
+    let got = unsafe { list.adopt(9) }.unwrap();
     assert!(core::ptr::eq(got, ss));
     assert_eq!((ss.owner(), s0.owner(), s1.owner()), (9, 9, 9));
-    assert!(list.adopt(10).is_none(), "adopted by exactly one");
+    // SAFETY: as above.
+    assert!(
+        unsafe { list.adopt(10) }.is_none(),
+        "adopted by exactly one"
+    );
     assert!(!ss.is_abandoned());
 }
 
