@@ -169,8 +169,8 @@ fn adopt_takes_ownership_of_every_slab_in_use() {
     let got = unsafe { list.adopt(9) }.unwrap();
     assert!(core::ptr::eq(got, ss));
     assert_eq!((ss.owner(), s0.owner(), s1.owner()), (9, 9, 9));
-    // SAFETY: as above.
     assert!(
+        // SAFETY: as above.
         unsafe { list.adopt(10) }.is_none(),
         "adopted by exactly one"
     );

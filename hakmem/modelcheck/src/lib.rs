@@ -2,7 +2,7 @@
 //!
 //! A reference model of the heap (which blocks are live, where, how large, aligned how, filled with
 //! what, owned by which thread) is driven in lockstep with the real allocator. The random sequences
-//! of operations come from proptest (see `tests/model.rs`, which installs [`hakmem::HakMem`] as the
+//! of operations come from proptest (see `tests/model.rs`, which installs [`hakmem::HakMem`](struct@hakmem::HakMem) as the
 //! global allocator and owns the strategies and the seeded runner); this library holds the part that
 //! does not need proptest: the operations ([`Op`], [`Case`]), the executor ([`Driver`]) and the
 //! checks ([`pattern`], [`overlaps`]).
