@@ -1,0 +1,101 @@
+//! The allocation fast paths: a block from the thread list, or the cache, and the hand-out
+//! (H2, FK2).
+use super::*;
+use crate::check::check_index;
+
+impl Heap {
+    /// A block of `class`, or null when the OS refuses memory (H2).
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this.
+    #[inline(always)]
+    pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc_fast(class) };
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.alloc_slow(class) }
+    }
+
+    /// A block of `class` from its thread list, or null when the list is empty (nothing else is
+    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2).
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this, with `class < CLASSES`.
+    #[inline(always)]
+    pub unsafe fn alloc_fast(&mut self, class: usize) -> *mut u8 {
+        debug_assert!(class < CLASSES);
+        // SAFETY: `class < CLASSES` by the contract; the list holds free blocks this heap owns
+        // (H1).
+        let p = unsafe { self.sll.get_unchecked_mut(class).pop() };
+        if !p.is_null() {
+            // SAFETY: CLASSES < MAX_CLASSES (route box).
+            unsafe { self.stats.on_alloc_unchecked(class) };
+        }
+        p
+    }
+
+    /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
+    ///
+    /// # Safety
+    /// Only the heap's thread calls this.
+    pub unsafe fn alloc_zeroed(&mut self, class: usize) -> *mut u8 {
+        if self.sll[class].is_empty() && self.cache.is_empty(class) {
+            if let Some(slab) = NonNull::new(self.current[class] as *mut SlabMeta) {
+                // SAFETY: current slabs are owned by this heap.
+                let slab = unsafe { slab.as_ref() };
+                // SAFETY: as above.
+                if let Some(p) = unsafe { slab.carve_zeroed() } {
+                    self.ctx().stats.held_add(class, 1);
+                    self.on_handed_out(class, p);
+                    return p;
+                }
+            }
+        }
+        // SAFETY: forwarded.
+        let p = unsafe { self.alloc(class) };
+        if !p.is_null() {
+            // SAFETY: a block of at least block_size bytes, ours.
+            unsafe { p.write_bytes(0, block_size_of(class)) };
+        }
+        p
+    }
+
+    pub(crate) fn on_handed_out(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: a block of at least 16 bytes, ours, going to the user: unkeyed (FK2).
+        unsafe { set_key_word(p, 0) };
+        self.stats.on_alloc(class);
+        if self.ctx().check {
+            // SAFETY: `p` is a block of a live superslab of ours.
+            let ss = unsafe { Superslab::of(p) };
+            let (s, g) = check_index(ss, p);
+            if !ss.check_mark_held(s, g) {
+                self.ctx().report(Corrupt::DoubleFree(p as usize));
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
+        if self.cache.is_empty(class) {
+            // SAFETY: only the heap's thread gets here.
+            unsafe { self.refill_cache(class) };
+        }
+        let p = self.cache.pop(class);
+        if p.is_null() {
+            return null_mut();
+        }
+        let batch = (self.sll[class].cap() / 2).min(self.cache.len(class));
+        for _ in 0..batch {
+            let b = self.cache.pop(class);
+            // SAFETY: a free block this heap owns, on no list.
+            unsafe { self.sll[class].push(b, self.key) };
+        }
+        self.on_handed_out(class, p);
+        p
+    }
+}

@@ -1,0 +1,278 @@
+//! The shared context: the heap list (making, reaping and retiring heaps), releasing
+//! superslabs, snapshots and the fork locks.
+use super::*;
+
+impl Ctx {
+    /// A context over `os` and `registry`. `check` turns on full double-free checks (H6);
+    /// `report` hears of every corruption found (it may abort; if it returns, the offending
+    /// block is dropped and the allocator goes on).
+    pub fn new(
+        os: &'static dyn Os,
+        registry: Registry,
+        lru: LruConfig,
+        check: bool,
+        report: fn(Corrupt),
+    ) -> Self {
+        // Draw the free key at start-up, before any heap exists (FK1).
+        init_free_key();
+        Self {
+            os,
+            registry,
+            stats: GlobalStats::new(),
+            lru: Lru::new(os, lru),
+            abandoned: AbandonedList::new(),
+            check,
+            report,
+            heaps: SpinLock::new(Heaps {
+                live: null_mut(),
+                tail: null_mut(),
+                free: null_mut(),
+                live_count: 0,
+            }),
+            next_id: AtomicUsize::new(1),
+        }
+    }
+
+    /// The environment superslab operations need.
+    #[inline(always)]
+    pub fn env(&self) -> Env<'_> {
+        Env {
+            os: self.os,
+            registry: &self.registry,
+            stats: &self.stats,
+        }
+    }
+
+    /// True in check mode.
+    pub fn check(&self) -> bool {
+        self.check
+    }
+
+    /// Reports a corruption (see [`Ctx::new`]).
+    #[cold]
+    pub fn report(&self, c: Corrupt) {
+        (self.report)(c)
+    }
+
+    /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
+    /// refuses memory.
+    pub fn new_heap(&'static self) -> Option<NonNull<Heap>> {
+        self.lru.purge_if_due(&self.stats);
+        let recycled = self.heaps.with(|h| {
+            let f = h.free;
+            if !f.is_null() {
+                // SAFETY: heaps on the free list are ours and unused.
+                h.free = unsafe { (*f).next };
+            }
+            f
+        });
+        let heap = match NonNull::new(recycled) {
+            Some(h) => h,
+            None => {
+                let len = (core::mem::size_of::<Heap>() + PAGE - 1) & !(PAGE - 1);
+                self.os.map(len, PAGE, &self.stats)?.cast::<Heap>()
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: fresh zeroed memory or a retired heap (left empty by `retire_heap`), both
+        // valid `Heap`s (a zeroed Heap is valid: every field is an integer or a pointer).
+        unsafe { Heap::init(heap.as_ptr(), self, id) };
+        self.heaps.with(|h| {
+            // SAFETY: under the lock; `heap` is ours, the list's heaps are live.
+            unsafe {
+                Self::push_live(h, heap.as_ptr());
+            }
+            h.live_count += 1;
+        });
+        Some(heap)
+    }
+
+    /// Links `heap` at the front of the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is ours and on no list.
+    pub(crate) unsafe fn push_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; the list's heaps are live.
+        unsafe {
+            (*heap).next = h.live;
+            (*heap).prev = null_mut();
+            match h.live.as_mut() {
+                Some(l) => l.prev = heap,
+                None => h.tail = heap,
+            }
+        }
+        h.live = heap;
+    }
+
+    /// Unlinks `heap` from the live list.
+    ///
+    /// # Safety
+    /// Under the heaps lock; `heap` is on the live list.
+    pub(crate) unsafe fn unlink_live(h: &mut Heaps, heap: *mut Heap) {
+        // SAFETY: as the caller says; its neighbours are live heaps.
+        unsafe {
+            let (next, prev) = ((*heap).next, (*heap).prev);
+            match prev.as_mut() {
+                Some(p) => p.next = next,
+                None => h.live = next,
+            }
+            match next.as_mut() {
+                Some(n) => n.prev = prev,
+                None => h.tail = prev,
+            }
+        }
+    }
+
+    /// Sets the tag of `heap`: an opaque word naming its thread, for [`Ctx::reap_one`] (0: none).
+    ///
+    /// # Safety
+    /// `heap` came from [`Ctx::new_heap`] and is not retired.
+    pub unsafe fn set_tag(&self, heap: NonNull<Heap>, tag: u64) {
+        // SAFETY: under the lock, as `reap_one` reads it.
+        self.heaps.with(|_| unsafe { (*heap.as_ptr()).tag = tag });
+    }
+
+    /// Looks at the live heap looked at least recently (one per call, in turn), and retires it
+    /// when `gone(tag)` says its thread has ended without retiring it (a heap made during the
+    /// thread's last pass over TSD destructors is never handed to the exit destructor: H5 would
+    /// fail without this). `gone` must answer true only for a thread that will never run again.
+    /// True when a heap was retired.
+    pub fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
+        let (heap, tag) = self.heaps.with(|h| {
+            let t = h.tail;
+            if t.is_null() || t == h.live {
+                return (null_mut(), 0);
+            }
+            // SAFETY: under the lock; `t` is live. It moves to the front: checked last.
+            unsafe {
+                Self::unlink_live(h, t);
+                Self::push_live(h, t);
+                (t, (*t).tag)
+            }
+        });
+        if heap.is_null() || tag == 0 || !gone(tag) {
+            return false;
+        }
+        // Claim it: only one reaper retires it (a heap's memory is never unmapped, so `heap`
+        // is readable; the id is 0 once retired).
+        let claimed = self.heaps.with(|_| {
+            // SAFETY: under the lock.
+            unsafe {
+                let ok = (*heap).tag == tag && (*heap).id != 0;
+                if ok {
+                    (*heap).tag = 0;
+                }
+                ok
+            }
+        });
+        if !claimed {
+            return false;
+        }
+        // SAFETY: its thread has ended, so nobody else uses it, and the claim above made this
+        // thread its only reaper.
+        unsafe { self.retire_heap(NonNull::new_unchecked(heap)) };
+        true
+    }
+
+    /// Tears a thread's heap down (H5), merges its counts, and keeps its memory for the next
+    /// thread.
+    ///
+    /// # Safety
+    /// `heap` came from [`Ctx::new_heap`], its thread will not use it again, and nobody else does.
+    pub unsafe fn retire_heap(&self, heap: NonNull<Heap>) {
+        let h = heap.as_ptr();
+        // SAFETY: the caller hands the heap over.
+        unsafe { (*h).teardown() };
+        self.heaps.with(|l| {
+            // SAFETY: under the lock; `h` and its neighbours are on the live list.
+            unsafe {
+                self.stats.merge(&(*h).stats);
+                Self::unlink_live(l, h);
+                (*h).next = l.free;
+                (*h).id = 0;
+                (*h).tag = 0;
+            }
+            l.free = h;
+            l.live_count -= 1;
+        });
+    }
+
+    /// Every counter: the global ones plus each live heap's.
+    pub fn snapshot(&self) -> Snapshot {
+        self.heaps.with(|l| {
+            let mut s = self.stats.snapshot();
+            let mut h = l.live;
+            // SAFETY: under the lock, live heaps stay on the list; their counters are atomics.
+            while let Some(heap) = unsafe { h.as_ref() } {
+                s.add_thread(&heap.stats);
+                h = heap.next;
+            }
+            s
+        })
+    }
+
+    /// Live heaps (threads that have allocated and not exited).
+    pub fn live_heaps(&self) -> usize {
+        self.heaps.with(|l| l.live_count)
+    }
+
+    /// The counts of every lock heaps share, named: the heap list, the abandoned list, the lru
+    /// (see `docs/SCALING.md`). Reading them takes no lock.
+    #[cfg(not(loom))]
+    pub fn lock_counts(&self) -> [(&'static str, hakmem_superslab::LockCounts); 3] {
+        [
+            ("heap list", self.heaps.contention()),
+            ("abandoned list", self.abandoned.contention()),
+            ("lru", self.lru.contention()),
+        ]
+    }
+
+    /// Retires a superslab whose last reference was dropped, into the lru.
+    ///
+    /// # Safety
+    /// The caller got `true` from [`Superslab::unpin`] or [`Superslab::free_remote`].
+    pub unsafe fn release_superslab(&self, ss: &Superslab) {
+        let env = self.env();
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { ss.retire(&env) };
+        // SAFETY: retired: unregistered, no block or reference left.
+        unsafe { self.lru.put(&self.stats, region, SS_SIZE, now_ns()) };
+    }
+
+    /// A superslab for heap `owner`: from the lru, else fresh from the OS.
+    pub(crate) fn superslab_for(&'static self, owner: usize) -> Option<&'static Superslab> {
+        let env = self.env();
+        if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
+            // SAFETY: a cached region is ours, whole and unused (lru C2).
+            match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
+                Ok(ss) => return Some(ss),
+                // SAFETY: never published.
+                Err(region) => unsafe { self.os.unmap(region, SS_SIZE, &self.stats) },
+            }
+        }
+        Superslab::create(&env, owner)
+    }
+
+    /// Takes every lock a forking thread must not leave held (fork's `prepare`).
+    #[cfg(not(loom))]
+    pub fn lock_all(&self) {
+        self.heaps.lock_for_fork();
+        self.abandoned.lock_for_fork();
+        self.lru.lock_for_fork();
+    }
+
+    /// Releases what [`Ctx::lock_all`] took (fork's `parent` and `child`).
+    ///
+    /// # Safety
+    /// [`Ctx::lock_all`] was called, by this thread or (in a forked child) by the parent's
+    /// forking thread, and not yet matched by a call of this.
+    #[cfg(not(loom))]
+    pub unsafe fn unlock_all(&self) {
+        // SAFETY: forwarded: each lock was taken by lock_all's lock_for_fork.
+        unsafe {
+            self.lru.force_unlock();
+            self.abandoned.force_unlock();
+            self.heaps.force_unlock();
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Thread exit (H5): every block back, remote frees drained, empty superslabs released and the
+//! rest abandoned.
+use super::*;
+
+impl Heap {
+    /// Everything back (H5): lists and cache to slabs, remote frees drained, empty slabs and
+    /// superslabs released, the rest abandoned.
+    pub(crate) unsafe fn teardown(&mut self) {
+        // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
+        self.kept_empty = null();
+        for class in 0..CLASSES {
+            // SAFETY: the list holds free blocks of ours.
+            let chain = unsafe { self.sll[class].take_all() };
+            let mut b = chain.head;
+            for _ in 0..chain.len {
+                // SAFETY: a block of the chain.
+                let next = unsafe { hakmem_tls_sll::next(b) };
+                self.return_to_slab(class, b);
+                b = next;
+            }
+            let mut batch = [null_mut(); 256];
+            loop {
+                let mut k = 0;
+                self.cache.drain_oldest(class, 256, |b| {
+                    batch[k] = b;
+                    k += 1;
+                });
+                if k == 0 {
+                    break;
+                }
+                for &b in &batch[..k] {
+                    self.return_to_slab(class, b);
+                }
+            }
+        }
+        self.current = [null(); CLASSES];
+        while let Some(ss) = NonNull::new(self.owned as *mut Superslab) {
+            // SAFETY: owned superslabs are live and ours.
+            let ss: &'static Superslab = unsafe { &*ss.as_ptr() };
+            // SAFETY: ours; the rings are dissolved (current is cleared above).
+            for slab in unsafe { ss.slabs_in_use() } {
+                // SAFETY: ours.
+                unsafe {
+                    slab.with_local(|l| {
+                        l.next = null();
+                        l.prev = null();
+                    })
+                };
+            }
+            let ctx = self.ctx();
+            // SAFETY: ours.
+            let empty = match unsafe { ss.collect(|c, n| ctx.stats.held_sub(c, n as usize)) } {
+                Ok(e) => e,
+                Err(e) => {
+                    ctx.report(e);
+                    false
+                }
+            };
+            self.unlink_owned(ss);
+            if empty {
+                // SAFETY: the owner's reference, given up as the superslab leaves the heap.
+                if unsafe { ss.unpin() } {
+                    // SAFETY: the last reference was ours.
+                    unsafe { ctx.release_superslab(ss) };
+                }
+            } else {
+                ctx.stats.event(Event::Abandon, 0);
+                // SAFETY: ours, and forgotten from here on.
+                match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {
+                    // SAFETY: emptied by abandon's last drain, and the last reference was ours.
+                    Ok(true) => unsafe { ctx.release_superslab(ss) },
+                    Ok(false) => {}
+                    Err(e) => ctx.report(e),
+                }
+            }
+        }
+        self.cursor = null();
+    }
+}

@@ -1,0 +1,295 @@
+//! Refill: finding a slab with free blocks in the refill order, the per-class rings of slabs
+//! (H3), the owned list and its cache (H7, H8), draining remote frees, and giving empty slabs
+//! and superslabs back (H4).
+use super::*;
+
+impl Heap {
+    /// Fills the cache for `class` halfway from slabs, in the refill order.
+    pub(crate) unsafe fn refill_cache(&mut self, class: usize) {
+        let want = (self.cache.cap(class) / 2).max(1);
+        let mut got = 0;
+        while got < want {
+            // SAFETY: only the heap's thread gets here.
+            let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
+                break;
+            };
+            let (cache, key) = (&mut self.cache, self.key);
+            // SAFETY: the slab is ours (H3); never-carved blocks get the key here (FK1).
+            let n = unsafe {
+                slab.alloc_batch(want - got, |b| {
+                    set_key_word(b, key);
+                    assert!(cache.push(class, b))
+                })
+            };
+            got += n;
+            self.ctx().stats.held_add(class, n as usize);
+            // SAFETY: as above.
+            if unsafe { !slab.has_free() } {
+                self.ring_remove(class, slab);
+            }
+        }
+    }
+
+    /// A slab of `class` with a free block, in the refill order (module docs).
+    pub(crate) unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
+        // 1. Own slabs with free blocks.
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 2. Remote frees, drained from a few own superslabs.
+        self.collect_owned(SCAN_PER_REFILL);
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 3. Abandoned superslabs, adopted.
+        // SAFETY: this heap's id, used by this thread alone.
+        while let Some(ss) = unsafe { self.ctx().abandoned.adopt(self.id) } {
+            self.ctx().stats.event(Event::Adopt, 0);
+            // SAFETY: adopted: ours.
+            let has_free = unsafe { ss.has_free_slab() };
+            self.link_owned(ss, has_free);
+            self.collect_one(ss);
+            if let Some(s) = self.current(class) {
+                return Some(s);
+            }
+        }
+        // Before asking for a new superslab, drain more own superslabs.
+        self.collect_owned(SCAN_BEFORE_GROWING);
+        if let Some(s) = self.current(class) {
+            return Some(s);
+        }
+        // 4. A new slab in an own superslab (H7: those with free slabs come first); 5. the lru;
+        // 6. the OS.
+        let bs = block_size_of(class) as u32;
+        for _ in 0..4 {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { self.owned.as_ref() }) else {
+                break;
+            };
+            // SAFETY: ours.
+            if unsafe { !s.has_free_slab() } {
+                break; // the first is full, so all are (H7)
+            }
+            // SAFETY: ours.
+            let slab = unsafe { s.alloc_slab(class as u32, bs) };
+            // SAFETY: ours.
+            if slab.is_none() || unsafe { !s.has_free_slab() } {
+                // Full now (or its only free slab, slab 0, is too short for this class).
+                self.unlink_owned(s);
+                self.link_owned(s, false);
+            }
+            if let Some(slab) = slab {
+                self.ring_insert(class, slab);
+                return Some(slab);
+            }
+        }
+        let s = self.ctx().superslab_for(self.id)?;
+        self.link_owned(s, true);
+        // SAFETY: ours, fresh: every slab is free.
+        let slab = unsafe { s.alloc_slab(class as u32, bs) }?;
+        self.ring_insert(class, slab);
+        Some(slab)
+    }
+
+    #[inline]
+    pub(crate) fn current(&self, class: usize) -> Option<&'static SlabMeta> {
+        // SAFETY: ring slabs are live and ours (H3).
+        unsafe { self.current[class].as_ref() }
+    }
+
+    pub(crate) fn in_ring(slab: &SlabMeta) -> bool {
+        // SAFETY: only called on slabs this heap owns.
+        unsafe { !slab.local().next.is_null() }
+    }
+
+    pub(crate) fn ring_insert(&mut self, class: usize, slab: &SlabMeta) {
+        let cur = self.current[class];
+        // SAFETY: ring members are slabs this heap owns; only this thread touches their locals.
+        unsafe {
+            if cur.is_null() {
+                slab.with_local(|l| {
+                    l.next = slab;
+                    l.prev = slab;
+                });
+                self.current[class] = slab;
+            } else {
+                let prev = (*cur).local().prev;
+                slab.with_local(|l| {
+                    l.next = cur;
+                    l.prev = prev;
+                });
+                (*prev).with_local(|l| l.next = slab);
+                (*cur).with_local(|l| l.prev = slab);
+            }
+        }
+    }
+
+    pub(crate) fn ring_remove(&mut self, class: usize, slab: &SlabMeta) {
+        // SAFETY: as in ring_insert.
+        unsafe {
+            let l = slab.local();
+            if l.next.is_null() {
+                return;
+            }
+            if core::ptr::eq(l.next, slab) {
+                self.current[class] = null();
+            } else {
+                (*l.prev).with_local(|p| p.next = l.next);
+                (*l.next).with_local(|n| n.prev = l.prev);
+                if core::ptr::eq(self.current[class], slab) {
+                    self.current[class] = l.next;
+                }
+            }
+            slab.with_local(|x| {
+                x.next = null();
+                x.prev = null();
+            });
+        }
+    }
+
+    /// Links `ss` into the owned list: at the front if it has a free slab, else at the back
+    /// (H7).
+    pub(crate) fn link_owned(&mut self, ss: &Superslab, front: bool) {
+        // SAFETY: `ss` is now owned by this heap; the list's superslabs are too.
+        unsafe {
+            if front {
+                ss.set_heap_links(self.owned, null());
+                match self.owned.as_ref() {
+                    Some(o) => o.set_heap_links(o.heap_links().0, ss),
+                    None => self.owned_tail = ss,
+                }
+                self.owned = ss;
+            } else {
+                ss.set_heap_links(null(), self.owned_tail);
+                match self.owned_tail.as_ref() {
+                    Some(t) => t.set_heap_links(ss, t.heap_links().1),
+                    None => self.owned = ss,
+                }
+                self.owned_tail = ss;
+            }
+        }
+        self.owned_count += 1;
+        self.owned_cache[owned_slot(ss.base())] = ss.base();
+    }
+
+    pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
+        // SAFETY: `ss` and its neighbours are owned by this heap.
+        unsafe {
+            let (next, prev) = ss.heap_links();
+            match prev.as_ref() {
+                Some(p) => p.set_heap_links(next, p.heap_links().1),
+                None => self.owned = next,
+            }
+            match next.as_ref() {
+                Some(n) => n.set_heap_links(n.heap_links().0, prev),
+                None => self.owned_tail = prev,
+            }
+            if core::ptr::eq(self.cursor, ss) {
+                self.cursor = next;
+            }
+            ss.set_heap_links(null(), null());
+        }
+        self.owned_count -= 1;
+        let slot = &mut self.owned_cache[owned_slot(ss.base())];
+        if *slot == ss.base() {
+            *slot = EMPTY_SLOT;
+        }
+    }
+
+    /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.
+    /// Bounded by the number owned, since collecting may release the superslab it started at.
+    pub(crate) fn collect_owned(&mut self, n: usize) {
+        let mut left = n.min(self.owned_count);
+        let mut ss = if self.cursor.is_null() {
+            self.owned
+        } else {
+            self.cursor
+        };
+        while left > 0 {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { ss.as_ref() }) else {
+                break;
+            };
+            // SAFETY: ours. Read before collecting, which may unlink `s` (never `next`).
+            let next = unsafe { s.heap_links().0 };
+            self.collect_one(s);
+            left -= 1;
+            ss = if next.is_null() { self.owned } else { next };
+        }
+        self.cursor = ss;
+    }
+
+    /// Drains the remote stacks of `ss`'s slabs into their free lists; fixes rings; gives back
+    /// empty slabs and, when all are empty, the superslab (H3, H4).
+    pub(crate) fn collect_one(&mut self, ss: &'static Superslab) {
+        // SAFETY: `ss` is owned by this heap.
+        for slab in unsafe { ss.slabs_in_use() } {
+            // SAFETY: ours.
+            let drained = match unsafe { slab.drain_remote() } {
+                Ok(n) => n,
+                Err(e) => {
+                    self.ctx().report(e);
+                    continue;
+                }
+            };
+            let class = slab.class();
+            if drained != 0 {
+                self.ctx().stats.held_sub(class, drained as usize);
+            }
+            // SAFETY: ours.
+            let (empty, has_free) = unsafe { (slab.is_empty(), slab.has_free()) };
+            if empty && !core::ptr::eq(self.current[class], slab) {
+                if self.free_slab(ss, class, slab) {
+                    return;
+                }
+            } else if has_free && !Self::in_ring(slab) {
+                self.ring_insert(class, slab);
+            }
+        }
+    }
+
+    /// Returns an empty slab to its superslab; true when that released the superslab.
+    pub(crate) fn free_slab(
+        &mut self,
+        ss: &'static Superslab,
+        class: usize,
+        slab: &SlabMeta,
+    ) -> bool {
+        self.ring_remove(class, slab);
+        // SAFETY: ours and empty.
+        let all_free = unsafe { ss.free_slab(slab) };
+        self.unlink_owned(ss);
+        if all_free && self.keep_empty(ss) {
+            // Kept (H4): every slab is free, so to the front (H7).
+            self.link_owned(ss, true);
+            return false;
+        }
+        if all_free {
+            // SAFETY: the owner's reference (H5: a heap holds one per owned superslab), given up
+            // with the superslab, which just left the owned list.
+            if unsafe { ss.unpin() } {
+                // SAFETY: the last reference was ours.
+                unsafe { self.ctx().release_superslab(ss) };
+            }
+            return true;
+        }
+        // It has a free slab now: to the front (H7).
+        self.link_owned(ss, true);
+        false
+    }
+
+    /// Whether the heap keeps `ss`, which has just become empty (H4): yes unless it already
+    /// keeps another superslab that is still empty.
+    pub(crate) fn keep_empty(&mut self, ss: &'static Superslab) -> bool {
+        // SAFETY: a kept superslab is owned by this heap (it is released only by teardown, which
+        // clears this first, or by `free_slab` when it is not the kept one).
+        if let Some(k) = unsafe { self.kept_empty.as_ref() } {
+            // SAFETY: ours.
+            if !core::ptr::eq(k, ss) && unsafe { k.is_empty() } {
+                return false;
+            }
+        }
+        self.kept_empty = ss;
+        true
+    }
+}
