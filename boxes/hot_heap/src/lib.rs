@@ -13,6 +13,40 @@
 //! free (non-owner): one CAS onto the slab's remote stack
 //! ```
 //!
+//! A context over the real OS, one heap, and a block allocated and freed on its fast paths:
+//!
+//! ```
+//! use hakmem_hot_heap::Ctx;
+//! use hakmem_lru::LruConfig;
+//! use hakmem_registry::{HeapLeaves, Registry};
+//! use hakmem_superslab::LibcOs;
+//! static OS: LibcOs = LibcOs;
+//! static LEAVES: HeapLeaves = HeapLeaves;
+//! let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(
+//!     &OS,
+//!     Registry::new(&LEAVES),
+//!     LruConfig::default(),
+//!     false,
+//!     |c| panic!("corruption: {c:?}"),
+//! )));
+//! let heap = ctx.new_heap().expect("memory for the heap");
+//! let class = hakmem_route::class_of(100).unwrap();
+//! // SAFETY: this thread is the heap's only user; the block is freed once, by the owner, and
+//! // the heap is retired after its last use.
+//! unsafe {
+//!     let h = &mut *heap.as_ptr();
+//!     let p = h.alloc(class);
+//!     assert!(!p.is_null());
+//!     p.write_bytes(7, 100);
+//!     assert!(h.try_free_owned(p), "the owner's fast free");
+//!     assert_eq!(h.alloc_fast(class), p, "LIFO: the same block comes back");
+//!     assert!(h.try_free_owned(p));
+//!     assert!(!h.try_free_owned(p), "a double free is not taken by the fast path");
+//!     ctx.retire_heap(heap);
+//! }
+//! assert_eq!(ctx.live_heaps(), 0);
+//! ```
+//!
 //! ## Files, by concern
 //! `lib.rs` (the types and these invariants), `ctx.rs` (the shared context: heap list, reaping,
 //! releasing superslabs, fork locks), `alloc.rs` (allocation fast paths and hand-out),

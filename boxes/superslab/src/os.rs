@@ -215,17 +215,21 @@ unsafe impl Os for LibcOs {
 pub mod heap {
     extern crate std;
     use super::*;
-    use std::alloc::{alloc_zeroed, dealloc, Layout};
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Mutex;
     use std::vec::Vec;
 
-    /// An [`Os`] over one zeroed `std::alloc` arena, recording mapped and unmapped ranges. It is
-    /// test scaffolding, not a protocol under test, so it uses std's lock and atomics: loom
-    /// does not see (nor explore) them.
+    /// An [`Os`] over one zeroed arena (an owned anonymous `memmap2` mapping, so pages are
+    /// touched only when used), recording mapped and unmapped ranges. It is test scaffolding,
+    /// not a protocol under test, so it uses std's lock and atomics: loom does not see (nor
+    /// explore) them.
     pub struct HeapOs {
+        /// The arena's first 2 MiB boundary, and its length.
         arena: usize,
-        layout: Layout,
+        len: usize,
+        /// The mapping the arena lies in; unmapped when the `HeapOs` is dropped, which the
+        /// lifetimes of the superslabs made over it prevent while they are in use.
+        _map: memmap2::MmapMut,
         next: Mutex<usize>,
         live: Mutex<Vec<(usize, usize)>>,
         unmaps: AtomicUsize,
@@ -234,14 +238,14 @@ pub mod heap {
     impl HeapOs {
         /// An OS whose arena holds `chunks` chunks of 2 MiB; `map` fails once it is used up.
         pub fn new(chunks: usize) -> Self {
-            let layout = Layout::from_size_align(chunks * crate::SS_SIZE, crate::SS_SIZE)
-                .expect("arena layout");
-            // SAFETY: a non-zero size. calloc-backed: pages are only touched when used.
-            let arena = unsafe { alloc_zeroed(layout) } as usize;
-            assert_ne!(arena, 0, "arena allocation");
+            let len = chunks * crate::SS_SIZE;
+            // One chunk more, so that the arena can start on a 2 MiB boundary.
+            let map = memmap2::MmapMut::map_anon(len + crate::SS_SIZE).expect("arena mapping");
+            let arena = (map.as_ptr() as usize + crate::SS_SIZE - 1) & !(crate::SS_SIZE - 1);
             Self {
                 arena,
-                layout,
+                len,
+                _map: map,
                 next: Mutex::new(arena),
                 live: Mutex::new(Vec::new()),
                 unmaps: AtomicUsize::new(0),
@@ -250,10 +254,7 @@ pub mod heap {
 
         /// The arena as `(first chunk index, chunks)`.
         pub fn window(&self) -> (usize, usize) {
-            (
-                self.arena >> crate::SS_SHIFT,
-                self.layout.size() >> crate::SS_SHIFT,
-            )
+            (self.arena >> crate::SS_SHIFT, self.len >> crate::SS_SHIFT)
         }
 
         /// A registry for this arena's regions, its leaves from the std heap (under loom, in
@@ -277,18 +278,11 @@ pub mod heap {
         }
     }
 
-    impl Drop for HeapOs {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout, freed once, here.
-            unsafe { dealloc(self.arena as *mut u8, self.layout) };
-        }
-    }
-
-    // SAFETY: regions are carved from the arena, which the HeapOs owns and frees only on drop;
+    // SAFETY: regions are carved from the arena, which the HeapOs owns and unmaps only on drop;
     // each is zeroed when handed out and never handed out twice while live.
     unsafe impl Os for HeapOs {
         fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
-            let end = self.arena + self.layout.size();
+            let end = self.arena + self.len;
             let p = {
                 let mut next = self.next.lock().unwrap();
                 let p = (*next + align - 1) & !(align - 1);
