@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
 use hakmem_lru::LruConfig;
 use hakmem_registry::{LeafSource, Registry};
-use hakmem_superslab::{Corrupt, LibcOs, Os, SpinLock, PAGE};
+use hakmem_superslab::{Corrupt, LibcOs, Os, SpinLock};
 
 static OS: LibcOs = LibcOs;
 static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
@@ -190,8 +190,10 @@ fn init() -> Option<&'static Ctx> {
 fn build(s: Settings) -> Option<NonNull<Ctx>> {
     // The bootstrap mapping is counted once the context (and its counters) exist.
     let scratch = hakmem_stats::GlobalStats::new();
-    let len = (core::mem::size_of::<Ctx>() + PAGE - 1) & !(PAGE - 1);
-    let mem = OS.map(len, PAGE, &scratch)?.cast::<Ctx>();
+    // The page size, read here at start-up (sysconf), not assumed: 4, 16 and 64 KiB all work.
+    let page = OS.page_size();
+    let len = (core::mem::size_of::<Ctx>() + page - 1) & !(page - 1);
+    let mem = OS.map(len, page, &scratch)?.cast::<Ctx>();
     // The registry maps nothing yet: its leaves come from LEAVES on demand.
     let registry = Registry::new(&LEAVES);
     let lru = LruConfig {
@@ -220,7 +222,8 @@ static LEAVES: Leaves = Leaves;
 
 impl Leaves {
     fn len(layout: core::alloc::Layout) -> usize {
-        (layout.size() + PAGE - 1) & !(PAGE - 1)
+        let page = OS.page_size();
+        (layout.size() + page - 1) & !(page - 1)
     }
 
     fn with_stats<R>(f: impl FnOnce(&hakmem_stats::GlobalStats) -> R) -> R {
@@ -236,13 +239,13 @@ impl Leaves {
 // of at least the layout's size, or `None`; `unmap` gives back exactly that mapping.
 unsafe impl LeafSource for Leaves {
     fn map(&self, layout: core::alloc::Layout) -> Option<NonNull<u8>> {
-        if layout.size() == 0 || layout.align() > PAGE {
+        if layout.size() == 0 || layout.align() > OS.page_size() {
             return None;
         }
         // A leaf is address space reserved (MAP_NORESERVE, touched only under live regions):
         // counted as a reservation, apart from the memory mapped.
         let len = Self::len(layout);
-        let leaf = OS.map(len, PAGE, &hakmem_stats::GlobalStats::new());
+        let leaf = OS.map(len, OS.page_size(), &hakmem_stats::GlobalStats::new());
         if leaf.is_some() {
             Self::with_stats(|stats| stats.event(hakmem_stats::Event::Reserve, len));
         }

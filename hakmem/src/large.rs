@@ -39,7 +39,7 @@ fn count(alloc: bool) {
 /// A block of `size` bytes aligned to `align`, zeroed when `zero`; null when the OS refuses.
 #[inline(never)]
 pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
-    let Some(layout) = LargeLayout::new(size, align) else {
+    let Some(layout) = LargeLayout::new(size, align, ctx.env().os.page_size()) else {
         return null_mut();
     };
     let env = ctx.env();

@@ -69,8 +69,9 @@ impl Ctx {
         let heap = match NonNull::new(recycled) {
             Some(h) => h,
             None => {
-                let len = (core::mem::size_of::<Heap>() + PAGE - 1) & !(PAGE - 1);
-                self.os.map(len, PAGE, &self.stats)?.cast::<Heap>()
+                let page = self.os.page_size();
+                let len = (core::mem::size_of::<Heap>() + page - 1) & !(page - 1);
+                self.os.map(len, page, &self.stats)?.cast::<Heap>()
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

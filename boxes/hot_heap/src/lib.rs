@@ -121,7 +121,7 @@ use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, PAGE, SLAB_SHIFT, SLAB_SIZE, SS_SHIFT, SS_SIZE,
+    SpinLock, Superslab, SLAB_SHIFT, SLAB_SIZE, SS_SHIFT, SS_SIZE,
 };
 use hakmem_tls_sll::List;
 use hakmem_unified_cache::UnifiedCache;

@@ -511,3 +511,36 @@ fn a_superslab_emptied_by_remote_frees_stays_with_its_heap() {
     unsafe { ctx.retire_heap(NonNull::from(h)) };
     assert_eq!(ctx.snapshot().held(c), 0);
 }
+
+#[test]
+fn heaps_run_on_a_kernel_with_64_kib_pages() {
+    // HeapOs panics on any range that is not whole 64 KiB pages: the heap's own mapping, its
+    // superslabs, and the lru's purges and unmaps are all checked.
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::with_page_size(16, 64 << 10)));
+    let registry = os.registry();
+    let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(
+        os,
+        registry,
+        LruConfig {
+            decay_ns: 0,
+            ..LruConfig::default()
+        },
+        false,
+        count_report,
+    )));
+    let h = heap(ctx);
+    for size in [16, 700, 5000, 40_000] {
+        let c = class_of(size).unwrap();
+        // SAFETY: this thread's heap.
+        let blocks: Vec<*mut u8> = (0..300).map(|_| unsafe { h.alloc(c) }).collect();
+        assert!(blocks.iter().all(|b| !b.is_null()));
+        for b in blocks {
+            // SAFETY: ours, freed once.
+            unsafe { free(h, b) };
+        }
+    }
+    // SAFETY: not used again; its superslabs go to the lru, which unmaps them at once.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    ctx.lru.flush(&ctx.stats);
+    assert!(my_reports().is_empty());
+}

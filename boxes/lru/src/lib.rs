@@ -73,7 +73,7 @@ mod sync;
 use core::ops::Deref;
 use core::ptr::NonNull;
 use hakmem_stats::{Event, GlobalStats};
-use hakmem_superslab::{Os, SpinLock, PAGE, SS_SIZE};
+use hakmem_superslab::{Os, SpinLock, SS_SIZE};
 use sync::{AtomicU64, Ordering};
 
 /// Most regions cached at once.
@@ -438,7 +438,8 @@ where
     /// step, or the whole region when what is left is short (C8). The rest stays cached when it
     /// starts 2 MiB-aligned, and is unmapped otherwise.
     pub fn take(&self, stats: &GlobalStats, len: usize, exact: bool, now: u64) -> Option<Reused> {
-        let len = len.max(1).checked_add(PAGE - 1)? & !(PAGE - 1);
+        let page = self.os.page_size();
+        let len = len.max(1).checked_add(page - 1)? & !(page - 1);
         let mut work = Batch::new();
         let mut rest_cached = false;
         let got = self.inner.with(|inner| {

@@ -250,6 +250,25 @@ mod plain {
     }
 
     #[test]
+    fn takes_and_trims_keep_to_the_os_page_size() {
+        // A 64 KiB-page OS panics on any range that is not whole pages.
+        let w = World {
+            os: Arc::new(HeapOs::with_page_size(16, 64 << 10)),
+            stats: GlobalStats::new(),
+        };
+        let lru = w.lru(LruConfig::default());
+        let big = w.region(4 * SS_SIZE);
+        // SAFETY: a retired region of ours.
+        assert!(unsafe { lru.put(&w.stats, big, 4 * SS_SIZE, 0) });
+        // An odd size is rounded to whole 64 KiB pages, and the rest is cut on a page.
+        let got = lru.take(&w.stats, 100_000, true, 0).expect("fits");
+        assert_eq!(got.len, 128 << 10);
+        // SAFETY: ours now.
+        unsafe { w.os.unmap(got.base, got.len, &w.stats) };
+        lru.flush(&w.stats);
+    }
+
+    #[test]
     fn decay_unmaps_old_regions() {
         let w = World::new(8);
         let lru = w.lru(LruConfig {

@@ -1,6 +1,5 @@
 //! Large regions: one user block per dedicated, 2 MiB-aligned mapping, with a header at the
 //! base so that a registry hit finds the block in O(1), even past the region's first 2 MiB.
-use crate::os::PAGE;
 use crate::{Env, SS_SIZE};
 use core::ptr::{addr_of_mut, NonNull};
 use hakmem_registry::Kind;
@@ -32,15 +31,16 @@ pub struct LargeLayout {
 }
 
 impl LargeLayout {
-    /// The layout for `size` bytes at `align` (a power of two); `None` on overflow.
-    pub fn new(size: usize, align: usize) -> Option<Self> {
+    /// The layout for `size` bytes at `align` (a power of two), in whole pages of `page` bytes
+    /// (the `Os`'s [`Os::page_size`](crate::Os::page_size)); `None` on overflow.
+    pub fn new(size: usize, align: usize, page: usize) -> Option<Self> {
         let user_offset = LARGE_HEADER.max(align);
         // At least one byte: the user's address must lie inside the region (and its registry
         // chunks), even for a zero-size request.
         let len = user_offset
             .checked_add(size.max(1))?
-            .checked_add(PAGE - 1)?
-            & !(PAGE - 1);
+            .checked_add(page - 1)?
+            & !(page - 1);
         (len <= isize::MAX as usize).then_some(Self {
             len,
             align: align.max(SS_SIZE),
@@ -111,7 +111,8 @@ impl LargeHeader {
     pub unsafe fn grow<'a>(&self, env: &Env<'_>, size: usize) -> Option<&'a LargeHeader> {
         let base = self as *const Self as usize;
         let (len, user_offset) = (self.len, self.user_offset);
-        let new_len = user_offset.checked_add(size)?.checked_add(PAGE - 1)? & !(PAGE - 1);
+        let page = env.os.page_size();
+        let new_len = user_offset.checked_add(size)?.checked_add(page - 1)? & !(page - 1);
         if user_offset > SS_SIZE || new_len <= len {
             return None;
         }

@@ -4,7 +4,9 @@ use crate::sync::{Ordering, StaticAtomicUsize};
 use core::ptr::NonNull;
 use hakmem_stats::{Event, GlobalStats};
 
-/// The page size this allocator assumes (x86_64 and aarch64 Linux with 4 KiB pages).
+/// The smallest page size there is (4 KiB): the granularity of the superslab header's layout.
+/// The OS's own page size, which may be larger (16 KiB or 64 KiB on some aarch64 kernels), is
+/// [`Os::page_size`], read at start-up; every mapping, unmapping and purge is rounded to it.
 pub const PAGE: usize = 4096;
 
 /// Where regions come from.
@@ -38,8 +40,15 @@ pub const PAGE: usize = 4096;
 /// }
 /// ```
 pub unsafe trait Os: Sync {
-    /// Maps `len` bytes (a multiple of [`PAGE`]) aligned to `align` (a power of two, at least
-    /// [`PAGE`]). Fresh memory reads as zero. `None` when the OS refuses.
+    /// The granularity of this `Os`'s mappings: a power of two, at least [`PAGE`]. Every address
+    /// and length the boxes pass to [`Os::map`], [`Os::unmap`], [`Os::purge`] and
+    /// [`Os::remap`] is a multiple of it.
+    fn page_size(&self) -> usize {
+        PAGE
+    }
+
+    /// Maps `len` bytes (a multiple of [`Os::page_size`]) aligned to `align` (a power of two, at
+    /// least the page size). Fresh memory reads as zero. `None` when the OS refuses.
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>>;
 
     /// Gives `[ptr, ptr + len)` back to the OS.
@@ -127,9 +136,27 @@ impl LibcOs {
 // alignment; `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
 // is mremap, which keeps the contents; nothing is unmapped except through `unmap`.
 unsafe impl Os for LibcOs {
+    /// `sysconf(_SC_PAGESIZE)`, read once (it does not allocate); 4 KiB if that fails.
+    fn page_size(&self) -> usize {
+        static SIZE: StaticAtomicUsize = StaticAtomicUsize::new(0);
+        let cached = SIZE.load(Ordering::Relaxed);
+        if cached != 0 {
+            return cached;
+        }
+        // SAFETY: sysconf only reads a value the kernel gave the process at start.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = usize::try_from(page)
+            .ok()
+            .filter(|p| p.is_power_of_two() && *p >= PAGE)
+            .unwrap_or(PAGE);
+        SIZE.store(page, Ordering::Relaxed);
+        page
+    }
+
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
-        debug_assert!(len.is_multiple_of(PAGE) && align.is_power_of_two() && align >= PAGE);
-        if align == PAGE {
+        let page = self.page_size();
+        debug_assert!(len.is_multiple_of(page) && align.is_power_of_two() && align >= page);
+        if align <= page {
             return NonNull::new(Self::mmap(len, stats)? as *mut u8);
         }
         // First ask for the aligned range just below the lowest one we made (see HINT).
@@ -139,7 +166,7 @@ unsafe impl Os for LibcOs {
         if p & (align - 1) != 0 {
             // Missed: over-map by the alignment, then trim the head and the tail.
             Self::munmap(p, len, stats);
-            let over = len.checked_add(align - PAGE)?;
+            let over = len.checked_add(align - page)?;
             let q = Self::mmap(over, stats)?;
             let start = (q + align - 1) & !(align - 1);
             Self::munmap(q, start - q, stats);
@@ -227,6 +254,8 @@ pub mod heap {
         /// The arena's first 2 MiB boundary, and its length.
         arena: usize,
         len: usize,
+        /// The page size it pretends to have, and checks every range against.
+        page: usize,
         /// The mapping the arena lies in; unmapped when the `HeapOs` is dropped, which the
         /// lifetimes of the superslabs made over it prevent while they are in use.
         _map: memmap2::MmapMut,
@@ -238,6 +267,14 @@ pub mod heap {
     impl HeapOs {
         /// An OS whose arena holds `chunks` chunks of 2 MiB; `map` fails once it is used up.
         pub fn new(chunks: usize) -> Self {
+            Self::with_page_size(chunks, PAGE)
+        }
+
+        /// The same with pages of `page` bytes (a power of two from [`PAGE`] to 2 MiB): every
+        /// range it is asked to map, unmap, purge or remap must be a multiple of it, or it
+        /// panics. So tests run the boxes as on a 16 KiB- or 64 KiB-page kernel.
+        pub fn with_page_size(chunks: usize, page: usize) -> Self {
+            assert!(page.is_power_of_two() && (PAGE..=crate::SS_SIZE).contains(&page));
             let len = chunks * crate::SS_SIZE;
             // One chunk more, so that the arena can start on a 2 MiB boundary.
             let map = memmap2::MmapMut::map_anon(len + crate::SS_SIZE).expect("arena mapping");
@@ -245,6 +282,7 @@ pub mod heap {
             Self {
                 arena,
                 len,
+                page,
                 _map: map,
                 next: Mutex::new(arena),
                 live: Mutex::new(Vec::new()),
@@ -278,10 +316,26 @@ pub mod heap {
         }
     }
 
+    impl HeapOs {
+        /// Panics unless `[ptr, ptr + len)` is whole pages.
+        fn check_pages(&self, what: &str, ptr: usize, len: usize) {
+            assert!(
+                ptr.is_multiple_of(self.page) && len.is_multiple_of(self.page),
+                "{what} of {len:#x} bytes at {ptr:#x}: not whole {:#x}-byte pages",
+                self.page
+            );
+        }
+    }
+
     // SAFETY: regions are carved from the arena, which the HeapOs owns and unmaps only on drop;
     // each is zeroed when handed out and never handed out twice while live.
     unsafe impl Os for HeapOs {
+        fn page_size(&self) -> usize {
+            self.page
+        }
+
         fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>> {
+            self.check_pages("map", align, len);
             let end = self.arena + self.len;
             let p = {
                 let mut next = self.next.lock().unwrap();
@@ -297,6 +351,7 @@ pub mod heap {
 
         unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
             let a = ptr.as_ptr() as usize;
+            self.check_pages("unmap", a, len);
             {
                 let mut l = self.live.lock().unwrap();
                 let i = l
@@ -317,6 +372,7 @@ pub mod heap {
         }
 
         unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
+            self.check_pages("purge", ptr.as_ptr() as usize, len);
             // SAFETY: the caller guarantees the range is ours and dead.
             unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
             stats.event(Event::Madvise, len);

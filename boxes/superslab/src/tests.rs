@@ -205,7 +205,7 @@ fn large_regions_are_found_past_their_first_chunk() {
         (100_000, SS_SIZE),
         (4096, 4 * SS_SIZE),
     ] {
-        let layout = LargeLayout::new(size, align).unwrap();
+        let layout = LargeLayout::new(size, align, PAGE).unwrap();
         let region = env.os.map(layout.len, layout.align, env.stats).unwrap();
         // SAFETY: a fresh region of the layout's size and alignment.
         let user = unsafe { LargeHeader::init(&env, region, layout) }.unwrap();
@@ -384,5 +384,40 @@ fn free_structures_carry_the_key_and_can_be_searched() {
         assert!(slab.remote_contains(b[1]) && !slab.remote_contains(b[2]));
         assert_eq!(slab.drain_remote(), Ok(1));
         assert!(!slab.remote_contains(b[1]) && slab.free_list_contains(b[1]));
+    }
+}
+
+#[test]
+fn large_regions_and_their_growth_keep_to_the_os_page_size() {
+    // As on a 16 KiB- and a 64 KiB-page kernel: HeapOs panics on any range that is not whole
+    // pages, so every map, unmap and remap below is checked.
+    for page in [16 << 10, 64 << 10] {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::with_page_size(32, page)));
+        let (registry, stats) = (os.registry(), GlobalStats::new());
+        let env = Env {
+            os,
+            registry: &registry,
+            stats: &stats,
+        };
+        for size in [1, 4097, 100_000, 3 * SS_SIZE + 5] {
+            let layout = LargeLayout::new(size, 16, env.os.page_size()).unwrap();
+            assert_eq!(layout.len % page, 0, "page {page:#x} size {size}");
+            let region = env.os.map(layout.len, layout.align, env.stats).unwrap();
+            // SAFETY: a fresh region of the layout's size and alignment.
+            let user = unsafe { LargeHeader::init(&env, region, layout) }.unwrap();
+            // SAFETY: the registry reports it live and we hold its block.
+            let h = unsafe { LargeHeader::at(region.as_ptr() as usize) };
+            assert!(h.usable() >= size);
+            assert_eq!(h.user(), user.as_ptr() as usize);
+            // SAFETY: we give the block up.
+            let (b, len) = unsafe { h.retire(&env) };
+            // SAFETY: retired.
+            unsafe { env.os.unmap(b, len, env.stats) };
+        }
+        let ss = Superslab::create(&env, 1).expect("a superslab on big pages");
+        // SAFETY: heap 1 is this thread.
+        let slab = unsafe { ss.alloc_slab(0, 16) }.unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { slab.alloc_batch(4, |_| {}) }, 4);
     }
 }
