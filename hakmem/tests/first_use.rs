@@ -1,25 +1,8 @@
 //! Settings before first use (issue 10): every `HAKMEM_*` setting holds from the very first
 //! call into hakmem, error paths included. hakmem is not this binary's global allocator, so the
 //! child's `raw::free` of a stack address is its first call into hakmem.
-use std::process::{Command, Output};
-
-/// Runs the ignored test `name` of this binary in a child process with `env` (and no other
-/// `HAKMEM_*` variable).
-fn child(name: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
-}
+mod common;
+use common::child;
 
 #[test]
 #[ignore = "run by invalid_free_first_warns_when_asked_and_aborts_by_default"]

@@ -1,7 +1,8 @@
 //! Settings from code (issue 12): `HakMem::with(Settings { .. })` as the global allocator; the
 //! environment overrides each setting it names; `hakmem::settings()` says where each came from.
 use hakmem::{HakMem, OnInvalid, Settings, Source};
-use std::process::{Command, Output};
+mod common;
+use common::child;
 
 #[global_allocator]
 static B: HakMem = HakMem::with(Settings {
@@ -13,24 +14,6 @@ static B: HakMem = HakMem::with(Settings {
 /// The plain form compiles as a value too.
 #[allow(dead_code)]
 static A: hakmem::HakMem = hakmem::HakMem;
-
-/// Runs the ignored test `name` of this binary in a child process with `env` (and no other
-/// `HAKMEM_*` variable).
-fn child(name: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
-}
 
 #[test]
 #[ignore = "run by code_settings_apply_and_the_environment_overrides_them"]

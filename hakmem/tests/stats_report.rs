@@ -1,28 +1,11 @@
 //! Stats as data (issue 12): named accessors, the report (`Display`, and at exit with
 //! `HAKMEM_STATS=1`, headed by the pid and the program name, to stderr or `HAKMEM_STATS_FILE`),
 //! JSON with the `serde` feature, and warnings for unknown or out-of-range settings.
-use std::process::{Command, Output};
+mod common;
+use common::child;
 
 #[global_allocator]
 static A: hakmem::HakMem = hakmem::HakMem;
-
-/// Runs the ignored test `name` of this binary in a child process with `env` (and no other
-/// `HAKMEM_*` variable).
-fn child(name: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        name,
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HAKMEM_")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().unwrap()
-}
 
 /// The program name the report shows: the test binary's file name.
 fn program() -> String {
