@@ -85,13 +85,14 @@ impl Heap {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
         }
-        let p = self.cache.pop(class);
-        if p.is_null() {
+        let Some(p) = self.cache.pop(class) else {
             return null_mut();
-        }
+        };
         let batch = (self.sll[class].cap() / 2).min(self.cache.len(class));
         for _ in 0..batch {
-            let b = self.cache.pop(class);
+            let Some(b) = self.cache.pop(class) else {
+                break;
+            };
             // SAFETY: a free block this heap owns, on no list.
             unsafe { self.sll[class].push(b, self.key) };
         }

@@ -15,7 +15,7 @@
 //! let [a, b, c] = blocks.each_mut().map(|x| core::ptr::from_mut(x).cast::<u8>());
 //! assert!(cache.push(0, a) && cache.push(0, b));
 //! assert!(!cache.push(0, c), "class 0 is full (U1)");
-//! assert_eq!(cache.pop(0), b);
+//! assert_eq!(cache.pop(0), Some(b));
 //! let mut flushed = 0;
 //! cache.drain_oldest(0, 8, |_| flushed += 1);
 //! assert_eq!((flushed, cache.len(0)), (1, 0));
@@ -145,15 +145,12 @@ impl<const CLASSES: usize, const SLOTS: usize> UnifiedCache<CLASSES, SLOTS> {
         self.slots[s..s + self.len[class] as usize].contains(&block)
     }
 
-    /// The most recently cached block of `class`, or null.
+    /// The most recently cached block of `class`, taken out; `None` when the class is empty.
     #[inline]
-    pub fn pop(&mut self, class: usize) -> *mut u8 {
-        let n = self.len[class];
-        if n == 0 {
-            return null_mut();
-        }
-        self.len[class] = n - 1;
-        self.slots[(self.start[class] + n - 1) as usize]
+    pub fn pop(&mut self, class: usize) -> Option<*mut u8> {
+        let n = self.len[class].checked_sub(1)?;
+        self.len[class] = n;
+        Some(self.slots[(self.start[class] + n) as usize])
     }
 
     /// Removes up to `n` blocks of `class`, oldest first, handing each to `f`. Returns how many.
@@ -192,11 +189,11 @@ mod tests {
         }
         assert_eq!((c.len(0), c.len(2), c.room(2)), (2, 5, 0));
         assert!(c.contains(0, p(2)) && c.contains(2, p(14)) && !c.contains(0, p(14)));
-        assert_eq!(c.pop(0), p(2));
-        assert_eq!(c.pop(2), p(14));
+        assert_eq!(c.pop(0), Some(p(2)));
+        assert_eq!(c.pop(2), Some(p(14)));
         assert!(!c.contains(2, p(14)));
-        assert_eq!(c.pop(0), p(1));
-        assert!(c.pop(0).is_null());
+        assert_eq!(c.pop(0), Some(p(1)));
+        assert_eq!(c.pop(0), None);
         assert!(c.is_empty(1));
     }
 
@@ -217,7 +214,7 @@ mod tests {
         );
         assert_eq!(got, [p(1), p(2), p(3), p(4)]);
         assert_eq!(c.len(0), 2);
-        assert_eq!((c.pop(0), c.pop(0)), (p(6), p(5)));
+        assert_eq!((c.pop(0), c.pop(0)), (Some(p(6)), Some(p(5))));
     }
 
     #[test]
