@@ -83,11 +83,34 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
 /// when the OS cannot (the caller then copies).
 ///
 /// # Safety
-/// `h` is the header of a live large region whose user block the caller holds.
+/// `base` is a live large region whose user block the caller holds.
 #[inline(never)]
-pub unsafe fn grow(ctx: &Ctx, h: &LargeHeader, size: usize) -> Option<*mut u8> {
+pub unsafe fn grow(ctx: &Ctx, base: usize, size: usize) -> Option<*mut u8> {
+    let env = ctx.env();
+    // Read here; the header may be rewritten below, so no reference to it is held across that.
+    let (user_offset, len) = {
+        // SAFETY: the caller's live region.
+        let h = unsafe { LargeHeader::at(base) };
+        (h.user_offset, h.len)
+    };
+    // First the cached region right after the block, if there is one (a split left it there):
+    // growing over it costs no system call, and its pages may still be resident.
+    let page = env.os.page_size();
+    let need = user_offset.checked_add(size)?.checked_add(page - 1)? & !(page - 1);
+    if need > len && (base + len).is_multiple_of(SS_SIZE) {
+        if let Some(r) = ctx.lru.take_at(env.stats, base + len, need - len, now_ns()) {
+            // SAFETY: the caller holds the block and no reference to its header; the range
+            // after it is ours, just taken out of the lru, whole pages, published nowhere.
+            if unsafe { LargeHeader::absorb(base, &env, r.len) } {
+                // SAFETY: still the caller's live region.
+                return Some(unsafe { LargeHeader::at(base) }.user() as *mut u8);
+            }
+            // SAFETY: still retired and unused: back to the cache.
+            unsafe { ctx.lru.put(env.stats, r.base, r.len, now_ns()) };
+        }
+    }
     // SAFETY: forwarded.
-    unsafe { h.grow(&ctx.env(), size) }.map(|h| h.user() as *mut u8)
+    unsafe { LargeHeader::at(base).grow(&env, size) }.map(|h| h.user() as *mut u8)
 }
 
 /// Gives a large block back.

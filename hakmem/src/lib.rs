@@ -494,7 +494,7 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                 ctx(),
             ) {
                 // SAFETY: the caller holds the block.
-                if let Some(q) = unsafe { large::grow(ctx, h, new_size) } {
+                if let Some(q) = unsafe { large::grow(ctx, h as *const _ as usize, new_size) } {
                     return q;
                 }
             }

@@ -438,6 +438,25 @@ where
     /// step, or the whole region when what is left is short (C8). The rest stays cached when it
     /// starts 2 MiB-aligned, and is unmapped otherwise.
     pub fn take(&self, stats: &GlobalStats, len: usize, exact: bool, now: u64) -> Option<Reused> {
+        self.take_from(stats, None, len, exact, now)
+    }
+
+    /// Takes the cached region that starts at `at`, if there is one of at least `len` bytes
+    /// (rounded up to whole pages), as [`Lru::take`] would hand it over without `exact`: for a
+    /// large block that grows over the region right after it, whose pages may still be there.
+    /// `None` when no cached region starts there, or it is too short.
+    pub fn take_at(&self, stats: &GlobalStats, at: usize, len: usize, now: u64) -> Option<Reused> {
+        self.take_from(stats, Some(at), len, false, now)
+    }
+
+    fn take_from(
+        &self,
+        stats: &GlobalStats,
+        at: Option<usize>,
+        len: usize,
+        exact: bool,
+        now: u64,
+    ) -> Option<Reused> {
         let page = self.os.page_size();
         let len = len.max(1).checked_add(page - 1)? & !(page - 1);
         let mut work = Batch::new();
@@ -449,7 +468,8 @@ where
             let mut best: Option<usize> = None;
             for i in 0..inner.len {
                 let e = inner.entries[i];
-                if e.len >= len && best.is_none_or(|b| rank(&e) <= rank(&inner.entries[b])) {
+                let fits = e.len >= len && at.is_none_or(|a| e.base == a);
+                if fits && best.is_none_or(|b| rank(&e) <= rank(&inner.entries[b])) {
                     best = Some(i);
                 }
             }

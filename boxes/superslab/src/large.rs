@@ -101,6 +101,38 @@ impl LargeHeader {
         self.len - self.user_offset
     }
 
+    /// Grows the region in place over `extra` bytes that lie right after it (a cached region the
+    /// caller took out of the lru): no system call, and the pages keep whatever they hold (they
+    /// may still be resident, so the grown block costs no page fault). False, with nothing
+    /// changed, when the region does not end on a 2 MiB boundary or the registry cannot cover
+    /// the grown range.
+    ///
+    /// # Safety
+    /// `base` is a live large region whose user block the caller holds, with no reference to
+    /// its header live across this call; the caller owns `[end, end + extra)` where `end` is the
+    /// region's end: mapped by `env.os`, whole pages, unused and published nowhere.
+    pub unsafe fn absorb(base: usize, env: &Env<'_>, extra: usize) -> bool {
+        // Through a pointer made from the address, not a reference: the header is written.
+        let h = base as *mut Self;
+        // SAFETY: a live large region's header (the caller holds its block).
+        let len = unsafe { (*h).len };
+        let Some(new_len) = len.checked_add(extra) else {
+            return false;
+        };
+        if !(base + len).is_multiple_of(SS_SIZE) || env.registry.prepare(base, new_len).is_err() {
+            return false;
+        }
+        env.registry.unregister(base, len);
+        // SAFETY: the caller holds the only reference to the region; the header is rewritten
+        // before the grown region is published again (SS2).
+        unsafe { addr_of_mut!((*h).len).write(new_len) };
+        // SAFETY: the region and the range after it are the caller's alone, their leaves are
+        // prepared above, so the registration cannot be refused.
+        let registered = unsafe { env.registry.register(base, new_len, Kind::Large) };
+        debug_assert!(registered.is_ok());
+        true
+    }
+
     /// Grows the region so its block holds `size` bytes, moving its pages instead of copying
     /// them (`Os::remap`). Returns the header at its new place, or `None` when the OS cannot
     /// (then nothing changed and the caller copies). The region stays registered throughout,
