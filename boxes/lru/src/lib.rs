@@ -396,7 +396,8 @@ where
     ///
     /// # Safety
     /// `[base, base + len)` is a whole retired region mapped by this cache's `Os`, 2 MiB-aligned,
-    /// `len` a multiple of [`PAGE`], that nothing refers to any more and that is not cached yet.
+    /// `len` a multiple of the `Os`'s page size ([`Os::page_size`]), that nothing refers to any
+    /// more and that is not cached yet.
     pub unsafe fn put(&self, stats: &GlobalStats, base: NonNull<u8>, len: usize, now: u64) -> bool {
         let mut work = Batch::new();
         let entry = Entry {
