@@ -276,18 +276,25 @@ struct Store {
 // read with Acquire); everything else is atomic.
 unsafe impl Sync for Store {}
 
-static STORE: Store = Store {
-    lock: AtomicBool::new(false),
-    current: AtomicPtr::new(core::ptr::null_mut()),
-    frozen: AtomicBool::new(false),
-    code_applied: AtomicBool::new(false),
-    env: UnsafeCell::new(None),
-    slots: [
-        UnsafeCell::new(MaybeUninit::uninit()),
-        UnsafeCell::new(MaybeUninit::uninit()),
-    ],
-    path: UnsafeCell::new([0; STATS_FILE_MAX + 1]),
-};
+impl Store {
+    /// A store with nothing read yet.
+    const fn new() -> Self {
+        Store {
+            lock: AtomicBool::new(false),
+            current: AtomicPtr::new(core::ptr::null_mut()),
+            frozen: AtomicBool::new(false),
+            code_applied: AtomicBool::new(false),
+            env: UnsafeCell::new(None),
+            slots: [
+                UnsafeCell::new(MaybeUninit::uninit()),
+                UnsafeCell::new(MaybeUninit::uninit()),
+            ],
+            path: UnsafeCell::new([0; STATS_FILE_MAX + 1]),
+        }
+    }
+}
+
+static STORE: Store = Store::new();
 
 /// The settings in force, read from the environment by the first call that needs them.
 #[inline]
@@ -567,18 +574,7 @@ mod tests {
     use super::*;
 
     fn store() -> &'static Store {
-        Box::leak(Box::new(Store {
-            lock: AtomicBool::new(false),
-            current: AtomicPtr::new(core::ptr::null_mut()),
-            frozen: AtomicBool::new(false),
-            code_applied: AtomicBool::new(false),
-            env: UnsafeCell::new(None),
-            slots: [
-                UnsafeCell::new(MaybeUninit::uninit()),
-                UnsafeCell::new(MaybeUninit::uninit()),
-            ],
-            path: UnsafeCell::new([0; STATS_FILE_MAX + 1]),
-        }))
+        Box::leak(Box::new(Store::new()))
     }
 
     fn with(pairs: &'static [(&'static CStr, &'static [u8])]) -> (Settings, [bool; COUNT]) {

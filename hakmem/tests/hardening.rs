@@ -52,6 +52,12 @@ fn double_free_case() {
     }
 }
 
+/// A child in `warn` mode: it went on, and reported `message` exactly once.
+fn assert_warned_once(o: &Output, message: &str) {
+    assert!(o.status.success(), "goes on; stderr: {}", stderr(o));
+    assert_eq!(stderr(o).matches(message).count(), 1, "{}", stderr(o));
+}
+
 #[test]
 fn free_a_free_b_free_a_aborts_as_a_double_free() {
     let name = "free_a_free_b_free_a_aborts_as_a_double_free";
@@ -65,15 +71,7 @@ fn free_a_free_b_free_a_aborts_as_a_double_free() {
 fn free_a_free_b_free_a_warns_and_hands_out_no_duplicate() {
     let name = "free_a_free_b_free_a_warns_and_hands_out_no_duplicate";
     match in_child(name, &[("HAKMEM_INVALID_FREE", "warn")]) {
-        Some(o) => {
-            assert!(o.status.success(), "goes on; stderr: {}", stderr(&o));
-            assert_eq!(
-                stderr(&o)
-                    .matches("hakmem: free(): double free detected 0x")
-                    .count(),
-                1
-            );
-        }
+        Some(o) => assert_warned_once(&o, "hakmem: free(): double free detected 0x"),
         None => double_free_case(),
     }
 }
@@ -112,15 +110,7 @@ fn a_never_carved_block_start_is_an_invalid_pointer() {
 fn a_never_carved_block_start_warns_and_hands_out_no_duplicate() {
     let name = "a_never_carved_block_start_warns_and_hands_out_no_duplicate";
     match in_child(name, &[("HAKMEM_INVALID_FREE", "warn")]) {
-        Some(o) => {
-            assert!(o.status.success(), "goes on; stderr: {}", stderr(&o));
-            assert_eq!(
-                stderr(&o)
-                    .matches("hakmem: free(): invalid pointer 0x")
-                    .count(),
-                1
-            );
-        }
+        Some(o) => assert_warned_once(&o, "hakmem: free(): invalid pointer 0x"),
         None => never_carved_case(),
     }
 }
