@@ -225,12 +225,9 @@ pub mod raw {
         let Some(class) = hakmem_route::tiny_class(size) else {
             return null_mut();
         };
-        let h = heap_ptr();
-        if h as usize <= DEAD as usize {
-            return null_mut();
-        }
-        // SAFETY: this thread's live heap, on its own thread; tiny classes are below CLASSES.
-        unsafe { (*h).alloc_fast(class) }
+        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; tiny classes
+        // are below CLASSES.
+        unsafe { Heap::alloc_fast(crate::tls::raw(), class) }
     }
 
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
@@ -267,10 +264,10 @@ pub mod raw {
         // The fast path (H8 in hakmem-hot-heap): a block of a superslab this thread's heap owns,
         // proved by its owned cache instead of the registry; anything else, null included,
         // takes the full path.
-        let h = heap_ptr();
-        // SAFETY: this thread's live heap, on its own thread; `p` is given up, and any address
-        // is accepted (the heap reads nothing through it before proving it ours).
-        if h as usize > DEAD as usize && unsafe { (*h).try_free_owned(p) } {
+        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; `p` is given
+        // up, and any address is accepted (the heap reads nothing through it before proving it
+        // ours).
+        if unsafe { Heap::try_free_owned(crate::tls::raw(), p) } {
             return;
         }
         // SAFETY: forwarded.
@@ -319,6 +316,14 @@ pub mod raw {
 unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
     match route(size, align) {
         Route::Small(class) => {
+            if !zero {
+                // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; the
+                // route box's classes are below CLASSES.
+                let p = unsafe { Heap::alloc_fast(crate::tls::raw(), class) };
+                if !p.is_null() {
+                    return p;
+                }
+            }
             let h = heap_ptr();
             if h as usize > DEAD as usize {
                 // SAFETY: this thread's live heap, used on its own thread.
@@ -446,6 +451,21 @@ unsafe fn free_full(p: *mut u8) {
 /// Frees a small block whose slab is known.
 #[inline(always)]
 unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    let h = crate::tls::raw();
+    // SAFETY: this thread's heap or an empty one (tls T4); an empty heap's id is no slab's
+    // owner (hot_heap H9), so a match is this thread's live heap.
+    if slab.owner() == unsafe { Heap::id_of(h) } {
+        // SAFETY: this thread's live heap; `p` is a block of its own `slab`, given up.
+        return unsafe { (*h).free_small(ss, slab, p) };
+    }
+    // SAFETY: forwarded.
+    unsafe { free_small_other(ss, slab, p) }
+}
+
+/// `free_small_in` for a block of another heap's slab (or an orphan's), or a thread without a
+/// live heap.
+#[inline(never)]
+unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = heap_ptr();
     if h as usize > DEAD as usize {
         // SAFETY: this thread's live heap; `p` is a block of `slab` given up.

@@ -10,15 +10,21 @@
 //! - **Initial-exec, by hand** (feature `initial-exec-tls`, on x86_64 and aarch64 Linux with
 //!   glibc; the preload library turns it on). Only glibc's handling of a late `dlopen` (a clean
 //!   refusal when static TLS is short: T3) has been checked, so other C libraries (musl) keep
-//!   `thread_local!`. The slot is an 8-byte `.tbss` symbol defined with `global_asm!`, and read
+//!   `thread_local!`. The slot is an 8-byte `.tdata` symbol defined with `global_asm!`, and read
 //!   with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT entry added to the thread
 //!   pointer: two instructions (four on aarch64), no call. The linker emits an
 //!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
 //! ## Invariants
-//! - **T1 (per thread).** Each thread has its own slot, null when the thread starts.
-//! - **T2 (private to one copy).** The `.tbss` symbol is hidden (and carries the crate version
+//! - **T1 (per thread).** Each thread has its own slot, null (as [`get`] reads it) when the
+//!   thread starts.
+//! - **T4 (never null underneath).** The slot itself holds an empty heap's address (hot_heap
+//!   H9) where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
+//!   relocated at load time before any thread reads it (the dynamic linker copies a thread's
+//!   TLS image only once relocation is done, as mimalloc's initial-exec heap pointer also
+//!   relies on). So the fast paths read it with [`raw`] and use it without a test.
+//! - **T2 (private to one copy).** The `.tdata` symbol is hidden (and carries the crate version
 //!   in its name), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
 //!   another shared object that links the facade) never bind to each other's slot.
 //! - **T3 (the price of initial-exec).** A library built with the feature needs a few bytes of
@@ -26,18 +32,47 @@
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
-use hakmem_hot_heap::Heap;
+use crate::global::DEAD;
+use core::ptr::null_mut;
+use hakmem_hot_heap::{EmptyHeap, Heap};
 
-/// This thread's heap pointer: null until [`set`] is called on this thread.
+/// What the slot holds for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
+/// run into a miss instead of testing for null.
+pub(crate) static NO_HEAP: EmptyHeap = EmptyHeap::new();
+/// What the slot holds for "heap gone" ([`DEAD`]): another empty heap.
+static GONE_HEAP: EmptyHeap = EmptyHeap::new();
+
+/// This thread's heap pointer: null until [`set`] is called on this thread, [`DEAD`] after its
+/// heap is gone.
 #[inline(always)]
 pub fn get() -> *mut Heap {
+    let h = imp::get();
+    if NO_HEAP.is(h) {
+        null_mut()
+    } else if GONE_HEAP.is(h) {
+        DEAD
+    } else {
+        h
+    }
+}
+
+/// The slot as it is, for the two fast paths ([`Heap::alloc_fast`], [`Heap::try_free_owned`]):
+/// a live heap of this thread, or one of the two empty heaps (T4).
+#[inline(always)]
+pub fn raw() -> *mut Heap {
     imp::get()
 }
 
-/// Sets this thread's heap pointer.
+/// Sets this thread's heap pointer (null and [`DEAD`] included).
 #[inline(always)]
 pub fn set(h: *mut Heap) {
-    imp::set(h)
+    imp::set(if h.is_null() {
+        NO_HEAP.as_ptr()
+    } else if h == DEAD {
+        GONE_HEAP.as_ptr()
+    } else {
+        h
+    })
 }
 
 #[cfg(not(all(
@@ -47,14 +82,14 @@ pub fn set(h: *mut Heap) {
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 mod imp {
+    use super::NO_HEAP;
     use core::cell::Cell;
-    use core::ptr::null_mut;
     use hakmem_hot_heap::Heap;
 
     std::thread_local! {
         // No destructor and a const initialiser: every access is a plain TLS load (allocator
         // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
-        static HEAP: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+        static HEAP: Cell<*mut Heap> = const { Cell::new(NO_HEAP.as_ptr()) };
     }
 
     #[inline(always)]
@@ -93,20 +128,21 @@ mod imp {
         };
     }
 
-    // One zero-filled 8-byte word per thread: `.tbss` is the thread-local `.bss` ("T": TLS,
-    // nobits: zero-initialised in every thread's block). Global (the access may be in another
-    // codegen unit) but hidden: the reference binds inside the linked object, never across
-    // shared objects.
+    // One 8-byte word per thread, initially `NO_HEAP`'s address (T4): `.tdata` is the
+    // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
+    // relocation). Global (the access may be in another codegen unit) but hidden: the
+    // reference binds inside the linked object, never across shared objects.
     global_asm!(
-        concat!(".pushsection .tbss,\"awT\",%nobits"),
+        concat!(".pushsection .tdata,\"awT\",%progbits"),
         ".p2align 3",
         concat!(".globl ", slot!()),
         concat!(".hidden ", slot!()),
         concat!(".type ", slot!(), ",%object"),
         concat!(".size ", slot!(), ", 8"),
         concat!(slot!(), ":"),
-        ".zero 8",
+        ".8byte {empty}",
         ".popsection",
+        empty = sym super::NO_HEAP,
     );
 
     #[cfg(target_arch = "x86_64")]

@@ -11,7 +11,7 @@ impl Heap {
     #[inline(always)]
     pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
         // SAFETY: forwarded.
-        let p = unsafe { self.alloc_fast(class) };
+        let p = unsafe { Heap::alloc_fast(self, class) };
         if !p.is_null() {
             return p;
         }
@@ -22,17 +22,21 @@ impl Heap {
     /// A block of `class` from its thread list, or null when the list is empty (nothing else is
     /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2).
     ///
+    /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty, so the result is
+    /// null and nothing is written.
+    ///
     /// # Safety
-    /// Only the heap's thread calls this, with `class < CLASSES`.
+    /// `this` is a heap of the calling thread or an empty heap, and `class < CLASSES`.
     #[inline(always)]
-    pub unsafe fn alloc_fast(&mut self, class: usize) -> *mut u8 {
+    pub unsafe fn alloc_fast(this: *mut Heap, class: usize) -> *mut u8 {
         debug_assert!(class < CLASSES);
         // SAFETY: `class < CLASSES` by the contract; the list holds free blocks this heap owns
-        // (H1).
-        let p = unsafe { self.sll.get_unchecked_mut(class).pop() };
+        // (H1). Through the raw pointer: an empty heap is shared, and is only read (H9).
+        let p = unsafe { Lists::pop_raw(&raw mut (*this).sll, class) };
         if !p.is_null() {
-            // SAFETY: CLASSES < MAX_CLASSES (route box).
-            unsafe { self.stats.on_alloc_unchecked(class) };
+            // SAFETY: a block came off, so `this` is a real heap of this thread (H9);
+            // CLASSES < MAX_CLASSES (route box).
+            unsafe { (*this).stats.on_alloc_unchecked(class) };
         }
         p
     }
@@ -42,7 +46,7 @@ impl Heap {
     /// # Safety
     /// Only the heap's thread calls this.
     pub unsafe fn alloc_zeroed(&mut self, class: usize) -> *mut u8 {
-        if self.sll[class].is_empty() && self.cache.is_empty(class) {
+        if self.sll.is_empty(class) && self.cache.is_empty(class) {
             if let Some(slab) = NonNull::new(self.current[class] as *mut SlabMeta) {
                 // SAFETY: current slabs are owned by this heap.
                 let slab = unsafe { slab.as_ref() };
@@ -88,13 +92,13 @@ impl Heap {
         let Some(p) = self.cache.pop(class) else {
             return null_mut();
         };
-        let batch = (self.sll[class].cap() / 2).min(self.cache.len(class));
+        let batch = (self.sll.cap(class) / 2).min(self.cache.len(class));
         for _ in 0..batch {
             let Some(b) = self.cache.pop(class) else {
                 break;
             };
             // SAFETY: a free block this heap owns, on no list.
-            unsafe { self.sll[class].push(b, self.key) };
+            unsafe { self.sll.push(class, b, self.key) };
         }
         self.on_handed_out(class, p);
         p

@@ -10,7 +10,7 @@ impl Heap {
         self.kept_empty = null();
         for class in 0..CLASSES {
             // SAFETY: the list holds free blocks of ours.
-            let chain = unsafe { self.sll[class].take_all() };
+            let chain = unsafe { self.sll.take_all(class) };
             let mut b = chain.head;
             for _ in 0..chain.len {
                 // SAFETY: a block of the chain.

@@ -14,13 +14,13 @@ impl Heap {
         debug_assert!(class < CLASSES);
         if slab.owner() == self.id {
             let key = self.key;
+            // SAFETY: `p` is a block of at least 16 bytes of our own slab, which the caller
+            // gives up.
+            let keyed = unsafe { key_word(p) } == key;
             // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes,
-            // all below CLASSES, and cannot change while `p`, one of its blocks, is out.
-            let l = unsafe { self.sll.get_unchecked_mut(class) };
-            // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
-            if !l.is_full() && unsafe { key_word(p) } != key {
-                // SAFETY: a block of our own slab, given up by the caller.
-                unsafe { l.push(p, key) };
+            // all below CLASSES, and cannot change while `p`, one of its blocks, is out; `p` is
+            // ours, given up, and (FK3) not free.
+            if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
                 // SAFETY: the class is below CLASSES (as above), and CLASSES < MAX_CLASSES (route).
                 unsafe { self.stats.on_free_unchecked(class) };
                 return;
@@ -38,37 +38,50 @@ impl Heap {
     /// is not ours or not a block start, a block of another heap, a full list, a possible double
     /// free, check mode. The caller then takes the full path, which decides.
     ///
+    /// `this` may be an [`EmptyHeap`]'s pointer (H9): its owned cache holds no superslab, so
+    /// the result is false and nothing is written.
+    ///
     /// # Safety
-    /// Only the heap's thread calls this, and if `p` is a live block of this allocator, the
-    /// caller gives it up. `p` may be any address: nothing is read through it before the cache
-    /// says it lies in a live superslab of ours.
+    /// `this` is a heap of the calling thread or an empty heap, and if `p` is a live block of
+    /// this allocator, the caller gives it up. `p` may be any address: nothing is read through
+    /// it before the cache says it lies in a live superslab of ours.
     #[inline(always)]
-    pub unsafe fn try_free_owned(&mut self, p: *mut u8) -> bool {
+    pub unsafe fn try_free_owned(this: *mut Heap, p: *mut u8) -> bool {
         let base = p as usize & !(SS_SIZE - 1);
-        // SAFETY: the index is masked below OWNED_CACHE.
-        if unsafe { *self.owned_cache.get_unchecked(owned_slot(base)) } != base {
+        // SAFETY: the index is masked below OWNED_CACHE; read through the raw pointer, as an
+        // empty heap is shared (H9).
+        let cached = unsafe {
+            *(&raw const (*this).owned_cache)
+                .cast::<usize>()
+                .add(owned_slot(base))
+        };
+        if cached != base {
             return false;
         }
+        // SAFETY: a hit: `this` is a real heap (H9), this thread's, used by it alone.
+        let h = unsafe { &mut *this };
         // SAFETY: the cache holds only superslabs this heap owns, live while owned (H8).
         let ss = unsafe { Superslab::at(base) };
         let slab = ss.slab_of(p);
-        let class = slab.class();
-        // SAFETY: an in-use slab of an owned superslab is ours (H8); a free one has carve mark 0,
-        // which no index is below.
-        if unsafe { slab.block_index(p) } >= u64::from(slab.carved()) {
+        // SAFETY: every slab of an owned superslab is this heap's to read as owner: an in-use
+        // one is ours (H8), and a free one has carve mark 0, which no index is below.
+        let (class, carved) = unsafe { slab.class_and_carved_owned() };
+        // SAFETY: as above.
+        if unsafe { slab.block_index(p) } >= carved {
             return false;
         }
-        let key = self.key;
-        // SAFETY: an in-use slab's class is one of the route box's, below CLASSES.
-        let l = unsafe { self.sll.get_unchecked_mut(class) };
+        let key = h.key;
         // SAFETY: `p` is a block (at least 16 bytes) of our slab, handed out at some time.
-        if l.is_full() || unsafe { key_word(p) } == key {
+        if unsafe { key_word(p) } == key {
             return false;
         }
-        // SAFETY: a block of our own slab, given up by the caller, and (FK3) not free.
-        unsafe { l.push(p, key) };
+        // SAFETY: an in-use slab's class is one of the route box's, below CLASSES; a block of
+        // our own slab, given up by the caller, and (FK3) not free.
+        if !unsafe { h.sll.try_push_unchecked(class, p, key) } {
+            return false;
+        }
         // SAFETY: CLASSES < MAX_CLASSES (route box).
-        unsafe { self.stats.on_free_unchecked(class) };
+        unsafe { h.stats.on_free_unchecked(class) };
         true
     }
 
@@ -88,7 +101,7 @@ impl Heap {
         }
         self.spill(class);
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll[class].push(p, self.key) };
+        unsafe { self.sll.push(class, p, self.key) };
         self.stats.on_free(class);
     }
 
@@ -103,7 +116,7 @@ impl Heap {
         // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
         // which is mapped while it is ours.
         unsafe {
-            self.sll[class].contains(p)
+            self.sll.contains(class, p)
                 || self.cache.contains(class, p)
                 || slab.free_list_contains(p)
                 || slab.remote_contains(p)
@@ -113,7 +126,7 @@ impl Heap {
     /// Moves half a thread list into the cache, flushing the cache's oldest blocks to their
     /// slabs first if it has no room.
     pub(crate) fn spill(&mut self, class: usize) {
-        let n = (self.sll[class].cap() / 2).max(1);
+        let n = (self.sll.cap(class) / 2).max(1);
         if self.cache.room(class) < n {
             let flush = n.max(self.cache.cap(class) / 2);
             let mut batch = [null_mut(); 256];
@@ -127,7 +140,7 @@ impl Heap {
             }
         }
         // SAFETY: the list holds free blocks of ours.
-        let chain = unsafe { self.sll[class].take(n) };
+        let chain = unsafe { self.sll.take(class, n) };
         let mut b = chain.head;
         for _ in 0..chain.len {
             // SAFETY: a block of the chain, linked through its first word.

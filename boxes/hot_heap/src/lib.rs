@@ -16,7 +16,7 @@
 //! A context over the real OS, one heap, and a block allocated and freed on its fast paths:
 //!
 //! ```
-//! use hakmem_hot_heap::Ctx;
+//! use hakmem_hot_heap::{Ctx, Heap};
 //! use hakmem_lru::LruConfig;
 //! use hakmem_registry::{HeapLeaves, Registry};
 //! use hakmem_superslab::LibcOs;
@@ -34,14 +34,14 @@
 //! // SAFETY: this thread is the heap's only user; the block is freed once, by the owner, and
 //! // the heap is retired after its last use.
 //! unsafe {
-//!     let h = &mut *heap.as_ptr();
-//!     let p = h.alloc(class);
+//!     let h = heap.as_ptr();
+//!     let p = (*h).alloc(class);
 //!     assert!(!p.is_null());
 //!     p.write_bytes(7, 100);
-//!     assert!(h.try_free_owned(p), "the owner's fast free");
-//!     assert_eq!(h.alloc_fast(class), p, "LIFO: the same block comes back");
-//!     assert!(h.try_free_owned(p));
-//!     assert!(!h.try_free_owned(p), "a double free is not taken by the fast path");
+//!     assert!(Heap::try_free_owned(h, p), "the owner's fast free");
+//!     assert_eq!(Heap::alloc_fast(h, class), p, "LIFO: the same block comes back");
+//!     assert!(Heap::try_free_owned(h, p));
+//!     assert!(!Heap::try_free_owned(h, p), "a double free is not taken by the fast path");
 //!     ctx.retire_heap(heap);
 //! }
 //! assert_eq!(ctx.live_heaps(), 0);
@@ -87,6 +87,13 @@
 //!   carve mark 0. So a hit in the cache proves, with one load and one compare, both "ours"
 //!   (the registry's answer) and "owned by this heap" (the owner check): the C free's fast path,
 //!   [`Heap::try_free_owned`].
+//! - **H9 (empty heaps).** An [`EmptyHeap`] owns nothing and is never written: its lists are
+//!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
+//!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a
+//!   store. Its id is [`EMPTY_ID`], which no slab has as owner. A thread's heap pointer can therefore start out, and end, pointing at one instead
+//!   of null, and the two fast paths need no test for "no heap yet" or "heap gone": the miss
+//!   sends the call to the slow path, which tells the empty heap from a real one. Every other
+//!   heap method is for real heaps only.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -123,7 +130,7 @@ use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
     SpinLock, Superslab, SLAB_SHIFT, SLAB_SIZE, SS_SHIFT, SS_SIZE,
 };
-use hakmem_tls_sll::List;
+use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
 use sync::{AtomicUsize, Ordering};
 
@@ -137,6 +144,58 @@ const EMPTY_SLOT: usize = 1;
 #[inline(always)]
 fn owned_slot(base: usize) -> usize {
     (base >> SS_SHIFT) & (OWNED_CACHE - 1)
+}
+
+/// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
+/// free or abandoned slab).
+pub const EMPTY_ID: usize = usize::MAX;
+
+/// A heap that owns nothing and never changes (H9): what a thread's heap pointer holds before
+/// its heap exists and after it is gone, so the fast paths need no null test.
+///
+/// ```
+/// use hakmem_hot_heap::{EmptyHeap, Heap};
+/// static NONE: EmptyHeap = EmptyHeap::new();
+/// let h = NONE.as_ptr();
+/// let mut x = [0u64; 4];
+/// // SAFETY: any heap pointer, empty ones included, on any thread; any address.
+/// unsafe {
+///     assert!(Heap::alloc_fast(h, 0).is_null());
+///     assert!(!Heap::try_free_owned(h, x.as_mut_ptr().cast()));
+/// }
+/// assert!(NONE.is(h));
+/// ```
+pub struct EmptyHeap(core::cell::UnsafeCell<Heap>);
+
+// SAFETY: nothing ever writes an empty heap (H9): the only code that reads it through the
+// pointer, the two fast paths, writes only after a hit, which an empty heap never gives.
+unsafe impl Sync for EmptyHeap {}
+
+impl EmptyHeap {
+    /// An empty heap: no blocks, no room, no owned superslab (H9).
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        // SAFETY: every field of a heap is an integer, a raw pointer, or an array or struct of
+        // them, for which zero is a value (`Heap::init` relies on the same); zero lists have
+        // no block and no room.
+        let mut h: Heap = unsafe { core::mem::zeroed() };
+        h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
+        h.id = EMPTY_ID;
+        Self(core::cell::UnsafeCell::new(h))
+    }
+
+    /// The pointer a thread's heap slot holds for this empty heap. Only [`Heap::alloc_fast`]
+    /// and [`Heap::try_free_owned`] may be given it.
+    #[inline(always)]
+    pub const fn as_ptr(&'static self) -> *mut Heap {
+        self.0.get()
+    }
+
+    /// True when `h` is this empty heap.
+    #[inline(always)]
+    pub fn is(&'static self, h: *mut Heap) -> bool {
+        core::ptr::eq(h, self.as_ptr())
+    }
 }
 
 /// The unified cache type every heap carries.
@@ -181,7 +240,7 @@ pub struct Ctx {
 /// One thread's heap.
 #[repr(C)]
 pub struct Heap {
-    sll: [List; CLASSES],
+    sll: Lists<CLASSES>,
     id: usize,
     /// The free key (FK1), next to `id`, which the free path reads anyway.
     key: usize,
@@ -215,9 +274,7 @@ impl Heap {
         h.id = id;
         h.key = init_free_key();
         h.ctx = ctx;
-        for (list, &cap) in h.sll.iter_mut().zip(LIST_CAPS.iter()) {
-            *list = List::new(if ctx.check { 0 } else { cap });
-        }
+        h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
         h.current = [null(); CLASSES];
         h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();
@@ -234,6 +291,17 @@ impl Heap {
     #[inline(always)]
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// The id of the heap at `this`, which may be an empty heap: [`EMPTY_ID`], no slab's owner
+    /// (H9).
+    ///
+    /// # Safety
+    /// `this` points to a live heap or an empty heap.
+    #[inline(always)]
+    pub unsafe fn id_of(this: *const Heap) -> usize {
+        // SAFETY: a read through the raw pointer: an empty heap is shared and never written.
+        unsafe { (*this).id }
     }
 
     /// The shared context.

@@ -301,7 +301,7 @@ fn a_double_free_is_caught_wherever_the_block_sits() {
         .iter()
         .copied()
         // SAFETY: the list's blocks are free and linked.
-        .find(|&b| unsafe { h.sll[c].contains(b) });
+        .find(|&b| unsafe { h.sll.contains(c, b) });
     let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
     let on_slab = blocks.iter().copied().find(|&b| {
         // SAFETY: our blocks, in live superslabs we own.
@@ -442,7 +442,7 @@ fn a_non_owners_double_free_of_a_block_the_owner_holds_free_is_caught() {
     let on_list = blocks
         .iter()
         .copied()
-        .find(|&b| unsafe { h.sll[c].contains(b) });
+        .find(|&b| unsafe { h.sll.contains(c, b) });
     let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
     let on_slab = blocks.iter().copied().find(|&b| {
         // SAFETY: our blocks, in live superslabs we own.

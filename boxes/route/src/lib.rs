@@ -284,7 +284,7 @@ pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
     match (BLOCK_SIZES.get(c), RECIPROCALS.get(c)) {
         (Some(&bs), Some(&r)) if off < SLAB_SIZE => {
             let index = (off as u64 * r) >> 32;
-            index * bs as u64 == off as u64 && index < slab.carved() as u64
+            index * bs as u64 == off as u64 && index < slab.carved()
         }
         _ => false,
     }

@@ -1,6 +1,8 @@
 //! Slab metadata: one 64 KiB slab of equal-size blocks, living in its superslab's header.
 use crate::remote::RemoteStack;
-use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{
+    read_own_u32, read_own_u64, AtomicU32, AtomicU64, AtomicUsize, Ordering, UnsafeCell,
+};
 use core::ptr::null_mut;
 
 /// What went wrong when a slab got back a block it did not expect.
@@ -82,13 +84,14 @@ pub(crate) fn exact_division(d: u32) -> (u64, u32) {
 pub struct SlabMeta {
     owner: AtomicUsize,
     class: AtomicU32,
+    rot: AtomicU32,
     /// Blocks `0..carved` have been handed out at some time (the carve mark, shared): any other
-    /// block start is not a block (0 while the slab is free).
-    carved: AtomicU32,
+    /// block start is not a block (0 while the slab is free). A full word, so the free path
+    /// compares a block index with it straight from memory.
+    carved: AtomicU64,
     /// The exact-division constants of the block size `2^rot * odd`: the inverse of `odd`
     /// modulo 2^64, and `rot` (SS11). Written with `class`, when the slab is (re)initialised.
     inv: AtomicU64,
-    rot: AtomicU32,
     /// Blocks freed by non-owners, waiting for the owner (only this box's owner-side code takes
     /// them: a non-owner that could take them would steal the owner's blocks).
     pub(crate) remote: RemoteStack,
@@ -103,9 +106,9 @@ impl SlabMeta {
         Self {
             owner: AtomicUsize::new(0),
             class: AtomicU32::new(0),
-            carved: AtomicU32::new(0),
-            inv: AtomicU64::new(0),
             rot: AtomicU32::new(0),
+            carved: AtomicU64::new(0),
+            inv: AtomicU64::new(0),
             remote: RemoteStack::new(),
             local: UnsafeCell::new(SlabLocal::EMPTY),
         }
@@ -152,7 +155,7 @@ impl SlabMeta {
     /// for the owner and for any thread holding one of the slab's blocks; 0 while the slab is
     /// free.
     #[inline(always)]
-    pub fn carved(&self) -> u32 {
+    pub fn carved(&self) -> u64 {
         self.carved.load(Ordering::Relaxed)
     }
 
@@ -168,8 +171,25 @@ impl SlabMeta {
         // SAFETY: the caller owns the slab.
         let start = unsafe { self.local.with(|l| (*l).start) } as u64;
         let off = (p as u64).wrapping_sub(start);
-        off.wrapping_mul(self.inv.load(Ordering::Relaxed))
-            .rotate_right(self.rot.load(Ordering::Relaxed))
+        // SAFETY: the caller owns the slab, and only its owner writes these words.
+        let (inv, rot) = unsafe { (read_own_u64(&self.inv), read_own_u32(&self.rot)) };
+        off.wrapping_mul(inv).rotate_right(rot)
+    }
+
+    /// [`SlabMeta::class`] and [`SlabMeta::carved`] as the owner reads them: plain loads (only
+    /// the owner writes them), which the free path folds into its compares.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    #[inline(always)]
+    pub unsafe fn class_and_carved_owned(&self) -> (usize, u64) {
+        // SAFETY: the caller owns the slab, and only its owner writes these words.
+        unsafe {
+            (
+                read_own_u32(&self.class) as usize,
+                read_own_u64(&self.carved),
+            )
+        }
     }
 
     /// Marks the slab free: no block start of it is valid any more.
@@ -228,7 +248,7 @@ impl SlabMeta {
                 if n < max && l.carve < l.capacity {
                     let k = (max - n).min(l.capacity - l.carve);
                     // Publish the carve mark before the blocks go out.
-                    self.carved.store(l.carve + k, Ordering::Relaxed);
+                    self.carved.store(u64::from(l.carve + k), Ordering::Relaxed);
                     for _ in 0..k {
                         out(l.start.add((l.carve * l.block_size) as usize));
                         l.carve += 1;
@@ -254,7 +274,7 @@ impl SlabMeta {
                 }
                 let b = l.start.add((l.carve * l.block_size) as usize);
                 l.carve += 1;
-                self.carved.store(l.carve, Ordering::Relaxed);
+                self.carved.store(u64::from(l.carve), Ordering::Relaxed);
                 l.used += 1;
                 Some(b)
             })

@@ -11,6 +11,39 @@ pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsiz
 pub use core::sync::atomic::AtomicUsize as StaticAtomicUsize;
 
 /// Tells the scheduler (or loom) that this thread is waiting on another.
+/// Reads an atomic word that no other thread writes now, as a plain load, which the compiler
+/// may fold into the instruction that uses it (an atomic load it keeps apart).
+///
+/// # Safety
+/// No other thread writes `a` while this runs (others may read it).
+#[cfg(not(loom))]
+#[inline(always)]
+pub unsafe fn read_own_u64(a: &AtomicU64) -> u64 {
+    // SAFETY: no concurrent write, so a plain read races with nothing.
+    unsafe { a.as_ptr().read() }
+}
+
+/// [`read_own_u64`] for a 32-bit word.
+///
+/// # Safety
+/// As [`read_own_u64`].
+#[cfg(not(loom))]
+#[inline(always)]
+pub unsafe fn read_own_u32(a: &AtomicU32) -> u32 {
+    // SAFETY: no concurrent write, so a plain read races with nothing.
+    unsafe { a.as_ptr().read() }
+}
+
+#[cfg(loom)]
+pub unsafe fn read_own_u64(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+#[cfg(loom)]
+pub unsafe fn read_own_u32(a: &AtomicU32) -> u32 {
+    a.load(Ordering::Relaxed)
+}
+
 #[inline]
 pub fn spin() {
     #[cfg(loom)]
