@@ -10,7 +10,6 @@ pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsiz
 /// For process-wide statics that no model explores: loom's atomics cannot be `static`.
 pub use core::sync::atomic::AtomicUsize as StaticAtomicUsize;
 
-/// Tells the scheduler (or loom) that this thread is waiting on another.
 /// Reads an atomic word that no other thread writes now, as a plain load, which the compiler
 /// may fold into the instruction that uses it (an atomic load it keeps apart).
 ///
@@ -34,16 +33,25 @@ pub unsafe fn read_own_u32(a: &AtomicU32) -> u32 {
     unsafe { a.as_ptr().read() }
 }
 
+/// Under loom: an atomic load, which loom can check.
+///
+/// # Safety
+/// As the plain build's.
 #[cfg(loom)]
 pub unsafe fn read_own_u64(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// Under loom: an atomic load, which loom can check.
+///
+/// # Safety
+/// As the plain build's.
 #[cfg(loom)]
 pub unsafe fn read_own_u32(a: &AtomicU32) -> u32 {
     a.load(Ordering::Relaxed)
 }
 
+/// Tells the scheduler (or loom) that this thread is waiting on another.
 #[inline]
 pub fn spin() {
     #[cfg(loom)]
