@@ -456,7 +456,7 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     // owner (hot_heap H9), so a match is this thread's live heap.
     if slab.owner() == unsafe { Heap::id_of(h) } {
         // SAFETY: this thread's live heap; `p` is a block of its own `slab`, given up.
-        return unsafe { (*h).free_small(ss, slab, p) };
+        return unsafe { (*h).free_own(slab, p) };
     }
     // SAFETY: forwarded.
     unsafe { free_small_other(ss, slab, p) }

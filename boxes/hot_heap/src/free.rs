@@ -10,26 +10,40 @@ impl Heap {
     /// `p` is a block the caller holds and gives up; only the heap's thread calls this.
     #[inline(always)]
     pub unsafe fn free_small(&mut self, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        if slab.owner() == self.id {
+            // SAFETY: forwarded: the slab is ours.
+            return unsafe { self.free_own(slab, p) };
+        }
         let class = slab.class();
         debug_assert!(class < CLASSES);
-        if slab.owner() == self.id {
-            let key = self.key;
-            // SAFETY: `p` is a block of at least 16 bytes of our own slab, which the caller
-            // gives up.
-            let keyed = unsafe { key_word(p) } == key;
-            // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes,
-            // all below CLASSES, and cannot change while `p`, one of its blocks, is out; `p` is
-            // ours, given up, and (FK3) not free.
-            if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
-                // SAFETY: the class is below CLASSES (as above), and CLASSES < MAX_CLASSES (route).
-                unsafe { self.stats.on_free_unchecked(class) };
-                return;
-            }
-            // SAFETY: forwarded.
-            return unsafe { self.free_local_slow(class, p) };
-        }
         // SAFETY: forwarded.
         unsafe { self.free_remote(ss, slab, class, p) }
+    }
+
+    /// [`Heap::free_small`] for a block of a slab this heap owns (the caller compared the
+    /// slab's owner with [`Heap::id_of`]): the Rust lane's free fast path (H2, FK3).
+    ///
+    /// # Safety
+    /// `slab` is in use by this heap, `p` one of its blocks that the caller gives up; only the
+    /// heap's thread calls this.
+    #[inline(always)]
+    pub unsafe fn free_own(&mut self, slab: &SlabMeta, p: *mut u8) {
+        // SAFETY: our own slab.
+        let (class, _) = unsafe { slab.class_and_carved_owned() };
+        debug_assert!(class < CLASSES);
+        let key = self.key;
+        // SAFETY: `p` is a block of at least 16 bytes of our own slab, which the caller gives up.
+        let keyed = unsafe { key_word(p) } == key;
+        // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes, all
+        // below CLASSES, and cannot change while `p`, one of its blocks, is out; `p` is ours,
+        // given up, and (FK3) not free.
+        if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
+            // SAFETY: the class is below CLASSES (as above), and CLASSES < MAX_CLASSES (route).
+            unsafe { self.stats.on_free_unchecked(class) };
+            return;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_local_slow(class, p) }
     }
 
     /// The C free's fast path (H8): frees `p` when it is a block this heap handed out of a

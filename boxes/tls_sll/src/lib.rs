@@ -82,14 +82,6 @@ pub unsafe fn key(block: *mut u8) -> usize {
     unsafe { block.cast::<usize>().add(1).read() }
 }
 
-/// Undoes a refused push's room decrement, out of line so the push stays one decrement and
-/// one branch.
-#[cold]
-#[inline(never)]
-fn give_back(room: &mut i32) {
-    *room += 1;
-}
-
 /// A chain of linked free blocks taken off a list: `head ..= tail`, `len` blocks.
 #[derive(Clone, Copy, Debug)]
 pub struct Chain {
@@ -222,7 +214,11 @@ impl<const N: usize> Lists<N> {
         // whose sign decides.
         *room -= 1;
         if *room < 0 {
-            give_back(room);
+            // Volatile, so the compiler cannot keep the old value around for the undo, which
+            // would cost the decrement its single read-modify-write.
+            let room: *mut i32 = room;
+            // SAFETY: `room` is a valid, exclusive place (the `&mut` above).
+            unsafe { room.write_volatile(room.read_volatile() + 1) };
             return false;
         }
         // SAFETY: `c < N`; the block is free and the caller's (L4).
