@@ -84,11 +84,13 @@ pub const fn block_size(class: usize) -> usize {
     (1 << k) + i * (1 << (k - 3))
 }
 
-const TINY_TABLE: [u8; MAX_TINY / 16 + 1] = {
-    let mut t = [0u8; MAX_TINY / 16 + 1];
+/// The class of every tiny size, indexed by the size itself (1 KiB): the lookup is one load,
+/// with no rounding.
+static TINY_TABLE: [u8; MAX_TINY + 1] = {
+    let mut t = [0u8; MAX_TINY + 1];
     let mut i = 0;
     while i < t.len() {
-        t[i] = class_of_const(if i == 0 { 1 } else { i * 16 }) as u8;
+        t[i] = class_of_const(if i == 0 { 1 } else { i }) as u8;
         i += 1;
     }
     t
@@ -114,7 +116,7 @@ pub fn block_size_of(class: usize) -> usize {
 #[inline(always)]
 pub fn class_of(size: usize) -> Option<usize> {
     if size <= MAX_TINY {
-        Some(TINY_TABLE[(size + 15) >> 4] as usize)
+        Some(TINY_TABLE[size] as usize)
     } else if size <= MAX_SMALL {
         Some(class_of_const(size))
     } else {
@@ -131,7 +133,7 @@ pub fn tiny_class(size: usize) -> Option<usize> {
     if size > MAX_TINY {
         return None;
     }
-    TINY_TABLE.get((size + 15) >> 4).map(|&c| c as usize)
+    TINY_TABLE.get(size).map(|&c| c as usize)
 }
 
 /// Where a request goes.
