@@ -80,13 +80,14 @@
 //!   the slow path, where a per-slab bitmap catches every double free.
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
-//! - **H8 (owned cache).** `owned_cache[(base >> SS_SHIFT) % OWNED_CACHE]` holds either
-//!   `EMPTY_SLOT` or the base of a superslab on this heap's owned list: a superslab is entered
-//!   when it is linked and cleared when it is unlinked, before it can be abandoned or released.
-//!   Every in-use slab of an owned superslab has this heap's id as owner, and a free slab has
-//!   carve mark 0. So a hit in the cache proves, with one load and one compare, both "ours"
-//!   (the registry's answer) and "owned by this heap" (the owner check): the C free's fast path,
-//!   [`Heap::try_free_owned`].
+//! - **H8 (owned cache).** `owned_cache[(base >> SLAB_SHIFT) % OWNED_CACHE]` holds either
+//!   `EMPTY_SLOT` or the base of a slab of a superslab on this heap's owned list, with that
+//!   slab's metadata: a superslab's slabs are entered when it is linked and cleared when it is
+//!   unlinked, before it can be abandoned or released. Every in-use slab of an owned superslab
+//!   has this heap's id as owner, and a free slab has carve mark 0. So a hit in the cache
+//!   proves, with one load and one compare, both "ours" (the registry's answer) and "owned by
+//!   this heap" (the owner check), and hands over the slab's metadata with one more load: the
+//!   C free's fast path, [`Heap::try_free_owned`].
 //! - **H9 (empty heaps).** An [`EmptyHeap`] owns nothing and is never written: its lists are
 //!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
 //!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a
@@ -128,22 +129,23 @@ use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, SLAB_SHIFT, SLAB_SIZE, SS_SHIFT, SS_SIZE,
+    SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
 use sync::{AtomicUsize, Ordering};
 
-/// Slots of a heap's owned-superslab cache (H8): 64 superslabs, 128 MiB of small blocks.
-const OWNED_CACHE: usize = 64;
-/// An empty slot of the owned cache: no superslab base (they are 2 MiB-aligned), and not 0, which
-/// is what a null pointer masks to.
+/// Slots of a heap's owned-slab cache (H8): one per slab, so 16 superslabs' worth, 32 MiB of
+/// small blocks (8 KiB per heap).
+const OWNED_CACHE: usize = 512;
+/// An empty slot's base: no slab base (they are 64 KiB-aligned), and not 0, which is what a
+/// null pointer masks to.
 const EMPTY_SLOT: usize = 1;
 
-/// The owned-cache slot of the superslab at `base`.
+/// The owned-cache slot of the slab at `base` (or of any address in it).
 #[inline(always)]
 fn owned_slot(base: usize) -> usize {
-    (base >> SS_SHIFT) & (OWNED_CACHE - 1)
+    (base >> SLAB_SHIFT) & (OWNED_CACHE - 1)
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -244,8 +246,10 @@ pub struct Heap {
     id: usize,
     /// The free key (FK1), next to `id`, which the free path reads anyway.
     key: usize,
-    /// Owned superslabs by base address, direct-mapped (H8).
+    /// The slabs of owned superslabs by base address, direct-mapped (H8)...
     owned_cache: [usize; OWNED_CACHE],
+    /// ... and their metadata, slot by slot (two arrays, so both reads index by the slot).
+    owned_meta: [*const SlabMeta; OWNED_CACHE],
     /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
     tag: u64,
     ctx: *const Ctx,
@@ -277,6 +281,7 @@ impl Heap {
         h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
         h.current = [null(); CLASSES];
         h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_meta = [null(); OWNED_CACHE];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -169,7 +169,11 @@ impl Heap {
             }
         }
         self.owned_count += 1;
-        self.owned_cache[owned_slot(ss.base())] = ss.base();
+        for i in 0..SLABS {
+            let base = ss.base() + i * SLAB_SIZE;
+            self.owned_cache[owned_slot(base)] = base;
+            self.owned_meta[owned_slot(base)] = ss.slab_of(base as *const u8);
+        }
     }
 
     pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
@@ -190,9 +194,13 @@ impl Heap {
             ss.set_heap_links(null(), null());
         }
         self.owned_count -= 1;
-        let slot = &mut self.owned_cache[owned_slot(ss.base())];
-        if *slot == ss.base() {
-            *slot = EMPTY_SLOT;
+        for i in 0..SLABS {
+            let base = ss.base() + i * SLAB_SIZE;
+            let slot = owned_slot(base);
+            if self.owned_cache[slot] == base {
+                self.owned_cache[slot] = EMPTY_SLOT;
+                self.owned_meta[slot] = null();
+            }
         }
     }
 
