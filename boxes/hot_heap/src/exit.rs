@@ -8,6 +8,9 @@ impl Heap {
     pub(crate) unsafe fn teardown(&mut self) {
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
+        // One batch buffer for every class (zeroing it per class cost more than the classes'
+        // blocks in a short-lived thread).
+        let mut batch = [null_mut(); 256];
         for class in 0..CLASSES {
             // SAFETY: the list holds free blocks of ours.
             let chain = unsafe { self.sll.take_all(class) };
@@ -18,16 +21,12 @@ impl Heap {
                 self.return_to_slab(class, b);
                 b = next;
             }
-            let mut batch = [null_mut(); 256];
-            loop {
+            while !self.cache.is_empty(class) {
                 let mut k = 0;
                 self.cache.drain_oldest(class, 256, |b| {
                     batch[k] = b;
                     k += 1;
                 });
-                if k == 0 {
-                    break;
-                }
                 for &b in &batch[..k] {
                     self.return_to_slab(class, b);
                 }
