@@ -10,7 +10,8 @@
 //!        own slabs -> drained remote frees -> adopted abandoned superslabs
 //!        -> new slab in an own superslab -> lru -> OS
 //! free (owner):     thread list --(full)--> unified cache --(full)--> slab free lists
-//! free (non-owner): one CAS onto the slab's remote stack
+//! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:
+//!                   claim it (H9), then the owner's free
 //! ```
 //!
 //! A context over the real OS, one heap, and a block allocated and freed on its fast paths:
@@ -87,6 +88,21 @@
 //!   carve mark 0. So a hit in the cache proves, with one load and one compare, both "ours"
 //!   (the registry's answer) and "owned by this heap" (the owner check): the C free's fast path,
 //!   [`Heap::try_free_owned`].
+//! - **H9 (adoption by a freer).** A heap that frees a block into an abandoned superslab (the
+//!   block's slab is in use and has no owner) claims it at once, on the first such free:
+//!   [`AbandonedList::claim`] takes it off the abandoned list under the list's lock, so exactly
+//!   one of the claiming freers, allocating adopters (refill step 3) and collecting orphan
+//!   freers takes it (superslab SS7, SS12). The claimer links it into its owned list and owned
+//!   cache (H7, H8), drains its remote stacks (clearing their abandoned flags, so later remote
+//!   frees are one CAS again), and frees the block as its owner; every later free of its blocks
+//!   by the claimer is owner-local, and its free slabs serve the claimer's allocations. A lost
+//!   claim (another thread holds the superslab out of the list) frees by the non-owner's path,
+//!   as does a block carrying the free key (FK3) and every free by a thread without a heap.
+//!   Why at once rather than after some number of orphan frees: each orphan free into a listed
+//!   superslab takes the list's lock and drains all its slabs, which costs as much as a claim,
+//!   while after a claim the next frees cost nothing extra and the free space is reused; the
+//!   memory a claim keeps is bounded as an adopter's is (H4: empty slabs go back at once, and a
+//!   heap keeps at most one empty superslab).
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.

@@ -139,7 +139,7 @@ impl AbandonedList {
         Some(unsafe { &*(ss as *const Superslab) })
     }
 
-    /// Adoption by a freer (SS11): takes `ss` itself off the list, if it is still on it, and
+    /// Adoption by a freer (SS12): takes `ss` itself off the list, if it is still on it, and
     /// makes `owner` its owner, with the list's reference. False, having changed nothing, when
     /// it is not listed: already adopted or claimed, being collected by a freer that holds it
     /// out of the list, or never abandoned. The list's lock decides between this, [`Self::adopt`],

@@ -95,7 +95,7 @@
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
-//! - **SS11 (adoption by a freer).** A thread with a heap that frees into an abandoned
+//! - **SS12 (adoption by a freer).** A thread with a heap that frees into an abandoned
 //!   superslab may claim it with [`AbandonedList::claim`]: the same unlink under the list's lock
 //!   as [`AbandonedList::adopt`], so of any number of claimers, allocating adopters and
 //!   collecting freers exactly one takes a listed superslab, and it is never taken twice. The

@@ -268,7 +268,7 @@ fn abandon_vs_remote_free() {
     });
 }
 
-/// Model 5, adoption by a freer (SS11) against adoption by an allocator and a remote free: heap
+/// Model 5, adoption by a freer (SS12) against adoption by an allocator and a remote free: heap
 /// 1 has abandoned a superslab with two blocks out. Thread 3 holds one of them and frees it by
 /// claiming the superslab (falling back to the remote free when the claim loses); thread 2
 /// allocates, so it adopts; a third thread frees the other block remotely. At most one of the
