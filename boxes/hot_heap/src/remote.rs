@@ -59,10 +59,11 @@ impl Heap {
     ) {
         let ctx = self.ctx();
         // H9: a block of an in-use slab with no owner is a block of an abandoned superslab:
-        // claim it, and free as its owner. A block carrying the free key is not claimed for (the
-        // non-owner's path reports it, FK3), and a lost claim (another thread holds the
-        // superslab) takes the non-owner's path.
+        // claim it, and free as its owner, unless this heap already owns CLAIM_BELOW superslabs.
+        // A block carrying the free key is not claimed for (the non-owner's path reports it,
+        // FK3), and a lost claim (another thread holds the superslab) takes the non-owner's path.
         if slab.owner() == 0
+            && self.owned_count < CLAIM_BELOW
             && slab.carved() != 0
             && !Self::remote_double_free(p)
             && self.claim(ss)
