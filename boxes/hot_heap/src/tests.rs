@@ -229,10 +229,8 @@ fn a_thread_that_frees_into_an_abandoned_superslab_adopts_it() {
     // It is in the freer's owned cache (H8): the lean fast path takes the next frees.
     for &b in &kept[1..] {
         // SAFETY: handed over; freed once.
-        assert!(
-            unsafe { h.try_free_owned(b as *mut u8) },
-            "an owner-local free"
-        );
+        let local = unsafe { h.try_free_owned(b as *mut u8) };
+        assert!(local, "an owner-local free");
         // The list fills up; spill it through the full path, which is local too.
         if h.sll[c].is_full() {
             h.spill(c);
