@@ -267,10 +267,13 @@ impl Stats {
         )?;
         writeln!(
             w,
-            "  remote frees {}, abandons {}, adopts {}, abandoned now {}, threads with a heap {}",
+            "  remote frees {}, abandons {}, adopts {} (by an allocator {}, by a freer {}), \
+             abandoned now {}, threads with a heap {}",
             self.count(Event::RemoteFree),
             self.count(Event::Abandon),
+            self.count(Event::Adopt) + self.count(Event::AdoptByFree),
             self.count(Event::Adopt),
+            self.count(Event::AdoptByFree),
             self.abandoned,
             self.threads,
         )?;

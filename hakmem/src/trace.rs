@@ -127,6 +127,11 @@ fn emit(e: Event, bytes: usize) {
             event = "superslab_adopted",
             "hakmem: abandoned superslab adopted"
         ),
+        Event::AdoptByFree => tracing::debug!(
+            target: "hakmem",
+            event = "superslab_adopted_by_free",
+            "hakmem: abandoned superslab adopted by a thread freeing into it"
+        ),
         Event::Madvise => tracing::debug!(
             target: "hakmem",
             event = "purge",

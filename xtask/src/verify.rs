@@ -112,6 +112,12 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         models: &[("hakmem-superslab", "loom_models::abandon_vs_remote_free")],
         what: "a remote free checks for abandonment, then pushes: an abandon in between strands it",
     },
+    SeededBug {
+        name: "claim_without_take",
+        in_crate: "hakmem-superslab",
+        models: &[("hakmem-superslab", "loom_models::claim_vs_adopt")],
+        what: "a freer claims an abandoned superslab by its state without taking it off the list",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

@@ -10,7 +10,8 @@
 //!        own slabs -> drained remote frees -> adopted abandoned superslabs
 //!        -> new slab in an own superslab -> lru -> OS
 //! free (owner):     thread list --(full)--> unified cache --(full)--> slab free lists
-//! free (non-owner): one CAS onto the slab's remote stack
+//! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:
+//!                   claim it (H10), then the owner's free
 //! ```
 //!
 //! A context over the real OS, one heap, and a block allocated and freed on its fast paths:
@@ -91,10 +92,30 @@
 //! - **H9 (empty heaps).** An [`EmptyHeap`] owns nothing and is never written: its lists are
 //!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
 //!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a
-//!   store. Its id is [`EMPTY_ID`], which no slab has as owner. A thread's heap pointer can therefore start out, and end, pointing at one instead
-//!   of null, and the two fast paths need no test for "no heap yet" or "heap gone": the miss
+//!   store. Its id is [`EMPTY_ID`], which no slab has as owner. A thread's heap pointer can
+//!   therefore start out, and end, pointing at one instead of null, and the two fast paths need no test for "no heap yet" or "heap gone": the miss
 //!   sends the call to the slow path, which tells the empty heap from a real one. Every other
 //!   heap method is for real heaps only.
+//! - **H10 (adoption by a freer).** A heap that frees a block into an abandoned superslab (the
+//!   block's slab is in use and has no owner) claims it at once, on the first such free, when
+//!   it owns fewer than `CLAIM_BELOW` (4) superslabs:
+//!   [`AbandonedList::claim`] takes it off the abandoned list under the list's lock, so exactly
+//!   one of the claiming freers, allocating adopters (refill step 3) and collecting orphan
+//!   freers takes it (superslab SS7, SS12). The claimer links it into its owned list and owned
+//!   cache (H7, H8), drains its remote stacks (clearing their abandoned flags, so later remote
+//!   frees are one CAS again), and frees the block as its owner; every later free of its blocks
+//!   by the claimer is owner-local, and its free slabs serve the claimer's allocations. A lost
+//!   claim (another thread holds the superslab out of the list) frees by the non-owner's path,
+//!   as does a block carrying the free key (FK3), every free by a heap that owns
+//!   `CLAIM_BELOW` superslabs or more, and every free by a thread without a heap.
+//!   Why at once: each orphan free into a listed superslab takes the list's lock and drains all
+//!   its slabs, which costs as much as a claim, while after a claim the next frees cost nothing
+//!   extra and the free space is reused. Why bounded: a heap that claims every superslab it
+//!   frees into spreads its allocations over many partly used superslabs, none of which
+//!   empties (larson's peak RSS grew by a fifth, at 2 to 8 threads); below the bound the RSS is
+//!   as with adoption by allocators alone, and the list's lock is still taken about ten times
+//!   less in churn (docs/SCALING.md). A heap past the bound frees by the orphan path, which
+//!   drains those superslabs towards release.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -209,6 +230,12 @@ const SCAN_PER_REFILL: usize = 4;
 /// with hundreds of superslabs does not walk them all every 2 MiB; the rotating cursor still
 /// visits every one in turn.
 const SCAN_BEFORE_GROWING: usize = 32;
+
+/// A heap claims an abandoned superslab it frees into only while it owns fewer superslabs than
+/// this (H10): 8 MiB. Beyond it, claiming more spreads the heap's allocations over more partly
+/// used superslabs (larson's peak RSS grew by a fifth without the bound), while the orphan path
+/// drains them towards release.
+const CLAIM_BELOW: usize = 4;
 
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.

@@ -58,6 +58,20 @@ impl Heap {
         p: *mut u8,
     ) {
         let ctx = self.ctx();
+        // H10: a block of an in-use slab with no owner is a block of an abandoned superslab:
+        // claim it, and free as its owner, unless this heap already owns CLAIM_BELOW superslabs.
+        // A block carrying the free key is not claimed for (the non-owner's path reports it,
+        // FK3), and a lost claim (another thread holds the superslab) takes the non-owner's path.
+        if slab.owner() == 0
+            && self.owned_count < CLAIM_BELOW
+            && slab.carved() != 0
+            && !Self::remote_double_free(p)
+            && self.claim(ss)
+            && slab.owner() == self.id
+        {
+            // SAFETY: forwarded; the slab is ours now, so this takes the owner's path.
+            return unsafe { self.free_small(ss, slab, p) };
+        }
         if !Self::remote_free_allowed(ctx, ss, p) {
             return;
         }
@@ -65,6 +79,27 @@ impl Heap {
         self.stats.on_remote_free();
         // SAFETY: the caller gives up `p`, a block of `slab` in `ss`.
         unsafe { Self::push_remote(ctx, ss, slab, p) }
+    }
+
+    /// Adoption by a freer (H10): takes `ss` off the abandoned list if it is still there, makes
+    /// it this heap's (owned list and cache, H7, H8), and drains its remote frees, which clears
+    /// the abandoned flags. False, having changed nothing, when another thread holds it.
+    #[cold]
+    #[inline(never)]
+    fn claim(&mut self, ss: &'static Superslab) -> bool {
+        let ctx = self.ctx();
+        // SAFETY: this heap's id, used by this thread alone; the caller holds a block of `ss`,
+        // which keeps it alive, and the context's list is the only one it can be on.
+        if !unsafe { ctx.abandoned.claim(ss, self.id) } {
+            return false;
+        }
+        ctx.stats.event(Event::AdoptByFree, 0);
+        // SAFETY: claimed: ours.
+        let has_free = unsafe { ss.has_free_slab() };
+        self.link_owned(ss, has_free);
+        // The caller's block is out, so this cannot release the superslab (SS4).
+        self.collect_one(ss);
+        true
     }
 
     /// Frees `p` from a thread that has no heap (or no longer has one): always the remote path.

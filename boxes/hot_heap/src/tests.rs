@@ -198,6 +198,112 @@ fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
 }
 
 #[test]
+fn a_thread_that_frees_into_an_abandoned_superslab_adopts_it() {
+    let ctx = ctx(16, false);
+    let c = class_of(100).unwrap();
+    let kept: Vec<usize> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let h = heap(ctx);
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+            let kept: Vec<usize> = (0..100).map(|_| unsafe { h.alloc(c) } as usize).collect();
+            // SAFETY: the thread "exits" with blocks out.
+            unsafe { ctx.retire_heap(NonNull::from(h)) };
+            kept
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: a block of ours, so a live superslab covers it.
+    let ss = unsafe { Superslab::of(kept[0] as *const u8) };
+    assert_eq!(ss.owner(), 0, "abandoned: no owner");
+    // A heap that never allocated frees one block into it: it adopts the superslab (H10).
+    let h = heap(ctx);
+    // SAFETY: handed over; freed once.
+    unsafe { free(h, kept[0] as *mut u8) };
+    assert_eq!(ss.owner(), h.id(), "the freer owns the superslab");
+    assert!(!ss.is_abandoned());
+    assert_eq!(ctx.abandoned.len(), 0, "taken off the abandoned list");
+    let s = ctx.snapshot();
+    assert_eq!((s.count(Event::AdoptByFree), s.count(Event::Adopt)), (1, 0));
+    // It is in the freer's owned cache (H8): the lean fast path takes the next frees.
+    for &b in &kept[1..] {
+        // SAFETY: handed over; freed once.
+        let local = unsafe { Heap::try_free_owned(h, b as *mut u8) };
+        assert!(local, "an owner-local free");
+        // The list fills up; spill it through the full path, which is local too.
+        if h.sll.is_full(c) {
+            h.spill(c);
+        }
+    }
+    assert_eq!(
+        ctx.snapshot().count(Event::RemoteFree),
+        0,
+        "no free was remote"
+    );
+    // And its memory serves the freer's allocations before any new superslab.
+    // SAFETY: the heap is this test thread's own.
+    let p = unsafe { h.alloc(c) };
+    assert_eq!(p as usize & !(SS_SIZE - 1), ss.base());
+    assert_eq!(ctx.snapshot().count(Event::SsCreated), 1);
+    // SAFETY: ours, freed once; the heap is not used again.
+    unsafe {
+        free(h, p);
+        ctx.retire_heap(NonNull::from(h));
+    }
+    assert_eq!(ctx.snapshot().held(c), 0);
+}
+
+#[test]
+fn a_heap_that_owns_four_superslabs_frees_into_an_abandoned_one_without_adopting_it() {
+    let ctx = ctx(16, false);
+    let c = class_of(100).unwrap();
+    // The freer's heap fills superslabs until it owns CLAIM_BELOW of them.
+    let h = heap(ctx);
+    let big = class_of(16384).unwrap();
+    let mut held = Vec::new();
+    while h.owned_count < CLAIM_BELOW {
+        // SAFETY: the heap is this test thread's own.
+        let p = unsafe { h.alloc(big) };
+        assert!(!p.is_null());
+        held.push(p);
+    }
+    let kept: Vec<usize> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let a = heap(ctx);
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+            let kept: Vec<usize> = (0..2).map(|_| unsafe { a.alloc(c) } as usize).collect();
+            // SAFETY: the thread "exits" with blocks out.
+            unsafe { ctx.retire_heap(NonNull::from(a)) };
+            kept
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: a block of ours, so a live superslab covers it.
+    let ss = unsafe { Superslab::of(kept[0] as *const u8) };
+    // SAFETY: handed over; freed once.
+    unsafe { free(h, kept[0] as *mut u8) };
+    assert_eq!(ss.owner(), 0, "not claimed past the bound (H10)");
+    assert_eq!(
+        ctx.abandoned.len(),
+        1,
+        "collected and put back: a block is still out"
+    );
+    assert_eq!(ctx.snapshot().count(Event::AdoptByFree), 0);
+    // SAFETY: ours, each freed once; the heap is not used again.
+    unsafe {
+        free(h, kept[1] as *mut u8);
+        assert_eq!(ctx.abandoned.len(), 0, "its last free released it");
+        for p in held {
+            free(h, p);
+        }
+        ctx.retire_heap(NonNull::from(h));
+    }
+}
+
+#[test]
 fn abandoned_superslab_goes_back_with_its_last_remote_free() {
     let ctx = ctx(16, false);
     let c = class_of(48).unwrap();

@@ -70,8 +70,10 @@ pub enum Event {
     RemoteFree,
     /// A superslab abandoned by an exiting thread while it still held blocks.
     Abandon,
-    /// An abandoned superslab adopted by another thread.
+    /// An abandoned superslab adopted by another thread's refill.
     Adopt,
+    /// An abandoned superslab adopted by a thread that freed a block into it.
+    AdoptByFree,
     /// A large region handed to a user (bytes: its mapped length).
     LargeAlloc,
     /// A large region given back by a user (bytes: its mapped length).
@@ -103,6 +105,7 @@ impl Event {
         Event::RemoteFree,
         Event::Abandon,
         Event::Adopt,
+        Event::AdoptByFree,
         Event::LargeAlloc,
         Event::LargeFree,
         Event::Mremap,
@@ -124,6 +127,7 @@ impl Event {
             Event::RemoteFree => "remote frees",
             Event::Abandon => "abandons",
             Event::Adopt => "adopts",
+            Event::AdoptByFree => "adopts by a freer",
             Event::LargeAlloc => "large allocs",
             Event::LargeFree => "large frees",
             Event::Mremap => "mremap",
@@ -146,6 +150,7 @@ impl Event {
             Event::RemoteFree => "remote_frees",
             Event::Abandon => "abandons",
             Event::Adopt => "adopts",
+            Event::AdoptByFree => "adopts_by_free",
             Event::LargeAlloc => "large_allocs",
             Event::LargeFree => "large_frees",
             Event::Mremap => "mremap",
@@ -166,6 +171,7 @@ impl Event {
                 | Event::SsReleased
                 | Event::Abandon
                 | Event::Adopt
+                | Event::AdoptByFree
                 | Event::Madvise
                 | Event::OsRefused
         )

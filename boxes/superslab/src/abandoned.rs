@@ -139,6 +139,39 @@ impl AbandonedList {
         Some(unsafe { &*(ss as *const Superslab) })
     }
 
+    /// Adoption by a freer (SS12): takes `ss` itself off the list, if it is still on it, and
+    /// makes `owner` its owner, with the list's reference. False, having changed nothing, when
+    /// it is not listed: already adopted or claimed, being collected by a freer that holds it
+    /// out of the list, or never abandoned. The list's lock decides between this, [`Self::adopt`],
+    /// [`Self::try_remove`] and other claims: exactly one of them takes a listed superslab. The
+    /// caller should then drain its remote stacks, which clears their abandoned flags.
+    ///
+    /// # Safety
+    /// As for [`Self::adopt`]: `owner` is the calling thread's own heap id, which no other
+    /// running thread uses. `ss` is kept alive by the caller (it holds a block of it or a pin),
+    /// and if it is listed, it is on this list.
+    ///
+    /// ```compile_fail,E0133
+    /// fn claim(list: &hakmem_superslab::AbandonedList, ss: &hakmem_superslab::Superslab) {
+    ///     let _ = list.claim(ss, 42); // error: an `unsafe fn`
+    /// }
+    /// ```
+    pub unsafe fn claim(&self, ss: &Superslab, owner: usize) -> bool {
+        #[cfg(not(hakmem_seeded_bug = "claim_without_take"))]
+        if !self.try_remove(ss) {
+            return false;
+        }
+        // Seeded bug: look at the state instead of taking it off the list, so an allocating
+        // adopter (or another freer) can take it too.
+        #[cfg(hakmem_seeded_bug = "claim_without_take")]
+        if !ss.is_abandoned() {
+            return false;
+        }
+        // SAFETY: taken off the list above, so held exclusively, with the list's reference.
+        unsafe { ss.take_ownership(owner) };
+        true
+    }
+
     /// How often the list's lock was taken, and how often a taker had to wait (for
     /// `docs/SCALING.md`).
     #[cfg(not(loom))]

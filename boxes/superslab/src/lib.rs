@@ -82,8 +82,8 @@
 //!   whole stack with one swap (Acquire); every pushed block is taken exactly once. The head
 //!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack.
 //! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
-//!   heap; taking it off the list (adopt, or a freer's collect) is the only way to touch its
-//!   slabs, and the lock makes that exclusive. Abandoning drains and flags every in-use slab's
+//!   heap; taking it off the list (adopt, a freer's claim, or a freer's collect) is the only
+//!   way to touch its slabs, and the lock makes that exclusive. Abandoning drains and flags every in-use slab's
 //!   remote stack in one swap per slab (collectors drain with the same swap; an adopter's drain
 //!   clears the flag), so a remote free either lands before and is drained, or sees the flag in
 //!   its one CAS and pins, pushes and collects: none is stranded (S1). Whoever lists the
@@ -95,6 +95,15 @@
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
+//! - **SS12 (adoption by a freer).** A thread with a heap that frees into an abandoned
+//!   superslab may claim it with [`AbandonedList::claim`]: the same unlink under the list's lock
+//!   as [`AbandonedList::adopt`], so of any number of claimers, allocating adopters and
+//!   collecting freers exactly one takes a listed superslab, and it is never taken twice. The
+//!   claimer becomes the owner with the list's reference, then drains every in-use slab's
+//!   remote stack, which clears its flag. Until that drain a racing remote free still sees the
+//!   flag, pins, pushes (with [`RemoteStack::push`], which keeps what it finds) and finds
+//!   nothing to take off the list; after it the push's CAS succeeds on an owned stack. Either
+//!   way the block is on the owner's stack, drained by its next collect (S1).
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -267,3 +267,117 @@ fn abandon_vs_remote_free() {
         assert_eq!(w.os.unmaps(), 1);
     });
 }
+
+/// Model 5, adoption by a freer (SS12) against adoption by an allocator and a remote free: heap
+/// 1 has abandoned a superslab with two blocks out. Thread 3 holds one of them and frees it by
+/// claiming the superslab (falling back to the remote free when the claim loses); thread 2
+/// allocates, so it adopts; a third thread frees the other block remotely. At most one of the
+/// claimer and the adopter takes the superslab, the winner owns it, no block is lost or comes
+/// back twice, and it is released exactly once.
+#[test]
+fn claim_vs_adopt() {
+    loom::model(|| {
+        let w = World::new();
+        let (ss, blocks) = superslab_with_blocks(&w, 2);
+        // SAFETY: heap 1 owns it and "exits" now; two blocks are out, so it is listed.
+        assert_eq!(unsafe { ss.abandon(&w.list, &w.stats) }, Ok(false));
+        let (mine, theirs) = (blocks[0], blocks[1]);
+        let claimer = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                let slab = ss.slab_of(mine as *const u8);
+                // SAFETY: `3` is this model thread's own; its block keeps `ss` alive.
+                if unsafe { w.list.claim(ss, 3) } {
+                    assert_eq!((ss.owner(), slab.owner()), (3, 3), "the claimer owns it");
+                    // SAFETY: claimed: this thread owns it now. Its block is out, so the
+                    // drain cannot find it empty.
+                    let empty = unsafe { ss.collect(|_, _| ()) }.expect("no block twice");
+                    assert!(!empty, "the claimer's own block is still out");
+                    // The owner's free: straight onto the slab's free list.
+                    // SAFETY: ours, given up once.
+                    unsafe { slab.free_local(mine as *mut u8) }.expect("no block twice");
+                    return (true, false);
+                }
+                // SAFETY: this thread holds `mine` and gives it up.
+                let last =
+                    unsafe { ss.free_remote(slab, mine as *mut u8, &w.list, &w.stats) }.unwrap();
+                if last {
+                    w.release(ss);
+                }
+                (false, last)
+            })
+        };
+        let adopter = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                // SAFETY: `2` is this model thread's own.
+                let ss = unsafe { w.list.adopt(2) }?;
+                assert_eq!(ss.owner(), 2);
+                // SAFETY: adopted: this thread owns it now.
+                let empty = unsafe { ss.collect(|_, _| ()) }.expect("no block twice");
+                // Empty: drop the owner's reference (a freer's pin may outlive it).
+                // SAFETY: the list's reference, handed over by adopt.
+                let released = empty && unsafe { ss.unpin() };
+                if released {
+                    w.release(ss);
+                }
+                Some((empty, released))
+            })
+        };
+        let freer = {
+            let w = w.clone();
+            loom::thread::spawn(move || {
+                let slab = ss.slab_of(theirs as *const u8);
+                // SAFETY: this thread holds `theirs` and gives it up.
+                let last =
+                    unsafe { ss.free_remote(slab, theirs as *mut u8, &w.list, &w.stats) }.unwrap();
+                if last {
+                    w.release(ss);
+                }
+                last
+            })
+        };
+        let (claimed, claimer_released) = claimer.join().unwrap();
+        let adopted = adopter.join().unwrap();
+        let freer_released = freer.join().unwrap();
+        assert!(
+            !(claimed && adopted.is_some()),
+            "taken by both the claimer and the adopter"
+        );
+        let released = [
+            claimer_released,
+            freer_released,
+            adopted.is_some_and(|(_, r)| r),
+        ];
+        if w.os.unmaps() == 0 {
+            // Still held: by the claimer, the adopter, or the list. Finish the job as its holder
+            // would, and account for every block.
+            if claimed {
+                assert_eq!(ss.owner(), 3);
+            } else if adopted.is_some() {
+                assert_eq!(
+                    adopted.map(|(empty, _)| empty),
+                    Some(false),
+                    "an empty adopted superslab stayed mapped"
+                );
+                assert_eq!(ss.owner(), 2);
+            } else {
+                assert!(w.list.try_remove(ss), "neither released nor taken: listed");
+            }
+            // SAFETY: all other threads joined; we hold it.
+            let empty = unsafe { ss.collect(|_, _| ()) }.expect("no block twice");
+            assert!(empty, "no block lost: both came back");
+            // SAFETY: the last reference, the holder's.
+            assert!(unsafe { ss.unpin() }, "no reference left over");
+            w.release(ss);
+        } else {
+            assert!(!claimed, "a claimed superslab released under its claimer");
+            assert_eq!(
+                released.iter().filter(|&&r| r).count(),
+                1,
+                "released by exactly one: {released:?}"
+            );
+        }
+        assert_eq!(w.os.unmaps(), 1, "released exactly once");
+    });
+}
