@@ -12,10 +12,11 @@ use hakmem_route::CLASSES;
 use hakmem_stats::Event;
 use hakmem_superslab::{LargeHeader, LargeLayout, SS_SIZE};
 
-/// The stats row the large tier counts in.
+/// The stats row the large and medium tiers count in.
 pub const LARGE_ROW: usize = CLASSES;
 
-fn count(alloc: bool) {
+/// Counts a block of the large row (large and medium blocks) in this thread's stats.
+pub(crate) fn count(alloc: bool) {
     let h = heap_ptr();
     if h.is_null() || h == DEAD {
         if let Some(c) = crate::global::ctx() {
@@ -76,6 +77,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     env.stats.event(Event::LargeAlloc, layout.len);
     count(true);
+    crate::medium::purge_if_due(ctx);
     user
 }
 
@@ -126,4 +128,5 @@ pub unsafe fn free(ctx: &Ctx, h: &LargeHeader) {
     count(false);
     // SAFETY: retired: unregistered, and nothing refers to it.
     unsafe { ctx.lru.put(env.stats, base, len, now_ns()) };
+    crate::medium::purge_if_due(ctx);
 }

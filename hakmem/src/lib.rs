@@ -50,6 +50,7 @@
 
 mod global;
 mod large;
+mod medium;
 mod out;
 mod purge;
 mod settings;
@@ -173,7 +174,8 @@ pub fn stats() -> Stats {
 /// ```
 pub fn collect() -> usize {
     match ctx() {
-        Some(c) => c.lru.flush(&c.stats),
+        // Empty medium regions go to the lru first, to be unmapped with the rest.
+        Some(c) => medium::collect() + c.lru.flush(&c.stats),
         None => 0,
     }
 }
@@ -308,6 +310,7 @@ pub mod raw {
         match unsafe { lookup(p, "malloc_usable_size") } {
             Some(Block::Small(ss, _)) => block_size_of(ss.slab_of(p).class()),
             Some(Block::Large(h)) => h.usable(),
+            Some(Block::Medium(_, usable)) => usable,
             None => 0,
         }
     }
@@ -328,6 +331,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
             unsafe { alloc_small_slow(class, zero, code) }
         }
         Route::Large => match ctx_or_init_with(code) {
+            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, zero),
             Some(ctx) => large::alloc(ctx, size, align, zero),
             None => null_mut(),
         },
@@ -381,6 +385,8 @@ unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
 enum Block {
     Small(&'static Superslab, &'static SlabMeta),
     Large(&'static hakmem_superslab::LargeHeader),
+    /// A medium block: its region's base and its usable bytes.
+    Medium(usize, usize),
 }
 
 /// The block `p` is, or a report for `op` and `None` when it is not one of ours.
@@ -399,6 +405,10 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             Some(Block::Small(ss, slab))
         }
         PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
+        // SAFETY: a live medium region (the registry says so); reported there if not a block.
+        PtrRoute::Medium(base) => {
+            unsafe { medium::usable(base, p, op) }.map(|usable| Block::Medium(base, usable))
+        }
         _ => {
             invalid_pointer(op, p);
             None
@@ -428,6 +438,9 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         },
         // SAFETY: the registry says `h` is live and the caller gives its block up.
         PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
+        // SAFETY: a live medium region (the registry says so); `p` is given up, and reported
+        // there unless it is one of its live blocks.
+        PtrRoute::Medium(base) => unsafe { medium::free(ctx, base, p, op) },
         _ => invalid_pointer(op, p),
     }
 }
@@ -502,6 +515,18 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                 usable,
                 new_size <= usable && new_size > MAX_SMALL && new_size >= usable / 2,
             )
+        }
+        Some(Block::Medium(base, usable)) => {
+            // Resized over its own granules and the free ones after it, while it stays medium.
+            if let Some(ctx) = ctx() {
+                // SAFETY: the caller holds the block, a live block start of the region.
+                if medium::serves(ctx, new_size, align)
+                    && unsafe { medium::resize(ctx, base, p, new_size) }
+                {
+                    return p;
+                }
+            }
+            (usable, false)
         }
         None => return null_mut(),
     };
