@@ -14,8 +14,10 @@
 //! ```
 //!
 //! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
-//! allocator, owns start-up and the per-thread heap pointer, and serves the large tier. It never
-//! exports `malloc` and friends; `libhakmem.so` (crate `hakmem-preload`) does that.
+//! allocator, owns start-up and the per-thread heap pointer, and serves the medium tier (64 KiB + 1
+//! up to 1020 KiB: page runs of shared 2 MiB regions, `medium.rs`, invariants M1..M5 there) and
+//! the large tier (a dedicated region per block). It never exports `malloc` and friends;
+//! `libhakmem.so` (crate `hakmem-preload`) does that.
 //!
 //! ## Invariants
 //! - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
@@ -26,8 +28,8 @@
 //! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
 //! - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
 //!   its slab has handed out (below the slab's carve mark, SS10), is reported as
-//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3) as
-//!   `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
+//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3), or a
+//!   medium block start freed twice (medium M1), as `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
 //!   reports, drops the free and goes on).
 //! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
 //!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
@@ -405,9 +407,11 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             Some(Block::Small(ss, slab))
         }
         PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
-        // SAFETY: a live medium region (the registry says so); reported there if not a block.
         PtrRoute::Medium(base) => {
-            unsafe { medium::usable(base, p, op) }.map(|usable| Block::Medium(base, usable))
+            // SAFETY: a live medium region (the registry says so); reported there if `p` is not
+            // one of its blocks.
+            let usable = unsafe { medium::usable(base, p, op) };
+            usable.map(|usable| Block::Medium(base, usable))
         }
         _ => {
             invalid_pointer(op, p);
@@ -519,11 +523,11 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         Some(Block::Medium(base, usable)) => {
             // Resized over its own granules and the free ones after it, while it stays medium.
             if let Some(ctx) = ctx() {
-                // SAFETY: the caller holds the block, a live block start of the region.
-                if medium::serves(ctx, new_size, align)
-                    && unsafe { medium::resize(ctx, base, p, new_size) }
-                {
-                    return p;
+                if medium::serves(ctx, new_size, align) {
+                    // SAFETY: the caller holds the block, a live block start of the region.
+                    if unsafe { medium::resize(ctx, base, p, new_size) } {
+                        return p;
+                    }
                 }
             }
             (usable, false)

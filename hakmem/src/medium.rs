@@ -34,7 +34,7 @@ use crate::large::count;
 use core::ptr::{addr_of_mut, null_mut, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hakmem_hot_heap::Ctx;
-use hakmem_lru::now_ns;
+use hakmem_lru::{now_ns, LruConfig};
 use hakmem_registry::Kind;
 use hakmem_route::MAX_SMALL;
 use hakmem_stats::Event;
@@ -388,14 +388,24 @@ impl State {
 /// header.
 fn granule_of(base: usize, p: *const u8) -> Option<usize> {
     let off = (p as usize).checked_sub(base)?;
-    (off.is_multiple_of(GRANULE) && off < SS_SIZE && off >= HEADER_GRANULES * GRANULE)
+    (off.is_multiple_of(GRANULE) && (HEADER_GRANULES * GRANULE..SS_SIZE).contains(&off))
         .then_some(off / GRANULE)
 }
 
-/// Sets the purge tick if none is set.
-fn arm(delay: u64) {
+/// The purge delay, when purging is on (`HAKMEM_SS_LAZY_ZERO`, as for the lru's regions): the
+/// lru's own delay. Read from the settings, not the lru, whose configuration is behind its lock.
+fn purge_delay() -> Option<u64> {
+    crate::global::settings()
+        .lazy_zero
+        .then(|| LruConfig::default().purge_delay_ns)
+}
+
+/// Sets the purge tick if none is set and purging is on.
+fn arm() {
     if DUE.load(Ordering::Relaxed) == u64::MAX {
-        DUE.store(now_ns().saturating_add(delay), Ordering::Relaxed);
+        if let Some(delay) = purge_delay() {
+            DUE.store(now_ns().saturating_add(delay), Ordering::Relaxed);
+        }
     }
 }
 
@@ -438,7 +448,7 @@ fn new_region(ctx: &Ctx) -> Option<*mut Region> {
     let env = ctx.env();
     let (base, zeroed) = match ctx.lru.take(env.stats, SS_SIZE, true, now_ns()) {
         Some(got) => (got.base, got.zeroed),
-        None => (env.os.map(SS_SIZE, SS_SIZE, env.stats)?, true),
+        None => (crate::large::map_or_collect(ctx, SS_SIZE, SS_SIZE)?, true),
     };
     let r = base.as_ptr().cast::<Region>();
     // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule. Written
@@ -511,8 +521,8 @@ pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
     }
     if !gone.is_null() {
         release(ctx, gone);
-    } else if ctx.lru.config().purge {
-        arm(ctx.lru.config().purge_delay_ns);
+    } else {
+        arm();
     }
     purge_if_due(ctx);
 }
@@ -557,8 +567,8 @@ pub unsafe fn resize(ctx: &Ctx, base: usize, p: *mut u8, size: usize) -> bool {
         // The live bytes follow the block: an in-place resize counts as a free and an alloc.
         ctx.stats.event(Event::LargeFree, old * GRANULE);
         ctx.stats.event(Event::LargeAlloc, n * GRANULE);
-        if n < old && ctx.lru.config().purge {
-            arm(ctx.lru.config().purge_delay_ns);
+        if n < old {
+            arm();
         }
     }
     true
@@ -572,7 +582,12 @@ pub fn purge_if_due(ctx: &Ctx) {
         return;
     }
     let now = now_ns();
-    if now >= due {
+    // One caller runs a due tick: two ticks at once would age and purge runs in one go.
+    if now >= due
+        && DUE
+            .compare_exchange(due, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
         purge(ctx, false, now);
     }
 }
@@ -585,7 +600,6 @@ pub fn purge_if_due(ctx: &Ctx) {
 /// region may leave the list while the lock is released.
 fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
     let env = ctx.env();
-    let delay = ctx.lru.config().purge_delay_ns;
     let mut given = 0;
     let tick = MEDIUM.with(|s| {
         s.tick += 1;
@@ -608,6 +622,7 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
                     continue;
                 }
                 if all && region.map.releasable() {
+                    // The reference to the region ends here; `unlink` writes through the list.
                     s.unlink(r);
                     s.empty -= 1;
                     gone = r;
@@ -657,6 +672,7 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
         }
     }
     // The next tick, if any free granule is still dirty (a free meanwhile arms it too).
+    let delay = purge_delay();
     MEDIUM.with(|s| {
         let mut waits = false;
         let mut r = s.head;
@@ -666,10 +682,9 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
             waits |= region.map.waits();
             r = region.next;
         }
-        let due = if waits && ctx.lru.config().purge {
-            now.saturating_add(delay)
-        } else {
-            u64::MAX
+        let due = match delay {
+            Some(delay) if waits => now.saturating_add(delay),
+            _ => u64::MAX,
         };
         DUE.store(due, Ordering::Relaxed);
     });
