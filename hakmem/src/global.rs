@@ -382,6 +382,8 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 extern "C" fn fork_prepare() {
     // The late heap's lock first: its holder may take the context's locks.
     LATE.lock_for_fork();
+    // Then the medium tier's: it is never held while another is taken (medium M2).
+    crate::medium::lock_for_fork();
     if let Some(c) = ctx() {
         c.lock_all();
     }
@@ -392,6 +394,8 @@ extern "C" fn fork_parent() {
         // SAFETY: fork_prepare took every lock on this thread just before the fork.
         unsafe { c.unlock_all() };
     }
+    // SAFETY: fork_prepare took it with lock_for_fork on this thread.
+    unsafe { crate::medium::force_unlock() };
     // SAFETY: fork_prepare took it with lock_for_fork, and nothing references its value.
     unsafe { LATE.force_unlock() };
 }
@@ -404,6 +408,8 @@ extern "C" fn fork_child() {
         // SAFETY: the parent's fork_prepare took every lock; this is the only thread left.
         unsafe { c.unlock_all() };
     }
+    // SAFETY: as in fork_parent; the parent's prepare took it.
+    unsafe { crate::medium::force_unlock() };
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { LATE.force_unlock() };
 }

@@ -5,17 +5,18 @@
 //! the pages back once they have waited its purge delay, or sooner past its resident budget,
 //! which follows the program's recent large working set (lru C4, C8).
 use crate::global::{heap_ptr, DEAD};
-use core::ptr::null_mut;
+use core::ptr::{null_mut, NonNull};
 use hakmem_hot_heap::Ctx;
 use hakmem_lru::now_ns;
 use hakmem_route::CLASSES;
 use hakmem_stats::Event;
 use hakmem_superslab::{LargeHeader, LargeLayout, SS_SIZE};
 
-/// The stats row the large tier counts in.
+/// The stats row the large and medium tiers count in.
 pub const LARGE_ROW: usize = CLASSES;
 
-fn count(alloc: bool) {
+/// Counts a block of the large row (large and medium blocks) in this thread's stats.
+pub(crate) fn count(alloc: bool) {
     let h = heap_ptr();
     if h.is_null() || h == DEAD {
         if let Some(c) = crate::global::ctx() {
@@ -56,7 +57,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     };
     let (region, zeroed) = match reused {
         Some(r) => (r.base, r.zeroed),
-        None => match env.os.map(layout.len, layout.align, env.stats) {
+        None => match map_or_collect(ctx, layout.len, layout.align) {
             Some(p) => (p, true),
             None => return null_mut(),
         },
@@ -76,7 +77,22 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     env.stats.event(Event::LargeAlloc, layout.len);
     count(true);
+    crate::medium::purge_if_due(ctx);
     user
+}
+
+/// Maps `len` bytes at `align`; when the OS refuses (an address-space limit, say), gives every
+/// cached empty region back ([`crate::collect`]: the lru's, and the medium tier's empty regions)
+/// and asks once more.
+pub(crate) fn map_or_collect(ctx: &Ctx, len: usize, align: usize) -> Option<NonNull<u8>> {
+    let env = ctx.env();
+    if let Some(p) = env.os.map(len, align, env.stats) {
+        return Some(p);
+    }
+    if crate::collect() == 0 {
+        return None;
+    }
+    env.os.map(len, align, env.stats)
 }
 
 /// Grows a large block to `size` bytes by moving its pages; the block's new address, or `None`
@@ -126,4 +142,5 @@ pub unsafe fn free(ctx: &Ctx, h: &LargeHeader) {
     count(false);
     // SAFETY: retired: unregistered, and nothing refers to it.
     unsafe { ctx.lru.put(env.stats, base, len, now_ns()) };
+    crate::medium::purge_if_due(ctx);
 }

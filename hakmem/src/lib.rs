@@ -14,8 +14,10 @@
 //! ```
 //!
 //! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
-//! allocator, owns start-up and the per-thread heap pointer, and serves the large tier. It never
-//! exports `malloc` and friends; `libhakmem.so` (crate `hakmem-preload`) does that.
+//! allocator, owns start-up and the per-thread heap pointer, and serves the medium tier (64 KiB + 1
+//! up to 1020 KiB: page runs of shared 2 MiB regions, `medium.rs`, invariants M1..M5 there) and
+//! the large tier (a dedicated region per block). It never exports `malloc` and friends;
+//! `libhakmem.so` (crate `hakmem-preload`) does that.
 //!
 //! ## Invariants
 //! - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
@@ -26,8 +28,8 @@
 //! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
 //! - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
 //!   its slab has handed out (below the slab's carve mark, SS10), is reported as
-//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3) as
-//!   `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
+//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3), or a
+//!   medium block start freed twice (medium M1), as `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
 //!   reports, drops the free and goes on).
 //! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
 //!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
@@ -50,6 +52,7 @@
 
 mod global;
 mod large;
+mod medium;
 mod out;
 mod purge;
 mod settings;
@@ -173,7 +176,8 @@ pub fn stats() -> Stats {
 /// ```
 pub fn collect() -> usize {
     match ctx() {
-        Some(c) => c.lru.flush(&c.stats),
+        // Empty medium regions go to the lru first, to be unmapped with the rest.
+        Some(c) => medium::collect() + c.lru.flush(&c.stats),
         None => 0,
     }
 }
@@ -305,6 +309,7 @@ pub mod raw {
         match unsafe { lookup(p, "malloc_usable_size") } {
             Some(Block::Small(ss, _)) => block_size_of(ss.slab_of(p).class()),
             Some(Block::Large(h)) => h.usable(),
+            Some(Block::Medium(_, usable)) => usable,
             None => 0,
         }
     }
@@ -333,6 +338,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
             unsafe { alloc_small_slow(class, zero, code) }
         }
         Route::Large => match ctx_or_init_with(code) {
+            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, zero),
             Some(ctx) => large::alloc(ctx, size, align, zero),
             None => null_mut(),
         },
@@ -386,6 +392,8 @@ unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
 enum Block {
     Small(&'static Superslab, &'static SlabMeta),
     Large(&'static hakmem_superslab::LargeHeader),
+    /// A medium block: its region's base and its usable bytes.
+    Medium(usize, usize),
 }
 
 /// The block `p` is, or a report for `op` and `None` when it is not one of ours.
@@ -404,6 +412,12 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             Some(Block::Small(ss, slab))
         }
         PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
+        PtrRoute::Medium(base) => {
+            // SAFETY: a live medium region (the registry says so); reported there if `p` is not
+            // one of its blocks.
+            let usable = unsafe { medium::usable(base, p, op) };
+            usable.map(|usable| Block::Medium(base, usable))
+        }
         _ => {
             invalid_pointer(op, p);
             None
@@ -433,6 +447,9 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         },
         // SAFETY: the registry says `h` is live and the caller gives its block up.
         PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
+        // SAFETY: a live medium region (the registry says so); `p` is given up, and reported
+        // there unless it is one of its live blocks.
+        PtrRoute::Medium(base) => unsafe { medium::free(ctx, base, p, op) },
         _ => invalid_pointer(op, p),
     }
 }
@@ -522,6 +539,18 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
                 usable,
                 new_size <= usable && new_size > MAX_SMALL && new_size >= usable / 2,
             )
+        }
+        Some(Block::Medium(base, usable)) => {
+            // Resized over its own granules and the free ones after it, while it stays medium.
+            if let Some(ctx) = ctx() {
+                if medium::serves(ctx, new_size, align) {
+                    // SAFETY: the caller holds the block, a live block start of the region.
+                    if unsafe { medium::resize(ctx, base, p, new_size) } {
+                        return p;
+                    }
+                }
+            }
+            (usable, false)
         }
         None => return null_mut(),
     };

@@ -1,15 +1,16 @@
 //! Memory given back on time: [`collect`](crate::collect) and the opt-in background purge.
 //!
 //! Every allocator slow path runs the lru's due purges (`Lru::purge_if_due`: one atomic load,
-//! and a clock read only while something is cached). A program that goes fully idle reaches no
+//! and a clock read only while something is cached); every medium and large call runs the
+//! medium tier's purge tick when it is due (medium M3). A program that goes fully idle reaches no
 //! slow path, so `HAKMEM_BACKGROUND_PURGE_MS=N` starts one thread that wakes every `N` ms to do
 //! the same. The thread:
 //! - starts only at load time (an ELF constructor), so never inside an exiting process, and
 //!   only where hakmem serves the process from its start: linked into the executable, or the
 //!   library that provides the process's `malloc` (`LD_PRELOAD`). A `dlopen`ed copy never starts
 //!   one;
-//! - never allocates, holds no lock while it sleeps, and takes only the lru's lock, which
-//!   fork's `prepare` takes too: a fork never copies it mid-operation. A forked child has no
+//! - never allocates, holds no lock while it sleeps, and takes only the lru's lock and the
+//!   medium tier's, which fork's `prepare` takes too: a fork never copies them mid-operation. A forked child has no
 //!   such thread (only the forking thread survives); its slow paths still purge;
 //! - blocks every signal, so signals go to the program's own threads.
 use crate::global::{ctx, ctx_or_init, settings};
@@ -107,6 +108,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
         unsafe { libc::nanosleep(&period, null_mut()) };
         if let Some(c) = ctx() {
             c.lru.purge_if_due(&c.stats);
+            crate::medium::purge_if_due(c);
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ClassStats {
-    /// Block size in bytes; 0 for the large tier's row.
+    /// Block size in bytes; 0 for the large tier's row (medium and large blocks).
     pub block_size: usize,
     /// Allocations.
     pub allocs: u64,
@@ -80,7 +80,8 @@ impl Stats {
         (0..=CLASSES).map(move |c| self.class_row(c))
     }
 
-    /// Size class `class` (`0..classes().count() - 1`; the last row is the large tier).
+    /// Size class `class` (`0..classes().count() - 1`; the last row is the large tier, which
+    /// counts medium blocks too).
     pub fn class(&self, class: usize) -> Option<ClassStats> {
         (class <= CLASSES).then(|| self.class_row(class))
     }
@@ -102,12 +103,13 @@ impl Stats {
         self.pid
     }
 
-    /// Blocks allocated and not yet freed, small and large.
+    /// Blocks allocated and not yet freed, small, medium and large.
     pub fn live_blocks(&self) -> i64 {
         self.classes().map(|c| c.live).sum()
     }
 
-    /// Bytes of those blocks: block sizes for small blocks, mapped bytes for large ones.
+    /// Bytes of those blocks: block sizes for small blocks, whole pages for medium ones, mapped
+    /// bytes for large ones.
     pub fn live_bytes(&self) -> i64 {
         let small: i64 = self.classes().map(|c| c.live_bytes()).sum();
         small + self.bytes(Event::LargeAlloc) as i64 + self.bytes(Event::Mremap) as i64

@@ -171,3 +171,103 @@ fn an_idle_program_gets_a_burst_back_with_the_background_purge() {
     assert!(now <= base + 24 * MIB, "back within 24 MiB");
     println!("idle ok");
 }
+
+/// 800 medium blocks of 250 KiB (about 200 MiB), each written in full, then all but every 8th
+/// dropped: the medium regions stay (each keeps a block), mostly free pages. Returns the blocks
+/// kept and the resident set just after.
+fn medium_burst() -> (Vec<Vec<u8>>, usize) {
+    let mut blocks: Vec<Vec<u8>> = (0..800).map(|i| vec![i as u8 | 1; 250 << 10]).collect();
+    std::hint::black_box(&blocks);
+    let kept: Vec<Vec<u8>> = blocks.drain(..).step_by(8).collect();
+    (kept, rss())
+}
+
+/// The bytes `medium_burst` keeps: 100 blocks of 250 KiB (whole pages: 252 KiB).
+const MEDIUM_KEPT: usize = 100 * (252 << 10);
+
+#[test]
+fn collect_gives_free_pages_of_medium_regions_back() {
+    if role().as_deref() != Some("medium-collect") {
+        in_child(
+            "collect_gives_free_pages_of_medium_regions_back",
+            "medium-collect",
+            &[],
+        );
+        return;
+    }
+    let base = rss();
+    let (kept, freed) = medium_burst();
+    let given = hakmem::collect();
+    let after = rss();
+    println!(
+        "base {} MiB, after the frees {} MiB, collect gave back {} MiB, now {} MiB",
+        base / MIB,
+        freed / MIB,
+        given / MIB,
+        after / MIB
+    );
+    assert!(freed > base + 150 * MIB, "the burst was resident");
+    assert!(given >= 100 * MIB, "the free pages were purged");
+    assert!(after <= base + MEDIUM_KEPT + 8 * MIB, "back at once");
+    assert!(
+        kept.iter().all(|b| b.iter().all(|&x| x == b[0])),
+        "kept blocks intact"
+    );
+    println!("medium-collect ok");
+}
+
+#[test]
+fn medium_calls_alone_bring_free_medium_pages_back() {
+    if role().as_deref() != Some("medium-calls") {
+        in_child(
+            "medium_calls_alone_bring_free_medium_pages_back",
+            "medium-calls",
+            &[],
+        );
+        return;
+    }
+    let base = rss();
+    let (kept, freed) = medium_burst();
+    let (now, took) = poll_back(base + MEDIUM_KEPT, 24 * MIB, || {
+        drop(std::hint::black_box(vec![1u8; 100 << 10]));
+        std::thread::sleep(Duration::from_millis(1));
+    });
+    println!(
+        "base {} MiB, after the frees {} MiB, back to {} MiB after {} ms of medium calls",
+        base / MIB,
+        freed / MIB,
+        now / MIB,
+        took.as_millis()
+    );
+    assert!(now <= base + MEDIUM_KEPT + 24 * MIB, "back within 24 MiB");
+    drop(kept);
+    println!("medium-calls ok");
+}
+
+#[test]
+fn an_idle_program_gets_free_medium_pages_back_with_the_background_purge() {
+    if role().as_deref() != Some("medium-idle") {
+        in_child(
+            "an_idle_program_gets_free_medium_pages_back_with_the_background_purge",
+            "medium-idle",
+            &[("HAKMEM_BACKGROUND_PURGE_MS", "20")],
+        );
+        return;
+    }
+    let base = rss();
+    let (kept, freed) = medium_burst();
+    // No allocator call at all from here: only the background thread can purge.
+    let (now, took) = poll_back(base + MEDIUM_KEPT, 24 * MIB, || {
+        std::thread::sleep(Duration::from_millis(10))
+    });
+    println!(
+        "base {} MiB, after the frees {} MiB, back to {} MiB after {} ms idle",
+        base / MIB,
+        freed / MIB,
+        now / MIB,
+        took.as_millis()
+    );
+    assert!(now <= base + MEDIUM_KEPT + 24 * MIB, "back within 24 MiB");
+    drop(kept);
+    println!("medium-idle ok");
+}

@@ -9,8 +9,9 @@
  *           glibc-data (stdin's FILE, inside libc's data);
  *         pointers into blocks:
  *           interior (+16), misaligned (+1), misaligned8 (+8), interior-large (+8192),
- *           large-header (16 bytes before a large block), never-carved (the last block start
- *           of a fresh 48-byte block's slab, never handed out);
+ *           large-header (16 bytes before a large block), interior-medium (+8192: a page
+ *           boundary inside a 200 KiB block), misaligned-medium (+16 into it), never-carved
+ *           (the last block start of a fresh 48-byte block's slab, never handed out);
  *         pointers into the allocator's own regions that no block covers:
  *           superslab-header (64 bytes into the 2 MiB region a 16-byte block lies in),
  *           unused-slab (the start of slab 16 of the 32 in that region: a process this small
@@ -75,6 +76,10 @@ int main(int argc, char **argv) {
         keep = malloc(4 << 20);
         CHECK(keep != NULL);
         bad = (char *)keep + 8192;
+    } else if (strcmp(kind, "interior-medium") == 0 || strcmp(kind, "misaligned-medium") == 0) {
+        keep = malloc(200 << 10);
+        CHECK(keep != NULL);
+        bad = (char *)keep + (kind[0] == 'i' ? 8192 : 16);
     } else if (strcmp(kind, "large-header") == 0) {
         keep = malloc(4 << 20);
         CHECK(keep != NULL);

@@ -11,6 +11,8 @@
  *   abandoned     a and b allocated by a thread that has exited (its superslab abandoned, b
  *                 keeping it in use); main frees a twice
  *   large         a 4 MiB block (its region is gone after the first free)
+ *   medium        a 200 KiB block (a medium block, in a region shared with another one that
+ *                 stays live)
  *   spill J       3000 blocks freed in order, then block J again: wherever it sits by then (the
  *                 thread list, the cache, or its slab's free list)
  *   slab-gone     48 blocks of 4 KiB (three slabs) freed in order, then the first again: its
@@ -100,6 +102,15 @@ int main(int argc, char **argv) {
         announce(a);
         free(a);
         free_again(a);
+    } else if (strcmp(mode, "medium") == 0) {
+        size = other = 200 << 10;
+        n_after = 64;
+        void *a = malloc(size), *keep = malloc(size);
+        CHECK(a != NULL && keep != NULL);
+        announce(a);
+        free(a);
+        free_again(a);
+        free(keep);
     } else if (strcmp(mode, "spill") == 0) {
         CHECK(argc == 3);
         size_t j = strtoul(argv[2], NULL, 10);

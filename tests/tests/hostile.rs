@@ -195,6 +195,8 @@ fn pointer_into_a_block() {
         "misaligned8",
         "interior-large",
         "large-header",
+        "interior-medium",
+        "misaligned-medium",
     ];
     check_all(invalid_cases(&kinds, &[]), nothing_more);
 }
@@ -347,6 +349,12 @@ fn double_free_of_a_large_block() {
         double_cases(&[&["large"]], &[DOUBLE, free.as_str()]),
         nothing_more,
     );
+}
+
+#[test]
+fn double_free_of_a_medium_block() {
+    // Its region stays (another block of it is live): the freed block start is known as such.
+    check_all(double_cases(&[&["medium"]], &[DOUBLE]), nothing_more);
 }
 
 #[test]

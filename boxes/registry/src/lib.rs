@@ -148,6 +148,9 @@ pub enum Kind {
     Superslab = 1,
     /// A large region holding one user block.
     Large = 2,
+    /// A 2 MiB region of medium blocks (whole pages), each with its span map entry in the
+    /// region's header (the facade's medium tier).
+    Medium = 3,
 }
 
 /// Why [`Registry::register`] or [`Registry::prepare`] refused.
@@ -344,6 +347,7 @@ impl Registry {
         match e & KIND_MASK {
             1 => Some((e & !KIND_MASK, Kind::Superslab)),
             2 => Some((e & !KIND_MASK, Kind::Large)),
+            3 => Some((e & !KIND_MASK, Kind::Medium)),
             _ => None,
         }
     }

@@ -54,6 +54,22 @@ fn lookup_finds_every_address_of_a_registered_region() {
 }
 
 #[test]
+fn every_kind_reads_back_as_registered() {
+    let r = Registry::new(&HeapLeaves);
+    for (i, kind) in [Kind::Superslab, Kind::Large, Kind::Medium]
+        .into_iter()
+        .enumerate()
+    {
+        let base = (5 + i) * CHUNK;
+        register(&r, base, CHUNK, kind).unwrap();
+        assert_eq!(r.lookup(base + CHUNK - 1), Some((base, kind)), "{kind:?}");
+    }
+    r.unregister(7 * CHUNK, CHUNK);
+    assert_eq!(r.lookup(7 * CHUNK), None);
+    assert_eq!(r.lookup(6 * CHUNK), Some((6 * CHUNK, Kind::Large)));
+}
+
+#[test]
 fn unregister_withdraws_and_leaves_neighbours() {
     let r = Registry::new(&HeapLeaves);
     register(&r, CHUNK, CHUNK, Kind::Superslab).unwrap();

@@ -4,7 +4,9 @@
 //! pointer to a small block, a large region, or "not ours".
 //!
 //! Tiers: **tiny** classes up to 1 KiB, **small** classes up to [`MAX_SMALL`] (the largest block a
-//! 64 KiB slab holds), and **large** beyond, in dedicated 2 MiB-aligned regions.
+//! 64 KiB slab holds), and **large** beyond ([`Route::Large`]). The facade serves a large request
+//! up to about 1 MiB (alignment up to 4 KiB) from its medium tier, whole pages out of shared
+//! 2 MiB regions ([`PtrRoute::Medium`]), and the rest from dedicated 2 MiB-aligned regions.
 //!
 //! Classes: multiples of 16 up to 128 B, then eight classes per doubling (`2^k + i * 2^(k-3)`,
 //! `i = 1..=8`), all multiples of 16.
@@ -231,6 +233,9 @@ pub enum PtrRoute<'a> {
     Small(&'a Superslab, &'a SlabMeta),
     /// Inside a large region.
     Large(&'a LargeHeader),
+    /// Inside a medium region (registered as [`Kind::Medium`]) based at this address: which
+    /// block, if any, is for the medium tier's span map to say, under its lock.
+    Medium(usize),
     /// Not inside any live region of ours.
     NotOurs,
 }
@@ -243,7 +248,7 @@ pub enum PtrRoute<'a> {
 ///
 /// # Safety
 /// Every region in `registry` was registered by the superslab box (a [`Superslab`] or a
-/// [`LargeHeader`] at its base). The caller holds `p`'s block (or a pin), so the region cannot
+/// [`LargeHeader`] at its base), or is a medium region (whose header this does not read). The caller holds `p`'s block (or a pin), so the region cannot
 /// be released meanwhile; for a pointer that is not ours the answer is `NotOurs` and nothing is
 /// dereferenced.
 #[inline(always)]
@@ -256,6 +261,7 @@ pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
         }
         // SAFETY: the registry reports a live large region at `base` (R1).
         Some((base, Kind::Large)) => PtrRoute::Large(unsafe { LargeHeader::at(base) }),
+        Some((base, Kind::Medium)) => PtrRoute::Medium(base),
         None => PtrRoute::NotOurs,
     }
 }

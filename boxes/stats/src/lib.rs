@@ -74,9 +74,10 @@ pub enum Event {
     Adopt,
     /// An abandoned superslab adopted by a thread that freed a block into it.
     AdoptByFree,
-    /// A large region handed to a user (bytes: its mapped length).
+    /// A large region handed to a user (bytes: its mapped length), or a medium block (bytes: its
+    /// whole pages; an in-place resize counts as a free and an alloc).
     LargeAlloc,
-    /// A large region given back by a user (bytes: its mapped length).
+    /// A large region given back by a user (bytes: its mapped length), or a medium block.
     LargeFree,
     /// A large region grown by moving its pages (`mremap`) instead of copying (bytes: growth).
     Mremap,

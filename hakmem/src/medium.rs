@@ -1,0 +1,718 @@
+//! The medium tier: blocks of [`MAX_SMALL`]` + 1 ..= `[`MEDIUM_MAX`] bytes (alignment up to
+//! 4 KiB), whole 4 KiB granules out of shared 2 MiB regions, instead of a dedicated 2 MiB-aligned
+//! mapping each.
+//!
+//! A medium region is 2 MiB, 2 MiB-aligned and registered as [`Kind::Medium`], so a pointer
+//! finds it by the registry as any other. Its first granule holds the [`Region`] header: list
+//! link and [`SpanMap`], the page-granular map of its other 511 granules (bitmaps of the used,
+//! possibly dirty and freed-block-start granules, and the length of the block starting at each
+//! granule). A block is a run of granules with its length at its first one: no per-block header,
+//! one address per block. Every region's map is read and written under one process-wide lock
+//! (medium calls are rare next to small ones); nothing else touches it.
+//!
+//! ## Invariants
+//! - **M1 (exact frees).** A free, `usable_size` or `realloc` of a pointer into a medium region
+//!   is accepted only when it is a live block start (the length table says so, under the
+//!   lock); a granule start that was a block start and has not been handed out since is a
+//!   double free, anything else an invalid pointer (reported as the small tier's).
+//! - **M2 (no event under the lock).** Nothing under the lock maps, unmaps, purges, registers or
+//!   reports: those may raise events whose subscriber allocates. Regions are mapped and
+//!   released, and granules purged, with the lock released. A purge first reserves its runs
+//!   (marks them used, with no block), so nothing hands them out while their pages go.
+//! - **M3 (resident for reuse, purged in time).** A freed run keeps its pages. With the lru's
+//!   purging on, a run free and dirty at two purge ticks one purge delay apart is purged
+//!   (`MADV_DONTNEED`) at the second: pages of a freed run go back within one to two delays of
+//!   the next medium call (or background purge tick). [`collect`] purges every free dirty run
+//!   at once.
+//! - **M4 (empty regions).** A region goes back to the lru (unregistered first) only when no
+//!   block of it is held and no purge of it is in flight. One empty region is kept for the next
+//!   medium block; [`collect`] releases it too.
+//! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
+//!   zeroed request whose granules are all clean is not written again.
+use crate::global::{ctx, invalid_pointer};
+use crate::large::count;
+use core::ptr::{addr_of_mut, null_mut, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hakmem_hot_heap::Ctx;
+use hakmem_lru::{now_ns, LruConfig};
+use hakmem_registry::Kind;
+use hakmem_route::MAX_SMALL;
+use hakmem_stats::Event;
+use hakmem_superslab::{Corrupt, SpinLock, PAGE, SS_SIZE};
+
+/// The granule: blocks are whole granules, at granule-aligned addresses.
+pub const GRANULE: usize = PAGE;
+/// Granules in a region.
+const GRANULES: usize = SS_SIZE / GRANULE;
+const WORDS: usize = GRANULES / 64;
+/// Granules the header takes, at the start of a region.
+const HEADER_GRANULES: usize = 1;
+/// The largest block in granules: half of a region's data, so two always fit.
+const MAX_GRANULES: usize = (GRANULES - HEADER_GRANULES) / 2;
+/// The largest medium block (1020 KiB).
+pub const MEDIUM_MAX: usize = MAX_GRANULES * GRANULE;
+/// Most runs one purge pass reserves before it releases the lock.
+const BATCH: usize = 64;
+
+const MAGIC: usize = 0x4841_4b4d_4d45_0001; // "HAKMME" v1
+
+const _: () = assert!(GRANULES.is_multiple_of(64) && GRANULES <= u16::MAX as usize);
+const _: () = assert!(core::mem::size_of::<Region>() <= HEADER_GRANULES * GRANULE);
+const _: () = assert!(MEDIUM_MAX > MAX_SMALL);
+
+/// True when the medium tier serves `size` bytes at `align`.
+#[inline]
+pub fn serves(ctx: &Ctx, size: usize, align: usize) -> bool {
+    size > MAX_SMALL
+        && size <= MEDIUM_MAX
+        && align <= GRANULE
+        // Purges and mappings are in the OS's pages: the tier runs where those are granules.
+        && ctx.env().os.page_size() == GRANULE
+}
+
+/// What is wrong with a pointer into a medium region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bad {
+    /// Not a block start this region handed out.
+    NotABlock,
+    /// A block start already freed, not handed out since.
+    DoubleFree,
+}
+
+/// A set of granules, one bit each.
+type Bits = [u64; WORDS];
+
+fn bit(b: &Bits, i: usize) -> bool {
+    b[i / 64] >> (i % 64) & 1 == 1
+}
+
+fn set_range(b: &mut Bits, g: usize, n: usize, on: bool) {
+    for i in g..g + n {
+        if on {
+            b[i / 64] |= 1 << (i % 64);
+        } else {
+            b[i / 64] &= !(1 << (i % 64));
+        }
+    }
+}
+
+fn any_in(b: &Bits, g: usize, n: usize) -> bool {
+    (g..g + n).any(|i| bit(b, i))
+}
+
+/// The first granule at or after `from` whose bit is `one`; [`GRANULES`] when there is none.
+fn next(b: &Bits, from: usize, one: bool) -> usize {
+    let mut i = from;
+    while i < GRANULES {
+        let w = if one { b[i / 64] } else { !b[i / 64] } >> (i % 64);
+        if w != 0 {
+            return (i + w.trailing_zeros() as usize).min(GRANULES);
+        }
+        i = (i / 64 + 1) * 64;
+    }
+    GRANULES
+}
+
+/// The span map of one region: which granules are blocks, which are free, which may hold
+/// data. Plain data: the caller serialises access (the tier's lock).
+#[repr(C)]
+pub struct SpanMap {
+    /// Granules in a block, in the header, or reserved by a purge in flight.
+    used: Bits,
+    /// Granules that may be nonzero (handed out since the OS last zeroed them).
+    dirty: Bits,
+    /// Free granules that were dirty at the last purge tick (M3).
+    aged: Bits,
+    /// Granules that are the start of a freed block not handed out since (M1).
+    freed: Bits,
+    /// At a live block's first granule, its length in granules; 0 everywhere else.
+    len: [u16; GRANULES],
+    /// Granules neither used nor reserved.
+    free: u32,
+    /// Live blocks.
+    live: u32,
+    /// Purge reservations in flight.
+    reserved: u32,
+}
+
+impl SpanMap {
+    /// A map of a region whose granules are all clean (`zeroed`) or may all hold data.
+    pub fn new(zeroed: bool) -> Self {
+        let mut m = SpanMap {
+            used: [0; WORDS],
+            dirty: [if zeroed { 0 } else { !0 }; WORDS],
+            aged: [0; WORDS],
+            freed: [0; WORDS],
+            len: [0; GRANULES],
+            free: (GRANULES - HEADER_GRANULES) as u32,
+            live: 0,
+            reserved: 0,
+        };
+        set_range(&mut m.used, 0, HEADER_GRANULES, true);
+        set_range(&mut m.dirty, 0, HEADER_GRANULES, true);
+        m
+    }
+
+    /// Live blocks.
+    pub fn live(&self) -> u32 {
+        self.live
+    }
+
+    /// Free granules (not in a block, the header or a purge in flight).
+    pub fn free_granules(&self) -> usize {
+        self.free as usize
+    }
+
+    /// The smallest free run of at least `n` granules (the first of those), best fit.
+    fn find(&self, n: usize) -> Option<usize> {
+        if n == 0 || n > self.free as usize {
+            return None;
+        }
+        let mut best: Option<(usize, usize)> = None;
+        let mut g = next(&self.used, 0, false);
+        while g < GRANULES {
+            let end = next(&self.used, g, true);
+            let run = end - g;
+            if run == n {
+                return Some(g);
+            }
+            if run > n && best.is_none_or(|(_, r)| run < r) {
+                best = Some((g, run));
+            }
+            g = next(&self.used, end, false);
+        }
+        best.map(|(g, _)| g)
+    }
+
+    /// Hands out a block of `n` granules (`1..=MAX_GRANULES`): its first granule and whether
+    /// any of its granules may hold data. `None` when no free run is long enough.
+    pub fn alloc(&mut self, n: usize) -> Option<(usize, bool)> {
+        if n > MAX_GRANULES {
+            return None;
+        }
+        let g = self.find(n)?;
+        let dirty = any_in(&self.dirty, g, n);
+        self.claim(g, n);
+        self.len[g] = n as u16;
+        self.live += 1;
+        Some((g, dirty))
+    }
+
+    /// Marks the free run `[g, g + n)` used and dirty, no longer a freed start nor aged.
+    fn claim(&mut self, g: usize, n: usize) {
+        set_range(&mut self.used, g, n, true);
+        set_range(&mut self.dirty, g, n, true);
+        set_range(&mut self.freed, g, n, false);
+        set_range(&mut self.aged, g, n, false);
+        self.free -= n as u32;
+    }
+
+    /// The length in granules of the live block starting at granule `g` (M1).
+    pub fn block(&self, g: usize) -> Result<usize, Bad> {
+        match self.len.get(g) {
+            Some(&n) if n != 0 => Ok(n as usize),
+            Some(_) if bit(&self.freed, g) => Err(Bad::DoubleFree),
+            _ => Err(Bad::NotABlock),
+        }
+    }
+
+    /// Frees the live block starting at granule `g`; its length in granules (M1).
+    pub fn free(&mut self, g: usize) -> Result<usize, Bad> {
+        let n = self.block(g)?;
+        self.len[g] = 0;
+        set_range(&mut self.used, g, n, false);
+        set_range(&mut self.freed, g, 1, true);
+        self.free += n as u32;
+        self.live -= 1;
+        Ok(n)
+    }
+
+    /// Resizes the live block at `g` to `n` granules (`1..=MAX_GRANULES`) in place: shrinking
+    /// frees its tail, growing takes the free granules right after it. False, with nothing
+    /// changed, when those are not free.
+    pub fn resize(&mut self, g: usize, n: usize) -> bool {
+        let Ok(old) = self.block(g) else {
+            return false;
+        };
+        if n == 0 || n > MAX_GRANULES {
+            return false;
+        }
+        if n <= old {
+            set_range(&mut self.used, g + n, old - n, false);
+            self.free += (old - n) as u32;
+        } else {
+            let extra = n - old;
+            if g + n > GRANULES || any_in(&self.used, g + old, extra) {
+                return false;
+            }
+            self.claim(g + old, extra);
+        }
+        self.len[g] = n as u16;
+        true
+    }
+
+    /// Reserves up to `out.len()` runs of free dirty granules for a purge (all of them with
+    /// `all`, else those that were already free and dirty at the last tick), and ages what is
+    /// free and dirty now for the next tick (M3). Returns how many runs were written to `out`.
+    pub fn reserve_purge(&mut self, all: bool, out: &mut [(usize, usize)]) -> usize {
+        let mut cand = [0u64; WORDS];
+        for (w, c) in cand.iter_mut().enumerate() {
+            let free_dirty = self.dirty[w] & !self.used[w];
+            *c = if all {
+                free_dirty
+            } else {
+                free_dirty & self.aged[w]
+            };
+        }
+        let mut k = 0;
+        let mut g = next(&cand, 0, true);
+        while g < GRANULES && k < out.len() {
+            let end = next(&cand, g, false);
+            out[k] = (g, end - g);
+            k += 1;
+            set_range(&mut self.used, g, end - g, true);
+            self.free -= (end - g) as u32;
+            self.reserved += 1;
+            g = next(&cand, end, true);
+        }
+        for w in 0..WORDS {
+            self.aged[w] = self.dirty[w] & !self.used[w];
+        }
+        k
+    }
+
+    /// Ends the reservation of the run `[g, g + n)`: free again, and clean when `purged`.
+    pub fn end_purge(&mut self, g: usize, n: usize, purged: bool) {
+        set_range(&mut self.used, g, n, false);
+        if purged {
+            set_range(&mut self.dirty, g, n, false);
+            set_range(&mut self.aged, g, n, false);
+        }
+        self.free += n as u32;
+        self.reserved -= 1;
+    }
+
+    /// True when some free granule still waits for a purge tick.
+    fn waits(&self) -> bool {
+        (0..WORDS).any(|w| self.dirty[w] & !self.used[w] != 0)
+    }
+
+    /// True when no block is held and no purge is in flight (M4).
+    fn releasable(&self) -> bool {
+        self.live == 0 && self.reserved == 0
+    }
+}
+
+/// The header at the base of a medium region.
+#[repr(C)]
+struct Region {
+    magic: usize,
+    /// The next region of the list.
+    next: *mut Region,
+    /// The last purge tick that visited this region.
+    ticked: u64,
+    map: SpanMap,
+}
+
+/// The tier's shared state, under [`MEDIUM`].
+struct State {
+    head: *mut Region,
+    /// Regions in the list with no live block.
+    empty: usize,
+    /// Purge ticks so far.
+    tick: u64,
+}
+
+// SAFETY: the regions the list points to are reached only under the lock.
+unsafe impl Send for State {}
+
+static MEDIUM: SpinLock<State> = SpinLock::new(State {
+    head: null_mut(),
+    empty: 0,
+    tick: 0,
+});
+
+/// The next purge tick (as [`now_ns`]); `u64::MAX` when no free granule waits for one.
+static DUE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+impl State {
+    /// Appends `r` (last: older regions are asked first, so a new one empties first).
+    fn push(&mut self, r: *mut Region) {
+        let mut at: *mut *mut Region = &mut self.head;
+        // SAFETY: every region in the list is live and reached under the lock.
+        unsafe {
+            while !(*at).is_null() {
+                at = addr_of_mut!((**at).next);
+            }
+            *at = r;
+        }
+        self.empty += 1;
+    }
+
+    fn unlink(&mut self, r: *mut Region) {
+        let mut at: *mut *mut Region = &mut self.head;
+        // SAFETY: as in `push`.
+        unsafe {
+            while !(*at).is_null() {
+                if *at == r {
+                    *at = (*r).next;
+                    return;
+                }
+                at = addr_of_mut!((**at).next);
+            }
+        }
+    }
+
+    /// A block of `n` granules from the first region with room: (region, granule, dirty).
+    fn alloc(&mut self, n: usize) -> Option<(*mut Region, usize, bool)> {
+        let mut r = self.head;
+        while !r.is_null() {
+            // SAFETY: a live region of the list, under the lock.
+            let map = unsafe { &mut (*r).map };
+            if map.free_granules() >= n {
+                if let Some((g, dirty)) = map.alloc(n) {
+                    if map.live() == 1 {
+                        self.empty -= 1;
+                    }
+                    return Some((r, g, dirty));
+                }
+            }
+            // SAFETY: as above.
+            r = unsafe { (*r).next };
+        }
+        None
+    }
+}
+
+/// The region at `base` and the granule of `p` in it, if `p` is on a granule boundary past the
+/// header.
+fn granule_of(base: usize, p: *const u8) -> Option<usize> {
+    let off = (p as usize).checked_sub(base)?;
+    (off.is_multiple_of(GRANULE) && (HEADER_GRANULES * GRANULE..SS_SIZE).contains(&off))
+        .then_some(off / GRANULE)
+}
+
+/// The purge delay, when purging is on (`HAKMEM_SS_LAZY_ZERO`, as for the lru's regions): the
+/// lru's own delay. Read from the settings, not the lru, whose configuration is behind its lock.
+fn purge_delay() -> Option<u64> {
+    crate::global::settings()
+        .lazy_zero
+        .then(|| LruConfig::default().purge_delay_ns)
+}
+
+/// Sets the purge tick if none is set and purging is on.
+fn arm() {
+    if DUE.load(Ordering::Relaxed) == u64::MAX {
+        if let Some(delay) = purge_delay() {
+            DUE.store(now_ns().saturating_add(delay), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A block of `size` bytes (as [`serves`] accepts), zeroed when `zero`; null when the OS
+/// refuses.
+#[inline(never)]
+pub fn alloc(ctx: &Ctx, size: usize, zero: bool) -> *mut u8 {
+    let n = size.div_ceil(GRANULE);
+    let got = match MEDIUM.with(|s| s.alloc(n)) {
+        Some(got) => got,
+        None => {
+            let Some(r) = new_region(ctx) else {
+                return null_mut();
+            };
+            // A fresh region's data is free, and two blocks of the largest size fit it.
+            match MEDIUM.with(|s| {
+                s.push(r);
+                s.alloc(n)
+            }) {
+                Some(got) => got,
+                None => return null_mut(),
+            }
+        }
+    };
+    let (r, g, dirty) = got;
+    let user = (r as usize + g * GRANULE) as *mut u8;
+    if zero && dirty {
+        // SAFETY: the block's granules are ours now, inside the region.
+        unsafe { user.write_bytes(0, size) };
+    }
+    ctx.stats.event(Event::LargeAlloc, n * GRANULE);
+    count(true);
+    purge_if_due(ctx);
+    user
+}
+
+/// A new region, registered, from the lru or the OS; `None` when the OS refuses.
+#[cold]
+fn new_region(ctx: &Ctx) -> Option<*mut Region> {
+    let env = ctx.env();
+    let (base, zeroed) = match ctx.lru.take(env.stats, SS_SIZE, true, now_ns()) {
+        Some(got) => (got.base, got.zeroed),
+        None => (crate::large::map_or_collect(ctx, SS_SIZE, SS_SIZE)?, true),
+    };
+    let r = base.as_ptr().cast::<Region>();
+    // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule. Written
+    // before the region is published (R1).
+    unsafe {
+        addr_of_mut!((*r).magic).write(MAGIC);
+        addr_of_mut!((*r).next).write(null_mut());
+        addr_of_mut!((*r).ticked).write(0);
+        addr_of_mut!((*r).map).write(SpanMap::new(zeroed));
+    }
+    // SAFETY: the region is ours until released (which unregisters it first), with its header
+    // written above; `classify` reads no medium header.
+    if unsafe {
+        env.registry
+            .register(base.as_ptr() as usize, SS_SIZE, Kind::Medium)
+    }
+    .is_err()
+    {
+        // SAFETY: never published.
+        unsafe { env.os.unmap(base, SS_SIZE, env.stats) };
+        return None;
+    }
+    Some(r)
+}
+
+/// Gives an unlinked region back (M4): unregistered, then to the lru.
+fn release(ctx: &Ctx, r: *mut Region) {
+    let env = ctx.env();
+    env.registry.unregister(r as usize, SS_SIZE);
+    let base = NonNull::new(r.cast::<u8>()).expect("never at 0");
+    // SAFETY: retired: unregistered, no block held, unlinked, so nothing refers to it.
+    unsafe { ctx.lru.put(env.stats, base, SS_SIZE, now_ns()) };
+}
+
+/// Frees the medium block `p` of the region at `base` (reported for `op` when it is not a live
+/// block start, M1).
+///
+/// # Safety
+/// `base` is a live medium region (the registry says so) and the caller gives `p` up.
+#[inline(never)]
+pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
+    let r = base as *mut Region;
+    let Some(g) = granule_of(base, p) else {
+        return invalid_pointer(op, p);
+    };
+    let mut gone = null_mut();
+    let freed = MEDIUM.with(|s| {
+        // SAFETY: a live region (the caller's contract), under the lock.
+        let region = unsafe { &mut *r };
+        debug_assert_eq!(region.magic, MAGIC);
+        let map = &mut region.map;
+        let n = map.free(g)?;
+        if map.live() == 0 {
+            s.empty += 1;
+            if s.empty > 1 && map.releasable() {
+                s.empty -= 1;
+                s.unlink(r);
+                gone = r;
+            }
+        }
+        Ok(n)
+    });
+    match freed {
+        Ok(n) => {
+            ctx.stats.event(Event::LargeFree, n * GRANULE);
+            count(false);
+        }
+        Err(Bad::DoubleFree) => return ctx.report(Corrupt::DoubleFree(p as usize)),
+        Err(Bad::NotABlock) => return invalid_pointer(op, p),
+    }
+    if !gone.is_null() {
+        release(ctx, gone);
+    } else {
+        arm();
+    }
+    purge_if_due(ctx);
+}
+
+/// Bytes usable at the medium block `p` of the region at `base`; reported for `op` and `None`
+/// when `p` is not a live block start (M1).
+///
+/// # Safety
+/// `base` is a live medium region (the registry says so), and the caller holds `p` if it is a
+/// block.
+pub unsafe fn usable(base: usize, p: *mut u8, op: &str) -> Option<usize> {
+    let got = granule_of(base, p).and_then(|g| {
+        // SAFETY: a live region (the caller's contract), under the lock.
+        MEDIUM.with(|_| unsafe { (*(base as *mut Region)).map.block(g) }.ok())
+    });
+    if got.is_none() {
+        invalid_pointer(op, p);
+    }
+    got.map(|n| n * GRANULE)
+}
+
+/// Resizes the medium block `p` (of the region at `base`) to hold `size` bytes (as [`serves`]
+/// accepts) in place; false when the granules after it are taken (the caller then moves it).
+///
+/// # Safety
+/// `base` is a live medium region and `p` a live block start of it that the caller holds.
+pub unsafe fn resize(ctx: &Ctx, base: usize, p: *mut u8, size: usize) -> bool {
+    let Some(g) = granule_of(base, p) else {
+        return false;
+    };
+    let n = size.div_ceil(GRANULE);
+    let old = MEDIUM.with(|_| {
+        // SAFETY: a live region (the caller's contract), under the lock.
+        let map = unsafe { &mut (*(base as *mut Region)).map };
+        let old = map.block(g).ok()?;
+        map.resize(g, n).then_some(old)
+    });
+    let Some(old) = old else {
+        return false;
+    };
+    if old != n {
+        // The live bytes follow the block: an in-place resize counts as a free and an alloc.
+        ctx.stats.event(Event::LargeFree, old * GRANULE);
+        ctx.stats.event(Event::LargeAlloc, n * GRANULE);
+        if n < old {
+            arm();
+        }
+    }
+    true
+}
+
+/// Runs the purge tick if it is due (M3): one atomic load when nothing waits.
+#[inline]
+pub fn purge_if_due(ctx: &Ctx) {
+    let due = DUE.load(Ordering::Relaxed);
+    if due == u64::MAX {
+        return;
+    }
+    let now = now_ns();
+    // One caller runs a due tick: two ticks at once would age and purge runs in one go.
+    if now >= due
+        && DUE
+            .compare_exchange(due, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        purge(ctx, false, now);
+    }
+}
+
+/// Purges free dirty runs (those aged a tick, or all of them with `all`) and, with `all`,
+/// releases every empty region to the lru. Returns the bytes purged.
+///
+/// One call is one tick: it visits each region once (with `all`, until nothing of it is left
+/// to purge), in passes of at most [`BATCH`] runs, each pass from the list's head, since a
+/// region may leave the list while the lock is released.
+fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
+    let env = ctx.env();
+    let mut given = 0;
+    let tick = MEDIUM.with(|s| {
+        s.tick += 1;
+        s.tick
+    });
+    loop {
+        let mut runs = [(null_mut::<Region>(), 0usize, 0usize); BATCH];
+        let mut k = 0;
+        let mut more = false;
+        let mut gone: *mut Region = null_mut();
+        MEDIUM.with(|s| {
+            let mut buf = [(0usize, 0usize); BATCH];
+            let mut r = s.head;
+            while !r.is_null() && k < BATCH {
+                // SAFETY: a live region of the list, under the lock.
+                let region = unsafe { &mut *r };
+                let next = region.next;
+                if region.ticked == tick {
+                    r = next;
+                    continue;
+                }
+                if all && region.map.releasable() {
+                    // The reference to the region ends here; `unlink` writes through the list.
+                    s.unlink(r);
+                    s.empty -= 1;
+                    gone = r;
+                    more = true;
+                    break;
+                }
+                let room = BATCH - k;
+                let got = region.map.reserve_purge(all, &mut buf[..room]);
+                for &(g, n) in &buf[..got] {
+                    runs[k] = (r, g, n);
+                    k += 1;
+                }
+                // With `all`, a region whose runs did not all fit is visited again.
+                if !(all && got == room) {
+                    region.ticked = tick;
+                }
+                r = next;
+            }
+            more |= !r.is_null();
+        });
+        // A reserved run keeps its region in the list (M4) until it ends below.
+        let mut failed = false;
+        let mut done = [false; BATCH];
+        for (i, &(r, g, n)) in runs[..k].iter().enumerate() {
+            let at = NonNull::new((r as usize + g * GRANULE) as *mut u8).expect("never at 0");
+            // SAFETY: reserved above: free granules of ours that nothing hands out meanwhile.
+            done[i] = unsafe { env.os.purge(at, n * GRANULE, env.stats) };
+            if done[i] {
+                given += n * GRANULE;
+            } else {
+                failed = true;
+            }
+        }
+        if k > 0 {
+            MEDIUM.with(|_| {
+                for (i, &(r, g, n)) in runs[..k].iter().enumerate() {
+                    // SAFETY: live (its reservation keeps it), under the lock.
+                    unsafe { (*r).map.end_purge(g, n, done[i]) };
+                }
+            });
+        }
+        if !gone.is_null() {
+            release(ctx, gone);
+        }
+        if !more || failed {
+            break;
+        }
+    }
+    // The next tick, if any free granule is still dirty (a free meanwhile arms it too).
+    let delay = purge_delay();
+    MEDIUM.with(|s| {
+        let mut waits = false;
+        let mut r = s.head;
+        while !r.is_null() {
+            // SAFETY: a live region of the list, under the lock.
+            let region = unsafe { &*r };
+            waits |= region.map.waits();
+            r = region.next;
+        }
+        let due = match delay {
+            Some(delay) if waits => now.saturating_add(delay),
+            _ => u64::MAX,
+        };
+        DUE.store(due, Ordering::Relaxed);
+    });
+    given
+}
+
+/// Purges every free dirty run and releases every empty region to the lru (for
+/// [`crate::collect`], which then flushes the lru). Returns the bytes purged and released.
+pub fn collect() -> usize {
+    match ctx() {
+        Some(c) => purge(c, true, now_ns()),
+        None => 0,
+    }
+}
+
+/// Takes the tier's lock and keeps it (fork's `prepare`).
+pub fn lock_for_fork() {
+    MEDIUM.lock_for_fork();
+}
+
+/// Releases [`lock_for_fork`] (fork's `parent` and `child`).
+///
+/// # Safety
+/// The lock was taken by [`lock_for_fork`] on this thread.
+pub unsafe fn force_unlock() {
+    // SAFETY: forwarded.
+    unsafe { MEDIUM.force_unlock() };
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! The span map alone: allocation, coalescing, bounds, double frees, resizing and purging.
+use super::*;
+
+fn map() -> Box<SpanMap> {
+    Box::new(SpanMap::new(true))
+}
+
+#[test]
+fn blocks_are_disjoint_runs_after_the_header() {
+    let mut m = map();
+    let (a, dirty) = m.alloc(17).unwrap();
+    assert_eq!(
+        (a, dirty),
+        (HEADER_GRANULES, false),
+        "fresh granules are clean"
+    );
+    let (b, _) = m.alloc(1).unwrap();
+    assert_eq!(b, a + 17);
+    assert_eq!(m.block(a), Ok(17));
+    assert_eq!(m.block(b), Ok(1));
+    assert_eq!(m.live(), 2);
+    assert_eq!(m.free_granules(), GRANULES - HEADER_GRANULES - 18);
+    for g in a + 1..a + 17 {
+        assert_eq!(
+            m.block(g),
+            Err(Bad::NotABlock),
+            "inside a block: granule {g}"
+        );
+    }
+    assert_eq!(m.block(0), Err(Bad::NotABlock), "the header is no block");
+    assert_eq!(m.block(GRANULES), Err(Bad::NotABlock), "past the region");
+}
+
+#[test]
+fn sizes_are_bounded_and_two_of_the_largest_fit() {
+    let mut m = map();
+    assert_eq!(m.alloc(0), None);
+    assert_eq!(m.alloc(MAX_GRANULES + 1), None);
+    let (a, _) = m.alloc(MAX_GRANULES).unwrap();
+    let (b, _) = m.alloc(MAX_GRANULES).unwrap();
+    assert_eq!(b, a + MAX_GRANULES);
+    assert_eq!(
+        m.free_granules(),
+        GRANULES - HEADER_GRANULES - 2 * MAX_GRANULES
+    );
+    assert_eq!(m.alloc(2), None, "one granule left");
+    assert!(m.alloc(1).is_some());
+    assert_eq!(m.alloc(1), None, "full");
+}
+
+#[test]
+fn double_free_and_non_start_are_told_apart() {
+    let mut m = map();
+    let (a, _) = m.alloc(20).unwrap();
+    assert_eq!(m.free(a + 3), Err(Bad::NotABlock));
+    assert_eq!(m.free(a), Ok(20));
+    assert_eq!(m.free(a), Err(Bad::DoubleFree));
+    assert_eq!(m.block(a), Err(Bad::DoubleFree));
+    assert_eq!(m.free(a + 1), Err(Bad::NotABlock), "never a block start");
+    assert_eq!(m.live(), 0);
+    // Handed out again (a block over the old start): a live start, then no freed mark.
+    let (b, dirty) = m.alloc(40).unwrap();
+    assert_eq!(
+        (b, dirty),
+        (a, true),
+        "the freed granules come back, with their data"
+    );
+    assert_eq!(m.free(b), Ok(40));
+    let (c, _) = m.alloc(10).unwrap();
+    assert_eq!(c, a);
+    assert_eq!(m.free(a + 5), Err(Bad::NotABlock));
+}
+
+#[test]
+fn freed_neighbours_coalesce_into_one_run() {
+    let mut m = map();
+    let x: Vec<usize> = (0..5).map(|_| m.alloc(30).unwrap().0).collect();
+    let free_before = m.free_granules();
+    m.free(x[1]).unwrap();
+    m.free(x[3]).unwrap();
+    // No hole of 60 granules yet: best fit takes the tail of the region.
+    let (y, _) = m.alloc(60).unwrap();
+    assert!(y > x[4], "no 60-granule hole between blocks");
+    m.free(y).unwrap();
+    m.free(x[2]).unwrap();
+    // x[1..=3] is one free run of 90 granules now.
+    let (z, _) = m.alloc(90).unwrap();
+    assert_eq!(z, x[1]);
+    assert_eq!(m.free_granules(), free_before);
+}
+
+#[test]
+fn best_fit_prefers_the_smallest_hole() {
+    let mut m = map();
+    let x: Vec<usize> = (0..6).map(|i| m.alloc(10 + i).unwrap().0).collect();
+    m.free(x[1]).unwrap(); // 11 granules
+    m.free(x[3]).unwrap(); // 13 granules
+    let (g, _) = m.alloc(12).unwrap();
+    assert_eq!(g, x[3], "the 13-granule hole, not the 11 nor the tail");
+    let (g, _) = m.alloc(11).unwrap();
+    assert_eq!(g, x[1], "an exact fit");
+}
+
+#[test]
+fn resize_in_place_grows_over_free_granules_only() {
+    let mut m = map();
+    let (a, _) = m.alloc(10).unwrap();
+    let (b, _) = m.alloc(10).unwrap();
+    assert!(!m.resize(a, 11), "b follows a");
+    assert!(m.resize(b, 100), "free granules follow b");
+    assert_eq!(m.block(b), Ok(100));
+    assert!(m.resize(b, 5), "shrinks");
+    assert_eq!(m.block(b), Ok(5));
+    let (c, _) = m.alloc(95).unwrap();
+    assert_eq!(c, b + 5, "the tail freed by the shrink is reused");
+    assert!(!m.resize(b, MAX_GRANULES + 1));
+    assert!(!m.resize(b + 1, 6), "not a block start");
+    m.free(a).unwrap();
+    assert!(!m.resize(a, 10), "a freed block is not resized");
+    assert_eq!(m.live(), 2);
+}
+
+#[test]
+fn a_block_cannot_grow_past_the_region() {
+    let mut m = map();
+    let (_, _) = m.alloc(MAX_GRANULES).unwrap();
+    let (b, _) = m.alloc(MAX_GRANULES).unwrap();
+    assert_eq!(b + MAX_GRANULES, GRANULES - 1);
+    assert!(m.resize(b, MAX_GRANULES), "same size");
+    assert!(!m.resize(b, MAX_GRANULES + 2));
+}
+
+#[test]
+fn purging_takes_two_ticks_and_reserves_its_runs() {
+    let mut m = map();
+    let (a, _) = m.alloc(8).unwrap();
+    let (b, _) = m.alloc(8).unwrap();
+    m.free(a).unwrap();
+    let mut out = [(0, 0); 4];
+    assert_eq!(m.reserve_purge(false, &mut out), 0, "first tick: only aged");
+    assert!(m.waits());
+    assert_eq!(m.reserve_purge(false, &mut out), 1, "second tick: purged");
+    assert_eq!(out[0], (a, 8));
+    // Reserved: not handed out, not releasable, though no block is live there.
+    assert_eq!(
+        m.alloc(8).map(|(g, _)| g),
+        Some(b + 8),
+        "not over the reserved run"
+    );
+    m.free(b).unwrap();
+    m.free(b + 8).unwrap();
+    assert_eq!(m.live(), 0);
+    assert!(!m.releasable(), "a purge in flight");
+    m.end_purge(a, 8, true);
+    assert!(m.releasable());
+    // Purged granules read as zero: a block over them only is clean.
+    let (c, dirty) = m.alloc(8).unwrap();
+    assert_eq!((c, dirty), (a, false));
+}
+
+#[test]
+fn a_granule_reused_between_ticks_is_not_purged() {
+    let mut m = map();
+    let (a, _) = m.alloc(8).unwrap();
+    m.free(a).unwrap();
+    let mut out = [(0, 0); 4];
+    assert_eq!(m.reserve_purge(false, &mut out), 0);
+    let (b, _) = m.alloc(8).unwrap();
+    assert_eq!(b, a);
+    assert_eq!(m.reserve_purge(false, &mut out), 0, "in use: not purged");
+    m.free(b).unwrap();
+    assert_eq!(
+        m.reserve_purge(false, &mut out),
+        0,
+        "freed again: aged anew"
+    );
+    assert_eq!(m.reserve_purge(true, &mut out), 1, "all at once");
+    m.end_purge(out[0].0, out[0].1, false);
+    assert!(m.waits(), "a failed purge leaves the run dirty");
+}
+
+#[test]
+fn purges_stop_at_the_room_given() {
+    let mut m = map();
+    let x: Vec<usize> = (0..10).map(|_| m.alloc(2).unwrap().0).collect();
+    for &g in x.iter().step_by(2) {
+        m.free(g).unwrap();
+    }
+    let mut out = [(0, 0); 3];
+    assert_eq!(m.reserve_purge(true, &mut out), 3);
+    assert_eq!(out.map(|(g, _)| g), [x[0], x[2], x[4]]);
+    for (g, n) in out {
+        m.end_purge(g, n, true);
+    }
+    let mut out = [(0, 0); 8];
+    assert_eq!(m.reserve_purge(true, &mut out), 2);
+    assert_eq!(&out[..2], &[(x[6], 2), (x[8], 2)]);
+}
