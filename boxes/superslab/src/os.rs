@@ -88,6 +88,19 @@ pub unsafe trait Os: Sync {
         let _ = (ptr, len, new_len, align, stats);
         None
     }
+
+    /// Asks for `[ptr, ptr + len)` to be backed by huge pages where the OS can (Linux's
+    /// transparent huge pages, `MADV_HUGEPAGE`, which the `madvise` mode of
+    /// `/sys/kernel/mm/transparent_hugepage/enabled` waits for; `never` refuses it): a block
+    /// filled in 2 MiB pages takes one page fault per 2 MiB instead of 512. A hint that never
+    /// changes the contents; the default does nothing.
+    ///
+    /// # Safety
+    /// The range was mapped by this `Os` (one call or several end to end), page-aligned, and
+    /// belongs to the caller.
+    unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+        let _ = (ptr, len);
+    }
 }
 
 /// The real OS: anonymous private mappings through libc.
@@ -229,6 +242,12 @@ unsafe impl Os for LibcOs {
         // SAFETY: our reservation, never used.
         unsafe { self.unmap(target, new_len, stats) };
         None
+    }
+
+    unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's own mapping; MADV_HUGEPAGE changes how later faults are served,
+        // never the contents. A refusal (THP off or unsupported) leaves it as it was.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
     }
 
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
