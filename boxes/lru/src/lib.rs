@@ -60,8 +60,10 @@
 //!   stays within one and a half times its recent peak (past `hot_bytes`): a program that gives
 //!   back a lot keeps it for a reuse, and one that churns at a steady size keeps half its
 //!   working set, and gives pages back when a request that nothing cached fits makes it map
-//!   more. Past the budget, the oldest resident regions are purged first. A purged region reads
-//!   as zero when reused.
+//!   more. After [`Lru::lend`] (a block grew outside the cache, which did not serve it) the
+//!   half-peak floor does not count: held plus cached resident stays within the recent peak.
+//!   Past the budget, the oldest resident regions are purged first. A purged region reads as
+//!   zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
 //! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
 //!   [`Lru::purge_if_due`] after the deadline; [`Lru::next_due`] is never later than the
@@ -236,15 +238,27 @@ impl Inner {
     /// within one and a half times that peak.
     fn budget(&self) -> usize {
         let peak = self.peak.max(self.prev_peak);
-        peak.saturating_sub(self.out)
-            .max(peak / 2)
-            .max(self.config.hot_bytes)
-            .min(self.config.max_bytes)
+        self.clamp(peak.saturating_sub(self.out).max(peak / 2))
+    }
+
+    /// The budget after memory grown outside the cache ([`Lru::lend`]): the recent peak less
+    /// what is held now, without the half-peak floor (C4).
+    fn budget_grown(&self) -> usize {
+        self.clamp(self.peak.max(self.prev_peak).saturating_sub(self.out))
+    }
+
+    fn clamp(&self, budget: usize) -> usize {
+        budget.max(self.config.hot_bytes).min(self.config.max_bytes)
     }
 
     /// Takes out what decayed (to unmap), what kept its pages long enough, and the oldest
     /// resident regions past the budget (to purge and put back).
     fn expire(&mut self, now: u64, work: &mut Batch) {
+        self.expire_to(now, self.budget(), work);
+    }
+
+    /// [`Inner::expire`] with the resident budget `budget`.
+    fn expire_to(&mut self, now: u64, budget: usize, work: &mut Batch) {
         self.tick(now);
         while self.len > 0 && now.saturating_sub(self.entries[0].since) > self.config.decay_ns {
             let e = self.remove(0);
@@ -253,7 +267,6 @@ impl Inner {
         if !self.config.purge {
             return;
         }
-        let budget = self.budget();
         let mut i = 0;
         while i < self.len {
             let e = self.entries[i];
@@ -504,15 +517,17 @@ where
 
     /// Counts `len` bytes the program took from the OS outside the cache (a large block grown in
     /// place or moved by [`Os::remap`]) in the working set the resident budget follows (C4), as
-    /// of `now`; purges what is past the budget then. Any value is sound: it only moves the
-    /// budget.
+    /// of `now`. The cache did not serve that growth, so it then keeps resident at most the
+    /// recent peak less what is held now (not half the peak), and purges the rest. Any value is
+    /// sound: it only moves the budget.
     pub fn lend(&self, stats: &GlobalStats, len: usize, now: u64) {
         let mut work = Batch::new();
         self.inner.with(|inner| {
             inner.tick(now);
             inner.lent(len);
-            if inner.config.purge && inner.resident > inner.budget() {
-                inner.expire(now, &mut work);
+            let budget = inner.budget_grown();
+            if inner.config.purge && inner.resident > budget {
+                inner.expire_to(now, budget, &mut work);
             }
             self.publish_due(inner);
         });
