@@ -10,11 +10,17 @@
 //! Regions of 2 MiB or more are advised for transparent huge pages ([`Os::advise_huge`]) when
 //! they are mapped or grown: a filled 20 MiB block then costs 10 page faults instead of 5120.
 //! (With THP in `madvise` mode, as on most distributions, nothing else asks for them; `never`
-//! turns this off.)
+//! turns this off.) So that their last huge page is whole too, their lengths are whole 2 MiB
+//! steps: on growth always (a growing block tends to grow on), for a new block when that adds
+//! at most a quarter.
+//!
+//! When no cached region is long enough, the largest one that kept its pages is grown to the
+//! length asked for (lru `take_short`, [`Os::remap`]: its pages move, no copy) rather than left
+//! to be purged while a new region is mapped: fewer page faults, and no more memory.
 use crate::global::{heap_ptr, DEAD};
-use core::ptr::null_mut;
+use core::ptr::{null_mut, NonNull};
 use hakmem_hot_heap::Ctx;
-use hakmem_lru::now_ns;
+use hakmem_lru::{now_ns, Reused};
 use hakmem_route::CLASSES;
 use hakmem_stats::Event;
 use hakmem_superslab::{LargeHeader, LargeLayout, Os, SS_SIZE};
@@ -50,23 +56,33 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         return null_mut();
     };
     let env = ctx.env();
-    // Cached regions are 2 MiB-aligned: they serve any alignment up to that.
+    let layout = LargeLayout {
+        len: whole_steps(layout.len),
+        ..layout
+    };
+    // Cached regions are 2 MiB-aligned: they serve any alignment up to that. When none is long
+    // enough, the largest one that kept its pages is grown instead (lru `take_short`).
     let reused = if layout.align == SS_SIZE {
-        ctx.lru.take(env.stats, layout.len, false, now_ns())
+        ctx.lru.take_short(env.stats, layout.len, now_ns())
     } else {
         None
+    };
+    let reused = match reused {
+        Some(r) if r.len < layout.len => stretch(ctx, r, layout.len),
+        r => r.map(Region::from),
     };
     // A reused region may be up to twice the length asked for: the header records all of it.
     let layout = LargeLayout {
         len: reused.map_or(layout.len, |r| r.len),
         ..layout
     };
-    let (region, zeroed) = match reused {
-        Some(r) => (r.base, r.zeroed),
+    // The bytes from the base that may not read as zero.
+    let (region, dirty) = match reused {
+        Some(r) => (r.base, r.dirty),
         None => match env.os.map(layout.len, layout.align, env.stats) {
             Some(p) => {
                 huge(env.os, p.as_ptr() as usize, layout.len);
-                (p, true)
+                (p, 0)
             }
             None => return null_mut(),
         },
@@ -80,13 +96,66 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
             return null_mut();
         }
     };
-    if zero && !zeroed {
-        // SAFETY: `size` bytes from `user` lie in the region.
-        unsafe { user.write_bytes(0, size) };
+    let dirty = dirty.saturating_sub(layout.user_offset).min(size);
+    if zero && dirty > 0 {
+        // SAFETY: `dirty <= size` bytes from `user` lie in the region.
+        unsafe { user.write_bytes(0, dirty) };
     }
     env.stats.event(Event::LargeAlloc, layout.len);
     count(true);
     user
+}
+
+/// Past 2 MiB, a new region's length rounded up to a whole 2 MiB step when that adds at most a
+/// quarter: its last huge page is then whole, one page fault instead of up to 512, for at most
+/// that quarter more resident memory once the block's end is touched.
+fn whole_steps(len: usize) -> usize {
+    match len.checked_next_multiple_of(SS_SIZE) {
+        Some(up) if len > SS_SIZE && up - len <= len / 4 => up,
+        _ => len,
+    }
+}
+
+/// A region for a new block.
+#[derive(Clone, Copy)]
+struct Region {
+    base: NonNull<u8>,
+    len: usize,
+    /// The bytes from the base that may not read as zero.
+    dirty: usize,
+}
+
+impl From<Reused> for Region {
+    fn from(r: Reused) -> Self {
+        Region {
+            base: r.base,
+            len: r.len,
+            dirty: if r.zeroed { 0 } else { r.len },
+        }
+    }
+}
+
+/// Grows `r`, a resident region just taken out of the lru that is shorter than `len`, to `len`
+/// bytes by moving its pages (no copy; only the bytes past its old end are new and zero); or
+/// caches it again and returns `None` when the OS cannot (the caller maps a new region).
+fn stretch(ctx: &Ctx, r: Reused, len: usize) -> Option<Region> {
+    let env = ctx.env();
+    // SAFETY: taken out of the lru, so ours alone and unused (lru C2): a range `env.os` mapped.
+    match unsafe { env.os.remap(r.base, r.len, len, SS_SIZE, env.stats) } {
+        Some(base) => {
+            huge(env.os, base.as_ptr() as usize, len);
+            Some(Region {
+                base,
+                len,
+                dirty: r.len,
+            })
+        }
+        None => {
+            // SAFETY: unchanged, still retired and unused: back to the cache.
+            unsafe { ctx.lru.put(env.stats, r.base, r.len, now_ns()) };
+            None
+        }
+    }
 }
 
 /// Grows a large block to `size` bytes by moving its pages; the block's new address, or `None`

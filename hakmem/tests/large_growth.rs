@@ -107,3 +107,34 @@ fn large_regions_ask_for_huge_pages_and_grow_in_2_mib_steps() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("huge"), "{out:?}");
 }
+
+#[test]
+#[ignore = "run by a_new_block_grows_a_cached_region_that_is_too_short"]
+fn child_stretches_a_cached_region() {
+    hakmem::collect();
+    // An 8 MiB block, freed: cached with its pages (purges are off in this child).
+    drop(vec![1u8; 8 << 20]);
+    let mremaps = hakmem::stats().count(Event::Mremap);
+    // Nothing cached fits 12 MiB: the cached region is grown to it, its pages moved.
+    let v = vec![0u8; 12 << 20];
+    assert_eq!(
+        hakmem::stats().count(Event::Mremap),
+        mremaps + 1,
+        "grown from the cache"
+    );
+    assert!(v.iter().all(|&b| b == 0), "zeroed, the old pages too");
+    println!("stretched");
+}
+
+#[test]
+fn a_new_block_grows_a_cached_region_that_is_too_short() {
+    let out = child(
+        "child_stretches_a_cached_region",
+        &[("HAKMEM_SS_LAZY_ZERO", "0")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("stretched"),
+        "{out:?}"
+    );
+}
