@@ -76,13 +76,13 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         len: reused.map_or(layout.len, |r| r.len),
         ..layout
     };
-    // The bytes from the base that may not read as zero.
-    let (region, dirty) = match reused {
-        Some(r) => (r.base, r.dirty),
+    // The bytes from the base that may not read as zero, and those counted as grown already.
+    let (region, dirty, grown) = match reused {
+        Some(r) => (r.base, r.dirty, r.grown),
         None => match env.os.map(layout.len, layout.align, env.stats) {
             Some(p) => {
                 huge(env.os, p.as_ptr() as usize, layout.len);
-                (p, 0)
+                (p, 0, 0)
             }
             None => return null_mut(),
         },
@@ -101,7 +101,9 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         // SAFETY: `dirty <= size` bytes from `user` lie in the region.
         unsafe { user.write_bytes(0, dirty) };
     }
-    env.stats.event(Event::LargeAlloc, layout.len);
+    // The bytes a stretch grew by are counted by its `Mremap` event (live = allocated + grown -
+    // freed).
+    env.stats.event(Event::LargeAlloc, layout.len - grown);
     count(true);
     user
 }
@@ -123,6 +125,8 @@ struct Region {
     len: usize,
     /// The bytes from the base that may not read as zero.
     dirty: usize,
+    /// The bytes it grew by that an [`Event::Mremap`] counted.
+    grown: usize,
 }
 
 impl From<Reused> for Region {
@@ -131,6 +135,7 @@ impl From<Reused> for Region {
             base: r.base,
             len: r.len,
             dirty: if r.zeroed { 0 } else { r.len },
+            grown: 0,
         }
     }
 }
@@ -148,6 +153,7 @@ fn stretch(ctx: &Ctx, r: Reused, len: usize) -> Option<Region> {
                 base,
                 len,
                 dirty: r.len,
+                grown: len - r.len,
             })
         }
         None => {
@@ -182,6 +188,10 @@ pub unsafe fn grow(ctx: &Ctx, base: usize, size: usize) -> Option<*mut u8> {
             // after it is ours, just taken out of the lru, whole pages, published nowhere.
             if unsafe { LargeHeader::absorb(base, &env, r.len) } {
                 huge(env.os, base, len + r.len);
+                // No system call, so no `Mremap` event: counted as the region handed back and
+                // handed out grown, so that the live bytes stay right.
+                env.stats.event(Event::LargeFree, len);
+                env.stats.event(Event::LargeAlloc, len + r.len);
                 // SAFETY: still the caller's live region.
                 return Some(unsafe { LargeHeader::at(base) }.user() as *mut u8);
             }

@@ -18,8 +18,14 @@ fn child_grows_over_a_cached_region() {
     let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
     v.extend((0..1 << 20).map(|i| i as u8));
     let (before, mremaps) = (v.as_ptr(), hakmem::stats().count(Event::Mremap));
+    let live = hakmem::stats().live_bytes();
     // Growing to 8 MiB takes the region after it out of the lru and grows over it.
     v.reserve_exact((8 << 20) - v.len());
+    let grown = hakmem::stats().live_bytes() - live;
+    assert!(
+        (6 << 20..=8 << 20).contains(&grown),
+        "the growth is counted live: {grown}"
+    );
     assert_eq!(v.as_ptr(), before, "grown in place");
     assert_eq!(
         hakmem::stats().count(Event::Mremap),
@@ -114,9 +120,17 @@ fn child_stretches_a_cached_region() {
     hakmem::collect();
     // An 8 MiB block, freed: cached with its pages (purges are off in this child).
     drop(vec![1u8; 8 << 20]);
-    let mremaps = hakmem::stats().count(Event::Mremap);
+    let (mremaps, live) = (
+        hakmem::stats().count(Event::Mremap),
+        hakmem::stats().live_bytes(),
+    );
     // Nothing cached fits 12 MiB: the cached region is grown to it, its pages moved.
     let v = vec![0u8; 12 << 20];
+    let grown = hakmem::stats().live_bytes() - live;
+    assert!(
+        (12 << 20..15 << 20).contains(&grown),
+        "counted live once: {grown}"
+    );
     assert_eq!(
         hakmem::stats().count(Event::Mremap),
         mremaps + 1,
