@@ -13,14 +13,10 @@
 //! turns this off.) So that their last huge page is whole too, their lengths are whole 2 MiB
 //! steps: on growth always (a growing block tends to grow on), for a new block when that adds
 //! at most a quarter.
-//!
-//! When no cached region is long enough, the largest one that kept its pages is grown to the
-//! length asked for (lru `take_short`, [`Os::remap`]: its pages move, no copy) rather than left
-//! to be purged while a new region is mapped: fewer page faults, and no more memory.
 use crate::global::{heap_ptr, DEAD};
-use core::ptr::{null_mut, NonNull};
+use core::ptr::null_mut;
 use hakmem_hot_heap::Ctx;
-use hakmem_lru::{now_ns, Reused};
+use hakmem_lru::now_ns;
 use hakmem_route::CLASSES;
 use hakmem_stats::Event;
 use hakmem_superslab::{LargeHeader, LargeLayout, Os, SS_SIZE};
@@ -60,29 +56,23 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         len: whole_steps(layout.len),
         ..layout
     };
-    // Cached regions are 2 MiB-aligned: they serve any alignment up to that. When none is long
-    // enough, the largest one that kept its pages is grown instead (lru `take_short`).
+    // Cached regions are 2 MiB-aligned: they serve any alignment up to that.
     let reused = if layout.align == SS_SIZE {
-        ctx.lru.take_short(env.stats, layout.len, now_ns())
+        ctx.lru.take(env.stats, layout.len, false, now_ns())
     } else {
         None
-    };
-    let reused = match reused {
-        Some(r) if r.len < layout.len => stretch(ctx, r, layout.len),
-        r => r.map(Region::from),
     };
     // A reused region may be up to twice the length asked for: the header records all of it.
     let layout = LargeLayout {
         len: reused.map_or(layout.len, |r| r.len),
         ..layout
     };
-    // The bytes from the base that may not read as zero, and those counted as grown already.
-    let (region, dirty, grown) = match reused {
-        Some(r) => (r.base, r.dirty, r.grown),
+    let (region, zeroed) = match reused {
+        Some(r) => (r.base, r.zeroed),
         None => match env.os.map(layout.len, layout.align, env.stats) {
             Some(p) => {
                 huge(env.os, p.as_ptr() as usize, layout.len);
-                (p, 0, 0)
+                (p, true)
             }
             None => return null_mut(),
         },
@@ -96,14 +86,11 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
             return null_mut();
         }
     };
-    let dirty = dirty.saturating_sub(layout.user_offset).min(size);
-    if zero && dirty > 0 {
-        // SAFETY: `dirty <= size` bytes from `user` lie in the region.
-        unsafe { user.write_bytes(0, dirty) };
+    if zero && !zeroed {
+        // SAFETY: `size` bytes from `user` lie in the region.
+        unsafe { user.write_bytes(0, size) };
     }
-    // The bytes a stretch grew by are counted by its `Mremap` event (live = allocated + grown -
-    // freed).
-    env.stats.event(Event::LargeAlloc, layout.len - grown);
+    env.stats.event(Event::LargeAlloc, layout.len);
     count(true);
     user
 }
@@ -115,52 +102,6 @@ fn whole_steps(len: usize) -> usize {
     match len.checked_next_multiple_of(SS_SIZE) {
         Some(up) if len > SS_SIZE && up - len <= len / 4 => up,
         _ => len,
-    }
-}
-
-/// A region for a new block.
-#[derive(Clone, Copy)]
-struct Region {
-    base: NonNull<u8>,
-    len: usize,
-    /// The bytes from the base that may not read as zero.
-    dirty: usize,
-    /// The bytes it grew by that an [`Event::Mremap`] counted.
-    grown: usize,
-}
-
-impl From<Reused> for Region {
-    fn from(r: Reused) -> Self {
-        Region {
-            base: r.base,
-            len: r.len,
-            dirty: if r.zeroed { 0 } else { r.len },
-            grown: 0,
-        }
-    }
-}
-
-/// Grows `r`, a resident region just taken out of the lru that is shorter than `len`, to `len`
-/// bytes by moving its pages (no copy; only the bytes past its old end are new and zero); or
-/// caches it again and returns `None` when the OS cannot (the caller maps a new region).
-fn stretch(ctx: &Ctx, r: Reused, len: usize) -> Option<Region> {
-    let env = ctx.env();
-    // SAFETY: taken out of the lru, so ours alone and unused (lru C2): a range `env.os` mapped.
-    match unsafe { env.os.remap(r.base, r.len, len, SS_SIZE, env.stats) } {
-        Some(base) => {
-            huge(env.os, base.as_ptr() as usize, len);
-            Some(Region {
-                base,
-                len,
-                dirty: r.len,
-                grown: len - r.len,
-            })
-        }
-        None => {
-            // SAFETY: unchanged, still retired and unused: back to the cache.
-            unsafe { ctx.lru.put(env.stats, r.base, r.len, now_ns()) };
-            None
-        }
     }
 }
 

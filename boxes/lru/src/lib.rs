@@ -73,8 +73,7 @@
 //! - **C8 (fit).** [`Lru::take`] hands out the smallest cached region that fits. Past what was
 //!   asked it hands over at most 2 MiB, and at most what was asked again; the rest of the
 //!   region stays cached as a region of its own from its first 2 MiB boundary on (when there is
-//!   room), and what lies before that boundary is unmapped. When none fits, [`Lru::take_short`]
-//!   hands out the largest resident region whole, for its caller to grow.
+//!   room), and what lies before that boundary is unmapped.
 //! - **C9 (counted).** Every region entering (a remainder too), leaving for reuse, and unmapped
 //!   from here counts as a superslab cached, reused and released. (Merged regions (C10) leave
 //!   as one: a merge is not counted, so after merges fewer leave than entered.)
@@ -505,17 +504,7 @@ where
     /// step, or the whole region when what is left is short (C8). The rest stays cached when it
     /// starts 2 MiB-aligned, and is unmapped otherwise.
     pub fn take(&self, stats: &GlobalStats, len: usize, exact: bool, now: u64) -> Option<Reused> {
-        self.take_from(stats, None, len, exact, false, now)
-    }
-
-    /// As [`Lru::take`] without `exact`; but when no cached region fits, hands out instead the
-    /// largest resident one (shorter than `len`: [`Reused::len`] says so), for the caller to
-    /// grow to `len` bytes with [`Os::remap`]: its pages are still there, so the grown block
-    /// costs fewer page faults than a new mapping, and the cache need not purge them to make
-    /// room for one (C4, C8). `None` when nothing is cached resident either. The working set
-    /// counts `len` either way.
-    pub fn take_short(&self, stats: &GlobalStats, len: usize, now: u64) -> Option<Reused> {
-        self.take_from(stats, None, len, false, true, now)
+        self.take_from(stats, None, len, exact, now)
     }
 
     /// Takes the cached region that starts at `at`, if there is one of at least `len` bytes
@@ -523,7 +512,7 @@ where
     /// large block that grows over the region right after it, whose pages may still be there.
     /// `None` when no cached region starts there, or it is too short.
     pub fn take_at(&self, stats: &GlobalStats, at: usize, len: usize, now: u64) -> Option<Reused> {
-        self.take_from(stats, Some(at), len, false, false, now)
+        self.take_from(stats, Some(at), len, false, now)
     }
 
     /// Counts `len` bytes the program took from the OS outside the cache (a large block grown in
@@ -551,7 +540,6 @@ where
         at: Option<usize>,
         len: usize,
         exact: bool,
-        short: bool,
         now: u64,
     ) -> Option<Reused> {
         let page = self.os.page_size();
@@ -571,25 +559,8 @@ where
                 }
             }
             let Some(i) = best else {
-                inner.lent(len);
-                // The largest resident region, for the caller to grow (`take_short`).
-                let mut big: Option<usize> = None;
-                for i in (0..inner.len).filter(|_| short) {
-                    let e = inner.entries[i];
-                    if !e.zeroed && big.is_none_or(|b| e.len > inner.entries[b].len) {
-                        big = Some(i);
-                    }
-                }
-                if let Some(i) = big {
-                    let e = inner.remove(i);
-                    self.publish_due(inner);
-                    return Some(Reused {
-                        base: ptr(e.base),
-                        len: e.len,
-                        zeroed: false,
-                    });
-                }
                 // The caller maps `len` bytes now: the cache keeps fewer pages (C4).
+                inner.lent(len);
                 if inner.config.purge && inner.resident > inner.budget() {
                     inner.expire(now, &mut work);
                 }

@@ -256,42 +256,6 @@ mod plain {
     }
 
     #[test]
-    fn take_short_hands_out_the_largest_resident_region_to_grow() {
-        let w = World::new(16);
-        let lru = w.lru(LruConfig {
-            purge_delay_ns: 100,
-            ..LruConfig::default()
-        });
-        let (a, b) = (w.apart(2 * SS_SIZE), w.apart(3 * SS_SIZE));
-        // SAFETY: retired regions.
-        unsafe { assert!(lru.put(&w.stats, b, 3 * SS_SIZE, 0)) };
-        lru.decay_now(&w.stats, 150);
-        // SAFETY: as above.
-        unsafe { assert!(lru.put(&w.stats, a, 2 * SS_SIZE, 150)) };
-        // One that fits is taken as by `take`.
-        let fit = lru.take_short(&w.stats, SS_SIZE, 160).unwrap();
-        assert_eq!(
-            (fit.base, fit.len),
-            (a, 2 * SS_SIZE),
-            "the whole: little to spare"
-        );
-        // SAFETY: given back.
-        unsafe { assert!(lru.put(&w.stats, a, 2 * SS_SIZE, 170)) };
-        // None fits 4: the largest that kept its pages, not the larger purged one.
-        let short = lru.take_short(&w.stats, 4 * SS_SIZE, 180).unwrap();
-        assert_eq!(
-            (short.base, short.len, short.zeroed),
-            (a, 2 * SS_SIZE, false)
-        );
-        assert!(
-            lru.take_short(&w.stats, 4 * SS_SIZE, 190).is_none(),
-            "none resident"
-        );
-        assert!(lru.take(&w.stats, 4 * SS_SIZE, false, 190).is_none());
-        assert_eq!(lru.usage(), (1, 3 * SS_SIZE));
-    }
-
-    #[test]
     fn purge_if_due_runs_what_is_due() {
         let w = World::new(4);
         let lru = w.lru(LruConfig {
