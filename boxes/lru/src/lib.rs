@@ -55,13 +55,12 @@
 //!   [`Lru::lend`] the resident bytes cached stay within the resident budget. With *peak* the
 //!   largest amount of memory the program held through this cache (taken, asked for, or grown
 //!   with [`Lru::lend`], not yet given back) over the last one or two `decay_ns` windows, the
-//!   budget is *peak* less what it holds now, or half *peak* if that is more; at least
-//!   `hot_bytes`, at most `max_bytes`. So what the program holds plus what is cached resident
-//!   stays within one and a half times its recent peak (past `hot_bytes`): a program that gives
-//!   back a lot keeps it for a reuse, and one that churns at a steady size keeps half its
-//!   working set, and gives pages back when a request that nothing cached fits makes it map
-//!   more. After [`Lru::lend`] (a block grew outside the cache, which did not serve it) the
-//!   half-peak floor does not count: held plus cached resident stays within the recent peak.
+//!   budget is three quarters of *peak*, or *peak* less what it holds now if that is more; at
+//!   least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps three
+//!   quarters of its working set resident for reuse, and one that gives back more than that
+//!   keeps all it gave back, for a reuse of the same size. After [`Lru::lend`] (a block grew
+//!   outside the cache, which did not serve it) the three-quarter floor does not count: what
+//!   the program holds plus what is cached resident then stays within its recent peak.
 //!   Past the budget, the oldest resident regions are purged first. A purged region reads as
 //!   zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
@@ -233,16 +232,15 @@ impl Inner {
         self.peak = self.peak.max(self.out);
     }
 
-    /// The resident budget (C4): what the program held at its recent peak and does not hold
-    /// now, or half that peak if more, so that what it holds plus what is cached resident stays
-    /// within one and a half times that peak.
+    /// The resident budget (C4): three quarters of what the program held at its recent peak,
+    /// or what it held then and does not hold now if that is more.
     fn budget(&self) -> usize {
         let peak = self.peak.max(self.prev_peak);
-        self.clamp(peak.saturating_sub(self.out).max(peak / 2))
+        self.clamp(peak.saturating_sub(self.out).max(peak / 4 * 3))
     }
 
     /// The budget after memory grown outside the cache ([`Lru::lend`]): the recent peak less
-    /// what is held now, without the half-peak floor (C4).
+    /// what is held now, without the three-quarter floor (C4).
     fn budget_grown(&self) -> usize {
         self.clamp(self.peak.max(self.prev_peak).saturating_sub(self.out))
     }
@@ -518,8 +516,8 @@ where
     /// Counts `len` bytes the program took from the OS outside the cache (a large block grown in
     /// place or moved by [`Os::remap`]) in the working set the resident budget follows (C4), as
     /// of `now`. The cache did not serve that growth, so it then keeps resident at most the
-    /// recent peak less what is held now (not half the peak), and purges the rest. Any value is
-    /// sound: it only moves the budget.
+    /// recent peak less what is held now (not three quarters of the peak), and purges the rest.
+    /// Any value is sound: it only moves the budget.
     pub fn lend(&self, stats: &GlobalStats, len: usize, now: u64) {
         let mut work = Batch::new();
         self.inner.with(|inner| {
