@@ -88,13 +88,13 @@ fn child_huge_pages() {
         (3 << 20) + 4096 - 64,
         "a whole 2 MiB step would add a third"
     );
-    let mut w: Vec<u8> = vec![2; 7 << 20];
+    let mut w: Vec<u8> = vec![2; 15 << 20];
     // SAFETY: as above.
     let usable = unsafe { hakmem::raw::usable_size(w.as_mut_ptr()) };
     assert_eq!(
         usable,
-        (8 << 20) - 64,
-        "a whole 2 MiB step adds less than a quarter"
+        (16 << 20) - 64,
+        "a whole 2 MiB step adds less than an eighth"
     );
     let fresh = vm_flags(v.as_ptr() as usize);
     assert!(
