@@ -10,14 +10,22 @@ static A: hakmem::HakMem = hakmem::HakMem;
 #[test]
 #[ignore = "run by a_large_block_grows_over_the_cached_region_after_it"]
 fn child_grows_over_a_cached_region() {
+    // Nothing else cached (a retired thread's superslab would fit the 1 MiB block better).
+    hakmem::collect();
     // A 64 MiB block, freed: the lru caches its region.
     drop(vec![1u8; 64 << 20]);
     // A 1 MiB block takes the first 2 MiB of it; the rest stays cached right after.
     let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
     v.extend((0..1 << 20).map(|i| i as u8));
     let (before, mremaps) = (v.as_ptr(), hakmem::stats().count(Event::Mremap));
+    let live = hakmem::stats().live_bytes();
     // Growing to 8 MiB takes the region after it out of the lru and grows over it.
     v.reserve_exact((8 << 20) - v.len());
+    let grown = hakmem::stats().live_bytes() - live;
+    assert!(
+        (6 << 20..=8 << 20).contains(&grown),
+        "the growth is counted live: {grown}"
+    );
     assert_eq!(v.as_ptr(), before, "grown in place");
     assert_eq!(
         hakmem::stats().count(Event::Mremap),
@@ -41,4 +49,83 @@ fn a_large_block_grows_over_the_cached_region_after_it() {
         out.status.success() && stdout.contains("grew in place"),
         "{out:?}"
     );
+}
+
+/// The `VmFlags` of the mapping that holds `addr`, from `/proc/self/smaps`.
+fn vm_flags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((lo, hi)) = range.filter(|_| !line.starts_with("VmFlags")) {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= addr && addr < hi;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}")
+}
+
+#[test]
+#[ignore = "run by large_regions_ask_for_huge_pages_and_grow_in_2_mib_steps"]
+fn child_huge_pages() {
+    hakmem::collect();
+    let mut v: Vec<u8> = vec![1; 3 << 20];
+    // SAFETY: a live block of ours.
+    let usable = unsafe { hakmem::raw::usable_size(v.as_mut_ptr()) };
+    assert_eq!(
+        usable,
+        (3 << 20) + 4096 - 64,
+        "a whole 2 MiB step would add a third"
+    );
+    let mut w: Vec<u8> = vec![2; 15 << 20];
+    // SAFETY: as above.
+    let usable = unsafe { hakmem::raw::usable_size(w.as_mut_ptr()) };
+    assert_eq!(
+        usable,
+        (16 << 20) - 64,
+        "a whole 2 MiB step adds less than an eighth"
+    );
+    let fresh = vm_flags(v.as_ptr() as usize);
+    assert!(
+        fresh.split_whitespace().any(|f| f == "hg"),
+        "fresh: {fresh}"
+    );
+    // Grown past 2 MiB: to a whole 2 MiB step, so its last huge page is whole.
+    v.reserve_exact((5 << 20) - v.len());
+    // SAFETY: a live block of ours.
+    let usable = unsafe { hakmem::raw::usable_size(v.as_mut_ptr()) };
+    assert_eq!(
+        usable,
+        (6 << 20) - 64,
+        "the region is 6 MiB, less the header"
+    );
+    let grown = vm_flags(v.as_ptr() as usize);
+    assert!(
+        grown.split_whitespace().any(|f| f == "hg"),
+        "grown: {grown}"
+    );
+    assert!(v.iter().all(|&b| b == 1), "contents kept");
+    println!("huge");
+}
+
+#[test]
+fn large_regions_ask_for_huge_pages_and_grow_in_2_mib_steps() {
+    // Without transparent huge pages in the kernel, madvise refuses and there is no flag.
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        return;
+    }
+    let out = child("child_huge_pages", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("huge"), "{out:?}");
 }

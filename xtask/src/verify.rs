@@ -103,7 +103,10 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
     SeededBug {
         name: "lru_double_take",
         in_crate: "hakmem-lru",
-        models: &[("hakmem-lru", "loom_models::hand_over")],
+        models: &[
+            ("hakmem-lru", "loom_models::hand_over"),
+            ("hakmem-lru", "loom_models::merge_hand_over"),
+        ],
         what: "taking a region out of the lru leaves it cached, so it can be handed out twice",
     },
     SeededBug {

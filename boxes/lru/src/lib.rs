@@ -11,6 +11,9 @@
 //! path can run what is due with [`Lru::purge_if_due`]: one load, and a clock read only when
 //! something is cached.
 //!
+//! Cached regions that lie end to end are merged into one (C10), so the two pieces of a split,
+//! or neighbours freed one after the other, serve a later, larger request without a new mapping.
+//!
 //! The cache owns the [`Os`] its regions came from, and gives them back through it only.
 //!
 //! ```
@@ -48,11 +51,18 @@
 //! - **C3 (bounded).** At most [`MAX_ENTRIES`] regions and `max_bytes` bytes are cached; the oldest
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
 //! - **C4 (pages given back in time).** With `purge` on (the default), a cached region keeps its
-//!   pages for at most `purge_delay_ns`, and the resident bytes cached stay within the resident
-//!   budget: three quarters of the largest amount of memory the program held through this cache
-//!   (taken or asked for, not yet given back) over the last one or two `decay_ns` windows, at
-//!   least `hot_bytes`, at most `max_bytes`. Past the budget, the oldest resident regions are purged
-//!   first. A purged region reads as zero when reused.
+//!   pages for at most `purge_delay_ns`, and after every [`Lru::put`], [`Lru::take`] and
+//!   [`Lru::lend`] the resident bytes cached stay within the resident budget. With *peak* the
+//!   largest amount of memory the program held through this cache (taken, asked for, or grown
+//!   with [`Lru::lend`], not yet given back) over the last one or two `decay_ns` windows, the
+//!   budget is three quarters of *peak*, or *peak* less what it holds now if that is more; at
+//!   least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps three
+//!   quarters of its working set resident for reuse, and one that gives back more than that
+//!   keeps all it gave back, for a reuse of the same size. After [`Lru::lend`] (a block grew
+//!   outside the cache, which did not serve it) the three-quarter floor does not count: what
+//!   the program holds plus what is cached resident then stays within its recent peak.
+//!   Past the budget, the oldest resident regions are purged first. A purged region reads as
+//!   zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
 //! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
 //!   [`Lru::purge_if_due`] after the deadline; [`Lru::next_due`] is never later than the
@@ -61,10 +71,20 @@
 //!   was made with, which [`Lru::put`]'s contract says mapped it.
 //! - **C8 (fit).** [`Lru::take`] hands out the smallest cached region that fits. Past what was
 //!   asked it hands over at most 2 MiB, and at most what was asked again; the rest of the
-//!   region stays cached as a region of its own when it starts 2 MiB-aligned, and is unmapped
-//!   otherwise.
+//!   region stays cached as a region of its own from its first 2 MiB boundary on (when there is
+//!   room), and what lies before that boundary is unmapped.
 //! - **C9 (counted).** Every region entering (a remainder too), leaving for reuse, and unmapped
-//!   from here counts as a superslab cached, reused and released.
+//!   from here counts as a superslab cached, reused and released. (Merged regions (C10) leave
+//!   as one: a merge is not counted, so after merges fewer leave than entered.)
+//! - **C10 (merged).** No two cached regions in the same state (resident, or purged) lie end to
+//!   end: a region entering the cache ([`Lru::put`], or put back purged) is merged with such
+//!   neighbours into one entry, which is as old as its oldest part (so C4's delay and C5 hold
+//!   for every part) and is 2 MiB-aligned as its first part is. A merged region is unmapped and
+//!   purged as one range: it may span mappings made by separate [`Os::map`] calls that lie end
+//!   to end, which [`Os::unmap`] and [`Os::purge`] accept; [`Os::remap`] on a block over such a
+//!   range may refuse, and the caller then copies. Regions in different states stay apart until
+//!   the resident one is purged (at most `purge_delay_ns`), so a reuse never mixes
+//!   zeroed and dirty pages.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -165,6 +185,35 @@ impl Inner {
         }
     }
 
+    /// Inserts `e` merged with the cached regions right before and right after it that are in
+    /// the same state (both resident, or both purged): one entry, as old as the older (C10).
+    /// The caller made room for `e` as if it were not merged.
+    fn insert_merged(&mut self, mut e: Entry) {
+        let same = |x: &Entry, e: &Entry| x.zeroed == e.zeroed;
+        if let Some(i) = (0..self.len).find(|&i| {
+            self.entries[i].base + self.entries[i].len == e.base && same(&self.entries[i], &e)
+        }) {
+            let before = self.remove(i);
+            e = Entry {
+                base: before.base,
+                len: before.len + e.len,
+                since: before.since.min(e.since),
+                ..e
+            };
+        }
+        if let Some(i) = (0..self.len)
+            .find(|&i| e.base + e.len == self.entries[i].base && same(&self.entries[i], &e))
+        {
+            let after = self.remove(i);
+            e = Entry {
+                len: e.len + after.len,
+                since: after.since.min(e.since),
+                ..e
+            };
+        }
+        self.insert(e);
+    }
+
     fn has_room(&self, len: usize) -> bool {
         self.len < MAX_ENTRIES && self.bytes + len <= self.config.max_bytes
     }
@@ -179,20 +228,35 @@ impl Inner {
     }
 
     fn lent(&mut self, len: usize) {
-        self.out += len;
+        self.out = self.out.saturating_add(len);
         self.peak = self.peak.max(self.out);
     }
 
-    /// The resident budget (C4).
+    /// The resident budget (C4): three quarters of what the program held at its recent peak,
+    /// or what it held then and does not hold now if that is more.
     fn budget(&self) -> usize {
-        (self.peak.max(self.prev_peak) / 4 * 3)
-            .max(self.config.hot_bytes)
-            .min(self.config.max_bytes)
+        let peak = self.peak.max(self.prev_peak);
+        self.clamp(peak.saturating_sub(self.out).max(peak / 4 * 3))
+    }
+
+    /// The budget after memory grown outside the cache ([`Lru::lend`]): the recent peak less
+    /// what is held now, without the three-quarter floor (C4).
+    fn budget_grown(&self) -> usize {
+        self.clamp(self.peak.max(self.prev_peak).saturating_sub(self.out))
+    }
+
+    fn clamp(&self, budget: usize) -> usize {
+        budget.max(self.config.hot_bytes).min(self.config.max_bytes)
     }
 
     /// Takes out what decayed (to unmap), what kept its pages long enough, and the oldest
     /// resident regions past the budget (to purge and put back).
     fn expire(&mut self, now: u64, work: &mut Batch) {
+        self.expire_to(now, self.budget(), work);
+    }
+
+    /// [`Inner::expire`] with the resident budget `budget`.
+    fn expire_to(&mut self, now: u64, budget: usize, work: &mut Batch) {
         self.tick(now);
         while self.len > 0 && now.saturating_sub(self.entries[0].since) > self.config.decay_ns {
             let e = self.remove(0);
@@ -201,7 +265,6 @@ impl Inner {
         if !self.config.purge {
             return;
         }
-        let budget = self.budget();
         let mut i = 0;
         while i < self.len {
             let e = self.entries[i];
@@ -377,7 +440,7 @@ where
                     let put_back = self.inner.with(|inner| {
                         let fits = inner.has_room(e.len);
                         if fits {
-                            inner.insert(e);
+                            inner.insert_merged(e);
                             self.publish_due(inner);
                         }
                         fits
@@ -416,7 +479,7 @@ where
                 let e = inner.remove(0);
                 work.push(e, Act::Unmap);
             }
-            inner.insert(entry);
+            inner.insert_merged(entry);
             // Past the budget now? Then the oldest resident regions are purged (C4).
             if inner.config.purge && inner.resident > inner.budget() {
                 inner.expire(now, &mut work);
@@ -450,6 +513,25 @@ where
         self.take_from(stats, Some(at), len, false, now)
     }
 
+    /// Counts `len` bytes the program took from the OS outside the cache (a large block grown in
+    /// place or moved by [`Os::remap`]) in the working set the resident budget follows (C4), as
+    /// of `now`. The cache did not serve that growth, so it then keeps resident at most the
+    /// recent peak less what is held now (not three quarters of the peak), and purges the rest.
+    /// Any value is sound: it only moves the budget.
+    pub fn lend(&self, stats: &GlobalStats, len: usize, now: u64) {
+        let mut work = Batch::new();
+        self.inner.with(|inner| {
+            inner.tick(now);
+            inner.lent(len);
+            let budget = inner.budget_grown();
+            if inner.config.purge && inner.resident > budget {
+                inner.expire_to(now, budget, &mut work);
+            }
+            self.publish_due(inner);
+        });
+        self.finish(stats, &work);
+    }
+
     fn take_from(
         &self,
         stats: &GlobalStats,
@@ -475,7 +557,11 @@ where
                 }
             }
             let Some(i) = best else {
+                // The caller maps `len` bytes now: the cache keeps fewer pages (C4).
                 inner.lent(len);
+                if inner.config.purge && inner.resident > inner.budget() {
+                    inner.expire(now, &mut work);
+                }
                 self.publish_due(inner);
                 return None;
             };
@@ -494,16 +580,28 @@ where
                 _ => len,
             };
             if keep < e.len {
-                let rest = Entry {
-                    base: e.base + keep,
-                    len: e.len - keep,
-                    ..e
-                };
-                if rest.base.is_multiple_of(SS_SIZE) && inner.has_room(rest.len) {
-                    inner.insert(rest);
+                // The rest stays cached from its first 2 MiB boundary on; the part before that
+                // boundary is unmapped (C8).
+                let cut = e.base + keep;
+                let end = e.base + e.len;
+                let boundary = cut.next_multiple_of(SS_SIZE);
+                let mut trim_to = end;
+                if boundary < end && inner.has_room(end - boundary) {
+                    inner.insert(Entry {
+                        base: boundary,
+                        len: end - boundary,
+                        ..e
+                    });
                     rest_cached = true;
-                } else {
-                    work.push(rest, Act::Trim);
+                    trim_to = boundary;
+                }
+                if cut < trim_to {
+                    let gap = Entry {
+                        base: cut,
+                        len: trim_to - cut,
+                        ..e
+                    };
+                    work.push(gap, Act::Trim);
                 }
             }
             inner.lent(keep);

@@ -54,24 +54,29 @@ pub unsafe trait Os: Sync {
     /// Gives `[ptr, ptr + len)` back to the OS.
     ///
     /// # Safety
-    /// The range was mapped by this `Os`, page-aligned, and nothing uses it any more.
+    /// The range was mapped by this `Os` (by one call, or by several whose ranges lie end to
+    /// end, as regions the lru merged do), page-aligned, and nothing uses it any more.
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats);
 
     /// Gives the pages of `[ptr, ptr + len)` back while keeping the mapping; afterwards the
     /// range reads as zero. False when that is not possible (then the contents are unchanged).
     ///
     /// # Safety
-    /// The range was mapped by this `Os`, page-aligned, and its contents are no longer needed.
+    /// The range was mapped by this `Os` (by one call or several end to end, as for
+    /// [`Os::unmap`]), page-aligned, and its contents are no longer needed.
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool;
 
     /// Grows the mapping `[ptr, ptr + len)` to `new_len` bytes, keeping its contents without
     /// copying them, at an address aligned to `align`: in place when the range after it is
     /// free, else moved. Returns the new address; `None` when that is not possible (then the
-    /// old mapping is unchanged, and the caller copies instead). The default never can.
+    /// old mapping is unchanged, and the caller copies instead). The default never can; Linux
+    /// refuses when the range spans mappings made by separate calls that the kernel kept apart
+    /// (the lru merges such neighbours, and a large block may grow over one).
     ///
     /// # Safety
-    /// The range is a whole mapping of this `Os`, page-aligned, that nothing else uses while
-    /// this runs; after `Some`, the old range must no longer be used.
+    /// The range was mapped by this `Os` (one call or several end to end), page-aligned, and
+    /// nothing else uses it while this runs; after `Some`, the old range must no longer be
+    /// used.
     unsafe fn remap(
         &self,
         ptr: NonNull<u8>,
@@ -82,6 +87,19 @@ pub unsafe trait Os: Sync {
     ) -> Option<NonNull<u8>> {
         let _ = (ptr, len, new_len, align, stats);
         None
+    }
+
+    /// Asks for `[ptr, ptr + len)` to be backed by huge pages where the OS can (Linux's
+    /// transparent huge pages, `MADV_HUGEPAGE`, which the `madvise` mode of
+    /// `/sys/kernel/mm/transparent_hugepage/enabled` waits for; `never` refuses it): a block
+    /// filled in 2 MiB pages takes one page fault per 2 MiB instead of 512. A hint that never
+    /// changes the contents; the default does nothing.
+    ///
+    /// # Safety
+    /// The range was mapped by this `Os` (one call or several end to end), page-aligned, and
+    /// belongs to the caller.
+    unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+        let _ = (ptr, len);
     }
 }
 
@@ -226,6 +244,12 @@ unsafe impl Os for LibcOs {
         None
     }
 
+    unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller's own mapping; MADV_HUGEPAGE changes how later faults are served,
+        // never the contents. A refusal (THP off or unsupported) leaves it as it was.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+    }
+
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
         // SAFETY: the caller guarantees the range is ours and its contents are dead. On private
         // anonymous memory MADV_DONTNEED frees the pages at once and later reads see zeros.
@@ -306,13 +330,22 @@ pub mod heap {
             self.unmaps.load(SeqCst)
         }
 
-        /// True while `[ptr, ptr + len)` lies in a mapped range.
+        /// True while `[ptr, ptr + len)` lies in mapped ranges (one, or several end to end).
         pub fn is_mapped(&self, ptr: usize, len: usize) -> bool {
-            self.live
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|&(p, n)| p <= ptr && ptr + len <= p + n)
+            Self::cover(&self.live.lock().unwrap(), ptr, len).is_some()
+        }
+
+        /// The indices of the live ranges that together cover `[ptr, ptr + len)` without a gap,
+        /// or `None` when some of it is not mapped.
+        fn cover(live: &[(usize, usize)], ptr: usize, len: usize) -> Option<Vec<usize>> {
+            let mut at = ptr;
+            let mut used = Vec::new();
+            while at < ptr + len {
+                let i = live.iter().position(|&(p, n)| p <= at && at < p + n)?;
+                used.push(i);
+                at = live[i].0 + live[i].1;
+            }
+            Some(used)
         }
     }
 
@@ -354,17 +387,19 @@ pub mod heap {
             self.check_pages("unmap", a, len);
             {
                 let mut l = self.live.lock().unwrap();
-                let i = l
-                    .iter()
-                    .position(|&(p, n)| p <= a && a + len <= p + n)
+                // Like munmap on Linux, one call may span mappings that lie end to end.
+                let mut used = Self::cover(&l, a, len)
                     .expect("unmap of a range that is not mapped (released twice?)");
-                let (p, n) = l.remove(i);
-                // Keep the parts outside the unmapped range (a trim).
-                if p < a {
-                    l.push((p, a - p));
-                }
-                if a + len < p + n {
-                    l.push((a + len, p + n - a - len));
+                used.sort_unstable_by(|x, y| y.cmp(x));
+                for i in used {
+                    let (p, n) = l.remove(i);
+                    // Keep the parts outside the unmapped range (a trim).
+                    if p < a {
+                        l.push((p, a - p));
+                    }
+                    if a + len < p + n {
+                        l.push((a + len, p + n - a - len));
+                    }
                 }
             }
             self.unmaps.fetch_add(1, SeqCst);
