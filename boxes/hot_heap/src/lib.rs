@@ -105,6 +105,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
+mod adapt;
 mod alloc;
 mod check;
 mod ctx;
@@ -141,6 +142,10 @@ fn owned_slot(base: usize) -> usize {
 
 /// The unified cache type every heap carries.
 type Cache = UnifiedCache<CLASSES, CACHE_SLOTS>;
+
+/// Blocks returned to slabs per batch: the runs of [`Heap::return_blocks`] are cut at this
+/// length (a stack array).
+const RUN_BATCH: usize = 256;
 
 /// Owned superslabs scanned for remote frees per refill.
 const SCAN_PER_REFILL: usize = 4;
@@ -201,6 +206,8 @@ pub struct Heap {
     pub stats: ThreadStats,
     next: *mut Heap,
     prev: *mut Heap,
+    /// The adaptive list bounds (H9).
+    adapt: adapt::Adapt,
     cache: Cache,
 }
 
@@ -225,6 +232,7 @@ impl Heap {
         h.owned_count = 0;
         h.cursor = null();
         h.kept_empty = null();
+        h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)
             .expect("route sizes the cache for every class");

@@ -30,6 +30,29 @@ impl Heap {
         }
     }
 
+    /// Puts up to `want` blocks of `class` (no more than the list has room for) straight from
+    /// slabs onto its thread list, in the refill order, one run per slab.
+    pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
+        let want = want.min(self.sll[class].cap() - self.sll[class].len());
+        let mut got = 0;
+        while got < want {
+            // SAFETY: only the heap's thread gets here.
+            let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
+                break;
+            };
+            let (list, key) = (&mut self.sll[class], self.key);
+            // SAFETY: the slab is ours (H3); each block is free, ours and on no list, and the
+            // push keys it (FK1); the list has room for `want` (L2).
+            let n = unsafe { slab.alloc_batch(want - got, |b| list.push(b, key)) };
+            got += n;
+            self.ctx().stats.held_add(class, n as usize);
+            // SAFETY: as above.
+            if unsafe { !slab.has_free() } {
+                self.ring_remove(class, slab);
+            }
+        }
+    }
+
     /// A slab of `class` with a free block, in the refill order (module docs).
     pub(crate) unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
         // 1. Own slabs with free blocks.

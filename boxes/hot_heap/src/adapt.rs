@@ -1,0 +1,195 @@
+//! Adaptive thread-list bounds (H9): a class whose list keeps overflowing gets a larger bound,
+//! within a per-heap budget; a class that has been quiet for a while, or whose budget another
+//! class needs, gets its bound halved back toward the route box's base.
+use super::*;
+
+/// Overflows of a class's list (since its bound last changed) that grow its bound.
+pub(crate) const GROW_AFTER: u8 = 4;
+/// The largest bound a list grows to, in blocks.
+pub(crate) const MAX_LIST_BLOCKS: u32 = 2048;
+/// The largest bound a list grows to, in bytes of blocks.
+pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
+/// Bytes of list bound a heap may hold beyond the base bounds, over every class (H9).
+pub(crate) const ADAPT_BUDGET: usize = 512 * 1024;
+/// Slow-path events between two looks for quiet classes.
+pub(crate) const DECAY_EVERY: u32 = 64;
+/// Slow-path events without an overflow after which a grown bound is halved.
+pub(crate) const QUIET: u32 = 256;
+
+const _: () = assert!(CLASSES <= 128, "the grown classes fit a u128 mask");
+
+/// The adaptive bounds' state, per heap.
+pub(crate) struct Adapt {
+    /// Slow-path events so far (the clock of decay; wraps).
+    tick: u32,
+    /// Bytes of bound granted beyond the base bounds, over every class (at most ADAPT_BUDGET).
+    extra: usize,
+    /// Classes whose bound is above the base.
+    pub(crate) grown: u128,
+    /// Per class: overflows since the bound last changed.
+    overflows: [u8; CLASSES],
+    /// Per class: the tick of the last overflow.
+    last: [u32; CLASSES],
+}
+
+impl Adapt {
+    pub(crate) const fn new() -> Self {
+        Self {
+            tick: 0,
+            extra: 0,
+            grown: 0,
+            overflows: [0; CLASSES],
+            last: [0; CLASSES],
+        }
+    }
+}
+
+impl Heap {
+    /// Bytes of list bound this heap holds beyond the base bounds (H9).
+    pub fn adapt_extra_bytes(&self) -> usize {
+        self.adapt.extra
+    }
+
+    /// The current bound of the thread list of `class`.
+    pub fn list_cap(&self, class: usize) -> u32 {
+        self.sll[class].cap()
+    }
+
+    /// A slow-path event: advances the clock and, every [`DECAY_EVERY`] events, decays each
+    /// class that has had no slow-path event for [`QUIET`] events ([`Heap::decay`]).
+    pub(crate) fn adapt_tick(&mut self) -> u32 {
+        let a = &mut self.adapt;
+        a.tick = a.tick.wrapping_add(1);
+        let now = a.tick;
+        if now.is_multiple_of(DECAY_EVERY) {
+            self.decay(now);
+        }
+        now
+    }
+
+    /// A slow-path event of `class` (a refill of its list, or an overflow): the class is in use.
+    pub(crate) fn mark_active(&mut self, class: usize, now: u32) {
+        self.adapt.last[class] = now;
+    }
+
+    /// Decays every quiet class (no slow-path event for [`QUIET`] events), one step each: a
+    /// grown bound is halved; a class at its base bound gives every block on its thread list
+    /// and in the cache back to its slabs, and its current slab too once that is empty (H4, H9).
+    pub(crate) fn decay(&mut self, now: u32) {
+        for c in 0..CLASSES {
+            if now.wrapping_sub(self.adapt.last[c]) < QUIET {
+                continue;
+            }
+            if self.adapt.grown & (1 << c) != 0 {
+                self.shrink(c);
+                // Wait another quiet period before the next step.
+                self.adapt.last[c] = now;
+            } else if !self.sll[c].is_empty()
+                || !self.cache.is_empty(c)
+                || !self.current[c].is_null()
+            {
+                self.drain_class(c);
+            }
+        }
+    }
+
+    /// Gives every block of `class` on the thread list and in the cache back to its slab, and
+    /// the current slab to its superslab if that left it empty.
+    pub(crate) fn drain_class(&mut self, class: usize) {
+        // SAFETY: the list holds free blocks of ours.
+        let chain = unsafe { self.sll[class].take_all() };
+        self.dispose_chain(class, chain, false);
+        self.flush_cache(class, self.cache.len(class));
+        if let Some(slab) = self.current(class) {
+            // SAFETY: the current slab is ours (H3).
+            if unsafe { slab.is_empty() } {
+                // SAFETY: a slab's metadata lives in its superslab's header, live while ours.
+                let ss = unsafe { Superslab::of(core::ptr::from_ref(slab).cast()) };
+                self.free_slab(ss, class, slab);
+            }
+        }
+    }
+
+    /// The thread list of `class` is full (not in check mode): counts the overflow and, the
+    /// [`GROW_AFTER`]th time, tries to double the bound.
+    pub(crate) fn on_overflow(&mut self, class: usize) {
+        let now = self.adapt_tick();
+        self.mark_active(class, now);
+        let a = &mut self.adapt;
+        a.overflows[class] = a.overflows[class].saturating_add(1);
+        if a.overflows[class] >= GROW_AFTER {
+            a.overflows[class] = 0;
+            self.grow(class);
+        }
+    }
+
+    /// Doubles the bound of `class` within [`MAX_LIST_BLOCKS`], [`MAX_LIST_BYTES`] and the
+    /// heap's [`ADAPT_BUDGET`], taking budget from the quietest other grown classes if needed.
+    /// True when it grew.
+    pub(crate) fn grow(&mut self, class: usize) -> bool {
+        let cap = self.sll[class].cap();
+        let bs = block_size_of(class);
+        let new = cap.saturating_mul(2);
+        if cap == 0 || new > MAX_LIST_BLOCKS || new as usize * bs > MAX_LIST_BYTES {
+            return false;
+        }
+        let add = (new - cap) as usize * bs;
+        if add > ADAPT_BUDGET {
+            return false;
+        }
+        while self.adapt.extra + add > ADAPT_BUDGET {
+            let Some(q) = self.quietest_grown(class) else {
+                return false;
+            };
+            self.shrink(q);
+        }
+        if self.sll[class].set_cap(new).is_err() {
+            return false;
+        }
+        self.adapt.extra += add;
+        self.adapt.grown |= 1 << class;
+        true
+    }
+
+    /// The grown class other than `except` that overflowed longest ago.
+    fn quietest_grown(&self, except: usize) -> Option<usize> {
+        let a = &self.adapt;
+        let mut m = a.grown & !(1 << except);
+        let mut best: Option<(u32, usize)> = None;
+        while m != 0 {
+            let c = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let age = a.tick.wrapping_sub(a.last[c]);
+            if best.is_none_or(|(b, _)| age > b) {
+                best = Some((age, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    /// Halves the bound of grown `class` (not below its base), spilling the blocks beyond the
+    /// new bound into the cache and to their slabs.
+    pub(crate) fn shrink(&mut self, class: usize) {
+        let base = LIST_CAPS[class];
+        let cap = self.sll[class].cap();
+        let new = (cap / 2).max(base);
+        if new >= cap {
+            self.adapt.grown &= !(1 << class);
+            return;
+        }
+        let len = self.sll[class].len();
+        if len > new {
+            // SAFETY: the list holds free blocks of ours.
+            let chain = unsafe { self.sll[class].take(len - new) };
+            self.dispose_chain(class, chain, true);
+        }
+        if self.sll[class].set_cap(new).is_ok() {
+            let a = &mut self.adapt;
+            a.extra -= (cap - new) as usize * block_size_of(class);
+            a.overflows[class] = 0;
+            if new == base {
+                a.grown &= !(1 << class);
+            }
+        }
+    }
+}
