@@ -148,31 +148,84 @@ impl Heap {
     }
 
     /// Puts a chain taken off the class's thread list into the cache while it has room (if
-    /// `to_cache`), and returns the rest to their slabs in runs.
+    /// `to_cache`), and returns the rest to their slabs in runs ([`Heap::return_chain`]).
     pub(crate) fn dispose_chain(
         &mut self,
         class: usize,
         chain: hakmem_tls_sll::Chain,
         to_cache: bool,
     ) {
-        let mut batch = [null_mut(); RUN_BATCH];
-        let mut k = 0;
         let mut b = chain.head;
-        for _ in 0..chain.len {
-            // SAFETY: a block of the chain, linked through its first word; read before the
-            // block is relinked by a return below.
+        let mut left = chain.len;
+        while to_cache && left > 0 && self.cache.room(class) > 0 {
+            // SAFETY: a block of the chain, linked through its first word.
             let next = unsafe { hakmem_tls_sll::next(b) };
-            if !to_cache || !self.cache.push(class, b) {
-                batch[k] = b;
-                k += 1;
-                if k == RUN_BATCH {
-                    self.return_blocks(class, &batch);
-                    k = 0;
+            self.cache.push(class, b);
+            b = next;
+            left -= 1;
+        }
+        self.return_chain(class, b, left);
+    }
+
+    /// Gives `left` free blocks of `class`, linked from `b` through their first words (off this
+    /// heap's thread list, so keyed: FK1), back to their slabs: each run of consecutive blocks
+    /// of one slab is validated block by block (a block start below the carve mark: one
+    /// multiplication) and spliced onto the slab's free list as it is linked, with one update of
+    /// its counts, of its ring place (H3) and, if it emptied, one return of the slab (H4); the
+    /// held count drops once for the whole chain.
+    pub(crate) fn return_chain(&mut self, class: usize, mut b: *mut u8, mut left: u32) {
+        let mut returned = 0usize;
+        while left > 0 {
+            let chunk = b as usize & !(SLAB_SIZE - 1);
+            // SAFETY: blocks on our lists lie in live superslabs we own (H1).
+            let ss = unsafe { Superslab::of(b) };
+            let slab = ss.slab_of(b);
+            let carved = u64::from(slab.carved());
+            let (head, mut tail, mut n) = (b, b, 0u32);
+            loop {
+                // SAFETY: the slab is ours; `block_index` reads only its metadata.
+                if unsafe { slab.block_index(b) } >= carved {
+                    break;
+                }
+                tail = b;
+                n += 1;
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+                // SAFETY: a block of the chain; its link is read before the run is spliced
+                // (which overwrites the tail's link).
+                b = unsafe { hakmem_tls_sll::next(tail) };
+                if b as usize & !(SLAB_SIZE - 1) != chunk {
+                    break;
                 }
             }
-            b = next;
+            if n == 0 {
+                // `b` is not a block: reported and skipped.
+                self.ctx().report(Corrupt::NotABlock(b as usize));
+                left -= 1;
+                if left > 0 {
+                    // SAFETY: linked through its first word, like every block of the chain.
+                    b = unsafe { hakmem_tls_sll::next(b) };
+                }
+                continue;
+            }
+            // SAFETY: ours; the run's blocks are given up, keyed (FK1), linked head..=tail.
+            match unsafe { slab.free_local_run(head, tail, n) } {
+                Ok(empty) => {
+                    returned += n as usize;
+                    if empty && !core::ptr::eq(self.current[class], slab) {
+                        self.free_slab(ss, class, slab);
+                    } else if !Self::in_ring(slab) {
+                        self.ring_insert(class, slab);
+                    }
+                }
+                Err(e) => self.ctx().report(e),
+            }
         }
-        self.return_blocks(class, &batch[..k]);
+        if returned != 0 {
+            self.ctx().stats.held_sub(class, returned);
+        }
     }
 
     /// Gives free blocks of `class` (off this heap's thread list or cache, so keyed: FK1) back
