@@ -115,7 +115,7 @@ impl Heap {
 
     /// Moves half a thread list out: into the cache while it has room (flushing the cache's
     /// oldest blocks to their slabs first if it has too little), the rest straight to their
-    /// slabs, one run per slab ([`Heap::return_blocks`]).
+    /// slabs, one run per slab ([`Heap::return_chain`]).
     pub(crate) fn spill(&mut self, class: usize) {
         let n = (self.sll[class].cap() / 2).max(1);
         let cache_cap = self.cache.cap(class);
