@@ -553,8 +553,8 @@ fn assert_adapt_books(h: &Heap) {
         return;
     }
     let mut extra = 0;
-    for c in 0..CLASSES {
-        let (cap, base) = (h.list_cap(c), LIST_CAPS[c]);
+    for (c, &base) in LIST_CAPS.iter().enumerate() {
+        let cap = h.list_cap(c);
         assert!(cap >= base, "class {c}: bound {cap} below its base {base}");
         assert!(h.sll[c].len() <= cap, "L2 in class {c}");
         assert_eq!(h.adapt.grown & (1 << c) != 0, cap > base, "class {c}");
