@@ -16,16 +16,12 @@ pub(crate) const DECAY_EVERY: u32 = 64;
 /// Slow-path events without an overflow after which a grown bound is halved.
 pub(crate) const QUIET: u32 = 256;
 
-const _: () = assert!(CLASSES <= 128, "the grown classes fit a u128 mask");
-
 /// The adaptive bounds' state, per heap.
 pub(crate) struct Adapt {
     /// Slow-path events so far (the clock of decay; wraps).
     tick: u32,
     /// Bytes of bound granted beyond the base bounds, over every class (at most ADAPT_BUDGET).
     extra: usize,
-    /// Classes whose bound is above the base.
-    pub(crate) grown: u128,
     /// Per class: overflows since the bound last changed.
     overflows: [u8; CLASSES],
     /// Per class: the tick of the last overflow.
@@ -37,7 +33,6 @@ impl Adapt {
         Self {
             tick: 0,
             extra: 0,
-            grown: 0,
             overflows: [0; CLASSES],
             last: [0; CLASSES],
         }
@@ -80,7 +75,7 @@ impl Heap {
             if now.wrapping_sub(self.adapt.last[c]) < QUIET {
                 continue;
             }
-            if self.adapt.grown & (1 << c) != 0 {
+            if self.is_grown(c) {
                 self.shrink(c);
                 // Wait another quiet period before the next step.
                 self.adapt.last[c] = now;
@@ -147,18 +142,19 @@ impl Heap {
             return false;
         }
         self.adapt.extra += add;
-        self.adapt.grown |= 1 << class;
         true
+    }
+
+    /// True when the bound of `class` is above its base.
+    fn is_grown(&self, class: usize) -> bool {
+        self.sll[class].cap() > LIST_CAPS[class]
     }
 
     /// The grown class other than `except` that overflowed longest ago.
     fn quietest_grown(&self, except: usize) -> Option<usize> {
         let a = &self.adapt;
-        let mut m = a.grown & !(1 << except);
         let mut best: Option<(u32, usize)> = None;
-        while m != 0 {
-            let c = m.trailing_zeros() as usize;
-            m &= m - 1;
+        for c in (0..CLASSES).filter(|&c| c != except && self.is_grown(c)) {
             let age = a.tick.wrapping_sub(a.last[c]);
             if best.is_none_or(|(b, _)| age > b) {
                 best = Some((age, c));
@@ -174,7 +170,6 @@ impl Heap {
         let cap = self.sll[class].cap();
         let new = (cap / 2).max(base);
         if new >= cap {
-            self.adapt.grown &= !(1 << class);
             return;
         }
         let len = self.sll[class].len();
@@ -187,9 +182,6 @@ impl Heap {
             let a = &mut self.adapt;
             a.extra -= (cap - new) as usize * block_size_of(class);
             a.overflows[class] = 0;
-            if new == base {
-                a.grown &= !(1 << class);
-            }
         }
     }
 }
