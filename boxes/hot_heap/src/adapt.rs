@@ -1,6 +1,7 @@
 //! Adaptive thread-list bounds (H9): a class whose list keeps overflowing gets a larger bound,
-//! within a per-heap budget; a class that has been quiet for a while, or whose budget another
-//! class needs, gets its bound halved back toward the route box's base.
+//! within a per-heap budget; a class that has been quiet for a while gets its bound halved back
+//! toward the route box's base (or at once, if another class needs its budget), and then gives
+//! its free blocks back to its slabs.
 use super::*;
 
 /// Overflows of a class's list (since its bound last changed) that grow its bound.
@@ -24,9 +25,15 @@ pub(crate) struct Adapt {
     extra: usize,
     /// Per class: overflows since the bound last changed.
     overflows: [u8; CLASSES],
-    /// Per class: the tick of the last overflow.
+    /// Per class: the tick of the last slow-path event.
     last: [u32; CLASSES],
+    /// Classes that may hold something to decay (a grown bound, blocks on the list or in the
+    /// cache, a current slab): set by every slow-path event of the class, cleared when a decay
+    /// finds nothing left. So a decay looks at the classes in use, not at every class.
+    active: [u64; 2],
 }
+
+const _: () = assert!(CLASSES <= 128, "the active classes fit two words");
 
 impl Adapt {
     pub(crate) const fn new() -> Self {
@@ -35,6 +42,7 @@ impl Adapt {
             extra: 0,
             overflows: [0; CLASSES],
             last: [0; CLASSES],
+            active: [0; 2],
         }
     }
 }
@@ -65,25 +73,31 @@ impl Heap {
     /// A slow-path event of `class` (a refill of its list, or an overflow): the class is in use.
     pub(crate) fn mark_active(&mut self, class: usize, now: u32) {
         self.adapt.last[class] = now;
+        self.adapt.active[class / 64] |= 1 << (class % 64);
     }
 
     /// Decays every quiet class (no slow-path event for [`QUIET`] events), one step each: a
     /// grown bound is halved; a class at its base bound gives every block on its thread list
     /// and in the cache back to its slabs, and its current slab too once that is empty (H4, H9).
     pub(crate) fn decay(&mut self, now: u32) {
-        for c in 0..CLASSES {
-            if now.wrapping_sub(self.adapt.last[c]) < QUIET {
-                continue;
-            }
-            if self.is_grown(c) {
-                self.shrink(c);
-                // Wait another quiet period before the next step.
-                self.adapt.last[c] = now;
-            } else if !self.sll[c].is_empty()
-                || !self.cache.is_empty(c)
-                || !self.current[c].is_null()
-            {
+        for w in 0..2 {
+            let mut m = self.adapt.active[w];
+            while m != 0 {
+                let c = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if now.wrapping_sub(self.adapt.last[c]) < QUIET {
+                    continue;
+                }
+                if self.is_grown(c) {
+                    self.shrink(c);
+                    // Wait another quiet period before the next step.
+                    self.adapt.last[c] = now;
+                    continue;
+                }
                 self.drain_class(c);
+                if self.sll[c].is_empty() && self.cache.is_empty(c) && self.current[c].is_null() {
+                    self.adapt.active[w] &= !(1 << (c % 64));
+                }
             }
         }
     }
@@ -119,7 +133,7 @@ impl Heap {
     }
 
     /// Doubles the bound of `class` within [`MAX_LIST_BLOCKS`], [`MAX_LIST_BYTES`] and the
-    /// heap's [`ADAPT_BUDGET`], taking budget from the quietest other grown classes if needed.
+    /// heap's [`ADAPT_BUDGET`], taking budget from quiet grown classes if needed.
     /// True when it grew.
     pub(crate) fn grow(&mut self, class: usize) -> bool {
         let cap = self.sll[class].cap();
@@ -150,13 +164,14 @@ impl Heap {
         self.sll[class].cap() > LIST_CAPS[class]
     }
 
-    /// The grown class other than `except` that overflowed longest ago.
+    /// The grown class other than `except` that has been quiet longest, if one has been quiet
+    /// for [`QUIET`] events: classes in use do not take budget from each other.
     fn quietest_grown(&self, except: usize) -> Option<usize> {
         let a = &self.adapt;
         let mut best: Option<(u32, usize)> = None;
         for c in (0..CLASSES).filter(|&c| c != except && self.is_grown(c)) {
             let age = a.tick.wrapping_sub(a.last[c]);
-            if best.is_none_or(|(b, _)| age > b) {
+            if age >= QUIET && best.is_none_or(|(b, _)| age > b) {
                 best = Some((age, c));
             }
         }

@@ -635,3 +635,30 @@ fn check_mode_lists_never_grow() {
     assert_eq!(h.adapt_extra_bytes(), 0);
     assert!(my_reports().is_empty());
 }
+
+#[test]
+fn classes_in_use_do_not_take_each_others_budget() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    // Three classes whose lists would each grow to 256 KiB: more than the budget together.
+    let classes = [4096, 8192, 16384].map(|s| class_of(s).unwrap());
+    let caps = |h: &Heap| classes.map(|c| h.list_cap(c));
+    for _ in 0..20 {
+        for &c in &classes {
+            batch_rounds(h, c, 96, 1);
+        }
+    }
+    let settled = caps(h);
+    assert!(settled
+        .iter()
+        .zip(&classes)
+        .any(|(&cap, &c)| cap > LIST_CAPS[c]));
+    // All three stay in use: no bound moves any more (no spill of one to grow another).
+    for _ in 0..20 {
+        for &c in &classes {
+            batch_rounds(h, c, 96, 1);
+            assert_eq!(caps(h), settled);
+        }
+    }
+    assert!(my_reports().is_empty());
+}
