@@ -4,8 +4,11 @@
 //! its free blocks back to its slabs.
 use super::*;
 
-/// Overflows of a class's list (since its bound last changed) that grow its bound.
+/// Overflows of a class's list in a row (since its bound last changed) that grow its bound.
 pub(crate) const GROW_AFTER: u8 = 4;
+/// Overflows count as in a row when at most this many slow-path events lie between them: a
+/// class whose list overflows now and then, among other classes' refills, does not grow.
+pub(crate) const GROW_WINDOW: u32 = 8;
 /// The largest bound a list grows to, in blocks.
 pub(crate) const MAX_LIST_BLOCKS: u32 = 2048;
 /// The largest bound a list grows to, in bytes of blocks.
@@ -23,8 +26,10 @@ pub(crate) struct Adapt {
     tick: u32,
     /// Bytes of bound granted beyond the base bounds, over every class (at most ADAPT_BUDGET).
     extra: usize,
-    /// Per class: overflows since the bound last changed.
+    /// Per class: overflows in a row since the bound last changed.
     overflows: [u8; CLASSES],
+    /// Per class: the tick of the last overflow.
+    last_overflow: [u32; CLASSES],
     /// Per class: the tick of the last slow-path event.
     last: [u32; CLASSES],
     /// Classes that may hold something to decay (a grown bound, blocks on the list or in the
@@ -41,6 +46,7 @@ impl Adapt {
             tick: 0,
             extra: 0,
             overflows: [0; CLASSES],
+            last_overflow: [0; CLASSES],
             last: [0; CLASSES],
             active: [0; 2],
         }
@@ -119,12 +125,17 @@ impl Heap {
         }
     }
 
-    /// The thread list of `class` is full (not in check mode): counts the overflow and, the
-    /// [`GROW_AFTER`]th time, tries to double the bound.
+    /// The thread list of `class` is full (not in check mode): counts the overflow (a new
+    /// count if the last one was more than [`GROW_WINDOW`] events ago) and, the
+    /// [`GROW_AFTER`]th in a row, tries to double the bound.
     pub(crate) fn on_overflow(&mut self, class: usize) {
         let now = self.adapt_tick();
         self.mark_active(class, now);
         let a = &mut self.adapt;
+        if now.wrapping_sub(a.last_overflow[class]) > GROW_WINDOW {
+            a.overflows[class] = 0;
+        }
+        a.last_overflow[class] = now;
         a.overflows[class] = a.overflows[class].saturating_add(1);
         if a.overflows[class] >= GROW_AFTER {
             a.overflows[class] = 0;

@@ -85,10 +85,10 @@ impl Heap {
         self.mark_active(class, now);
         let cap = self.sll[class].cap();
         if self.cache.is_empty(class) && cap > 0 {
-            // Half a list's worth (and the block handed out), straight from slabs onto the
+            // Half a list's worth (the block handed out among them), straight from slabs onto the
             // list, one run per slab.
             // SAFETY: only the heap's thread gets here.
-            unsafe { self.refill_list(class, cap / 2 + 1) };
+            unsafe { self.refill_list(class, (cap / 2).max(1)) };
             // SAFETY: the list holds free blocks of ours (H1).
             let p = unsafe { self.sll[class].pop() };
             if !p.is_null() {

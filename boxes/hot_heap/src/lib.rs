@@ -91,7 +91,8 @@
 //!   [`Heap::try_free_owned`].
 //! - **H9 (adaptive bounds, bounded idle footprint).** A class's thread-list bound starts at the
 //!   route box's `list_cap` (its base) and is never below it. Every 4th overflow of the list
-//!   (the owner's free finds it full) doubles the bound, up to 2048 blocks and 256 KiB of blocks;
+//!   in a row (the owner's free finds it full, each time within 8 slow-path events of the last)
+//!   doubles the bound, up to 2048 blocks and 256 KiB of blocks;
 //!   the bytes of bound granted beyond the bases, over every class, never exceed 512 KiB per
 //!   heap (`adapt::ADAPT_BUDGET`): a class that wants more takes it from the grown class that
 //!   has been quiet longest, halving that one's bound, but only from a quiet one (below), so
