@@ -17,7 +17,8 @@ pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
 pub(crate) const ADAPT_BUDGET: usize = 512 * 1024;
 /// Slow-path events between two looks for quiet classes.
 pub(crate) const DECAY_EVERY: u32 = 64;
-/// Slow-path events without an overflow after which a grown bound is halved.
+/// Slow-path events of the heap without one of a class after which the class is quiet: a grown
+/// bound is halved, and a class at its base bound gives its free blocks back to its slabs.
 pub(crate) const QUIET: u32 = 256;
 
 /// The adaptive bounds' state, per heap.
