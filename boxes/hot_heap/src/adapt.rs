@@ -14,7 +14,7 @@ pub(crate) const MAX_LIST_BLOCKS: u32 = 2048;
 /// The largest bound a list grows to, in bytes of blocks.
 pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
 /// Bytes of list bound a heap may hold beyond the base bounds, over every class (H9).
-pub(crate) const ADAPT_BUDGET: usize = 512 * 1024;
+pub(crate) const ADAPT_BUDGET: usize = 256 * 1024;
 /// Slow-path events between two looks for quiet classes.
 pub(crate) const DECAY_EVERY: u32 = 64;
 /// Slow-path events of the heap without one of a class after which the class is quiet: a grown
