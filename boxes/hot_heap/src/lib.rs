@@ -90,22 +90,21 @@
 //!   (the registry's answer) and "owned by this heap" (the owner check): the C free's fast path,
 //!   [`Heap::try_free_owned`].
 //! - **H9 (adaptive bounds, bounded idle footprint).** A class's thread-list bound starts at the
-//!   route box's `list_cap` (its base) and is never below it. Every 4th overflow of the list
-//!   in a row (the owner's free finds it full, each time within 8 slow-path events of the last)
-//!   doubles the bound, up to 2048 blocks and 256 KiB of blocks;
-//!   the bytes of bound granted beyond the bases, over every class, never exceed 256 KiB per
-//!   heap (`adapt::ADAPT_BUDGET`): a class that wants more takes it from the grown class that
-//!   has been quiet longest, halving that one's bound, but only from a quiet one (below), so
-//!   classes in use never take budget from each other back and forth. The clock is the heap's
-//!   slow-path events (refills and overflows); every 64 of them, each class with none for 256
-//!   (quiet) decays one step: a
-//!   grown bound is halved (the blocks beyond it spilled), and a class at its base bound gives
-//!   every block on its list and in the cache back to its slabs, and its current slab back to
-//!   its superslab once empty (H4). So a heap holds at most its base bounds plus 256 KiB of free
-//!   blocks on its lists, and a class the program has moved away from gives its memory back to
-//!   the heap's other classes. Spills and refills move whole runs: blocks going back to slabs
-//!   are spliced one run per slab (`SlabMeta::free_local_run`), and a refill carves or pops
-//!   half a list's worth straight onto the list, one run per slab.
+//!   route box's `list_cap` (its base) and is never below it. Every 4th overflow of the list in a
+//!   row (the owner's free finds it full, each time within 8 slow-path events of the last) doubles
+//!   the bound, up to 2048 blocks and 256 KiB of blocks; the bytes of bound granted beyond the
+//!   bases, over every class, never exceed 256 KiB per heap (`adapt::ADAPT_BUDGET`): a class that
+//!   wants more takes it from the grown class that has been quiet longest, halving that one's
+//!   bound, but only from a quiet one (below), so classes in use never take budget from each other
+//!   back and forth. The clock is the heap's slow-path events (refills and overflows); every 64 of
+//!   them, each class with none for 256 (quiet) decays one step: a grown bound is halved (the
+//!   blocks beyond it spilled), and a class at its base bound gives every block on its list and in
+//!   the cache back to its slabs, and its current slab back to its superslab once empty (H4). So a
+//!   heap holds at most its base bounds plus 256 KiB of free blocks on its lists, and a class the
+//!   program has moved away from gives its memory back to the heap's other classes. Spills and
+//!   refills move whole runs: blocks going back to slabs are spliced one run per slab
+//!   (`SlabMeta::free_local_run`), and a refill carves or pops half a list's worth straight onto
+//!   the list, one run per slab.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
