@@ -85,6 +85,21 @@ impl Heap {
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
         self.ctx().lru.purge_if_due(&self.ctx().stats);
+        let now = self.adapt_tick();
+        self.mark_active(class, now);
+        let cap = self.sll.cap(class);
+        if self.cache.is_empty(class) && cap > 0 {
+            // Half a list's worth (the block handed out among them), straight from slabs onto the
+            // list, one run per slab.
+            // SAFETY: only the heap's thread gets here.
+            unsafe { self.refill_list(class, (cap / 2).max(1)) };
+            // SAFETY: the list holds free blocks of ours (H1).
+            let p = unsafe { self.sll.pop(class) };
+            if !p.is_null() {
+                self.on_handed_out(class, p);
+            }
+            return p;
+        }
         if self.cache.is_empty(class) {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
@@ -92,7 +107,7 @@ impl Heap {
         let Some(p) = self.cache.pop(class) else {
             return null_mut();
         };
-        let batch = (self.sll.cap(class) / 2).min(self.cache.len(class));
+        let batch = (cap / 2).min(self.cache.len(class));
         for _ in 0..batch {
             let Some(b) = self.cache.pop(class) else {
                 break;

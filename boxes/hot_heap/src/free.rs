@@ -114,7 +114,10 @@ impl Heap {
             unsafe { self.return_checked(class, p) };
             return;
         }
-        self.spill(class);
+        self.on_overflow(class);
+        if self.sll.is_full(class) {
+            self.spill(class);
+        }
         // SAFETY: the list has room now; `p` is ours and given up.
         unsafe { self.sll.push(class, p, self.key) };
         self.stats.on_free(class);
@@ -138,32 +141,172 @@ impl Heap {
         }
     }
 
-    /// Moves half a thread list into the cache, flushing the cache's oldest blocks to their
-    /// slabs first if it has no room.
+    /// Moves half a thread list out: into the cache while it has room (flushing the cache's
+    /// oldest blocks to their slabs first if it has too little), the rest straight to their
+    /// slabs, one run per slab ([`Heap::return_chain`]).
     pub(crate) fn spill(&mut self, class: usize) {
         let n = (self.sll.cap(class) / 2).max(1);
-        if self.cache.room(class) < n {
-            let flush = n.max(self.cache.cap(class) / 2);
-            let mut batch = [null_mut(); 256];
-            let mut k = 0;
-            self.cache.drain_oldest(class, flush, |b| {
-                batch[k] = b;
-                k += 1;
-            });
-            for &b in &batch[..k] {
-                self.return_to_slab(class, b);
-            }
+        let cache_cap = self.cache.cap(class);
+        if self.cache.room(class) < n.min(cache_cap) {
+            self.flush_cache(class, n.max(cache_cap / 2).min(cache_cap));
         }
         // SAFETY: the list holds free blocks of ours.
         let chain = unsafe { self.sll.take(class, n) };
+        self.dispose_chain(class, chain, true);
+    }
+
+    /// Returns the `n` oldest blocks of the cache for `class` to their slabs.
+    pub(crate) fn flush_cache(&mut self, class: usize, n: u32) {
+        let mut left = n;
+        let mut batch = [null_mut(); RUN_BATCH];
+        while left > 0 {
+            let mut k = 0;
+            let took = self
+                .cache
+                .drain_oldest(class, left.min(RUN_BATCH as u32), |b| {
+                    batch[k] = b;
+                    k += 1;
+                });
+            if took == 0 {
+                break;
+            }
+            left -= took;
+            self.return_blocks(class, &batch[..k]);
+        }
+    }
+
+    /// Puts a chain taken off the class's thread list into the cache while it has room (if
+    /// `to_cache`), and returns the rest to their slabs in runs ([`Heap::return_chain`]).
+    pub(crate) fn dispose_chain(
+        &mut self,
+        class: usize,
+        chain: hakmem_tls_sll::Chain,
+        to_cache: bool,
+    ) {
         let mut b = chain.head;
-        for _ in 0..chain.len {
+        let mut left = chain.len;
+        while to_cache && left > 0 && self.cache.room(class) > 0 {
             // SAFETY: a block of the chain, linked through its first word.
             let next = unsafe { hakmem_tls_sll::next(b) };
-            if !self.cache.push(class, b) {
-                self.return_to_slab(class, b);
-            }
+            self.cache.push(class, b);
             b = next;
+            left -= 1;
+        }
+        self.return_chain(class, b, left);
+    }
+
+    /// Gives `left` free blocks of `class`, linked from `b` through their first words (off this
+    /// heap's thread list, so keyed: FK1), back to their slabs: each run of consecutive blocks
+    /// of one slab is validated block by block (a block start below the carve mark: one
+    /// multiplication) and spliced onto the slab's free list as it is linked, with one update of
+    /// its counts, of its ring place (H3) and, if it emptied, one return of the slab (H4); the
+    /// held count drops once for the whole chain.
+    pub(crate) fn return_chain(&mut self, class: usize, mut b: *mut u8, mut left: u32) {
+        let mut returned = 0usize;
+        while left > 0 {
+            let chunk = b as usize & !(SLAB_SIZE - 1);
+            // SAFETY: blocks on our lists lie in live superslabs we own (H1).
+            let ss = unsafe { Superslab::of(b) };
+            let slab = ss.slab_of(b);
+            let carved = slab.carved();
+            let (head, mut tail, mut n) = (b, b, 0u32);
+            loop {
+                // SAFETY: the slab is ours; `block_index` reads only its metadata.
+                if unsafe { slab.block_index(b) } >= carved {
+                    break;
+                }
+                tail = b;
+                n += 1;
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+                // SAFETY: a block of the chain; its link is read before the run is spliced
+                // (which overwrites the tail's link).
+                b = unsafe { hakmem_tls_sll::next(tail) };
+                if b as usize & !(SLAB_SIZE - 1) != chunk {
+                    break;
+                }
+            }
+            if n == 0 {
+                // `b` is not a block: reported and skipped.
+                self.ctx().report(Corrupt::NotABlock(b as usize));
+                left -= 1;
+                if left > 0 {
+                    // SAFETY: linked through its first word, like every block of the chain.
+                    b = unsafe { hakmem_tls_sll::next(b) };
+                }
+                continue;
+            }
+            // SAFETY: ours; the run's blocks are given up, keyed (FK1), linked head..=tail.
+            match unsafe { slab.free_local_run(head, tail, n) } {
+                Ok(empty) => {
+                    returned += n as usize;
+                    if empty && !core::ptr::eq(self.current[class], slab) {
+                        self.free_slab(ss, class, slab);
+                    } else if !Self::in_ring(slab) {
+                        self.ring_insert(class, slab);
+                    }
+                }
+                Err(e) => self.ctx().report(e),
+            }
+        }
+        if returned != 0 {
+            self.ctx().stats.held_sub(class, returned);
+        }
+    }
+
+    /// Gives free blocks of `class` (off this heap's thread list or cache, so keyed: FK1) back
+    /// to their slabs: each run of consecutive blocks of one slab is validated block by block
+    /// (a block start below the carve mark: one multiplication) and spliced onto the slab's
+    /// free list at once, with one update of its counts, of its ring place (H3) and, if it
+    /// emptied, one return of the slab (H4); the held count drops once for the whole batch.
+    pub(crate) fn return_blocks(&mut self, class: usize, blocks: &[*mut u8]) {
+        let mut returned = 0usize;
+        let mut i = 0;
+        while i < blocks.len() {
+            let first = blocks[i];
+            let chunk = first as usize & !(SLAB_SIZE - 1);
+            // SAFETY: blocks in our lists and cache lie in live superslabs we own (H1).
+            let ss = unsafe { Superslab::of(first) };
+            let slab = ss.slab_of(first);
+            let carved = slab.carved();
+            let (mut head, mut tail, mut n) = (null_mut::<u8>(), null_mut::<u8>(), 0u32);
+            while i < blocks.len() && blocks[i] as usize & !(SLAB_SIZE - 1) == chunk {
+                let b = blocks[i];
+                i += 1;
+                // SAFETY: the slab is ours; `block_index` reads only its metadata.
+                if unsafe { slab.block_index(b) } >= carved {
+                    self.ctx().report(Corrupt::NotABlock(b as usize));
+                    continue;
+                }
+                if n == 0 {
+                    head = b;
+                } else {
+                    // SAFETY: `tail` is a free block of ours, given up, on no list now.
+                    unsafe { hakmem_tls_sll::set_next(tail, b) };
+                }
+                tail = b;
+                n += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: ours; the run's blocks are given up, keyed (FK1), linked head..=tail.
+            match unsafe { slab.free_local_run(head, tail, n) } {
+                Ok(empty) => {
+                    returned += n as usize;
+                    if empty && !core::ptr::eq(self.current[class], slab) {
+                        self.free_slab(ss, class, slab);
+                    } else if !Self::in_ring(slab) {
+                        self.ring_insert(class, slab);
+                    }
+                }
+                Err(e) => self.ctx().report(e),
+            }
+        }
+        if returned != 0 {
+            self.ctx().stats.held_sub(class, returned);
         }
     }
 

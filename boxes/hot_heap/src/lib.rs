@@ -6,10 +6,11 @@
 //! lru, the abandoned list, the global stats and the list of heaps.
 //!
 //! ```text
-//! alloc: thread list --(empty)--> unified cache --(empty)--> slabs, in this order:
+//! alloc: thread list --(empty)--> unified cache --(empty)--> slabs (half a list), in this order:
 //!        own slabs -> drained remote frees -> adopted abandoned superslabs
 //!        -> new slab in an own superslab -> lru -> OS
-//! free (owner):     thread list --(full)--> unified cache --(full)--> slab free lists
+//! free (owner):     thread list --(full: grows, H11)--> unified cache --(full)--> slab free lists
+//!                   (runs of one slab spliced at once)
 //! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:
 //!                   claim it (H10), then the owner's free
 //! ```
@@ -78,7 +79,8 @@
 //!   without retiring it (its exit hook never ran) is retired by [`Ctx::reap_one`], which
 //!   another thread calls with a test of thread liveness; it looks at the live heaps in turn.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
-//!   the slow path, where a per-slab bitmap catches every double free.
+//!   the slow path, where a per-slab bitmap catches every double free. Their bounds never grow
+//!   (H11).
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
 //! - **H8 (owned cache).** `owned_cache[(base >> SLAB_SHIFT) % OWNED_CACHE]` holds either
@@ -93,8 +95,8 @@
 //!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
 //!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a
 //!   store. Its id is [`EMPTY_ID`], which no slab has as owner. A thread's heap pointer can
-//!   therefore start out, and end, pointing at one instead of null, and the two fast paths need no test for "no heap yet" or "heap gone": the miss
-//!   sends the call to the slow path, which tells the empty heap from a real one. Every other
+//!   therefore start out, and end, pointing at one instead of null, and the two fast paths
+//!   need no test for "no heap yet" or "heap gone": the miss sends the call to the slow path, which tells the empty heap from a real one. Every other
 //!   heap method is for real heaps only.
 //! - **H10 (adoption by a freer).** A heap that frees a block into an abandoned superslab (the
 //!   block's slab is in use and has no owner) claims it at once, on the first such free, when
@@ -116,6 +118,22 @@
 //!   as with adoption by allocators alone, and the list's lock is still taken about ten times
 //!   less in churn (docs/SCALING.md). A heap past the bound frees by the orphan path, which
 //!   drains those superslabs towards release.
+//! - **H11 (adaptive bounds, bounded idle footprint).** A class's thread-list bound starts at the
+//!   route box's `list_cap` (its base) and is never below it. Every 4th overflow of the list in a
+//!   row (the owner's free finds it full, each time within 8 slow-path events of the last) doubles
+//!   the bound, up to 2048 blocks and 256 KiB of blocks; the bytes of bound granted beyond the
+//!   bases, over every class, never exceed 256 KiB per heap (`adapt::ADAPT_BUDGET`): a class that
+//!   wants more takes it from the grown class that has been quiet longest, halving that one's
+//!   bound, but only from a quiet one (below), so classes in use never take budget from each other
+//!   back and forth. The clock is the heap's slow-path events (refills and overflows); every 64 of
+//!   them, each class with none for 256 (quiet) decays one step: a grown bound is halved (the
+//!   blocks beyond it spilled), and a class at its base bound gives every block on its list and in
+//!   the cache back to its slabs, and its current slab back to its superslab once empty (H4). So a
+//!   heap holds at most its base bounds plus 256 KiB of free blocks on its lists, and a class the
+//!   program has moved away from gives its memory back to the heap's other classes. Spills and
+//!   refills move whole runs: blocks going back to slabs are spliced one run per slab
+//!   (`SlabMeta::free_local_run`), and a refill carves or pops half a list's worth straight onto
+//!   the list, one run per slab.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -134,6 +152,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
+mod adapt;
 mod alloc;
 mod check;
 mod ctx;
@@ -224,6 +243,10 @@ impl EmptyHeap {
 /// The unified cache type every heap carries.
 type Cache = UnifiedCache<CLASSES, CACHE_SLOTS>;
 
+/// Blocks returned to slabs per batch: the runs of [`Heap::return_blocks`] are cut at this
+/// length (a stack array).
+const RUN_BATCH: usize = 256;
+
 /// Owned superslabs scanned for remote frees per refill.
 const SCAN_PER_REFILL: usize = 4;
 /// Owned superslabs scanned for remote frees before a new superslab is taken. Bounded, so a heap
@@ -291,6 +314,8 @@ pub struct Heap {
     pub stats: ThreadStats,
     next: *mut Heap,
     prev: *mut Heap,
+    /// The adaptive list bounds (H11).
+    adapt: adapt::Adapt,
     cache: Cache,
 }
 
@@ -314,6 +339,7 @@ impl Heap {
         h.owned_count = 0;
         h.cursor = null();
         h.kept_empty = null();
+        h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)
             .expect("route sizes the cache for every class");

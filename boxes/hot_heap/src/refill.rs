@@ -30,6 +30,52 @@ impl Heap {
         }
     }
 
+    /// Puts up to `want` blocks of `class` (no more than the list has room for) straight from
+    /// slabs onto its thread list, in the refill order, one run per slab. The blocks are linked
+    /// into one chain in the order the slabs hand them out (free list first, then carved in
+    /// address order) and spliced at once, so they are handed out in that order.
+    pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
+        let want = want.min(self.sll.cap(class) - self.sll.len(class));
+        let key = self.key;
+        let (mut head, mut tail) = (null_mut::<u8>(), null_mut::<u8>());
+        let mut got = 0;
+        while got < want {
+            // SAFETY: only the heap's thread gets here.
+            let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
+                break;
+            };
+            // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on no
+            // list: keyed here (FK1) and linked after the chain's tail.
+            let n = unsafe {
+                slab.alloc_batch(want - got, |b| {
+                    set_key_word(b, key);
+                    if head.is_null() {
+                        head = b;
+                    } else {
+                        hakmem_tls_sll::set_next(tail, b);
+                    }
+                    tail = b;
+                })
+            };
+            got += n;
+            self.ctx().stats.held_add(class, n as usize);
+            // SAFETY: as above.
+            if unsafe { !slab.has_free() } {
+                self.ring_remove(class, slab);
+            }
+        }
+        if got != 0 {
+            let chain = hakmem_tls_sll::Chain {
+                head,
+                tail,
+                len: got,
+            };
+            // SAFETY: free blocks of ours, keyed, linked head..=tail, on no list; the list has
+            // room for them (L2: `want` was bounded by it).
+            unsafe { self.sll.splice(class, chain) };
+        }
+    }
+
     /// A slab of `class` with a free block, in the refill order (module docs).
     pub(crate) unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
         // 1. Own slabs with free blocks.

@@ -650,3 +650,118 @@ fn heaps_run_on_a_kernel_with_64_kib_pages() {
     ctx.lru.flush(&ctx.stats);
     assert!(my_reports().is_empty());
 }
+
+/// The adaptive bounds' books agree with the lists (H11): the extra bytes are exactly the sum
+/// of every list's bound beyond its base, within the budget.
+fn assert_adapt_books(h: &Heap) {
+    if h.ctx().check() {
+        return;
+    }
+    let mut extra = 0;
+    for (c, &base) in LIST_CAPS.iter().enumerate() {
+        let cap = h.list_cap(c);
+        assert!(cap >= base, "class {c}: bound {cap} below its base {base}");
+        assert!(h.sll.len(c) <= cap, "L2 in class {c}");
+        extra += (cap - base) as usize * block_size_of(c);
+    }
+    assert_eq!(h.adapt_extra_bytes(), extra);
+    assert!(extra <= adapt::ADAPT_BUDGET);
+}
+
+/// Rounds of "allocate `n` blocks of `class`, then free them in order" (glibc's
+/// bench-malloc-simple).
+fn batch_rounds(h: &mut Heap, class: usize, n: usize, rounds: usize) {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..rounds {
+        for _ in 0..n {
+            // SAFETY: this thread's heap.
+            let p = unsafe { h.alloc(class) };
+            assert!(!p.is_null());
+            v.push(p);
+        }
+        let distinct: HashSet<_> = v.iter().collect();
+        assert_eq!(distinct.len(), n, "every block handed out once");
+        for p in v.drain(..) {
+            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+            unsafe { free(h, p) };
+        }
+        assert_adapt_books(h);
+    }
+}
+
+#[test]
+fn a_list_that_keeps_overflowing_grows_within_its_budget_and_decays_when_quiet() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let a = class_of(64).unwrap();
+    batch_rounds(h, a, 1600, 20);
+    assert!(
+        h.list_cap(a) >= 1600,
+        "grown to hold the batch: {}",
+        h.list_cap(a)
+    );
+    // Every block is back: out of its slab only while on the list or in the cache, and the
+    // batched returns to slabs counted each one (S3).
+    assert_eq!(ctx.snapshot().held(a), (h.sll.len(a) + h.cache.len(a)) as _);
+    // Several large classes that want more than the budget: the quietest give theirs back.
+    for size in [256, 512, 1024, 2048] {
+        batch_rounds(h, class_of(size).unwrap(), 1024, 12);
+    }
+    assert!(h.list_cap(class_of(2048).unwrap()) > LIST_CAPS[class_of(2048).unwrap()]);
+    // Slow-path events of another class only: the first class is quiet, so it decays back to
+    // its base bound and then gives every block back to its slabs.
+    let b = class_of(8192).unwrap();
+    let mut rounds = 0;
+    while h.list_cap(a) > LIST_CAPS[a] || ctx.snapshot().held(a) != 0 {
+        batch_rounds(h, b, 64, 1);
+        rounds += 1;
+        assert!(
+            rounds < 10_000,
+            "class {a} never decayed: bound {}",
+            h.list_cap(a)
+        );
+    }
+    assert_eq!(h.sll.len(a) + h.cache.len(a), 0);
+    assert!(my_reports().is_empty());
+    // SAFETY: this thread's heap, not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(a), 0);
+}
+
+#[test]
+fn check_mode_lists_never_grow() {
+    let ctx = ctx(16, true);
+    let h = heap(ctx);
+    let a = class_of(64).unwrap();
+    batch_rounds(h, a, 400, 5);
+    assert_eq!(h.list_cap(a), 0, "H6: no room in check mode");
+    assert_eq!(h.adapt_extra_bytes(), 0);
+    assert!(my_reports().is_empty());
+}
+
+#[test]
+fn classes_in_use_do_not_take_each_others_budget() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    // Three classes whose lists would each grow to 256 KiB: more than the budget together.
+    let classes = [4096, 8192, 16384].map(|s| class_of(s).unwrap());
+    let caps = |h: &Heap| classes.map(|c| h.list_cap(c));
+    for _ in 0..20 {
+        for &c in &classes {
+            batch_rounds(h, c, 96, 1);
+        }
+    }
+    let settled = caps(h);
+    assert!(settled
+        .iter()
+        .zip(&classes)
+        .any(|(&cap, &c)| cap > LIST_CAPS[c]));
+    // All three stay in use: no bound moves any more (no spill of one to grow another).
+    for _ in 0..20 {
+        for &c in &classes {
+            batch_rounds(h, c, 96, 1);
+            assert_eq!(caps(h), settled);
+        }
+    }
+    assert!(my_reports().is_empty());
+}

@@ -90,7 +90,7 @@
 //!   superslab, or puts it back, looks again at `pending` under the list's lock order.
 //! - **SS9 (free key).** A block on a slab's free list or remote stack carries the per-process
 //!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
-//!   push); [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a
+//!   push; [`SlabMeta::free_local_run`] takes runs whose blocks carry it already); [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a
 //!   suspected double free. (Re)initialising a slab empties its remote stack (S2).
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab

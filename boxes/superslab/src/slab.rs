@@ -317,6 +317,36 @@ impl SlabMeta {
         }
     }
 
+    /// Takes back a run of `n` blocks from the owner at once, `head ..= tail` linked through
+    /// their first words (the tail's link is overwritten), each already keyed as free (SS9):
+    /// one update of the slab's counts for the whole run. Returns true when the slab is now
+    /// empty; a run longer than the blocks out is a double free and changes nothing.
+    ///
+    /// # Safety
+    /// The caller owns the slab and gives the blocks up; each is a block of this slab (below
+    /// its carve mark), on no list, carrying the free key, and `n >= 1` of them are linked from
+    /// `head` to `tail`.
+    pub unsafe fn free_local_run(
+        &self,
+        head: *mut u8,
+        tail: *mut u8,
+        n: u32,
+    ) -> Result<bool, Corrupt> {
+        // SAFETY: the caller owns the slab and hands over the linked run.
+        unsafe {
+            self.with_local(|l| {
+                if n > l.used || head == l.free {
+                    return Err(Corrupt::DoubleFree(head as usize));
+                }
+                tail.cast::<*mut u8>().write(l.free);
+                l.free = head;
+                l.free_len += n;
+                l.used -= n;
+                Ok(l.used == 0)
+            })
+        }
+    }
+
     /// Moves every block on the remote stack to the local free list. Returns how many moved.
     ///
     /// # Safety

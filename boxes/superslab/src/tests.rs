@@ -89,6 +89,39 @@ fn slab_accounting_and_double_free_detection() {
 }
 
 #[test]
+fn a_run_of_blocks_comes_back_at_once_and_a_run_too_long_is_refused() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we own everything here.
+    unsafe {
+        let slab = ss.alloc_slab(0, 16).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(5, |x| b.push(x));
+        // A run of three, linked b[0] -> b[1] -> b[2], keyed as the hot heap's lists key them.
+        for i in 0..3 {
+            crate::set_key_word(b[i], crate::free_key());
+            b[i].cast::<*mut u8>().write(b[(i + 1) % 5]);
+        }
+        assert_eq!(slab.free_local_run(b[0], b[2], 3), Ok(false));
+        let l = slab.local();
+        assert_eq!((l.used, l.free_len, l.free), (2, 3, b[0]));
+        assert!((0..3).all(|i| slab.free_list_contains(b[i])));
+        // Three more than the two still out: a double free, and nothing changes.
+        assert_eq!(
+            slab.free_local_run(b[3], b[4], 3),
+            Err(Corrupt::DoubleFree(b[3] as usize))
+        );
+        assert_eq!(slab.local().used, 2);
+        b[3].cast::<*mut u8>().write(b[4]);
+        assert_eq!(slab.free_local_run(b[3], b[4], 2), Ok(true), "empty now");
+        // The whole list, in order: the second run, then the first.
+        let mut again = Vec::new();
+        slab.alloc_batch(5, |x| again.push(x));
+        assert_eq!(again, std::vec![b[3], b[4], b[0], b[1], b[2]]);
+    }
+}
+
+#[test]
 fn remote_frees_come_back_on_drain() {
     let w = World::new();
     let ss = Superslab::create(&w.env(), 1).unwrap();
