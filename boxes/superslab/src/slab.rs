@@ -93,9 +93,24 @@ pub struct SlabMeta {
     /// modulo 2^64, and `rot` (SS11). Written with `class`, when the slab is (re)initialised.
     inv: AtomicU64,
     /// Blocks freed by non-owners, waiting for the owner (only this box's owner-side code takes
-    /// them: a non-owner that could take them would steal the owner's blocks).
-    pub(crate) remote: RemoteStack,
-    local: UnsafeCell<SlabLocal>,
+    /// them: a non-owner that could take them would steal the owner's blocks). A cache line of
+    /// its own: non-owners' pushes do not evict the words every free reads, nor the owner's.
+    pub(crate) remote: Line<RemoteStack>,
+    /// The owner's words, on their own line: the owner's writes (free list, counts) do not evict
+    /// the words non-owners read (owner, class) or push to.
+    local: Line<UnsafeCell<SlabLocal>>,
+}
+
+/// A value on a cache line of its own.
+#[repr(C, align(64))]
+pub(crate) struct Line<T>(T);
+
+impl<T> core::ops::Deref for Line<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 // SAFETY: `owner` and `remote` are atomics; `local` is touched only by the owner (SS5).
@@ -109,8 +124,8 @@ impl SlabMeta {
             rot: AtomicU32::new(0),
             carved: AtomicU64::new(0),
             inv: AtomicU64::new(0),
-            remote: RemoteStack::new(),
-            local: UnsafeCell::new(SlabLocal::EMPTY),
+            remote: Line(RemoteStack::new()),
+            local: Line(UnsafeCell::new(SlabLocal::EMPTY)),
         }
     }
 
