@@ -572,9 +572,10 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 
 /// How often each shared lock was taken and found held, named, then the remote-free stacks'
 /// CAS retries as `("remote push", acquired: 0, contended: retries)` (remote frees themselves
-/// are counted in [`stats`]). Process-wide, for measurements (`docs/SCALING.md`); takes no lock
-/// and allocates nothing. All zero before the first allocation.
-pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 4] {
+/// are counted in [`stats`]), then the medium tier's lock. Process-wide, for measurements
+/// (`docs/SCALING.md`); takes no lock and allocates nothing. All zero before the first
+/// allocation.
+pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 5] {
     use hakmem_superslab::{LockCounts, RemoteStack};
     let [a, b, c] = match ctx() {
         Some(c) => c.lock_counts(),
@@ -588,5 +589,11 @@ pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 4] {
         contended: RemoteStack::push_retries(),
         ..LockCounts::default()
     };
-    [a, b, c, ("remote push", remote)]
+    [
+        a,
+        b,
+        c,
+        ("remote push", remote),
+        ("medium", medium::contention()),
+    ]
 }

@@ -332,6 +332,11 @@ static MEDIUM: SpinLock<State> = SpinLock::new(State {
     tick: 0,
 });
 
+/// How often the medium tier's lock was taken and found held (for [`crate::contention`]).
+pub(crate) fn contention() -> hakmem_superslab::LockCounts {
+    MEDIUM.contention()
+}
+
 /// The next purge tick (as [`now_ns`]); `u64::MAX` when no free granule waits for one.
 static DUE: AtomicU64 = AtomicU64::new(u64::MAX);
 

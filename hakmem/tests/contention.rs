@@ -11,7 +11,16 @@ fn each_lock_counts_the_paths_that_take_it() {
     drop(Box::new(1u64)); // the allocator is up, and this thread has a heap
     let before = hakmem::contention();
     let names: Vec<&str> = before.iter().map(|c| c.0).collect();
-    assert_eq!(names, ["heap list", "abandoned list", "lru", "remote push"]);
+    assert_eq!(
+        names,
+        [
+            "heap list",
+            "abandoned list",
+            "lru",
+            "remote push",
+            "medium"
+        ]
+    );
 
     // A thread starts (its heap joins the heap list) and exits with a block still out (its
     // superslab goes to the abandoned list); this thread frees that block.
@@ -26,6 +35,10 @@ fn each_lock_counts_the_paths_that_take_it() {
     let big = vec![1u8; 4 << 20];
     assert_eq!(big[(4 << 20) - 1], 1);
     drop(big);
+    // A medium block (64 KiB to 1020 KiB): the medium tier's lock.
+    let medium = vec![2u8; 100 << 10];
+    assert_eq!(medium[(100 << 10) - 1], 2);
+    drop(medium);
 
     let after = hakmem::contention();
     for (b, a) in before.iter().zip(&after) {
@@ -41,6 +54,7 @@ fn each_lock_counts_the_paths_that_take_it() {
     assert!(after[0].1.acquired > before[0].1.acquired, "heap list");
     assert!(after[1].1.acquired > before[1].1.acquired, "abandoned list");
     assert!(after[2].1.acquired > before[2].1.acquired, "lru");
+    assert!(after[4].1.acquired > before[4].1.acquired, "medium");
     // Remote pushes count only their CAS retries.
     assert_eq!(after[3].1.acquired, 0);
 }
