@@ -8,28 +8,16 @@ impl Heap {
     pub(crate) unsafe fn teardown(&mut self) {
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
-        // One batch buffer for every class (zeroing it per class cost more than the classes'
-        // blocks in a short-lived thread).
-        let mut batch = [null_mut(); 256];
+        // The blocks go back one run per slab, as a spill returns them (H11).
         for class in 0..CLASSES {
             // SAFETY: the list holds free blocks of ours.
             let chain = unsafe { self.sll.take_all(class) };
-            let mut b = chain.head;
-            for _ in 0..chain.len {
-                // SAFETY: a block of the chain.
-                let next = unsafe { hakmem_tls_sll::next(b) };
-                self.return_to_slab(class, b);
-                b = next;
+            if chain.len != 0 {
+                self.return_chain(class, chain.head, chain.len);
             }
-            while !self.cache.is_empty(class) {
-                let mut k = 0;
-                self.cache.drain_oldest(class, 256, |b| {
-                    batch[k] = b;
-                    k += 1;
-                });
-                for &b in &batch[..k] {
-                    self.return_to_slab(class, b);
-                }
+            let cached = self.cache.len(class);
+            if cached != 0 {
+                self.flush_cache(class, cached);
             }
         }
         self.current = [null(); CLASSES];
