@@ -239,20 +239,43 @@ impl Heap {
                 continue;
             }
             // SAFETY: ours; the run's blocks are given up, keyed (FK1), linked head..=tail.
-            match unsafe { slab.free_local_run(head, tail, n) } {
-                Ok(empty) => {
-                    returned += n as usize;
-                    if empty && !core::ptr::eq(self.current[class], slab) {
-                        self.free_slab(ss, class, slab);
-                    } else if !Self::in_ring(slab) {
-                        self.ring_insert(class, slab);
-                    }
-                }
-                Err(e) => self.ctx().report(e),
-            }
+            returned += unsafe { self.splice_run(ss, class, slab, head, tail, n) };
         }
         if returned != 0 {
             self.ctx().stats.held_sub(class, returned);
+        }
+    }
+
+    /// Splices a run of `n` blocks of `slab` (linked `head..=tail`) onto its free list, then
+    /// gives the slab back if it emptied (H4) or puts it on its ring (H3); the blocks returned
+    /// (0 when the slab refused the run, which is reported).
+    ///
+    /// # Safety
+    /// `slab` is ours, in `ss`; the run's blocks are its own, given up, keyed (FK1), and linked
+    /// `head..=tail`.
+    unsafe fn splice_run(
+        &mut self,
+        ss: &'static Superslab,
+        class: usize,
+        slab: &SlabMeta,
+        head: *mut u8,
+        tail: *mut u8,
+        n: u32,
+    ) -> usize {
+        // SAFETY: forwarded from the caller.
+        match unsafe { slab.free_local_run(head, tail, n) } {
+            Ok(empty) => {
+                if empty && !core::ptr::eq(self.current[class], slab) {
+                    self.free_slab(ss, class, slab);
+                } else if !Self::in_ring(slab) {
+                    self.ring_insert(class, slab);
+                }
+                n as usize
+            }
+            Err(e) => {
+                self.ctx().report(e);
+                0
+            }
         }
     }
 
@@ -293,17 +316,7 @@ impl Heap {
                 continue;
             }
             // SAFETY: ours; the run's blocks are given up, keyed (FK1), linked head..=tail.
-            match unsafe { slab.free_local_run(head, tail, n) } {
-                Ok(empty) => {
-                    returned += n as usize;
-                    if empty && !core::ptr::eq(self.current[class], slab) {
-                        self.free_slab(ss, class, slab);
-                    } else if !Self::in_ring(slab) {
-                        self.ring_insert(class, slab);
-                    }
-                }
-                Err(e) => self.ctx().report(e),
-            }
+            returned += unsafe { self.splice_run(ss, class, slab, head, tail, n) };
         }
         if returned != 0 {
             self.ctx().stats.held_sub(class, returned);
