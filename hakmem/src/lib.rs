@@ -483,10 +483,12 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// live heap.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    let h = heap_ptr();
-    if h as usize > DEAD as usize {
-        // SAFETY: this thread's live heap; `p` is a block of `slab` given up.
-        return unsafe { (*h).free_small(ss, slab, p) };
+    let h = crate::tls::raw();
+    // SAFETY: this thread's heap or an empty one (tls T4); only empty heaps have EMPTY_ID.
+    if unsafe { Heap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
+        // SAFETY: this thread's live heap, which does not own `slab` (the caller compared);
+        // `p` is a block of `slab` given up.
+        return unsafe { (*h).free_foreign(ss, slab, p) };
     }
     // SAFETY: forwarded.
     unsafe { free_small_slow(p) }

@@ -20,6 +20,20 @@ impl Heap {
         unsafe { self.free_remote(ss, slab, class, p) }
     }
 
+    /// [`Heap::free_small`] for a block of a slab this heap does not own (the caller compared
+    /// the slab's owner with [`Heap::id_of`]): the non-owner's path, one CAS in the common case.
+    ///
+    /// # Safety
+    /// `slab` is in `ss` and not this heap's; `p` is one of its blocks, which the caller gives
+    /// up; only the heap's thread calls this.
+    #[inline(always)]
+    pub unsafe fn free_foreign(&mut self, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        let class = slab.class();
+        debug_assert!(class < CLASSES);
+        // SAFETY: forwarded.
+        unsafe { self.free_remote(ss, slab, class, p) }
+    }
+
     /// [`Heap::free_small`] for a block of a slab this heap owns (the caller compared the
     /// slab's owner with [`Heap::id_of`]): the Rust lane's free fast path (H2, FK3).
     ///

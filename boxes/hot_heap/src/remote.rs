@@ -48,9 +48,44 @@ impl Heap {
         }
     }
 
-    #[cold]
+    /// The non-owner's free of `p`, a block of `slab` in `ss` (of `class`) that another heap
+    /// owns: the double-free check (FK3) and one CAS onto the slab's remote stack. Everything
+    /// else (an abandoned superslab, to claim or to collect: H10; a key match; check mode) goes
+    /// to [`Heap::free_remote_slow`], which decides as before.
+    ///
+    /// # Safety
+    /// The caller gives up `p`, a block of `slab` in `ss`; only the heap's thread calls this.
     #[inline(never)]
     pub(crate) unsafe fn free_remote(
+        &mut self,
+        ss: &'static Superslab,
+        slab: &SlabMeta,
+        class: usize,
+        p: *mut u8,
+    ) {
+        if slab.owner() == 0 || Self::remote_double_free(p) || self.ctx().check {
+            // SAFETY: forwarded.
+            return unsafe { self.free_remote_slow(ss, slab, class, p) };
+        }
+        self.stats.on_free(class);
+        self.stats.on_remote_free();
+        // SAFETY: the caller gives up `p`, a block of `slab` in `ss`.
+        if unsafe { ss.try_free_remote(slab, p) } {
+            return;
+        }
+        // Flagged abandoned since the owner check: the full push pins and collects.
+        // SAFETY: as above; the block was not pushed.
+        unsafe { Self::push_remote(self.ctx(), ss, slab, p) }
+    }
+
+    /// [`Heap::free_remote`]'s rare cases: an abandoned superslab (claimed, H10, or pushed to
+    /// and collected), a key match (reported: FK3), check mode (the bitmap: H6).
+    ///
+    /// # Safety
+    /// As [`Heap::free_remote`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_remote_slow(
         &mut self,
         ss: &'static Superslab,
         slab: &SlabMeta,

@@ -535,6 +535,31 @@ impl Superslab {
         }
     }
 
+    /// [`Superslab::free_remote`]'s common case alone: one CAS onto the slab's remote stack,
+    /// true when done; false, having changed nothing, when the stack is flagged abandoned (the
+    /// caller then calls [`Superslab::free_remote`], which pins and collects). Inlined into the
+    /// non-owner's free, with no reference counting and no result to decode.
+    ///
+    /// # Safety
+    /// As [`Superslab::free_remote`]: `block` is a block of `slab` (in this superslab) that the
+    /// caller holds and gives up.
+    #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
+    #[inline(always)]
+    pub unsafe fn try_free_remote(&self, slab: &SlabMeta, block: *mut u8) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { slab.remote.try_push(block) }.is_ok()
+    }
+
+    /// Under the seeded bug the fast case is the buggy path's own, so the model sees it.
+    ///
+    /// # Safety
+    /// As the plain build's.
+    #[cfg(hakmem_seeded_bug = "check_then_push")]
+    #[inline(always)]
+    pub unsafe fn try_free_remote(&self, _slab: &SlabMeta, _block: *mut u8) -> bool {
+        false
+    }
+
     /// Frees `block` of `slab` from a thread that does not own the slab: one CAS onto the
     /// slab's remote stack. When the stack is flagged abandoned, the freer pins the superslab,
     /// pushes, and tries to collect it, so an abandoned superslab goes back as soon as its last
