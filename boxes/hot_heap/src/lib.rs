@@ -362,10 +362,12 @@ impl Heap {
         unsafe { (*this).id }
     }
 
-    /// The shared context.
+    /// The shared context. Crate-private: an [`EmptyHeap`] has none (H9), and only real heaps
+    /// reach the code that calls this.
     #[inline(always)]
-    pub fn ctx(&self) -> &'static Ctx {
-        // SAFETY: set at init to a context that lives for the program.
+    pub(crate) fn ctx(&self) -> &'static Ctx {
+        // SAFETY: set at init to a context that lives for the program; callers in this crate
+        // hold real heaps only (H9).
         unsafe { &*self.ctx }
     }
 }

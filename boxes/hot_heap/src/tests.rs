@@ -390,13 +390,10 @@ fn a_double_free_not_at_the_head_is_caught_by_default() {
     }
 }
 
-#[test]
-fn a_double_free_is_caught_wherever_the_block_sits() {
-    let ctx = ctx(16, false);
-    let h = heap(ctx);
-    let c = class_of(64).unwrap();
-    // Enough blocks that freeing them all fills the thread list, spills into the cache, and
-    // flushes the cache's oldest to their slabs' free lists.
+/// Allocates and frees enough blocks of `c` that freeing them all fills the thread list, spills
+/// into the cache, and flushes the cache's oldest to their slabs' free lists; returns a block
+/// found on the thread list, one in the cache, and one on a slab's free list.
+fn free_blocks_everywhere(h: &mut Heap, c: usize) -> [Option<*mut u8>; 3] {
     // SAFETY: the heap is this test thread's own, and every block is ours.
     let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
     for &b in &blocks {
@@ -413,6 +410,15 @@ fn a_double_free_is_caught_wherever_the_block_sits() {
         // SAFETY: our blocks, in live superslabs we own.
         unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
     });
+    [on_list, in_cache, on_slab]
+}
+
+#[test]
+fn a_double_free_is_caught_wherever_the_block_sits() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    let [on_list, in_cache, on_slab] = free_blocks_everywhere(h, c);
     my_reports();
     for p in [on_list, in_cache, on_slab] {
         let p = p.expect("a block in each place");
@@ -537,23 +543,7 @@ fn a_non_owners_double_free_of_a_block_the_owner_holds_free_is_caught() {
     let ctx = ctx(16, false);
     let h = heap(ctx);
     let c = class_of(64).unwrap();
-    // Blocks on the owner's thread list, in its cache, and on a slab's free list.
-    // SAFETY: the heap is this test thread's own, and every block is ours.
-    let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
-    for &b in &blocks {
-        // SAFETY: ours, freed once.
-        unsafe { free(h, b) };
-    }
-    // SAFETY: the list's blocks are free and linked.
-    let on_list = blocks
-        .iter()
-        .copied()
-        .find(|&b| unsafe { h.sll.contains(c, b) });
-    let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
-    let on_slab = blocks.iter().copied().find(|&b| {
-        // SAFETY: our blocks, in live superslabs we own.
-        unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
-    });
+    let [on_list, in_cache, on_slab] = free_blocks_everywhere(h, c);
     let dups: Vec<usize> = [on_list, in_cache, on_slab]
         .into_iter()
         .map(|p| p.expect("a block in each place") as usize)

@@ -83,18 +83,27 @@
 //!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack.
 //! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
 //!   heap; taking it off the list (adopt, a freer's claim, or a freer's collect) is the only
-//!   way to touch its slabs, and the lock makes that exclusive. Abandoning drains and flags every in-use slab's
-//!   remote stack in one swap per slab (collectors drain with the same swap; an adopter's drain
-//!   clears the flag), so a remote free either lands before and is drained, or sees the flag in
-//!   its one CAS and pins, pushes and collects: none is stranded (S1). Whoever lists the
-//!   superslab, or puts it back, looks again at `pending` under the list's lock order.
+//!   way to touch its slabs, and the lock makes that exclusive. Abandoning drains and flags
+//!   every in-use slab's remote stack in one swap per slab (collectors drain with the same
+//!   swap; an adopter's drain clears the flag), so a remote free either lands before and is
+//!   drained, or sees the flag in its one CAS and pins, pushes and collects: none is stranded
+//!   (S1). Whoever lists the superslab, or puts it back, looks again at `pending` under the
+//!   list's lock order.
 //! - **SS9 (free key).** A block on a slab's free list or remote stack carries the per-process
 //!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
-//!   push; [`SlabMeta::free_local_run`] takes runs whose blocks carry it already); [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a
-//!   suspected double free. (Re)initialising a slab empties its remote stack (S2).
+//!   push; [`SlabMeta::free_local_run`] takes runs whose blocks carry it already);
+//!   [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a suspected
+//!   double free. (Re)initialising a slab empties its remote stack (S2).
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
+//! - **SS11 (block index; the owner's shared words).** A block size is `2^rot * odd`; the slab
+//!   keeps `rot` and the inverse of `odd` modulo 2^64, so [`SlabMeta::block_index`] is one
+//!   subtraction, one multiplication and one rotation, exact for a block start and at least
+//!   2^32 for any other address. `class`, `rot`, the inverse and `carved` are written only by
+//!   the slab's owner (SS5: at (re)initialisation, carving and freeing the slab); others only
+//!   read them. So the owner may read them as plain loads
+//!   ([`SlabMeta::class_and_carved_owned`], [`SlabMeta::block_index`]).
 //! - **SS12 (adoption by a freer).** A thread with a heap that frees into an abandoned
 //!   superslab may claim it with [`AbandonedList::claim`]: the same unlink under the list's lock
 //!   as [`AbandonedList::adopt`], so of any number of claimers, allocating adopters and
