@@ -226,12 +226,11 @@ pub mod raw {
     /// Always safe to call; unsafe as part of the C-style family.
     #[inline(always)]
     pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
-        let Some(class) = hakmem_route::tiny_class(size) else {
+        if size > hakmem_route::MAX_TINY {
             return null_mut();
-        };
-        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; tiny classes
-        // are below CLASSES.
-        unsafe { Heap::alloc_fast(crate::tls::raw(), class) }
+        }
+        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; a tiny size.
+        unsafe { Heap::alloc_tiny_fast(crate::tls::raw(), size) }
     }
 
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from

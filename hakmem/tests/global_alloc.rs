@@ -291,12 +291,13 @@ fn a_large_free_shows_up_as_cached_or_released() {
     }
     let before = hakmem::stats();
     let l = Layout::from_size_align(8 << 20, 16).unwrap();
+    // Through black_box: an optimised build may otherwise drop an allocation nobody reads.
     // SAFETY: non-zero size.
-    let p = unsafe { alloc(l) };
+    let p = std::hint::black_box(unsafe { alloc(l) });
     // SAFETY: 8 MiB of ours.
     unsafe {
         p.write_bytes(1, 8 << 20);
-        dealloc(p, l);
+        dealloc(std::hint::black_box(p), l);
     }
     let after = hakmem::stats();
     let cached = after.count(hakmem::Event::SsCached) - before.count(hakmem::Event::SsCached);
@@ -314,7 +315,7 @@ fn a_large_free_shows_up_as_cached_or_released() {
     std::thread::sleep(std::time::Duration::from_millis(250));
     let q = Layout::from_size_align(16 << 20, 16).unwrap();
     // SAFETY: non-zero size; freed at once.
-    unsafe { dealloc(alloc(q), q) };
+    unsafe { dealloc(std::hint::black_box(alloc(q)), q) };
     let later = hakmem::stats();
     assert!(
         later.bytes(hakmem::Event::Madvise) >= before.bytes(hakmem::Event::Madvise) + (8 << 20),

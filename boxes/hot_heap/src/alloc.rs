@@ -41,6 +41,21 @@ impl Heap {
         p
     }
 
+    /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
+    /// heap's own copy of the route box's table (H12). The C malloc's fast path.
+    ///
+    /// # Safety
+    /// `this` is a heap of the calling thread or an empty heap, and `size <= MAX_TINY`.
+    #[inline(always)]
+    pub unsafe fn alloc_tiny_fast(this: *mut Heap, size: usize) -> *mut u8 {
+        debug_assert!(size <= MAX_TINY);
+        // SAFETY: `size <= MAX_TINY` by the contract, within the table; a read through the raw
+        // pointer (an empty heap is shared, H9), of a table nobody writes after `init` (H12).
+        let class = unsafe { *(&raw const (*this).tiny).cast::<u8>().add(size) };
+        // SAFETY: the table's classes are the route box's tiny ones, below CLASSES (H12).
+        unsafe { Heap::alloc_fast(this, class as usize) }
+    }
+
     /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
     ///
     /// # Safety

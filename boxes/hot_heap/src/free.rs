@@ -75,23 +75,20 @@ impl Heap {
     /// it before the cache says it lies in a live superslab of ours.
     #[inline(always)]
     pub unsafe fn try_free_owned(this: *mut Heap, p: *mut u8) -> bool {
-        let base = p as usize & !(SLAB_SIZE - 1);
-        let slot = owned_slot(base);
-        // SAFETY: the index is masked below OWNED_CACHE; read through the raw pointer, as an
-        // empty heap is shared (H9).
-        let cached = unsafe { *(&raw const (*this).owned_cache).cast::<usize>().add(slot) };
-        if cached != base {
+        let n = slab_number(p as usize);
+        // SAFETY: the slot is below OWNED_CACHE; read through the raw pointer, as an empty heap
+        // is shared (H9). Every entry is NO_SLAB or the metadata of a slab of a superslab this
+        // heap owns, live while owned (H8).
+        let slab = unsafe {
+            &**(&raw const (*this).owned_slabs)
+                .cast::<*const SlabMeta>()
+                .add(owned_slot(n))
+        };
+        if slab.number() != n {
             return false;
         }
         // SAFETY: a hit: `this` is a real heap (H9), this thread's, used by it alone.
         let h = unsafe { &mut *this };
-        // SAFETY: the cache holds only slabs of superslabs this heap owns, live while owned
-        // (H8), with their own metadata.
-        let slab = unsafe {
-            &**(&raw const (*this).owned_meta)
-                .cast::<*const SlabMeta>()
-                .add(slot)
-        };
         // SAFETY: every slab of an owned superslab is this heap's to read as owner: an in-use
         // one is ours (H8), and a free one has carve mark 0, which no index is below.
         let (class, carved) = unsafe { slab.class_and_carved_owned() };

@@ -83,14 +83,18 @@
 //!   (H11).
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
-//! - **H8 (owned cache).** `owned_cache[(base >> SLAB_SHIFT) % OWNED_CACHE]` holds either
-//!   `EMPTY_SLOT` or the base of a slab of a superslab on this heap's owned list, with that
-//!   slab's metadata: a superslab's slabs are entered when it is linked and cleared when it is
+//! - **H8 (owned cache).** `owned_slabs[(p >> SLAB_SHIFT) % OWNED_CACHE]` points either to
+//!   superslab's `NO_SLAB` or to the metadata of a slab of a superslab on this heap's owned
+//!   list: a superslab's slabs are entered when it is linked and reset to `NO_SLAB` when it is
 //!   unlinked, before it can be abandoned or released. Every in-use slab of an owned superslab
-//!   has this heap's id as owner, and a free slab has carve mark 0. So a hit in the cache
-//!   proves, with one load and one compare, both "ours" (the registry's answer) and "owned by
-//!   this heap" (the owner check), and hands over the slab's metadata with one more load: the
-//!   C free's fast path, [`Heap::try_free_owned`].
+//!   has this heap's id as owner, and a free slab has carve mark 0. So when the entry's slab
+//!   number is `p >> SLAB_SHIFT` (superslab SS13; `NO_SLAB` matches no address), one load and
+//!   one compare prove both "ours" (the registry's answer) and "owned by this heap" (the owner
+//!   check), and the slab's metadata is already at hand: the C free's fast path,
+//!   [`Heap::try_free_owned`]. The index is the slab number's low byte, one instruction: 256
+//!   entries, 16 MiB of slabs whose numbers differ in their low byte. Two owned slabs whose
+//!   numbers agree in it take turns in the entry (the last linked wins), and the other's frees
+//!   take the full path, which decides the same through the registry.
 //! - **H9 (empty heaps).** An [`EmptyHeap`] owns nothing and is never written: its lists are
 //!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
 //!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a
@@ -134,6 +138,10 @@
 //!   refills move whole runs: blocks going back to slabs are spliced one run per slab
 //!   (`SlabMeta::free_local_run`), and a refill carves or pops half a list's worth straight onto
 //!   the list, one run per slab.
+//! - **H12 (class table).** A real heap's `tiny` table is a copy of the route box's
+//!   `TINY_CLASS_OF`, written once by `Heap::init` and never again; an empty heap's is all zero
+//!   (class 0, whose list it keeps empty, H9). So [`Heap::alloc_tiny_fast`] finds a tiny size's
+//!   class with one load from the heap it holds, and serves the route box's class or nothing.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -165,27 +173,37 @@ mod sync;
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru, LruConfig};
 use hakmem_registry::Registry;
-use hakmem_route::{block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS};
+use hakmem_route::{
+    block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF,
+};
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    SpinLock, Superslab, NO_SLAB, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
 use sync::{AtomicUsize, Ordering};
 
-/// Slots of a heap's owned-slab cache (H8): one per slab, so 16 superslabs' worth, 32 MiB of
-/// small blocks (8 KiB per heap).
-const OWNED_CACHE: usize = 512;
-/// An empty slot's base: no slab base (they are 64 KiB-aligned), and not 0, which is what a
-/// null pointer masks to.
-const EMPTY_SLOT: usize = 1;
+/// Slots of a heap's owned-slab cache (H8): one per slab, so 8 superslabs' worth, 16 MiB of
+/// small blocks (2 KiB per heap), indexed by a slab number's low byte.
+const OWNED_CACHE: usize = 256;
+const _: () = assert!(OWNED_CACHE == 1 << u8::BITS);
+/// An empty slot (H8): the metadata of no slab, whose number no address has (superslab SS13).
+const EMPTY_SLOT: *const SlabMeta = &raw const NO_SLAB;
 
-/// The owned-cache slot of the slab at `base` (or of any address in it).
+/// The number of the slab holding address `p`: the owned cache's key (H8). One shift, whose
+/// low bits are also the slot, so the free path derives key and slot from one value.
 #[inline(always)]
-fn owned_slot(base: usize) -> usize {
-    (base >> SLAB_SHIFT) & (OWNED_CACHE - 1)
+fn slab_number(p: usize) -> usize {
+    p >> SLAB_SHIFT
+}
+
+/// The owned-cache slot of slab number `n`.
+#[inline(always)]
+fn owned_slot(n: usize) -> usize {
+    // The low byte: one `movzx` on x86_64 (OWNED_CACHE is 256).
+    n as u8 as usize
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -221,8 +239,9 @@ impl EmptyHeap {
         // them, for which zero is a value (`Heap::init` relies on the same); zero lists have
         // no block and no room.
         let mut h: Heap = unsafe { core::mem::zeroed() };
-        h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.id = EMPTY_ID;
+        // Its tiny table stays zero (H12): every size maps to class 0, whose list is empty.
         Self(core::cell::UnsafeCell::new(h))
     }
 
@@ -296,10 +315,11 @@ pub struct Heap {
     id: usize,
     /// The free key (FK1), next to `id`, which the free path reads anyway.
     key: usize,
-    /// The slabs of owned superslabs by base address, direct-mapped (H8)...
-    owned_cache: [usize; OWNED_CACHE],
-    /// ... and their metadata, slot by slot (two arrays, so both reads index by the slot).
-    owned_meta: [*const SlabMeta; OWNED_CACHE],
+    /// The route box's class of every tiny size (H12), here so that malloc's fast path
+    /// indexes it from the heap pointer it holds anyway.
+    tiny: [u8; MAX_TINY + 1],
+    /// The slabs of owned superslabs by slab number, direct-mapped (H8).
+    owned_slabs: [*const SlabMeta; OWNED_CACHE],
     /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
     tag: u64,
     ctx: *const Ctx,
@@ -330,10 +350,10 @@ impl Heap {
         h.id = id;
         h.key = init_free_key();
         h.ctx = ctx;
+        h.tiny = TINY_CLASS_OF;
         h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
         h.current = [null(); CLASSES];
-        h.owned_cache = [EMPTY_SLOT; OWNED_CACHE];
-        h.owned_meta = [null(); OWNED_CACHE];
+        h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -217,8 +217,7 @@ impl Heap {
         self.owned_count += 1;
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
-            self.owned_cache[owned_slot(base)] = base;
-            self.owned_meta[owned_slot(base)] = ss.slab_of(base as *const u8);
+            self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
         }
     }
 
@@ -242,10 +241,9 @@ impl Heap {
         self.owned_count -= 1;
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
-            let slot = owned_slot(base);
-            if self.owned_cache[slot] == base {
-                self.owned_cache[slot] = EMPTY_SLOT;
-                self.owned_meta[slot] = null();
+            let slot = owned_slot(slab_number(base));
+            if core::ptr::eq(self.owned_slabs[slot], ss.slab_of(base as *const u8)) {
+                self.owned_slabs[slot] = EMPTY_SLOT;
             }
         }
     }

@@ -87,8 +87,9 @@ pub const fn block_size(class: usize) -> usize {
 }
 
 /// The class of every tiny size, indexed by the size itself (1 KiB): the lookup is one load,
-/// with no rounding.
-static TINY_TABLE: [u8; MAX_TINY + 1] = {
+/// with no rounding. A client may keep its own copy next to its other hot data (the hot heap
+/// does, so its malloc path indexes the table from the heap pointer it already holds).
+pub const TINY_CLASS_OF: [u8; MAX_TINY + 1] = {
     let mut t = [0u8; MAX_TINY + 1];
     let mut i = 0;
     while i < t.len() {
@@ -97,6 +98,9 @@ static TINY_TABLE: [u8; MAX_TINY + 1] = {
     }
     t
 };
+
+/// The one shared instance of [`TINY_CLASS_OF`] that [`tiny_class`] reads.
+static TINY_TABLE: [u8; MAX_TINY + 1] = TINY_CLASS_OF;
 
 const BLOCK_SIZES: [u32; CLASSES] = {
     let mut t = [0u32; CLASSES];

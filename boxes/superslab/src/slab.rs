@@ -82,6 +82,9 @@ pub(crate) fn exact_division(d: u32) -> (u64, u32) {
 /// the slab is in use (and is written before the blocks it covers are handed out).
 #[repr(C, align(64))]
 pub struct SlabMeta {
+    /// The slab's base address shifted right by `SLAB_SHIFT` (SS13): set before the superslab
+    /// is shared, never written after.
+    number: usize,
     owner: AtomicUsize,
     class: AtomicU32,
     rot: AtomicU32,
@@ -116,9 +119,23 @@ impl<T> core::ops::Deref for Line<T> {
 // SAFETY: `owner` and `remote` are atomics; `local` is touched only by the owner (SS5).
 unsafe impl Sync for SlabMeta {}
 
+/// The metadata of no slab (SS13): number `usize::MAX`, which no address shifts to, so a
+/// table of slab metadata indexed by address bits can point its empty entries here and need no
+/// null test. Nothing else of it is ever read.
+#[cfg(not(loom))]
+pub static NO_SLAB: SlabMeta = {
+    // SAFETY: every field is an atomic, an integer, a bool or a raw pointer (or a struct of
+    // them), for each of which all-zero bytes are a valid value.
+    let mut m: SlabMeta = unsafe { core::mem::zeroed() };
+    m.number = usize::MAX;
+    m
+};
+
 impl SlabMeta {
-    pub(crate) fn new() -> Self {
+    /// A free slab's metadata, for the slab at `base`.
+    pub(crate) fn new(base: usize) -> Self {
         Self {
+            number: base >> crate::SLAB_SHIFT,
             owner: AtomicUsize::new(0),
             class: AtomicU32::new(0),
             rot: AtomicU32::new(0),
@@ -127,6 +144,12 @@ impl SlabMeta {
             remote: Line(RemoteStack::new()),
             local: Line(UnsafeCell::new(SlabLocal::EMPTY)),
         }
+    }
+
+    /// The slab's number: its base address shifted right by `SLAB_SHIFT` (SS13).
+    #[inline(always)]
+    pub fn number(&self) -> usize {
+        self.number
     }
 
     /// The owning heap's id; 0 while the slab is free or abandoned.

@@ -97,7 +97,9 @@ impl Superslab {
             }));
             let slabs = addr_of_mut!((*ss).slabs).cast::<SlabMeta>();
             for i in 0..SLABS {
-                slabs.add(i).write(SlabMeta::new());
+                slabs
+                    .add(i)
+                    .write(SlabMeta::new(ss as usize + i * SLAB_SIZE));
             }
             // Zeroed memory already is a valid all-clear bitmap; loom's atomics must be built.
             if !zeroed || cfg!(loom) {
