@@ -39,7 +39,7 @@
 #![no_std]
 
 use hakmem_registry::{Kind, Registry};
-use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, DATA_OFFSET, SLAB_SIZE};
+use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, SLAB_SIZE};
 
 /// Classes up to 128 B (16-byte steps).
 const LINEAR: usize = 8;
@@ -289,9 +289,9 @@ const RECIPROCALS: [u64; CLASSES] = {
 /// compare, no division.
 #[inline(always)]
 pub fn is_block_start(ss: &Superslab, slab: &SlabMeta, p: *const u8) -> bool {
-    let off_ss = p as usize - ss.base();
-    let first = if off_ss < SLAB_SIZE { DATA_OFFSET } else { 0 };
-    let off = (off_ss & (SLAB_SIZE - 1)).wrapping_sub(first);
+    // Every slab's blocks start at its base (superslab SS14).
+    debug_assert!(p as usize - ss.base() < hakmem_superslab::SS_SIZE);
+    let off = p as usize & (SLAB_SIZE - 1);
     let c = slab.class();
     match (BLOCK_SIZES.get(c), RECIPROCALS.get(c)) {
         (Some(&bs), Some(&r)) if off < SLAB_SIZE => {

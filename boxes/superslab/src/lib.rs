@@ -6,10 +6,11 @@
 //!
 //! ```text
 //! superslab (2 MiB, aligned)             slab i = [base + i*64K, base + (i+1)*64K)
-//! +--------+-------------+-------------+--   --+-------------+
-//! | header | slab 0 data |   slab 1    |  ...  |   slab 31   |
-//! +--------+-------------+-------------+--   --+-------------+
-//! header: magic, state, refcount, owner, 32 x SlabMeta, HAKMEM_CHECK bitmaps
+//! +-------------+--------+-------------+--   --+-------------+
+//! | slab 0 data | header |   slab 1    |  ...  |   slab 31   |
+//! +-------------+--------+-------------+--   --+-------------+
+//! header: magic, state, refcount, owner, 32 x SlabMeta, HAKMEM_CHECK bitmaps, in the last
+//! HEADER_SIZE bytes of slab 0, so every slab's blocks start at the slab's base (SS14)
 //! ```
 //!
 //! A superslab over the real OS, carving blocks from a slab and taking them back:
@@ -65,6 +66,11 @@
 //! ## Invariants
 //! - **SS1 (one address per block).** There are no per-block headers. A block's superslab is
 //!   `p & !(2 MiB - 1)` and its slab is `(p - base) >> 16`; the user's address *is* the block.
+//!   The header sits at a fixed offset from the base ([`Superslab::of`] adds it to the mask).
+//! - **SS14 (blocks start at the slab base).** Block `i` of a slab is at the slab's base plus
+//!   `i * block_size`, in every slab: slab 0 ends where the header begins (its capacity is
+//!   smaller), rather than starting after it. So a block's offset in its slab is its low 16
+//!   address bits, with no per-slab start to subtract ([`SlabMeta::block_index`]).
 //! - **SS2 (publication).** A superslab's or large region's header is fully written before it is
 //!   registered, and it is unregistered before its region is cached, reused or unmapped.
 //! - **SS3 (references).** `refcount` counts the superslab's holder (its owning heap, or the
@@ -98,9 +104,9 @@
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
 //! - **SS11 (block index; the owner's shared words).** A block size is `2^rot * odd`; the slab
-//!   keeps `rot` and the inverse of `odd` modulo 2^64, so [`SlabMeta::block_index`] is one
-//!   subtraction, one multiplication and one rotation, exact for a block start and at least
-//!   2^32 for any other address. `class`, `rot`, the inverse and `carved` are written only by
+//!   keeps `rot` and the inverse of `odd` modulo 2^64, so [`SlabMeta::block_index`] is the
+//!   address's low bits (SS14), one multiplication and one rotation, exact for a block start and
+//!   at least 2^32 for any other address of the slab. `class`, `rot`, the inverse and `carved` are written only by
 //!   the slab's owner (SS5: at (re)initialisation, carving and freeing the slab); others only
 //!   read them. So the owner may read them as plain loads
 //!   ([`SlabMeta::class_and_carved_owned`], [`SlabMeta::block_index`]).
@@ -141,7 +147,7 @@ pub use remote::{Abandoned, RemoteStack};
 #[cfg(not(loom))]
 pub use slab::NO_SLAB;
 pub use slab::{Corrupt, SlabLocal, SlabMeta};
-pub use superslab::{Superslab, DATA_OFFSET};
+pub use superslab::{Superslab, HEADER_SIZE};
 pub use sync::{spin, LockCounts, SpinLock};
 
 use hakmem_registry::Registry;
@@ -164,7 +170,7 @@ const _: () = assert!(
 );
 const _: () = assert!(SLABS <= 32, "free-slab masks are u32");
 const _: () = assert!(
-    DATA_OFFSET < SLAB_SIZE / 2,
+    HEADER_SIZE < SLAB_SIZE / 2,
     "the header leaves slab 0 room for blocks"
 );
 

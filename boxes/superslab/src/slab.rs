@@ -197,18 +197,19 @@ impl SlabMeta {
         self.carved.load(Ordering::Relaxed)
     }
 
-    /// The index of the block that starts at `p` when `p` is a block start of this slab, and a
-    /// number of at least 2^32 (so never below the carve mark) for any other address, `p`
-    /// before the slab's first block included: one subtraction, one multiplication and one
-    /// rotation (SS11). So `block_index(p) < carved()` says "a block the slab has handed out".
+    /// The index of the block that starts at `p` when `p`, an address in this slab, is a block
+    /// start, and a number of at least 2^32 (so never below the carve mark) for any other
+    /// address of the slab: the offset in the slab is `p`'s low bits (SS14), then one
+    /// multiplication and one rotation (SS11). So `block_index(p) < carved()` says "a block the
+    /// slab has handed out".
     ///
     /// # Safety
-    /// The caller owns the slab (it reads the owner-only start address).
+    /// The caller owns the slab (it reads the owner-only division constants), and `p` lies in
+    /// the slab (any address of it; only its low bits are used).
     #[inline(always)]
     pub unsafe fn block_index(&self, p: *const u8) -> u64 {
-        // SAFETY: the caller owns the slab.
-        let start = unsafe { self.local.with(|l| (*l).start) } as u64;
-        let off = (p as u64).wrapping_sub(start);
+        debug_assert_eq!(p as usize >> crate::SLAB_SHIFT, self.number);
+        let off = p as u64 & (crate::SLAB_SIZE as u64 - 1);
         // SAFETY: the caller owns the slab, and only its owner writes these words.
         let (inv, rot) = unsafe { (read_own_u64(&self.inv), read_own_u32(&self.rot)) };
         off.wrapping_mul(inv).rotate_right(rot)

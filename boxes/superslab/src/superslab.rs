@@ -59,11 +59,15 @@ pub struct Superslab {
 // under the abandoned list's lock (SS7).
 unsafe impl Sync for Superslab {}
 
-/// Offset of slab 0's first block: the header rounded up to a page.
-pub const DATA_OFFSET: usize = (core::mem::size_of::<Superslab>() + PAGE - 1) & !(PAGE - 1);
+/// The bytes the header takes at the top of slab 0 (SS14): its size rounded up to a page. Slab
+/// 0's blocks fill the `SLAB_SIZE - HEADER_SIZE` bytes below it.
+pub const HEADER_SIZE: usize = (core::mem::size_of::<Superslab>() + PAGE - 1) & !(PAGE - 1);
+/// The header's offset from the superslab's base: the top of slab 0 (SS14).
+const HEADER_OFFSET: usize = SLAB_SIZE - HEADER_SIZE;
 
 impl Superslab {
-    /// Writes a fresh header into `region` (one superslab of memory) for the heap `owner`, then
+    /// Writes a fresh header into `region` (one superslab of memory, the header at the top of
+    /// slab 0, SS14) for the heap `owner`, then
     /// registers it. The caller's reference (the refcount's first unit) is returned as `&Self`.
     /// `zeroed` says the region reads as zero. On a registry refusal the region is handed back.
     ///
@@ -75,9 +79,12 @@ impl Superslab {
         zeroed: bool,
         owner: usize,
     ) -> Result<&'a Self, NonNull<u8>> {
-        let ss = region.as_ptr().cast::<Superslab>();
-        // SAFETY: the region is ours, large enough and aligned for the header; every field is
-        // written before the header is published through the registry.
+        // SAFETY: within the region (HEADER_OFFSET + HEADER_SIZE = SLAB_SIZE < SS_SIZE).
+        let ss = unsafe { region.as_ptr().add(HEADER_OFFSET) }.cast::<Superslab>();
+        let base = region.as_ptr() as usize;
+        // SAFETY: the region is ours, large enough and aligned for the header (HEADER_OFFSET is
+        // a multiple of the page); every field is written before the header is published
+        // through the registry.
         unsafe {
             addr_of_mut!((*ss).magic).write(MAGIC);
             addr_of_mut!((*ss).state).write(AtomicUsize::new(OWNED));
@@ -97,9 +104,7 @@ impl Superslab {
             }));
             let slabs = addr_of_mut!((*ss).slabs).cast::<SlabMeta>();
             for i in 0..SLABS {
-                slabs
-                    .add(i)
-                    .write(SlabMeta::new(ss as usize + i * SLAB_SIZE));
+                slabs.add(i).write(SlabMeta::new(base + i * SLAB_SIZE));
             }
             // Zeroed memory already is a valid all-clear bitmap; loom's atomics must be built.
             if !zeroed || cfg!(loom) {
@@ -110,11 +115,8 @@ impl Superslab {
             }
         }
         // SAFETY: the caller owns the region until it is retired (which unregisters it first),
-        // and a whole superslab header is written at its base above (SS2).
-        let registered = unsafe {
-            env.registry
-                .register(region.as_ptr() as usize, SS_SIZE, Kind::Superslab)
-        };
+        // and a whole superslab header is written above (SS2).
+        let registered = unsafe { env.registry.register(base, SS_SIZE, Kind::Superslab) };
         if registered.is_err() {
             return Err(region);
         }
@@ -161,8 +163,9 @@ impl Superslab {
     /// `p` lies inside a live superslab.
     #[inline(always)]
     pub unsafe fn of<'a>(p: *const u8) -> &'a Self {
-        // SAFETY: the caller guarantees a live superslab covers `p`; its header is at the base.
-        unsafe { &*((p as usize & !(SS_SIZE - 1)) as *const Self) }
+        // SAFETY: the caller guarantees a live superslab covers `p`; its header is at
+        // HEADER_OFFSET from the base (SS14).
+        unsafe { &*(((p as usize & !(SS_SIZE - 1)) + HEADER_OFFSET) as *const Self) }
     }
 
     /// The header at `base`, checking its magic (for addresses from the registry).
@@ -171,7 +174,7 @@ impl Superslab {
     /// `base` is a superslab the registry reported live, pinned or holding a block of the caller.
     pub unsafe fn at<'a>(base: usize) -> &'a Self {
         // SAFETY: forwarded from the caller.
-        let ss = unsafe { &*(base as *const Self) };
+        let ss = unsafe { &*((base + HEADER_OFFSET) as *const Self) };
         debug_assert_eq!(ss.magic, MAGIC);
         ss
     }
@@ -179,7 +182,7 @@ impl Superslab {
     /// The base address.
     #[inline(always)]
     pub fn base(&self) -> usize {
-        self as *const Self as usize
+        self as *const Self as usize - HEADER_OFFSET
     }
 
     /// The metadata of the slab holding `p` (by shift). `p` must lie in this superslab.
@@ -294,7 +297,7 @@ impl Superslab {
         let i = self.local.with_mut(|l| unsafe {
             let mut free = (*l).free_slabs;
             // Slab 0 is shorter (it holds this header); skip it for blocks it cannot hold.
-            if SLAB_SIZE - DATA_OFFSET < block_size as usize {
+            if HEADER_OFFSET < block_size as usize {
                 free &= !1;
             }
             if free == 0 {
@@ -308,9 +311,10 @@ impl Superslab {
         // SAFETY: the caller owns the superslab.
         self.local
             .with_mut(|l| unsafe { (*l).zero_slabs &= !(1 << i) });
-        let start = if i == 0 { DATA_OFFSET } else { i * SLAB_SIZE };
-        let capacity =
-            ((SLAB_SIZE * (i + 1) - start.max(i * SLAB_SIZE)) / block_size as usize) as u32;
+        // Every slab's blocks start at its base; slab 0's end at the header (SS14).
+        let start = i * SLAB_SIZE;
+        let bytes = if i == 0 { HEADER_OFFSET } else { SLAB_SIZE };
+        let capacity = (bytes / block_size as usize) as u32;
         let slab = &self.slabs[i];
         // SAFETY: the slab was free, so the owner of the superslab owns it.
         unsafe {

@@ -55,9 +55,60 @@ fn header_fits_and_pointers_find_their_superslab_and_slab() {
         let (start, inner) = unsafe { (slab.is_block(b), slab.is_block(b.add(16))) };
         assert!(start && !inner);
     }
-    // Slab 0 starts after the header, page-aligned, and the header never overlaps a block.
-    assert_eq!(blocks[0] as usize, ss.base() + DATA_OFFSET);
+    // Slab 0 starts at the base (SS14), and the header never overlaps a block.
+    assert_eq!(blocks[0] as usize, ss.base());
+    let header = ss as *const Superslab as usize;
+    assert_eq!(header, ss.base() + SLAB_SIZE - HEADER_SIZE);
+    assert!(blocks.iter().all(|&b| b as usize + 64 <= header));
     assert_eq!(slab.owner(), 7);
+}
+
+#[test]
+fn slab_zero_fills_up_to_the_header_and_every_slab_starts_at_its_base() {
+    // SS14: for sizes that divide the slab and sizes that do not, slab 0 holds exactly the
+    // blocks below the header, and every block is found by its low bits.
+    for size in [16u32, 48, 1024, 3072, 16384] {
+        let w = World::new();
+        let ss = Superslab::create(&w.env(), 1).unwrap();
+        let header = ss as *const Superslab as usize;
+        // SAFETY: we own the superslab and its slabs.
+        unsafe {
+            let s0 = ss.alloc_slab(2, size).unwrap();
+            let s1 = ss.alloc_slab(2, size).unwrap();
+            let mut b0 = Vec::new();
+            let mut b1 = Vec::new();
+            s0.alloc_batch(u32::MAX, |b| b0.push(b as usize));
+            s1.alloc_batch(u32::MAX, |b| b1.push(b as usize));
+            assert_eq!(
+                b0.len(),
+                (SLAB_SIZE - HEADER_SIZE) / size as usize,
+                "size {size}"
+            );
+            assert_eq!(b1.len(), SLAB_SIZE / size as usize, "size {size}");
+            assert_eq!((b0[0], b1[0]), (ss.base(), ss.base() + SLAB_SIZE));
+            assert!(
+                b0.iter().all(|&b| b + size as usize <= header),
+                "size {size}"
+            );
+            for (slab, blocks) in [(s0, &b0), (s1, &b1)] {
+                assert_eq!(slab.carved(), blocks.len() as u64);
+                for (i, &b) in blocks.iter().enumerate() {
+                    assert_eq!(slab.block_index(b as *const u8), i as u64);
+                    if size > 16 {
+                        assert!(slab.block_index((b + 16) as *const u8) >= 1 << 32);
+                    }
+                }
+            }
+            // The header's own addresses are no block of slab 0.
+            let carved = b0.len() as u64;
+            for a in (header..ss.base() + SLAB_SIZE).step_by(16) {
+                assert!(
+                    s0.block_index(a as *const u8) >= carved,
+                    "size {size} at {a:#x}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
