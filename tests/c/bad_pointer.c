@@ -13,7 +13,8 @@
  *           boundary inside a 200 KiB block), misaligned-medium (+16 into it), never-carved
  *           (the last block start of a fresh 48-byte block's slab, never handed out);
  *         pointers into the allocator's own regions that no block covers:
- *           superslab-header (64 bytes into the 2 MiB region a 16-byte block lies in),
+ *           superslab-header (64 bytes below the end of the first 64 KiB slab of the 2 MiB
+ *           region a 16-byte block lies in: the header sits at the top of slab 0),
  *           unused-slab (the start of slab 16 of the 32 in that region: a process this small
  *           uses a few slabs, from either end);
  *         freed blocks (the block is not the last one freed; its slab stays in use):
@@ -94,7 +95,7 @@ int main(int argc, char **argv) {
         keep = malloc(16);
         CHECK(keep != NULL);
         uintptr_t region = (uintptr_t)keep & ~(uintptr_t)((2u << 20) - 1);
-        bad = (void *)(region + (kind[0] == 's' ? 64 : 16 * (64u << 10)));
+        bad = (void *)(region + (kind[0] == 's' ? (64u << 10) - 64 : 16 * (64u << 10)));
     } else if (strcmp(kind, "freed") == 0 || strcmp(kind, "freed-move") == 0) {
         void *a = malloc(16), *b = malloc(16);
         keep = malloc(16); /* keeps the slab in use */

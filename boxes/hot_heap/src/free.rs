@@ -77,16 +77,19 @@ impl Heap {
     pub unsafe fn try_free_owned(this: *mut Heap, p: *mut u8) -> bool {
         let n = slab_number(p as usize);
         // SAFETY: the slot is below OWNED_CACHE; read through the raw pointer, as an empty heap
-        // is shared (H9). Every entry is NO_SLAB or the metadata of a slab of a superslab this
-        // heap owns, live while owned (H8).
-        let slab = unsafe {
-            &**(&raw const (*this).owned_slabs)
+        // is shared (H9).
+        let entry = unsafe {
+            *(&raw const (*this).owned_slabs)
                 .cast::<*const SlabMeta>()
                 .add(owned_slot(n))
         };
-        if slab.number() != n {
+        // SAFETY: every entry is `SlabMeta::NONE` or the metadata of a slab of a superslab this
+        // heap owns, live while owned (H8).
+        if unsafe { SlabMeta::number_at(entry) } != n {
             return false;
         }
+        // SAFETY: a match, so not NONE (superslab SS13): a live slab's metadata (as above).
+        let slab = unsafe { &*entry };
         // SAFETY: a hit: `this` is a real heap (H9), this thread's, used by it alone.
         let h = unsafe { &mut *this };
         // SAFETY: every slab of an owned superslab is this heap's to read as owner: an in-use

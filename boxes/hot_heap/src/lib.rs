@@ -83,12 +83,12 @@
 //!   (H11).
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
 //!   comes before every full one, so finding a free slab looks at the front only.
-//! - **H8 (owned cache).** `owned_slabs[(p >> SLAB_SHIFT) % OWNED_CACHE]` points either to
-//!   superslab's `NO_SLAB` or to the metadata of a slab of a superslab on this heap's owned
-//!   list: a superslab's slabs are entered when it is linked and reset to `NO_SLAB` when it is
+//! - **H8 (owned cache).** `owned_slabs[(p >> SLAB_SHIFT) % OWNED_CACHE]` is either
+//!   `SlabMeta::NONE` or points to the metadata of a slab of a superslab on this heap's owned
+//!   list: a superslab's slabs are entered when it is linked and reset to `NONE` when it is
 //!   unlinked, before it can be abandoned or released. Every in-use slab of an owned superslab
 //!   has this heap's id as owner, and a free slab has carve mark 0. So when the entry's slab
-//!   number is `p >> SLAB_SHIFT` (superslab SS13; `NO_SLAB` matches no address), one load and
+//!   number is `p >> SLAB_SHIFT` (superslab SS13; `NONE` matches no address), one load and
 //!   one compare prove both "ours" (the registry's answer) and "owned by this heap" (the owner
 //!   check), and the slab's metadata is already at hand: the C free's fast path,
 //!   [`Heap::try_free_owned`]. The index is the slab number's low byte, one instruction: 256
@@ -179,7 +179,7 @@ use hakmem_route::{
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, NO_SLAB, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
@@ -189,8 +189,8 @@ use sync::{AtomicUsize, Ordering};
 /// small blocks (2 KiB per heap), indexed by a slab number's low byte.
 const OWNED_CACHE: usize = 256;
 const _: () = assert!(OWNED_CACHE == 1 << u8::BITS);
-/// An empty slot (H8): the metadata of no slab, whose number no address has (superslab SS13).
-const EMPTY_SLOT: *const SlabMeta = &raw const NO_SLAB;
+/// An empty slot (H8): no slab, whose number no address has (superslab SS13).
+const EMPTY_SLOT: *const SlabMeta = SlabMeta::NONE;
 
 /// The number of the slab holding address `p`: the owned cache's key (H8). One shift, whose
 /// low bits are also the slot, so the free path derives key and slot from one value.

@@ -121,10 +121,11 @@
 //!   way the block is on the owner's stack, drained by its next collect (S1).
 //! - **SS13 (slab numbers).** A slab's number is its base address shifted right by
 //!   `SLAB_SHIFT`, written when its superslab is initialised and never changed while the
-//!   superslab is mapped; [`NO_SLAB`]'s number is `usize::MAX`, which no address shifts to. So a
-//!   client that keeps slab metadata in a table indexed by address bits proves "`p` lies in
-//!   this slab" by comparing [`SlabMeta::number`] with `p >> SLAB_SHIFT`, and can fill empty
-//!   entries with [`NO_SLAB`], which matches nothing.
+//!   superslab is mapped; [`SlabMeta::NONE`] reads as number `usize::MAX`, which no address
+//!   shifts to. So a client that keeps slab metadata pointers in a table indexed by address
+//!   bits proves "`p` lies in this slab" by comparing [`SlabMeta::number_at`] with
+//!   `p >> SLAB_SHIFT`, and can fill empty entries with [`SlabMeta::NONE`], which matches
+//!   nothing.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -144,8 +145,6 @@ pub use large::{LargeHeader, LargeLayout, LARGE_HEADER};
 pub use os::heap::HeapOs;
 pub use os::{LibcOs, Os, PAGE};
 pub use remote::{Abandoned, RemoteStack};
-#[cfg(not(loom))]
-pub use slab::NO_SLAB;
 pub use slab::{Corrupt, SlabLocal, SlabMeta};
 pub use superslab::{Superslab, HEADER_SIZE};
 pub use sync::{spin, LockCounts, SpinLock};

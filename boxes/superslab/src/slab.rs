@@ -119,19 +119,32 @@ impl<T> core::ops::Deref for Line<T> {
 // SAFETY: `owner` and `remote` are atomics; `local` is touched only by the owner (SS5).
 unsafe impl Sync for SlabMeta {}
 
-/// The metadata of no slab (SS13): number `usize::MAX`, which no address shifts to, so a
-/// table of slab metadata indexed by address bits can point its empty entries here and need no
-/// null test. Nothing else of it is ever read.
-#[cfg(not(loom))]
-pub static NO_SLAB: SlabMeta = {
-    // SAFETY: every field is an atomic, an integer, a bool or a raw pointer (or a struct of
-    // them), for each of which all-zero bytes are a valid value.
-    let mut m: SlabMeta = unsafe { core::mem::zeroed() };
-    m.number = usize::MAX;
-    m
-};
+/// What [`SlabMeta::NONE`] points to: the number no address shifts to (SS13).
+static NO_SLAB_NUMBER: usize = usize::MAX;
+
+// `number` is the first word, so `SlabMeta::number_at` reads it from a `SlabMeta` and from
+// `NONE` alike.
+const _: () = assert!(core::mem::offset_of!(SlabMeta, number) == 0);
 
 impl SlabMeta {
+    /// No slab (SS13): a pointer whose [`SlabMeta::number_at`] is `usize::MAX`, which no
+    /// address shifts to. A table of slab metadata pointers indexed by address bits points its
+    /// empty entries here, and then needs no null test. It points to a number only, never to a
+    /// `SlabMeta`: nothing else may be read through it.
+    pub const NONE: *const SlabMeta = (&raw const NO_SLAB_NUMBER).cast();
+
+    /// The slab number of the metadata at `p` ([`SlabMeta::number`]), or `usize::MAX` for
+    /// [`SlabMeta::NONE`]: one load, with no null test.
+    ///
+    /// # Safety
+    /// `p` is [`SlabMeta::NONE`] or points to a live `SlabMeta`.
+    #[inline(always)]
+    pub unsafe fn number_at(p: *const SlabMeta) -> usize {
+        // SAFETY: both kinds of pointer the caller may pass start with the number, a usize
+        // never written after the superslab is shared (SS13).
+        unsafe { p.cast::<usize>().read() }
+    }
+
     /// A free slab's metadata, for the slab at `base`.
     pub(crate) fn new(base: usize) -> Self {
         Self {
