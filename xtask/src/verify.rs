@@ -51,6 +51,7 @@ pub const LOOM_CRATES: &[&str] = &[
     "hakmem-superslab",
     "hakmem-lru",
     "hakmem-hot-heap",
+    "hakmem-tls-sll",
 ];
 
 /// A deliberately broken variant of a box, selected by `--cfg hakmem_seeded_bug="NAME"`, and the
@@ -120,6 +121,15 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         in_crate: "hakmem-superslab",
         models: &[("hakmem-superslab", "loom_models::claim_vs_adopt")],
         what: "a freer claims an abandoned superslab by its state without taking it off the list",
+    },
+    SeededBug {
+        name: "torn_counts",
+        in_crate: "hakmem-tls-sll",
+        models: &[(
+            "hakmem-tls-sll",
+            "loom_models::counts_read_during_slow_operations",
+        )],
+        what: "another thread reads a list's counts without checking the sequence lock",
     },
 ];
 

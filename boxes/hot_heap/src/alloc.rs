@@ -32,13 +32,9 @@ impl Heap {
         debug_assert!(class < CLASSES);
         // SAFETY: `class < CLASSES` by the contract; the list holds free blocks this heap owns
         // (H1). Through the raw pointer: an empty heap is shared, and is only read (H9).
-        let p = unsafe { Lists::pop_raw(&raw mut (*this).sll, class) };
-        if !p.is_null() {
-            // SAFETY: a block came off, so `this` is a real heap of this thread (H9);
-            // CLASSES < MAX_CLASSES (route box).
-            unsafe { (*this).stats.on_alloc_unchecked(class) };
-        }
-        p
+        // The lists count the pop themselves (tls_sll L6): the heap's allocations from its lists
+        // (H13).
+        unsafe { Lists::pop_raw(&raw mut (*this).sll, class) }
     }
 
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
@@ -82,10 +78,18 @@ impl Heap {
         p
     }
 
+    /// A block handed out other than by a pop from the lists (which count their pops, H13):
+    /// counted, unkeyed (FK2) and, in check mode, marked held.
     pub(crate) fn on_handed_out(&mut self, class: usize, p: *mut u8) {
+        self.stats.on_alloc(class);
+        self.on_popped(p);
+    }
+
+    /// A block going to the user: unkeyed (FK2) and, in check mode, marked held. Counted by
+    /// the caller, or by the lists that it was popped from (H13).
+    fn on_popped(&mut self, p: *mut u8) {
         // SAFETY: a block of at least 16 bytes, ours, going to the user: unkeyed (FK2).
         unsafe { set_key_word(p, 0) };
-        self.stats.on_alloc(class);
         if self.ctx().check {
             // SAFETY: `p` is a block of a live superslab of ours.
             let ss = unsafe { Superslab::of(p) };
@@ -111,7 +115,7 @@ impl Heap {
             // SAFETY: the list holds free blocks of ours (H1).
             let p = unsafe { self.sll.pop(class) };
             if !p.is_null() {
-                self.on_handed_out(class, p);
+                self.on_popped(p);
             }
             return p;
         }
@@ -127,8 +131,8 @@ impl Heap {
             let Some(b) = self.cache.pop(class) else {
                 break;
             };
-            // SAFETY: a free block this heap owns, on no list.
-            unsafe { self.sll.push(class, b, self.key) };
+            // SAFETY: a free block this heap owns, on no list; a move, not a free (H13).
+            unsafe { self.sll.put(class, b, self.key) };
         }
         self.on_handed_out(class, p);
         p

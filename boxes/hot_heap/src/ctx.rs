@@ -187,6 +187,7 @@ impl Ctx {
         self.heaps.with(|l| {
             // SAFETY: under the lock; `h` and its neighbours are on the live list.
             unsafe {
+                (*h).fold_list_counts();
                 self.stats.merge(&(*h).stats);
                 Self::unlink_live(l, h);
                 (*h).next = l.free;
@@ -206,6 +207,12 @@ impl Ctx {
             // SAFETY: under the lock, live heaps stay on the list; their counters are atomics.
             while let Some(heap) = unsafe { h.as_ref() } {
                 s.add_thread(&heap.stats);
+                for c in 0..CLASSES {
+                    // SAFETY: a live heap's lists (as above), read through a raw pointer: only
+                    // the atomics of their counts, under their sequence lock (tls_sll L7).
+                    let (frees, allocs) = unsafe { Lists::counts_of(&raw const heap.sll, c) };
+                    s.add_counts(c, allocs, frees);
+                }
                 h = heap.next;
             }
             s

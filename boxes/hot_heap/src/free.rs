@@ -52,8 +52,7 @@ impl Heap {
         // below CLASSES, and cannot change while `p`, one of its blocks, is out; `p` is ours,
         // given up, and (FK3) not free.
         if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
-            // SAFETY: the class is below CLASSES (as above), and CLASSES < MAX_CLASSES (route).
-            unsafe { self.stats.on_free_unchecked(class) };
+            // The lists count the push (H13).
             return;
         }
         // SAFETY: forwarded.
@@ -106,12 +105,8 @@ impl Heap {
         }
         // SAFETY: an in-use slab's class is one of the route box's, below CLASSES; a block of
         // our own slab, given up by the caller, and (FK3) not free.
-        if !unsafe { h.sll.try_push_unchecked(class, p, key) } {
-            return false;
-        }
-        // SAFETY: CLASSES < MAX_CLASSES (route box).
-        unsafe { h.stats.on_free_unchecked(class) };
-        true
+        // The lists count the push (H13).
+        unsafe { h.sll.try_push_unchecked(class, p, key) }
     }
 
     #[cold]
@@ -134,7 +129,6 @@ impl Heap {
         }
         // SAFETY: the list has room now; `p` is ours and given up.
         unsafe { self.sll.push(class, p, self.key) };
-        self.stats.on_free(class);
     }
 
     /// The cold confirmation of a key match (FK3): true when `p`, a block of our own `slab`, is

@@ -142,6 +142,13 @@
 //!   `TINY_CLASS_OF`, written once by `Heap::init` and never again; an empty heap's is all zero
 //!   (class 0, whose list it keeps empty, H9). So [`Heap::alloc_tiny_fast`] finds a tiny size's
 //!   class with one load from the heap it holds, and serves the route box's class or nothing.
+//! - **H13 (counted by the lists).** An allocation served by a pop from the thread lists and
+//!   a free that pushes onto them are counted by the lists themselves (tls_sll L6: the push or
+//!   pop's one update of its class's word also counts it), and every other allocation and free
+//!   by the heap's `ThreadStats`; blocks moved between the lists and the cache or slabs count as
+//!   neither. So the fast paths make one counter update each, and a snapshot adds a live heap's
+//!   list counts (read under their sequence lock, tls_sll L7) to its thread counters; at exit
+//!   they are folded into those counters before the merge.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -340,6 +347,18 @@ pub struct Heap {
 }
 
 impl Heap {
+    /// Moves the counts the thread lists keep of their own traffic (H13) into the thread's
+    /// counters, for the merge at exit (stats S2). Under the heap list's lock, so a snapshot
+    /// sees each allocation and free once.
+    pub(crate) fn fold_list_counts(&mut self) {
+        for c in 0..CLASSES {
+            let (pushes, pops) = self.sll.take_counts(c);
+            if pushes != 0 || pops != 0 {
+                self.stats.add_counts(c, pops, pushes);
+            }
+        }
+    }
+
     /// Initialises a heap in place.
     ///
     /// # Safety

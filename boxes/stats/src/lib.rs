@@ -263,6 +263,14 @@ impl ThreadStats {
         unsafe { self.frees.get_unchecked(class) }.add(1);
     }
 
+    /// `allocs` allocations and `frees` frees of class `class` at once: those a client counted
+    /// elsewhere first (the hot heap's thread lists count their own traffic) and now hands over.
+    /// Only the owning thread may call this.
+    pub fn add_counts(&self, class: usize, allocs: u64, frees: u64) {
+        self.allocs[class & CLASS_MASK].add(allocs);
+        self.frees[class & CLASS_MASK].add(frees);
+    }
+
     /// One free pushed onto another thread's slab.
     #[inline]
     pub fn on_remote_free(&self) {
@@ -477,6 +485,15 @@ impl Snapshot {
             row.frees += t.frees[c].get();
         }
         self.events[Event::RemoteFree as usize].count += t.remote_frees.get();
+    }
+
+    /// Adds allocations and frees of `class` counted outside any [`ThreadStats`] (a live
+    /// thread's share its client keeps elsewhere); nothing for a class out of range.
+    pub fn add_counts(&mut self, class: usize, allocs: u64, frees: u64) {
+        if let Some(row) = self.classes.get_mut(class) {
+            row.allocs += allocs;
+            row.frees += frees;
+        }
     }
 
     /// The counts of `class` (all zero for a class out of range).

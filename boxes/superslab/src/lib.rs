@@ -104,11 +104,12 @@
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
 //! - **SS11 (block index; the owner's shared words).** A block size is `2^rot * odd`; the slab
-//!   keeps `rot` and the inverse of `odd` modulo 2^64, so [`SlabMeta::block_index`] is the
-//!   address's low bits (SS14), one multiplication and one rotation, exact for a block start and
-//!   at least 2^32 for any other address of the slab. `class`, `rot`, the inverse and `carved` are written only by
-//!   the slab's owner (SS5: at (re)initialisation, carving and freeing the slab); others only
-//!   read them. So the owner may read them as plain loads
+//!   keeps `rot` (with the class above it, `rot | class << 8`, so one load gives both) and the
+//!   inverse of `odd` modulo 2^64, so [`SlabMeta::block_index`] is the address's low bits
+//!   (SS14), one multiplication and one rotation, exact for a block start and at least 2^32 for
+//!   any other address of the slab. `class`, `rot | class << 8`, the inverse and `carved` are
+//!   written only by the slab's owner (SS5: at (re)initialisation, carving and freeing the
+//!   slab); others only read them. So the owner may read them as plain loads
 //!   ([`SlabMeta::class_and_carved_owned`], [`SlabMeta::block_index`]).
 //! - **SS12 (adoption by a freer).** A thread with a heap that frees into an abandoned
 //!   superslab may claim it with [`AbandonedList::claim`]: the same unlink under the list's lock

@@ -87,7 +87,9 @@ pub struct SlabMeta {
     number: usize,
     owner: AtomicUsize,
     class: AtomicU32,
-    rot: AtomicU32,
+    /// `rot | class << 8`, for the owner (SS11): the free path's one load gives the rotation
+    /// (a rotate uses the count's low 6 bits, and `rot < 64`) and the class.
+    rot_class: AtomicU32,
     /// Blocks `0..carved` have been handed out at some time (the carve mark, shared): any other
     /// block start is not a block (0 while the slab is free). A full word, so the free path
     /// compares a block index with it straight from memory.
@@ -151,7 +153,7 @@ impl SlabMeta {
             number: base >> crate::SLAB_SHIFT,
             owner: AtomicUsize::new(0),
             class: AtomicU32::new(0),
-            rot: AtomicU32::new(0),
+            rot_class: AtomicU32::new(0),
             carved: AtomicU64::new(0),
             inv: AtomicU64::new(0),
             remote: Line(RemoteStack::new()),
@@ -224,8 +226,9 @@ impl SlabMeta {
         debug_assert_eq!(p as usize >> crate::SLAB_SHIFT, self.number);
         let off = p as u64 & (crate::SLAB_SIZE as u64 - 1);
         // SAFETY: the caller owns the slab, and only its owner writes these words.
-        let (inv, rot) = unsafe { (read_own_u64(&self.inv), read_own_u32(&self.rot)) };
-        off.wrapping_mul(inv).rotate_right(rot)
+        let (inv, rot_class) = unsafe { (read_own_u64(&self.inv), read_own_u32(&self.rot_class)) };
+        // The rotation counts modulo 64: the class above bit 8 drops out.
+        off.wrapping_mul(inv).rotate_right(rot_class)
     }
 
     /// [`SlabMeta::class`] and [`SlabMeta::carved`] as the owner reads them: plain loads (only
@@ -238,7 +241,7 @@ impl SlabMeta {
         // SAFETY: the caller owns the slab, and only its owner writes these words.
         unsafe {
             (
-                read_own_u32(&self.class) as usize,
+                (read_own_u32(&self.rot_class) >> 8) as usize,
                 read_own_u64(&self.carved),
             )
         }
@@ -261,7 +264,8 @@ impl SlabMeta {
         self.carved.store(0, Ordering::Relaxed);
         let (inv, rot) = exact_division(block_size);
         self.inv.store(inv, Ordering::Relaxed);
-        self.rot.store(rot, Ordering::Relaxed);
+        debug_assert!(rot < 64 && class < 1 << 24);
+        self.rot_class.store(rot | class << 8, Ordering::Relaxed);
         // S2: every block of the slab's last life came back, so whatever waits on the stack was
         // freed twice (into a free slab); it must not survive into this life, in another class.
         self.remote.reset();

@@ -4,9 +4,17 @@
 //! the link to the next block, and its second word holds the caller's free key (a per-process
 //! random word) while it is on a list; nothing else in the block is touched.
 //!
-//! The `N` lists of a thread live in one [`Lists`], stored as arrays (heads, rooms, bounds)
-//! rather than an array of list structs, so a fast path reaches a class's head and room with
-//! the class index alone, scaled by the addressing mode: no multiplication, no extra register.
+//! The `N` lists of a thread live in one [`Lists`], stored as arrays (counter words, heads,
+//! bounds) rather than an array of list structs, so a fast path reaches a class's head and
+//! counter word with the class index alone, scaled by the addressing mode: no multiplication,
+//! no extra register.
+//!
+//! Each fast path updates one word per class, with one read-modify-write: the word holds the
+//! list's room and its count of pushes, so a push is one add (room down, pushes up) whose sign
+//! says "full", and a pop one add (room up). The lists therefore count their own traffic:
+//! [`Lists::counts`] gives the blocks pushed (the thread's frees onto its lists) and popped
+//! (its allocations from them), exactly, derived from the word and from what the slow
+//! operations moved (L6), and other threads may read them while the owner works (L7).
 //!
 //! ```
 //! use hakmem_tls_sll::Lists;
@@ -35,22 +43,75 @@
 //!
 //! ## Invariants
 //! - **L1 (count).** For each class, `len(c) = cap(c) - room(c)` is exactly the number of
-//!   blocks reachable from its head.
+//!   blocks reachable from its head. `room(c)` is the top 16 bits of the class's word, signed,
+//!   so a bound is at most [`MAX_CAP`].
 //! - **L2 (bound).** `len(c) <= cap(c)`: [`Lists::try_push`] refuses a push past the bound, and
 //!   [`Lists::set_cap`] a bound below the length. Only the unsafe [`Lists::push`] and
 //!   [`Lists::splice`] trust the caller to have checked room.
-//! - **L3 (one owner).** The lists belong to one thread and hold only blocks that thread owns;
-//!   nothing here is atomic.
+//! - **L3 (one owner).** The lists belong to one thread and hold only blocks that thread owns.
+//!   Only the owner writes anything here; the counter words and the counts' other parts are
+//!   atomics (written with loads and stores, never a locked read-modify-write) so that other
+//!   threads may read the counts (L7).
 //! - **L4 (links).** Every block is at least 16 bytes and 8-byte aligned; its first word is the
 //!   link while it sits on a list, and is the user's again once popped.
 //! - **L5 (key).** A block pushed carries the caller's key in its second word; [`Lists::pop`]
 //!   clears that word to 0 before it hands the block out, so a block that carries the key is
 //!   (almost surely) free. The caller compares [`key`] with its key before a push to catch a
 //!   double free, one load and one compare.
+//! - **L6 (counts).** For each class, `pushes(c)` counts the blocks pushed one by one
+//!   ([`Lists::try_push`], [`Lists::push`]) and `pops(c)` the blocks popped, since the lists were
+//!   made or their counts last handed over ([`Lists::take_counts`]). Moves of whole chains
+//!   ([`Lists::splice`], [`Lists::take`], [`Lists::put`]) and bound changes count as neither:
+//!   they add to `moved(c)`, so that `pops = pushes + moved + room` at every moment no slow
+//!   operation is under way. `pushes` is the low 47 bits of the word, plus 2^47 for a set guard
+//!   bit (bit 47, which a wrap of the low bits sets), plus what earlier slow operations folded
+//!   out of it. A class must see a slow operation once per 2^47 pushes (every refill or spill
+//!   is one): past two wraps with none the carry would reach the room (days of a loop that
+//!   only frees and reallocates one size, at full speed).
+//! - **L7 (readable counts).** The owner makes every slow operation's change to the word,
+//!   `folded` and `moved` inside one write of a sequence lock (`seq` odd during it), and the
+//!   fast paths change only the word, by steps that keep L6. So [`Lists::counts_of`], which
+//!   reads the word once between two equal even readings of `seq`, sees a moment when L6
+//!   held: counts another thread reads are exact as of some moment during its read.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
 use core::ptr::null_mut;
+
+mod sync;
+use sync::{fence, spin, AtomicI64, AtomicU64, Ordering::*};
+
+/// The largest bound a list may have (L1): the room is a signed 16-bit field.
+pub const MAX_CAP: u32 = (1 << 15) - 1;
+
+/// Where the room sits in a class's word (L1).
+const ROOM_SHIFT: u32 = 48;
+/// The guard bit a wrap of the push count sets (L6).
+const GUARD: u64 = 1 << 47;
+/// The push count's bits below the guard.
+const LOW: u64 = GUARD - 1;
+/// A push: room down by one, pushes up by one (L6).
+const PUSH: u64 = 1u64.wrapping_sub(1 << ROOM_SHIFT);
+/// A pop: room up by one.
+const POP: u64 = 1 << ROOM_SHIFT;
+
+/// The room in a word (L1): its top 16 bits, signed.
+#[inline(always)]
+const fn room_of(w: u64) -> i64 {
+    (w as i64) >> ROOM_SHIFT
+}
+
+/// The pushes a word holds (L6): the low bits, plus the guard's 2^47.
+#[inline(always)]
+const fn pushes_of(w: u64) -> u64 {
+    (w & LOW) + (w & GUARD)
+}
+
+/// A word with room `room` and no pushes.
+#[inline(always)]
+const fn word(room: i64) -> u64 {
+    (room as u64) << ROOM_SHIFT
+}
 
 /// Reads the link word of a free block.
 ///
@@ -96,7 +157,7 @@ pub struct Chain {
 /// Why [`Lists::set_cap`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CapError {
-    /// The new bound is below the list's length (or beyond `i32::MAX`).
+    /// The new bound is below the list's length (or beyond [`MAX_CAP`]).
     #[error("bound {cap} is below the {len} blocks on the list (L2)")]
     BelowLen {
         /// The bound asked for.
@@ -112,33 +173,132 @@ pub enum CapError {
 #[repr(C)]
 pub struct Lists<const N: usize> {
     heads: [*mut u8; N],
-    /// `cap - len` per class, kept instead of `len` so the fast paths test and update one word;
-    /// never negative (L2).
-    rooms: [i32; N],
+    /// Per class: the room (top 16 bits, signed; never negative between operations, L2) and
+    /// the pushes (L6). The fast paths' one read-modify-write.
+    words: [AtomicU64; N],
     caps: [u32; N],
+    /// Pushes folded out of the words' guard bits (L6).
+    folded: [AtomicU64; N],
+    /// Blocks moved in as chains, less those taken out, less the bound (L6).
+    moved: [AtomicI64; N],
+    /// The sequence lock of the slow operations (L7): odd while one is under way.
+    seq: AtomicU64,
 }
 
 impl<const N: usize> Lists<N> {
-    /// Empty lists with these bounds (each at most `i32::MAX`).
-    pub const fn new(caps: [u32; N]) -> Self {
-        let mut rooms = [0i32; N];
-        let mut i = 0;
-        while i < N {
-            assert!(caps[i] <= i32::MAX as u32, "a bound beyond i32::MAX");
-            rooms[i] = caps[i] as i32;
-            i += 1;
-        }
+    /// Empty lists with these bounds (each at most [`MAX_CAP`]).
+    pub fn new(caps: [u32; N]) -> Self {
+        assert!(caps.iter().all(|&c| c <= MAX_CAP), "a bound beyond MAX_CAP");
         Self {
+            words: core::array::from_fn(|c| AtomicU64::new(word(i64::from(caps[c])))),
             heads: [null_mut(); N],
-            rooms,
             caps,
+            folded: core::array::from_fn(|_| AtomicU64::new(0)),
+            moved: core::array::from_fn(|c| AtomicI64::new(-i64::from(caps[c]))),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Class `c`'s word (only the owner writes it, L3).
+    #[inline(always)]
+    fn word(&self, c: usize) -> u64 {
+        self.words[c].load(Relaxed)
+    }
+
+    /// Class `c`'s room (L1).
+    #[inline(always)]
+    fn room(&self, c: usize) -> i64 {
+        room_of(self.word(c))
+    }
+
+    /// Runs a slow operation's changes to the counts inside the sequence lock's write (L7).
+    #[inline]
+    fn write<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let s = self.seq.load(Relaxed);
+        self.seq.store(s + 1, Relaxed);
+        // Orders the odd sequence before the changes: a reader that sees any of them sees it.
+        fence(Release);
+        let r = f(self);
+        self.seq.store(s + 2, Release);
+        r
+    }
+
+    /// Adds `room` to class `c`'s room and `moved` to its moves, folding a wrapped push count
+    /// (L6); inside a write (L7).
+    fn adjust(&mut self, c: usize, room: i64, moved: i64) {
+        let mut w = self.word(c).wrapping_add((room as u64) << ROOM_SHIFT);
+        if w & GUARD != 0 {
+            w -= GUARD;
+            self.folded[c].store(self.folded[c].load(Relaxed) + GUARD, Relaxed);
+        }
+        self.words[c].store(w, Relaxed);
+        if moved != 0 {
+            self.moved[c].store(self.moved[c].load(Relaxed) + moved, Relaxed);
         }
     }
 
     /// Blocks on class `c`'s list (L1).
     #[inline(always)]
     pub fn len(&self, c: usize) -> u32 {
-        (self.caps[c] as i32 - self.rooms[c]) as u32
+        (i64::from(self.caps[c]) - self.room(c)) as u32
+    }
+
+    /// Class `c`'s counts as `(pushes, pops)` (L6): the thread's frees onto the list and its
+    /// allocations from it, since the lists were made or last handed their counts over.
+    pub fn counts(&self, c: usize) -> (u64, u64) {
+        let w = self.word(c);
+        let pushes = self.folded[c].load(Relaxed) + pushes_of(w);
+        let pops = pushes as i64 + self.moved[c].load(Relaxed) + room_of(w);
+        (pushes, pops as u64)
+    }
+
+    /// [`Lists::counts`] read by any thread while the owner may be working (L7): exact as of
+    /// some moment during the call.
+    ///
+    /// # Safety
+    /// `this` points to lists that stay valid during the call; `c < N`.
+    pub unsafe fn counts_of(this: *const Self, c: usize) -> (u64, u64) {
+        // SAFETY: valid by the caller's contract; only atomics are read, through the pointer.
+        let (seq, word, folded, moved) = unsafe {
+            (
+                &(*this).seq,
+                &*(&raw const (*this).words).cast::<AtomicU64>().add(c),
+                &*(&raw const (*this).folded).cast::<AtomicU64>().add(c),
+                &*(&raw const (*this).moved).cast::<AtomicI64>().add(c),
+            )
+        };
+        loop {
+            let s = seq.load(Acquire);
+            let (w, f, m) = (
+                word.load(Relaxed),
+                folded.load(Relaxed),
+                moved.load(Relaxed),
+            );
+            // Orders the reads above before the second look at the sequence.
+            fence(Acquire);
+            #[cfg(not(hakmem_seeded_bug = "torn_counts"))]
+            let unchanged = s & 1 == 0 && seq.load(Relaxed) == s;
+            #[cfg(hakmem_seeded_bug = "torn_counts")]
+            let unchanged = true;
+            if unchanged {
+                let pushes = f + pushes_of(w);
+                return (pushes, (pushes as i64 + m + room_of(w)) as u64);
+            }
+            spin();
+        }
+    }
+
+    /// Returns class `c`'s counts ([`Lists::counts`]) and starts them again from zero, the list
+    /// unchanged: how a thread's counts move into a total.
+    pub fn take_counts(&mut self, c: usize) -> (u64, u64) {
+        let counts = self.counts(c);
+        self.write(|l| {
+            let room = l.room(c);
+            l.words[c].store(word(room), Relaxed);
+            l.folded[c].store(0, Relaxed);
+            l.moved[c].store(-room, Relaxed);
+        });
+        counts
     }
 
     /// True when class `c`'s list is empty.
@@ -170,10 +330,11 @@ impl<const N: usize> Lists<N> {
     /// ```
     pub fn set_cap(&mut self, c: usize, cap: u32) -> Result<(), CapError> {
         let len = self.len(c);
-        if cap < len || cap > i32::MAX as u32 {
+        if cap < len || cap > MAX_CAP {
             return Err(CapError::BelowLen { cap, len });
         }
-        self.rooms[c] = (cap - len) as i32;
+        let more = i64::from(cap) - i64::from(self.caps[c]);
+        self.write(|l| l.adjust(c, more, -more));
         self.caps[c] = cap;
         Ok(())
     }
@@ -181,7 +342,7 @@ impl<const N: usize> Lists<N> {
     /// True when a push to class `c` would exceed the bound.
     #[inline(always)]
     pub fn is_full(&self, c: usize) -> bool {
-        self.rooms[c] <= 0
+        self.room(c) <= 0
     }
 
     /// Class `c`'s first block, or null.
@@ -208,22 +369,57 @@ impl<const N: usize> Lists<N> {
     /// `c < N`, and `block` is a free block owned by this thread and on no list (L3, L4).
     #[inline(always)]
     pub unsafe fn try_push_unchecked(&mut self, c: usize, block: *mut u8, key: usize) -> bool {
+        // Take the room (and count the push) first, and give the room back on the rare
+        // refusal: one read-modify-write whose sign decides.
         // SAFETY: `c < N` by the caller's contract.
-        let room = unsafe { self.rooms.get_unchecked_mut(c) };
-        // Take the room first and give it back on the rare refusal: one read-modify-write
-        // whose sign decides.
-        *room -= 1;
-        if *room < 0 {
-            // Volatile, so the compiler cannot keep the old value around for the undo, which
-            // would cost the decrement its single read-modify-write.
-            let room: *mut i32 = room;
-            // SAFETY: `room` is a valid, exclusive place (the `&mut` above).
-            unsafe { room.write_volatile(room.read_volatile() + 1) };
+        if !unsafe { self.take_room(c) } {
+            // SAFETY: as above.
+            let w = unsafe { self.words.get_unchecked(c) };
+            w.store(w.load(Relaxed).wrapping_sub(PUSH), Relaxed);
             return false;
         }
         // SAFETY: `c < N`; the block is free and the caller's (L4).
         unsafe { self.link(c, block, key) };
         true
+    }
+
+    /// Adds a push to class `c`'s word (room down, pushes up, L6); true when the room was not
+    /// spent (the new room is not negative). On x86_64 one `add` to memory and one `js`: an
+    /// atomic load and an atomic store of the word, as x86_64 makes every aligned 8-byte access,
+    /// which is all a word written by its owner alone needs (L3); Rust's atomics would spend a
+    /// load, an add and a store, since the sign must come from the add.
+    ///
+    /// # Safety
+    /// `c < N`.
+    #[inline(always)]
+    unsafe fn take_room(&mut self, c: usize) -> bool {
+        #[cfg(all(target_arch = "x86_64", not(loom)))]
+        {
+            // SAFETY: `words` is the offset of the words and `c < N`, so the address is
+            // class `c`'s word, an aligned AtomicU64 that only this thread writes (L3); the
+            // asm touches nothing else, and leaves the flags, which it declares clobbered.
+            unsafe {
+                core::arch::asm!(
+                    "add qword ptr [{lists} + {c} * 8 + {words}], {push}",
+                    "js {spent}",
+                    lists = in(reg) self as *mut Self,
+                    c = in(reg) c,
+                    words = const core::mem::offset_of!(Self, words),
+                    push = in(reg) PUSH,
+                    spent = label { return false; },
+                    options(nostack),
+                );
+            }
+            true
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+        {
+            // SAFETY: `c < N` by the caller's contract.
+            let w = unsafe { self.words.get_unchecked(c) };
+            let v = w.load(Relaxed).wrapping_add(PUSH);
+            w.store(v, Relaxed);
+            room_of(v) >= 0
+        }
     }
 
     /// Pushes `block` onto class `c`'s list without checking room: the caller has made room
@@ -234,9 +430,10 @@ impl<const N: usize> Lists<N> {
     /// room.
     #[inline(always)]
     pub unsafe fn push(&mut self, c: usize, block: *mut u8, key: usize) {
-        debug_assert!(self.rooms[c] > 0, "L2: push past the bound");
+        debug_assert!(self.room(c) > 0, "L2: push past the bound");
         // Indexing checks `c < N`.
-        self.rooms[c] -= 1;
+        let w = &self.words[c];
+        w.store(w.load(Relaxed).wrapping_add(PUSH), Relaxed);
         // SAFETY: `c < N`; the block is free and the caller's (L4).
         unsafe { self.link(c, block, key) };
     }
@@ -290,7 +487,10 @@ impl<const N: usize> Lists<N> {
             unsafe {
                 *head = next(b);
                 b.cast::<usize>().add(1).write(0);
-                *(&raw mut (*this).rooms).cast::<i32>().add(c) += 1;
+                // The owner alone writes the word (L3): an atomic load and store, which the
+                // compiler makes one add to memory.
+                let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
+                w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
             }
         }
         b
@@ -324,10 +524,28 @@ impl<const N: usize> Lists<N> {
         if chain.len == 0 {
             return;
         }
+        debug_assert!(
+            self.room(c) >= i64::from(chain.len),
+            "L2: splice past the bound"
+        );
         // SAFETY: the tail is a free block of the chain handed over by the caller.
         unsafe { set_next(chain.tail, self.heads[c]) };
         self.heads[c] = chain.head;
-        self.rooms[c] -= chain.len as i32;
+        let n = i64::from(chain.len);
+        self.write(|l| l.adjust(c, -n, n));
+    }
+
+    /// Puts one block on class `c`'s list as a move, not a push (L6): a block that comes from
+    /// elsewhere in the thread (its cache), not from a free.
+    ///
+    /// # Safety
+    /// As [`Lists::push`].
+    pub unsafe fn put(&mut self, c: usize, block: *mut u8, key: usize) {
+        assert!(c < N, "class out of range");
+        debug_assert!(self.room(c) > 0, "L2: put past the bound");
+        // SAFETY: forwarded: `c < N` (indexed above) and the block is the caller's.
+        unsafe { self.link(c, block, key) };
+        self.write(|l| l.adjust(c, -1, 1));
     }
 
     /// Takes up to `n` blocks off the top of class `c`'s list as a chain.
@@ -344,7 +562,8 @@ impl<const N: usize> Lists<N> {
             self.heads[c] = unsafe { next(tail) };
             len += 1;
         }
-        self.rooms[c] += len as i32;
+        let n = i64::from(len);
+        self.write(|l| l.adjust(c, n, -n));
         Chain {
             head: if len == 0 { null_mut() } else { head },
             tail,
@@ -407,6 +626,64 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_exact_through_moves_bound_changes_and_hand_overs() {
+        let mut mem = blocks(6);
+        let p: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut l = Lists::<2>::new([4, 0]);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread, on one list at a
+        // time, in every call below.
+        unsafe {
+            assert!(l.try_push(0, p[0], 7) && l.try_push(0, p[1], 7));
+            l.put(0, p[2], 7);
+            assert_eq!((l.counts(0), l.len(0)), ((2, 0), 3));
+            assert!(l.try_push(0, p[3], 7));
+            assert!(!l.try_push(0, p[4], 7), "full: refused, and not counted");
+            assert!(!l.try_push(1, p[4], 7), "bound 0: refused, and not counted");
+            assert_eq!((l.counts(0), l.counts(1)), ((3, 0), (0, 0)));
+            assert_eq!(l.pop(0), p[3]);
+            assert_eq!(l.pop(0), p[2]);
+            assert_eq!(l.counts(0), (3, 2));
+            let chain = l.take(0, 2);
+            assert_eq!((chain.len, l.len(0), l.counts(0)), (2, 0, (3, 2)));
+            l.set_cap(0, 9).unwrap();
+            l.splice(0, chain);
+            l.push(0, p[5], 7);
+            assert_eq!((l.len(0), l.counts(0)), (3, (4, 2)));
+            assert_eq!(l.take_counts(0), (4, 2));
+            assert_eq!((l.counts(0), l.len(0), l.cap(0)), ((0, 0), 3, 9));
+            assert!(!l.pop(0).is_null());
+            // SAFETY: the lists are valid and this thread's.
+            assert_eq!(Lists::counts_of(&l, 0), (0, 1));
+        }
+    }
+
+    #[test]
+    fn a_wrapped_push_count_is_folded_by_the_next_slow_operation() {
+        let mut mem = blocks(2);
+        let p: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut l = Lists::<1>::new([4]);
+        // Three pushes short of a wrap of the low bits, as if that many had been pushed and
+        // popped: the pops follow from L6 (pops = pushes + moved + room).
+        l.words[0].store(word(4) | (LOW - 2), Relaxed);
+        let before = l.counts(0);
+        assert_eq!(before, (LOW - 2, LOW - 2));
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
+        unsafe {
+            assert!(l.try_push(0, p[0], 7) && l.try_push(0, p[1], 7));
+            assert_eq!(l.pop(0), p[1]);
+            assert!(l.try_push(0, p[1], 7));
+        }
+        // The low bits wrapped into the guard: the counts are still exact.
+        assert_ne!(l.words[0].load(Relaxed) & GUARD, 0);
+        assert_eq!(l.counts(0), (LOW + 1, LOW - 1));
+        // SAFETY: as above.
+        let chain = unsafe { l.take(0, 1) };
+        assert_eq!(chain.len, 1);
+        assert_eq!(l.words[0].load(Relaxed) & GUARD, 0, "folded");
+        assert_eq!((l.counts(0), l.len(0)), ((LOW + 1, LOW - 1), 1));
+    }
+
+    #[test]
     fn take_and_splice_move_batches() {
         let mut mem = blocks(10);
         let ptrs: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
@@ -441,5 +718,56 @@ mod tests {
         let none = unsafe { a.take(0, 3) };
         assert_eq!(none.len, 0);
         assert!(none.head.is_null());
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    extern crate std;
+    use std::boxed::Box;
+
+    /// Model: counts read by another thread (L7). The owner pushes, splices a chain, pops,
+    /// takes a chain back and raises the bound, while another thread reads the counts: every
+    /// reading is one the owner passed through, (0, 0), (1, 0) or (1, 1), never a mix of a slow
+    /// operation's halves (caught by the seeded bug `torn_counts`).
+    #[test]
+    fn counts_read_during_slow_operations() {
+        loom::model(|| {
+            let lists = Box::into_raw(Box::new(Lists::<1>::new([4])));
+            let blocks = Box::into_raw(Box::new([[0u64; 2]; 3]));
+            let at = lists as usize;
+            let reader = loom::thread::spawn(move || {
+                // SAFETY: the lists outlive the thread (joined before they are freed).
+                unsafe { Lists::counts_of(at as *const Lists<1>, 0) }
+            });
+            // SAFETY: this thread owns the lists and the blocks (free, aligned, 16 bytes); the
+            // reader only reads the counts' atomics.
+            unsafe {
+                let l = &mut *lists;
+                let b = |i: usize| (*blocks)[i].as_mut_ptr().cast::<u8>();
+                assert!(l.try_push(0, b(0), 7));
+                set_next(b(1), b(2));
+                l.splice(
+                    0,
+                    Chain {
+                        head: b(1),
+                        tail: b(2),
+                        len: 2,
+                    },
+                );
+                assert_eq!(l.pop(0), b(1));
+                assert_eq!(l.take(0, 2).len, 2);
+                l.set_cap(0, 6).unwrap();
+                assert_eq!(l.counts(0), (1, 1));
+            }
+            let seen = reader.join().unwrap();
+            assert!([(0, 0), (1, 0), (1, 1)].contains(&seen), "read {seen:?}");
+            // SAFETY: both were boxed above and nobody uses them any more.
+            unsafe {
+                drop(Box::from_raw(lists));
+                drop(Box::from_raw(blocks));
+            }
+        });
     }
 }
