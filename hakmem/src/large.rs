@@ -3,9 +3,9 @@
 //! A freed region goes to the lru with its pages, so the next large request that fits takes it
 //! back without a page fault (the lru splits a much larger one at a 2 MiB step); the lru gives
 //! the pages back once the program has stopped using it for its purge delay, or sooner past its
-//! resident budget, which follows the program's recent large working set (lru C4, C8). Cached regions that lie end
-//! to end are merged (lru C10), so a request larger than any one freed block can still be served
-//! by neighbours freed one after the other.
+//! resident budget, which follows the program's recent large working set (lru C4, C8). Cached
+//! regions that lie end to end are merged (lru C10), so a request larger than any one freed block
+//! can still be served by neighbours freed one after the other.
 //!
 //! Regions of 2 MiB or more are advised for transparent huge pages ([`Os::advise_huge`]) when
 //! they are mapped or grown: a filled 20 MiB block then costs 10 page faults instead of 5120.

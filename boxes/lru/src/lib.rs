@@ -9,9 +9,9 @@
 //! program went quiet), or sooner when the resident bytes pass a budget that follows the
 //! program's recent working set; the region itself is unmapped once it has waited `decay_ns`.
 //! (While the program keeps putting and taking regions it is about to reuse what is cached, so
-//! only the budget purges then: a purge there would only be faulted in again.) Every deadline is kept in one atomic, so any slow
-//! path can run what is due with [`Lru::purge_if_due`]: one load, and a clock read only when
-//! something is cached.
+//! only the budget purges then: a purge there would only be faulted in again.) Every deadline is
+//! kept in one atomic, so any slow path can run what is due with [`Lru::purge_if_due`]: one
+//! load, and a clock read only when something is cached.
 //!
 //! Cached regions that lie end to end are merged into one (C10), so the two pieces of a split,
 //! or neighbours freed one after the other, serve a later, larger request without a new mapping.
@@ -53,20 +53,19 @@
 //! - **C3 (bounded).** At most [`MAX_ENTRIES`] regions and `max_bytes` bytes are cached; the oldest
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
 //! - **C4 (pages given back in time).** With `purge` on (the default), a cached region keeps its
-//!   pages until `purge_delay_ns` have passed since the later of its entry and the cache's last
-//!   use ([`Lru::put`], [`Lru::take`] or [`Lru::lend`]; so at most `purge_delay_ns` once the
-//!   program stops using the cache, and never past its decay, C5), and after every [`Lru::put`], [`Lru::take`] and
-//!   [`Lru::lend`] the resident bytes cached stay within the resident budget. With *peak* the
-//!   largest amount of memory the program held through this cache (taken, asked for, or grown
-//!   with [`Lru::lend`], not yet given back) over the last one or two `decay_ns` windows, the
-//!   budget is three quarters of *peak*, or *peak* less what it holds now if that is more; at
-//!   least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps three
-//!   quarters of its working set resident for reuse, and one that gives back more than that
+//!   pages until `purge_delay_ns` have passed since the later of its entry and the cache's last use
+//!   ([`Lru::put`], [`Lru::take`] or [`Lru::lend`]; so at most `purge_delay_ns` once the program
+//!   stops using the cache, and never past its decay, C5), and after every [`Lru::put`],
+//!   [`Lru::take`] and [`Lru::lend`] the resident bytes cached stay within the resident budget.
+//!   With *peak* the largest amount of memory the program held through this cache (taken, asked
+//!   for, or grown with [`Lru::lend`], not yet given back) over the last one or two `decay_ns`
+//!   windows, the budget is three quarters of *peak*, or *peak* less what it holds now if that is
+//!   more; at least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps
+//!   three quarters of its working set resident for reuse, and one that gives back more than that
 //!   keeps all it gave back, for a reuse of the same size. After [`Lru::lend`] (a block grew
-//!   outside the cache, which did not serve it) the three-quarter floor does not count: what
-//!   the program holds plus what is cached resident then stays within its recent peak.
-//!   Past the budget, the oldest resident regions are purged first. A purged region reads as
-//!   zero when reused.
+//!   outside the cache, which did not serve it) the three-quarter floor does not count: what the
+//!   program holds plus what is cached resident then stays within its recent peak. Past the budget,
+//!   the oldest resident regions are purged first. A purged region reads as zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
 //! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
 //!   [`Lru::purge_if_due`] after the deadline; [`Lru::next_due`] is never later than the
