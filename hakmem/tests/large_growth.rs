@@ -80,13 +80,21 @@ fn vm_flags(addr: usize) -> String {
 #[ignore = "run by large_regions_ask_for_huge_pages_and_grow_in_2_mib_steps"]
 fn child_huge_pages() {
     hakmem::collect();
-    let mut v: Vec<u8> = vec![1; 3 << 20];
+    let mut v: Vec<u8> = vec![1; 9 << 18];
     // SAFETY: a live block of ours.
     let usable = unsafe { hakmem::raw::usable_size(v.as_mut_ptr()) };
     assert_eq!(
         usable,
-        (3 << 20) + 4096 - 64,
-        "a whole 2 MiB step would add a third"
+        (9 << 18) + 4096 - 64,
+        "a whole 2 MiB step would add more than half (2.25 MiB to 4 MiB)"
+    );
+    let mut u: Vec<u8> = vec![3; 3 << 20];
+    // SAFETY: as above.
+    let usable = unsafe { hakmem::raw::usable_size(u.as_mut_ptr()) };
+    assert_eq!(
+        usable,
+        (4 << 20) - 64,
+        "a whole 2 MiB step adds a third: at most half"
     );
     let mut w: Vec<u8> = vec![2; 15 << 20];
     // SAFETY: as above.

@@ -5,11 +5,13 @@
 //! again, without holding on to memory the program no longer needs.
 //!
 //! A region enters with its pages (it stays *resident*). Its pages are given back
-//! (`MADV_DONTNEED`, a *purge*) once it has waited `purge_delay_ns` unused, or sooner when the
-//! resident bytes pass a budget that follows the program's recent working set; the region itself
-//! is unmapped once it has waited `decay_ns`. Every deadline is kept in one atomic, so any slow
-//! path can run what is due with [`Lru::purge_if_due`]: one load, and a clock read only when
-//! something is cached.
+//! (`MADV_DONTNEED`, a *purge*) once the cache has gone `purge_delay_ns` without being used (the
+//! program went quiet), or sooner when the resident bytes pass a budget that follows the
+//! program's recent working set; the region itself is unmapped once it has waited `decay_ns`.
+//! (While the program keeps putting and taking regions it is about to reuse what is cached, so
+//! only the budget purges then: a purge there would only be faulted in again.) Every deadline is
+//! kept in one atomic, so any slow path can run what is due with [`Lru::purge_if_due`]: one
+//! load, and a clock read only when something is cached.
 //!
 //! Cached regions that lie end to end are merged into one (C10), so the two pieces of a split,
 //! or neighbours freed one after the other, serve a later, larger request without a new mapping.
@@ -51,18 +53,19 @@
 //! - **C3 (bounded).** At most [`MAX_ENTRIES`] regions and `max_bytes` bytes are cached; the oldest
 //!   is evicted to make room, and a region larger than `max_bytes` is refused.
 //! - **C4 (pages given back in time).** With `purge` on (the default), a cached region keeps its
-//!   pages for at most `purge_delay_ns`, and after every [`Lru::put`], [`Lru::take`] and
-//!   [`Lru::lend`] the resident bytes cached stay within the resident budget. With *peak* the
-//!   largest amount of memory the program held through this cache (taken, asked for, or grown
-//!   with [`Lru::lend`], not yet given back) over the last one or two `decay_ns` windows, the
-//!   budget is three quarters of *peak*, or *peak* less what it holds now if that is more; at
-//!   least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps three
-//!   quarters of its working set resident for reuse, and one that gives back more than that
+//!   pages until `purge_delay_ns` have passed since the later of its entry and the cache's last use
+//!   ([`Lru::put`], [`Lru::take`] or [`Lru::lend`]; so at most `purge_delay_ns` once the program
+//!   stops using the cache, and never past its decay, C5), and after every [`Lru::put`],
+//!   [`Lru::take`] and [`Lru::lend`] the resident bytes cached stay within the resident budget.
+//!   With *peak* the largest amount of memory the program held through this cache (taken, asked
+//!   for, or grown with [`Lru::lend`], not yet given back) over the last one or two `decay_ns`
+//!   windows, the budget is three quarters of *peak*, or *peak* less what it holds now if that is
+//!   more; at least `hot_bytes`, at most `max_bytes`: a program that churns at a steady size keeps
+//!   three quarters of its working set resident for reuse, and one that gives back more than that
 //!   keeps all it gave back, for a reuse of the same size. After [`Lru::lend`] (a block grew
-//!   outside the cache, which did not serve it) the three-quarter floor does not count: what
-//!   the program holds plus what is cached resident then stays within its recent peak.
-//!   Past the budget, the oldest resident regions are purged first. A purged region reads as
-//!   zero when reused.
+//!   outside the cache, which did not serve it) the three-quarter floor does not count: what the
+//!   program holds plus what is cached resident then stays within its recent peak. Past the budget,
+//!   the oldest resident regions are purged first. A purged region reads as zero when reused.
 //! - **C5 (decay).** A region cached for longer than `decay_ns` is unmapped.
 //! - **C6 (due).** C4's delay and C5 are enforced by the next cache operation or
 //!   [`Lru::purge_if_due`] after the deadline; [`Lru::next_due`] is never later than the
@@ -110,7 +113,8 @@ pub struct LruConfig {
     pub purge: bool,
     /// The least resident budget (C4), in bytes.
     pub hot_bytes: usize,
-    /// How long a cached region keeps its pages, in nanoseconds (C4).
+    /// How long the cache goes unused before its regions give their pages back, in
+    /// nanoseconds (C4).
     pub purge_delay_ns: u64,
 }
 
@@ -155,6 +159,9 @@ struct Inner {
     peak: usize,
     prev_peak: usize,
     window: u64,
+    /// The last [`Lru::put`], [`Lru::take`] or [`Lru::lend`]: the time-based purge waits for
+    /// the cache to go unused that long (C4).
+    last_use: u64,
     config: LruConfig,
 }
 
@@ -227,6 +234,11 @@ impl Inner {
         }
     }
 
+    /// Notes a use of the cache by the program at `now` (C4's delay counts from the last).
+    fn used(&mut self, now: u64) {
+        self.last_use = self.last_use.max(now);
+    }
+
     fn lent(&mut self, len: usize) {
         self.out = self.out.saturating_add(len);
         self.peak = self.peak.max(self.out);
@@ -268,7 +280,8 @@ impl Inner {
         let mut i = 0;
         while i < self.len {
             let e = self.entries[i];
-            let late = now.saturating_sub(e.since) > self.config.purge_delay_ns;
+            let idle = now.saturating_sub(e.since.max(self.last_use));
+            let late = idle > self.config.purge_delay_ns;
             if !e.zeroed && (late || self.resident > budget) {
                 let e = self.remove(i);
                 work.push(e, Act::Purge);
@@ -286,7 +299,8 @@ impl Inner {
         let mut due = oldest.since.saturating_add(self.config.decay_ns);
         if self.config.purge {
             if let Some(e) = self.entries[..self.len].iter().find(|e| !e.zeroed) {
-                due = due.min(e.since.saturating_add(self.config.purge_delay_ns));
+                let idle_from = e.since.max(self.last_use);
+                due = due.min(idle_from.saturating_add(self.config.purge_delay_ns));
             }
         }
         // `expire` acts once a deadline is passed, not reached.
@@ -373,6 +387,7 @@ where
                 peak: 0,
                 prev_peak: 0,
                 window: 0,
+                last_use: 0,
                 config,
             }),
             due: AtomicU64::new(u64::MAX),
@@ -475,6 +490,7 @@ where
                 return false;
             }
             inner.expire(now, &mut work);
+            inner.used(now);
             while !inner.has_room(len) {
                 let e = inner.remove(0);
                 work.push(e, Act::Unmap);
@@ -521,7 +537,9 @@ where
     pub fn lend(&self, stats: &GlobalStats, len: usize, now: u64) {
         let mut work = Batch::new();
         self.inner.with(|inner| {
-            inner.tick(now);
+            // What is due by time first (the cache was unused until now), then the budget.
+            inner.expire_to(now, usize::MAX, &mut work);
+            inner.used(now);
             inner.lent(len);
             let budget = inner.budget_grown();
             if inner.config.purge && inner.resident > budget {
@@ -546,6 +564,7 @@ where
         let mut rest_cached = false;
         let got = self.inner.with(|inner| {
             inner.expire(now, &mut work);
+            inner.used(now);
             // Best fit; among equals, one whose pages are still there (no faults), then the newest.
             let rank = |e: &Entry| (e.len, e.zeroed);
             let mut best: Option<usize> = None;

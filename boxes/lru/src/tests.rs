@@ -134,6 +134,44 @@ mod plain {
     }
 
     #[test]
+    fn the_delay_waits_for_the_cache_to_go_unused() {
+        let w = World::new(16);
+        let lru = w.lru(LruConfig {
+            purge_delay_ns: 100,
+            ..LruConfig::default()
+        });
+        let (a, b) = (w.apart(SS_SIZE), w.apart(2 * SS_SIZE));
+        // SAFETY: retired regions.
+        unsafe { assert!(lru.put(&w.stats, a, SS_SIZE, 0)) };
+        // The program goes on using the cache (b out and back) within the delay each time.
+        for t in [60, 120, 180] {
+            // SAFETY: as above; b is taken back out below.
+            unsafe { assert!(lru.put(&w.stats, b, 2 * SS_SIZE, t)) };
+            let got = lru.take(&w.stats, 2 * SS_SIZE, true, t + 10).unwrap();
+            assert_eq!((got.base, got.zeroed), (b, false));
+        }
+        assert_eq!(
+            lru.resident(),
+            SS_SIZE,
+            "a kept its pages while the cache was in use"
+        );
+        assert_eq!(w.stats.snapshot().count(Event::Madvise), 0);
+        assert_eq!(
+            lru.next_due(),
+            190 + 100 + 1,
+            "C6: due once unused for the delay"
+        );
+        assert_eq!(lru.decay_now(&w.stats, 290), 0, "not yet");
+        assert_eq!(
+            lru.decay_now(&w.stats, 291),
+            SS_SIZE,
+            "unused for the delay: purged"
+        );
+        assert_eq!(lru.resident(), 0);
+        assert!(lru.take(&w.stats, SS_SIZE, true, 300).unwrap().zeroed);
+    }
+
+    #[test]
     fn the_budget_follows_the_working_set() {
         let w = World::new(64);
         let lru = w.lru(LruConfig {
@@ -179,7 +217,11 @@ mod plain {
     #[test]
     fn neighbours_are_merged() {
         let w = World::new(16);
-        let lru = w.lru(LruConfig::default());
+        // Purge off, so that the next deadline is the merged region's decay (C5).
+        let lru = w.lru(LruConfig {
+            purge: false,
+            ..LruConfig::default()
+        });
         // Three mappings end to end; the middle one is freed last.
         let (a, b, c) = (w.region(SS_SIZE), w.region(2 * SS_SIZE), w.region(SS_SIZE));
         w.region(SS_SIZE); // not cached: c has no neighbour after it
@@ -193,7 +235,7 @@ mod plain {
         assert_eq!(lru.usage(), (1, 4 * SS_SIZE), "C10: one region");
         assert_eq!(
             lru.next_due(),
-            100_000_001,
+            1_000_000_001,
             "C10: as old as its oldest part"
         );
         // A request for all of it takes it whole, without a new mapping.
