@@ -373,9 +373,6 @@ impl<const N: usize> Lists<N> {
         // refusal: one read-modify-write whose sign decides.
         // SAFETY: `c < N` by the caller's contract.
         if !unsafe { self.take_room(c) } {
-            // SAFETY: as above.
-            let w = unsafe { self.words.get_unchecked(c) };
-            w.store(w.load(Relaxed).wrapping_sub(PUSH), Relaxed);
             return false;
         }
         // SAFETY: `c < N`; the block is free and the caller's (L4).
@@ -383,8 +380,9 @@ impl<const N: usize> Lists<N> {
         true
     }
 
-    /// Adds a push to class `c`'s word (room down, pushes up, L6); true when the room was not
-    /// spent (the new room is not negative). On x86_64 one `add` to memory and one `js`: an
+    /// Adds a push to class `c`'s word (room down, pushes up, L6) and returns true when the
+    /// room was not spent; when it was (the new room is negative), takes the push back and
+    /// returns false. On x86_64 one `add` to memory and one `js`: an
     /// atomic load and an atomic store of the word, as x86_64 makes every aligned 8-byte access,
     /// which is all a word written by its owner alone needs (L3); Rust's atomics would spend a
     /// load, an add and a store, since the sign must come from the add.
@@ -406,7 +404,23 @@ impl<const N: usize> Lists<N> {
                     c = in(reg) c,
                     words = const core::mem::offset_of!(Self, words),
                     push = in(reg) PUSH,
-                    spent = label { return false; },
+                    spent = label {
+                        // The undo in asm as well, with the same constant, so the compiler
+                        // has no second one to derive the pop's from (which would cost the
+                        // pop its single add to memory).
+                        // SAFETY: the same word as above; only this thread writes it.
+                        unsafe {
+                            core::arch::asm!(
+                                "sub qword ptr [{lists} + {c} * 8 + {words}], {push}",
+                                lists = in(reg) self as *mut Self,
+                                c = in(reg) c,
+                                words = const core::mem::offset_of!(Self, words),
+                                push = in(reg) PUSH,
+                                options(nostack),
+                            );
+                        }
+                        return false;
+                    },
                     options(nostack),
                 );
             }
@@ -417,8 +431,11 @@ impl<const N: usize> Lists<N> {
             // SAFETY: `c < N` by the caller's contract.
             let w = unsafe { self.words.get_unchecked(c) };
             let v = w.load(Relaxed).wrapping_add(PUSH);
+            if room_of(v) < 0 {
+                return false;
+            }
             w.store(v, Relaxed);
-            room_of(v) >= 0
+            true
         }
     }
 
