@@ -405,8 +405,12 @@ extern "C" fn fork_child() {
     // they were (their superslabs keep owners that never run again, so their blocks freed by
     // the child wait on remote stacks: leaked in the child, never corrupted).
     if let Some(c) = ctx() {
-        // SAFETY: the parent's fork_prepare took every lock; this is the only thread left.
-        unsafe { c.unlock_all() };
+        // SAFETY: the parent's fork_prepare took every lock, the heap list's included; this is
+        // the only thread left.
+        unsafe {
+            c.after_fork_in_child();
+            c.unlock_all();
+        }
     }
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { crate::medium::force_unlock() };

@@ -269,6 +269,28 @@ impl Ctx {
         self.lru.lock_for_fork();
     }
 
+    /// In a forked child, before [`Ctx::unlock_all`]: the other threads' heaps stay on the live
+    /// list, and one of them may have been in the middle of a slow list operation, whose count
+    /// lock would then stay held forever (tls_sll L7); ends those, so a snapshot in the child
+    /// cannot wait for a thread that is gone.
+    ///
+    /// # Safety
+    /// Only in a forked child, while the heap list's lock taken by [`Ctx::lock_all`] is held,
+    /// and only the calling thread runs.
+    #[cfg(not(loom))]
+    pub unsafe fn after_fork_in_child(&self) {
+        // SAFETY: the caller holds the heap list's lock (taken before the fork) and is the one
+        // thread left, so nobody else touches the list or its heaps.
+        let mut h = unsafe { self.heaps.peek_for_fork().live };
+        // SAFETY: as above: live heaps stay valid while the lock is held.
+        while let Some(heap) = unsafe { h.as_mut() } {
+            // SAFETY: a live heap's lists; their owner did not survive the fork (or is this
+            // thread, which is not inside a list operation during the fork).
+            unsafe { Lists::end_write_after_fork(&raw mut heap.sll) };
+            h = heap.next;
+        }
+    }
+
     /// Releases what [`Ctx::lock_all`] took (fork's `parent` and `child`).
     ///
     /// # Safety

@@ -225,6 +225,20 @@ impl<T> SpinLock<T> {
         core::mem::forget(self.lock());
     }
 
+    /// The value, while [`SpinLock::lock_for_fork`] holds the lock (a forked child's handler
+    /// fixing what the fork froze).
+    ///
+    /// # Safety
+    /// The lock is held by [`SpinLock::lock_for_fork`] (taken in this process, or by the parent
+    /// of a forked child whose only thread this is), and no other reference to the value is
+    /// live while the result is.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn peek_for_fork(&self) -> &mut T {
+        // SAFETY: the held lock serialises access, and the caller vouches for no other
+        // reference (above).
+        self.value.with_mut(|v| unsafe { &mut *v })
+    }
+
     /// Releases the lock without a guard.
     ///
     /// # Safety

@@ -288,6 +288,22 @@ impl<const N: usize> Lists<N> {
         }
     }
 
+    /// Ends a slow operation that will never finish: in a forked child, the lists of a thread
+    /// that did not survive the fork may have been mid-write (L7), and a reader would wait for
+    /// them forever. Their counts may be torn; they belong to a thread that is gone.
+    ///
+    /// # Safety
+    /// `this` points to valid lists whose owner no longer runs (a forked child's copy of
+    /// another thread's lists), and nobody else writes them.
+    pub unsafe fn end_write_after_fork(this: *mut Self) {
+        // SAFETY: valid by the caller's contract; an atomic.
+        let seq = unsafe { &(*this).seq };
+        let s = seq.load(Relaxed);
+        if s & 1 != 0 {
+            seq.store(s + 1, Release);
+        }
+    }
+
     /// Returns class `c`'s counts ([`Lists::counts`]) and starts them again from zero, the list
     /// unchanged: how a thread's counts move into a total.
     pub fn take_counts(&mut self, c: usize) -> (u64, u64) {
@@ -698,6 +714,22 @@ mod tests {
         assert_eq!(chain.len, 1);
         assert_eq!(l.words[0].load(Relaxed) & GUARD, 0, "folded");
         assert_eq!((l.counts(0), l.len(0)), ((LOW + 1, LOW - 1), 1));
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_fork_is_ended_for_the_readers() {
+        let mut l = Lists::<1>::new([4]);
+        // As if the owner was inside a slow operation when another thread forked.
+        l.seq.store(7, Relaxed);
+        // SAFETY: valid lists that no other thread writes.
+        unsafe { Lists::end_write_after_fork(&mut l) };
+        assert_eq!(l.seq.load(Relaxed) & 1, 0, "even again");
+        // SAFETY: as above; a reader now finishes.
+        assert_eq!(unsafe { Lists::counts_of(&l, 0) }, (0, 0));
+        // An even sequence is left alone.
+        // SAFETY: as above.
+        unsafe { Lists::end_write_after_fork(&mut l) };
+        assert_eq!(l.seq.load(Relaxed), 8);
     }
 
     #[test]
