@@ -72,7 +72,9 @@
 //!   `folded` and `moved` inside one write of a sequence lock (`seq` odd during it), and the
 //!   fast paths change only the word, by steps that keep L6. So [`Lists::counts_of`], which
 //!   reads the word once between two equal even readings of `seq`, sees a moment when L6
-//!   held: counts another thread reads are exact as of some moment during its read.
+//!   held: counts another thread reads are exact as of some moment during its read. Every
+//!   write ends, as its thread runs on; only a fork can freeze one, for a thread that does not
+//!   exist in the child, which therefore ends it ([`Lists::end_write_after_fork`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
