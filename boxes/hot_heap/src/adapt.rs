@@ -11,6 +11,10 @@ pub(crate) const GROW_AFTER: u8 = 4;
 pub(crate) const GROW_WINDOW: u32 = 8;
 /// The largest bound a list grows to, in blocks.
 pub(crate) const MAX_LIST_BLOCKS: u32 = 2048;
+const _: () = assert!(
+    MAX_LIST_BLOCKS <= hakmem_tls_sll::MAX_CAP,
+    "a bound the lists can hold"
+);
 /// The largest bound a list grows to, in bytes of blocks.
 pub(crate) const MAX_LIST_BYTES: usize = 256 * 1024;
 /// Bytes of list bound a heap may hold beyond the base bounds, over every class (H11).

@@ -43,8 +43,8 @@
 //!
 //! ## Invariants
 //! - **L1 (count).** For each class, `len(c) = cap(c) - room(c)` is exactly the number of
-//!   blocks reachable from its head. `room(c)` is the top 16 bits of the class's word, signed,
-//!   so a bound is at most [`MAX_CAP`].
+//!   blocks reachable from its head. `room(c)` is the top 13 bits of the class's word, signed,
+//!   so a bound is at most [`MAX_CAP`] (4095).
 //! - **L2 (bound).** `len(c) <= cap(c)`: [`Lists::try_push`] refuses a push past the bound, and
 //!   [`Lists::set_cap`] a bound below the length. Only the unsafe [`Lists::push`] and
 //!   [`Lists::splice`] trust the caller to have checked room.
@@ -63,11 +63,11 @@
 //!   made or their counts last handed over ([`Lists::take_counts`]). Moves of whole chains
 //!   ([`Lists::splice`], [`Lists::take`], [`Lists::put`]) and bound changes count as neither:
 //!   they add to `moved(c)`, so that `pops = pushes + moved + room` at every moment no slow
-//!   operation is under way. `pushes` is the low 47 bits of the word, plus 2^47 for a set guard
-//!   bit (bit 47, which a wrap of the low bits sets), plus what earlier slow operations folded
-//!   out of it. A class must see a slow operation once per 2^47 pushes (every refill or spill
-//!   is one): past two wraps with none the carry would reach the room (days of a loop that
-//!   only frees and reallocates one size, at full speed).
+//!   operation is under way. `pushes` is the low 50 bits of the word, plus 2^50 for a set guard
+//!   bit (bit 50, which a wrap of the low bits sets), plus what earlier slow operations folded
+//!   out of it. So a class must see a slow operation (a refill, a spill, a bound change) at
+//!   least once per 2^51 pushes, or the second wrap's carry would reach the room: two months
+//!   of a loop that only frees and reallocates one size at full speed, touching nothing else.
 //! - **L7 (readable counts).** The owner makes every slow operation's change to the word,
 //!   `folded` and `moved` inside one write of a sequence lock (`seq` odd during it), and the
 //!   fast paths change only the word, by steps that keep L6. So [`Lists::counts_of`], which
@@ -83,13 +83,13 @@ use core::ptr::null_mut;
 mod sync;
 use sync::{fence, spin, AtomicI64, AtomicU64, Ordering::*};
 
-/// The largest bound a list may have (L1): the room is a signed 16-bit field.
-pub const MAX_CAP: u32 = (1 << 15) - 1;
+/// The largest bound a list may have (L1): the room is a signed 13-bit field.
+pub const MAX_CAP: u32 = (1 << 12) - 1;
 
 /// Where the room sits in a class's word (L1).
-const ROOM_SHIFT: u32 = 48;
+const ROOM_SHIFT: u32 = 51;
 /// The guard bit a wrap of the push count sets (L6).
-const GUARD: u64 = 1 << 47;
+const GUARD: u64 = 1 << 50;
 /// The push count's bits below the guard.
 const LOW: u64 = GUARD - 1;
 /// A push: room down by one, pushes up by one (L6).
@@ -97,13 +97,13 @@ const PUSH: u64 = 1u64.wrapping_sub(1 << ROOM_SHIFT);
 /// A pop: room up by one.
 const POP: u64 = 1 << ROOM_SHIFT;
 
-/// The room in a word (L1): its top 16 bits, signed.
+/// The room in a word (L1): its top 13 bits, signed.
 #[inline(always)]
 const fn room_of(w: u64) -> i64 {
     (w as i64) >> ROOM_SHIFT
 }
 
-/// The pushes a word holds (L6): the low bits, plus the guard's 2^47.
+/// The pushes a word holds (L6): the low bits, plus the guard's 2^50.
 #[inline(always)]
 const fn pushes_of(w: u64) -> u64 {
     (w & LOW) + (w & GUARD)
@@ -175,7 +175,7 @@ pub enum CapError {
 #[repr(C)]
 pub struct Lists<const N: usize> {
     heads: [*mut u8; N],
-    /// Per class: the room (top 16 bits, signed; never negative between operations, L2) and
+    /// Per class: the room (top 13 bits, signed; never negative between operations, L2) and
     /// the pushes (L6). The fast paths' one read-modify-write.
     words: [AtomicU64; N],
     caps: [u32; N],
