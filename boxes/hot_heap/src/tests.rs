@@ -755,3 +755,82 @@ fn classes_in_use_do_not_take_each_others_budget() {
     }
     assert!(my_reports().is_empty());
 }
+
+#[test]
+fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
+    // Nine superslabs of 16 KiB blocks: 288 slabs for the cache's 256 entries, so (pigeonhole)
+    // at least 32 slabs are not in it (H8). Every block is freed the C way: the owned cache's
+    // fast path first, the full path (the registry) when it says no. Both must free each block
+    // exactly once, and the misses must be there.
+    let ctx = ctx(24, false);
+    let h = heap(ctx);
+    let c = class_of(16 * 1024).unwrap();
+    let mut blocks = Vec::new();
+    while ctx.snapshot().count(Event::SsCreated) < 9 || blocks.len() % 4 != 0 {
+        // SAFETY: the heap is this test thread's own.
+        let p = unsafe { h.alloc(c) };
+        assert!(!p.is_null());
+        blocks.push(p);
+    }
+    // A pointer that is not a block start, and one that is not ours: refused, nothing written.
+    let mut local = [0u64; 4];
+    // SAFETY: any address may be offered; neither is freed.
+    unsafe {
+        assert!(!Heap::try_free_owned(h, blocks[0].add(16)));
+        assert!(!Heap::try_free_owned(h, local.as_mut_ptr().cast()));
+    }
+    let (mut hits, mut misses) = (0, 0);
+    for &p in &blocks {
+        // SAFETY: ours, handed over, freed once (by one of the two paths).
+        if unsafe { Heap::try_free_owned(h, p) } {
+            hits += 1;
+        } else {
+            misses += 1;
+            // SAFETY: as above.
+            unsafe { free(h, p) };
+        }
+        if h.sll.is_full(c) {
+            h.spill(c);
+        }
+    }
+    assert!(hits > 0 && misses > 0, "hits {hits}, misses {misses}");
+    assert_eq!(my_reports(), Vec::<Corrupt>::new());
+    // SAFETY: the heap is not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(c), 0, "every block came back once");
+}
+
+#[test]
+fn list_counts_show_in_snapshots_of_a_live_heap_and_survive_its_exit_exactly() {
+    // H13: the fast paths are counted by the lists themselves; a snapshot adds a live heap's
+    // list counts, and the exit folds them into the totals, each allocation and free once.
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(48).unwrap();
+    let mut live = Vec::new();
+    for i in 0..3000usize {
+        // SAFETY: the heap is this test thread's own.
+        live.push(unsafe { h.alloc(c) });
+        if i % 3 == 2 {
+            let p = live.swap_remove(i % live.len());
+            // SAFETY: ours, freed once.
+            unsafe { free(h, p) };
+        }
+    }
+    let s = ctx.snapshot();
+    assert_eq!((s.class(c).allocs, s.class(c).frees), (3000, 1000));
+    for p in live.drain(..) {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, p) };
+    }
+    let s = ctx.snapshot();
+    assert_eq!((s.class(c).allocs, s.class(c).frees), (3000, 3000));
+    // SAFETY: the heap is not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    let s = ctx.snapshot();
+    assert_eq!(
+        (s.class(c).allocs, s.class(c).frees),
+        (3000, 3000),
+        "folded once"
+    );
+}
