@@ -31,13 +31,11 @@ impl Heap {
     }
 
     /// Puts up to `want` blocks of `class` (no more than the list has room for) straight from
-    /// slabs onto its thread list, in the refill order, one run per slab; a slab's whole free
-    /// list, unread, when it fits in the room (so possibly more than `want`). The blocks are linked
+    /// slabs onto its thread list, in the refill order, one run per slab. The blocks are linked
     /// into one chain in the order the slabs hand them out (free list first, then carved in
     /// address order) and spliced at once, so they are handed out in that order.
     pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
-        let room = self.sll.cap(class) - self.sll.len(class);
-        let want = want.min(room);
+        let want = want.min(self.sll.cap(class) - self.sll.len(class));
         let key = self.key;
         let (mut head, mut tail) = (null_mut::<u8>(), null_mut::<u8>());
         let mut got = 0;
@@ -46,26 +44,6 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
-            // A free list that fits in the room goes whole (even past `want`), unread: its
-            // blocks are keyed (superslab SS9) and linked, and its tail is known (SS15). Only
-            // the chain's tail is written.
-            // SAFETY: the slab is ours (H3).
-            if let Some((h, t, n)) = unsafe { slab.take_free_list(room - got) } {
-                if head.is_null() {
-                    head = h;
-                } else {
-                    // SAFETY: the chain's tail is a free block of ours, linked next to this run.
-                    unsafe { hakmem_tls_sll::set_next(tail, h) };
-                }
-                tail = t;
-                got += n;
-                self.ctx().stats.held_add(class, n as usize);
-                // SAFETY: as above.
-                if unsafe { !slab.has_free() } {
-                    self.ring_remove(class, slab);
-                }
-                continue;
-            }
             // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on no
             // list: keyed here (FK1) and linked after the chain's tail.
             let n = unsafe {

@@ -127,10 +127,6 @@
 //!   bits proves "`p` lies in this slab" by comparing [`SlabMeta::number_at`] with
 //!   `p >> SLAB_SHIFT`, and can fill empty entries with [`SlabMeta::NONE`], which matches
 //!   nothing.
-//! - **SS15 (free-list tail).** While a slab's local free list is not empty, `free_tail` is its
-//!   last block: every operation that links blocks onto an empty list sets it, and no operation
-//!   removes the last block but one that empties the list. So the owner can take the whole list
-//!   without reading its blocks ([`SlabMeta::take_free_list`]).
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

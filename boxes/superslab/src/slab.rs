@@ -29,8 +29,6 @@ pub struct SlabLocal {
     pub free_len: u32,
     /// The local free list, linked through first words.
     pub free: *mut u8,
-    /// The free list's last block while the list is not empty (SS15); stale otherwise.
-    pub free_tail: *mut u8,
     /// Address of block 0.
     pub start: *mut u8,
     /// The owning heap's ring of slabs of this class.
@@ -51,7 +49,6 @@ impl SlabLocal {
         used: 0,
         free_len: 0,
         free: null_mut(),
-        free_tail: null_mut(),
         start: null_mut(),
         next: core::ptr::null(),
         prev: core::ptr::null(),
@@ -320,28 +317,6 @@ impl SlabMeta {
         }
     }
 
-    /// Hands out the whole free list at once, as a linked chain `(head, tail, n)` of keyed
-    /// blocks (SS9), when it has between 1 and `max` blocks; none otherwise. Reads no block: the
-    /// list's tail is known (SS15). The tail's link is unspecified.
-    ///
-    /// # Safety
-    /// The caller owns the slab.
-    pub unsafe fn take_free_list(&self, max: u32) -> Option<(*mut u8, *mut u8, u32)> {
-        // SAFETY: the caller owns the slab.
-        unsafe {
-            self.with_local(|l| {
-                if l.free.is_null() || l.free_len > max {
-                    return None;
-                }
-                let chain = (l.free, l.free_tail, l.free_len);
-                l.free = null_mut();
-                l.used += l.free_len;
-                l.free_len = 0;
-                Some(chain)
-            })
-        }
-    }
-
     /// One never-carved block, which reads as zero, if the slab began fresh and has one left.
     ///
     /// # Safety
@@ -389,9 +364,6 @@ impl SlabMeta {
                     return Err(Corrupt::DoubleFree(block as usize));
                 }
                 crate::set_key_word(block, crate::free_key());
-                if l.free.is_null() {
-                    l.free_tail = block;
-                }
                 block.cast::<*mut u8>().write(l.free);
                 l.free = block;
                 l.free_len += 1;
@@ -421,9 +393,6 @@ impl SlabMeta {
             self.with_local(|l| {
                 if n > l.used || head == l.free {
                     return Err(Corrupt::DoubleFree(head as usize));
-                }
-                if l.free.is_null() {
-                    l.free_tail = tail;
                 }
                 tail.cast::<*mut u8>().write(l.free);
                 l.free = head;
@@ -514,9 +483,6 @@ impl SlabMeta {
                 }
                 if n > l.used {
                     return Err(Corrupt::DoubleFree(head as usize));
-                }
-                if l.free.is_null() {
-                    l.free_tail = tail;
                 }
                 tail.cast::<*mut u8>().write(l.free);
                 l.free = head;

@@ -173,58 +173,6 @@ fn a_run_of_blocks_comes_back_at_once_and_a_run_too_long_is_refused() {
 }
 
 #[test]
-fn the_whole_free_list_goes_at_once_with_its_tail_known() {
-    // SS15: after each way blocks come back (one by one, a run, a remote drain), and after a
-    // partial hand-out, `take_free_list` gives exactly the list, head to tail, unread.
-    let w = World::new();
-    let ss = Superslab::create(&w.env(), 1).unwrap();
-    let list = AbandonedList::new();
-    // SAFETY: we own the slab; the remote frees act as a non-owner's.
-    unsafe {
-        let slab = ss.alloc_slab(1, 32).unwrap();
-        let mut b = Vec::new();
-        slab.alloc_batch(8, |x| b.push(x));
-        assert_eq!(slab.take_free_list(u32::MAX), None, "empty list");
-        slab.free_local(b[0]).unwrap();
-        slab.free_local(b[1]).unwrap();
-        for &x in &b[2..4] {
-            crate::set_key_word(x, crate::free_key());
-        }
-        b[2].cast::<*mut u8>().write(b[3]);
-        slab.free_local_run(b[2], b[3], 2).unwrap();
-        for &x in &b[4..7] {
-            ss.free_remote(slab, x, &list, &w.stats).unwrap();
-        }
-        slab.drain_remote().unwrap();
-        // The list: the drained chain (b6, b5, b4), the run (b2, b3), then b1, b0.
-        assert_eq!(slab.take_free_list(6), None, "more than max: left alone");
-        let used = slab.local().used;
-        let (head, tail, n) = slab.take_free_list(7).unwrap();
-        assert_eq!((head, tail, n), (b[6], b[0], 7));
-        assert_eq!(slab.local().used, used + 7);
-        assert!(slab.local().free.is_null(), "taken whole");
-        let mut x = head;
-        let mut seen = std::vec![x];
-        while x != tail {
-            x = x.cast::<*mut u8>().read();
-            seen.push(x);
-        }
-        assert_eq!(seen, std::vec![b[6], b[5], b[4], b[2], b[3], b[1], b[0]]);
-        assert!(seen
-            .iter()
-            .all(|&y| crate::key_word(y) == crate::free_key()));
-        // Partly handed out, the rest still goes whole with the same tail.
-        for &y in &seen {
-            slab.free_local(y).unwrap();
-        }
-        let mut two = Vec::new();
-        slab.alloc_batch(2, |y| two.push(y));
-        assert_eq!(two, std::vec![b[0], b[1]]);
-        assert_eq!(slab.take_free_list(u32::MAX), Some((b[3], b[6], 5)));
-    }
-}
-
-#[test]
 fn remote_frees_come_back_on_drain() {
     let w = World::new();
     let ss = Superslab::create(&w.env(), 1).unwrap();
