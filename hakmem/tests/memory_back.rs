@@ -71,14 +71,23 @@ fn in_child(test: &str, role: &str, env: &[(&str, &str)]) -> String {
     stdout
 }
 
+/// True in the child process that runs `test` as `role`; elsewhere runs that child (with
+/// `env`), checks it passed, and returns false.
+fn in_role(test: &str, role_name: &str, env: &[(&str, &str)]) -> bool {
+    if role().as_deref() == Some(role_name) {
+        return true;
+    }
+    in_child(test, role_name, env);
+    false
+}
+
 fn role() -> Option<String> {
     std::env::var(ROLE).ok()
 }
 
 #[test]
 fn collect_gives_a_burst_back_at_once() {
-    if role().as_deref() != Some("collect") {
-        in_child("collect_gives_a_burst_back_at_once", "collect", &[]);
+    if !in_role("collect_gives_a_burst_back_at_once", "collect", &[]) {
         return;
     }
     let base = rss();
@@ -115,8 +124,7 @@ fn poll_back(base: usize, slack: usize, mut work: impl FnMut()) -> (usize, Durat
 
 #[test]
 fn small_allocations_alone_bring_a_burst_back() {
-    if role().as_deref() != Some("small") {
-        in_child("small_allocations_alone_bring_a_burst_back", "small", &[]);
+    if !in_role("small_allocations_alone_bring_a_burst_back", "small", &[]) {
         return;
     }
     // Keep a working set of small blocks, replaced in turn: refills reach the slow path.
@@ -147,12 +155,11 @@ fn small_allocations_alone_bring_a_burst_back() {
 
 #[test]
 fn an_idle_program_gets_a_burst_back_with_the_background_purge() {
-    if role().as_deref() != Some("idle") {
-        in_child(
-            "an_idle_program_gets_a_burst_back_with_the_background_purge",
-            "idle",
-            &[("HAKMEM_BACKGROUND_PURGE_MS", "20")],
-        );
+    if !in_role(
+        "an_idle_program_gets_a_burst_back_with_the_background_purge",
+        "idle",
+        &[("HAKMEM_BACKGROUND_PURGE_MS", "20")],
+    ) {
         return;
     }
     let base = rss();
@@ -187,12 +194,11 @@ const MEDIUM_KEPT: usize = 100 * (252 << 10);
 
 #[test]
 fn collect_gives_free_pages_of_medium_regions_back() {
-    if role().as_deref() != Some("medium-collect") {
-        in_child(
-            "collect_gives_free_pages_of_medium_regions_back",
-            "medium-collect",
-            &[],
-        );
+    if !in_role(
+        "collect_gives_free_pages_of_medium_regions_back",
+        "medium-collect",
+        &[],
+    ) {
         return;
     }
     let base = rss();
@@ -218,12 +224,11 @@ fn collect_gives_free_pages_of_medium_regions_back() {
 
 #[test]
 fn medium_calls_alone_bring_free_medium_pages_back() {
-    if role().as_deref() != Some("medium-calls") {
-        in_child(
-            "medium_calls_alone_bring_free_medium_pages_back",
-            "medium-calls",
-            &[],
-        );
+    if !in_role(
+        "medium_calls_alone_bring_free_medium_pages_back",
+        "medium-calls",
+        &[],
+    ) {
         return;
     }
     let base = rss();
@@ -246,12 +251,11 @@ fn medium_calls_alone_bring_free_medium_pages_back() {
 
 #[test]
 fn an_idle_program_gets_free_medium_pages_back_with_the_background_purge() {
-    if role().as_deref() != Some("medium-idle") {
-        in_child(
-            "an_idle_program_gets_free_medium_pages_back_with_the_background_purge",
-            "medium-idle",
-            &[("HAKMEM_BACKGROUND_PURGE_MS", "20")],
-        );
+    if !in_role(
+        "an_idle_program_gets_free_medium_pages_back_with_the_background_purge",
+        "medium-idle",
+        &[("HAKMEM_BACKGROUND_PURGE_MS", "20")],
+    ) {
         return;
     }
     let base = rss();

@@ -52,6 +52,23 @@ fn heap(ctx: &'static Ctx) -> &'static mut Heap {
     unsafe { &mut *h.as_ptr() }
 }
 
+/// `n` blocks of `class` that a thread allocated on its own heap before it exited (its heap
+/// retired with them out, so their superslab is abandoned).
+fn blocks_left_by_an_exited_thread(ctx: &'static Ctx, class: usize, n: usize) -> Vec<usize> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let h = heap(ctx);
+            // SAFETY: the heap is this thread's own.
+            let kept: Vec<usize> = (0..n).map(|_| unsafe { h.alloc(class) } as usize).collect();
+            // SAFETY: the thread "exits" with blocks out.
+            unsafe { ctx.retire_heap(NonNull::from(h)) };
+            kept
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 #[test]
 fn blocks_are_distinct_aligned_and_keep_their_contents() {
     let ctx = ctx(16, false);
@@ -162,18 +179,7 @@ fn remote_frees_are_reclaimed_by_the_owner() {
 fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
     let ctx = ctx(16, false);
     let c = class_of(100).unwrap();
-    let kept: Vec<usize> = std::thread::scope(|s| {
-        s.spawn(|| {
-            let h = heap(ctx);
-            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-            let kept: Vec<usize> = (0..100).map(|_| unsafe { h.alloc(c) } as usize).collect();
-            // SAFETY: the thread "exits" with blocks out.
-            unsafe { ctx.retire_heap(NonNull::from(h)) };
-            kept
-        })
-        .join()
-        .unwrap()
-    });
+    let kept = blocks_left_by_an_exited_thread(ctx, c, 100);
     assert_eq!(ctx.snapshot().count(Event::Abandon), 1);
     assert_eq!(ctx.abandoned.len(), 1);
     let h = heap(ctx);
@@ -201,18 +207,7 @@ fn an_exited_threads_superslab_is_adopted_and_never_leaked() {
 fn a_thread_that_frees_into_an_abandoned_superslab_adopts_it() {
     let ctx = ctx(16, false);
     let c = class_of(100).unwrap();
-    let kept: Vec<usize> = std::thread::scope(|s| {
-        s.spawn(|| {
-            let h = heap(ctx);
-            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-            let kept: Vec<usize> = (0..100).map(|_| unsafe { h.alloc(c) } as usize).collect();
-            // SAFETY: the thread "exits" with blocks out.
-            unsafe { ctx.retire_heap(NonNull::from(h)) };
-            kept
-        })
-        .join()
-        .unwrap()
-    });
+    let kept = blocks_left_by_an_exited_thread(ctx, c, 100);
     assert_eq!(ctx.abandoned.len(), 1);
     // SAFETY: a block of ours, so a live superslab covers it.
     let ss = unsafe { Superslab::of(kept[0] as *const u8) };
@@ -268,18 +263,7 @@ fn a_heap_that_owns_four_superslabs_frees_into_an_abandoned_one_without_adopting
         assert!(!p.is_null());
         held.push(p);
     }
-    let kept: Vec<usize> = std::thread::scope(|s| {
-        s.spawn(|| {
-            let a = heap(ctx);
-            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-            let kept: Vec<usize> = (0..2).map(|_| unsafe { a.alloc(c) } as usize).collect();
-            // SAFETY: the thread "exits" with blocks out.
-            unsafe { ctx.retire_heap(NonNull::from(a)) };
-            kept
-        })
-        .join()
-        .unwrap()
-    });
+    let kept = blocks_left_by_an_exited_thread(ctx, c, 2);
     assert_eq!(ctx.abandoned.len(), 1);
     // SAFETY: a block of ours, so a live superslab covers it.
     let ss = unsafe { Superslab::of(kept[0] as *const u8) };
@@ -307,18 +291,7 @@ fn a_heap_that_owns_four_superslabs_frees_into_an_abandoned_one_without_adopting
 fn abandoned_superslab_goes_back_with_its_last_remote_free() {
     let ctx = ctx(16, false);
     let c = class_of(48).unwrap();
-    let kept: Vec<usize> = std::thread::scope(|s| {
-        s.spawn(|| {
-            let h = heap(ctx);
-            // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-            let kept: Vec<usize> = (0..10).map(|_| unsafe { h.alloc(c) } as usize).collect();
-            // SAFETY: exits with blocks out.
-            unsafe { ctx.retire_heap(NonNull::from(h)) };
-            kept
-        })
-        .join()
-        .unwrap()
-    });
+    let kept = blocks_left_by_an_exited_thread(ctx, c, 10);
     // A thread with no heap frees them all: the last free collects and retires it.
     for &b in &kept {
         let p = b as *mut u8;

@@ -243,26 +243,6 @@ impl ThreadStats {
         self.frees[class & CLASS_MASK].add(1);
     }
 
-    /// [`ThreadStats::on_alloc`] without the mask, for fast paths that know their class.
-    ///
-    /// # Safety
-    /// `class < MAX_CLASSES`.
-    #[inline(always)]
-    pub unsafe fn on_alloc_unchecked(&self, class: usize) {
-        // SAFETY: in bounds by the caller's contract.
-        unsafe { self.allocs.get_unchecked(class) }.add(1);
-    }
-
-    /// [`ThreadStats::on_free`] without the mask, for fast paths that know their class.
-    ///
-    /// # Safety
-    /// `class < MAX_CLASSES`.
-    #[inline(always)]
-    pub unsafe fn on_free_unchecked(&self, class: usize) {
-        // SAFETY: in bounds by the caller's contract.
-        unsafe { self.frees.get_unchecked(class) }.add(1);
-    }
-
     /// `allocs` allocations and `frees` frees of class `class` at once: those a client counted
     /// elsewhere first (the hot heap's thread lists count their own traffic) and now hands over.
     /// Only the owning thread may call this.

@@ -135,7 +135,8 @@ impl SlabMeta {
     /// `SlabMeta`: nothing else may be read through it.
     pub const NONE: *const SlabMeta = (&raw const NO_SLAB_NUMBER).cast();
 
-    /// The slab number of the metadata at `p` ([`SlabMeta::number`]), or `usize::MAX` for
+    /// The slab number of the metadata at `p` (its base address shifted right by `SLAB_SHIFT`,
+    /// SS13), or `usize::MAX` for
     /// [`SlabMeta::NONE`]: one load, with no null test.
     ///
     /// # Safety
@@ -159,12 +160,6 @@ impl SlabMeta {
             remote: Line(RemoteStack::new()),
             local: Line(UnsafeCell::new(SlabLocal::EMPTY)),
         }
-    }
-
-    /// The slab's number: its base address shifted right by `SLAB_SHIFT` (SS13).
-    #[inline(always)]
-    pub fn number(&self) -> usize {
-        self.number
     }
 
     /// The owning heap's id; 0 while the slab is free or abandoned.

@@ -109,6 +109,13 @@ const fn pushes_of(w: u64) -> u64 {
     (w & LOW) + (w & GUARD)
 }
 
+/// `(pushes, pops)` from a class's word, folded pushes and moves (L6).
+#[inline(always)]
+const fn counts_of_parts(w: u64, folded: u64, moved: i64) -> (u64, u64) {
+    let pushes = folded + pushes_of(w);
+    (pushes, (pushes as i64 + moved + room_of(w)) as u64)
+}
+
 /// A word with room `room` and no pushes.
 #[inline(always)]
 const fn word(room: i64) -> u64 {
@@ -248,10 +255,11 @@ impl<const N: usize> Lists<N> {
     /// Class `c`'s counts as `(pushes, pops)` (L6): the thread's frees onto the list and its
     /// allocations from it, since the lists were made or last handed their counts over.
     pub fn counts(&self, c: usize) -> (u64, u64) {
-        let w = self.word(c);
-        let pushes = self.folded[c].load(Relaxed) + pushes_of(w);
-        let pops = pushes as i64 + self.moved[c].load(Relaxed) + room_of(w);
-        (pushes, pops as u64)
+        counts_of_parts(
+            self.word(c),
+            self.folded[c].load(Relaxed),
+            self.moved[c].load(Relaxed),
+        )
     }
 
     /// [`Lists::counts`] read by any thread while the owner may be working (L7): exact as of
@@ -283,8 +291,7 @@ impl<const N: usize> Lists<N> {
             #[cfg(hakmem_seeded_bug = "torn_counts")]
             let unchanged = true;
             if unchanged {
-                let pushes = f + pushes_of(w);
-                return (pushes, (pushes as i64 + m + room_of(w)) as u64);
+                return counts_of_parts(w, f, m);
             }
             spin();
         }
