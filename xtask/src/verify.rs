@@ -131,6 +131,13 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         )],
         what: "another thread reads a list's counts without checking the sequence lock",
     },
+    SeededBug {
+        name: "hint_before_push",
+        in_crate: "hakmem-superslab",
+        models: &[("hakmem-superslab", "loom_models::remote_hint")],
+        what:
+            "a remote free sets the owner's hint before its push, so a drain in between misses it",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

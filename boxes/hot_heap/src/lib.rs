@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! alloc: thread list --(empty)--> unified cache --(empty)--> slabs (half a list), in this order:
-//!        own slabs -> drained remote frees -> adopted abandoned superslabs
-//!        -> new slab in an own superslab -> lru -> OS
+//!        own slabs -> drained remote frees (of superslabs whose remote hint is set, SS15)
+//!        -> adopted abandoned superslabs -> new slab in an own superslab -> lru -> OS
 //! free (owner):     thread list --(full: grows, H11)--> unified cache --(full)--> slab free lists
 //!                   (runs of one slab spliced at once)
 //! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:

@@ -250,6 +250,8 @@ impl Heap {
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.
     /// Bounded by the number owned, since collecting may release the superslab it started at.
+    /// A superslab whose remote hint is not set (SS15 in hakmem-superslab) has nothing to drain
+    /// and is passed over after one load, so a heap with no remote frees pays next to nothing.
     pub(crate) fn collect_owned(&mut self, n: usize) {
         let mut left = n.min(self.owned_count);
         let mut ss = if self.cursor.is_null() {
@@ -264,7 +266,10 @@ impl Heap {
             };
             // SAFETY: ours. Read before collecting, which may unlink `s` (never `next`).
             let next = unsafe { s.heap_links().0 };
-            self.collect_one(s);
+            // SAFETY: ours; a take is followed by the drain of every in-use slab.
+            if unsafe { s.take_remote_hint() } {
+                self.collect_one(s);
+            }
             left -= 1;
             ss = if next.is_null() { self.owned } else { next };
         }

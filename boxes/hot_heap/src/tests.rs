@@ -144,8 +144,12 @@ fn remote_frees_are_reclaimed_by_the_owner() {
     let ctx = ctx(16, false);
     let h = heap(ctx);
     let c = class_of(32).unwrap();
+    // Most of a superslab (2 MiB of 32-byte blocks is 65 536), so the second round cannot be
+    // served from slabs the first left untouched: it needs the drained blocks, which the
+    // owner finds through the remote hint (SS15 in hakmem-superslab).
+    const N: usize = 60_000;
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-    let blocks: Vec<usize> = (0..3000).map(|_| unsafe { h.alloc(c) } as usize).collect();
+    let blocks: Vec<usize> = (0..N).map(|_| unsafe { h.alloc(c) } as usize).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
             let other = heap(ctx);
@@ -157,10 +161,10 @@ fn remote_frees_are_reclaimed_by_the_owner() {
             unsafe { ctx.retire_heap(NonNull::from(other)) };
         });
     });
-    assert_eq!(ctx.snapshot().count(Event::RemoteFree), 3000);
+    assert_eq!(ctx.snapshot().count(Event::RemoteFree), N as u64);
     // The owner gets its blocks back through drains instead of new superslabs.
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
-    let again: Vec<*mut u8> = (0..3000).map(|_| unsafe { h.alloc(c) }).collect();
+    let again: Vec<*mut u8> = (0..N).map(|_| unsafe { h.alloc(c) }).collect();
     assert_eq!(
         ctx.snapshot().count(Event::SsCreated),
         1,

@@ -127,6 +127,13 @@
 //!   bits proves "`p` lies in this slab" by comparing [`SlabMeta::number_at`] with
 //!   `p >> SLAB_SHIFT`, and can fill empty entries with [`SlabMeta::NONE`], which matches
 //!   nothing.
+//! - **SS15 (remote hint).** A remote free whose push finds its slab's remote stack empty then
+//!   sets the superslab's hint, with an RMW ([`Superslab::try_free_remote`],
+//!   [`Superslab::free_remote`]). The owner that takes the hint ([`Superslab::take_remote_hint`],
+//!   an RMW) drains every in-use slab; a push the drain misses found its stack empty after the
+//!   drain's swap, so it sets the hint again. So a stack with blocks always has its hint set,
+//!   or an owner's drain still to come, and an owner may skip a superslab whose hint is clear:
+//!   refills look at one word per superslab instead of every slab's stack.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

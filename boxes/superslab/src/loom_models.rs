@@ -381,3 +381,61 @@ fn claim_vs_adopt() {
         assert_eq!(w.os.unmaps(), 1, "released exactly once");
     });
 }
+
+/// Model 6, the remote hint (SS15): heap 1 owns a superslab with one block out in each of two
+/// slabs; two threads free one block each remotely while the owner takes the hint and, when it
+/// gets it, drains every in-use slab; once both freers are done, the owner does the same again.
+/// A push that the first drain missed left the hint set, so the second take gets it: both
+/// blocks come back to their slabs, each exactly once.
+#[test]
+fn remote_hint() {
+    loom::model(|| {
+        let w = World::new();
+        let ss = Superslab::create(&w.env(), 1).expect("arena has room");
+        // SAFETY: the superslab lives in the World's arena for the whole model iteration.
+        let ss: &'static Superslab = unsafe { &*(ss as *const Superslab) };
+        let mut blocks = Vec::new();
+        // SAFETY (both): this thread is heap 1, the owner.
+        for _ in 0..2 {
+            let slab = unsafe { ss.alloc_slab(0, 16) }.unwrap();
+            unsafe { slab.alloc_batch(1, |b| blocks.push(b as usize)) };
+        }
+        let freers: Vec<_> = blocks
+            .iter()
+            .map(|&b| {
+                loom::thread::spawn(move || {
+                    let slab = ss.slab_of(b as *const u8);
+                    // SAFETY: this thread holds `b` and gives it up; the stack is not flagged.
+                    assert!(unsafe { ss.try_free_remote(slab, b as *mut u8) });
+                })
+            })
+            .collect();
+        let drain = || {
+            let mut n = 0;
+            // SAFETY: this thread is the owner, and it drains every in-use slab after a take.
+            unsafe {
+                if ss.take_remote_hint() {
+                    for slab in ss.slabs_in_use() {
+                        n += slab.drain_remote().unwrap();
+                    }
+                }
+            }
+            n
+        };
+        let mut drained = drain();
+        for f in freers {
+            f.join().unwrap();
+        }
+        drained += drain();
+        // SAFETY: the owner reads its own slabs.
+        let back = unsafe { ss.slabs_in_use() }
+            .filter(|s| unsafe { s.is_empty() })
+            .count();
+        assert_eq!(
+            (drained, back),
+            (2, 2),
+            "both blocks drained once and both slabs empty; a block stranded on a stack: {}",
+            ss.slabs.iter().any(|s| !s.remote.is_empty())
+        );
+    });
+}

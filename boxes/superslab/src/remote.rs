@@ -45,13 +45,14 @@ impl RemoteStack {
     }
 
     /// Pushes `block` unless the stack is flagged abandoned: one CAS when uncontended, no lock.
+    /// `Ok(true)` when the stack was empty before the push (the owner must hear of it: SS15).
     /// On `Err` nothing was pushed; the caller must pin the superslab and then [`Self::push`].
     ///
     /// # Safety
     /// `block` is a 16-byte aligned block of at least 16 bytes of this stack's slab that the
     /// caller held and now gives up: nobody else reads or writes it until the owner takes it.
     #[inline]
-    pub unsafe fn try_push(&self, block: *mut u8) -> Result<(), Abandoned> {
+    pub unsafe fn try_push(&self, block: *mut u8) -> Result<bool, Abandoned> {
         // SAFETY: forwarded.
         unsafe { self.push_inner(block, true) }
     }
@@ -68,7 +69,7 @@ impl RemoteStack {
     }
 
     #[inline]
-    unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<(), Abandoned> {
+    unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<bool, Abandoned> {
         debug_assert_eq!(block as usize & 15, 0);
         // SAFETY: the caller gave `block` up; its second word is the key while it is free.
         unsafe { crate::set_key_word(block, crate::free_key()) };
@@ -87,7 +88,7 @@ impl RemoteStack {
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => return Ok(head & !FLAG == 0),
                     Err(now) => {
                         PUSH_RETRIES.fetch_add(1, Ordering::Relaxed);
                         head = now;
@@ -106,7 +107,7 @@ impl RemoteStack {
             unsafe { block.cast::<usize>().write(head & !FLAG) };
             self.head
                 .store(block as usize | (head & FLAG), Ordering::Release);
-            Ok(())
+            Ok(head & !FLAG == 0)
         }
     }
 

@@ -108,7 +108,7 @@ pub struct SlabMeta {
 
 /// A value on a cache line of its own.
 #[repr(C, align(64))]
-pub(crate) struct Line<T>(T);
+pub(crate) struct Line<T>(pub(crate) T);
 
 impl<T> core::ops::Deref for Line<T> {
     type Target = T;

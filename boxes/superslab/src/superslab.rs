@@ -1,7 +1,7 @@
 //! The superslab header and its lifecycle: init, slabs in and out, pins, abandon, retire.
 use crate::abandoned::AbandonedList;
 use crate::os::PAGE;
-use crate::slab::{Corrupt, SlabMeta};
+use crate::slab::{Corrupt, Line, SlabMeta};
 use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 use crate::{Env, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE};
 use core::ptr::{addr_of_mut, NonNull};
@@ -48,6 +48,10 @@ pub struct Superslab {
     owner: AtomicUsize,
     /// Set by freers that pushed onto an abandoned superslab; cleared by its collector.
     pending: AtomicBool,
+    /// The remote hint (SS15): set by a freer whose push found a slab's remote stack empty,
+    /// taken by the owner before it drains. On a line of its own: freers write it, and the
+    /// owner's words above are read on every collect.
+    hint: Line<AtomicBool>,
     local: UnsafeCell<SsLocal>,
     pub(crate) link: UnsafeCell<SsLink>,
     /// The slabs' metadata.
@@ -91,6 +95,7 @@ impl Superslab {
             addr_of_mut!((*ss).refcount).write(AtomicUsize::new(1));
             addr_of_mut!((*ss).owner).write(AtomicUsize::new(owner));
             addr_of_mut!((*ss).pending).write(AtomicBool::new(false));
+            addr_of_mut!((*ss).hint).write(Line(AtomicBool::new(false)));
             addr_of_mut!((*ss).local).write(UnsafeCell::new(SsLocal {
                 free_slabs: u32::MAX >> (32 - SLABS),
                 zero_slabs: if zeroed { u32::MAX >> (32 - SLABS) } else { 0 },
@@ -552,8 +557,47 @@ impl Superslab {
     #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
     #[inline(always)]
     pub unsafe fn try_free_remote(&self, slab: &SlabMeta, block: *mut u8) -> bool {
+        // Seeded bug: the hint before the push; the owner may take it and drain in between.
+        #[cfg(hakmem_seeded_bug = "hint_before_push")]
+        self.hint_owner();
         // SAFETY: forwarded from the caller.
-        unsafe { slab.remote.try_push(block) }.is_ok()
+        match unsafe { slab.remote.try_push(block) } {
+            Ok(was_empty) => {
+                #[cfg(not(hakmem_seeded_bug = "hint_before_push"))]
+                if was_empty {
+                    self.hint_owner();
+                }
+                #[cfg(hakmem_seeded_bug = "hint_before_push")]
+                let _ = was_empty;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Tells the owner that a slab's remote stack has blocks (SS15), after the push that found
+    /// it empty. An RMW, not a store: it extends every earlier freer's release sequence, so an
+    /// owner whose take reads it synchronises with all the pushes that set it before.
+    #[inline]
+    fn hint_owner(&self) {
+        self.hint.swap(true, Ordering::Release);
+    }
+
+    /// Takes the remote hint (SS15): true when some in-use slab's remote stack may have blocks
+    /// pushed since the last take, and the caller must then drain every in-use slab. False
+    /// means every block pushed before the last take that returned true was drained by the
+    /// drain that followed it, and every later push is still to set the hint, so the owner may
+    /// skip the superslab.
+    ///
+    /// # Safety
+    /// The caller owns the superslab (SS5), and after a true it drains every in-use slab's
+    /// remote stack (a take that is not followed by the drain strands the blocks pushed before
+    /// it until the next empty-stack push).
+    #[inline]
+    pub unsafe fn take_remote_hint(&self) -> bool {
+        // A plain look first: most superslabs have nothing waiting, and the line stays shared.
+        // A stale false only delays the drain to the next take.
+        self.hint.load(Ordering::Relaxed) && self.hint.swap(false, Ordering::Acquire)
     }
 
     /// Under the seeded bug the fast case is the buggy path's own, so the model sees it.
@@ -583,7 +627,10 @@ impl Superslab {
     ) -> Result<bool, Corrupt> {
         #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
         // SAFETY: forwarded from the caller.
-        if unsafe { slab.remote.try_push(block) }.is_ok() {
+        if let Ok(was_empty) = unsafe { slab.remote.try_push(block) } {
+            if was_empty {
+                self.hint_owner();
+            }
             return Ok(false);
         }
         #[cfg(hakmem_seeded_bug = "check_then_push")]

@@ -199,6 +199,46 @@ fn remote_frees_come_back_on_drain() {
 }
 
 #[test]
+fn the_remote_hint_is_set_by_a_push_onto_an_empty_stack_and_taken_once() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    let list = AbandonedList::new();
+    // SAFETY: this thread owns the superslab and drains after every take that returns true;
+    // the frees give up blocks it allocated, each once.
+    unsafe {
+        let (a, b) = (ss.alloc_slab(0, 16).unwrap(), ss.alloc_slab(1, 32).unwrap());
+        let mut blocks = Vec::new();
+        for slab in [a, b] {
+            slab.alloc_batch(2, |x| blocks.push(x as usize));
+        }
+        assert!(!ss.take_remote_hint(), "nothing pushed yet");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(ss.try_free_remote(a, blocks[0] as *mut u8));
+                assert!(ss.try_free_remote(a, blocks[1] as *mut u8));
+            });
+        });
+        assert!(ss.take_remote_hint(), "a push found the stack empty");
+        assert!(!ss.take_remote_hint(), "taken once");
+        assert_eq!(a.drain_remote(), Ok(2));
+        // After the drain, the next push finds the stack empty again, in any slab and through
+        // either entry.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(
+                    ss.free_remote(b, blocks[2] as *mut u8, &list, &w.stats),
+                    Ok(false)
+                )
+            });
+        });
+        assert!(ss.take_remote_hint());
+        assert_eq!(b.drain_remote(), Ok(1));
+        b.free_local(blocks[3] as *mut u8).unwrap();
+        assert!(a.is_empty() && b.is_empty());
+    }
+}
+
+#[test]
 fn an_abandoned_superslab_is_collected_by_its_last_remote_free() {
     let w = World::new();
     let env = w.env();
