@@ -27,6 +27,11 @@
 //! - **M4 (empty regions).** A region goes back to the lru (unregistered first) only when no
 //!   block of it is held and no purge of it is in flight. One empty region is kept for the next
 //!   medium block; [`collect`] releases it too.
+//! - **M6 (longest-run bound).** A region's `max_run` is at least its longest free run: a
+//!   search that finds no fit sets it to the longest run it saw, and every free (a block, a
+//!   shrink's tail, a purge's reservation ending) raises it to the run the freed granules
+//!   coalesced into. So a request longer than the bound skips the region without a search, and
+//!   a region with a fitting run is never skipped.
 //! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
 //!   zeroed request whose granules are all clean is not written again.
 use crate::global::{ctx, invalid_pointer};
@@ -86,18 +91,37 @@ fn bit(b: &Bits, i: usize) -> bool {
     b[i / 64] >> (i % 64) & 1 == 1
 }
 
+/// The bits of word `w` that fall in `[g, g + n)`.
+#[inline]
+fn word_mask(w: usize, g: usize, n: usize) -> u64 {
+    let (lo, hi) = (g.max(w * 64), (g + n).min(w * 64 + 64));
+    if lo >= hi {
+        return 0;
+    }
+    let len = hi - lo;
+    let ones = if len == 64 { !0 } else { (1u64 << len) - 1 };
+    ones << (lo - w * 64)
+}
+
+/// Sets (`on`) or clears the bits of `[g, g + n)`, a word at a time.
 fn set_range(b: &mut Bits, g: usize, n: usize, on: bool) {
-    for i in g..g + n {
+    if n == 0 {
+        return;
+    }
+    let (first, last) = (g / 64, (g + n - 1) / 64);
+    for (w, word) in b.iter_mut().enumerate().take(last + 1).skip(first) {
+        let m = word_mask(w, g, n);
         if on {
-            b[i / 64] |= 1 << (i % 64);
+            *word |= m;
         } else {
-            b[i / 64] &= !(1 << (i % 64));
+            *word &= !m;
         }
     }
 }
 
+/// True when some bit of `[g, g + n)` is set.
 fn any_in(b: &Bits, g: usize, n: usize) -> bool {
-    (g..g + n).any(|i| bit(b, i))
+    n != 0 && (g / 64..=(g + n - 1) / 64).any(|w| b[w] & word_mask(w, g, n) != 0)
 }
 
 /// The first granule at or after `from` whose bit is `one`; [`GRANULES`] when there is none.
@@ -111,6 +135,26 @@ fn next(b: &Bits, from: usize, one: bool) -> usize {
         i = (i / 64 + 1) * 64;
     }
     GRANULES
+}
+
+/// The last granule before `before` whose bit is set; `None` when there is none.
+fn prev_set(b: &Bits, before: usize) -> Option<usize> {
+    let mut end = before.min(GRANULES);
+    while end > 0 {
+        let w = (end - 1) / 64;
+        let bits_below = end - w * 64;
+        let mask = if bits_below == 64 {
+            !0
+        } else {
+            (1u64 << bits_below) - 1
+        };
+        let v = b[w] & mask;
+        if v != 0 {
+            return Some(w * 64 + 63 - v.leading_zeros() as usize);
+        }
+        end = w * 64;
+    }
+    None
 }
 
 /// The span map of one region: which granules are blocks, which are free, which may hold
@@ -133,6 +177,9 @@ pub struct SpanMap {
     live: u32,
     /// Purge reservations in flight.
     reserved: u32,
+    /// At least the longest free run (M6): exact after a search that found no fit, raised to
+    /// the coalesced run by every free, so a region it rules out is skipped without a search.
+    max_run: u32,
 }
 
 impl SpanMap {
@@ -147,6 +194,7 @@ impl SpanMap {
             free: (GRANULES - HEADER_GRANULES) as u32,
             live: 0,
             reserved: 0,
+            max_run: (GRANULES - HEADER_GRANULES) as u32,
         };
         set_range(&mut m.used, 0, HEADER_GRANULES, true);
         set_range(&mut m.dirty, 0, HEADER_GRANULES, true);
@@ -164,11 +212,12 @@ impl SpanMap {
     }
 
     /// The smallest free run of at least `n` granules (the first of those), best fit.
-    fn find(&self, n: usize) -> Option<usize> {
-        if n == 0 || n > self.free as usize {
+    fn find(&mut self, n: usize) -> Option<usize> {
+        if n == 0 || n > self.free as usize || n > self.max_run as usize {
             return None;
         }
         let mut best: Option<(usize, usize)> = None;
+        let mut longest = 0;
         let mut g = next(&self.used, 0, false);
         while g < GRANULES {
             let end = next(&self.used, g, true);
@@ -179,9 +228,27 @@ impl SpanMap {
             if run > n && best.is_none_or(|(_, r)| run < r) {
                 best = Some((g, run));
             }
+            longest = longest.max(run);
             g = next(&self.used, end, false);
         }
+        if best.is_none() {
+            // Every run was looked at: the bound is exact now (M6).
+            self.max_run = longest as u32;
+        }
         best.map(|(g, _)| g)
+    }
+
+    /// Raises the longest-run bound (M6) to the free run that now holds granule `g`.
+    fn note_free_run(&mut self, g: usize) {
+        let start = prev_set(&self.used, g).map_or(0, |u| u + 1);
+        let end = next(&self.used, g, true);
+        self.max_run = self.max_run.max((end - start) as u32);
+    }
+
+    /// The longest-run bound (M6), for tests.
+    #[cfg(test)]
+    fn max_run(&self) -> usize {
+        self.max_run as usize
     }
 
     /// Hands out a block of `n` granules (`1..=MAX_GRANULES`): its first granule and whether
@@ -224,6 +291,7 @@ impl SpanMap {
         set_range(&mut self.freed, g, 1, true);
         self.free += n as u32;
         self.live -= 1;
+        self.note_free_run(g);
         Ok(n)
     }
 
@@ -237,10 +305,11 @@ impl SpanMap {
         if n == 0 || n > MAX_GRANULES {
             return false;
         }
-        if n <= old {
+        if n < old {
             set_range(&mut self.used, g + n, old - n, false);
             self.free += (old - n) as u32;
-        } else {
+            self.note_free_run(g + n);
+        } else if n > old {
             let extra = n - old;
             if g + n > GRANULES || any_in(&self.used, g + old, extra) {
                 return false;
@@ -284,6 +353,7 @@ impl SpanMap {
     /// Ends the reservation of the run `[g, g + n)`: free again, and clean when `purged`.
     pub fn end_purge(&mut self, g: usize, n: usize, purged: bool) {
         set_range(&mut self.used, g, n, false);
+        self.note_free_run(g);
         if purged {
             set_range(&mut self.dirty, g, n, false);
             set_range(&mut self.aged, g, n, false);

@@ -196,3 +196,109 @@ fn purges_stop_at_the_room_given() {
     assert_eq!(m.reserve_purge(true, &mut out), 2);
     assert_eq!(&out[..2], &[(x[6], 2), (x[8], 2)]);
 }
+
+#[test]
+fn range_operations_match_the_bit_by_bit_definition() {
+    // Every range that starts and ends within the first three words and at a few places
+    // further on, against a bitmap written and read one bit at a time.
+    let starts = (0..192).chain([255, 256, 300, 447, 448, 500]);
+    for g in starts {
+        for n in [0, 1, 2, 5, 31, 63, 64, 65, 127, 128, 129, 200] {
+            if g + n > GRANULES {
+                continue;
+            }
+            let mut fast: Bits = [0x5555_5555_5555_5555; WORDS];
+            let mut slow = fast;
+            for on in [true, false] {
+                set_range(&mut fast, g, n, on);
+                for i in g..g + n {
+                    if on {
+                        slow[i / 64] |= 1 << (i % 64);
+                    } else {
+                        slow[i / 64] &= !(1 << (i % 64));
+                    }
+                }
+                assert_eq!(fast, slow, "set_range({g}, {n}, {on})");
+            }
+            let probe: Bits = core::array::from_fn(|w| if w % 2 == 0 { 1 << 63 } else { 0 });
+            assert_eq!(
+                any_in(&probe, g, n),
+                (g..g + n).any(|i| bit(&probe, i)),
+                "any_in({g}, {n})"
+            );
+        }
+    }
+}
+
+/// The longest free run, by brute force.
+fn longest_free_run(m: &SpanMap) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for g in 0..GRANULES {
+        run = if bit(&m.used, g) { 0 } else { run + 1 };
+        best = best.max(run);
+    }
+    best
+}
+
+#[test]
+fn the_longest_run_bound_never_rules_out_a_fitting_run() {
+    // Random allocations, frees, shrinks and purges: an allocation fails exactly when no free
+    // run is long enough, and the bound stays at or above the longest run (M6).
+    let mut m = map();
+    let mut live: Vec<(usize, usize)> = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = |k: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % k as u64) as usize
+    };
+    let (mut fits, mut misses) = (0, 0);
+    for step in 0..20_000 {
+        match rand(8) {
+            0..=3 => {
+                let span = if rand(4) == 0 { MAX_GRANULES } else { 40 };
+                let n = 1 + rand(span);
+                let could = longest_free_run(&m) >= n;
+                let got = m.alloc(n);
+                assert_eq!(
+                    got.is_some(),
+                    could,
+                    "step {step}: alloc({n}) against the longest free run"
+                );
+                match got {
+                    Some((g, _)) => {
+                        live.push((g, n));
+                        fits += 1;
+                    }
+                    None => misses += 1,
+                }
+            }
+            4..=6 if !live.is_empty() => {
+                let (g, n) = live.swap_remove(rand(live.len()));
+                if rand(3) == 0 && n > 1 {
+                    let k = 1 + rand(n - 1);
+                    assert!(m.resize(g, k));
+                    live.push((g, k));
+                } else {
+                    assert_eq!(m.free(g), Ok(n));
+                }
+            }
+            _ => {
+                let mut out = [(0, 0); 8];
+                let k = m.reserve_purge(rand(2) == 0, &mut out);
+                for &(g, n) in &out[..k] {
+                    m.end_purge(g, n, true);
+                }
+            }
+        }
+        assert!(
+            m.max_run() >= longest_free_run(&m),
+            "step {step}: bound below the longest run"
+        );
+    }
+    assert!(
+        fits > 1000 && misses > 100,
+        "both outcomes exercised: {fits} fits, {misses} misses"
+    );
+}
