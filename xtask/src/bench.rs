@@ -268,6 +268,7 @@ fn plan(t: usize) -> Vec<Entry> {
             "random-mixed/w8192".into(),
             &["random-mixed", "--working-set", "8192", "--threads", "1"],
         ),
+        r("random-medium".into(), &["random-medium", "--threads", "1"]),
         r(format!("larson/t{t}"), &["larson", "--threads", &ts]),
         r(
             format!("producer-consumer/t{t}"),
@@ -321,6 +322,8 @@ fn plan(t: usize) -> Vec<Entry> {
             "random-mixed/w8192",
             &["random-mixed", "--working-set", "8192"],
         ),
+        c("random-medium", &["random-medium"]),
+        c("mixed-sizes", &["mixed-sizes"]),
         c("glibc-simple", &["glibc-simple"]),
         c("long-lived-tree", &["long-lived-tree"]),
         c("large-blocks", &["large-blocks"]),

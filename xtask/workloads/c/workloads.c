@@ -175,6 +175,71 @@ static uint64_t random_mixed(size_t ws, uint64_t iters) {
     return iters;
 }
 
+/* ---------------------------------------------------------------- 2b. random-medium */
+
+/* Random replacement in 400 slots, sizes log-uniform in 1 KiB..1 MiB (the small classes above
+ * 1 KiB, then whole pages), each block touched once per page. ops = replacements. */
+static uint64_t random_medium(uint64_t iters) {
+    enum { WS = 400 };
+    rng_t r = rng_new(0);
+    unsigned char *slot[WS];
+    for (size_t i = 0; i < WS; i++) {
+        size_t n = log_range(&r, 1 << 10, (1 << 20) - 1);
+        slot[i] = xmalloc(n);
+        touch(slot[i], n, 1);
+    }
+    for (uint64_t i = 0; i < iters; i++) {
+        size_t j = below(&r, WS);
+        size_t n = log_range(&r, 1 << 10, (1 << 20) - 1);
+        unsigned char *p = xmalloc(n);
+        touch(p, n, (unsigned char)i);
+        free(slot[j]);
+        slot[j] = p;
+    }
+    for (size_t i = 0; i < WS; i++)
+        free(slot[i]);
+    return iters;
+}
+
+/* ---------------------------------------------------------------- 2c. mixed-sizes */
+
+/* As the Rust lane's mixed-sizes: random replacement in 2000 slots where 80% of the blocks are
+ * 16..=1024 B, 17% 1 KiB..64 KiB and 3% 64 KiB..4 MiB (both log-uniform). ops = replacements. */
+static size_t mixed_size(rng_t *r) {
+    size_t k = below(r, 100);
+    if (k < 80)
+        return range(r, 16, 1024);
+    if (k < 97)
+        return log_range(r, 1025, 64 << 10);
+    return log_range(r, (64 << 10) + 1, 4 << 20);
+}
+
+static uint64_t mixed_sizes(uint64_t iters) {
+    enum { SLOTS = 2000 };
+    rng_t r = rng_new(0);
+    unsigned char **slot = xmalloc(SLOTS * sizeof *slot);
+    size_t *len = xmalloc(SLOTS * sizeof *len);
+    for (size_t i = 0; i < SLOTS; i++) {
+        len[i] = mixed_size(&r);
+        slot[i] = xmalloc(len[i]);
+        touch(slot[i], len[i], 1);
+    }
+    for (uint64_t i = 0; i < iters; i++) {
+        size_t j = below(&r, SLOTS);
+        size_t n = mixed_size(&r);
+        unsigned char *p = xmalloc(n);
+        touch(p, n, (unsigned char)i);
+        free(slot[j]);
+        slot[j] = p;
+        len[j] = n;
+    }
+    for (size_t i = 0; i < SLOTS; i++)
+        free(slot[i]);
+    free(slot);
+    free(len);
+    return iters;
+}
+
 /* ---------------------------------------------------------------- 3. glibc-simple */
 
 /* After glibc's benchtests/bench-malloc-simple: for each size and each batch of 25, 100, 400
@@ -673,6 +738,8 @@ static const struct workload WORKLOADS[] = {
     {"tiny-hot", 120000000, 40000000},
     {"pair", 120000000, 40000000},
     {"random-mixed", 36000000, 12000000},
+    {"random-medium", 3000000, 1000000},
+    {"mixed-sizes", 300000, 100000},
     {"glibc-simple", 30000000, 10000000},
     {"long-lived-tree", 4000000, 1500000},
     {"large-blocks", 200, 60},
@@ -735,6 +802,10 @@ int main(int argc, char **argv) {
         ops = pair(n);
     else if (strcmp(name, "random-mixed") == 0)
         ops = random_mixed((size_t)ws, n);
+    else if (strcmp(name, "random-medium") == 0)
+        ops = random_medium(n);
+    else if (strcmp(name, "mixed-sizes") == 0)
+        ops = mixed_sizes(n);
     else if (strcmp(name, "glibc-simple") == 0)
         ops = glibc_simple(n);
     else if (strcmp(name, "long-lived-tree") == 0)

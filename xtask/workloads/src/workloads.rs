@@ -66,22 +66,35 @@ pub fn tiny_pair(iters: u64) -> Outcome {
 }
 
 fn random_mixed_thread(ws: usize, iters: u64, stream: u64) -> u64 {
+    random_replacement(ws, iters, stream, |rng| rng.range(16, 1024))
+}
+
+/// Random replacement in `ws` slots, sizes drawn by `size`: allocate the new block, touch it,
+/// free the slot's old one. Returns the replacements.
+fn random_replacement(ws: usize, iters: u64, stream: u64, size: fn(&mut Rng) -> usize) -> u64 {
     let mut rng = Rng::new(SEED, stream);
     let mut slots: Vec<Block> = (0..ws)
         .map(|_| {
-            let mut b = block(rng.range(16, 1024));
+            let mut b = block(size(&mut rng));
             touch(&mut b, 1);
             b
         })
         .collect();
     for i in 0..iters {
         let j = rng.below(ws);
-        let mut b = block(rng.range(16, 1024));
+        let mut b = block(size(&mut rng));
         touch(&mut b, i as u8);
         slots[j] = b;
     }
     black_box(&mut slots);
     iters
+}
+
+/// 2b. random-medium: random replacement in 400 slots, sizes log-uniform in 1 KiB..=1 MiB
+///     (the small classes above 1 KiB, then whole pages), every block touched once per page,
+///     on one thread. ops = replacements.
+pub fn random_medium(iters: u64) -> Outcome {
+    random_replacement(400, iters, 0, |rng| rng.log_range(1 << 10, 1 << 20)).into()
 }
 
 /// 2. random-mixed: random replacement in a working set of `ws` slots per thread, sizes
