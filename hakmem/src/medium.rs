@@ -109,7 +109,7 @@ fn set_range(b: &mut Bits, g: usize, n: usize, on: bool) {
         return;
     }
     let (first, last) = (g / 64, (g + n - 1) / 64);
-    for (w, word) in b.iter_mut().enumerate().take(last + 1).skip(first) {
+    for (word, w) in b[first..=last].iter_mut().zip(first..) {
         let m = word_mask(w, g, n);
         if on {
             *word |= m;
