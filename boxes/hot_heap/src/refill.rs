@@ -121,8 +121,7 @@ impl Heap {
             // SAFETY: ours.
             if slab.is_none() || unsafe { !s.has_free_slab() } {
                 // Full now (or its only free slab, slab 0, is too short for this class).
-                self.unlink_owned(s);
-                self.link_owned(s, false);
+                self.move_owned(s, false);
             }
             if let Some(slab) = slab {
                 self.ring_insert(class, slab);
@@ -194,8 +193,25 @@ impl Heap {
     }
 
     /// Links `ss` into the owned list: at the front if it has a free slab, else at the back
-    /// (H7).
+    /// (H7); it is owned from now on, so its slabs enter the owned cache (H8).
     pub(crate) fn link_owned(&mut self, ss: &Superslab, front: bool) {
+        self.list_link(ss, front);
+        self.owned_count += 1;
+        for i in 0..SLABS {
+            let base = ss.base() + i * SLAB_SIZE;
+            self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
+        }
+    }
+
+    /// Moves `ss`, owned, to the front or the back of the owned list (H7); it stays owned, and
+    /// the owned cache (H8) is left as it is.
+    pub(crate) fn move_owned(&mut self, ss: &Superslab, front: bool) {
+        self.list_unlink(ss);
+        self.list_link(ss, front);
+    }
+
+    /// Links `ss` into the owned list's chain alone.
+    fn list_link(&mut self, ss: &Superslab, front: bool) {
         // SAFETY: `ss` is now owned by this heap; the list's superslabs are too.
         unsafe {
             if front {
@@ -214,14 +230,24 @@ impl Heap {
                 self.owned_tail = ss;
             }
         }
-        self.owned_count += 1;
+    }
+
+    /// Takes `ss` out of the owned list and its slabs out of the owned cache (H8): it is no
+    /// longer owned by this heap.
+    pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
+        self.list_unlink(ss);
+        self.owned_count -= 1;
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
-            self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
+            let slot = owned_slot(slab_number(base));
+            if core::ptr::eq(self.owned_slabs[slot], ss.slab_of(base as *const u8)) {
+                self.owned_slabs[slot] = EMPTY_SLOT;
+            }
         }
     }
 
-    pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
+    /// Takes `ss` out of the owned list's chain alone (the rotating cursor moves past it).
+    fn list_unlink(&mut self, ss: &Superslab) {
         // SAFETY: `ss` and its neighbours are owned by this heap.
         unsafe {
             let (next, prev) = ss.heap_links();
@@ -237,14 +263,6 @@ impl Heap {
                 self.cursor = next;
             }
             ss.set_heap_links(null(), null());
-        }
-        self.owned_count -= 1;
-        for i in 0..SLABS {
-            let base = ss.base() + i * SLAB_SIZE;
-            let slot = owned_slot(slab_number(base));
-            if core::ptr::eq(self.owned_slabs[slot], ss.slab_of(base as *const u8)) {
-                self.owned_slabs[slot] = EMPTY_SLOT;
-            }
         }
     }
 
@@ -315,13 +333,8 @@ impl Heap {
         self.ring_remove(class, slab);
         // SAFETY: ours and empty.
         let all_free = unsafe { ss.free_slab(slab) };
-        self.unlink_owned(ss);
-        if all_free && self.keep_empty(ss) {
-            // Kept (H4): every slab is free, so to the front (H7).
-            self.link_owned(ss, true);
-            return false;
-        }
-        if all_free {
+        if all_free && !self.keep_empty(ss) {
+            self.unlink_owned(ss);
             // SAFETY: the owner's reference (H5: a heap holds one per owned superslab), given up
             // with the superslab, which just left the owned list.
             if unsafe { ss.unpin() } {
@@ -330,8 +343,8 @@ impl Heap {
             }
             return true;
         }
-        // It has a free slab now: to the front (H7).
-        self.link_owned(ss, true);
+        // Kept (H4) or with a free slab now: to the front (H7).
+        self.move_owned(ss, true);
         false
     }
 
