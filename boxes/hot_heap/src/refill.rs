@@ -87,16 +87,22 @@ impl Heap {
         if let Some(s) = self.current(class) {
             return Some(s);
         }
-        // 3. Abandoned superslabs, adopted.
+        // 3. Abandoned superslabs, adopted until one serves: it has a slab of this class with
+        // a free block, or a free slab for step 4. Adopting more would strand their free space
+        // in this heap while other threads grow.
         // SAFETY: this heap's id, used by this thread alone.
         while let Some(ss) = unsafe { self.ctx().abandoned.adopt(self.id) } {
             self.ctx().stats.event(Event::Adopt, 0);
             // SAFETY: adopted: ours.
             let has_free = unsafe { ss.has_free_slab() };
             self.link_owned(ss, has_free);
-            self.collect_one(ss);
+            let released = self.collect_one(ss);
             if let Some(s) = self.current(class) {
                 return Some(s);
+            }
+            // SAFETY: ours (still mapped: not released).
+            if !released && unsafe { ss.has_free_slab() } {
+                break;
             }
         }
         // Before asking for a new superslab, drain more own superslabs.
@@ -295,8 +301,9 @@ impl Heap {
     }
 
     /// Drains the remote stacks of `ss`'s slabs into their free lists; fixes rings; gives back
-    /// empty slabs and, when all are empty, the superslab (H3, H4).
-    pub(crate) fn collect_one(&mut self, ss: &'static Superslab) {
+    /// empty slabs and, when all are empty, the superslab (H3, H4). True when `ss` was released
+    /// (it must not be touched again).
+    pub(crate) fn collect_one(&mut self, ss: &'static Superslab) -> bool {
         // SAFETY: `ss` is owned by this heap.
         for slab in unsafe { ss.slabs_in_use() } {
             // SAFETY: ours.
@@ -315,12 +322,13 @@ impl Heap {
             let (empty, has_free) = unsafe { (slab.is_empty(), slab.has_free()) };
             if empty && !core::ptr::eq(self.current[class], slab) {
                 if self.free_slab(ss, class, slab) {
-                    return;
+                    return true;
                 }
             } else if has_free && !Self::in_ring(slab) {
                 self.ring_insert(class, slab);
             }
         }
+        false
     }
 
     /// Returns an empty slab to its superslab; true when that released the superslab.
