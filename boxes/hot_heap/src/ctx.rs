@@ -30,6 +30,11 @@ impl Ctx {
                 live_count: 0,
             }),
             next_id: AtomicUsize::new(1),
+            slab_purge_delay: if lru.purge {
+                lru.purge_delay_ns
+            } else {
+                u64::MAX
+            },
         }
     }
 

@@ -51,6 +51,10 @@ impl Heap {
                     unsafe { ctx.release_superslab(ss) };
                 }
             } else {
+                // Slabs free since this heap's last purge tick give their pages back now; the
+                // rest wait for an adopter's tick (H14).
+                // SAFETY: ours until abandoned below.
+                unsafe { ss.purge_free_slabs(&ctx.env(), false) };
                 ctx.stats.event(Event::Abandon, 0);
                 // SAFETY: ours, and forgotten from here on.
                 match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {

@@ -119,6 +119,7 @@ impl Heap {
             return;
         }
         self.ctx().lru.purge_if_due(&self.ctx().stats);
+        self.purge_slabs_if_due();
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };

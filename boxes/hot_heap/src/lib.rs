@@ -149,6 +149,14 @@
 //!   neither. So the fast paths make one counter update each, and a snapshot adds a live heap's
 //!   list counts (read under their sequence lock, tls_sll L7) to its thread counters; at exit
 //!   they are folded into those counters before the merge.
+//! - **H14 (free slabs purged in time).** When a slab of a superslab the heap keeps goes back
+//!   to it, or the heap adopts or claims a superslab, the heap schedules a purge tick one purge
+//!   delay on (the lru's, when purging is on); its slow paths run the tick once it is due, and
+//!   each tick purges the owned superslabs' slabs that stayed free since the one before (SS16),
+//!   scheduling another while any wait. So the pages of a slab freed while its superslab still
+//!   holds blocks go back within one to two delays of the heap's next slow path, and a slab
+//!   taken again before that keeps them. An exiting heap purges the slabs already aged at its
+//!   last tick before it abandons their superslab.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -313,6 +321,9 @@ pub struct Ctx {
     report: fn(Corrupt),
     heaps: SpinLock<Heaps>,
     next_id: AtomicUsize,
+    /// How long a free slab keeps its pages before its heap's purge tick gives them back
+    /// (H14): the lru's purge delay, or `u64::MAX` when purging is off.
+    slab_purge_delay: u64,
 }
 
 /// One thread's heap.
@@ -337,6 +348,9 @@ pub struct Heap {
     cursor: *const Superslab,
     /// The one empty superslab this heap may keep (H4); null, or owned by this heap.
     kept_empty: *const Superslab,
+    /// When the next purge tick of the owned superslabs' free slabs is due (H14, as
+    /// [`hakmem_lru::now_ns`]); `u64::MAX` when none waits.
+    purge_due: u64,
     /// This thread's counters.
     pub stats: ThreadStats,
     next: *mut Heap,
@@ -378,6 +392,7 @@ impl Heap {
         h.owned_count = 0;
         h.cursor = null();
         h.kept_empty = null();
+        h.purge_due = u64::MAX;
         h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)

@@ -96,6 +96,8 @@ impl Heap {
             // SAFETY: adopted: ours.
             let has_free = unsafe { ss.has_free_slab() };
             self.link_owned(ss, has_free);
+            // Its free slabs may hold pages: they wait for this heap's purge tick (H14).
+            self.arm_slab_purge();
             let released = self.collect_one(ss);
             if let Some(s) = self.current(class) {
                 return Some(s);
@@ -351,9 +353,53 @@ impl Heap {
             }
             return true;
         }
-        // Kept (H4) or with a free slab now: to the front (H7).
+        // Kept (H4) or with a free slab now: to the front (H7). The slab's pages go back at a
+        // later purge tick unless it is taken again first (H14).
         self.move_owned(ss, true);
+        self.arm_slab_purge();
         false
+    }
+
+    /// Schedules a purge tick of the free slabs (H14), if none is scheduled and purging is on.
+    pub(crate) fn arm_slab_purge(&mut self) {
+        let delay = self.ctx().slab_purge_delay;
+        if self.purge_due == u64::MAX && delay != u64::MAX {
+            self.purge_due = now_ns().saturating_add(delay);
+        }
+    }
+
+    /// Runs the purge tick of the free slabs if it is due (H14): one load and compare when none
+    /// is scheduled, and a clock read when one is. For the slow paths.
+    #[inline]
+    pub(crate) fn purge_slabs_if_due(&mut self) {
+        if self.purge_due == u64::MAX {
+            return;
+        }
+        let now = now_ns();
+        if now >= self.purge_due {
+            self.purge_slabs(now);
+        }
+    }
+
+    /// A purge tick (H14): every owned superslab gives back the pages of its slabs that have
+    /// been free since the last tick; the next tick is due one delay on if any slab waits.
+    #[cold]
+    fn purge_slabs(&mut self, now: u64) {
+        let env = self.ctx().env();
+        let mut waiting = false;
+        let mut ss = self.owned;
+        // SAFETY: owned superslabs are live and ours.
+        while let Some(s) = unsafe { ss.as_ref() } {
+            // SAFETY: ours.
+            waiting |= unsafe { s.purge_free_slabs(&env, false) }.1;
+            // SAFETY: ours.
+            ss = unsafe { s.heap_links().0 };
+        }
+        self.purge_due = if waiting {
+            now.saturating_add(self.ctx().slab_purge_delay)
+        } else {
+            u64::MAX
+        };
     }
 
     /// Whether the heap keeps `ss`, which has just become empty (H4): yes unless it already

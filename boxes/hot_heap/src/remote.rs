@@ -132,6 +132,7 @@ impl Heap {
         // SAFETY: claimed: ours.
         let has_free = unsafe { ss.has_free_slab() };
         self.link_owned(ss, has_free);
+        self.arm_slab_purge();
         // The caller's block is out, so this cannot release the superslab (SS4).
         self.collect_one(ss);
         true

@@ -811,3 +811,45 @@ fn list_counts_show_in_snapshots_of_a_live_heap_and_survive_its_exit_exactly() {
         "folded once"
     );
 }
+
+#[test]
+fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_ticks() {
+    // A purge delay of 0: each slow path after a slab goes back runs a tick (H14).
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+    let registry = os.registry();
+    let lru = LruConfig {
+        purge_delay_ns: 0,
+        ..LruConfig::default()
+    };
+    let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(os, registry, lru, false, count_report)));
+    let h = heap(ctx);
+    let c = class_of(1024).unwrap();
+    // SAFETY: the heap is this thread's own.
+    let keep = unsafe { h.alloc(class_of(16).unwrap()) };
+    // Sixteen slabs of 1 KiB blocks, all freed: beyond what the list and cache keep, the
+    // blocks go back to their slabs, and the emptied slabs to the superslab, still in use.
+    // SAFETY: the heap is this thread's own.
+    let blocks: Vec<*mut u8> = (0..16 * 64).map(|_| unsafe { h.alloc(c) }).collect();
+    for b in blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    // A few slow paths of other classes: ticks age the free slabs, then purge them.
+    for size in [2048, 4096, 8192, 16384] {
+        // SAFETY: the heap is this thread's own; the block is ours, freed once.
+        unsafe {
+            let p = h.alloc(class_of(size).unwrap());
+            free(h, p);
+        }
+    }
+    let purged = ctx.snapshot().bytes(Event::Madvise);
+    assert!(
+        purged >= 8 * SLAB_SIZE as u64,
+        "free slabs of a superslab in use kept their pages: {purged} bytes purged"
+    );
+    // SAFETY: ours, freed once.
+    unsafe { free(h, keep) };
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(c), 0);
+}

@@ -134,6 +134,11 @@
 //!   drain's swap, so it sets the hint again. So a stack with blocks always has its hint set,
 //!   or an owner's drain still to come, and an owner may skip a superslab whose hint is clear:
 //!   refills look at one word per superslab instead of every slab's stack.
+//! - **SS16 (free slabs give their pages back).** The owner's purge tick
+//!   ([`Superslab::purge_free_slabs`]) gives the pages of the slabs that were free and dirty
+//!   at its previous tick, and are still free, back to the OS, and marks them zero (SS8); a slab
+//!   taken or freed since loses its age, so a slab is purged only after it has stayed free from
+//!   one tick to the next. Slab 0's pages below the header go too; the header's never.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

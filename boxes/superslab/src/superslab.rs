@@ -27,6 +27,8 @@ struct SsLocal {
     free_slabs: u32,
     /// Bit `i` set: slab `i`'s pages are known to read as zero.
     zero_slabs: u32,
+    /// Bit `i` set: slab `i` was free and dirty at the owner's last purge tick (SS16).
+    aged_slabs: u32,
     /// The owning heap's list of superslabs.
     next: *const Superslab,
     prev: *const Superslab,
@@ -99,6 +101,7 @@ impl Superslab {
             addr_of_mut!((*ss).local).write(UnsafeCell::new(SsLocal {
                 free_slabs: u32::MAX >> (32 - SLABS),
                 zero_slabs: if zeroed { u32::MAX >> (32 - SLABS) } else { 0 },
+                aged_slabs: 0,
                 next: core::ptr::null(),
                 prev: core::ptr::null(),
             }));
@@ -310,6 +313,7 @@ impl Superslab {
             }
             let i = free.trailing_zeros() as usize;
             (*l).free_slabs &= !(1 << i);
+            (*l).aged_slabs &= !(1 << i);
             Some((i, (*l).zero_slabs & (1 << i) != 0))
         });
         let (i, fresh) = i?;
@@ -348,8 +352,57 @@ impl Superslab {
         // SAFETY: the caller owns the superslab.
         self.local.with_mut(|l| unsafe {
             (*l).free_slabs |= 1 << i;
+            (*l).aged_slabs &= !(1 << i);
             (*l).free_slabs == u32::MAX >> (32 - SLABS)
         })
+    }
+
+    /// A purge tick of the free slabs (SS16): gives the pages of every free slab that was
+    /// already free and dirty at the last tick (every free dirty slab with `all`) back to the
+    /// OS, marks them zero (SS8), and ages the free dirty slabs left for the next tick. Slab 0's
+    /// header pages stay. Returns the bytes purged, and whether a slab waits for a next tick.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn purge_free_slabs(&self, env: &Env<'_>, all: bool) -> (usize, bool) {
+        // SAFETY: the caller owns the superslab.
+        let (free, zero, aged) = self
+            .local
+            .with(|l| unsafe { ((*l).free_slabs, (*l).zero_slabs, (*l).aged_slabs) });
+        let dirty = free & !zero;
+        let mut todo = if all { dirty } else { dirty & aged };
+        // Slab 0's pages below the header, only when they are whole OS pages.
+        let page = env.os.page_size();
+        if !HEADER_OFFSET.is_multiple_of(page) {
+            todo &= !1;
+        }
+        let mut purged = 0;
+        let mut zeroed = 0u32;
+        while todo != 0 {
+            let i = todo.trailing_zeros() as usize;
+            // The run of slabs i..i+n; slab 0 is a run of its own (the header ends it).
+            let n = if i == 0 {
+                1
+            } else {
+                (todo >> i).trailing_ones() as usize
+            };
+            let bytes = if i == 0 { HEADER_OFFSET } else { n * SLAB_SIZE };
+            let at = NonNull::new((self.base() + i * SLAB_SIZE) as *mut u8).expect("never at 0");
+            // SAFETY: free slabs of a superslab the caller owns: no block of them is held
+            // anywhere (SS4), and slab 0's run stops below the header; whole pages, as checked.
+            if unsafe { env.os.purge(at, bytes, env.stats) } {
+                purged += bytes;
+                zeroed |= (u32::MAX >> (32 - n)) << i;
+            }
+            todo &= !((u32::MAX >> (32 - n)) << i);
+        }
+        // SAFETY: the caller owns the superslab.
+        let waiting = self.local.with_mut(|l| unsafe {
+            (*l).zero_slabs |= zeroed;
+            (*l).aged_slabs = (*l).free_slabs & !(*l).zero_slabs;
+            (*l).aged_slabs != 0
+        });
+        (purged, waiting)
     }
 
     /// True when some slab is free.

@@ -545,3 +545,64 @@ fn large_regions_and_their_growth_keep_to_the_os_page_size() {
         assert_eq!(unsafe { slab.alloc_batch(4, |_| {}) }, 4);
     }
 }
+
+#[test]
+fn a_free_slab_gives_its_pages_back_after_a_whole_tick_and_the_header_stays() {
+    let w = World::new();
+    let env = w.env();
+    let ss = Superslab::create(&env, 1).unwrap();
+    let base = ss.base();
+    // SAFETY: every address read below lies in the superslab, mapped for the whole test.
+    let byte = |at: usize| unsafe { *(at as *const u8) };
+    let purged = || w.stats.snapshot().bytes(hakmem_stats::Event::Madvise);
+    // SAFETY: this thread owns the superslab; blocks are freed once, after their writes.
+    unsafe {
+        // Slabs 0, 1 and 2 written all over, then 0 and 1 freed; 2 keeps a block.
+        let slabs: Vec<&SlabMeta> = (0..3).map(|_| ss.alloc_slab(0, 1024).unwrap()).collect();
+        assert_eq!(
+            slabs.iter().map(|s| ss.slab_index(s)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        for s in &slabs {
+            let mut blocks = Vec::new();
+            s.alloc_batch(u32::MAX, |b| blocks.push(b));
+            for &b in &blocks {
+                b.write_bytes(0xAB, 1024);
+            }
+            for &b in &blocks[usize::from(ss.slab_index(s) == 2)..] {
+                s.free_local(b).unwrap();
+            }
+        }
+        assert!(!ss.free_slab(slabs[0]) && !ss.free_slab(slabs[1]));
+        // First tick: nothing was free at the one before, so nothing goes; both age.
+        assert_eq!(ss.purge_free_slabs(&env, false), (0, true));
+        assert_eq!(byte(base + SLAB_SIZE + 100), 0xAB);
+        // Slab 0 is taken and freed again between the ticks: it loses its age.
+        let again = ss.alloc_slab(0, 1024).unwrap();
+        assert!(core::ptr::eq(again, slabs[0]));
+        assert!(!ss.free_slab(again));
+        // Second tick: slab 1 stayed free, so its pages go, and it reads as zero; slab 0 waits.
+        assert_eq!(ss.purge_free_slabs(&env, false), (SLAB_SIZE, true));
+        assert_eq!(purged(), SLAB_SIZE as u64);
+        assert_eq!(byte(base + SLAB_SIZE + 100), 0);
+        assert_eq!(byte(base + 100), 0xAB);
+        // Third tick: slab 0's pages below the header go; the header is whole and the
+        // superslab works on, and slab 0 comes back fresh (SS8).
+        assert_eq!(
+            ss.purge_free_slabs(&env, false),
+            (SLAB_SIZE - HEADER_SIZE, false)
+        );
+        assert_eq!(byte(base + 100), 0);
+        assert!(core::ptr::eq(Superslab::of((base + 100) as *const u8), ss));
+        assert!(w.registry.lookup(base).is_some());
+        let fresh = ss.alloc_slab(0, 1024).unwrap();
+        assert!(core::ptr::eq(fresh, slabs[0]) && fresh.local().fresh);
+        // Nothing free and dirty is left: a tick has nothing to do.
+        assert_eq!(ss.purge_free_slabs(&env, false), (0, false));
+        assert_eq!(
+            byte(base + 2 * SLAB_SIZE + 100),
+            0xAB,
+            "a slab in use is never purged"
+        );
+    }
+}
