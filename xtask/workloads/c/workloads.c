@@ -149,21 +149,21 @@ static uint64_t pair(uint64_t iters) {
     return iters;
 }
 
-/* ---------------------------------------------------------------- 2. random-mixed */
+/* ---------------------------------------------------------------- 2. random replacement */
 
-/* Random replacement in `ws` slots, sizes uniform in 16..=1024 B: allocate the new block,
- * touch it, free the slot's old one. ops = replacements. */
-static uint64_t random_mixed(size_t ws, uint64_t iters) {
+/* Random replacement in `ws` slots, sizes drawn by `size`: allocate the new block, touch it,
+ * free the slot's old one. ops = replacements. */
+static uint64_t random_replace(size_t ws, uint64_t iters, size_t (*size)(rng_t *)) {
     rng_t r = rng_new(0);
     unsigned char **slot = xmalloc(ws * sizeof *slot);
     for (size_t i = 0; i < ws; i++) {
-        size_t n = range(&r, 16, 1024);
+        size_t n = size(&r);
         slot[i] = xmalloc(n);
         touch(slot[i], n, 1);
     }
     for (uint64_t i = 0; i < iters; i++) {
         size_t j = below(&r, ws);
-        size_t n = range(&r, 16, 1024);
+        size_t n = size(&r);
         unsigned char *p = xmalloc(n);
         touch(p, n, (unsigned char)i);
         free(slot[j]);
@@ -175,36 +175,19 @@ static uint64_t random_mixed(size_t ws, uint64_t iters) {
     return iters;
 }
 
-/* ---------------------------------------------------------------- 2b. random-medium */
-
-/* Random replacement in 400 slots, sizes log-uniform in 1 KiB..1 MiB (the small classes above
- * 1 KiB, then whole pages), each block touched once per page. ops = replacements. */
-static uint64_t random_medium(uint64_t iters) {
-    enum { WS = 400 };
-    rng_t r = rng_new(0);
-    unsigned char *slot[WS];
-    for (size_t i = 0; i < WS; i++) {
-        size_t n = log_range(&r, 1 << 10, (1 << 20) - 1);
-        slot[i] = xmalloc(n);
-        touch(slot[i], n, 1);
-    }
-    for (uint64_t i = 0; i < iters; i++) {
-        size_t j = below(&r, WS);
-        size_t n = log_range(&r, 1 << 10, (1 << 20) - 1);
-        unsigned char *p = xmalloc(n);
-        touch(p, n, (unsigned char)i);
-        free(slot[j]);
-        slot[j] = p;
-    }
-    for (size_t i = 0; i < WS; i++)
-        free(slot[i]);
-    return iters;
+/* 2. random-mixed: sizes uniform in 16..=1024 B. */
+static size_t small_size(rng_t *r) {
+    return range(r, 16, 1024);
 }
 
-/* ---------------------------------------------------------------- 2c. mixed-sizes */
+/* 2b. random-medium: 400 slots, sizes log-uniform in 1 KiB..1 MiB (the small classes above
+ * 1 KiB, then whole pages), by power-of-two bands. */
+static size_t medium_size(rng_t *r) {
+    return log_range(r, 1 << 10, (1 << 20) - 1);
+}
 
-/* As the Rust lane's mixed-sizes: random replacement in 2000 slots where 80% of the blocks are
- * 16..=1024 B, 17% 1 KiB..64 KiB and 3% 64 KiB..4 MiB (both log-uniform). ops = replacements. */
+/* 2c. mixed-sizes, as the Rust lane's: 2000 slots, 80% of the blocks 16..=1024 B, 17%
+ * 1 KiB..64 KiB and 3% 64 KiB..4 MiB (both log-uniform). */
 static size_t mixed_size(rng_t *r) {
     size_t k = below(r, 100);
     if (k < 80)
@@ -212,32 +195,6 @@ static size_t mixed_size(rng_t *r) {
     if (k < 97)
         return log_range(r, 1025, 64 << 10);
     return log_range(r, (64 << 10) + 1, 4 << 20);
-}
-
-static uint64_t mixed_sizes(uint64_t iters) {
-    enum { SLOTS = 2000 };
-    rng_t r = rng_new(0);
-    unsigned char **slot = xmalloc(SLOTS * sizeof *slot);
-    size_t *len = xmalloc(SLOTS * sizeof *len);
-    for (size_t i = 0; i < SLOTS; i++) {
-        len[i] = mixed_size(&r);
-        slot[i] = xmalloc(len[i]);
-        touch(slot[i], len[i], 1);
-    }
-    for (uint64_t i = 0; i < iters; i++) {
-        size_t j = below(&r, SLOTS);
-        size_t n = mixed_size(&r);
-        unsigned char *p = xmalloc(n);
-        touch(p, n, (unsigned char)i);
-        free(slot[j]);
-        slot[j] = p;
-        len[j] = n;
-    }
-    for (size_t i = 0; i < SLOTS; i++)
-        free(slot[i]);
-    free(slot);
-    free(len);
-    return iters;
 }
 
 /* ---------------------------------------------------------------- 3. glibc-simple */
@@ -801,11 +758,11 @@ int main(int argc, char **argv) {
     else if (strcmp(name, "pair") == 0)
         ops = pair(n);
     else if (strcmp(name, "random-mixed") == 0)
-        ops = random_mixed((size_t)ws, n);
+        ops = random_replace((size_t)ws, n, small_size);
     else if (strcmp(name, "random-medium") == 0)
-        ops = random_medium(n);
+        ops = random_replace(400, n, medium_size);
     else if (strcmp(name, "mixed-sizes") == 0)
-        ops = mixed_sizes(n);
+        ops = random_replace(2000, n, mixed_size);
     else if (strcmp(name, "glibc-simple") == 0)
         ops = glibc_simple(n);
     else if (strcmp(name, "long-lived-tree") == 0)
