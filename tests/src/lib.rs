@@ -85,7 +85,8 @@ impl Harness {
         dir
     }
 
-    /// `c/<name>.c` compiled to an executable (once per test binary).
+    /// `c/<name>.c` (or the C++ program `c/<name>.cc`) compiled to an executable (once per
+    /// test binary).
     pub fn c_program(&self, name: &str) -> PathBuf {
         self.compile(name, false)
     }
@@ -108,8 +109,15 @@ impl Harness {
         } else {
             out_dir.join(name)
         };
-        let src = c_dir().join(format!("{name}.c"));
-        let mut cc = Command::new("cc");
+        // A C++ program is `c/<name>.cc`, built by `c++` as C++17.
+        let cxx_src = c_dir().join(format!("{name}.cc"));
+        let (src, mut cc) = if cxx_src.is_file() {
+            let mut cxx = Command::new("c++");
+            cxx.arg("-std=c++17");
+            (cxx_src, cxx)
+        } else {
+            (c_dir().join(format!("{name}.c")), Command::new("cc"))
+        };
         // -fno-builtin: every malloc, free and friend in the source is a real call (the
         // compiler may otherwise delete a malloc/free pair, or fold a NULL check).
         cc.args(["-O2", "-g", "-pthread", "-fno-builtin", "-Wall", "-Wextra"]);

@@ -34,6 +34,13 @@ fn fork_from_a_threaded_program_child_allocates() {
 }
 
 #[test]
+fn cxx_new_and_delete_are_hakmems_and_out_of_memory_still_throws() {
+    // 100 000 list nodes, arrays, strings: the operators are libhakmem.so's own; a failed new
+    // runs the new handler, then throws std::bad_alloc, and the nothrow forms give null.
+    run_c("cxx", "cxx ok: 4999950000", 100_000);
+}
+
+#[test]
 fn out_of_memory_is_null_and_enomem_and_the_program_goes_on() {
     run_c("oom", "oom ok", 1000);
 }

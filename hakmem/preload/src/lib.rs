@@ -26,6 +26,8 @@
 //!   any, 0 otherwise (`pad` is ignored: there is no heap top to keep).
 //! - The `__libc_*` names glibc also exports for these functions are exported too, so a caller
 //!   that uses them directly gets the same allocator as everyone else.
+//! - On x86_64, C++'s `operator new` and `operator delete` are hakmem's too (module `cxx`),
+//!   with C++'s out-of-memory rules: the new handler, then `std::bad_alloc`.
 //!
 //! With `HAKMEM_STATS=1` the allocator's report is written to stderr (or `HAKMEM_STATS_FILE`)
 //! when the process exits, once (see [`on_exit`]).
@@ -35,6 +37,9 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use hakmem::raw;
+
+#[cfg(target_arch = "x86_64")]
+mod cxx;
 
 /// Sets the calling thread's `errno`.
 #[inline]
