@@ -325,6 +325,7 @@ fn plan(t: usize) -> Vec<Entry> {
         c("random-medium", &["random-medium"]),
         c("mixed-sizes", &["mixed-sizes"]),
         c("glibc-simple", &["glibc-simple"]),
+        c("glibc-simple-written", &["glibc-simple-written"]),
         c("long-lived-tree", &["long-lived-tree"]),
         c("large-blocks", &["large-blocks"]),
         c(

@@ -211,18 +211,28 @@ static const int SIMPLE_BATCH[] = {25, 100, 400, 1600};
 struct simple_args {
     uint64_t per_case;
     uint64_t ops;
+    const size_t *sizes;
+    size_t n_sizes;
+    int write; /* write each block whole, an int at a time, before the frees */
 };
 
 static void *simple_pass(void *arg) {
     struct simple_args *a = arg;
     void *arr[1600];
-    for (size_t s = 0; s < N_SIMPLE_SIZES; s++)
+    for (size_t s = 0; s < a->n_sizes; s++)
         for (size_t b = 0; b < N_SIMPLE_BATCH; b++) {
             int n = SIMPLE_BATCH[b];
+            size_t size = a->sizes[s];
             uint64_t rounds = a->per_case / (uint64_t)n;
             for (uint64_t k = 0; k < rounds; k++) {
-                for (int i = 0; i < n; i++)
-                    arr[i] = malloc(SIMPLE_SIZES[s]);
+                for (int i = 0; i < n; i++) {
+                    arr[i] = malloc(size);
+                    if (a->write) {
+                        int *q = arr[i];
+                        for (size_t g = 0; g < size / sizeof(int); g++)
+                            q[g] = (int)g;
+                    }
+                }
                 KEEP(arr);
                 for (int i = 0; i < n; i++)
                     free(arr[i]);
@@ -232,8 +242,8 @@ static void *simple_pass(void *arg) {
     return NULL;
 }
 
-static uint64_t glibc_simple(uint64_t iters) {
-    struct simple_args a = {iters / (3 * N_SIMPLE_SIZES * N_SIMPLE_BATCH), 0};
+static uint64_t glibc_simple(uint64_t iters, const size_t *sizes, size_t n_sizes, int write) {
+    struct simple_args a = {iters / (3 * n_sizes * N_SIMPLE_BATCH), 0, sizes, n_sizes, write};
     pthread_t t;
     simple_pass(&a);
     spawn(&t, simple_pass, &a);
@@ -241,6 +251,10 @@ static uint64_t glibc_simple(uint64_t iters) {
     simple_pass(&a);
     return a.ops;
 }
+
+/* 3b. glibc-simple-written: mimalloc-bench's version of the same program: sizes 16, 32 and 64,
+ * each block written whole (an int at a time) before the frees. */
+static const size_t WRITTEN_SIZES[] = {16, 32, 64};
 
 /* ---------------------------------------------------------------- 4. long-lived-tree */
 
@@ -698,6 +712,7 @@ static const struct workload WORKLOADS[] = {
     {"random-medium", 3000000, 1000000},
     {"mixed-sizes", 300000, 100000},
     {"glibc-simple", 30000000, 10000000},
+    {"glibc-simple-written", 30000000, 10000000},
     {"long-lived-tree", 4000000, 1500000},
     {"large-blocks", 200, 60},
     {"producer-consumer-64b", 12000000, 4000000},
@@ -764,7 +779,9 @@ int main(int argc, char **argv) {
     else if (strcmp(name, "mixed-sizes") == 0)
         ops = random_replace(2000, n, mixed_size);
     else if (strcmp(name, "glibc-simple") == 0)
-        ops = glibc_simple(n);
+        ops = glibc_simple(n, SIMPLE_SIZES, N_SIMPLE_SIZES, 0);
+    else if (strcmp(name, "glibc-simple-written") == 0)
+        ops = glibc_simple(n, WRITTEN_SIZES, sizeof WRITTEN_SIZES / sizeof WRITTEN_SIZES[0], 1);
     else if (strcmp(name, "long-lived-tree") == 0)
         ops = long_lived_tree(n);
     else if (strcmp(name, "large-blocks") == 0)
