@@ -44,6 +44,28 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
+            // The free list's front first, as it is linked and keyed (SS9, FK1): nothing is
+            // written to its blocks.
+            // SAFETY: the slab is ours (H3).
+            if let Some((h, t, n)) = unsafe { slab.take_free_chain(want - got) } {
+                if head.is_null() {
+                    head = h;
+                } else {
+                    // SAFETY: `tail` is a free block of the chain, ours.
+                    unsafe { hakmem_tls_sll::set_next(tail, h) };
+                }
+                tail = t;
+                got += n;
+                self.ctx().stats.held_add(class, n as usize);
+                if got == want {
+                    // SAFETY: as above.
+                    if unsafe { !slab.has_free() } {
+                        self.ring_remove(class, slab);
+                    }
+                    break;
+                }
+            }
+            // Then never-carved blocks.
             // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on no
             // list: keyed here (FK1) and linked after the chain's tail.
             let n = unsafe {

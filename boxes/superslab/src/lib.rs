@@ -99,7 +99,8 @@
 //!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
 //!   push; [`SlabMeta::free_local_run`] takes runs whose blocks carry it already);
 //!   [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a suspected
-//!   double free. (Re)initialising a slab empties its remote stack (S2).
+//!   double free; [`SlabMeta::take_free_chain`] hands the free list's front out as it lies,
+//!   linked and keyed. (Re)initialising a slab empties its remote stack (S2).
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.

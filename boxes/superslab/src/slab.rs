@@ -279,6 +279,38 @@ impl SlabMeta {
         }
     }
 
+    /// Hands out up to `max` blocks from the front of the free list as one chain, linked as
+    /// they lie (head, tail, count; the tail's link is unspecified): each keeps the free key in
+    /// its second word (SS9), so a caller that keeps blocks keyed writes nothing to them. The
+    /// walk only reads, to find where to cut. `None` when the free list is empty.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub unsafe fn take_free_chain(&self, max: u32) -> Option<(*mut u8, *mut u8, u32)> {
+        // SAFETY: the caller owns the slab; blocks on the free list are free and linked.
+        unsafe {
+            self.with_local(|l| {
+                if l.free.is_null() || max == 0 {
+                    return None;
+                }
+                let head = l.free;
+                let (mut tail, mut n) = (head, 1u32);
+                while n < max {
+                    let next = tail.cast::<*mut u8>().read();
+                    if next.is_null() {
+                        break;
+                    }
+                    tail = next;
+                    n += 1;
+                }
+                l.free = tail.cast::<*mut u8>().read();
+                l.free_len -= n;
+                l.used += n;
+                Some((head, tail, n))
+            })
+        }
+    }
+
     /// Hands out up to `max` blocks, from the free list first and then never-carved blocks,
     /// passing each to `out`. Returns how many.
     ///

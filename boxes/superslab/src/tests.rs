@@ -606,3 +606,44 @@ fn a_free_slab_gives_its_pages_back_after_a_whole_tick_and_the_header_stays() {
         );
     }
 }
+
+#[test]
+fn the_free_lists_front_comes_off_as_one_keyed_chain() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: this thread owns the superslab; each block is freed once and taken once.
+    unsafe {
+        let slab = ss.alloc_slab(0, 32).unwrap();
+        assert!(slab.take_free_chain(4).is_none(), "nothing freed yet");
+        let mut blocks = Vec::new();
+        slab.alloc_batch(10, |b| blocks.push(b));
+        for &b in &blocks[..6] {
+            slab.free_local(b).unwrap();
+        }
+        let (used, free_len, carve) =
+            (slab.local().used, slab.local().free_len, slab.local().carve);
+        assert_eq!((used, free_len, carve), (4, 6, 10));
+        // Four off the front, linked as they lay (the last freed first), each still keyed.
+        let (head, tail, n) = slab.take_free_chain(4).unwrap();
+        assert_eq!(n, 4);
+        let mut got = Vec::from([head]);
+        while *got.last().unwrap() != tail {
+            got.push(got.last().unwrap().cast::<*mut u8>().read());
+        }
+        assert_eq!(got, [blocks[5], blocks[4], blocks[3], blocks[2]]);
+        assert!(got.iter().all(|&b| crate::key_word(b) == crate::free_key()));
+        assert_eq!((slab.local().used, slab.local().free_len), (8, 2));
+        // Asking for more than there is takes what there is; the carve mark never moves.
+        let (head, tail, n) = slab.take_free_chain(100).unwrap();
+        assert_eq!((head, tail, n), (blocks[1], blocks[0], 2));
+        assert_eq!(
+            (slab.local().used, slab.local().free_len, slab.local().carve),
+            (10, 0, 10)
+        );
+        assert!(slab.take_free_chain(1).is_none());
+        for &b in &blocks {
+            slab.free_local(b).unwrap();
+        }
+        assert!(slab.is_empty());
+    }
+}
