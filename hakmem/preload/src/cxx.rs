@@ -90,15 +90,23 @@ fn no_runtime(name: &core::ffi::CStr) -> ! {
     unsafe { libc::abort() }
 }
 
-/// Defines one throwing `new`: the thunk calls `cxx_alloc` and returns its block, or
-/// tail-jumps to the next definition with the size it was given.
-macro_rules! cxx_new {
+/// The next definition of operator `$sym` (named `$name`), kept in `$next` and looked up by
+/// `$resolve`, which a thunk calls on its out-of-memory path.
+macro_rules! next_definition {
     ($sym:ident, $resolve:ident, $next:ident, $name:literal) => {
         static $next: Next = Next::new($name);
 
         extern "C" fn $resolve() -> usize {
             $next.get($sym as *const () as usize)
         }
+    };
+}
+
+/// Defines one throwing `new`: the thunk calls `cxx_alloc` and returns its block, or
+/// tail-jumps to the next definition with the size it was given.
+macro_rules! cxx_new {
+    ($sym:ident, $resolve:ident, $next:ident, $name:literal) => {
+        next_definition!($sym, $resolve, $next, $name);
 
         /// A C++ throwing `operator new` (see the module docs).
         ///
@@ -133,11 +141,7 @@ macro_rules! cxx_new {
 /// for the forward.
 macro_rules! cxx_new_nothrow {
     ($sym:ident, $resolve:ident, $next:ident, $name:literal) => {
-        static $next: Next = Next::new($name);
-
-        extern "C" fn $resolve() -> usize {
-            $next.get($sym as *const () as usize)
-        }
+        next_definition!($sym, $resolve, $next, $name);
 
         /// A C++ nothrow `operator new` (see the module docs).
         ///
