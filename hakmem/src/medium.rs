@@ -142,13 +142,7 @@ fn prev_set(b: &Bits, before: usize) -> Option<usize> {
     let mut end = before.min(GRANULES);
     while end > 0 {
         let w = (end - 1) / 64;
-        let bits_below = end - w * 64;
-        let mask = if bits_below == 64 {
-            !0
-        } else {
-            (1u64 << bits_below) - 1
-        };
-        let v = b[w] & mask;
+        let v = b[w] & word_mask(w, w * 64, end - w * 64);
         if v != 0 {
             return Some(w * 64 + 63 - v.leading_zeros() as usize);
         }

@@ -103,8 +103,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
-        self.ctx().lru.purge_if_due(&self.ctx().stats);
-        self.purge_slabs_if_due();
+        self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);
         let cap = self.sll.cap(class);

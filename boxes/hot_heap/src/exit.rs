@@ -54,7 +54,7 @@ impl Heap {
                 // Slabs free since this heap's last purge tick give their pages back now; the
                 // rest wait for an adopter's tick (H14).
                 // SAFETY: ours until abandoned below.
-                unsafe { ss.purge_free_slabs(&ctx.env(), false) };
+                unsafe { ss.purge_free_slabs(&ctx.env()) };
                 ctx.stats.event(Event::Abandon, 0);
                 // SAFETY: ours, and forgotten from here on.
                 match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {

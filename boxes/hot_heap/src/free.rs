@@ -118,8 +118,7 @@ impl Heap {
             self.ctx().report(Corrupt::DoubleFree(p as usize));
             return;
         }
-        self.ctx().lru.purge_if_due(&self.ctx().stats);
-        self.purge_slabs_if_due();
+        self.purge_if_due();
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };

@@ -46,8 +46,9 @@ impl Heap {
             };
             // The free list's front first, as it is linked and keyed (SS9, FK1): nothing is
             // written to its blocks.
+            let mut n = 0;
             // SAFETY: the slab is ours (H3).
-            if let Some((h, t, n)) = unsafe { slab.take_free_chain(want - got) } {
+            if let Some((h, t, k)) = unsafe { slab.take_free_chain(want - got) } {
                 if head.is_null() {
                     head = h;
                 } else {
@@ -55,30 +56,24 @@ impl Heap {
                     unsafe { hakmem_tls_sll::set_next(tail, h) };
                 }
                 tail = t;
-                got += n;
-                self.ctx().stats.held_add(class, n as usize);
-                if got == want {
-                    // SAFETY: as above.
-                    if unsafe { !slab.has_free() } {
-                        self.ring_remove(class, slab);
-                    }
-                    break;
-                }
+                n = k;
             }
-            // Then never-carved blocks.
-            // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on no
-            // list: keyed here (FK1) and linked after the chain's tail.
-            let n = unsafe {
-                slab.alloc_batch(want - got, |b| {
-                    set_key_word(b, key);
-                    if head.is_null() {
-                        head = b;
-                    } else {
-                        hakmem_tls_sll::set_next(tail, b);
-                    }
-                    tail = b;
-                })
-            };
+            // Then never-carved blocks, if still wanted.
+            if got + n < want {
+                // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on
+                // no list: keyed here (FK1) and linked after the chain's tail.
+                n += unsafe {
+                    slab.alloc_batch(want - got - n, |b| {
+                        set_key_word(b, key);
+                        if head.is_null() {
+                            head = b;
+                        } else {
+                            hakmem_tls_sll::set_next(tail, b);
+                        }
+                        tail = b;
+                    })
+                };
+            }
             got += n;
             self.ctx().stats.held_add(class, n as usize);
             // SAFETY: as above.
@@ -390,10 +385,18 @@ impl Heap {
         }
     }
 
-    /// Runs the purge tick of the free slabs if it is due (H14): one load and compare when none
-    /// is scheduled, and a clock read when one is. For the slow paths.
+    /// Runs what is due of the lru's purges and decay (lru C6) and of this heap's purge tick
+    /// (H14): what every slow path of the heap does first.
     #[inline]
-    pub(crate) fn purge_slabs_if_due(&mut self) {
+    pub(crate) fn purge_if_due(&mut self) {
+        self.ctx().lru.purge_if_due(&self.ctx().stats);
+        self.purge_slabs_if_due();
+    }
+
+    /// Runs the purge tick of the free slabs if it is due (H14): one load and compare when none
+    /// is scheduled, and a clock read when one is.
+    #[inline]
+    fn purge_slabs_if_due(&mut self) {
         if self.purge_due == u64::MAX {
             return;
         }
@@ -413,7 +416,7 @@ impl Heap {
         // SAFETY: owned superslabs are live and ours.
         while let Some(s) = unsafe { ss.as_ref() } {
             // SAFETY: ours.
-            waiting |= unsafe { s.purge_free_slabs(&env, false) }.1;
+            waiting |= unsafe { s.purge_free_slabs(&env) }.1;
             // SAFETY: ours.
             ss = unsafe { s.heap_links().0 };
         }

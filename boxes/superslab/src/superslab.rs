@@ -358,19 +358,18 @@ impl Superslab {
     }
 
     /// A purge tick of the free slabs (SS16): gives the pages of every free slab that was
-    /// already free and dirty at the last tick (every free dirty slab with `all`) back to the
-    /// OS, marks them zero (SS8), and ages the free dirty slabs left for the next tick. Slab 0's
-    /// header pages stay. Returns the bytes purged, and whether a slab waits for a next tick.
+    /// already free and dirty at the last tick back to the OS, marks them zero (SS8), and ages
+    /// the free dirty slabs left for the next tick. Slab 0's header pages stay. Returns the
+    /// bytes purged, and whether a slab waits for a next tick.
     ///
     /// # Safety
     /// The caller owns the superslab.
-    pub unsafe fn purge_free_slabs(&self, env: &Env<'_>, all: bool) -> (usize, bool) {
+    pub unsafe fn purge_free_slabs(&self, env: &Env<'_>) -> (usize, bool) {
         // SAFETY: the caller owns the superslab.
         let (free, zero, aged) = self
             .local
             .with(|l| unsafe { ((*l).free_slabs, (*l).zero_slabs, (*l).aged_slabs) });
-        let dirty = free & !zero;
-        let mut todo = if all { dirty } else { dirty & aged };
+        let mut todo = free & !zero & aged;
         // Slab 0's pages below the header, only when they are whole OS pages.
         let page = env.os.page_size();
         if !HEADER_OFFSET.is_multiple_of(page) {

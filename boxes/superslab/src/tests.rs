@@ -575,30 +575,27 @@ fn a_free_slab_gives_its_pages_back_after_a_whole_tick_and_the_header_stays() {
         }
         assert!(!ss.free_slab(slabs[0]) && !ss.free_slab(slabs[1]));
         // First tick: nothing was free at the one before, so nothing goes; both age.
-        assert_eq!(ss.purge_free_slabs(&env, false), (0, true));
+        assert_eq!(ss.purge_free_slabs(&env), (0, true));
         assert_eq!(byte(base + SLAB_SIZE + 100), 0xAB);
         // Slab 0 is taken and freed again between the ticks: it loses its age.
         let again = ss.alloc_slab(0, 1024).unwrap();
         assert!(core::ptr::eq(again, slabs[0]));
         assert!(!ss.free_slab(again));
         // Second tick: slab 1 stayed free, so its pages go, and it reads as zero; slab 0 waits.
-        assert_eq!(ss.purge_free_slabs(&env, false), (SLAB_SIZE, true));
+        assert_eq!(ss.purge_free_slabs(&env), (SLAB_SIZE, true));
         assert_eq!(purged(), SLAB_SIZE as u64);
         assert_eq!(byte(base + SLAB_SIZE + 100), 0);
         assert_eq!(byte(base + 100), 0xAB);
         // Third tick: slab 0's pages below the header go; the header is whole and the
         // superslab works on, and slab 0 comes back fresh (SS8).
-        assert_eq!(
-            ss.purge_free_slabs(&env, false),
-            (SLAB_SIZE - HEADER_SIZE, false)
-        );
+        assert_eq!(ss.purge_free_slabs(&env), (SLAB_SIZE - HEADER_SIZE, false));
         assert_eq!(byte(base + 100), 0);
         assert!(core::ptr::eq(Superslab::of((base + 100) as *const u8), ss));
         assert!(w.registry.lookup(base).is_some());
         let fresh = ss.alloc_slab(0, 1024).unwrap();
         assert!(core::ptr::eq(fresh, slabs[0]) && fresh.local().fresh);
         // Nothing free and dirty is left: a tick has nothing to do.
-        assert_eq!(ss.purge_free_slabs(&env, false), (0, false));
+        assert_eq!(ss.purge_free_slabs(&env), (0, false));
         assert_eq!(
             byte(base + 2 * SLAB_SIZE + 100),
             0xAB,
