@@ -138,6 +138,13 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         what:
             "a remote free sets the owner's hint before its push, so a drain in between misses it",
     },
+    SeededBug {
+        name: "count_after_push",
+        in_crate: "hakmem-superslab",
+        models: &[("hakmem-superslab", "loom_models::remote_stack")],
+        what: "a remote free counts its block after its push, so a take in between gets a chain \
+               longer than its count",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

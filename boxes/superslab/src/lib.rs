@@ -86,7 +86,11 @@
 //!   touch only `owner` (a read) and the remote stack (a push).
 //! - **SS6 (remote stack).** Non-owners push with a CAS loop (Release); the owner takes the
 //!   whole stack with one swap (Acquire); every pushed block is taken exactly once. The head
-//!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack.
+//!   word's low bit is the *abandoned flag*: a push's CAS refuses a flagged stack. Its top 16
+//!   bits count the blocks on the stack: the CAS that links a block adds one, and the swap
+//!   takes the count with the chain, so a take's count is its chain's length (block addresses
+//!   lie below 2^48, as the registry admits no region beyond). The owner's drain reads only the
+//!   shorter of the chain and the slab's free list, to link the other after its tail.
 //! - **SS7 (abandon and adopt).** An abandoned superslab is on the abandoned list, owned by no
 //!   heap; taking it off the list (adopt, a freer's claim, or a freer's collect) is the only
 //!   way to touch its slabs, and the lock makes that exclusive. Abandoning drains and flags
@@ -158,7 +162,7 @@ pub use large::{LargeHeader, LargeLayout, LARGE_HEADER};
 #[cfg(any(test, loom, feature = "heap-os"))]
 pub use os::heap::HeapOs;
 pub use os::{LibcOs, Os, PAGE};
-pub use remote::{Abandoned, RemoteStack};
+pub use remote::{Abandoned, RemoteStack, Taken};
 pub use slab::{Corrupt, SlabLocal, SlabMeta};
 pub use superslab::{Superslab, HEADER_SIZE};
 pub use sync::{spin, LockCounts, SpinLock};

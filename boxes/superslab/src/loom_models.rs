@@ -56,7 +56,8 @@ fn superslab_with_blocks(w: &World, n: u32) -> (&'static Superslab, Vec<usize>) 
 }
 
 /// Model 1, the remote-free stack (SS6): two threads push blocks while the owner drains
-/// concurrently; every block comes back exactly once, none is lost.
+/// concurrently; every block comes back exactly once, none is lost, and each take's count is
+/// its chain's length.
 #[test]
 fn remote_stack() {
     loom::model(|| {
@@ -77,6 +78,8 @@ fn remote_stack() {
             })
             .collect();
         let mut got = Vec::new();
+        // The owner lets the pushers start, then takes while they may be mid-push.
+        loom::thread::yield_now();
         take_chain(stack.take_all(), &mut got);
         for p in pushers {
             p.join().unwrap();
@@ -97,12 +100,16 @@ fn vec_of(s: &[usize]) -> Vec<usize> {
     s.to_vec()
 }
 
-fn take_chain(mut b: *mut u8, out: &mut Vec<usize>) {
+/// Collects a taken chain's blocks, checking that its count is its length (SS6).
+fn take_chain(taken: Taken, out: &mut Vec<usize>) {
+    let (mut b, mut n) = (taken.head, 0);
     while !b.is_null() {
         out.push(b as usize);
+        n += 1;
         // SAFETY: blocks on a taken chain are linked through their first word.
         b = unsafe { b.cast::<*mut u8>().read() };
     }
+    assert_eq!(n, taken.count, "the count taken with a chain is its length");
 }
 
 /// Model 2, refcount pinning against release (SS3, SS4): the owner abandons a superslab with

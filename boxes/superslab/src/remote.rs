@@ -1,15 +1,52 @@
 //! The remote-free stack: how a thread that does not own a slab gives a block back to it.
 //!
-//! The head word holds the top block's address, and in its low bit the **abandoned flag**
-//! (blocks are 16-byte aligned, so the low bits of a block address are free). An owner that
+//! The head word holds the top block's address, in its low bit the **abandoned flag** (blocks
+//! are 16-byte aligned, so the low bits of a block address are free), and in its top 16 bits
+//! the **count** of blocks on the stack (block addresses lie below 2^48, the registry's
+//! address space): each push adds one in the CAS that links its block, and the owner's swap
+//! takes the count with the chain, so the owner learns the chain's length without reading
+//! its blocks, which another core wrote last (SS6). An owner that
 //! abandons its superslab sets the flag with the same swap that takes the stack, so a pusher's
 //! one CAS sees either "owned, and my block will be drained by the owner" or "abandoned, and I
 //! must pin and collect": there is no window between the check and the push (S1).
 use crate::sync::{AtomicUsize, Ordering, StaticAtomicUsize};
 use core::ptr::null_mut;
+use hakmem_registry::ADDRESS_BITS;
 
 /// The abandoned flag in the head word.
 const FLAG: usize = 1;
+
+/// Where the count starts in the head word: above every address a superslab can have (its
+/// registration refuses any beyond `ADDRESS_BITS`).
+const COUNT_SHIFT: u32 = ADDRESS_BITS;
+
+/// One more block on the stack, added to the head word.
+const ONE: usize = 1 << COUNT_SHIFT;
+
+/// The head word's block address.
+const ADDRESS: usize = ONE - 1 - FLAG;
+
+// Every block of a slab fits the count (a slab's 16-byte blocks, with room to spare).
+const _: () = assert!(crate::SLAB_SIZE / 16 < 1 << (usize::BITS - COUNT_SHIFT));
+
+/// A chain taken off a [`RemoteStack`]: its top block (null when the stack was empty) and the
+/// number of blocks linked from it, as the pushes counted them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// The most recently pushed block; the rest follow through first words, to a null.
+    pub head: *mut u8,
+    /// How many blocks the chain holds.
+    pub count: u32,
+}
+
+impl Taken {
+    fn of(word: usize) -> Self {
+        Self {
+            head: (word & ADDRESS) as *mut u8,
+            count: (word >> COUNT_SHIFT) as u32,
+        }
+    }
+}
 
 /// Failed CASes in [`RemoteStack::push`], process-wide (for `docs/SCALING.md`). Only a retry
 /// touches it, so an uncontended push, and the owner, never do.
@@ -49,8 +86,9 @@ impl RemoteStack {
     /// On `Err` nothing was pushed; the caller must pin the superslab and then [`Self::push`].
     ///
     /// # Safety
-    /// `block` is a 16-byte aligned block of at least 16 bytes of this stack's slab that the
-    /// caller held and now gives up: nobody else reads or writes it until the owner takes it.
+    /// `block` is a 16-byte aligned block of at least 16 bytes of this stack's slab, at an
+    /// address below 2^`ADDRESS_BITS` (hakmem-registry's), that the caller held and now gives
+    /// up: nobody else reads or writes it until the owner takes it.
     #[inline]
     pub unsafe fn try_push(&self, block: *mut u8) -> Result<bool, Abandoned> {
         // SAFETY: forwarded.
@@ -70,7 +108,7 @@ impl RemoteStack {
 
     #[inline]
     unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<bool, Abandoned> {
-        debug_assert_eq!(block as usize & 15, 0);
+        debug_assert_eq!(block as usize & !ADDRESS, 0);
         // SAFETY: the caller gave `block` up; its second word is the key while it is free.
         unsafe { crate::set_key_word(block, crate::free_key()) };
         #[cfg(not(hakmem_seeded_bug = "plain_store"))]
@@ -81,14 +119,26 @@ impl RemoteStack {
                     return Err(Abandoned);
                 }
                 // SAFETY: the caller gave `block` up to this stack; its first word is the link.
-                unsafe { block.cast::<usize>().write(head & !FLAG) };
+                unsafe { block.cast::<usize>().write(head & ADDRESS) };
+                // The flag stays, and the count goes one up: SS4 bounds it by the slab's blocks,
+                // and a count run past that by double frees wraps within its own bits.
+                #[cfg(not(hakmem_seeded_bug = "count_after_push"))]
+                let new = (head & !ADDRESS).wrapping_add(ONE) | block as usize;
+                // Seeded bug: the count goes up after the push, so a take in between gets a
+                // chain longer than its count.
+                #[cfg(hakmem_seeded_bug = "count_after_push")]
+                let new = (head & !ADDRESS) | block as usize;
                 match self.head.compare_exchange_weak(
                     head,
-                    block as usize | (head & FLAG),
+                    new,
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Ok(head & !FLAG == 0),
+                    Ok(_) => {
+                        #[cfg(hakmem_seeded_bug = "count_after_push")]
+                        self.head.fetch_add(ONE, Ordering::Relaxed);
+                        return Ok(head & ADDRESS == 0);
+                    }
                     Err(now) => {
                         PUSH_RETRIES.fetch_add(1, Ordering::Relaxed);
                         head = now;
@@ -104,29 +154,34 @@ impl RemoteStack {
                 return Err(Abandoned);
             }
             // SAFETY: as above.
-            unsafe { block.cast::<usize>().write(head & !FLAG) };
-            self.head
-                .store(block as usize | (head & FLAG), Ordering::Release);
-            Ok(head & !FLAG == 0)
+            unsafe { block.cast::<usize>().write(head & ADDRESS) };
+            self.head.store(
+                (head & !ADDRESS).wrapping_add(ONE) | block as usize,
+                Ordering::Release,
+            );
+            Ok(head & ADDRESS == 0)
         }
     }
 
-    /// Takes every block pushed so far, as a chain linked through first words (null if none),
+    /// Takes every block pushed so far, as a chain linked through first words with its count,
     /// and clears the abandoned flag. Only the slab's owner calls this.
     #[inline]
-    pub fn take_all(&self) -> *mut u8 {
+    pub fn take_all(&self) -> Taken {
         if self.head.load(Ordering::Relaxed) == 0 {
-            return null_mut();
+            return Taken {
+                head: null_mut(),
+                count: 0,
+            };
         }
-        (self.head.swap(0, Ordering::Acquire) & !FLAG) as *mut u8
+        Taken::of(self.head.swap(0, Ordering::Acquire))
     }
 
     /// Takes every block pushed so far and leaves the stack flagged abandoned, in one swap:
     /// every push before it is in the returned chain, and every push after it sees the flag.
     /// Only the thread that owns the slab, or holds its abandoned superslab, calls this.
     #[inline]
-    pub fn take_all_flagged(&self) -> *mut u8 {
-        (self.head.swap(FLAG, Ordering::Acquire) & !FLAG) as *mut u8
+    pub fn take_all_flagged(&self) -> Taken {
+        Taken::of(self.head.swap(FLAG, Ordering::Acquire))
     }
 
     /// Empties the stack and clears the flag, dropping whatever it held: for a slab being
@@ -144,7 +199,7 @@ impl RemoteStack {
     /// True when no block is waiting (a hint: a push may land right after).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.head.load(Ordering::Relaxed) & !FLAG == 0
+        self.head.load(Ordering::Relaxed) & ADDRESS == 0
     }
 
     /// True when the stack is flagged abandoned.
@@ -162,7 +217,7 @@ impl RemoteStack {
     /// # Safety
     /// `[lo, hi)` is mapped memory (the slab) for the duration of the call.
     pub unsafe fn contains(&self, p: *mut u8, lo: usize, hi: usize, limit: u32) -> bool {
-        let mut b = self.head.load(Ordering::Acquire) & !FLAG;
+        let mut b = self.head.load(Ordering::Acquire) & ADDRESS;
         let mut n = 0;
         while b != 0 && n < limit {
             if b < lo || b >= hi || b & 15 != 0 {

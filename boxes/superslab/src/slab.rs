@@ -1,5 +1,5 @@
 //! Slab metadata: one 64 KiB slab of equal-size blocks, living in its superslab's header.
-use crate::remote::RemoteStack;
+use crate::remote::{RemoteStack, Taken};
 use crate::sync::{
     read_own_u32, read_own_u64, AtomicU32, AtomicU64, AtomicUsize, Ordering, UnsafeCell,
 };
@@ -484,38 +484,40 @@ impl SlabMeta {
         }
     }
 
-    unsafe fn splice_remote(&self, head: *mut u8) -> Result<u32, Corrupt> {
+    /// Puts a chain taken off the remote stack on the local free list, and returns its count.
+    /// The count came with the chain (SS6), so only the shorter of the two lists is read, to
+    /// link the other after its tail: none when the free list is empty, the free list's blocks
+    /// when it is the shorter (the chain's blocks, last written by another core, are then not
+    /// read here), and otherwise the chain's, which must then hold exactly `count` blocks.
+    unsafe fn splice_remote(&self, taken: Taken) -> Result<u32, Corrupt> {
+        let Taken { head, count } = taken;
         if head.is_null() {
             return Ok(0);
         }
         // SAFETY: the caller owns the slab; the chain came off our remote stack, linked through
-        // first words, and its blocks were given up by their freers.
+        // first words, and its blocks were given up by their freers; the free list's blocks are
+        // free and linked (SS9).
         unsafe {
             self.with_local(|l| {
-                // Walk it read-only to count it and find its tail, then splice it whole: each
-                // block (last written by another core) is read once here, not rewritten.
-                let mut n = 1u32;
-                let mut tail = head;
-                loop {
-                    let next = tail.cast::<*mut u8>().read();
-                    if next.is_null() {
-                        break;
-                    }
-                    if n >= l.used {
-                        // More blocks came back than were out: a double free (or a cycle).
-                        return Err(Corrupt::DoubleFree(next as usize));
-                    }
-                    tail = next;
-                    n += 1;
-                }
-                if n > l.used {
+                if count == 0 || count > l.used {
+                    // More blocks came back than were out: a double free.
                     return Err(Corrupt::DoubleFree(head as usize));
                 }
-                tail.cast::<*mut u8>().write(l.free);
-                l.free = head;
-                l.free_len += n;
-                l.used -= n;
-                Ok(n)
+                if l.free.is_null() {
+                    l.free = head;
+                } else if l.free_len < count {
+                    let tail =
+                        tail_of(l.free, l.free_len).ok_or(Corrupt::DoubleFree(l.free as usize))?;
+                    tail.cast::<*mut u8>().write(head);
+                } else {
+                    // A chain longer or shorter than its count has a block on it twice.
+                    let tail = tail_of(head, count).ok_or(Corrupt::DoubleFree(head as usize))?;
+                    tail.cast::<*mut u8>().write(l.free);
+                    l.free = head;
+                }
+                l.free_len += count;
+                l.used -= count;
+                Ok(count)
             })
         }
     }
@@ -569,4 +571,25 @@ mod tests {
             }
         }
     }
+}
+
+/// The last block of a list of `len` blocks linked through first words from `head`, or None
+/// when the list ends sooner or goes on longer.
+///
+/// # Safety
+/// The list's blocks (its first `len`, or up to its end if sooner) are readable, each linking
+/// the next through its first word.
+unsafe fn tail_of(head: *mut u8, len: u32) -> Option<*mut u8> {
+    let mut tail = head;
+    for _ in 1..len {
+        // SAFETY: a block of the list, per the caller.
+        tail = unsafe { tail.cast::<*mut u8>().read() };
+        if tail.is_null() {
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { tail.cast::<*mut u8>().read() }
+        .is_null()
+        .then_some(tail)
 }

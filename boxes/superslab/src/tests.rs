@@ -198,6 +198,64 @@ fn remote_frees_come_back_on_drain() {
     }
 }
 
+/// The slab's local free list, front first.
+///
+/// # Safety
+/// The caller owns the slab.
+unsafe fn free_list(slab: &SlabMeta) -> Vec<usize> {
+    // SAFETY: forwarded; the list's blocks are free and linked through first words.
+    unsafe {
+        let l = slab.local();
+        let mut out = Vec::new();
+        let mut b = l.free;
+        while !b.is_null() && out.len() <= l.free_len as usize {
+            out.push(b as usize);
+            b = b.cast::<*mut u8>().read();
+        }
+        out
+    }
+}
+
+#[test]
+fn a_drained_chain_joins_the_free_list_by_its_count() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: this thread owns the slab; the pushes give up blocks it allocated, each once
+    // (but the last, which is pushed twice on purpose).
+    unsafe {
+        let slab = ss.alloc_slab(1, 32).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(12, |x| b.push(x as usize));
+        let push = |i: usize| slab.remote.push(b[i] as *mut u8);
+        let local = |i: usize| slab.free_local(b[i] as *mut u8).unwrap();
+        // An empty free list becomes the chain, newest push first.
+        for i in 0..3 {
+            push(i);
+        }
+        assert_eq!(slab.drain_remote(), Ok(3));
+        assert_eq!(free_list(slab), [b[2], b[1], b[0]]);
+        assert_eq!((slab.local().free_len, slab.local().used), (3, 9));
+        // A longer chain goes after a shorter free list.
+        let _ = slab.take_free_chain(3).unwrap();
+        local(3);
+        for i in 4..7 {
+            push(i);
+        }
+        assert_eq!(slab.drain_remote(), Ok(3));
+        assert_eq!(free_list(slab), [b[3], b[6], b[5], b[4]]);
+        // A shorter chain goes before a longer free list.
+        push(7);
+        assert_eq!(slab.drain_remote(), Ok(1));
+        assert_eq!(free_list(slab), [b[7], b[3], b[6], b[5], b[4]]);
+        assert_eq!((slab.local().free_len, slab.local().used), (5, 7));
+        // A block pushed twice makes a chain longer than its count: found when the chain is
+        // the list that is read.
+        push(8);
+        push(8);
+        assert_eq!(slab.drain_remote(), Err(Corrupt::DoubleFree(b[8])));
+    }
+}
+
 #[test]
 fn the_remote_hint_is_set_by_a_push_onto_an_empty_stack_and_taken_once() {
     let w = World::new();
