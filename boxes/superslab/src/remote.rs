@@ -108,7 +108,7 @@ impl RemoteStack {
 
     #[inline]
     unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<bool, Abandoned> {
-        debug_assert_eq!(block as usize & !ADDRESS, 0);
+        debug_assert_eq!(block as usize & (15 | !ADDRESS), 0);
         // SAFETY: the caller gave `block` up; its second word is the key while it is free.
         unsafe { crate::set_key_word(block, crate::free_key()) };
         #[cfg(not(hakmem_seeded_bug = "plain_store"))]

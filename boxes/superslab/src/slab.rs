@@ -500,7 +500,8 @@ impl SlabMeta {
         unsafe {
             self.with_local(|l| {
                 if count == 0 || count > l.used {
-                    // More blocks came back than were out: a double free.
+                    // More blocks came back than were out (or so many that the count wrapped):
+                    // a double free.
                     return Err(Corrupt::DoubleFree(head as usize));
                 }
                 if l.free.is_null() {
