@@ -379,7 +379,75 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     }
 }
 
+/// True while the locks of [`fork_prepare`] are held, for [`fork_parent`] and [`fork_child`]:
+/// a `prepare` that finds the process single-threaded takes nothing, and its `parent` and
+/// `child` then release nothing.
+static FORK_LOCKED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// stdio's list lock and glibc's own record of whether the process has ever had a second
+/// thread (`docs/PRELOAD.md`, "fork").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod stdio {
+    extern "C" {
+        /// Non-zero while the process has had one thread only (glibc 2.32 and later).
+        static __libc_single_threaded: core::ffi::c_char;
+        fn _IO_list_lock();
+        fn _IO_list_unlock();
+        fn _IO_list_resetlock();
+    }
+
+    /// True when the process has one thread, so no other thread can hold a lock of ours.
+    pub fn single_threaded() -> bool {
+        // SAFETY: a byte glibc exports for exactly this test; read once, racing with nothing
+        // that matters (it goes from 1 to 0 only when this thread creates a thread).
+        unsafe { core::ptr::read_volatile(&raw const __libc_single_threaded) != 0 }
+    }
+
+    /// Takes stdio's list lock (recursive: glibc's `fork` takes it again after the prepare
+    /// handlers).
+    pub fn lock() {
+        // SAFETY: glibc's exported lock of its list of FILEs; no precondition.
+        unsafe { _IO_list_lock() }
+    }
+
+    /// Releases [`lock`] in the parent.
+    pub fn unlock() {
+        // SAFETY: `lock` took it on this thread (fork_prepare), and glibc's `fork` has already
+        // released its own recursive take before the parent handlers run.
+        unsafe { _IO_list_unlock() }
+    }
+
+    /// Makes the list lock free in a child: glibc's `fork` does the same in a child of a
+    /// multi-threaded process, so doing it again is harmless, and it covers the case it skips.
+    pub fn reset_in_child() {
+        // SAFETY: in a forked child only this thread runs; the lock's holder was the forking
+        // thread, which is this one.
+        unsafe { _IO_list_resetlock() }
+    }
+}
+
+/// Elsewhere: no stdio lock to order against, and no cheap way to know the thread count.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod stdio {
+    pub fn single_threaded() -> bool {
+        false
+    }
+    pub fn lock() {}
+    pub fn unlock() {}
+    pub fn reset_in_child() {}
+}
+
+/// `fork`'s prepare handler. With one thread it takes nothing, as glibc does: no other thread
+/// can hold a lock of ours, and a signal handler that forks while this thread is inside the
+/// allocator must not wait for itself (the child resumes the interrupted call, which releases
+/// what it holds). Otherwise it takes stdio's list lock first, then every allocator lock: the
+/// order glibc's `fork` uses for its own malloc locks (glibc bug 19431), so a thread that holds a
+/// FILE's lock and waits for an allocator lock inside `getline`'s `realloc` always finishes.
 extern "C" fn fork_prepare() {
+    if stdio::single_threaded() {
+        return;
+    }
+    stdio::lock();
     // The late heap's lock first: its holder may take the context's locks.
     LATE.lock_for_fork();
     // Then the medium tier's: it is never held while another is taken (medium M2).
@@ -387,9 +455,13 @@ extern "C" fn fork_prepare() {
     if let Some(c) = ctx() {
         c.lock_all();
     }
+    FORK_LOCKED.store(true, Ordering::Relaxed);
 }
 
 extern "C" fn fork_parent() {
+    if !FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        return;
+    }
     if let Some(c) = ctx() {
         // SAFETY: fork_prepare took every lock on this thread just before the fork.
         unsafe { c.unlock_all() };
@@ -398,9 +470,13 @@ extern "C" fn fork_parent() {
     unsafe { crate::medium::force_unlock() };
     // SAFETY: fork_prepare took it with lock_for_fork, and nothing references its value.
     unsafe { LATE.force_unlock() };
+    stdio::unlock();
 }
 
 extern "C" fn fork_child() {
+    if !FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        return;
+    }
     // Only the forking thread survives. Its heap is intact; the other threads' heaps stay as
     // they were (their superslabs keep owners that never run again, so their blocks freed by
     // the child wait on remote stacks: leaked in the child, never corrupted).
@@ -416,6 +492,7 @@ extern "C" fn fork_child() {
     unsafe { crate::medium::force_unlock() };
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { LATE.force_unlock() };
+    stdio::reset_in_child();
 }
 
 #[cfg(test)]

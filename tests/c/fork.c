@@ -1,7 +1,8 @@
-/* fork() while other threads allocate and free. In each child only the forking thread survives:
- * the child checks and frees blocks the vanished threads left behind (their heaps are abandoned),
- * allocates a lot itself, starts threads of its own, and exits normally. One fork is made from a
- * worker thread rather than main. */
+/* fork() while other threads allocate and free blocks of every tier (small, medium and large). In
+ * each child only the forking thread survives: the child checks and frees blocks the vanished
+ * threads left behind (their heaps are abandoned), allocates a lot itself, starts threads of its
+ * own, and exits normally. One fork is made from a worker thread rather than main. argv[1]: the
+ * forks made from main (default 12). */
 #include "check.h"
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,10 +13,13 @@
 
 #define WORKERS 3
 #define SLOTS 256
-#define FORKS 12
+
+/* Bytes of a block written and checked: enough to catch a block handed out twice, without
+ * spending the run writing megabytes. */
+#define FILLED 16384
 
 struct block {
-    size_t n;
+    size_t n; /* the bytes filled */
     uint64_t seed;
     unsigned char data[];
 };
@@ -24,12 +28,16 @@ static _Atomic(struct block *) slots[WORKERS][SLOTS];
 static atomic_int stop;
 
 static struct block *make(uint64_t *s) {
-    size_t n = pick_size(s) % 8192;
+    /* Mostly small; now and then medium (pick_size's largest) or a large 3 MiB block. */
+    uint64_t r = rng_next(s);
+    size_t n = r % 512 == 0 ? (3u << 20) + (size_t)(r >> 40) % 4096
+               : r % 64 == 0 ? pick_size(s)
+                             : pick_size(s) % 8192;
     struct block *b = malloc(sizeof *b + n);
     CHECK(b != NULL);
-    b->n = n;
+    b->n = n < FILLED ? n : FILLED;
     b->seed = rng_next(s);
-    fill(b->data, n, b->seed);
+    fill(b->data, b->n, b->seed);
     return b;
 }
 
@@ -95,11 +103,12 @@ static void *forking_worker(void *arg) {
     return NULL;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int forks = argc > 1 ? atoi(argv[1]) : 12;
     pthread_t t[WORKERS];
     for (uintptr_t i = 0; i < WORKERS; i++) CHECK(pthread_create(&t[i], NULL, churn, (void *)i) == 0);
     struct timespec pause = {0, 3 * 1000 * 1000};
-    for (int round = 0; round < FORKS; round++) {
+    for (int round = 0; round < forks; round++) {
         nanosleep(&pause, NULL);
         fork_and_wait(round);
     }
@@ -113,6 +122,6 @@ int main(void) {
             struct block *b = atomic_exchange(&slots[w][k], NULL);
             if (b) check_and_free(b);
         }
-    printf("fork ok: %d children\n", FORKS + 1);
+    printf("fork ok: %d children\n", forks + 1);
     return 0;
 }
