@@ -15,17 +15,22 @@
 //! 4. Prints a table and writes results.json and results.svg to `--out` (default
 //!    target/bench).
 mod baselines;
+mod build;
+mod callgrind;
 mod chart;
 mod exec;
+mod meta;
+mod plan;
 mod report;
+
+pub(crate) use build::{build_errors, last_lines};
 
 use exec::Sample;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Every allocator the suite knows, in table order.
 pub const ALLOCATORS: &[&str] = &["hakmem", "system", "mimalloc", "jemalloc"];
@@ -64,7 +69,9 @@ impl Lane {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The whole suite in about two minutes: less work per run and 3 runs instead of 5.
+    /// A first look in about 3 minutes on 2 cores, builds included: hakmem against the
+    /// baseline only (unless --allocators says otherwise), less work per run, 3 runs instead
+    /// of 5. The full suite also builds jemalloc from its sources twice (2-3 minutes each).
     #[arg(long)]
     quick: bool,
     /// Run only the entries whose name contains one of these comma-separated words,
@@ -75,13 +82,10 @@ pub struct Args {
     /// thread-scaling entries always use 1, 2, 4 and 8.
     #[arg(long)]
     threads: Option<usize>,
-    /// Allocators to compare, comma-separated: hakmem, system, mimalloc, jemalloc.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "hakmem,system,mimalloc,jemalloc"
-    )]
-    allocators: Vec<String>,
+    /// Allocators to compare, comma-separated: hakmem, system, mimalloc, jemalloc (default:
+    /// all four; with --quick, hakmem and mimalloc).
+    #[arg(long, value_delimiter = ',')]
+    allocators: Option<Vec<String>>,
     /// Runs per workload and allocator (default 5, or 3 with --quick).
     #[arg(long)]
     runs: Option<usize>,
@@ -118,10 +122,19 @@ pub struct Cell {
     pub min_peak_rss_kib: Option<f64>,
     pub max_peak_rss_kib: Option<f64>,
     pub median_rss_after_free_kib: Option<f64>,
+    /// (max - min) / median of the throughput: how far apart the runs were.
+    pub spread: Option<f64>,
+    /// The same for the peak RSS.
+    pub rss_spread: Option<f64>,
     /// Median throughput over the baseline's median throughput (higher is better).
     pub ratio_vs_baseline: Option<f64>,
     /// Median peak RSS over the baseline's (lower is better).
     pub rss_ratio_vs_baseline: Option<f64>,
+    /// False when the runs of this cell or of the baseline's spread wider than the gap the
+    /// ratio reports (|ratio - 1|): the ratio is then not a verdict, either way.
+    pub verdict: Option<bool>,
+    /// The same for the RSS ratio.
+    pub rss_verdict: Option<bool>,
 }
 
 impl Cell {
@@ -142,8 +155,12 @@ impl Cell {
             min_peak_rss_kib: None,
             max_peak_rss_kib: None,
             median_rss_after_free_kib: None,
+            spread: None,
+            rss_spread: None,
             ratio_vs_baseline: None,
             rss_ratio_vs_baseline: None,
+            verdict: None,
+            rss_verdict: None,
         }
     }
 
@@ -188,6 +205,24 @@ impl Cell {
         self.min_peak_rss_kib = rss.iter().copied().reduce(f64::min);
         self.max_peak_rss_kib = rss.iter().copied().reduce(f64::max);
         self.median_rss_after_free_kib = median(&after);
+        self.spread = spread(
+            self.min_ops_per_sec,
+            self.max_ops_per_sec,
+            self.median_ops_per_sec,
+        );
+        self.rss_spread = spread(
+            self.min_peak_rss_kib,
+            self.max_peak_rss_kib,
+            self.median_peak_rss_kib,
+        );
+    }
+}
+
+/// (max - min) / median, when all three are known and the median is positive.
+fn spread(min: Option<f64>, max: Option<f64>, median: Option<f64>) -> Option<f64> {
+    match (min, max, median) {
+        (Some(lo), Some(hi), Some(m)) if m > 0.0 => Some((hi - lo) / m),
+        _ => None,
     }
 }
 
@@ -225,11 +260,19 @@ pub struct Callgrind {
 #[derive(Serialize)]
 pub struct Report {
     pub date: String,
+    /// The commit measured (`+dirty` when the work tree differed from it).
+    pub commit: String,
+    /// `rustc -V`.
+    pub compiler: String,
     pub quick: bool,
     pub runs: usize,
     pub threads: usize,
     pub baseline: String,
+    /// CPUs, model, kernel, and the load averages at the start and at the end of the run.
     pub machine: BTreeMap<String, String>,
+    /// Seconds spent building, and in all.
+    pub build_secs: f64,
+    pub total_secs: f64,
     pub versions: BTreeMap<String, String>,
     /// Per allocator, the Rust lane's build: "ok", or why it failed.
     pub builds: BTreeMap<String, String>,
@@ -247,241 +290,6 @@ pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// The suite's entries for `threads` threads: the Rust lane's, then the C lane's.
-fn plan(t: usize) -> Vec<Entry> {
-    let e = |lane: Lane, name: String, args: &[&str]| Entry {
-        name,
-        lane,
-        args: args.iter().map(|s| s.to_string()).collect(),
-    };
-    let r = |name: String, args: &[&str]| e(Lane::Rust, name, args);
-    let c = |name: &str, args: &[&str]| e(Lane::C, format!("c/{name}"), args);
-    let ts = t.to_string();
-    let fs = t.max(2).to_string();
-    let mut v = vec![
-        r("tiny-hot".into(), &["tiny-hot", "--threads", "1"]),
-        r(
-            "random-mixed/w400".into(),
-            &["random-mixed", "--working-set", "400", "--threads", "1"],
-        ),
-        r(
-            "random-mixed/w8192".into(),
-            &["random-mixed", "--working-set", "8192", "--threads", "1"],
-        ),
-        r("random-medium".into(), &["random-medium", "--threads", "1"]),
-        r(format!("larson/t{t}"), &["larson", "--threads", &ts]),
-        r(
-            format!("producer-consumer/t{t}"),
-            &["producer-consumer", "--threads", &ts],
-        ),
-        r(
-            "producer-consumer-64b".into(),
-            &["producer-consumer-64b", "--threads", "2"],
-        ),
-        r(
-            format!("cross-thread-realloc/t{t}"),
-            &["cross-thread-realloc", "--threads", &ts],
-        ),
-        r(
-            format!("false-sharing/t{}", t.max(2)),
-            &["false-sharing", "--threads", &fs],
-        ),
-        r(
-            format!("thread-churn/t{t}"),
-            &["thread-churn", "--threads", &ts],
-        ),
-        r("mixed-sizes".into(), &["mixed-sizes", "--threads", "1"]),
-        r("large-blocks".into(), &["large-blocks", "--threads", "1"]),
-        r(
-            "realloc-growth".into(),
-            &["realloc-growth", "--threads", "1"],
-        ),
-        r("fragmentation".into(), &["fragmentation", "--threads", "1"]),
-    ];
-    for n in [1, 2, 4, 8] {
-        let ns = n.to_string();
-        v.push(r(
-            format!("scaling/random-mixed-w400/t{n}"),
-            &["random-mixed", "--working-set", "400", "--threads", &ns],
-        ));
-    }
-    for n in [1, 2, 4, 8] {
-        let ns = n.to_string();
-        v.push(r(
-            format!("scaling/larson/t{n}"),
-            &["larson", "--threads", &ns],
-        ));
-    }
-    v.extend([
-        c("tiny-hot", &["tiny-hot"]),
-        c(
-            "random-mixed/w400",
-            &["random-mixed", "--working-set", "400"],
-        ),
-        c(
-            "random-mixed/w8192",
-            &["random-mixed", "--working-set", "8192"],
-        ),
-        c("random-medium", &["random-medium"]),
-        c("mixed-sizes", &["mixed-sizes"]),
-        c("glibc-simple", &["glibc-simple"]),
-        c("glibc-simple-written", &["glibc-simple-written"]),
-        c("long-lived-tree", &["long-lived-tree"]),
-        c("large-blocks", &["large-blocks"]),
-        c(
-            "producer-consumer-64b",
-            &["producer-consumer-64b", "--threads", "2"],
-        ),
-        c(&format!("larson/t{t}"), &["larson", "--threads", &ts]),
-        c(
-            &format!("cross-thread-realloc/t{t}"),
-            &["cross-thread-realloc", "--threads", &ts],
-        ),
-    ]);
-    v
-}
-
-fn selected(filter: &[String], name: &str) -> bool {
-    filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()))
-}
-
-/// The compiler's error lines if there are any, else the last lines.
-pub(crate) fn build_errors(s: &str) -> String {
-    let errs: Vec<&str> = s
-        .lines()
-        .filter(|l| l.starts_with("error"))
-        .take(3)
-        .collect();
-    if errs.is_empty() {
-        last_lines(s, 4)
-    } else {
-        errs.join(" | ")
-    }
-}
-
-pub(crate) fn last_lines(s: &str, n: usize) -> String {
-    let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    v[v.len().saturating_sub(n)..].join(" | ")
-}
-
-/// Build the workload binary for one allocator; return its path.
-fn build_workloads(root: &Path, alloc: &str) -> Result<PathBuf, String> {
-    let dir = root.join("target/bench").join(format!("build-{alloc}"));
-    let out = Command::new(cargo())
-        .current_dir(root)
-        .args(["build", "--release", "-p", "hakmem-workloads", "--features"])
-        .arg(format!("alloc-{alloc}"))
-        .arg("--target-dir")
-        .arg(&dir)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`cargo build --release -p hakmem-workloads --features alloc-{alloc}` failed: {}",
-            build_errors(&String::from_utf8_lossy(&out.stderr))
-        ));
-    }
-    let bin = dir.join("release/hakmem-workloads");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "the build reported success but {} is missing",
-            bin.display()
-        ))
-    }
-}
-
-fn command_output(prog: &str, args: &[&str], dir: &Path) -> Option<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Versions of the toolchain and the allocator crates (from Cargo.lock).
-fn versions(root: &Path) -> BTreeMap<String, String> {
-    let mut v = BTreeMap::new();
-    if let Some(r) = command_output("rustc", &["-V"], root) {
-        v.insert("rustc".into(), r);
-    }
-    if let Some(r) = command_output("cc", &["--version"], root) {
-        v.insert(
-            "cc".into(),
-            r.lines().next().unwrap_or_default().to_string(),
-        );
-    }
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
-    for krate in [
-        "hakmem",
-        "mimalloc",
-        "libmimalloc-sys",
-        "tikv-jemallocator",
-        "tikv-jemalloc-sys",
-    ] {
-        let key = format!("name = \"{krate}\"\nversion = \"");
-        if let Some(i) = lock.find(&key) {
-            let rest = &lock[i + key.len()..];
-            if let Some(end) = rest.find('"') {
-                v.insert(format!("crate {krate}"), rest[..end].to_string());
-            }
-        }
-    }
-    for pkg in ["libc6", "valgrind"] {
-        if let Some(r) = command_output("dpkg-query", &["-W", "-f", "${Version}", pkg], root) {
-            if !r.is_empty() {
-                v.insert(format!("debian {pkg}"), r);
-            }
-        }
-    }
-    v
-}
-
-fn machine(root: &Path) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    m.insert("cpus".into(), cpus.to_string());
-    if let Some(model) = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|s| s.trim().to_string())
-    }) {
-        m.insert("cpu".into(), model);
-    }
-    if let Some(k) = command_output("uname", &["-r"], root) {
-        m.insert("kernel".into(), k);
-    }
-    m
-}
-
-fn date(root: &Path) -> String {
-    command_output("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"], root).unwrap_or_else(|| {
-        let s = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!("unix time {s}")
-    })
-}
-
-/// Parse the `totals:` (or `summary:`) line of a callgrind output file.
-fn callgrind_total(path: &Path) -> Result<u64, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .ok_or_else(|| format!("no totals line in {}", path.display()))
-}
-
 fn progress(len: u64) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
@@ -494,71 +302,20 @@ fn progress(len: u64) -> ProgressBar {
     pb
 }
 
-/// Where a cell's runs come from: the lane's program for this allocator, or why there is none.
-struct Programs {
-    /// Rust lane: the workload binary per allocator (missing: not built).
-    bins: BTreeMap<String, PathBuf>,
-    /// Rust lane: "ok" or the build error, per allocator.
-    builds: BTreeMap<String, String>,
-    /// C lane: the C workload binary.
-    cbin: Option<Result<PathBuf, String>>,
-    /// C lane: per allocator, the library to preload (None for glibc), or why it is missing.
-    libs: BTreeMap<String, Result<Option<PathBuf>, String>>,
-}
-
-impl Programs {
-    /// The command for `args` in `lane` on allocator `al`, or why it cannot run.
-    fn command(
-        &self,
-        lane: Lane,
-        al: &str,
-        args: &[String],
-        quick: bool,
-    ) -> Result<Command, String> {
-        let mut c = match lane {
-            Lane::Rust => match self.bins.get(al) {
-                Some(bin) => {
-                    let mut c = Command::new(bin);
-                    c.env_remove("LD_PRELOAD");
-                    c
-                }
-                None => {
-                    let why = self.builds.get(al).map_or("not selected", String::as_str);
-                    return Err(format!("not built: {why}"));
-                }
-            },
-            Lane::C => {
-                let bin = match &self.cbin {
-                    Some(Ok(b)) => b,
-                    Some(Err(e)) => return Err(e.clone()),
-                    None => return Err("the C workloads were not built".into()),
-                };
-                let mut c = Command::new(bin);
-                match self.libs.get(al) {
-                    Some(Ok(Some(lib))) => {
-                        c.env("LD_PRELOAD", lib);
-                    }
-                    Some(Ok(None)) => {
-                        c.env_remove("LD_PRELOAD");
-                    }
-                    Some(Err(e)) => return Err(e.clone()),
-                    None => return Err("no library".into()),
-                }
-                c
-            }
-        };
-        c.args(args);
-        if quick {
-            c.arg("--quick");
-        }
-        Ok(c)
-    }
-}
-
-pub fn run(a: Args) -> Result<(), String> {
-    let root = crate::root();
+/// The allocators `a` selects: `--allocators`, or by default all of them (with `--quick`, hakmem
+/// and the baseline).
+fn allocators(a: &Args) -> Result<Vec<String>, String> {
+    let default: &[&str] = if a.quick {
+        &["hakmem", BASELINE]
+    } else {
+        ALLOCATORS
+    };
+    let names: Vec<String> = match &a.allocators {
+        Some(v) => v.clone(),
+        None => default.iter().map(|s| s.to_string()).collect(),
+    };
     let mut allocs: Vec<String> = Vec::new();
-    for name in &a.allocators {
+    for name in &names {
         let n = name.trim().to_lowercase();
         if !ALLOCATORS.contains(&n.as_str()) {
             return Err(format!(
@@ -573,6 +330,12 @@ pub fn run(a: Args) -> Result<(), String> {
     if allocs.is_empty() {
         return Err("--allocators is empty".into());
     }
+    Ok(allocs)
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let root = crate::root();
+    let allocs = allocators(&a)?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = a.threads.unwrap_or(cpus);
     if threads == 0 {
@@ -591,10 +354,14 @@ pub fn run(a: Args) -> Result<(), String> {
     for d in [&bench_dir, &out_dir] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    let mut machine = meta::machine(&root);
+    machine.insert("load average at start".into(), meta::load_average());
+    let started = std::time::Instant::now();
 
-    let entries: Vec<Entry> = plan(threads)
+    let over = 4 * cpus;
+    let entries: Vec<Entry> = plan::plan(threads, over)
         .into_iter()
-        .filter(|e| selected(&a.filter, &e.name))
+        .filter(|e| plan::selected(&a.filter, &e.name))
         .collect();
     let cg_names = [
         (Lane::Rust, "callgrind/tiny-pair"),
@@ -602,14 +369,14 @@ pub fn run(a: Args) -> Result<(), String> {
     ];
     let cg_lanes: Vec<Lane> = cg_names
         .iter()
-        .filter(|(_, n)| selected(&a.filter, n))
+        .filter(|(_, n)| plan::selected(&a.filter, n))
         .map(|(l, _)| *l)
         .collect();
     if entries.is_empty() && cg_lanes.is_empty() {
         return Err(format!(
             "--filter {} matches nothing; entries are {}, {}",
             a.filter.join(","),
-            plan(threads)
+            plan::plan(threads, over)
                 .iter()
                 .map(|e| e.name.as_str())
                 .collect::<Vec<_>>()
@@ -630,68 +397,85 @@ pub fn run(a: Args) -> Result<(), String> {
             unique.push(e);
         }
     }
-    let need = |lane: Lane| entries.iter().any(|e| e.lane == lane) || cg_lanes.contains(&lane);
-    let (need_rust, need_c) = (need(Lane::Rust), need(Lane::C));
-    let total = if need_rust { allocs.len() } else { 0 }
-        + if need_c { 1 + allocs.len() } else { 0 }
-        + unique.len() * runs * allocs.len()
-        + cg_lanes.len() * 2 * allocs.len();
+    let lanes: Vec<Lane> = Lane::ALL
+        .into_iter()
+        .filter(|l| entries.iter().any(|e| e.lane == *l) || cg_lanes.contains(l))
+        .collect();
+    let builds = lanes
+        .iter()
+        .map(|l| match l {
+            Lane::Rust => allocs.len(),
+            Lane::C => 1 + allocs.len(),
+        })
+        .sum::<usize>();
+    let total = builds + unique.len() * runs * allocs.len() + cg_lanes.len() * 2 * allocs.len();
     let pb = progress(total as u64);
 
     // 1. Builds.
-    let mut progs = Programs {
-        bins: BTreeMap::new(),
-        builds: BTreeMap::new(),
-        cbin: None,
-        libs: BTreeMap::new(),
-    };
-    if need_rust {
-        for al in &allocs {
-            pb.set_message(format!("building hakmem-workloads for {al}"));
-            match build_workloads(&root, al) {
-                Ok(b) => {
-                    progs.bins.insert(al.clone(), b);
-                    progs.builds.insert(al.clone(), "ok".into());
-                }
-                Err(e) => {
-                    pb.println(format!("{al}: build failed, skipping it: {e}"));
-                    progs.builds.insert(al.clone(), e);
-                }
-            }
-            pb.inc(1);
-        }
-    }
-    if need_c {
-        pb.set_message("building the C workloads (cc -O2)");
-        let cbin = baselines::build_c(&root, &bench_dir);
-        if let Err(e) = &cbin {
-            pb.println(format!("C lane: {e}"));
-        }
-        progs.cbin = Some(cbin);
-        pb.inc(1);
-        for al in &allocs {
-            pb.set_message(format!("building the preload library for {al}"));
-            let lib = match al.as_str() {
-                "system" => Ok(None),
-                "hakmem" => baselines::build_hakmem(&root).map(Some),
-                other => baselines::build_baseline(&root, &bench_dir, other).map(Some),
-            };
-            if let Err(e) = &lib {
-                pb.println(format!("C lane · {al}: {e}"));
-            }
-            progs.libs.insert(al.clone(), lib);
-            pb.inc(1);
-        }
-    }
+    let progs = build::build_all(&root, &bench_dir, &allocs, &lanes, &pb);
+    let built_in = started.elapsed();
 
     // 2. The entries of both lanes, allocators interleaved within each repetition.
+    let mut results = run_entries(
+        &entries, &unique, &allocs, runs, a.quick, timeout, &progs, &pb,
+    );
+    report::ratios(&mut results, &baseline);
+
+    // 3. callgrind: instructions per malloc+free pair, in each selected lane.
+    let callgrind = callgrind::run(&root, &out_dir, &cg_lanes, &allocs, &progs, &pb);
+    pb.finish_and_clear();
+
+    // 4. Report.
+    machine.insert("load average at end".into(), meta::load_average());
+    let rep = report_of(
+        &root,
+        &a,
+        Setup {
+            runs,
+            threads,
+            baseline,
+            machine,
+            built_secs: built_in.as_secs_f64(),
+            total_secs: started.elapsed().as_secs_f64(),
+        },
+        &entries,
+        &allocs,
+        progs,
+        results,
+        callgrind,
+    );
+    print!("{}", report::table(&rep));
+    let json_path = out_dir.join("results.json");
+    let json = serde_json::to_string_pretty(&rep).map_err(|e| format!("serialising: {e}"))?;
+    std::fs::write(&json_path, json + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    let svg_path = out_dir.join("results.svg");
+    chart::draw(&rep, &allocs, &svg_path)?;
+    let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
+    println!("\nwrote {} and {}", show(&json_path), show(&svg_path));
+    Ok(())
+}
+
+/// Runs every unique command `runs` times per allocator, allocators interleaved within each
+/// repetition so a noisy neighbour hits them all alike; returns a cell per entry and allocator.
+#[allow(clippy::too_many_arguments)]
+fn run_entries(
+    entries: &[Entry],
+    unique: &[&Entry],
+    allocs: &[String],
+    runs: usize,
+    quick: bool,
+    timeout: Duration,
+    progs: &build::Programs,
+    pb: &ProgressBar,
+) -> Vec<Cell> {
     // Per unique (lane, arguments): its cells, by allocator.
     type Cells = BTreeMap<String, Cell>;
     let mut by_cmd: Vec<((Lane, Vec<String>), Cells)> = Vec::new();
-    for e in &unique {
+    for e in unique {
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
-        for al in &allocs {
-            let cell = match progs.command(e.lane, al, &e.args, a.quick) {
+        for al in allocs {
+            let cell = match progs.command(e.lane, al, &e.args, quick) {
                 Ok(c) => Cell::new(e, al, exec::describe(&c)),
                 Err(why) => Cell::skipped(e, al, why),
             };
@@ -706,12 +490,12 @@ pub fn run(a: Args) -> Result<(), String> {
             );
         }
         for rep in 0..runs {
-            for al in &allocs {
+            for al in allocs {
                 let cell = cells.get_mut(al).expect("a cell per allocator");
                 pb.set_message(format!("{} · {al} · run {}/{runs}", e.name, rep + 1));
                 if cell.status == "ok" {
                     let c = progs
-                        .command(e.lane, al, &e.args, a.quick)
+                        .command(e.lane, al, &e.args, quick)
                         .expect("it worked for the cell");
                     match exec::sample(c, timeout) {
                         Ok(s) if s.allocator != *al => cell.fail(format!(
@@ -739,136 +523,54 @@ pub fn run(a: Args) -> Result<(), String> {
         by_cmd.push(((e.lane, e.args.clone()), cells));
     }
     let mut results: Vec<Cell> = Vec::new();
-    for e in &entries {
+    for e in entries {
         let cells = &by_cmd
             .iter()
             .find(|(k, _)| k.0 == e.lane && k.1 == e.args)
             .expect("every entry ran")
             .1;
-        for al in &allocs {
+        for al in allocs {
             let mut c = cells[al].clone();
             c.entry = e.name.clone();
             results.push(c);
         }
     }
-    report::ratios(&mut results, &baseline);
+    results
+}
 
-    // 3. callgrind: instructions per malloc+free pair, in each selected lane.
-    let mut callgrind: Vec<Callgrind> = Vec::new();
-    if !cg_lanes.is_empty() {
-        let valgrind = command_output("valgrind", &["--version"], &root);
-        let dir = out_dir.join("callgrind");
-        let _ = std::fs::create_dir_all(&dir);
-        let (n1, n2) = CALLGRIND_ITERS;
-        for lane in &cg_lanes {
-            let (name, workload, program) = match lane {
-                Lane::Rust => (
-                    "callgrind/tiny-pair",
-                    "tiny-pair",
-                    "Rust tiny-pair: alloc 32 B, black_box, free",
-                ),
-                Lane::C => (
-                    "callgrind/c-pair",
-                    "pair",
-                    "C under LD_PRELOAD: p = malloc(16); p[0] = i; free(p)",
-                ),
-            };
-            if pb.is_hidden() {
-                eprintln!("bench: {name}");
-            }
-            for al in &allocs {
-                let mut row = Callgrind {
-                    lane: *lane,
-                    program: program.into(),
-                    allocator: al.clone(),
-                    status: "ok".into(),
-                    error: None,
-                    n1,
-                    n2,
-                    ir1: None,
-                    ir2: None,
-                    instructions_per_pair: None,
-                };
-                let prog = progs.command(*lane, al, &[workload.to_string()], false);
-                let prog = match (&valgrind, prog) {
-                    (None, _) => Err("valgrind not found".to_string()),
-                    (_, p) => p,
-                };
-                let prog = match prog {
-                    Ok(p) => p,
-                    Err(w) => {
-                        row.status = "skipped".into();
-                        row.error = Some(w);
-                        pb.inc(2);
-                        callgrind.push(row);
-                        continue;
-                    }
-                };
-                let mut irs = Vec::new();
-                let mut done = 0;
-                for n in [n1, n2] {
-                    pb.set_message(format!("{name} · {al} · {n} iterations"));
-                    let out = dir.join(format!("{}-{al}-{n}.out", lane.key()));
-                    let mut c = Command::new("valgrind");
-                    c.arg("--tool=callgrind")
-                        .arg(format!("--callgrind-out-file={}", out.display()))
-                        .arg(prog.get_program())
-                        .args(prog.get_args())
-                        .args(["--iters", &n.to_string()]);
-                    for (k, v) in prog.get_envs() {
-                        match v {
-                            Some(v) => c.env(k, v),
-                            None => c.env_remove(k),
-                        };
-                    }
-                    // The program's own result line says which allocator it ran on: a
-                    // preload that did not take under valgrind is an error, not a count.
-                    let r = exec::sample(c, Duration::from_secs(600)).and_then(|s| {
-                        if s.allocator == *al {
-                            callgrind_total(&out)
-                        } else {
-                            Err(format!(
-                                "the process reports allocator {:?}, expected {al:?}",
-                                s.allocator
-                            ))
-                        }
-                    });
-                    pb.inc(1);
-                    done += 1;
-                    match r {
-                        Ok(ir) => irs.push(ir),
-                        Err(e) => {
-                            pb.println(format!("{name} · {al}: FAILED: {e}"));
-                            row.status = "failed".into();
-                            row.error = Some(e);
-                            break;
-                        }
-                    }
-                }
-                pb.inc(2 - done);
-                row.ir1 = irs.first().copied();
-                row.ir2 = irs.get(1).copied();
-                if let [i1, i2] = irs[..] {
-                    row.instructions_per_pair = Some((i2 as f64 - i1 as f64) / (n2 - n1) as f64);
-                }
-                callgrind.push(row);
-            }
-        }
-    }
-    pb.finish_and_clear();
+/// What [`report_of`] needs about the run besides its results.
+struct Setup {
+    runs: usize,
+    threads: usize,
+    baseline: String,
+    machine: BTreeMap<String, String>,
+    built_secs: f64,
+    total_secs: f64,
+}
 
-    // 4. Report.
+/// The report of a finished run: geometric means, versions, the libraries preloaded.
+#[allow(clippy::too_many_arguments)]
+fn report_of(
+    root: &Path,
+    a: &Args,
+    setup: Setup,
+    entries: &[Entry],
+    allocs: &[String],
+    progs: build::Programs,
+    results: Vec<Cell>,
+    callgrind: Vec<Callgrind>,
+) -> Report {
     let mut geomean = BTreeMap::new();
     for lane in Lane::ALL {
         let lane_entries: Vec<Entry> = entries.iter().filter(|e| e.lane == lane).cloned().collect();
         if !lane_entries.is_empty() {
             geomean.insert(
                 lane.key().to_string(),
-                report::geomeans(&results, &lane_entries, &allocs, &baseline),
+                report::geomeans(&results, &lane_entries, allocs, &setup.baseline),
             );
         }
     }
-    let mut vers = versions(&root);
+    let mut vers = meta::versions(root);
     // The C lane's allocators report their own versions (mi_version, mallctl, glibc).
     for c in results.iter().filter(|c| c.lane == Lane::C) {
         if let Some(v) = c.samples.iter().find_map(|s| s.allocator_version.clone()) {
@@ -882,37 +584,31 @@ pub fn run(a: Args) -> Result<(), String> {
         .iter()
         .map(|(al, l)| {
             let v = match l {
-                Ok(Some(p)) => p.strip_prefix(&root).unwrap_or(p).display().to_string(),
+                Ok(Some(p)) => p.strip_prefix(root).unwrap_or(p).display().to_string(),
                 Ok(None) => "none (glibc)".to_string(),
                 Err(e) => format!("missing: {e}"),
             };
             (al.clone(), v)
         })
         .collect();
-    let rep = Report {
-        date: date(&root),
+    Report {
+        date: meta::date(root),
+        commit: meta::commit(root),
+        compiler: vers.get("rustc").cloned().unwrap_or_default(),
         quick: a.quick,
-        runs,
-        threads,
-        baseline: baseline.clone(),
-        machine: machine(&root),
+        runs: setup.runs,
+        threads: setup.threads,
+        baseline: setup.baseline,
+        machine: setup.machine,
+        build_secs: setup.built_secs,
+        total_secs: setup.total_secs,
         versions: vers,
         builds: progs.builds,
         preload_libraries,
         results,
         callgrind,
         geomean,
-    };
-    print!("{}", report::table(&rep));
-    let json_path = out_dir.join("results.json");
-    let json = serde_json::to_string_pretty(&rep).map_err(|e| format!("serialising: {e}"))?;
-    std::fs::write(&json_path, json + "\n")
-        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
-    let svg_path = out_dir.join("results.svg");
-    chart::draw(&rep, &allocs, &svg_path)?;
-    let show = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
-    println!("\nwrote {} and {}", show(&json_path), show(&svg_path));
-    Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -921,7 +617,16 @@ mod tests {
 
     #[test]
     fn plan_names_are_unique_and_each_workload_exists_in_its_lane() {
-        let p = plan(2);
+        // With as many threads as the oversubscribed rows use, they are not added twice.
+        let same = plan::plan(8, 8);
+        for (i, e) in same.iter().enumerate() {
+            assert!(
+                same[..i].iter().all(|o| o.name != e.name),
+                "{} twice",
+                e.name
+            );
+        }
+        let p = plan::plan(2, 8);
         let root = crate::root();
         let c_src = std::fs::read_to_string(root.join(baselines::C_SOURCE)).unwrap();
         let rust_src = std::fs::read_to_string(root.join("xtask/workloads/src/main.rs")).unwrap();
@@ -941,7 +646,19 @@ mod tests {
             "producer-consumer-64b",
             "larson",
             "cross-thread-realloc",
+            "churn",
         ] {
+            // Run oversubscribed too, in both lanes, except thread-churn (Rust only).
+            for lane in Lane::ALL {
+                if matches!(w, "larson" | "churn") {
+                    assert!(
+                        p.iter().any(|e| e.lane == lane
+                            && e.args[0] == w
+                            && e.args.ends_with(&["--threads".into(), "8".into()])),
+                        "{w} oversubscribed missing from the {lane:?} lane"
+                    );
+                }
+            }
             for lane in Lane::ALL {
                 assert!(
                     p.iter().any(|e| e.lane == lane && e.args[0] == w),
@@ -959,8 +676,21 @@ mod tests {
             args: vec![],
         };
         let mut results = Vec::new();
-        for (lane, name) in [(Lane::Rust, "tiny-hot"), (Lane::C, "c/tiny-hot")] {
-            for (al, ops) in [("hakmem", 300.0), ("mimalloc", 200.0)] {
+        // Rust: hakmem 1.5x with runs 1% apart; C: hakmem 1.02x with runs 50% apart, so
+        // not a verdict. The longest workload name of the plan, to check the width.
+        let long = "scaling/random-mixed-w400/t8";
+        for (lane, name, spread) in [
+            (Lane::Rust, "tiny-hot", 3),
+            (Lane::C, "c/tiny-hot", 100),
+            (Lane::Rust, long, 3),
+        ] {
+            let ops_of = |al| match (al, lane) {
+                ("hakmem", Lane::C) => 204.0,
+                ("hakmem", _) => 300.0,
+                _ => 200.0,
+            };
+            for al in ["hakmem", "mimalloc"] {
+                let ops = ops_of(al);
                 let mut c = Cell::new(&entry(lane, name), al, String::new());
                 for k in 0..3 {
                     c.samples.push(Sample {
@@ -969,7 +699,7 @@ mod tests {
                         allocator_version: None,
                         threads: 1,
                         iters: 1,
-                        ops: ops as u64 + k,
+                        ops: (ops as u64 - spread as u64 / 2) + k * spread as u64 / 2,
                         secs: 1.0,
                         peak_rss_kib: Some(2048),
                         rss_after_free_kib: None,
@@ -998,6 +728,10 @@ mod tests {
         }
         let rep = Report {
             date: "today".into(),
+            commit: "0123456789abcdef".into(),
+            compiler: "rustc 1.95.0".into(),
+            build_secs: 1.0,
+            total_secs: 2.0,
             quick: true,
             runs: 3,
             threads: 2,
@@ -1011,16 +745,20 @@ mod tests {
             geomean,
         };
         let t = report::table(&rep);
-        for h in [
-            "vs mimalloc",
-            "peak RSS spread",
-            "RSS vs mimalloc",
-            "freed MiB",
-        ] {
-            assert!(t.contains(h), "header {h:?} cut short in\n{t}");
+        for h in ["ratio", "RSS ratio", "freed", "commit 0123456789ab"] {
+            assert!(t.contains(h), "{h:?} missing from\n{t}");
         }
         assert_eq!(t.matches("geomean hakmem").count(), 2, "{t}");
-        assert!(t.contains("1.50x"), "{t}");
+        // The clear gap is a verdict, the noisy one is marked.
+        assert!(t.contains(" 1.50x"), "{t}");
+        assert!(t.contains("~1.02x"), "{t}");
+        for line in t.lines() {
+            assert!(
+                line.chars().count() <= report::MAX_WIDTH,
+                "a line wider than {}: {line:?}",
+                report::MAX_WIDTH
+            );
+        }
         // The chart draws from the same report.
         let svg = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
         chart::draw(&rep, &allocs, &svg).unwrap();

@@ -15,28 +15,43 @@ pub struct Geomean {
     pub rss_ratio: Option<f64>,
 }
 
-/// Fill each cell's ratios against the baseline allocator's cell of the same entry.
+/// A median and its runs' spread, for a ratio and its verdict.
+type Measured = (Option<f64>, Option<f64>);
+
+/// The ratio `x / b` of two medians, and whether it is a verdict: the gap it reports
+/// (|ratio - 1|) is at least as wide as the wider of the two cells' spreads.
+fn ratio(x: Measured, b: Measured) -> (Option<f64>, Option<bool>) {
+    match (x.0, b.0) {
+        (Some(x_med), Some(b_med)) if b_med > 0.0 => {
+            let r = x_med / b_med;
+            let noise = x.1.unwrap_or(0.0).max(b.1.unwrap_or(0.0));
+            (Some(r), Some((r - 1.0).abs() >= noise))
+        }
+        _ => (None, None),
+    }
+}
+
+/// Fill each cell's ratios (and their verdicts) against the baseline allocator's cell of the
+/// same entry.
 pub fn ratios(cells: &mut [Cell], baseline: &str) {
-    let base: BTreeMap<String, (Option<f64>, Option<f64>)> = cells
+    let base: BTreeMap<String, (Measured, Measured)> = cells
         .iter()
         .filter(|c| c.allocator == baseline && c.ok())
         .map(|c| {
             (
                 c.entry.clone(),
-                (c.median_ops_per_sec, c.median_peak_rss_kib),
+                (
+                    (c.median_ops_per_sec, c.spread),
+                    (c.median_peak_rss_kib, c.rss_spread),
+                ),
             )
         })
         .collect();
     for c in cells.iter_mut().filter(|c| c.ok()) {
         if let Some((t, r)) = base.get(&c.entry) {
-            c.ratio_vs_baseline = match (c.median_ops_per_sec, t) {
-                (Some(x), Some(b)) if *b > 0.0 => Some(x / b),
-                _ => None,
-            };
-            c.rss_ratio_vs_baseline = match (c.median_peak_rss_kib, r) {
-                (Some(x), Some(b)) if *b > 0.0 => Some(x / b),
-                _ => None,
-            };
+            (c.ratio_vs_baseline, c.verdict) = ratio((c.median_ops_per_sec, c.spread), *t);
+            (c.rss_ratio_vs_baseline, c.rss_verdict) =
+                ratio((c.median_peak_rss_kib, c.rss_spread), *r);
         }
     }
 }
@@ -109,19 +124,36 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
 
-/// The table's columns, left-aligned first two, the rest right-aligned.
-fn headers(base: &str) -> Vec<String> {
-    vec![
-        "workload".into(),
-        "allocator".into(),
-        "ops/s".into(),
-        "ops/s spread".into(),
-        format!("vs {base}"),
-        "peak RSS MiB".into(),
-        "peak RSS spread".into(),
-        format!("RSS vs {base}"),
-        "freed MiB".into(),
+/// The table's widest line: it fits a 100-column terminal or log.
+pub const MAX_WIDTH: usize = 100;
+
+/// The table's columns, left-aligned first two, the rest right-aligned (the legend under the
+/// title says what each means).
+fn headers() -> Vec<String> {
+    [
+        "workload",
+        "alloc",
+        "ops/s",
+        "±",
+        "ratio",
+        "RSS MiB",
+        "±",
+        "RSS ratio",
+        "freed",
     ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A spread as a whole percentage of the median.
+fn percent(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+/// A ratio, marked `~` when it is not a verdict.
+fn ratio_cell(r: Option<f64>, verdict: Option<bool>) -> String {
+    let mark = if verdict == Some(false) { "~" } else { "" };
+    opt(r, |r| format!("{mark}{r:.2}x"))
 }
 
 /// One row per cell: the columns of `headers`, or (for a failed or skipped cell) the
@@ -154,23 +186,15 @@ fn rows(cells: &[&Cell]) -> Vec<Row> {
             ));
             continue;
         }
-        let spread = match (c.min_ops_per_sec, c.max_ops_per_sec) {
-            (Some(a), Some(b)) => format!("{}..{}", rate(a), rate(b)),
-            _ => "-".into(),
-        };
-        let rss_spread = match (c.min_peak_rss_kib, c.max_peak_rss_kib) {
-            (Some(a), Some(b)) => format!("{}..{}", mib(a), mib(b)),
-            _ => "-".into(),
-        };
         out.push(Row::Ok(vec![
             name,
             c.allocator.clone(),
             opt(c.median_ops_per_sec, rate),
-            spread,
-            opt(c.ratio_vs_baseline, |r| format!("{r:.2}x")),
+            opt(c.spread, percent),
+            ratio_cell(c.ratio_vs_baseline, c.verdict),
             opt(c.median_peak_rss_kib, mib),
-            rss_spread,
-            opt(c.rss_ratio_vs_baseline, |r| format!("{r:.2}x")),
+            opt(c.rss_spread, percent),
+            ratio_cell(c.rss_ratio_vs_baseline, c.rss_verdict),
             opt(c.median_rss_after_free_kib, mib),
         ]));
     }
@@ -231,17 +255,36 @@ fn layout(out: &mut String, headers: &[String], rows: &[Row]) {
 /// The whole terminal report.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
+    let base = &r.baseline;
     let _ = writeln!(
         out,
-        "\nhakmem benchmark suite · {} · {} run(s) per cell{} · medians, spread = min..max",
+        "\nhakmem benchmark suite · {} · {} run(s) per cell{}",
         r.date,
         r.runs,
         if r.quick { " · quick" } else { "" }
     );
+    let _ = writeln!(
+        out,
+        "commit {} · {} · built in {:.0} s, {:.0} s in all",
+        r.commit.get(..12).unwrap_or(&r.commit),
+        r.compiler,
+        r.build_secs,
+        r.total_secs
+    );
+    for k in ["cpus", "load average at start", "load average at end"] {
+        if let Some(v) = r.machine.get(k) {
+            let _ = writeln!(out, "{k}: {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Medians. ratio: throughput over {base}'s (higher is better); RSS ratio: peak RSS over\n\
+         {base}'s (lower is better); ±: the runs' spread, (max - min) / median; ~: the spread is\n\
+         wider than the gap, not a verdict; freed: RSS after the big free, MiB."
+    );
     for (al, b) in r.builds.iter().filter(|(_, b)| b.as_str() != "ok") {
         let _ = writeln!(out, "{al}: not built: {b}");
     }
-    let base = &r.baseline;
     for lane in Lane::ALL {
         let cells: Vec<&Cell> = r.results.iter().filter(|c| c.lane == lane).collect();
         if cells.is_empty() {
@@ -253,7 +296,7 @@ pub fn table(r: &Report) -> String {
                 let _ = writeln!(out, "  {al}: {lib}");
             }
         }
-        layout(&mut out, &headers(base), &rows(&cells));
+        layout(&mut out, &headers(), &rows(&cells));
         for (al, g) in r.geomean.get(lane.key()).into_iter().flatten() {
             let _ = writeln!(
                 out,
@@ -299,6 +342,25 @@ pub fn table(r: &Report) -> String {
                     }
                 }
             }
+        }
+    }
+    fit(&out)
+}
+
+/// `text` with every line longer than [`MAX_WIDTH`] cut to it, ending in `…` (a failure's whole
+/// reason, a library's whole path: results.json keeps them).
+fn fit(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        if body.chars().count() > MAX_WIDTH {
+            out.extend(body.chars().take(MAX_WIDTH - 1));
+            out.push('…');
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
         }
     }
     out

@@ -18,6 +18,7 @@
 #include <dlfcn.h>
 #include <gnu/libc-version.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -640,6 +641,64 @@ static uint64_t cross_thread_realloc(uint64_t iters, int threads) {
     return iters / (uint64_t)threads * (uint64_t)threads;
 }
 
+/* ---------------------------------------------------------------- 9. churn */
+
+/* After mimalloc-bench's mstress (the Rust lane's `churn`, same shape): `iters` rounds; each
+ * round starts `threads` threads and joins them, so threads come and go. Each thread allocates
+ * 2000 blocks of mixed sizes (85% 16..=256 B, 13% up to 16 KiB, 2% up to 256 KiB), frees a
+ * random half, then swaps each of the rest into a random slot of a buffer of 4096 slots shared
+ * by all threads and rounds (an atomic exchange), freeing the block it takes out: objects pass
+ * between threads, and what the buffer holds survives into later rounds. ops = mallocs. */
+#define CHURN_PER_THREAD 2000
+#define CHURN_SLOTS 4096
+static _Atomic(unsigned char *) churn_buffer[CHURN_SLOTS];
+
+static size_t churn_size(rng_t *r) {
+    size_t k = below(r, 100);
+    if (k < 85)
+        return range(r, 16, 256);
+    if (k < 98)
+        return log_range(r, 257, 16 << 10);
+    return log_range(r, (16 << 10) + 1, 256 << 10);
+}
+
+static void *churn_thread(void *arg) {
+    rng_t r = rng_new((uint64_t)(uintptr_t)arg);
+    unsigned char *mine[CHURN_PER_THREAD];
+    for (size_t i = 0; i < CHURN_PER_THREAD; i++) {
+        size_t n = churn_size(&r);
+        mine[i] = xmalloc(n);
+        touch_ends(mine[i], n, (unsigned char)i);
+    }
+    for (size_t i = CHURN_PER_THREAD - 1; i > 0; i--) {
+        size_t j = below(&r, i + 1);
+        unsigned char *t = mine[i];
+        mine[i] = mine[j];
+        mine[j] = t;
+    }
+    for (size_t i = 0; i < CHURN_PER_THREAD / 2; i++)
+        free(mine[i]);
+    for (size_t i = CHURN_PER_THREAD / 2; i < CHURN_PER_THREAD; i++)
+        free(atomic_exchange(&churn_buffer[below(&r, CHURN_SLOTS)], mine[i]));
+    return NULL;
+}
+
+static uint64_t churn(uint64_t iters, int threads) {
+    pthread_t *t = calloc((size_t)threads, sizeof *t);
+    if (!t)
+        die("calloc");
+    for (uint64_t round = 0; round < iters; round++) {
+        for (int i = 0; i < threads; i++)
+            spawn(&t[i], churn_thread, (void *)(uintptr_t)(round * (uint64_t)threads + (uint64_t)i));
+        for (int i = 0; i < threads; i++)
+            pthread_join(t[i], NULL);
+    }
+    for (size_t i = 0; i < CHURN_SLOTS; i++)
+        free(atomic_exchange(&churn_buffer[i], NULL));
+    free(t);
+    return iters * (uint64_t)threads * CHURN_PER_THREAD;
+}
+
 /* ---------------------------------------------------------------- driver */
 
 static long status_kib(const char *field) {
@@ -718,6 +777,7 @@ static const struct workload WORKLOADS[] = {
     {"producer-consumer-64b", 12000000, 4000000},
     {"larson", 45000000, 15000000},
     {"cross-thread-realloc", 12000000, 4000000},
+    {"churn", 300, 100},
 };
 #define N_WORKLOADS (sizeof WORKLOADS / sizeof WORKLOADS[0])
 
@@ -790,6 +850,8 @@ int main(int argc, char **argv) {
         ops = producer_consumer_64(n);
     else if (strcmp(name, "larson") == 0)
         ops = larson(n, (int)threads, quick);
+    else if (strcmp(name, "churn") == 0)
+        ops = churn(n, (int)threads);
     else
         ops = cross_thread_realloc(n, (int)threads);
     clock_gettime(CLOCK_MONOTONIC, &t1);

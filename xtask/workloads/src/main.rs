@@ -57,6 +57,7 @@ const WORKLOADS: &[&str] = &[
     "large-blocks",
     "producer-consumer-64b",
     "cross-thread-realloc",
+    "churn",
 ];
 
 /// The default amount of work: (full, quick). Units are per workload (see workloads.rs).
@@ -77,6 +78,8 @@ fn default_iters(name: &str) -> (u64, u64) {
         "large-blocks" => (200, 60),
         "producer-consumer-64b" => (12_000_000, 4_000_000),
         "cross-thread-realloc" => (12_000_000, 4_000_000),
+        // Rounds of threads.
+        "churn" => (300, 100),
         _ => (0, 0),
     }
 }
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         "large-blocks" => workloads::large_blocks(iters),
         "producer-consumer-64b" => workloads::producer_consumer_64b(iters),
         "cross-thread-realloc" => workloads::cross_thread_realloc(iters, t),
+        "churn" => workloads::churn(iters, t),
         _ => unreachable!("checked above"),
     };
     let secs = start.elapsed().as_secs_f64();

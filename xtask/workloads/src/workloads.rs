@@ -533,3 +533,56 @@ pub fn cross_thread_realloc(iters: u64, threads: usize) -> Outcome {
     }
     (per * threads as u64).into()
 }
+
+/// Blocks each churn thread allocates per round.
+const CHURN_PER_THREAD: usize = 2000;
+/// Slots of the churn's shared buffer.
+const CHURN_SLOTS: usize = 4096;
+
+/// A churn block's size: mostly small, some medium, a few large, as in mimalloc-bench's mstress.
+fn churn_size(rng: &mut Rng) -> usize {
+    let r = rng.below(100);
+    if r < 85 {
+        rng.range(16, 256)
+    } else if r < 98 {
+        rng.log_range(257, 16 << 10)
+    } else {
+        rng.log_range((16 << 10) + 1, 256 << 10)
+    }
+}
+
+/// 15. churn (after mimalloc-bench's mstress): `iters` rounds; each round starts `threads`
+///     threads and joins them, so threads come and go. Each thread allocates 2000 blocks of
+///     mixed sizes (85% 16..=256 B, 13% up to 16 KiB, 2% up to 256 KiB), frees a random half,
+///     then swaps each of the rest into a random slot of a buffer of 4096 slots shared by all
+///     threads and rounds, freeing the block it takes out: objects pass between threads, and
+///     what the buffer holds survives into later rounds. ops = mallocs (each freed once).
+pub fn churn(iters: u64, threads: usize) -> Outcome {
+    let buffer: Vec<Mutex<Option<Block>>> = (0..CHURN_SLOTS).map(|_| Mutex::new(None)).collect();
+    let buffer = &buffer;
+    for round in 0..iters {
+        thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    let mut rng = Rng::new(SEED, round * threads as u64 + t as u64);
+                    let mut mine: Vec<Block> = (0..CHURN_PER_THREAD)
+                        .map(|i| {
+                            let mut b = block(churn_size(&mut rng));
+                            touch_ends(&mut b, i as u8);
+                            b
+                        })
+                        .collect();
+                    rng.shuffle(&mut mine);
+                    mine.truncate(CHURN_PER_THREAD / 2);
+                    for b in mine {
+                        let slot = rng.below(CHURN_SLOTS);
+                        let old = buffer[slot].lock().expect("slot").replace(b);
+                        drop(black_box(old));
+                    }
+                });
+            }
+        });
+    }
+    black_box(buffer);
+    (iters * threads as u64 * CHURN_PER_THREAD as u64).into()
+}
