@@ -149,7 +149,8 @@ impl LargeHeader {
     /// Grows the region so its block holds `size` bytes, moving its pages instead of copying
     /// them (`Os::remap`). Returns the header at its new place, or `None` when the OS cannot
     /// (then nothing changed and the caller copies). The region stays registered throughout,
-    /// except while its pages move: unregistered before (R2), registered again after.
+    /// except while its pages move: unregistered before (R2), registered again after. Moved
+    /// pages land 2 MiB-aligned: the block keeps an alignment up to 2 MiB, not a larger one.
     ///
     /// # Safety
     /// The caller holds the region's user block; nothing else refers to the region.

@@ -186,8 +186,9 @@ impl LibcOs {
     }
 
     /// Reserves address space for `[start, start + len)` with `start + offset` aligned to
-    /// `align`: an inaccessible `MAP_NORESERVE` range (no memory, nothing committed), over-mapped
-    /// by the alignment and trimmed. `None`, at once, when the address space cannot hold it.
+    /// `align`: an inaccessible range (`PROT_NONE`: no memory, and nothing committed, since only
+    /// writable private mappings are), over-mapped by the alignment and trimmed. `None`, at once,
+    /// when the address space cannot hold it.
     fn reserve_shifted(len: usize, align: usize, offset: usize, page: usize) -> Option<usize> {
         let over = len.checked_add(align)?;
         // SAFETY: a fresh anonymous mapping without MAP_FIXED replaces nothing.
@@ -196,7 +197,7 @@ impl LibcOs {
                 core::ptr::null_mut(),
                 over,
                 libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -230,27 +231,24 @@ impl LibcOs {
         debug_assert_eq!(rc, 0, "munmap of our own reservation cannot fail");
     }
 
-    /// Maps `len` committed bytes over the reservation at `start` (MAP_FIXED); on a refusal the
-    /// reservation is given back.
+    /// Makes the reservation `[start, start + len)` readable and writable: the kernel commits
+    /// it then, under its overcommit policy. On a refusal the reservation (unchanged: a refused
+    /// `mprotect` changes nothing) is given back.
     fn commit(start: usize, len: usize, stats: &GlobalStats) -> Option<usize> {
-        // SAFETY: `[start, start + len)` is our own reservation, used by nothing: MAP_FIXED
-        // replaces exactly it, with fresh zeroed memory.
-        let p = unsafe {
-            libc::mmap(
+        // SAFETY: `[start, start + len)` is our own reservation, used by nothing; it reads as
+        // zero once accessible (fresh anonymous memory).
+        let rc = unsafe {
+            libc::mprotect(
                 start as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
             )
         };
-        if p == libc::MAP_FAILED {
+        if rc != 0 {
             Self::trim(start, len);
             stats.event(Event::OsRefused, len);
             return None;
         }
-        debug_assert_eq!(p as usize, start);
         stats.event(Event::Mmap, len);
         Some(start)
     }
@@ -267,7 +265,7 @@ impl LibcOs {
 }
 
 // SAFETY: `map` and `map_offset` return fresh anonymous private mappings (zeroed, exclusive),
-// placed at the alignment (committed over a trimmed reservation when the first guess misses); `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
+// placed at the alignment (a trimmed reservation made accessible when the first guess misses); `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
 // is mremap, which keeps the contents; nothing is unmapped except through `unmap`.
 unsafe impl Os for LibcOs {
     /// `sysconf(_SC_PAGESIZE)`, read once (it does not allocate); 4 KiB if that fails.
