@@ -364,7 +364,12 @@ unsafe impl Os for LibcOs {
             stats.event(Event::Mremap, new_len - len);
             return NonNull::new(target as *mut u8);
         }
-        Self::trim(target, new_len);
+        // Refused (the overcommit policy, or an old range that spans mappings the kernel kept
+        // apart). The reservation is not unmapped here: Linux unmaps an MREMAP_FIXED destination
+        // before every check that can fail after the arguments' own (the charge, the old range's
+        // checks), so it is gone already, and another thread may have been given that range
+        // since. (Only the map-count pre-check, near vm.max_map_count, fails before: then the
+        // inaccessible reservation stays, address space without memory.)
         stats.event(Event::OsRefused, new_len);
         None
     }
