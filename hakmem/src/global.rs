@@ -245,7 +245,7 @@ unsafe impl LeafSource for Leaves {
         // A leaf is address space reserved (MAP_NORESERVE, touched only under live regions):
         // counted as a reservation, apart from the memory mapped.
         let len = Self::len(layout);
-        let leaf = OS.map(len, OS.page_size(), &hakmem_stats::GlobalStats::new());
+        let leaf = OS.map_reserved(len);
         if leaf.is_some() {
             Self::with_stats(|stats| stats.event(hakmem_stats::Event::Reserve, len));
         }

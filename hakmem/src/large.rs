@@ -70,7 +70,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     };
     let (region, zeroed) = match reused {
         Some(r) => (r.base, r.zeroed),
-        None => match map_or_collect(ctx, layout.len, layout.align) {
+        None => match map_or_collect(ctx, layout.len, layout.align, layout.offset) {
             Some(p) => {
                 huge(env.os, p.as_ptr() as usize, layout.len);
                 (p, true)
@@ -97,18 +97,23 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     user
 }
 
-/// Maps `len` bytes at `align`; when the OS refuses (an address-space limit, say), gives every
-/// cached empty region back ([`crate::collect`]: the lru's, and the medium tier's empty regions)
-/// and asks once more.
-pub(crate) fn map_or_collect(ctx: &Ctx, len: usize, align: usize) -> Option<NonNull<u8>> {
+/// Maps `len` bytes with `base + offset` at `align` ([`Os::map_offset`]); when the OS refuses (an
+/// address-space limit, say), gives every cached empty region back ([`crate::collect`]: the
+/// lru's, and the medium tier's empty regions) and asks once more.
+pub(crate) fn map_or_collect(
+    ctx: &Ctx,
+    len: usize,
+    align: usize,
+    offset: usize,
+) -> Option<NonNull<u8>> {
     let env = ctx.env();
-    if let Some(p) = env.os.map(len, align, env.stats) {
+    if let Some(p) = env.os.map_offset(len, align, offset, env.stats) {
         return Some(p);
     }
     if crate::collect() == 0 {
         return None;
     }
-    env.os.map(len, align, env.stats)
+    env.os.map_offset(len, align, offset, env.stats)
 }
 
 /// A new region's length rounded up to a whole 2 MiB step when that adds at most half: always

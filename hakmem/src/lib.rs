@@ -66,7 +66,7 @@ use core::ptr::null_mut;
 use global::{ctx, ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer, DEAD};
 use hakmem_hot_heap::Heap;
 use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
-use hakmem_superslab::{SlabMeta, Superslab};
+use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
 
 pub use hakmem_stats::Event;
 pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
@@ -114,12 +114,12 @@ unsafe impl GlobalAlloc for HakMem {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // GlobalAlloc's contract hands back the layout the block was allocated with, and every
-        // such layout routes to a slab (route RT2), so the block's slab is found by mask and
-        // shift alone, without the registry.
-        // `align << 4 <= MAX_SMALL` is `align <= MAX_SLAB_ALIGN`; or-ing the two tests into one
-        // compare can only send a few small blocks to the registry path, which is also right.
-        const _: () = assert!(MAX_SLAB_ALIGN << 4 == MAX_SMALL);
-        if layout.size() | (layout.align() << 4) <= MAX_SMALL {
+        // layout of at most MAX_SMALL bytes aligned to at most MAX_SLAB_ALIGN routes to a slab
+        // (route RT2), so the block's slab is found by mask and shift alone, without the
+        // registry. Or-ing the two tests into one compare can only send a few small blocks to
+        // the registry path, which is also right.
+        const _: () = assert!(MAX_SLAB_ALIGN == MAX_SMALL);
+        if layout.size() | layout.align() <= MAX_SMALL {
             // SAFETY: a small block of ours, live until now: its superslab is live.
             let (ss, slab) = unsafe { Superslab::slab_of_block(ptr) };
             // SAFETY: given up by the caller.
@@ -337,7 +337,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
             unsafe { alloc_small_slow(class, zero, code) }
         }
         Route::Large => match ctx_or_init_with(code) {
-            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, zero),
+            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, align, zero),
             Some(ctx) => large::alloc(ctx, size, align, zero),
             None => null_mut(),
         },
@@ -527,8 +527,10 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             let usable = h.usable();
             // Growing a large block: move its pages rather than copy them. (A large block
             // exists, so the context does too.)
+            // (A block aligned above 2 MiB is moved instead: its pages would move to an address
+            // aligned to 2 MiB only.)
             if let (true, Some(ctx)) = (
-                new_size > usable && route(new_size, align) == Route::Large,
+                new_size > usable && align <= SS_SIZE && route(new_size, align) == Route::Large,
                 ctx(),
             ) {
                 // SAFETY: the caller holds the block.

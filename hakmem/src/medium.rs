@@ -1,5 +1,5 @@
 //! The medium tier: blocks of [`MAX_SMALL`]` + 1 ..= `[`MEDIUM_MAX`] bytes (alignment up to
-//! 4 KiB), whole 4 KiB granules out of shared 2 MiB regions, instead of a dedicated 2 MiB-aligned
+//! [`MEDIUM_ALIGN`], 64 KiB), whole 4 KiB granules out of shared 2 MiB regions, instead of a dedicated 2 MiB-aligned
 //! mapping each.
 //!
 //! A medium region is 2 MiB, 2 MiB-aligned and registered as [`Kind::Medium`], so a pointer
@@ -56,6 +56,11 @@ const HEADER_GRANULES: usize = 1;
 const MAX_GRANULES: usize = (GRANULES - HEADER_GRANULES) / 2;
 /// The largest medium block (1020 KiB).
 pub const MEDIUM_MAX: usize = MAX_GRANULES * GRANULE;
+/// The largest alignment the tier serves: a block starts at a granule whose index is a multiple
+/// of `align / GRANULE` (regions are 2 MiB-aligned). A fresh region still fits the largest block
+/// at that alignment.
+pub const MEDIUM_ALIGN: usize = 64 * 1024;
+const _: () = assert!(MEDIUM_ALIGN / GRANULE + MAX_GRANULES <= GRANULES);
 /// Most runs one purge pass reserves before it releases the lock.
 const BATCH: usize = 64;
 
@@ -70,7 +75,7 @@ const _: () = assert!(MEDIUM_MAX > MAX_SMALL);
 pub fn serves(ctx: &Ctx, size: usize, align: usize) -> bool {
     size > MAX_SMALL
         && size <= MEDIUM_MAX
-        && align <= GRANULE
+        && align <= MEDIUM_ALIGN
         // Purges and mappings are in the OS's pages: the tier runs where those are granules.
         && ctx.env().os.page_size() == GRANULE
 }
@@ -205,8 +210,9 @@ impl SpanMap {
         self.free as usize
     }
 
-    /// The smallest free run of at least `n` granules (the first of those), best fit.
-    fn find(&mut self, n: usize) -> Option<usize> {
+    /// A place for `n` granules starting at a multiple of `step` (a power of two) in the smallest
+    /// free run that holds them, best fit: that first granule.
+    fn find(&mut self, n: usize, step: usize) -> Option<usize> {
         if n == 0 || n > self.free as usize || n > self.max_run as usize {
             return None;
         }
@@ -216,11 +222,12 @@ impl SpanMap {
         while g < GRANULES {
             let end = next(&self.used, g, true);
             let run = end - g;
-            if run == n {
+            let at = g.next_multiple_of(step);
+            if run == n && at == g {
                 return Some(g);
             }
-            if run > n && best.is_none_or(|(_, r)| run < r) {
-                best = Some((g, run));
+            if at + n <= end && best.is_none_or(|(_, r)| run < r) {
+                best = Some((at, run));
             }
             longest = longest.max(run);
             g = next(&self.used, end, false);
@@ -247,11 +254,18 @@ impl SpanMap {
 
     /// Hands out a block of `n` granules (`1..=MAX_GRANULES`): its first granule and whether
     /// any of its granules may hold data. `None` when no free run is long enough.
+    #[cfg(test)]
     pub fn alloc(&mut self, n: usize) -> Option<(usize, bool)> {
+        self.alloc_aligned(n, 1)
+    }
+
+    /// [`SpanMap::alloc`] for a block whose first granule is a multiple of `step` (a power of
+    /// two, at most `MEDIUM_ALIGN / GRANULE`).
+    pub fn alloc_aligned(&mut self, n: usize, step: usize) -> Option<(usize, bool)> {
         if n > MAX_GRANULES {
             return None;
         }
-        let g = self.find(n)?;
+        let g = self.find(n, step)?;
         let dirty = any_in(&self.dirty, g, n);
         self.claim(g, n);
         self.len[g] = n as u16;
@@ -432,14 +446,15 @@ impl State {
         }
     }
 
-    /// A block of `n` granules from the first region with room: (region, granule, dirty).
-    fn alloc(&mut self, n: usize) -> Option<(*mut Region, usize, bool)> {
+    /// A block of `n` granules at a multiple of `step` granules from the first region with
+    /// room: (region, granule, dirty).
+    fn alloc(&mut self, n: usize, step: usize) -> Option<(*mut Region, usize, bool)> {
         let mut r = self.head;
         while !r.is_null() {
             // SAFETY: a live region of the list, under the lock.
             let map = unsafe { &mut (*r).map };
             if map.free_granules() >= n {
-                if let Some((g, dirty)) = map.alloc(n) {
+                if let Some((g, dirty)) = map.alloc_aligned(n, step) {
                     if map.live() == 1 {
                         self.empty -= 1;
                     }
@@ -478,21 +493,23 @@ fn arm() {
     }
 }
 
-/// A block of `size` bytes (as [`serves`] accepts), zeroed when `zero`; null when the OS
-/// refuses.
+/// A block of `size` bytes aligned to `align` (as [`serves`] accepts), zeroed when `zero`; null
+/// when the OS refuses.
 #[inline(never)]
-pub fn alloc(ctx: &Ctx, size: usize, zero: bool) -> *mut u8 {
+pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
     let n = size.div_ceil(GRANULE);
-    let got = match MEDIUM.with(|s| s.alloc(n)) {
+    let step = align.div_ceil(GRANULE);
+    let got = match MEDIUM.with(|s| s.alloc(n, step)) {
         Some(got) => got,
         None => {
             let Some(r) = new_region(ctx) else {
                 return null_mut();
             };
-            // A fresh region's data is free, and two blocks of the largest size fit it.
+            // A fresh region's data is free, and the largest block fits it at any alignment
+            // the tier serves.
             match MEDIUM.with(|s| {
                 s.push(r);
-                s.alloc(n)
+                s.alloc(n, step)
             }) {
                 Some(got) => got,
                 None => return null_mut(),
@@ -517,7 +534,10 @@ fn new_region(ctx: &Ctx) -> Option<*mut Region> {
     let env = ctx.env();
     let (base, zeroed) = match ctx.lru.take(env.stats, SS_SIZE, true, now_ns()) {
         Some(got) => (got.base, got.zeroed),
-        None => (crate::large::map_or_collect(ctx, SS_SIZE, SS_SIZE)?, true),
+        None => (
+            crate::large::map_or_collect(ctx, SS_SIZE, SS_SIZE, 0)?,
+            true,
+        ),
     };
     let r = base.as_ptr().cast::<Region>();
     // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule. Written

@@ -5,8 +5,10 @@
 //!
 //! Tiers: **tiny** classes up to 1 KiB, **small** classes up to [`MAX_SMALL`] (the largest block a
 //! 64 KiB slab holds), and **large** beyond ([`Route::Large`]). The facade serves a large request
-//! up to about 1 MiB (alignment up to 4 KiB) from its medium tier, whole pages out of shared
+//! up to about 1 MiB (alignment up to 64 KiB) from its medium tier, whole pages out of shared
 //! 2 MiB regions ([`PtrRoute::Medium`]), and the rest from dedicated 2 MiB-aligned regions.
+//! Aligned requests up to [`MAX_SLAB_ALIGN`] (64 KiB) and [`MAX_SMALL`] bytes take a slab class,
+//! so even a great many of them share superslabs instead of taking a mapping each.
 //!
 //! Classes: multiples of 16 up to 128 B, then eight classes per doubling (`2^k + i * 2^(k-3)`,
 //! `i = 1..=8`), all multiples of 16.
@@ -17,9 +19,11 @@
 //! let Route::Small(c) = route(100, 8) else { unreachable!() };
 //! assert_eq!(block_size_of(c), 112);
 //! assert_eq!(route(1 << 20, 8), Route::Large);
-//! // Alignments up to 4096 are served by a class whose block size they divide (RT2).
+//! // Alignments up to 64 KiB are served by a class whose block size they divide (RT2).
 //! let Route::Small(c) = route(3000, 1024) else { unreachable!() };
 //! assert_eq!(block_size_of(c) % 1024, 0);
+//! let Route::Small(c) = route(64, 8192) else { unreachable!() };
+//! assert_eq!(block_size_of(c), 8192);
 //! // Every small size has a class, and classes grow with size (RT1, RT3).
 //! assert_eq!(class_of(MAX_SMALL), Some(CLASSES - 1));
 //! assert_eq!(class_of(MAX_SMALL + 1), None);
@@ -30,8 +34,9 @@
 //!   `block_size - s` is below `s / 8` (12.5%). Between 64 and 128 B the 16-byte step is the bound
 //!   (a block must stay 16-byte aligned).
 //! - **RT2 (alignment).** Every block size is a multiple of 16, so every block is 16-byte
-//!   aligned; a request with `align <= 4096` gets a class whose block size is a multiple of
-//!   `align` (slabs start 4096-aligned), else the large tier.
+//!   aligned; a request with `align <= MAX_SLAB_ALIGN` (64 KiB) and `size <= MAX_SMALL` gets a
+//!   class whose block size is a multiple of `align` (slabs start 64 KiB-aligned, and blocks
+//!   start at their slab's base), else the large tier.
 //! - **RT3 (monotone).** Block sizes strictly increase with the class index.
 //! - **RT4 (cheap).** [`route`] for `size <= 1024, align <= 16` is one table load; nothing here
 //!   divides, locks or allocates.
@@ -54,8 +59,13 @@ pub const MAX_SMALL: usize = 64 * 1024;
 pub const TINY_CLASSES: usize = class_of_const(MAX_TINY) + 1;
 /// Number of size classes (tiny and small).
 pub const CLASSES: usize = class_of_const(MAX_SMALL) + 1;
-/// Largest alignment served inside slabs.
-pub const MAX_SLAB_ALIGN: usize = 4096;
+/// Largest alignment served inside slabs: the slab size, as slabs start on its multiples.
+pub const MAX_SLAB_ALIGN: usize = hakmem_superslab::SLAB_SIZE;
+
+const _: () = assert!(
+    MAX_SLAB_ALIGN == MAX_SMALL,
+    "every size and alignment up to MAX_SMALL routes to a slab"
+);
 
 const _: () = assert!(
     CLASSES < hakmem_stats::MAX_CLASSES,
@@ -370,7 +380,15 @@ mod tests {
             }
         }
         assert_eq!(route(10, 4096), Route::Small(class_of(4096).unwrap()));
-        assert_eq!(route(10, 8192), Route::Large);
+        assert_eq!(route(10, 8192), Route::Small(class_of(8192).unwrap()));
+        assert_eq!(route(64, MAX_SLAB_ALIGN), Route::Small(CLASSES - 1));
+        assert_eq!(route(10, 2 * MAX_SLAB_ALIGN), Route::Large);
+        // Every size and alignment up to MAX_SMALL takes a slab.
+        for shift in 0..=16 {
+            for size in (0..=MAX_SMALL).step_by(997) {
+                assert!(matches!(route(size, 1 << shift), Route::Small(_)));
+            }
+        }
         assert_eq!(route(MAX_SMALL + 1, 8), Route::Large);
     }
 

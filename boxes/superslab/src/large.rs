@@ -1,5 +1,7 @@
 //! Large regions: one user block per dedicated, 2 MiB-aligned mapping, with a header at the
-//! base so that a registry hit finds the block in O(1), even past the region's first 2 MiB.
+//! base so that a registry hit finds the block in O(1), even past the region's first 2 MiB. A
+//! block aligned above 2 MiB starts 2 MiB past the base, the mapping placed to align it
+//! ([`LargeLayout`]): no alignment gap is mapped or registered.
 use crate::{Env, SS_SIZE};
 use core::ptr::{addr_of_mut, NonNull};
 use hakmem_registry::Kind;
@@ -20,12 +22,21 @@ pub struct LargeHeader {
 }
 
 /// Where a block of `size` bytes aligned to `align` goes in a large region.
+///
+/// The region's base is always 2 MiB-aligned. Up to that alignment the block follows the header
+/// at `max(LARGE_HEADER, align)`; above it, the block starts one 2 MiB step past the base, and the
+/// mapping is placed so that the block is aligned (`base + offset` a multiple of `align`,
+/// [`Os::map_offset`](crate::Os::map_offset)): the region is the header's chunk and the block,
+/// never the alignment gap, however large the alignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LargeLayout {
     /// Bytes to map (whole pages).
     pub len: usize,
-    /// Alignment of the mapping (at least `SS_SIZE`).
+    /// Alignment of `base + offset` (at least `SS_SIZE`).
     pub align: usize,
+    /// The offset from the base that `align` applies to: 0 (the base itself is aligned) up to
+    /// 2 MiB alignment, the user's block above it.
+    pub offset: usize,
     /// Offset of the user's block.
     pub user_offset: usize,
 }
@@ -34,16 +45,17 @@ impl LargeLayout {
     /// The layout for `size` bytes at `align` (a power of two), in whole pages of `page` bytes
     /// (the `Os`'s [`Os::page_size`](crate::Os::page_size)); `None` on overflow.
     pub fn new(size: usize, align: usize, page: usize) -> Option<Self> {
-        let user_offset = LARGE_HEADER.max(align);
+        let user_offset = LARGE_HEADER.max(align.min(SS_SIZE));
         // At least one byte: the user's address must lie inside the region (and its registry
         // chunks), even for a zero-size request.
         let len = user_offset
             .checked_add(size.max(1))?
             .checked_add(page - 1)?
             & !(page - 1);
-        (len <= isize::MAX as usize).then_some(Self {
+        (len <= isize::MAX as usize && align <= isize::MAX as usize).then_some(Self {
             len,
             align: align.max(SS_SIZE),
+            offset: if align > SS_SIZE { user_offset } else { 0 },
             user_offset,
         })
     }
@@ -54,7 +66,8 @@ impl LargeHeader {
     /// registry refusal the region is handed back untouched.
     ///
     /// # Safety
-    /// `region` is `layout.len` bytes at `layout.align`, owned by the caller and unused.
+    /// `region` is `layout.len` bytes, 2 MiB-aligned, with `region + layout.offset` aligned to
+    /// `layout.align`, owned by the caller and unused.
     pub unsafe fn init(
         env: &Env<'_>,
         region: NonNull<u8>,
@@ -136,7 +149,8 @@ impl LargeHeader {
     /// Grows the region so its block holds `size` bytes, moving its pages instead of copying
     /// them (`Os::remap`). Returns the header at its new place, or `None` when the OS cannot
     /// (then nothing changed and the caller copies). The region stays registered throughout,
-    /// except while its pages move: unregistered before (R2), registered again after.
+    /// except while its pages move: unregistered before (R2), registered again after. Moved
+    /// pages land 2 MiB-aligned: the block keeps an alignment up to 2 MiB, not a larger one.
     ///
     /// # Safety
     /// The caller holds the region's user block; nothing else refers to the region.

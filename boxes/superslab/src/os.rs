@@ -11,14 +11,20 @@ pub const PAGE: usize = 4096;
 
 /// Where regions come from.
 ///
-/// Every method reports each system call it makes to `stats`.
+/// Every method reports to `stats` each mapping, unmapping, remapping and purge it makes (the
+/// transient address-space reservation an aligned mapping is carved from is not counted).
+///
+/// Memory that backs a user's block is committed honestly: a mapping the OS's overcommit policy
+/// would refuse is refused (`None`), so an absurd size from untrusted input is a clean
+/// out-of-memory instead of a kill on first touch.
 ///
 /// # Safety
 /// The boxes' `unsafe` code trusts what an `Os` returns, so an implementation must guarantee:
 /// - [`Os::map`] returns `Some(p)` only for a fresh range `[p, p + len)` that is readable and
 ///   writable, reads as zero, is aligned to `align`, overlaps no other live range of this `Os`,
 ///   and stays valid (is never unmapped, moved or reused) until it is passed to [`Os::unmap`]
-///   or moved by [`Os::remap`];
+///   or moved by [`Os::remap`]; [`Os::map_offset`] the same, with `p + offset` aligned to
+///   `align` instead of `p`;
 /// - [`Os::purge`] returning true leaves the range mapped and reading as zero;
 /// - [`Os::remap`] returning `Some(q)` gives a range `[q, q + new_len)` with the same guarantees
 ///   as `map`'s, aligned to `align`, holding the old contents first;
@@ -50,6 +56,27 @@ pub unsafe trait Os: Sync {
     /// Maps `len` bytes (a multiple of [`Os::page_size`]) aligned to `align` (a power of two, at
     /// least the page size). Fresh memory reads as zero. `None` when the OS refuses.
     fn map(&self, len: usize, align: usize, stats: &GlobalStats) -> Option<NonNull<u8>>;
+
+    /// Maps `len` bytes (a multiple of [`Os::page_size`]) at an address `p` such that
+    /// `p + offset` is aligned to `align` (a power of two, at least the page size; `offset` a
+    /// multiple of the page size): a block far more aligned than its length gets a mapping of its
+    /// own length, with no alignment gap mapped before it. `None` when the OS refuses, or the
+    /// address space cannot hold such a range. The default serves an `offset` that is a multiple
+    /// of `align` (then `p` itself is aligned) and refuses any other.
+    fn map_offset(
+        &self,
+        len: usize,
+        align: usize,
+        offset: usize,
+        stats: &GlobalStats,
+    ) -> Option<NonNull<u8>> {
+        if offset & (align - 1) == 0 {
+            self.map(len, align, stats)
+        } else {
+            stats.event(Event::OsRefused, len);
+            None
+        }
+    }
 
     /// Gives `[ptr, ptr + len)` back to the OS.
     ///
@@ -113,11 +140,9 @@ pub struct LibcOs;
 static HINT: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
 impl LibcOs {
-    fn mmap(len: usize, stats: &GlobalStats) -> Option<usize> {
-        Self::mmap_at(0, len, stats)
-    }
-
-    /// Maps `len` bytes, at `hint` if that range is free (a hint, never MAP_FIXED).
+    /// Maps `len` bytes, at `hint` if that range is free (a hint, never MAP_FIXED). The mapping
+    /// is committed (no `MAP_NORESERVE`): under the kernel's overcommit policy, a length it
+    /// would refuse is refused here, not met by the OOM killer on first touch.
     fn mmap_at(hint: usize, len: usize, stats: &GlobalStats) -> Option<usize> {
         // SAFETY: an anonymous private mapping, without MAP_FIXED, never replaces existing
         // memory: at `hint` only if that range is free, else where the kernel chooses.
@@ -126,7 +151,7 @@ impl LibcOs {
                 hint as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -137,6 +162,95 @@ impl LibcOs {
         }
         stats.event(Event::Mmap, len);
         Some(p as usize)
+    }
+
+    /// Maps `len` bytes of metadata (such as a registry leaf): address space that only the
+    /// pages touched under live regions ever use, so `MAP_NORESERVE` (never refused by the
+    /// overcommit policy, and not counted against it). Page-aligned. Counted by the caller.
+    pub fn map_reserved(&self, len: usize) -> Option<NonNull<u8>> {
+        // SAFETY: as in `mmap_at`: a fresh anonymous private mapping replaces nothing.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(p.cast())
+    }
+
+    /// Reserves address space for `[start, start + len)` with `start + offset` aligned to
+    /// `align`: an inaccessible range (`PROT_NONE`: no memory, and nothing committed, since only
+    /// writable private mappings are), over-mapped by the alignment and trimmed. `None`, at once,
+    /// when the address space cannot hold it.
+    fn reserve_shifted(len: usize, align: usize, offset: usize, page: usize) -> Option<usize> {
+        let over = len.checked_add(align)?;
+        // SAFETY: a fresh anonymous mapping without MAP_FIXED replaces nothing.
+        let q = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                over,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if q == libc::MAP_FAILED {
+            return None;
+        }
+        let q = q as usize;
+        // The first `start >= q` with `start + offset` aligned (`offset` taken modulo `align`):
+        // `start - q < align`, so the range lies inside the reservation; page-aligned, as `q`,
+        // `align` and `offset` are.
+        let shift = offset & (align - 1);
+        let Some(start) = (q + shift).checked_next_multiple_of(align) else {
+            Self::trim(q, over);
+            return None;
+        };
+        let start = start - shift;
+        debug_assert!(start.is_multiple_of(page) && start >= q);
+        Self::trim(q, start - q);
+        Self::trim(start + len, q + over - (start + len));
+        Some(start)
+    }
+
+    /// Unmaps part of a reservation (or a refused one): never counted, it held no memory.
+    fn trim(addr: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: whole pages of a reservation this layer made and no one uses.
+        let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        debug_assert_eq!(rc, 0, "munmap of our own reservation cannot fail");
+    }
+
+    /// Makes the reservation `[start, start + len)` readable and writable: the kernel commits
+    /// it then, under its overcommit policy. On a refusal the reservation (unchanged: a refused
+    /// `mprotect` changes nothing) is given back.
+    fn commit(start: usize, len: usize, stats: &GlobalStats) -> Option<usize> {
+        // SAFETY: `[start, start + len)` is our own reservation, used by nothing; it reads as
+        // zero once accessible (fresh anonymous memory).
+        let rc = unsafe {
+            libc::mprotect(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            Self::trim(start, len);
+            stats.event(Event::OsRefused, len);
+            return None;
+        }
+        stats.event(Event::Mmap, len);
+        Some(start)
     }
 
     fn munmap(addr: usize, len: usize, stats: &GlobalStats) {
@@ -150,8 +264,8 @@ impl LibcOs {
     }
 }
 
-// SAFETY: `map` returns fresh anonymous private mappings (zeroed, exclusive) trimmed to the
-// alignment; `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
+// SAFETY: `map` and `map_offset` return fresh anonymous private mappings (zeroed, exclusive),
+// placed at the alignment (a trimmed reservation made accessible when the first guess misses); `purge` is MADV_DONTNEED on private anonymous memory (reads zero after); `remap`
 // is mremap, which keeps the contents; nothing is unmapped except through `unmap`.
 unsafe impl Os for LibcOs {
     /// `sysconf(_SC_PAGESIZE)`, read once (it does not allocate); 4 KiB if that fails.
@@ -175,20 +289,16 @@ unsafe impl Os for LibcOs {
         let page = self.page_size();
         debug_assert!(len.is_multiple_of(page) && align.is_power_of_two() && align >= page);
         if align <= page {
-            return NonNull::new(Self::mmap(len, stats)? as *mut u8);
+            return NonNull::new(Self::mmap_at(0, len, stats)? as *mut u8);
         }
         // First ask for the aligned range just below the lowest one we made (see HINT).
         let low = HINT.load(Ordering::Relaxed);
         let want = low.checked_sub(len).map_or(0, |a| a & !(align - 1));
         let p = Self::mmap_at(want, len, stats)?;
         if p & (align - 1) != 0 {
-            // Missed: over-map by the alignment, then trim the head and the tail.
+            // Missed: commit the length over an aligned reservation.
             Self::munmap(p, len, stats);
-            let over = len.checked_add(align - page)?;
-            let q = Self::mmap(over, stats)?;
-            let start = (q + align - 1) & !(align - 1);
-            Self::munmap(q, start - q, stats);
-            Self::munmap(start + len, q + over - (start + len), stats);
+            let start = self.map_offset(len, align, 0, stats)?.as_ptr() as usize;
             HINT.store(start, Ordering::Relaxed);
             return NonNull::new(start as *mut u8);
         }
@@ -196,6 +306,23 @@ unsafe impl Os for LibcOs {
             HINT.store(p, Ordering::Relaxed);
         }
         NonNull::new(p as *mut u8)
+    }
+
+    fn map_offset(
+        &self,
+        len: usize,
+        align: usize,
+        offset: usize,
+        stats: &GlobalStats,
+    ) -> Option<NonNull<u8>> {
+        let page = self.page_size();
+        debug_assert!(len.is_multiple_of(page) && align.is_power_of_two() && align >= page);
+        debug_assert!(offset.is_multiple_of(page));
+        let Some(start) = Self::reserve_shifted(len, align, offset, page) else {
+            stats.event(Event::OsRefused, len);
+            return None;
+        };
+        NonNull::new(Self::commit(start, len, stats)? as *mut u8)
     }
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
@@ -219,9 +346,10 @@ unsafe impl Os for LibcOs {
             stats.event(Event::Mremap, new_len - len);
             return Some(ptr);
         }
-        // Else reserve an aligned range, and move the pages onto it.
-        let target = self.map(new_len, align, stats)?;
-        // SAFETY: `target` is our fresh mapping of `new_len` bytes; MREMAP_FIXED replaces it
+        // Else reserve an aligned range (address space only), and move the pages onto it: the
+        // grown mapping is committed by mremap, which the overcommit policy may refuse.
+        let target = Self::reserve_shifted(new_len, align, 0, self.page_size())?;
+        // SAFETY: `target` is our fresh reservation of `new_len` bytes; MREMAP_FIXED replaces it
         // with the old pages (and removes the old mapping) or fails and changes nothing.
         let p = unsafe {
             libc::mremap(
@@ -229,18 +357,20 @@ unsafe impl Os for LibcOs {
                 len,
                 new_len,
                 libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                target.as_ptr().cast::<libc::c_void>(),
+                target as *mut libc::c_void,
             )
         };
-        if p == target.as_ptr().cast() {
-            // The reservation is gone, replaced by the old mapping grown: counted as unmapped,
-            // so that mmap - munmap + mremap stays the bytes mapped.
-            stats.event(Event::Munmap, new_len);
+        if p as usize == target {
             stats.event(Event::Mremap, new_len - len);
-            return Some(target);
+            return NonNull::new(target as *mut u8);
         }
-        // SAFETY: our reservation, never used.
-        unsafe { self.unmap(target, new_len, stats) };
+        // Refused (the overcommit policy, or an old range that spans mappings the kernel kept
+        // apart). The reservation is not unmapped here: Linux unmaps an MREMAP_FIXED destination
+        // before every check that can fail after the arguments' own (the charge, the old range's
+        // checks), so it is gone already, and another thread may have been given that range
+        // since. (Only the map-count pre-check, near vm.max_map_count, fails before: then the
+        // inaccessible reservation stays, address space without memory.)
+        stats.event(Event::OsRefused, new_len);
         None
     }
 
@@ -373,6 +503,29 @@ pub mod heap {
             let p = {
                 let mut next = self.next.lock().unwrap();
                 let p = (*next + align - 1) & !(align - 1);
+                let stop = p.checked_add(len).filter(|&s| s <= end)?;
+                *next = stop;
+                p
+            };
+            self.live.lock().unwrap().push((p, len));
+            stats.event(Event::Mmap, len);
+            NonNull::new(p as *mut u8)
+        }
+
+        fn map_offset(
+            &self,
+            len: usize,
+            align: usize,
+            offset: usize,
+            stats: &GlobalStats,
+        ) -> Option<NonNull<u8>> {
+            self.check_pages("map", align, len);
+            self.check_pages("map", offset, 0);
+            let end = self.arena + self.len;
+            let shift = offset & (align - 1);
+            let p = {
+                let mut next = self.next.lock().unwrap();
+                let p = (*next + shift).checked_next_multiple_of(align)? - shift;
                 let stop = p.checked_add(len).filter(|&s| s <= end)?;
                 *next = stop;
                 p

@@ -388,7 +388,10 @@ fn large_regions_are_found_past_their_first_chunk() {
         (4096, 4 * SS_SIZE),
     ] {
         let layout = LargeLayout::new(size, align, PAGE).unwrap();
-        let region = env.os.map(layout.len, layout.align, env.stats).unwrap();
+        let region = env
+            .os
+            .map_offset(layout.len, layout.align, layout.offset, env.stats)
+            .unwrap();
         // SAFETY: a fresh region of the layout's size and alignment.
         let user = unsafe { LargeHeader::init(&env, region, layout) }.unwrap();
         assert_eq!(user.as_ptr() as usize % align, 0);
@@ -427,6 +430,40 @@ fn libc_os_maps_aligned_and_counts_calls() {
     assert!(s.count(hakmem_stats::Event::Mmap) >= 1);
     assert_eq!(s.count(hakmem_stats::Event::Madvise), 1);
     assert!(s.bytes(hakmem_stats::Event::Munmap) >= SS_SIZE as u64);
+}
+
+#[test]
+fn huge_alignments_map_the_block_alone_and_impossible_ones_fail_at_once() {
+    // Above 2 MiB the block starts one 2 MiB step past the base: the region is that step and the
+    // block, whatever the alignment.
+    for shift in 22..=46 {
+        let layout = LargeLayout::new(100, 1 << shift, PAGE).unwrap();
+        assert_eq!((layout.len, layout.user_offset), (SS_SIZE + PAGE, SS_SIZE));
+        assert_eq!((layout.align, layout.offset), (1 << shift, SS_SIZE));
+    }
+    let layout = LargeLayout::new(100, SS_SIZE, PAGE).unwrap();
+    assert_eq!((layout.align, layout.offset), (SS_SIZE, 0));
+    let stats = GlobalStats::new();
+    for shift in [22, 30, 40] {
+        let align = 1usize << shift;
+        let p = LibcOs
+            .map_offset(2 * PAGE, align, SS_SIZE, &stats)
+            .expect("address space for one aligned block");
+        assert_eq!((p.as_ptr() as usize + SS_SIZE) % align, 0);
+        // SAFETY: our fresh mapping of two pages.
+        unsafe {
+            assert_eq!(*p.as_ptr().add(2 * PAGE - 1), 0);
+            p.as_ptr().write_bytes(1, 2 * PAGE);
+            LibcOs.unmap(p, 2 * PAGE, &stats);
+        }
+    }
+    // More than the address space holds: refused, nothing mapped.
+    for shift in [48, 62, 63] {
+        assert!(LibcOs.map_offset(PAGE, 1 << shift, 0, &stats).is_none());
+    }
+    let s = stats.snapshot();
+    assert_eq!(s.bytes(hakmem_stats::Event::Mmap), 3 * 2 * PAGE as u64);
+    assert_eq!(s.bytes(hakmem_stats::Event::Munmap), 3 * 2 * PAGE as u64);
 }
 
 #[test]
@@ -584,7 +621,10 @@ fn large_regions_and_their_growth_keep_to_the_os_page_size() {
         for size in [1, 4097, 100_000, 3 * SS_SIZE + 5] {
             let layout = LargeLayout::new(size, 16, env.os.page_size()).unwrap();
             assert_eq!(layout.len % page, 0, "page {page:#x} size {size}");
-            let region = env.os.map(layout.len, layout.align, env.stats).unwrap();
+            let region = env
+                .os
+                .map_offset(layout.len, layout.align, layout.offset, env.stats)
+                .unwrap();
             // SAFETY: a fresh region of the layout's size and alignment.
             let user = unsafe { LargeHeader::init(&env, region, layout) }.unwrap();
             // SAFETY: the registry reports it live and we hold its block.

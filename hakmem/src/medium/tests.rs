@@ -302,3 +302,26 @@ fn the_longest_run_bound_never_rules_out_a_fitting_run() {
         "both outcomes exercised: {fits} fits, {misses} misses"
     );
 }
+
+#[test]
+fn aligned_blocks_start_at_multiples_of_their_step() {
+    let mut m = map();
+    // Granule 0 is the header: a block aligned to 16 granules starts at 16 at the earliest.
+    let (a, _) = m.alloc_aligned(3, 16).unwrap();
+    assert_eq!(a, 16);
+    // The granules before it stay free for unaligned blocks.
+    let (b, _) = m.alloc(15).unwrap();
+    assert_eq!(b, 1);
+    let (c, _) = m.alloc_aligned(1, 8).unwrap();
+    assert_eq!(c % 8, 0);
+    assert!(c >= 24, "not inside {a}'s block");
+    // The largest block fits a fresh region at the largest alignment the tier serves.
+    let mut fresh = map();
+    let step = MEDIUM_ALIGN / GRANULE;
+    let (d, _) = fresh.alloc_aligned(MAX_GRANULES, step).unwrap();
+    assert_eq!(d % step, 0);
+    for (g, n) in [(a, 3), (b, 15), (c, 1)] {
+        assert_eq!(m.free(g), Ok(n));
+    }
+    assert_eq!(m.free_granules(), GRANULES - HEADER_GRANULES);
+}
