@@ -174,13 +174,13 @@ fn values_out_of_range_get_a_warning_that_states_the_range() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "hakmem: warning: HAKMEM_LRU_DECAY_MS=\"99999999999\" is out of range (valid: 0 to 86400000); using 1000"
+            "hakmem: warning: HAKMEM_LRU_DECAY_MS=\"99999999999\" (from the environment) is out of range (valid: 0 to 86400000); using 1000"
         ),
         "{stderr}"
     );
     assert!(
         stderr.contains(
-            "HAKMEM_LRU_MB=\"lots\" is not a whole number (valid: 0 to 1048576); using 256"
+            "HAKMEM_LRU_MB=\"lots\" (from the environment) is not a whole number (valid: 0 to 1048576); using 256"
         ),
         "{stderr}"
     );
