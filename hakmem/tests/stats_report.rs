@@ -37,7 +37,12 @@ fn child_holds_blocks() {
         s.mapped_bytes()
     );
     assert!(s.resident_bytes() >= (N * SIZE) as u64, "touched: resident");
-    assert!(s.peak_resident_bytes() >= s.resident_bytes() / 2);
+    assert!(
+        s.peak_resident_bytes() >= s.resident_bytes(),
+        "the peak is never below the resident set: {} < {}",
+        s.peak_resident_bytes(),
+        s.resident_bytes()
+    );
     assert_eq!(s.pid(), std::process::id());
     assert_eq!(s.class(row_index(&s, row.block_size)), Some(row));
     // Debug names what counted; no raw 128-entry arrays.
