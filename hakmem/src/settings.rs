@@ -38,11 +38,11 @@ pub enum OnInvalid {
 /// `Settings { lru_mb: 64, ..Settings::DEFAULT }`.
 ///
 /// Values given with [`crate::HakMem::with`] are checked as the environment's are: a number
-/// outside its range (below), or a `stats_file` longer than [`STATS_FILE_MAX`] bytes, gets a
-/// warning on stderr (`hakmem: warning: HAKMEM_LRU_MB="5000000" (from code) is out of range
-/// (valid: 0 to 1048576); using 256`) and the default is used instead; an environment variable
-/// that sets the field overrides it (and then no warning is given). `stats_file:
-/// Some(c"")` means stderr, as an empty `HAKMEM_STATS_FILE` does. Every field takes effect,
+/// outside its range (below), or a `stats_file` longer than 1023 bytes, gets a warning on
+/// stderr (`hakmem: warning: HAKMEM_LRU_MB="5000000" (from code) is out of range (valid: 0 to
+/// 1048576); using 256`) and the default is used instead; an environment variable that sets
+/// the field overrides it (and then no warning is given). `stats_file: Some(c"")` means
+/// stderr, as an empty `HAKMEM_STATS_FILE` does. Every field takes effect,
 /// `background_purge_ms` included (see its notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
