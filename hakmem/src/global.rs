@@ -7,8 +7,10 @@
 //! first region in their 128 GiB range is registered. A start-up the OS refused leaves the state
 //! as it was, and the next call tries again. The thread-exit key is made before the context is
 //! published (so every heap can be registered with it); the fork handlers and the exit report
-//! are registered after, since glibc may allocate while registering them (that re-entry then
-//! finds hakmem ready).
+//! are registered after, and a background purge thread set from code is started after, since
+//! glibc may allocate while doing so (that re-entry then finds hakmem ready). Nothing in
+//! start-up can panic (a panic allocates, and would wait for the start-up it interrupted): the
+//! settings are range-checked before start-up sees them, and its arithmetic saturates.
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
 use core::ptr::{null_mut, NonNull};
@@ -183,6 +185,11 @@ fn init() -> Option<&'static Ctx> {
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     // Also after READY, for the same reason (atexit may allocate past its static slots).
     crate::stats::after_start_up();
+    // Settings from code arrive with the first allocation, not at load: so does their purge
+    // thread (pthread_create may allocate, which finds hakmem ready).
+    if crate::settings::code_applied() {
+        crate::purge::start_if_set();
+    }
     // SAFETY: published above.
     Some(unsafe { &*ctx.as_ptr() })
 }
@@ -196,9 +203,11 @@ fn build(s: Settings) -> Option<NonNull<Ctx>> {
     let mem = OS.map(len, page, &scratch)?.cast::<Ctx>();
     // The registry maps nothing yet: its leaves come from LEAVES on demand.
     let registry = Registry::new(&LEAVES);
+    // The settings are in range (settings.rs checks them); saturating all the same, since a
+    // panic here would allocate inside start-up and wait for itself.
     let lru = LruConfig {
-        max_bytes: s.lru_mb << 20,
-        decay_ns: s.lru_decay_ms * 1_000_000,
+        max_bytes: s.lru_mb.saturating_mul(1 << 20),
+        decay_ns: s.lru_decay_ms.saturating_mul(1_000_000),
         purge: s.lazy_zero,
         ..LruConfig::default()
     };

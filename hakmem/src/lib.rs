@@ -86,7 +86,8 @@ pub const HakMem: HakMem = HakMem { settings: None };
 
 impl HakMem {
     /// The allocator with `settings` from code. They apply from the first allocation through
-    /// it, which starts hakmem up; each `HAKMEM_*` variable that is set overrides its field.
+    /// it, which starts hakmem up; each `HAKMEM_*` variable that is set overrides its field. A
+    /// value out of its range gets a warning and the default (see [`Settings`]).
     pub const fn with(settings: Settings) -> HakMem {
         HakMem {
             settings: Some(settings),

@@ -3,17 +3,23 @@
 //! Every allocator slow path runs the lru's due purges (`Lru::purge_if_due`: one atomic load,
 //! and a clock read only while something is cached); every medium and large call runs the
 //! medium tier's purge tick when it is due (medium M3). A program that goes fully idle reaches no
-//! slow path, so `HAKMEM_BACKGROUND_PURGE_MS=N` starts one thread that wakes every `N` ms to do
-//! the same. The thread:
-//! - starts only at load time (an ELF constructor), so never inside an exiting process, and
-//!   only where hakmem serves the process from its start: linked into the executable, or the
-//!   library that provides the process's `malloc` (`LD_PRELOAD`). A `dlopen`ed copy never starts
-//!   one;
+//! slow path, so `HAKMEM_BACKGROUND_PURGE_MS=N` (or `background_purge_ms: N` from code) starts
+//! one thread that wakes every `N` ms to do the same. The thread:
+//! - starts at load time (an ELF constructor) when the environment sets it, and at start-up
+//!   (the first allocation through a [`crate::HakMem::with`] allocator, after hakmem is ready)
+//!   when only code does; so never before the C library is initialised. It starts only where
+//!   hakmem serves the process from its start: linked into the executable, or the library that
+//!   provides the process's `malloc` (`LD_PRELOAD`). A `dlopen`ed copy never starts one;
 //! - never allocates, holds no lock while it sleeps, and takes only the lru's lock and the
 //!   medium tier's, which fork's `prepare` takes too: a fork never copies them mid-operation. A forked child has no
 //!   such thread (only the forking thread survives); its slow paths still purge;
 //! - blocks every signal, so signals go to the program's own threads.
-use crate::global::{ctx, ctx_or_init, settings};
+//!
+//! Loading initialises nothing: the constructor only reads the settings (which leaves settings
+//! from code free to arrive with the first allocation), and the thread does nothing until
+//! hakmem has started up.
+use crate::global::ctx;
+use crate::settings::BACKGROUND_PURGE_MS_MAX;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -27,15 +33,21 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 static AT_LOAD: extern "C" fn() = at_load;
 
 extern "C" fn at_load() {
-    // Only when asked: without the setting, loading initialises nothing.
+    // Only when asked: without the variable, loading reads nothing.
     // SAFETY: a NUL-terminated name; getenv does not allocate.
     if unsafe { libc::getenv(c"HAKMEM_BACKGROUND_PURGE_MS".as_ptr()) }.is_null() {
         return;
     }
-    if ctx_or_init().is_none() {
+    start_if_set();
+}
+
+/// Starts the purge thread if the settings in force ask for one and hakmem serves the process
+/// from its start (see the module docs); once per process.
+pub fn start_if_set() {
+    if STARTED.load(Ordering::Acquire) {
         return;
     }
-    let ms = settings().background_purge_ms;
+    let ms = crate::settings::in_force().background_purge_ms;
     if ms > 0 && from_the_start() {
         start(ms);
     }
@@ -98,7 +110,8 @@ fn start(ms: u64) {
 }
 
 extern "C" fn run(arg: *mut c_void) -> *mut c_void {
-    let ms = arg as usize as u64;
+    // In range (settings.rs checks it); clamped all the same, so the period is well formed.
+    let ms = (arg as usize as u64).clamp(1, BACKGROUND_PURGE_MS_MAX);
     let period = libc::timespec {
         tv_sec: (ms / 1000) as libc::time_t,
         tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,

@@ -1,9 +1,12 @@
 //! The `HAKMEM_*` settings: from code ([`crate::HakMem::with`]), overridden by the environment
 //! (read with `libc::getenv`, which does not allocate), over the defaults.
 //!
-//! Every setting has a default that is right; a bad value gets a warning (stating what is
-//! valid) and the value from code or the default. An unknown `HAKMEM_*` variable gets a warning
-//! naming the closest known one.
+//! Every setting has a default that is right. Values from code and from the environment are
+//! checked alike: a bad one gets a warning that names its source and states what is valid, and
+//! is not used (a bad value from code gives way to the default; one from the environment, to
+//! the value from code or the default). So every value in force is in its documented range, and
+//! the arithmetic start-up does on them cannot overflow. An unknown `HAKMEM_*` variable gets a
+//! warning naming the closest known one.
 //!
 //! The settings are read at the first call that needs one, whichever it is (an error path
 //! included), not at start-up: `HAKMEM_INVALID_FREE=warn` holds for a bad `free` that is the
@@ -33,6 +36,14 @@ pub enum OnInvalid {
 
 /// Every setting. A plain `Copy` value, usable in const context:
 /// `Settings { lru_mb: 64, ..Settings::DEFAULT }`.
+///
+/// Values given with [`crate::HakMem::with`] are checked as the environment's are: a number
+/// outside its range (below), or a `stats_file` longer than 1023 bytes, gets a warning on
+/// stderr (`hakmem: warning: HAKMEM_LRU_MB="5000000" (from code) is out of range (valid: 0 to
+/// 1048576); using 256`) and the default is used instead; an environment variable that sets
+/// the field overrides it (and then no warning is given). `stats_file: Some(c"")` means
+/// stderr, as an empty `HAKMEM_STATS_FILE` does. Every field takes effect,
+/// `background_purge_ms` included (see its notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap.
@@ -54,7 +65,10 @@ pub struct Settings {
     /// this long.
     pub lru_decay_ms: u64,
     /// `HAKMEM_BACKGROUND_PURGE_MS` (0 to 3600000, default 0, off): a background thread wakes
-    /// this often to run due purges, for programs that go idle.
+    /// this often to run due purges, for programs that go idle. Set from the environment, the
+    /// thread starts when hakmem is loaded; set from code, at start-up (the first allocation
+    /// through the [`crate::HakMem`](struct@crate::HakMem)); either way only where hakmem serves
+    /// the process from its start (the executable, or `LD_PRELOAD`), never in a `dlopen`ed copy.
     pub background_purge_ms: u64,
 }
 
@@ -168,6 +182,16 @@ impl Settings {
         }
     }
 
+    /// Numeric setting `i`'s value (0 for the others).
+    fn number(&self, i: usize) -> u64 {
+        match i {
+            LRU_MB => u64::try_from(self.lru_mb).unwrap_or(u64::MAX),
+            LRU_DECAY_MS => self.lru_decay_ms,
+            BACKGROUND_PURGE_MS => self.background_purge_ms,
+            _ => 0,
+        }
+    }
+
     /// Writes setting `i`'s value as the environment would spell it.
     fn write_value(&self, i: usize, f: &mut impl fmt::Write) -> fmt::Result {
         let b = |v: bool| if v { "1" } else { "0" };
@@ -254,6 +278,65 @@ impl fmt::Display for SettingsInForce {
     }
 }
 
+/// The largest value of numeric setting `i`; `None` for the others.
+fn max_of(i: usize) -> Option<u64> {
+    match i {
+        LRU_MB => Some(LRU_MB_MAX),
+        LRU_DECAY_MS => Some(LRU_DECAY_MS_MAX),
+        BACKGROUND_PURGE_MS => Some(BACKGROUND_PURGE_MS_MAX),
+        _ => None,
+    }
+}
+
+/// Settings from code, checked as the environment's are: each bad value (a number out of its
+/// range, a stats file path too long) replaced by the default, and marked. An empty stats file
+/// path means stderr, as in the environment.
+fn checked(code: &Settings) -> (Settings, [bool; COUNT]) {
+    let mut s = *code;
+    let mut bad = [false; COUNT];
+    for (i, b) in bad.iter_mut().enumerate() {
+        if max_of(i).is_some_and(|max| code.number(i) > max) {
+            s.take(&Settings::DEFAULT, i);
+            *b = true;
+        }
+    }
+    match code.stats_file {
+        Some(p) if p.is_empty() => s.stats_file = None,
+        Some(p) if p.to_bytes().len() > STATS_FILE_MAX => {
+            s.stats_file = Settings::DEFAULT.stats_file;
+            bad[STATS_FILE] = true;
+        }
+        _ => {}
+    }
+    (s, bad)
+}
+
+/// Warns that setting `i` from code (`code`, as given) is bad (see [`checked`]).
+fn warn_code(i: usize, code: &Settings) {
+    match max_of(i) {
+        Some(max) => {
+            let mut v = crate::out::Buf::<24>::new();
+            let _ = code.write_value(i, &mut v);
+            let d = Settings::DEFAULT.number(i);
+            warn_range(
+                NAMES[i],
+                v.as_bytes(),
+                Origin::Code,
+                "is out of range",
+                max,
+                d,
+            );
+        }
+        None => warn(
+            NAMES[i],
+            code.stats_file.map_or(&[][..], |p| p.to_bytes()),
+            Origin::Code,
+            format_args!("a path of at most {STATS_FILE_MAX} bytes"),
+            format_args!("the report on stderr"),
+        ),
+    }
+}
+
 /// The settings' statics (see the module docs).
 struct Store {
     lock: AtomicBool,
@@ -318,6 +401,11 @@ pub fn apply_code(code: &Option<Settings>) {
     }
 }
 
+/// True once settings from code are part of the settings in force.
+pub fn code_applied() -> bool {
+    STORE.code_applied.load(Ordering::Acquire)
+}
+
 /// The settings start-up uses; code can no longer change them after this.
 #[cold]
 pub fn freeze() -> Settings {
@@ -325,7 +413,10 @@ pub fn freeze() -> Settings {
 }
 
 #[cold]
-fn load(code: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
+fn load(raw: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
+    // Checked before anything uses them: only values in range go further.
+    let vetted = raw.map(checked);
+    let code = vetted.as_ref().map(|(c, _)| c);
     while STORE
         .lock
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -352,6 +443,13 @@ fn load(code: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
     };
     if let Some(i) = slot {
         let s = SettingsInForce::merge(code, &env_values, &set);
+        if let (1, Some(raw), Some((_, bad))) = (i, raw, &vetted) {
+            // Once: slot 1 is written once. A bad value the environment overrides is not used,
+            // so not warned about.
+            for j in (0..COUNT).filter(|&j| bad[j] && !set[j]) {
+                warn_code(j, raw);
+            }
+        }
         // SAFETY: under the lock; slot `i` is written once (slot 0 while nothing is published,
         // slot 1 the one time code is applied), before it is published below.
         let p = unsafe { (*STORE.slots[i].get()).write(s) } as *mut SettingsInForce;
@@ -401,6 +499,7 @@ fn parse<'a>(
                 warn(
                     name(i),
                     v,
+                    Origin::Env,
                     format_args!("0 or 1"),
                     format_args!("{}", cur as u8),
                 );
@@ -421,6 +520,7 @@ fn parse<'a>(
             warn(
                 name(INVALID_FREE),
                 v,
+                Origin::Env,
                 format_args!("abort or warn"),
                 format_args!("{}", cur.as_str()),
             );
@@ -437,11 +537,11 @@ fn parse<'a>(
                 n
             }
             Some(_) => {
-                warn_range(name(i), v, "is out of range", max, cur);
+                warn_range(name(i), v, Origin::Env, "is out of range", max, cur);
                 cur
             }
             None => {
-                warn_range(name(i), v, "is not a whole number", max, cur);
+                warn_range(name(i), v, Origin::Env, "is not a whole number", max, cur);
                 cur
             }
         }
@@ -467,6 +567,7 @@ fn parse<'a>(
         Some(v) if v.len() > STATS_FILE_MAX => warn(
             name(STATS_FILE),
             v,
+            Origin::Env,
             format_args!("a path of at most {STATS_FILE_MAX} bytes"),
             format_args!("the report on stderr"),
         ),
@@ -489,16 +590,38 @@ fn shown(value: &[u8]) -> &str {
     core::str::from_utf8(value).unwrap_or("(not UTF-8)")
 }
 
-fn warn(name: &str, value: &[u8], expected: fmt::Arguments<'_>, using: fmt::Arguments<'_>) {
+/// Where a bad value came from, as its warning names it.
+#[derive(Clone, Copy)]
+enum Origin {
+    Code,
+    Env,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Code => "from code",
+            Origin::Env => "from the environment",
+        })
+    }
+}
+
+fn warn(
+    name: &str,
+    value: &[u8],
+    from: Origin,
+    expected: fmt::Arguments<'_>,
+    using: fmt::Arguments<'_>,
+) {
     eprint(format_args!(
-        "hakmem: warning: {name}={:?} is not valid (expected {expected}); using {using}\n",
+        "hakmem: warning: {name}={:?} ({from}) is not valid (expected {expected}); using {using}\n",
         shown(value),
     ));
 }
 
-fn warn_range(name: &str, value: &[u8], what: &str, max: u64, using: u64) {
+fn warn_range(name: &str, value: &[u8], from: Origin, what: &str, max: u64, using: u64) {
     eprint(format_args!(
-        "hakmem: warning: {name}={:?} {what} (valid: 0 to {max}); using {using}\n",
+        "hakmem: warning: {name}={:?} ({from}) {what} (valid: 0 to {max}); using {using}\n",
         shown(value),
     ));
 }
@@ -639,6 +762,57 @@ mod tests {
             shown.contains("HAKMEM_STATS_FILE=(stderr) (default)\n"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn code_values_are_checked_as_the_environments_are() {
+        let (s, bad) = checked(&Settings::DEFAULT);
+        assert_eq!((s, bad), (Settings::DEFAULT, [false; COUNT]));
+        let at_max = Settings {
+            lru_mb: LRU_MB_MAX as usize,
+            lru_decay_ms: LRU_DECAY_MS_MAX,
+            background_purge_ms: BACKGROUND_PURGE_MS_MAX,
+            ..Settings::DEFAULT
+        };
+        assert_eq!(checked(&at_max), (at_max, [false; COUNT]));
+        static LONG: [u8; STATS_FILE_MAX + 2] = {
+            let mut b = [b'x'; STATS_FILE_MAX + 2];
+            b[STATS_FILE_MAX + 1] = 0;
+            b
+        };
+        let long = CStr::from_bytes_with_nul(&LONG).unwrap();
+        let past = Settings {
+            lru_mb: usize::MAX,
+            lru_decay_ms: u64::MAX,
+            background_purge_ms: BACKGROUND_PURGE_MS_MAX + 1,
+            stats_file: Some(long),
+            check: true,
+            ..Settings::DEFAULT
+        };
+        let (s, bad) = checked(&past);
+        assert_eq!(
+            s,
+            Settings {
+                check: true,
+                ..Settings::DEFAULT
+            }
+        );
+        let mut expected = [false; COUNT];
+        for i in [LRU_MB, LRU_DECAY_MS, BACKGROUND_PURGE_MS, STATS_FILE] {
+            expected[i] = true;
+        }
+        assert_eq!(bad, expected);
+        // An empty path is stderr, as in the environment: not bad.
+        let empty = Settings {
+            stats_file: Some(c""),
+            ..Settings::DEFAULT
+        };
+        assert_eq!(checked(&empty), (Settings::DEFAULT, [false; COUNT]));
+        // What start-up computes from any checked value fits.
+        for v in [s, at_max] {
+            assert!(v.lru_mb.checked_mul(1 << 20).is_some());
+            assert!(v.lru_decay_ms.checked_mul(1_000_000).is_some());
+        }
     }
 
     #[test]

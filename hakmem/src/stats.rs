@@ -57,6 +57,7 @@ impl Stats {
         abandoned: usize,
         threads: usize,
     ) -> Self {
+        let resident = resident_bytes();
         Self {
             snap,
             lru_regions: lru.0,
@@ -65,8 +66,8 @@ impl Stats {
             threads,
             // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() } as u32,
-            resident: resident_bytes(),
-            peak_resident: peak_rss_kib() * 1024,
+            resident,
+            peak_resident: peak_of(resident),
         }
     }
 
@@ -141,7 +142,10 @@ impl Stats {
         self.resident
     }
 
-    /// The process's peak resident set so far (`getrusage`).
+    /// The process's peak resident set so far: the larger of the kernel's peak (`getrusage`'s
+    /// `ru_maxrss`) and [`Stats::resident_bytes`] of the same snapshot, so never below it. The
+    /// kernel updates its peak lazily (it can lag `/proc/self/statm` by a few hundred KiB), and
+    /// counts the peak of the program the process was before its last `exec` too.
     pub fn peak_resident_bytes(&self) -> u64 {
         self.peak_resident
     }
@@ -339,13 +343,24 @@ impl serde::Serialize for Stats {
     }
 }
 
-/// The process's peak resident set, in KiB (`getrusage`).
+/// The process's peak resident set, in KiB: the larger of `getrusage`'s `ru_maxrss` and the
+/// resident set now (`/proc/self/statm`), so never below the latter (see
+/// [`Stats::peak_resident_bytes`]).
 pub fn peak_rss_kib() -> u64 {
+    peak_of(resident_bytes()) / 1024
+}
+
+/// The peak resident set in bytes, given the resident set now: the kernel's peak, or `resident`
+/// if that is more.
+fn peak_of(resident: u64) -> u64 {
     // SAFETY: a zeroed rusage is a valid out-parameter.
     let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
     // SAFETY: a valid pointer to an rusage.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss.max(0) as u64
+    let kernel = u64::try_from(ru.ru_maxrss)
+        .unwrap_or(0)
+        .saturating_mul(1024);
+    kernel.max(resident)
 }
 
 /// The process's resident set now, from `/proc/self/statm` (read into a stack buffer); 0 when
@@ -376,7 +391,7 @@ fn resident_bytes() -> u64 {
         .unwrap_or(0);
     // SAFETY: sysconf only reads a value the kernel gave the process.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
+    pages.saturating_mul(u64::try_from(page).unwrap_or(4096))
 }
 
 /// The program's name (glibc's `program_invocation_short_name`: argv\[0\] without its

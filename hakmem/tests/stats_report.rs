@@ -37,7 +37,12 @@ fn child_holds_blocks() {
         s.mapped_bytes()
     );
     assert!(s.resident_bytes() >= (N * SIZE) as u64, "touched: resident");
-    assert!(s.peak_resident_bytes() >= s.resident_bytes() / 2);
+    assert!(
+        s.peak_resident_bytes() >= s.resident_bytes(),
+        "the peak is never below the resident set: {} < {}",
+        s.peak_resident_bytes(),
+        s.resident_bytes()
+    );
     assert_eq!(s.pid(), std::process::id());
     assert_eq!(s.class(row_index(&s, row.block_size)), Some(row));
     // Debug names what counted; no raw 128-entry arrays.
@@ -174,13 +179,13 @@ fn values_out_of_range_get_a_warning_that_states_the_range() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "hakmem: warning: HAKMEM_LRU_DECAY_MS=\"99999999999\" is out of range (valid: 0 to 86400000); using 1000"
+            "hakmem: warning: HAKMEM_LRU_DECAY_MS=\"99999999999\" (from the environment) is out of range (valid: 0 to 86400000); using 1000"
         ),
         "{stderr}"
     );
     assert!(
         stderr.contains(
-            "HAKMEM_LRU_MB=\"lots\" is not a whole number (valid: 0 to 1048576); using 256"
+            "HAKMEM_LRU_MB=\"lots\" (from the environment) is not a whole number (valid: 0 to 1048576); using 256"
         ),
         "{stderr}"
     );
