@@ -49,6 +49,8 @@ int main(int argc, char **argv) {
     CHECK(setitimer(ITIMER_PROF, &off, NULL) == 0);
     for (int k = 0; k < 8; k++) free(keep[k]);
     CHECK(!failed);
-    printf("fork_signal ok: %d forks\n", (int)forks);
+    /* A signal may still land between the loop's test and the timer's end: one fork more. */
+    CHECK(forks >= want);
+    printf("fork_signal ok: %d forks\n", want);
     return 0;
 }
