@@ -498,7 +498,8 @@ fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
     // Only tag 7's thread is gone; the look goes round the live heaps in turn.
     let mut reaped = 0;
     for _ in 0..4 {
-        reaped += ctx.reap_one(|t| t == 7) as usize;
+        // SAFETY: tag 7's "thread" (this test, for the orphan) uses it no more.
+        reaped += unsafe { ctx.reap_one(|t| t == 7) } as usize;
     }
     assert_eq!(reaped, 1, "retired once");
     assert_eq!(ctx.live_heaps(), 1);
@@ -511,6 +512,43 @@ fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
         free(live, kept);
         free(live, p);
         ctx.retire_heap(NonNull::from(live));
+    }
+    assert_eq!(ctx.live_heaps(), 0);
+}
+
+#[test]
+fn a_reap_leaves_a_heap_handed_out_again_under_the_same_tag() {
+    let ctx = ctx(8, false);
+    let first = heap(ctx);
+    let first_at = NonNull::from(&mut *first);
+    // SAFETY: made by new_heap, live.
+    unsafe { ctx.set_tag(first_at, 7) };
+    let other = heap(ctx);
+    // SAFETY: as above.
+    unsafe { ctx.set_tag(NonNull::from(&mut *other), 8) };
+    // The reaper reads tag 7; while it asks whether tag 7's thread is gone, that thread exits
+    // (retiring its own heap) and a new thread with the same tag (a reused thread id) gets the
+    // same heap. Its test answers true: it is made before the new thread starts.
+    let again = core::cell::Cell::new(None);
+    // SAFETY: tag 7's first thread has ended when the test answers; the second, which starts
+    // after the answer, has a heap with a new id, which the reap must leave alone (H15).
+    let reaped = unsafe {
+        ctx.reap_one(|t| {
+            assert_eq!(t, 7);
+            ctx.retire_heap(first_at);
+            let h = ctx.new_heap().expect("memory for the heap");
+            assert_eq!(h, first_at, "the retired heap is handed out again");
+            ctx.set_tag(h, 7);
+            again.set(Some(h));
+            true
+        })
+    };
+    assert!(!reaped, "the new thread's heap is not retired");
+    assert_eq!(ctx.live_heaps(), 2);
+    // SAFETY: both heaps are this thread's to retire.
+    unsafe {
+        ctx.retire_heap(again.get().unwrap());
+        ctx.retire_heap(NonNull::from(other));
     }
     assert_eq!(ctx.live_heaps(), 0);
 }

@@ -34,11 +34,11 @@ struct SsLocal {
     prev: *const Superslab,
 }
 
-/// Links in the abandoned list, guarded by that list's lock.
+/// Links in the abandoned list, guarded by the lock of the list the superslab is on (the one
+/// its `list` word names).
 pub(crate) struct SsLink {
     pub(crate) next: *const Superslab,
     pub(crate) prev: *const Superslab,
-    pub(crate) listed: bool,
 }
 
 /// The header at the start of every superslab (in slab 0's space).
@@ -56,13 +56,17 @@ pub struct Superslab {
     hint: Line<AtomicBool>,
     local: UnsafeCell<SsLocal>,
     pub(crate) link: UnsafeCell<SsLink>,
+    /// The id of the abandoned list the superslab is on, 0 when on none (SS17): written only
+    /// under that list's lock, so a list that holds its lock and reads its own id knows the
+    /// superslab is on it, and its links are its own to follow.
+    pub(crate) list: AtomicUsize,
     /// The slabs' metadata.
     pub slabs: [SlabMeta; SLABS],
     check: [[AtomicU64; CHECK_WORDS]; SLABS],
 }
 
 // SAFETY: shared fields are atomics; `local` is touched only by the owner (SS5) and `link` only
-// under the abandoned list's lock (SS7).
+// under the lock of the abandoned list the superslab is on (SS7, SS17).
 unsafe impl Sync for Superslab {}
 
 /// The bytes the header takes at the top of slab 0 (SS14): its size rounded up to a page. Slab
@@ -108,8 +112,8 @@ impl Superslab {
             addr_of_mut!((*ss).link).write(UnsafeCell::new(SsLink {
                 next: core::ptr::null(),
                 prev: core::ptr::null(),
-                listed: false,
             }));
+            addr_of_mut!((*ss).list).write(AtomicUsize::new(0));
             let slabs = addr_of_mut!((*ss).slabs).cast::<SlabMeta>();
             for i in 0..SLABS {
                 slabs.add(i).write(SlabMeta::new(base + i * SLAB_SIZE));
@@ -667,6 +671,10 @@ impl Superslab {
     /// pushes, and tries to collect it, so an abandoned superslab goes back as soon as its last
     /// block does. True means the caller dropped the last reference and must retire the
     /// superslab.
+    ///
+    /// `list` is the abandoned list the superslab's owners abandon onto. Given another list, the
+    /// freer finds nothing of this superslab's to take off it (SS17): the block stays on the
+    /// flagged stack until the superslab's adopter drains it.
     ///
     /// # Safety
     /// `block` is a block of `slab` (in this superslab) that the caller holds and gives up.
