@@ -35,6 +35,9 @@ fn ctx(chunks: usize, check: bool) -> &'static Ctx {
 }
 
 /// Frees `p` the way the facade does: through the registry.
+///
+/// # Safety
+/// `h` is this thread's heap, and `p` a block of `h`'s context that the caller gives up.
 unsafe fn free(h: &mut Heap, p: *mut u8) {
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     match unsafe { hakmem_route::classify(&h.ctx().registry, p) } {

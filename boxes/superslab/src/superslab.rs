@@ -303,7 +303,9 @@ impl Superslab {
     /// Takes a free slab for blocks of `block_size` bytes of `class`, for the owner.
     ///
     /// # Safety
-    /// The caller owns the superslab.
+    /// The caller owns the superslab; `block_size` is a multiple of 16 from 16 to `SLAB_SIZE`
+    /// (a block holds its link and the free key, SS9, and blocks start 16-byte aligned), and
+    /// `class` is below 2^24.
     pub unsafe fn alloc_slab(&self, class: u32, block_size: u32) -> Option<&SlabMeta> {
         // SAFETY: the caller owns the superslab, so it alone touches `local`.
         let i = self.local.with_mut(|l| unsafe {
