@@ -5,7 +5,8 @@ use super::*;
 impl Ctx {
     /// A context over `os` and `registry`. `check` turns on full double-free checks (H6);
     /// `report` hears of every corruption found (it may abort; if it returns, the offending
-    /// block is dropped and the allocator goes on).
+    /// block is dropped and the allocator goes on; if it panics, the process aborts, see
+    /// [`Ctx::report`]).
     pub fn new(
         os: &'static dyn Os,
         registry: Registry,
@@ -53,10 +54,21 @@ impl Ctx {
         self.check
     }
 
-    /// Reports a corruption (see [`Ctx::new`]).
+    /// Reports a corruption (see [`Ctx::new`]). A `report` that unwinds (panics) aborts the
+    /// process instead: it may run in the middle of a heap operation (a drain, a teardown),
+    /// and unwinding out of one would leave the heap half changed for its next user.
     #[cold]
     pub fn report(&self, c: Corrupt) {
-        (self.report)(c)
+        /// Panics again when dropped during the unwind of a panic, which aborts.
+        struct AbortOnUnwind;
+        impl Drop for AbortOnUnwind {
+            fn drop(&mut self) {
+                panic!("hakmem: a corruption report unwound; aborting");
+            }
+        }
+        let guard = AbortOnUnwind;
+        (self.report)(c);
+        core::mem::forget(guard);
     }
 
     /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS

@@ -894,3 +894,39 @@ fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_tic
     unsafe { ctx.retire_heap(NonNull::from(h)) };
     assert_eq!(ctx.snapshot().held(c), 0);
 }
+
+/// A `report` that panics would unwind out of the middle of a heap operation; the context
+/// aborts instead. Run in a child process (this test binary, filtered to this test).
+#[test]
+fn a_report_that_panics_aborts_the_process() {
+    const CHILD: &str = "HAKMEM_TEST_REPORT_PANICS";
+    if std::env::var_os(CHILD).is_some() {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
+        let registry = os.registry();
+        let ctx = Ctx::new(os, registry, LruConfig::default(), false, |_| {
+            panic!("the report panics")
+        });
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.report(Corrupt::DoubleFree(16))
+        }));
+        // Reached only if the panic unwound out of `report`.
+        std::process::exit(if unwound.is_err() { 3 } else { 4 });
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::a_report_that_panics_aborts_the_process",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(6), // SIGABRT
+        "{:?}: {}",
+        out.status,
+        std::string::String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -220,9 +220,10 @@ impl Superslab {
         (ss, unsafe { ss.slabs.get_unchecked(i) })
     }
 
-    /// Index of `slab` in this superslab.
+    /// Index of `slab` in this superslab (for a slab of another superslab, or none, some
+    /// number, not below `SLABS` unless it lies at a slab's place).
     pub fn slab_index(&self, slab: &SlabMeta) -> usize {
-        (slab as *const SlabMeta as usize - self.slabs.as_ptr() as usize)
+        (slab as *const SlabMeta as usize).wrapping_sub(self.slabs.as_ptr() as usize)
             / core::mem::size_of::<SlabMeta>()
     }
 
@@ -348,7 +349,8 @@ impl Superslab {
     /// Returns an empty slab to the superslab. True when every slab is free afterwards.
     ///
     /// # Safety
-    /// The caller owns the superslab, and the slab is empty (no block out).
+    /// The caller owns the superslab, and `slab` is one of its slabs in use, empty (no block
+    /// out).
     pub unsafe fn free_slab(&self, slab: &SlabMeta) -> bool {
         let i = self.slab_index(slab);
         // SAFETY: the caller owns the slab.
