@@ -930,3 +930,44 @@ fn a_report_that_panics_aborts_the_process() {
         std::string::String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// H8: a superslab's slabs leave the owned cache when the superslab leaves the heap, here by
+/// being abandoned at exit with a block out; the heap that claims it enters them in its own.
+#[test]
+fn a_superslab_given_up_leaves_no_entry_in_the_owned_cache() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(100).unwrap();
+    // SAFETY: the heap is this test thread's own.
+    let kept = unsafe { h.alloc(c) };
+    let entered = |cache: &[*const SlabMeta]| {
+        cache
+            .iter()
+            .filter(|&&e| !core::ptr::eq(e, EMPTY_SLOT))
+            .count()
+    };
+    assert!(
+        entered(&h.owned_slabs) > 0,
+        "its superslab's slabs are entered"
+    );
+    let at = NonNull::from(h);
+    // SAFETY: the heap's "thread" is done with it; `kept` stays out, so its superslab is
+    // abandoned.
+    unsafe { ctx.retire_heap(at) };
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: a retired heap's memory stays mapped (and unused until the next new_heap).
+    let cache = unsafe { (*at.as_ptr()).owned_slabs };
+    assert_eq!(
+        entered(&cache),
+        0,
+        "no entry left for the abandoned superslab"
+    );
+    let other = heap(ctx);
+    // SAFETY: the new heap is this thread's; `kept` is handed over and freed once (a claim).
+    unsafe { free(other, kept) };
+    assert_eq!(ctx.abandoned.len(), 0, "claimed");
+    assert!(entered(&other.owned_slabs) > 0, "entered by its new owner");
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(other)) };
+    assert!(my_reports().is_empty());
+}
