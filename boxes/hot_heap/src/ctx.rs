@@ -242,16 +242,20 @@ impl Ctx {
         self.heaps.with(|l| {
             let mut s = self.stats.snapshot();
             let mut h = l.live;
-            // SAFETY: under the lock, live heaps stay on the list; their counters are atomics.
-            while let Some(heap) = unsafe { h.as_ref() } {
-                s.add_thread(&heap.stats);
+            // Each heap is reached through its raw pointer, field by field, never as a `&Heap`:
+            // its thread may hold a `&mut Heap` meanwhile, and reads only atomics of it.
+            while !h.is_null() {
+                // SAFETY: under the lock, live heaps stay on the list; their counters are
+                // atomics, which their thread writes with atomic stores.
+                s.add_thread(unsafe { &(*h).stats });
                 for c in 0..CLASSES {
                     // SAFETY: a live heap's lists (as above), read through a raw pointer: only
                     // the atomics of their counts, under their sequence lock (tls_sll L7).
-                    let (frees, allocs) = unsafe { Lists::counts_of(&raw const heap.sll, c) };
+                    let (frees, allocs) = unsafe { Lists::counts_of(&raw const (*h).sll, c) };
                     s.add_counts(c, allocs, frees);
                 }
-                h = heap.next;
+                // SAFETY: `next` is written only under the lock, which is held.
+                h = unsafe { (*h).next };
             }
             s
         })
