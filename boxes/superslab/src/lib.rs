@@ -48,8 +48,11 @@
 //! assert_eq!(stats.snapshot().count(Event::SsCreated), 1);
 //! ```
 //!
-//! What safe code cannot do: take another slab's remote frees, or release a lock it does not
-//! hold (`SpinLock` hands out a guard; the fork handlers' release is an `unsafe fn`).
+//! What safe code cannot do: take another slab's remote frees, release a lock it does not
+//! hold (`SpinLock` hands out a guard; the fork handlers' release is an `unsafe fn`), share a
+//! guard of a value that is not `Sync` between threads (`SpinGuard`'s doctest), or take a
+//! superslab off an abandoned list it is not on (SS17; `AbandonedList::try_remove` answers
+//! false).
 //!
 //! ```compile_fail,E0616
 //! fn steal(slab: &hakmem_superslab::SlabMeta) -> *mut u8 {
