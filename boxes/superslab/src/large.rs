@@ -54,7 +54,9 @@ impl LargeHeader {
     /// registry refusal the region is handed back untouched.
     ///
     /// # Safety
-    /// `region` is `layout.len` bytes at `layout.align`, owned by the caller and unused.
+    /// `region` is `layout.len` bytes at `layout.align`, owned by the caller and unused, and
+    /// `LARGE_HEADER <= layout.user_offset < layout.len` (as [`LargeLayout::new`] makes it;
+    /// its fields are public), so the header and the user's block lie inside.
     pub unsafe fn init(
         env: &Env<'_>,
         region: NonNull<u8>,
