@@ -68,9 +68,8 @@ impl AbandonedList {
     pub(crate) fn push_then<R>(&self, ss: &Superslab, f: impl FnOnce() -> R) -> R {
         let r = self.inner.with(|inner| {
             // On no list, so no other lock guards its links (SS17).
-            assert_eq!(
-                ss.list.load(Ordering::Relaxed),
-                0,
+            assert!(
+                ss.list.load(Ordering::Relaxed) == 0,
                 "hakmem: a superslab listed twice"
             );
             ss.list.store(self.id, Ordering::Relaxed);
