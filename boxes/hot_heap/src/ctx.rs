@@ -196,7 +196,12 @@ impl Ctx {
         let claimed = self.heaps.with(|_| {
             // SAFETY: under the lock.
             unsafe {
+                #[cfg(not(hakmem_seeded_bug = "reap_by_tag"))]
                 let ok = (*heap).tag == tag && (*heap).id == id && id != 0;
+                // Seeded bug: the tag alone names the heap, so a heap retired and handed to a
+                // new thread with the same tag (a reused thread id) is retired under it.
+                #[cfg(hakmem_seeded_bug = "reap_by_tag")]
+                let ok = id != 0 && (*heap).tag == tag && (*heap).id != 0;
                 if ok {
                     (*heap).tag = 0;
                 }

@@ -395,6 +395,12 @@ impl Heap {
         h.ctx = ctx;
         h.tiny = TINY_CLASS_OF;
         h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
+        // Zeroed memory is valid counters, but loom's atomics must be built (a retired heap's
+        // are zero already: the merge took them).
+        #[cfg(loom)]
+        {
+            h.stats = ThreadStats::new();
+        }
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();
@@ -438,3 +444,6 @@ impl Heap {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_models;
