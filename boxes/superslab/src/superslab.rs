@@ -517,7 +517,8 @@ impl Superslab {
     /// flagged abandoned in one swap, so each remote free either lands before it (and is
     /// drained here) or sees the flag (and pins and collects): none is stranded (S1). True when
     /// the superslab turned out empty and the caller dropped the last reference: the caller
-    /// must then retire it.
+    /// must then retire it. The superslab records which list it went on (SS17): only that list
+    /// takes it off again, whichever list later callers hand its frees.
     ///
     /// # Safety
     /// The caller owns the superslab and forgets it afterwards.
