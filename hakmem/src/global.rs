@@ -83,7 +83,10 @@ static LATE_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 pub fn reap_ended_threads() {
     if let Some(c) = ctx() {
         for _ in 0..c.live_heaps() {
-            c.reap_one(thread_gone);
+            // SAFETY: `thread_gone` answers true only for a thread of this process that the
+            // kernel no longer knows (ESRCH), which never runs again; a heap handed to a new
+            // thread with the same id meanwhile has a new heap id, which the reap checks.
+            unsafe { c.reap_one(thread_gone) };
         }
     }
 }
@@ -334,7 +337,8 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     // within as many thread starts as there are live heaps.
     // SAFETY: just made, ours.
     unsafe { ctx.set_tag(heap, thread_tag()) };
-    ctx.reap_one(thread_gone);
+    // SAFETY: as in `reap_ended_threads`: `thread_gone` is true only for an ended thread.
+    unsafe { ctx.reap_one(thread_gone) };
     Some(heap)
 }
 

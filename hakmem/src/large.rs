@@ -78,7 +78,8 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
             None => return null_mut(),
         },
     };
-    // SAFETY: a whole, unused region of the layout's size and alignment.
+    // SAFETY: a whole, unused region of the layout's size and alignment; the layout is
+    // `LargeLayout::new`'s with a longer `len`, so its user offset still lies inside.
     let user = match unsafe { LargeHeader::init(&env, region, layout) } {
         Ok(u) => u.as_ptr(),
         Err(region) => {

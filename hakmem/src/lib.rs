@@ -317,6 +317,10 @@ pub mod raw {
 
 /// `code`: the settings from code of the [`HakMem`](struct@HakMem) called, read only on the
 /// cold path that starts hakmem up.
+///
+/// # Safety
+/// `size` and `align` are as `route` takes them (`align` a power of two); called from the
+/// allocator's entry points, on the calling thread's own heap.
 #[inline(always)]
 unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
     match route(size, align) {
@@ -345,6 +349,11 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
     }
 }
 
+/// An allocation of `class` past the heap's fast path: from this thread's heap, made on first
+/// use, else the late heap, else a heap made for this one block.
+///
+/// # Safety
+/// `class` is one of the route box's (below `CLASSES`).
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
@@ -377,6 +386,11 @@ unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) ->
     }
 }
 
+/// A block of `class` from `h`, zeroed when `zero`.
+///
+/// # Safety
+/// `h` is a live heap whose only user is the calling thread (its own, or the late heap under
+/// its lock), and `class` is below `CLASSES`.
 #[inline(always)]
 unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
     // SAFETY: the caller runs on the heap's thread.
@@ -397,6 +411,9 @@ enum Block {
 }
 
 /// The block `p` is, or a report for `op` and `None` when it is not one of ours.
+///
+/// # Safety
+/// The caller holds `p` if it is a block of ours (it may be any address otherwise).
 unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
     let Some(ctx) = ctx() else {
         invalid_pointer(op, p);
@@ -427,12 +444,19 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
 
 /// `dealloc` of a block whose layout does not route to a slab: out of line, so that `dealloc`
 /// itself stays small enough to be inlined into its callers.
+///
+/// # Safety
+/// As [`free_impl`].
 #[inline(never)]
 unsafe fn dealloc_other(p: *mut u8) {
     // SAFETY: forwarded.
     unsafe { free_impl(p, "free") }
 }
 
+/// Frees `p` (reported for `op` when it is not a live block of ours).
+///
+/// # Safety
+/// The caller gives `p` up if it is a block of ours (it may be any address otherwise).
 #[inline(always)]
 unsafe fn free_impl(p: *mut u8, op: &str) {
     let Some(ctx) = ctx() else {
@@ -456,6 +480,9 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 
 /// `free`'s full path: null, foreign and bad pointers, large blocks, other heaps' blocks, full
 /// thread lists and suspected double frees.
+///
+/// # Safety
+/// As [`free_impl`]; `p` may be null.
 #[cold]
 #[inline(never)]
 unsafe fn free_full(p: *mut u8) {
@@ -466,6 +493,9 @@ unsafe fn free_full(p: *mut u8) {
 }
 
 /// Frees a small block whose slab is known.
+///
+/// # Safety
+/// `p` is a block start of `slab`, a slab of the live superslab `ss`, that the caller gives up.
 #[inline(always)]
 unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
@@ -481,6 +511,9 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 
 /// `free_small_in` for a block of another heap's slab (or an orphan's), or a thread without a
 /// live heap.
+///
+/// # Safety
+/// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
@@ -496,6 +529,10 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
 
 /// `free_small_in` for a thread without a live heap. It takes `p` alone, and finds its slab
 /// again by mask and shift, so the inlined fast path passes one register.
+///
+/// # Safety
+/// `p` is a block start in a live superslab, of a slab this thread's heap does not own, that the
+/// caller gives up.
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8) {
@@ -514,6 +551,11 @@ unsafe fn free_small_slow(p: *mut u8) {
     unsafe { Heap::free_orphan(ctx, ss, slab, p) }
 }
 
+/// Resizes the block `p` to `new_size` bytes at `align`, in place or by a move.
+///
+/// # Safety
+/// The caller holds `p` if it is a block of ours (it may be any address otherwise, which is
+/// reported), and gives it up when the result is not null.
 unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: the caller holds `p`.
     let (old_usable, in_place) = match unsafe { lookup(p, "realloc") } {

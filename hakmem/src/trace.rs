@@ -23,7 +23,10 @@ std::thread_local! {
 
 /// Installs the hook (at start-up).
 pub fn install() {
-    hakmem_stats::hook::set(on_event);
+    // SAFETY: `on_event` runs its subscriber through `guarded`, which sets this thread's heap
+    // aside (DEAD) while it runs, so the subscriber's allocations and frees never touch a heap
+    // that is in the middle of an operation, and a re-entered hook returns at once.
+    unsafe { hakmem_stats::hook::set(on_event) };
 }
 
 /// Deferred events: `kind | payload << 8`, 0 for an empty slot. `kind` is an [`Event`]'s

@@ -145,6 +145,16 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         what: "a remote free counts its block after its push, so a take in between gets a chain \
                longer than its count",
     },
+    SeededBug {
+        name: "reap_by_tag",
+        in_crate: "hakmem-hot-heap",
+        models: &[(
+            "hakmem-hot-heap",
+            "loom_models::reap_vs_exit_and_a_reused_tag",
+        )],
+        what: "the reaper's claim checks a heap's tag alone, so a heap retired and handed to a \
+               new thread with the same tag is retired under it",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

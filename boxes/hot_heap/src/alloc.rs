@@ -100,6 +100,13 @@ impl Heap {
         }
     }
 
+    /// The slow path of an allocation of `class`: refills the thread list (or the cache) from
+    /// slabs in the refill order and hands a block out; null when the OS refuses memory.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `class` is below `CLASSES`.
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {

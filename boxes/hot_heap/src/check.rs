@@ -9,6 +9,12 @@ pub(crate) fn check_index(ss: &Superslab, p: *mut u8) -> (usize, usize) {
 
 impl Heap {
     /// Check mode: validates `p` against its slab and the bitmap, then returns it to the slab.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `p` is a block of `class` of a slab this heap owns (so its superslab is live), which the
+    /// caller gives up.
     pub(crate) unsafe fn return_checked(&mut self, class: usize, p: *mut u8) {
         // SAFETY: `p` lies in a live superslab of ours.
         let ss = unsafe { Superslab::of(p) };

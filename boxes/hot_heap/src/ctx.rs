@@ -5,7 +5,8 @@ use super::*;
 impl Ctx {
     /// A context over `os` and `registry`. `check` turns on full double-free checks (H6);
     /// `report` hears of every corruption found (it may abort; if it returns, the offending
-    /// block is dropped and the allocator goes on).
+    /// block is dropped and the allocator goes on; if it panics, the process aborts, see
+    /// [`Ctx::report`]).
     pub fn new(
         os: &'static dyn Os,
         registry: Registry,
@@ -53,10 +54,21 @@ impl Ctx {
         self.check
     }
 
-    /// Reports a corruption (see [`Ctx::new`]).
+    /// Reports a corruption (see [`Ctx::new`]). A `report` that unwinds (panics) aborts the
+    /// process instead: it may run in the middle of a heap operation (a drain, a teardown),
+    /// and unwinding out of one would leave the heap half changed for its next user.
     #[cold]
     pub fn report(&self, c: Corrupt) {
-        (self.report)(c)
+        /// Panics again when dropped during the unwind of a panic, which aborts.
+        struct AbortOnUnwind;
+        impl Drop for AbortOnUnwind {
+            fn drop(&mut self) {
+                panic!("hakmem: a corruption report unwound; aborting");
+            }
+        }
+        let guard = AbortOnUnwind;
+        (self.report)(c);
+        core::mem::forget(guard);
     }
 
     /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
@@ -82,10 +94,13 @@ impl Ctx {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // SAFETY: fresh zeroed memory or a retired heap (left empty by `retire_heap`), both
         // valid `Heap`s (a zeroed Heap is valid: every field is an integer or a pointer).
-        unsafe { Heap::init(heap.as_ptr(), self, id) };
+        unsafe { Heap::init(heap.as_ptr(), self) };
         self.heaps.with(|h| {
-            // SAFETY: under the lock; `heap` is ours, the list's heaps are live.
+            // SAFETY: under the lock; `heap` is ours, the list's heaps are live. The id is
+            // written under the lock, as a reaper that still holds this heap's address from its
+            // last life reads it (H15).
             unsafe {
+                (*heap.as_ptr()).id = id;
                 Self::push_live(h, heap.as_ptr());
             }
             h.live_count += 1;
@@ -141,30 +156,52 @@ impl Ctx {
     /// Looks at the live heap looked at least recently (one per call, in turn), and retires it
     /// when `gone(tag)` says its thread has ended without retiring it (a heap made during the
     /// thread's last pass over TSD destructors is never handed to the exit destructor: H5 would
-    /// fail without this). `gone` must answer true only for a thread that will never run again.
-    /// True when a heap was retired.
-    pub fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
-        let (heap, tag) = self.heaps.with(|h| {
+    /// fail without this). True when a heap was retired.
+    ///
+    /// The heap is retired only if, after `gone` answered, it still is the heap it was when its
+    /// tag was read (the same id: a heap retired meanwhile and handed to a new thread has a new
+    /// one, even when the new thread's tag is the same, as a reused thread id makes it; H15).
+    ///
+    /// # Safety
+    /// `gone(tag)` answers true only when the thread whose heap [`Ctx::set_tag`] tagged `tag`
+    /// has ended and never runs again (a thread that starts after the answer and is given the
+    /// same tag is another one, whose heap the reap leaves alone, H15). A `gone` that says so
+    /// of a live thread retires its heap under it, and the next [`Ctx::new_heap`] hands the same
+    /// memory to another thread.
+    ///
+    /// ```compile_fail,E0133
+    /// fn reap_anyone(ctx: &'static hakmem_hot_heap::Ctx) -> bool {
+    ///     ctx.reap_one(|_| true) // error: an `unsafe fn`
+    /// }
+    /// ```
+    pub unsafe fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
+        let (heap, tag, id) = self.heaps.with(|h| {
             let t = h.tail;
             if t.is_null() || t == h.live {
-                return (null_mut(), 0);
+                return (null_mut(), 0, 0);
             }
             // SAFETY: under the lock; `t` is live. It moves to the front: checked last.
             unsafe {
                 Self::unlink_live(h, t);
                 Self::push_live(h, t);
-                (t, (*t).tag)
+                (t, (*t).tag, (*t).id)
             }
         });
         if heap.is_null() || tag == 0 || !gone(tag) {
             return false;
         }
-        // Claim it: only one reaper retires it (a heap's memory is never unmapped, so `heap`
-        // is readable; the id is 0 once retired).
+        // Claim it: only one reaper retires it, and only the heap whose thread `gone` spoke of
+        // (a heap's memory is never unmapped, so `heap` is readable; the id is 0 once retired,
+        // and a new one when the heap was handed out again).
         let claimed = self.heaps.with(|_| {
             // SAFETY: under the lock.
             unsafe {
-                let ok = (*heap).tag == tag && (*heap).id != 0;
+                #[cfg(not(hakmem_seeded_bug = "reap_by_tag"))]
+                let ok = (*heap).tag == tag && (*heap).id == id && id != 0;
+                // Seeded bug: the tag alone names the heap, so a heap retired and handed to a
+                // new thread with the same tag (a reused thread id) is retired under it.
+                #[cfg(hakmem_seeded_bug = "reap_by_tag")]
+                let ok = id != 0 && (*heap).tag == tag && (*heap).id != 0;
                 if ok {
                     (*heap).tag = 0;
                 }
@@ -174,8 +211,9 @@ impl Ctx {
         if !claimed {
             return false;
         }
-        // SAFETY: its thread has ended, so nobody else uses it, and the claim above made this
-        // thread its only reaper.
+        // SAFETY: its thread has ended (the caller's contract: `gone` said so of every thread
+        // of this tag, and the id shows the heap was not handed out since), so nobody else uses
+        // it, and the claim above made this thread its only reaper.
         unsafe { self.retire_heap(NonNull::new_unchecked(heap)) };
         true
     }
@@ -209,16 +247,20 @@ impl Ctx {
         self.heaps.with(|l| {
             let mut s = self.stats.snapshot();
             let mut h = l.live;
-            // SAFETY: under the lock, live heaps stay on the list; their counters are atomics.
-            while let Some(heap) = unsafe { h.as_ref() } {
-                s.add_thread(&heap.stats);
+            // Each heap is reached through its raw pointer, field by field, never as a `&Heap`:
+            // its thread may hold a `&mut Heap` meanwhile, and reads only atomics of it.
+            while !h.is_null() {
+                // SAFETY: under the lock, live heaps stay on the list; their counters are
+                // atomics, which their thread writes with atomic stores.
+                s.add_thread(unsafe { &(*h).stats });
                 for c in 0..CLASSES {
                     // SAFETY: a live heap's lists (as above), read through a raw pointer: only
                     // the atomics of their counts, under their sequence lock (tls_sll L7).
-                    let (frees, allocs) = unsafe { Lists::counts_of(&raw const heap.sll, c) };
+                    let (frees, allocs) = unsafe { Lists::counts_of(&raw const (*h).sll, c) };
                     s.add_counts(c, allocs, frees);
                 }
-                h = heap.next;
+                // SAFETY: `next` is written only under the lock, which is held.
+                h = unsafe { (*h).next };
             }
             s
         })

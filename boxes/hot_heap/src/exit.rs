@@ -5,6 +5,11 @@ use super::*;
 impl Heap {
     /// Everything back (H5): lists and cache to slabs, remote frees drained, empty slabs and
     /// superslabs released, the rest abandoned.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9), handed over by its thread, which never
+    /// uses it again; nobody else uses it. Afterwards it owns nothing and must not be used but
+    /// by [`Heap::init`] again.
     pub(crate) unsafe fn teardown(&mut self) {
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();

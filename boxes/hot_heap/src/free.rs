@@ -110,6 +110,15 @@ impl Heap {
         unsafe { h.sll.try_push_unchecked(class, p, key) }
     }
 
+    /// The owner's slow free of `p`: confirms a key match (FK3), returns it through the bitmap
+    /// in check mode (H6), else spills the full list and pushes it.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `p` is the start of a block of `class` of a slab this heap owns (H1), which the caller
+    /// gives up (a block that is free already is told apart here by the key's confirmation,
+    /// FK3, and reported, not pushed).
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {

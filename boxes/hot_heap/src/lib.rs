@@ -157,6 +157,15 @@
 //!   holds blocks go back within one to two delays of the heap's next slow path, and a slab
 //!   taken again before that keeps them. An exiting heap purges the slabs already aged at its
 //!   last tick before it abandons their superslab.
+//! - **H15 (reaping).** A heap's `id` and `tag` are written only under the heap list's lock
+//!   ([`Ctx::new_heap`] writes the id, [`Ctx::set_tag`] the tag, [`Ctx::retire_heap`] clears
+//!   both), and every heap made gets a new id. [`Ctx::reap_one`] reads a heap's tag and id under
+//!   the lock, asks its caller's test whether the tag's thread has ended (with no lock held),
+//!   then retires the heap only if, under the lock again, it has the same tag and the same
+//!   nonzero id: a heap retired by its own thread's exit meanwhile (id 0), reaped by another
+//!   reaper (tag 0), or handed to a new thread (a new id, even under the same tag, as a reused
+//!   thread id gives) is left alone. So a heap is retired once, and only when the test, made
+//!   after its tag was read, found its thread ended.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -373,18 +382,25 @@ impl Heap {
         }
     }
 
-    /// Initialises a heap in place.
+    /// Initialises a heap in place, all but its id and tag, which a reaper may read under the
+    /// heap list's lock (H15): [`Ctx::new_heap`] writes the id under that lock.
     ///
     /// # Safety
-    /// `this` points to a valid, empty `Heap` (zeroed memory is one) that nobody else uses.
-    unsafe fn init(this: *mut Heap, ctx: &'static Ctx, id: usize) {
+    /// `this` points to a valid, empty `Heap` (zeroed memory is one, as is a retired heap) that
+    /// nobody else uses.
+    unsafe fn init(this: *mut Heap, ctx: &'static Ctx) {
         // SAFETY: the caller hands over a valid, empty heap.
         let h = unsafe { &mut *this };
-        h.id = id;
         h.key = init_free_key();
         h.ctx = ctx;
         h.tiny = TINY_CLASS_OF;
         h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
+        // Zeroed memory is valid counters, but loom's atomics must be built (a retired heap's
+        // are zero already: the merge took them).
+        #[cfg(loom)]
+        {
+            h.stats = ThreadStats::new();
+        }
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();
@@ -428,3 +444,6 @@ impl Heap {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_models;

@@ -5,6 +5,11 @@ use super::*;
 
 impl Heap {
     /// Fills the cache for `class` halfway from slabs, in the refill order.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `class` is below `CLASSES`.
     pub(crate) unsafe fn refill_cache(&mut self, class: usize) {
         let want = (self.cache.cap(class) / 2).max(1);
         let mut got = 0;
@@ -34,6 +39,11 @@ impl Heap {
     /// slabs onto its thread list, in the refill order, one run per slab. The blocks are linked
     /// into one chain in the order the slabs hand them out (free list first, then carved in
     /// address order) and spliced at once, so they are handed out in that order.
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `class` is below `CLASSES`.
     pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
         let want = want.min(self.sll.cap(class) - self.sll.len(class));
         let key = self.key;
@@ -94,6 +104,12 @@ impl Heap {
     }
 
     /// A slab of `class` with a free block, in the refill order (module docs).
+    ///
+    /// # Safety
+    /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
+    /// `class` is below `CLASSES`. Its id is used to adopt abandoned superslabs: no other
+    /// running thread uses it.
     pub(crate) unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
         // 1. Own slabs with free blocks.
         if let Some(s) = self.current(class) {

@@ -35,6 +35,9 @@ fn ctx(chunks: usize, check: bool) -> &'static Ctx {
 }
 
 /// Frees `p` the way the facade does: through the registry.
+///
+/// # Safety
+/// `h` is this thread's heap, and `p` a block of `h`'s context that the caller gives up.
 unsafe fn free(h: &mut Heap, p: *mut u8) {
     // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
     match unsafe { hakmem_route::classify(&h.ctx().registry, p) } {
@@ -498,7 +501,8 @@ fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
     // Only tag 7's thread is gone; the look goes round the live heaps in turn.
     let mut reaped = 0;
     for _ in 0..4 {
-        reaped += ctx.reap_one(|t| t == 7) as usize;
+        // SAFETY: tag 7's "thread" (this test, for the orphan) uses it no more.
+        reaped += unsafe { ctx.reap_one(|t| t == 7) } as usize;
     }
     assert_eq!(reaped, 1, "retired once");
     assert_eq!(ctx.live_heaps(), 1);
@@ -511,6 +515,43 @@ fn a_heap_whose_thread_is_gone_is_reaped_in_turn() {
         free(live, kept);
         free(live, p);
         ctx.retire_heap(NonNull::from(live));
+    }
+    assert_eq!(ctx.live_heaps(), 0);
+}
+
+#[test]
+fn a_reap_leaves_a_heap_handed_out_again_under_the_same_tag() {
+    let ctx = ctx(8, false);
+    let first = heap(ctx);
+    let first_at = NonNull::from(&mut *first);
+    // SAFETY: made by new_heap, live.
+    unsafe { ctx.set_tag(first_at, 7) };
+    let other = heap(ctx);
+    // SAFETY: as above.
+    unsafe { ctx.set_tag(NonNull::from(&mut *other), 8) };
+    // The reaper reads tag 7; while it asks whether tag 7's thread is gone, that thread exits
+    // (retiring its own heap) and a new thread with the same tag (a reused thread id) gets the
+    // same heap. Its test answers true: it is made before the new thread starts.
+    let again = core::cell::Cell::new(None);
+    // SAFETY: tag 7's first thread has ended when the test answers; the second, which starts
+    // after the answer, has a heap with a new id, which the reap must leave alone (H15).
+    let reaped = unsafe {
+        ctx.reap_one(|t| {
+            assert_eq!(t, 7);
+            ctx.retire_heap(first_at);
+            let h = ctx.new_heap().expect("memory for the heap");
+            assert_eq!(h, first_at, "the retired heap is handed out again");
+            ctx.set_tag(h, 7);
+            again.set(Some(h));
+            true
+        })
+    };
+    assert!(!reaped, "the new thread's heap is not retired");
+    assert_eq!(ctx.live_heaps(), 2);
+    // SAFETY: both heaps are this thread's to retire.
+    unsafe {
+        ctx.retire_heap(again.get().unwrap());
+        ctx.retire_heap(NonNull::from(other));
     }
     assert_eq!(ctx.live_heaps(), 0);
 }
@@ -852,4 +893,81 @@ fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_tic
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
     assert_eq!(ctx.snapshot().held(c), 0);
+}
+
+/// A `report` that panics would unwind out of the middle of a heap operation; the context
+/// aborts instead. Run in a child process (this test binary, filtered to this test).
+#[test]
+fn a_report_that_panics_aborts_the_process() {
+    const CHILD: &str = "HAKMEM_TEST_REPORT_PANICS";
+    if std::env::var_os(CHILD).is_some() {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
+        let registry = os.registry();
+        let ctx = Ctx::new(os, registry, LruConfig::default(), false, |_| {
+            panic!("the report panics")
+        });
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.report(Corrupt::DoubleFree(16))
+        }));
+        // Reached only if the panic unwound out of `report`.
+        std::process::exit(if unwound.is_err() { 3 } else { 4 });
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::a_report_that_panics_aborts_the_process",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(6), // SIGABRT
+        "{:?}: {}",
+        out.status,
+        std::string::String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// H8: a superslab's slabs leave the owned cache when the superslab leaves the heap, here by
+/// being abandoned at exit with a block out; the heap that claims it enters them in its own.
+#[test]
+fn a_superslab_given_up_leaves_no_entry_in_the_owned_cache() {
+    let ctx = ctx(8, false);
+    let h = heap(ctx);
+    let c = class_of(100).unwrap();
+    // SAFETY: the heap is this test thread's own.
+    let kept = unsafe { h.alloc(c) };
+    let entered = |cache: &[*const SlabMeta]| {
+        cache
+            .iter()
+            .filter(|&&e| !core::ptr::eq(e, EMPTY_SLOT))
+            .count()
+    };
+    assert!(
+        entered(&h.owned_slabs) > 0,
+        "its superslab's slabs are entered"
+    );
+    let at = NonNull::from(h);
+    // SAFETY: the heap's "thread" is done with it; `kept` stays out, so its superslab is
+    // abandoned.
+    unsafe { ctx.retire_heap(at) };
+    assert_eq!(ctx.abandoned.len(), 1);
+    // SAFETY: a retired heap's memory stays mapped (and unused until the next new_heap).
+    let cache = unsafe { (*at.as_ptr()).owned_slabs };
+    assert_eq!(
+        entered(&cache),
+        0,
+        "no entry left for the abandoned superslab"
+    );
+    let other = heap(ctx);
+    // SAFETY: the new heap is this thread's; `kept` is handed over and freed once (a claim).
+    unsafe { free(other, kept) };
+    assert_eq!(ctx.abandoned.len(), 0, "claimed");
+    assert!(entered(&other.owned_slabs) > 0, "entered by its new owner");
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(other)) };
+    assert!(my_reports().is_empty());
 }

@@ -386,9 +386,21 @@ pub mod hook {
     static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
     /// Sets the hook (replacing any earlier one). The hook runs inside the allocator, on cold
-    /// paths but possibly in the middle of an operation: it must not allocate through the
-    /// allocator that counts these events unless that allocator guards against re-entry.
-    pub fn set(h: Hook) {
+    /// paths but possibly in the middle of an operation.
+    ///
+    /// # Safety
+    /// `h` (and all it calls) never re-enters an allocator whose events these are while that
+    /// allocator is in the middle of an operation: a hook that allocates or frees through it
+    /// must be one the allocator guards against re-entry (hakmem's tracing hook is: it defers
+    /// events raised on a thread whose heap is in use). A re-entered heap would be used
+    /// through two live `&mut` at once.
+    ///
+    /// ```compile_fail,E0133
+    /// fn install(h: hakmem_stats::hook::Hook) {
+    ///     hakmem_stats::hook::set(h); // error: an `unsafe fn`
+    /// }
+    /// ```
+    pub unsafe fn set(h: Hook) {
         HOOK.store(h as *mut (), Ordering::Release);
     }
 
@@ -648,7 +660,8 @@ mod tests {
                 HEARD.fetch_add(bytes & 0xff, SeqCst);
             }
         }
-        hook::set(hook);
+        // SAFETY: the hook allocates nothing and calls into no allocator.
+        unsafe { hook::set(hook) };
         let g = GlobalStats::new();
         g.event(Event::Madvise, MARK | 1);
         g.event(Event::OsRefused, MARK | 2);

@@ -1,6 +1,6 @@
 //! The abandoned list: superslabs whose owner exited while blocks were still out.
 use crate::superslab::Superslab;
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering, StaticAtomicUsize};
 #[cfg(not(loom))]
 use crate::LockCounts;
 use crate::SpinLock;
@@ -13,13 +13,23 @@ struct Inner {
 // SAFETY: the pointers are only followed under the lock, and superslabs are shared memory.
 unsafe impl Send for Inner {}
 
+/// Ids of lists made so far: each list's id is its own for the life of the process (SS17), so
+/// no list, not even one at the address of a dropped one, takes another's superslab.
+static NEXT_ID: StaticAtomicUsize = StaticAtomicUsize::new(1);
+
 /// A doubly linked list of abandoned superslabs under a spin lock. Being on the list is a
 /// reference (the one the exiting owner held). Taking a superslab off the list, by
 /// [`AbandonedList::adopt`] or [`AbandonedList::try_remove`], is what makes its taker the only
 /// thread that may touch its slabs.
+///
+/// A superslab records which list it is on (SS17), and a list takes off only its own: given a
+/// superslab that sits on another list, [`AbandonedList::try_remove`] and
+/// [`AbandonedList::claim`] answer false and touch no link.
 pub struct AbandonedList {
     inner: SpinLock<Inner>,
     len: AtomicUsize,
+    /// This list's id (never 0), which its superslabs hold in their `list` word.
+    id: usize,
 }
 
 impl Default for AbandonedList {
@@ -34,6 +44,7 @@ impl AbandonedList {
         Self {
             inner: SpinLock::new(Inner { head: null() }),
             len: AtomicUsize::new(0),
+            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -52,16 +63,22 @@ impl AbandonedList {
     }
 
     /// Lists `ss`, then runs `f` while still holding the lock: while the lock is held nobody can
-    /// take `ss` off the list, so `f` may still touch it.
+    /// take `ss` off the list, so `f` may still touch it. `ss` is on no list (its caller holds
+    /// it: as its owner, or taken off this list).
     pub(crate) fn push_then<R>(&self, ss: &Superslab, f: impl FnOnce() -> R) -> R {
         let r = self.inner.with(|inner| {
+            // On no list, so no other lock guards its links (SS17).
+            assert!(
+                ss.list.load(Ordering::Relaxed) == 0,
+                "hakmem: a superslab listed twice"
+            );
+            ss.list.store(self.id, Ordering::Relaxed);
             let old = inner.head;
             // SAFETY: list links are only touched under this lock; `old` is listed, hence live.
             unsafe {
                 ss.link.with_mut(|l| {
                     (*l).next = old;
                     (*l).prev = null();
-                    (*l).listed = true;
                 });
                 if let Some(o) = old.as_ref() {
                     o.link.with_mut(|l| (*l).prev = ss);
@@ -74,13 +91,18 @@ impl AbandonedList {
         r
     }
 
-    fn unlink(inner: &mut Inner, ss: &Superslab) {
-        // SAFETY: under the lock; `ss` and its neighbours are listed, hence live.
+    /// Takes `ss` off the list.
+    ///
+    /// # Safety
+    /// Under this list's lock (`inner` is its value), and `ss` is on this list (its `list`
+    /// word holds this list's id).
+    unsafe fn unlink(&self, inner: &mut Inner, ss: &Superslab) {
+        debug_assert_eq!(ss.list.load(Ordering::Relaxed), self.id);
+        ss.list.store(0, Ordering::Relaxed);
+        // SAFETY: under the lock (the caller's word); `ss` and its neighbours are on this list,
+        // hence live, and their links are this lock's.
         unsafe {
-            let (next, prev) = ss.link.with_mut(|l| {
-                (*l).listed = false;
-                ((*l).next, (*l).prev)
-            });
+            let (next, prev) = ss.link.with_mut(|l| ((*l).next, (*l).prev));
             match prev.as_ref() {
                 Some(p) => p.link.with_mut(|l| (*l).next = next),
                 None => inner.head = next,
@@ -92,15 +114,18 @@ impl AbandonedList {
     }
 
     /// Takes `ss` off the list if it is still on it. True means the caller now holds it
-    /// exclusively, with the list's reference.
+    /// exclusively, with the list's reference. False, having touched nothing, when `ss` is on
+    /// no list or on another one (SS17).
     pub fn try_remove(&self, ss: &Superslab) -> bool {
         let removed = self.inner.with(|inner| {
-            // SAFETY: link fields are guarded by this lock.
-            let listed = ss.link.with(|l| unsafe { (*l).listed });
-            if listed {
-                Self::unlink(inner, ss);
+            // Only this list's holder writes this id into `list` or takes it out, and it holds
+            // the lock now: seeing it means `ss` is on this list until the lock is released.
+            let ours = ss.list.load(Ordering::Relaxed) == self.id;
+            if ours {
+                // SAFETY: under this list's lock, and `ss` is on this list (above).
+                unsafe { self.unlink(inner, ss) };
             }
-            listed
+            ours
         });
         if removed {
             self.len.fetch_sub(1, Ordering::Relaxed);
@@ -128,7 +153,10 @@ impl AbandonedList {
             // SAFETY: listed superslabs are live while the list holds their reference.
             let ss = unsafe { inner.head.as_ref()? };
             #[cfg(not(hakmem_seeded_bug = "adopt_no_take"))]
-            Self::unlink(inner, ss);
+            // SAFETY: under this list's lock; its head is on it.
+            unsafe {
+                self.unlink(inner, ss)
+            };
             Some(ss)
         })?;
         #[cfg(not(hakmem_seeded_bug = "adopt_no_take"))]
@@ -148,8 +176,7 @@ impl AbandonedList {
     ///
     /// # Safety
     /// As for [`Self::adopt`]: `owner` is the calling thread's own heap id, which no other
-    /// running thread uses. `ss` is kept alive by the caller (it holds a block of it or a pin),
-    /// and if it is listed, it is on this list.
+    /// running thread uses. (A superslab on another list, or on none, is left alone: SS17.)
     ///
     /// ```compile_fail,E0133
     /// fn claim(list: &hakmem_superslab::AbandonedList, ss: &hakmem_superslab::Superslab) {

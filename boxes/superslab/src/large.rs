@@ -67,7 +67,9 @@ impl LargeHeader {
     ///
     /// # Safety
     /// `region` is `layout.len` bytes, 2 MiB-aligned, with `region + layout.offset` aligned to
-    /// `layout.align`, owned by the caller and unused.
+    /// `layout.align`, owned by the caller and unused, and
+    /// `LARGE_HEADER <= layout.user_offset < layout.len` (as [`LargeLayout::new`] makes it;
+    /// its fields are public), so the header and the user's block lie inside.
     pub unsafe fn init(
         env: &Env<'_>,
         region: NonNull<u8>,

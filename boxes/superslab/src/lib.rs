@@ -48,8 +48,11 @@
 //! assert_eq!(stats.snapshot().count(Event::SsCreated), 1);
 //! ```
 //!
-//! What safe code cannot do: take another slab's remote frees, or release a lock it does not
-//! hold (`SpinLock` hands out a guard; the fork handlers' release is an `unsafe fn`).
+//! What safe code cannot do: take another slab's remote frees, release a lock it does not
+//! hold (`SpinLock` hands out a guard; the fork handlers' release is an `unsafe fn`), share a
+//! guard of a value that is not `Sync` between threads (`SpinGuard`'s doctest), or take a
+//! superslab off an abandoned list it is not on (SS17; `AbandonedList::try_remove` answers
+//! false).
 //!
 //! ```compile_fail,E0616
 //! fn steal(slab: &hakmem_superslab::SlabMeta) -> *mut u8 {
@@ -144,6 +147,14 @@
 //!   at its previous tick, and are still free, back to the OS, and marks them zero (SS8); a slab
 //!   taken or freed since loses its age, so a slab is purged only after it has stayed free from
 //!   one tick to the next. Slab 0's pages below the header go too; the header's never.
+//! - **SS17 (list identity).** Every [`AbandonedList`] has an id of its own for the life of the
+//!   process, and a superslab's `list` word holds the id of the list it is on (0: none). The
+//!   word is written only under the lock of the list it names (a push writes the list's id, an
+//!   unlink 0), and a superslab's list links only under that same lock. So a list that holds
+//!   its lock and reads its own id there knows the superslab is on it; any other value means
+//!   it is not, and the list touches nothing of it. A superslab handed to the wrong list's
+//!   [`AbandonedList::try_remove`], [`AbandonedList::claim`], [`Superslab::free_remote`] or
+//!   [`Superslab::abandon`]'s settling is left on its own list.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -106,6 +106,12 @@ impl RemoteStack {
         debug_assert!(r.is_ok());
     }
 
+    /// The push of [`Self::try_push`] (`refuse_flagged`) and [`Self::push`]: keys `block`, links
+    /// it on top and adds one to the count, in one CAS; `Err` only when `refuse_flagged` and
+    /// the stack is flagged, having linked nothing.
+    ///
+    /// # Safety
+    /// As for [`Self::try_push`].
     #[inline]
     unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<bool, Abandoned> {
         debug_assert_eq!(block as usize & (15 | !ADDRESS), 0);

@@ -247,6 +247,15 @@ impl SlabMeta {
         self.carved.store(0, Ordering::Relaxed);
     }
 
+    /// (Re)initialises the slab for blocks of `block_size` bytes of `class`, `capacity` of them
+    /// from `start`, for its superslab's owner: the shared words (SS11), an emptied remote stack
+    /// (S2) and the owner's local fields. `fresh` says its never-carved blocks read as zero (SS8).
+    ///
+    /// # Safety
+    /// The caller owns the slab's superslab (SS5), the slab is free (no block of it is out
+    /// anywhere, SS4), and `start .. start + capacity * block_size` is this slab's memory
+    /// (from its base, SS14), with `block_size` at least 16, a multiple of 16, and `class`
+    /// below 2^24.
     pub(crate) unsafe fn init(
         &self,
         class: u32,
@@ -489,6 +498,10 @@ impl SlabMeta {
     /// link the other after its tail: none when the free list is empty, the free list's blocks
     /// when it is the shorter (the chain's blocks, last written by another core, are then not
     /// read here), and otherwise the chain's, which must then hold exactly `count` blocks.
+    ///
+    /// # Safety
+    /// The caller owns the slab (SS5), and `taken` is what one take of this slab's remote stack
+    /// returned, not spliced before: its blocks are this slab's, given up by their freers.
     unsafe fn splice_remote(&self, taken: Taken) -> Result<u32, Corrupt> {
         let Taken { head, count } = taken;
         if head.is_null() {

@@ -34,11 +34,11 @@ struct SsLocal {
     prev: *const Superslab,
 }
 
-/// Links in the abandoned list, guarded by that list's lock.
+/// Links in the abandoned list, guarded by the lock of the list the superslab is on (the one
+/// its `list` word names).
 pub(crate) struct SsLink {
     pub(crate) next: *const Superslab,
     pub(crate) prev: *const Superslab,
-    pub(crate) listed: bool,
 }
 
 /// The header at the start of every superslab (in slab 0's space).
@@ -56,13 +56,17 @@ pub struct Superslab {
     hint: Line<AtomicBool>,
     local: UnsafeCell<SsLocal>,
     pub(crate) link: UnsafeCell<SsLink>,
+    /// The id of the abandoned list the superslab is on, 0 when on none (SS17): written only
+    /// under that list's lock, so a list that holds its lock and reads its own id knows the
+    /// superslab is on it, and its links are its own to follow.
+    pub(crate) list: AtomicUsize,
     /// The slabs' metadata.
     pub slabs: [SlabMeta; SLABS],
     check: [[AtomicU64; CHECK_WORDS]; SLABS],
 }
 
 // SAFETY: shared fields are atomics; `local` is touched only by the owner (SS5) and `link` only
-// under the abandoned list's lock (SS7).
+// under the lock of the abandoned list the superslab is on (SS7, SS17).
 unsafe impl Sync for Superslab {}
 
 /// The bytes the header takes at the top of slab 0 (SS14): its size rounded up to a page. Slab
@@ -108,8 +112,8 @@ impl Superslab {
             addr_of_mut!((*ss).link).write(UnsafeCell::new(SsLink {
                 next: core::ptr::null(),
                 prev: core::ptr::null(),
-                listed: false,
             }));
+            addr_of_mut!((*ss).list).write(AtomicUsize::new(0));
             let slabs = addr_of_mut!((*ss).slabs).cast::<SlabMeta>();
             for i in 0..SLABS {
                 slabs.add(i).write(SlabMeta::new(base + i * SLAB_SIZE));
@@ -216,9 +220,10 @@ impl Superslab {
         (ss, unsafe { ss.slabs.get_unchecked(i) })
     }
 
-    /// Index of `slab` in this superslab.
+    /// Index of `slab` in this superslab (for a slab of another superslab, or none, some
+    /// number, not below `SLABS` unless it lies at a slab's place).
     pub fn slab_index(&self, slab: &SlabMeta) -> usize {
-        (slab as *const SlabMeta as usize - self.slabs.as_ptr() as usize)
+        (slab as *const SlabMeta as usize).wrapping_sub(self.slabs.as_ptr() as usize)
             / core::mem::size_of::<SlabMeta>()
     }
 
@@ -299,7 +304,9 @@ impl Superslab {
     /// Takes a free slab for blocks of `block_size` bytes of `class`, for the owner.
     ///
     /// # Safety
-    /// The caller owns the superslab.
+    /// The caller owns the superslab; `block_size` is a multiple of 16 from 16 to `SLAB_SIZE`
+    /// (a block holds its link and the free key, SS9, and blocks start 16-byte aligned), and
+    /// `class` is below 2^24.
     pub unsafe fn alloc_slab(&self, class: u32, block_size: u32) -> Option<&SlabMeta> {
         // SAFETY: the caller owns the superslab, so it alone touches `local`.
         let i = self.local.with_mut(|l| unsafe {
@@ -342,7 +349,8 @@ impl Superslab {
     /// Returns an empty slab to the superslab. True when every slab is free afterwards.
     ///
     /// # Safety
-    /// The caller owns the superslab, and the slab is empty (no block out).
+    /// The caller owns the superslab, and `slab` is one of its slabs in use, empty (no block
+    /// out).
     pub unsafe fn free_slab(&self, slab: &SlabMeta) -> bool {
         let i = self.slab_index(slab);
         // SAFETY: the caller owns the slab.
@@ -509,7 +517,8 @@ impl Superslab {
     /// flagged abandoned in one swap, so each remote free either lands before it (and is
     /// drained here) or sees the flag (and pins and collects): none is stranded (S1). True when
     /// the superslab turned out empty and the caller dropped the last reference: the caller
-    /// must then retire it.
+    /// must then retire it. The superslab records which list it went on (SS17): only that list
+    /// takes it off again, whichever list later callers hand its frees.
     ///
     /// # Safety
     /// The caller owns the superslab and forgets it afterwards.
@@ -667,6 +676,10 @@ impl Superslab {
     /// pushes, and tries to collect it, so an abandoned superslab goes back as soon as its last
     /// block does. True means the caller dropped the last reference and must retire the
     /// superslab.
+    ///
+    /// `list` is the abandoned list the superslab's owners abandon onto. Given another list, the
+    /// freer finds nothing of this superslab's to take off it (SS17): the block stays on the
+    /// flagged stack until the superslab's adopter drains it.
     ///
     /// # Safety
     /// `block` is a block of `slab` (in this superslab) that the caller holds and gives up.

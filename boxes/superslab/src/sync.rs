@@ -7,6 +7,9 @@ pub use loom::cell::UnsafeCell;
 #[cfg(loom)]
 pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+#[cfg(not(loom))]
+use core::marker::PhantomData;
+
 /// For process-wide statics that no model explores: loom's atomics cannot be `static`.
 pub use core::sync::atomic::AtomicUsize as StaticAtomicUsize;
 
@@ -175,7 +178,10 @@ impl<T> SpinLock<T> {
             self.lock_contended();
         }
         self.acquired.fetch_add(1, Ordering::Relaxed);
-        SpinGuard { lock: self }
+        SpinGuard {
+            lock: self,
+            _value: PhantomData,
+        }
     }
 
     #[cold]
@@ -216,7 +222,10 @@ impl<T> SpinLock<T> {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()?;
         self.acquired.fetch_add(1, Ordering::Relaxed);
-        Some(SpinGuard { lock: self })
+        Some(SpinGuard {
+            lock: self,
+            _value: PhantomData,
+        })
     }
 
     /// Takes the lock and keeps it until [`SpinLock::force_unlock`]: for `fork`, whose
@@ -276,9 +285,23 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
+///
+/// A guard lends its value out as `&mut T` (and `&T` to whoever shares the guard), so it is
+/// `Send` when `T: Send` and `Sync` only when `T: Sync`, as `&mut T` is: a guard of a `Cell`
+/// cannot be shared between threads that would both write it.
+///
+/// ```compile_fail,E0277
+/// use core::cell::Cell;
+/// fn shared<T: Sync>(_: &T) {}
+/// let lock = hakmem_superslab::SpinLock::new(Cell::new(0u64));
+/// let guard = lock.lock();
+/// shared(&guard); // error: `Cell<u64>` cannot be shared between threads
+/// ```
 #[cfg(not(loom))]
 pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
+    /// Makes the guard's auto traits those of `&mut T` (the lock's are those of `T: Send`).
+    _value: PhantomData<&'a mut T>,
 }
 
 #[cfg(not(loom))]

@@ -742,3 +742,51 @@ fn the_free_lists_front_comes_off_as_one_keyed_chain() {
         assert!(slab.is_empty());
     }
 }
+
+/// SS17: a list takes off only the superslabs on it. Safe code that hands one list another
+/// list's superslab gets false and changes neither list; a remote free given the wrong list
+/// leaves both alone; each list's superslab is adopted once, from its own list.
+#[test]
+fn a_list_leaves_another_lists_superslab_alone() {
+    let w = World::new();
+    let (a, b) = (AbandonedList::new(), AbandonedList::new());
+    let abandoned_with_a_block = |owner, list: &AbandonedList| {
+        let ss = Superslab::create(&w.env(), owner).unwrap();
+        let mut held = Vec::new();
+        // SAFETY: `owner` owns the superslab; it abandons it with one block out, and forgets it.
+        unsafe {
+            let slab = ss.alloc_slab(0, 64).unwrap();
+            slab.alloc_batch(1, |x| held.push(x));
+            assert_eq!(ss.abandon(list, &w.stats), Ok(false), "a block is out");
+        }
+        (ss, held[0])
+    };
+    let (on_a, block) = abandoned_with_a_block(1, &a);
+    let (on_b, _) = abandoned_with_a_block(2, &b);
+    assert!(!a.try_remove(on_b), "on b, not on a");
+    assert!(!b.try_remove(on_a), "on a, not on b");
+    // SAFETY: heap 3 is this thread's, used by no other.
+    let claimed = unsafe { a.claim(on_b, 3) };
+    assert!(!claimed, "a claim through the wrong list");
+    // SAFETY: the block is on_a's, held, and given up here (through the wrong list).
+    let last = unsafe { on_a.free_remote(on_a.slab_of(block), block, &b, &w.stats) };
+    assert_eq!(
+        last,
+        Ok(false),
+        "not collected: b holds no superslab of a's"
+    );
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert!(on_a.is_abandoned() && on_b.is_abandoned());
+    // SAFETY: heaps 3 and 4 are this thread's, used by no other.
+    unsafe {
+        assert!(core::ptr::eq(a.adopt(3).unwrap(), on_a));
+        assert!(a.adopt(3).is_none(), "a held only its own");
+        assert!(core::ptr::eq(b.adopt(4).unwrap(), on_b));
+        assert!(b.adopt(4).is_none());
+        // The adopter's drain finds the block the wrong-list free left on the stack.
+        assert_eq!(on_a.collect(|_, _| ()), Ok(true), "its one block came back");
+    }
+    assert_eq!((on_a.owner(), on_b.owner()), (3, 4));
+    // Off every list: neither list takes it again.
+    assert!(!a.try_remove(on_a) && !b.try_remove(on_b));
+}

@@ -560,8 +560,8 @@ impl<const N: usize> Lists<N> {
     /// Pushes a whole chain onto class `c`'s list at once.
     ///
     /// # Safety
-    /// The chain's blocks are free, linked `head ..= tail`, owned by this thread, on no list,
-    /// and the list has room for them (L2).
+    /// The chain's blocks are free, linked `head ..= tail`, `len` of them, owned by this thread,
+    /// on no list, and the list has room for them (L2).
     pub unsafe fn splice(&mut self, c: usize, chain: Chain) {
         if chain.len == 0 {
             return;

@@ -108,6 +108,9 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 }
 
 /// `malloc` past its fast path: out of line, so the fast path keeps no frame.
+///
+/// # Safety
+/// None beyond `malloc`'s: any size (an `unsafe fn` as the C entry points it serves are).
 #[cold]
 #[inline(never)]
 unsafe fn malloc_full(size: usize) -> *mut c_void {
