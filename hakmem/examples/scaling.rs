@@ -21,7 +21,7 @@
 //!
 //! This is a measurement tool, run by hand: the times it prints are for information only (on an
 //! oversubscribed machine they mostly measure the scheduler); the counts are what
-//! `docs/SCALING.md` reports.
+//! `docs/results/` records (`2026-11-28-scaling.md`).
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;

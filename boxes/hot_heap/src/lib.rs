@@ -120,7 +120,7 @@
 //!   frees into spreads its allocations over many partly used superslabs, none of which
 //!   empties (larson's peak RSS grew by a fifth, at 2 to 8 threads); below the bound the RSS is
 //!   as with adoption by allocators alone, and the list's lock is still taken about ten times
-//!   less in churn (docs/SCALING.md). A heap past the bound frees by the orphan path, which
+//!   less in churn (docs/results/2026-11-28-scaling.md). A heap past the bound frees by the orphan path, which
 //!   drains those superslabs towards release.
 //! - **H11 (adaptive bounds, bounded idle footprint).** A class's thread-list bound starts at the
 //!   route box's `list_cap` (its base) and is never below it. Every 4th overflow of the list in a
