@@ -103,6 +103,13 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        if !self.sll.is_empty(class) {
+            // The fast pop left the head where it was: its link is the list's end, or leaves
+            // the head's superslab, or is corrupted (H15). The checked pop decides.
+            let p = self.pop_list(class);
+            self.on_popped(p);
+            return p;
+        }
         self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);
@@ -112,8 +119,7 @@ impl Heap {
             // list, one run per slab.
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_list(class, (cap / 2).max(1)) };
-            // SAFETY: the list holds free blocks of ours (H1).
-            let p = unsafe { self.sll.pop(class) };
+            let p = self.pop_list(class);
             if !p.is_null() {
                 self.on_popped(p);
             }

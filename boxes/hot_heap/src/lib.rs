@@ -157,6 +157,18 @@
 //!   holds blocks go back within one to two delays of the heap's next slow path, and a slab
 //!   taken again before that keeps them. An exiting heap purges the slabs already aged at its
 //!   last tick before it abandons their superslab.
+//! - **H15 (checked links).** The thread lists store their links with the superslab box's
+//!   link key (superslab SS17, tls_sll L8), set when the heap is made. The malloc fast path
+//!   follows a link only within the head's superslab; any other link (the list's end, a block
+//!   of another superslab, a corrupted word) sends malloc to the slow path, whose checked pop
+//!   ([`Heap::alloc`]'s slow path), like every walk of a list (spill, decay, exit, a double
+//!   free's confirmation), follows a link that leaves its block's superslab only when it is a
+//!   block start of the list's class below its slab's carve mark, in a superslab this heap
+//!   owns (found through the owned cache, H8, or the owned list; nothing is read through the
+//!   link first). A bad link is reported as `Corrupt::FreeList` naming the block that holds
+//!   it; that block, itself checked, is handed out (or kept on the chain) and the rest of the
+//!   list is dropped: its blocks leak, out of their slabs for good (SS4). So a link the user
+//!   overwrote never makes malloc return an address outside this heap's superslabs.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -193,8 +205,8 @@ use hakmem_route::{
 };
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
-    free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    free_key, init_free_key, key_word, link_key, set_key_word, AbandonedList, Corrupt, Env, Os,
+    SlabMeta, SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
@@ -219,6 +231,48 @@ fn slab_number(p: usize) -> usize {
 fn owned_slot(n: usize) -> usize {
     // The low byte: one `movzx` on x86_64 (OWNED_CACHE is 256).
     n as u8 as usize
+}
+
+/// True when `p`, a link on a thread list of `class` that leaves its block's superslab, is a
+/// block start of that class below its slab's carve mark, in a superslab this heap owns (H15):
+/// found through the owned cache (H8), else by a walk of the owned list. Nothing is read
+/// through `p`.
+fn far_block_ok(
+    owned_slabs: &[*const SlabMeta; OWNED_CACHE],
+    owned: *const Superslab,
+    class: usize,
+    p: *mut u8,
+) -> bool {
+    if p as usize & 15 != 0 {
+        return false;
+    }
+    let n = slab_number(p as usize);
+    let entry = owned_slabs[owned_slot(n)];
+    // SAFETY: an entry is NONE or a live slab of an owned superslab (H8).
+    let slab = if unsafe { SlabMeta::number_at(entry) } == n {
+        // SAFETY: a match, so a live slab's metadata (as above).
+        unsafe { &*entry }
+    } else {
+        let base = p as usize & !(SS_SIZE - 1);
+        let mut s = owned;
+        loop {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(ss) = (unsafe { s.as_ref() }) else {
+                return false;
+            };
+            if ss.base() == base {
+                break ss.slab_of(p);
+            }
+            // SAFETY: ours.
+            s = unsafe { ss.heap_links().0 };
+        }
+    };
+    // SAFETY: a slab of an owned superslab: ours to read as owner (in use, it is ours, H8; free,
+    // its carve mark is 0, which no index is below), and `p` lies in it.
+    let (c, carved) = unsafe { slab.class_and_carved_owned() };
+    // SAFETY: as above.
+    let index = unsafe { slab.block_index(p) };
+    c == class && index < carved
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -252,8 +306,9 @@ impl EmptyHeap {
     pub const fn new() -> Self {
         // SAFETY: every field of a heap is an integer, a raw pointer, or an array or struct of
         // them, for which zero is a value (`Heap::init` relies on the same); zero lists have
-        // no block and no room.
+        // no room, and `make_empty` points their heads at the end block (tls_sll L8).
         let mut h: Heap = unsafe { core::mem::zeroed() };
+        h.sll.make_empty();
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.id = EMPTY_ID;
         // Its tiny table stays zero (H12): every size maps to class 0, whose list is empty.
@@ -373,6 +428,39 @@ impl Heap {
         }
     }
 
+    /// Pops class `c`'s head with its link checked (H15): a link that leaves the head's
+    /// superslab must be a block of `c` in a superslab this heap owns ([`far_block_ok`]). A bad
+    /// link is reported (`Corrupt::FreeList`, naming the block that holds it) and the rest of
+    /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
+    pub(crate) fn pop_list(&mut self, class: usize) -> *mut u8 {
+        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
+        let (p, bad) = unsafe {
+            self.sll.pop_checked(class, |n| {
+                far_block_ok(&self.owned_slabs, self.owned, class, n)
+            })
+        };
+        if bad {
+            self.ctx().report(Corrupt::FreeList(p as usize));
+        }
+        p
+    }
+
+    /// Takes up to `n` blocks off class `c`'s list as a chain, every link checked (H15); a bad
+    /// link ends the chain at the block that holds it, is reported, and the rest of the list
+    /// is dropped.
+    pub(crate) fn take_list(&mut self, class: usize, n: u32) -> hakmem_tls_sll::Chain {
+        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
+        let (chain, bad) = unsafe {
+            self.sll.take(class, n, |b| {
+                far_block_ok(&self.owned_slabs, self.owned, class, b)
+            })
+        };
+        if let Some(b) = bad {
+            self.ctx().report(Corrupt::FreeList(b as usize));
+        }
+        chain
+    }
+
     /// Initialises a heap in place.
     ///
     /// # Safety
@@ -385,6 +473,8 @@ impl Heap {
         h.ctx = ctx;
         h.tiny = TINY_CLASS_OF;
         h.sll = Lists::new(if ctx.check { [0; CLASSES] } else { LIST_CAPS });
+        let linked = h.sll.set_link_key(link_key());
+        debug_assert!(linked, "new lists are empty");
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.owned = null();

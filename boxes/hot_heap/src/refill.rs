@@ -15,12 +15,15 @@ impl Heap {
             };
             let (cache, key) = (&mut self.cache, self.key);
             // SAFETY: the slab is ours (H3); never-carved blocks get the key here (FK1).
-            let n = unsafe {
+            let (n, bad) = unsafe {
                 slab.alloc_batch(want - got, |b| {
                     set_key_word(b, key);
                     assert!(cache.push(class, b))
                 })
             };
+            if let Some(e) = bad {
+                self.ctx().report(e);
+            }
             got += n;
             self.ctx().stats.held_add(class, n as usize);
             // SAFETY: as above.
@@ -37,6 +40,7 @@ impl Heap {
     pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
         let want = want.min(self.sll.cap(class) - self.sll.len(class));
         let key = self.key;
+        let link = self.sll.link_key();
         let (mut head, mut tail) = (null_mut::<u8>(), null_mut::<u8>());
         let mut got = 0;
         while got < want {
@@ -48,31 +52,39 @@ impl Heap {
             // written to its blocks.
             let mut n = 0;
             // SAFETY: the slab is ours (H3).
-            if let Some((h, t, k)) = unsafe { slab.take_free_chain(want - got) } {
-                if head.is_null() {
-                    head = h;
-                } else {
-                    // SAFETY: `tail` is a free block of the chain, ours.
-                    unsafe { hakmem_tls_sll::set_next(tail, h) };
+            match unsafe { slab.take_free_chain(want - got) } {
+                Ok(Some((h, t, k))) => {
+                    if head.is_null() {
+                        head = h;
+                    } else {
+                        // SAFETY: `tail` is a free block of the chain, ours.
+                        unsafe { link.set_next(tail, h) };
+                    }
+                    tail = t;
+                    n = k;
                 }
-                tail = t;
-                n = k;
+                Ok(None) => {}
+                Err(e) => self.ctx().report(e),
             }
             // Then never-carved blocks, if still wanted.
             if got + n < want {
                 // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on
                 // no list: keyed here (FK1) and linked after the chain's tail.
-                n += unsafe {
+                let (k, bad) = unsafe {
                     slab.alloc_batch(want - got - n, |b| {
                         set_key_word(b, key);
                         if head.is_null() {
                             head = b;
                         } else {
-                            hakmem_tls_sll::set_next(tail, b);
+                            link.set_next(tail, b);
                         }
                         tail = b;
                     })
                 };
+                n += k;
+                if let Some(e) = bad {
+                    self.ctx().report(e);
+                }
             }
             got += n;
             self.ctx().stats.held_add(class, n as usize);

@@ -150,6 +150,8 @@ impl Superslab {
     /// ss.owner(); // error: `registry` and `os` do not live long enough
     /// ```
     pub fn create<'e>(env: &Env<'e>, owner: usize) -> Option<&'e Self> {
+        // The link key exists before any block does (SS17).
+        crate::link_key();
         let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
         // SAFETY: a fresh mapping of the right size and alignment, read as zero.
         match unsafe { Self::init(env, region, true, owner) } {
