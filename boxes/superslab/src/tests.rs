@@ -705,3 +705,63 @@ fn the_free_lists_front_comes_off_as_one_keyed_chain() {
         assert!(slab.is_empty());
     }
 }
+
+#[test]
+fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() {
+    // Memory outside the slab, which a forged link names.
+    static OUTSIDE: [u64; 8] = [0; 8];
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    let counts = |slab: &SlabMeta| {
+        // SAFETY: this thread owns the slab.
+        let l = unsafe { slab.local() };
+        (l.used, l.free_len, l.free.is_null())
+    };
+    // SAFETY: this thread owns the superslab; each block is freed once (the test writes into
+    // free blocks only to play the user's overflow).
+    unsafe {
+        let slab = ss.alloc_slab(1, 32).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(8, |x| b.push(x));
+        // The free list b[2] -> b[1] -> b[0], b[2]'s link overwritten: the walk names b[2] and
+        // drops the list, whose blocks stay out (SS17).
+        for &x in &b[..3] {
+            slab.free_local(x).unwrap();
+        }
+        b[2].cast::<u64>().write(0x4141_4141_4141_4141);
+        assert_eq!(
+            slab.take_free_chain(8),
+            Err(Corrupt::FreeList(b[2] as usize))
+        );
+        assert_eq!(counts(slab), (8, 0, true));
+        assert!(!slab.free_list_contains(b[1]));
+        // A link to memory outside the slab: the block holding it is handed out, the rest
+        // dropped, and the batch carves on.
+        slab.free_local(b[3]).unwrap();
+        slab.free_local(b[4]).unwrap();
+        b[4].cast::<usize>().write(&raw const OUTSIDE as usize);
+        let mut got = Vec::new();
+        let (n, bad) = slab.alloc_batch(2, |x| got.push(x));
+        assert_eq!((n, bad), (2, Some(Corrupt::FreeList(b[4] as usize))));
+        assert_eq!(got[0], b[4]);
+        assert_eq!(slab.block_index(got[1]), 8, "carved, not the forged link");
+        assert_eq!(counts(slab), (9, 0, true));
+        // A remote chain that becomes the free list as it is: its link is checked when used.
+        slab.remote.push(b[5]);
+        b[5].cast::<u64>().write(b[5].cast::<u64>().read() ^ 0x40);
+        assert_eq!(slab.drain_remote(), Ok(1));
+        assert_eq!(
+            slab.take_free_chain(4),
+            Err(Corrupt::FreeList(b[5] as usize))
+        );
+        assert_eq!(counts(slab), (9, 0, true));
+        // A remote chain the drain walks (the free list is longer): the chain is dropped.
+        slab.free_local(b[6]).unwrap();
+        slab.free_local(got[1]).unwrap();
+        slab.remote.push(b[7]);
+        b[7].cast::<u64>().write(0x4141_4141_4141_4141);
+        assert_eq!(slab.drain_remote(), Err(Corrupt::FreeList(b[7] as usize)));
+        assert_eq!(counts(slab), (7, 2, false));
+        assert!(slab.free_list_contains(b[6]) && slab.free_list_contains(got[1]));
+    }
+}

@@ -944,6 +944,103 @@ mod tests {
         }
     }
 
+    /// Odd multipliers to test the encoding with: the default one and a few fixed draws.
+    fn keys() -> Vec<LinkKey> {
+        let mut x = 0x0123_4567_89AB_CDEFu64;
+        let mut keys = std::vec![DEFAULT_LINK_KEY];
+        for _ in 0..16 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys.push(LinkKey::new(x));
+        }
+        keys
+    }
+
+    #[test]
+    fn links_round_trip_and_the_end_block_is_never_near() {
+        let base = 0x7f12_3456_0000usize as *mut u8;
+        for k in keys() {
+            assert_eq!(k.mul().wrapping_mul(k.inv()), 1);
+            for (at, next) in [(0x10, 0x20), (0x1f_fff0, 0x10), (0x40, 0x40_0000)] {
+                let (at, next) = (base.wrapping_add(at), base.wrapping_add(next));
+                let stored = k.encode(next, at);
+                assert_eq!(k.decode(stored, at), next);
+                let near = (at as usize ^ next as usize) >> NEAR_SHIFT == 0;
+                assert_eq!(k.decode_near(stored, at), near.then_some(next));
+            }
+            // The end block's word is far under every key (L8).
+            assert_eq!(k.decode_near(1 << 63, base), None);
+        }
+    }
+
+    #[test]
+    fn a_change_in_any_byte_of_a_near_link_makes_it_far() {
+        // Every change of one byte of a near link's stored word, under each test key, for links
+        // at a few distances: none decodes near again (L8).
+        let base = 0x7f12_3456_0000usize;
+        for k in keys() {
+            for (at, next) in [(0x100, 0x120), (0x1_0000, 0x20), (0x1f_ffe0, 0x1f_fff0)] {
+                let (at, next) = ((base + at) as *mut u8, (base + next) as *mut u8);
+                let stored = k.encode(next, at);
+                for byte in 0..8 {
+                    for v in 1..=255usize {
+                        let bad = stored ^ (v << (8 * byte));
+                        assert_eq!(
+                            k.decode_near(bad, at),
+                            None,
+                            "key {:#x}, byte {byte}, xor {v:#x}",
+                            k.mul()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupted_link_is_never_followed() {
+        // Memory outside the lists' blocks, which a forged link names.
+        static OUTSIDE: [u64; 8] = [0; 8];
+        let mut mem = blocks(4);
+        let p: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut l = Lists::<1>::new([8]);
+        assert!(l.set_link_key(LinkKey::new(0x5151_7272_9393_b4b5)));
+        let forged = [
+            None,
+            Some(0x4141_4141_4141_4141usize),
+            Some(&raw const OUTSIDE as usize),
+        ];
+        for word in forged {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
+            unsafe {
+                for &b in &p[..3] {
+                    assert!(l.try_push(0, b, 7));
+                }
+                // p[2] -> p[1] -> p[0] -> end; p[2]'s link overwritten.
+                let link = p[2].cast::<usize>();
+                link.write(word.unwrap_or(link.read() ^ 0x40));
+                // The fast pop refuses, and changes nothing.
+                assert!(Lists::pop_raw(&mut l, 0).is_null());
+                assert_eq!((l.len(0), l.head(0)), (3, p[2]));
+                // A walk stops at the bad link.
+                assert!(!l.contains(0, p[1], |_| false));
+                // The checked pop hands the head out, names it, and drops the rest.
+                assert_eq!(l.pop_checked(0, |_| false), (p[2], true));
+                assert!(l.is_empty(0));
+                assert_eq!(l.len(0), 0);
+                assert!(l.pop(0).is_null());
+                // The lists take blocks again (the dropped ones are the caller's to forget).
+                assert!(l.try_push(0, p[3], 7));
+                assert!(l.try_push(0, p[2], 7));
+                link.write(0x4141_4141_4141_4141);
+                let (chain, bad) = l.take_all(0, |_| false);
+                assert_eq!((chain.head, chain.len, bad), (p[2], 1, Some(p[2])));
+                assert!(l.is_empty(0) && l.len(0) == 0);
+            }
+        }
+    }
+
     #[test]
     fn a_wrapped_push_count_is_folded_by_the_next_slow_operation() {
         let mut mem = blocks(2);
