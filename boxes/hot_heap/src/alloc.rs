@@ -20,7 +20,9 @@ impl Heap {
     }
 
     /// A block of `class` from its thread list, or null when the list is empty (nothing else is
-    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2).
+    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2). A
+    /// head whose link leaves its superslab is popped by a cold call that checks the link
+    /// (H15).
     ///
     /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty, so the result is
     /// null and nothing is written.
@@ -34,7 +36,38 @@ impl Heap {
         // (H1). Through the raw pointer: an empty heap is shared, and is only read (H9).
         // The lists count the pop themselves (tls_sll L6): the heap's allocations from its lists
         // (H13).
-        unsafe { Lists::pop_raw(&raw mut (*this).sll, class) }
+        let p = unsafe { Lists::pop_raw(&raw mut (*this).sll, class) };
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: forwarded.
+        unsafe { Heap::pop_far(this, class) }
+    }
+
+    /// [`Heap::alloc_fast`]'s miss: null when the list is empty (an empty heap's always is, and
+    /// is only read, H9); otherwise the head's link is the list's end or leaves its
+    /// superslab, or is corrupted. A link into a superslab the owned-superslab table holds is
+    /// followed at once (H15: one load and one compare); anything else goes to the checked pop
+    /// ([`Heap::pop_list`]), which decides and reports.
+    ///
+    /// # Safety
+    /// As [`Heap::alloc_fast`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn pop_far(this: *mut Heap, class: usize) -> *mut u8 {
+        // SAFETY: a read through the raw pointer (an empty heap is shared, H9); `class <
+        // CLASSES`.
+        if unsafe { (*this).sll.is_empty(class) } {
+            return null_mut();
+        }
+        // SAFETY: a list with a block: a real heap (H9), this thread's, used by it alone.
+        let h = unsafe { &mut *this };
+        let bases = &h.owned_bases;
+        // SAFETY: the list's blocks are ours and free (H1); `class < CLASSES`.
+        if let Some(p) = unsafe { h.sll.pop_if(class, |n| in_owned_superslab(bases, n)) } {
+            return p;
+        }
+        h.pop_list(class)
     }
 
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
@@ -103,13 +136,6 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
-        if !self.sll.is_empty(class) {
-            // The fast pop left the head where it was: its link is the list's end, or leaves
-            // the head's superslab, or is corrupted (H15). The checked pop decides.
-            let p = self.pop_list(class);
-            self.on_popped(p);
-            return p;
-        }
         self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);

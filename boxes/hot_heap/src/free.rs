@@ -144,7 +144,7 @@ impl Heap {
         // which is mapped while it is ours.
         unsafe {
             self.sll.contains(class, p, |n| {
-                far_block_ok(&self.owned_slabs, self.owned, class, n)
+                far_block_ok(&self.owned_slabs, &self.ctx().registry, self.id, class, n)
             }) || self.cache.contains(class, p)
                 || slab.free_list_contains(p)
                 || slab.remote_contains(p)

@@ -199,7 +199,7 @@ mod sync;
 
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru, LruConfig};
-use hakmem_registry::Registry;
+use hakmem_registry::{Kind, Registry};
 use hakmem_route::{
     block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF,
 };
@@ -234,45 +234,64 @@ fn owned_slot(n: usize) -> usize {
 }
 
 /// True when `p`, a link on a thread list of `class` that leaves its block's superslab, is a
-/// block start of that class below its slab's carve mark, in a superslab this heap owns (H15):
-/// found through the owned cache (H8), else by a walk of the owned list. Nothing is read
-/// through `p`.
+/// block start of that class below its slab's carve mark, in a slab this heap owns (H15): a
+/// slab of a superslab in the owned cache (H8: one load and one compare prove it, with no read
+/// through `p`), or else one the registry finds in a live superslab and whose owner is `id`.
+/// That second look reads the slab's metadata in a superslab that may be another heap's: a
+/// link of ours never names one, and a corrupted link lands in one only by a chance of the
+/// order of 2^-40 (tls_sll L8), so only such a link, naming a superslab that is unmapped at
+/// that very moment, could make the read fault.
 fn far_block_ok(
     owned_slabs: &[*const SlabMeta; OWNED_CACHE],
-    owned: *const Superslab,
+    registry: &Registry,
+    id: usize,
     class: usize,
     p: *mut u8,
 ) -> bool {
     if p as usize & 15 != 0 {
         return false;
     }
-    let n = slab_number(p as usize);
-    let entry = owned_slabs[owned_slot(n)];
-    // SAFETY: an entry is NONE or a live slab of an owned superslab (H8).
-    let slab = if unsafe { SlabMeta::number_at(entry) } == n {
-        // SAFETY: a match, so a live slab's metadata (as above).
+    let entry = owned_slabs[owned_slot(slab_number(p as usize))];
+    let slab = if core::ptr::eq(entry, Superslab::slab_meta_addr(p)) {
+        // SAFETY: the entry is the metadata of a slab of a superslab this heap owns, live while
+        // owned (H8), and it is `p`'s slab.
         unsafe { &*entry }
     } else {
-        let base = p as usize & !(SS_SIZE - 1);
-        let mut s = owned;
-        loop {
-            // SAFETY: owned superslabs are live and ours.
-            let Some(ss) = (unsafe { s.as_ref() }) else {
-                return false;
-            };
-            if ss.base() == base {
-                break ss.slab_of(p);
-            }
-            // SAFETY: ours.
-            s = unsafe { ss.heap_links().0 };
+        let Some((base, Kind::Superslab)) = registry.lookup(p as usize) else {
+            return false;
+        };
+        // SAFETY: the registry found a live superslab at `base` (registry R1, superslab SS2);
+        // see above for the one race.
+        let slab = unsafe { Superslab::at(base) }.slab_of(p);
+        if slab.owner() != id {
+            return false;
         }
+        slab
     };
-    // SAFETY: a slab of an owned superslab: ours to read as owner (in use, it is ours, H8; free,
-    // its carve mark is 0, which no index is below), and `p` lies in it.
+    // SAFETY: a slab of a superslab this heap owns: ours to read as owner (in use, it is ours;
+    // free, its carve mark is 0, which no index is below), and `p` lies in it.
     let (c, carved) = unsafe { slab.class_and_carved_owned() };
     // SAFETY: as above.
     let index = unsafe { slab.block_index(p) };
     c == class && index < carved
+}
+
+/// Slots of a heap's owned-superslab table (H15): indexed by a superslab number's low byte.
+const OWNED_SS: usize = 256;
+
+/// The owned-superslab table's slot of the superslab holding address `p`.
+#[inline(always)]
+fn owned_ss_slot(p: usize) -> usize {
+    (p >> SS_SIZE.trailing_zeros()) as u8 as usize
+}
+
+/// True when `p` is 16-byte aligned and lies in a superslab this heap owns, by its
+/// owned-superslab table (H15): one load and one compare, nothing read through `p`. The
+/// malloc path's quick check of a link that leaves its block's superslab.
+#[inline(always)]
+fn in_owned_superslab(bases: &[usize; OWNED_SS], p: *mut u8) -> bool {
+    let base = p as usize & !(SS_SIZE - 1);
+    p as usize & 15 == 0 && base != 0 && bases[owned_ss_slot(p as usize)] == base
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -412,6 +431,9 @@ pub struct Heap {
     prev: *mut Heap,
     /// The adaptive list bounds (H11).
     adapt: adapt::Adapt,
+    /// The bases of owned superslabs by their number's low byte, direct-mapped, 0 for none
+    /// (H15): entered when a superslab is linked, cleared when it is unlinked.
+    owned_bases: [usize; OWNED_SS],
     cache: Cache,
 }
 
@@ -433,10 +455,11 @@ impl Heap {
     /// link is reported (`Corrupt::FreeList`, naming the block that holds it) and the rest of
     /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
     pub(crate) fn pop_list(&mut self, class: usize) -> *mut u8 {
+        let registry = &self.ctx().registry;
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (p, bad) = unsafe {
             self.sll.pop_checked(class, |n| {
-                far_block_ok(&self.owned_slabs, self.owned, class, n)
+                far_block_ok(&self.owned_slabs, registry, self.id, class, n)
             })
         };
         if bad {
@@ -449,10 +472,11 @@ impl Heap {
     /// link ends the chain at the block that holds it, is reported, and the rest of the list
     /// is dropped.
     pub(crate) fn take_list(&mut self, class: usize, n: u32) -> hakmem_tls_sll::Chain {
+        let registry = &self.ctx().registry;
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (chain, bad) = unsafe {
             self.sll.take(class, n, |b| {
-                far_block_ok(&self.owned_slabs, self.owned, class, b)
+                far_block_ok(&self.owned_slabs, registry, self.id, class, b)
             })
         };
         if let Some(b) = bad {
@@ -477,6 +501,7 @@ impl Heap {
         debug_assert!(linked, "new lists are empty");
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_bases = [0; OWNED_SS];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -234,6 +234,7 @@ impl Heap {
     pub(crate) fn link_owned(&mut self, ss: &Superslab, front: bool) {
         self.list_link(ss, front);
         self.owned_count += 1;
+        self.owned_bases[owned_ss_slot(ss.base())] = ss.base();
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
             self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
@@ -274,6 +275,10 @@ impl Heap {
     pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
         self.list_unlink(ss);
         self.owned_count -= 1;
+        let slot = owned_ss_slot(ss.base());
+        if self.owned_bases[slot] == ss.base() {
+            self.owned_bases[slot] = 0;
+        }
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
             let slot = owned_slot(slab_number(base));

@@ -709,6 +709,47 @@ impl<const N: usize> Lists<N> {
         (b, bad)
     }
 
+    /// Pops class `c`'s head, with its key word cleared (L5), when its link is to a block in the
+    /// head's 2 MiB region, is the list's end, or leaves the region and `far` accepts it;
+    /// `None` (nothing changed) when the list is empty or the link fails: the caller then
+    /// decides with [`Lists::pop_checked`]. The malloc path's second try after
+    /// [`Lists::pop_raw`], with a quick `far` check.
+    ///
+    /// # Safety
+    /// `c < N`; the list's blocks must be free (L4); the head must be a block of the caller's.
+    #[inline(always)]
+    pub unsafe fn pop_if(
+        &mut self,
+        c: usize,
+        far: impl FnOnce(*mut u8) -> bool,
+    ) -> Option<*mut u8> {
+        // SAFETY: `c < N` by the caller's contract.
+        let b = unsafe { *self.heads.get_unchecked(c) };
+        if b == end() {
+            return None;
+        }
+        // SAFETY: a free block of the caller's, at least 16 bytes.
+        let stored = unsafe { b.cast::<usize>().read() };
+        let next = match self.key.decode_near(stored, b) {
+            Some(n) => n,
+            None => {
+                let n = self.key.decode(stored, b);
+                if n != end() && (n.is_null() || !far(n)) {
+                    return None;
+                }
+                n
+            }
+        };
+        // SAFETY: as above; the block goes to the caller: unkeyed (L5).
+        unsafe {
+            *self.heads.get_unchecked_mut(c) = next;
+            b.cast::<usize>().add(1).write(0);
+            let w = self.words.get_unchecked(c);
+            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
+        }
+        Some(b)
+    }
+
     /// [`Lists::pop`] without the range check, through a raw pointer: the malloc fast path's
     /// pop. It writes nothing when the list is empty, so `this` may point to lists that other
     /// threads read at the same time, as long as nobody writes them and they hold no block (an
