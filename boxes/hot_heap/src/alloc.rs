@@ -19,10 +19,10 @@ impl Heap {
         unsafe { self.alloc_slow(class) }
     }
 
-    /// A block of `class` from its thread list, or null when the list is empty (nothing else is
-    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2). A
-    /// head whose link leaves its superslab is popped by a cold call that checks the link
-    /// (H15).
+    /// A block of `class` from its thread list, or null when the list is empty or its head's
+    /// link leaves the head's superslab (nothing else is tried: the caller then takes
+    /// [`Heap::alloc`]'s way, whose slow path pops such a head, H15). The Rust lane's fast
+    /// path (H2).
     ///
     /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty, so the result is
     /// null and nothing is written.
@@ -36,12 +36,7 @@ impl Heap {
         // (H1). Through the raw pointer: an empty heap is shared, and is only read (H9).
         // The lists count the pop themselves (tls_sll L6): the heap's allocations from its lists
         // (H13).
-        let p = unsafe { Lists::pop_raw(&raw mut (*this).sll, class) };
-        if !p.is_null() {
-            return p;
-        }
-        // SAFETY: forwarded.
-        unsafe { Heap::pop_far(this, class) }
+        unsafe { Lists::pop_raw(&raw mut (*this).sll, class) }
     }
 
     /// [`Heap::alloc_fast`]'s miss: null when the list is empty (an empty heap's always is, and
@@ -71,7 +66,9 @@ impl Heap {
     }
 
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
-    /// heap's own copy of the route box's table (H12). The C malloc's fast path.
+    /// heap's own copy of the route box's table (H12). The C malloc's fast path: here a head
+    /// whose link leaves its superslab is popped by a cold call ([`Heap::pop_far`], H15), and
+    /// null means the list is empty.
     ///
     /// # Safety
     /// `this` is a heap of the calling thread or an empty heap, and `size <= MAX_TINY`.
@@ -82,7 +79,12 @@ impl Heap {
         // pointer (an empty heap is shared, H9), of a table nobody writes after `init` (H12).
         let class = unsafe { *(&raw const (*this).tiny).cast::<u8>().add(size) };
         // SAFETY: the table's classes are the route box's tiny ones, below CLASSES (H12).
-        unsafe { Heap::alloc_fast(this, class as usize) }
+        let p = unsafe { Heap::alloc_fast(this, class as usize) };
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: forwarded.
+        unsafe { Heap::pop_far(this, class as usize) }
     }
 
     /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
@@ -136,6 +138,12 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        // A head the fast pop left on the list (its link leaves its superslab, H15).
+        // SAFETY: this heap, on its own thread.
+        let p = unsafe { Heap::pop_far(self, class) };
+        if !p.is_null() {
+            return p;
+        }
         self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);

@@ -159,13 +159,16 @@
 //!   last tick before it abandons their superslab.
 //! - **H15 (checked links).** The thread lists store their links with the superslab box's
 //!   link key (superslab SS17, tls_sll L8), set when the heap is made. The malloc fast path
-//!   follows a link only within the head's superslab; any other link (the list's end, a block
-//!   of another superslab, a corrupted word) sends malloc to the slow path, whose checked pop
-//!   ([`Heap::alloc`]'s slow path), like every walk of a list (spill, decay, exit, a double
-//!   free's confirmation), follows a link that leaves its block's superslab only when it is a
-//!   block start of the list's class below its slab's carve mark, in a superslab this heap
-//!   owns (found through the owned cache, H8, or the owned list; nothing is read through the
-//!   link first). A bad link is reported as `Corrupt::FreeList` naming the block that holds
+//!   follows a link only within the head's superslab. Any other link (the list's end, a block
+//!   of another superslab, a corrupted word) goes to an out-of-line pop, which follows it at
+//!   once when the heap's owned-superslab table holds its superslab (`owned_bases`: the base
+//!   of each owned superslab by its number's low byte, entered when the superslab is linked
+//!   into the owned list and cleared when it is unlinked, so an entry always names a superslab
+//!   this heap owns); otherwise the checked pop, like every walk of a list (spill, decay,
+//!   exit, a double free's confirmation), follows a link that leaves its block's superslab
+//!   only when it is a block start of the list's class below its slab's carve mark, in a slab
+//!   this heap owns (found through the owned cache, H8, or the registry and the slab's owner
+//!   word; nothing is read through the link first). A bad link is reported as `Corrupt::FreeList` naming the block that holds
 //!   it; that block, itself checked, is handed out (or kept on the chain) and the rest of the
 //!   list is dropped: its blocks leak, out of their slabs for good (SS4). So a link the user
 //!   overwrote never makes malloc return an address outside this heap's superslabs.
