@@ -7,7 +7,8 @@
  *
  * Usage: overflow WHAT WHERE
  *   WHAT   byte     the link's low byte becomes the live block's (a raw link would then lead
- *                   to the live block)
+ *                   to the live block), or, when it holds that byte already, the byte of the
+ *                   block before
  *          ascii    8 bytes of 'A'
  *          address  8 bytes holding the address of a static array
  *   WHERE  small    32-byte blocks; the neighbour sits on the thread's free list
@@ -33,7 +34,11 @@ static void *free_it(void *p) {
 static void overflow(unsigned char *a, size_t size, const char *what) {
     volatile unsigned char *past = a + size;
     if (strcmp(what, "byte") == 0) {
-        past[0] = (unsigned char)(uintptr_t)a;
+        /* The live block's low byte: a raw link to the next block then names the live block.
+         * A stored word may hold that byte already (then writing it changes nothing): the
+         * overflow then writes the byte of the block before `a`. */
+        unsigned char low = (unsigned char)(uintptr_t)a;
+        past[0] = past[0] == low ? (unsigned char)(low - size) : low;
     } else if (strcmp(what, "ascii") == 0) {
         for (int i = 0; i < 8; i++) past[i] = 'A';
     } else if (strcmp(what, "address") == 0) {
