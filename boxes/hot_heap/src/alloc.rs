@@ -67,7 +67,7 @@ impl Heap {
 
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
     /// heap's own copy of the route box's table (H12). The C malloc's fast path: here a head
-    /// whose link leaves its superslab is popped by a cold call ([`Heap::pop_far`], H15), and
+    /// whose link leaves its superslab is popped by a cold call (`Heap::pop_far`, H15), and
     /// null means the list is empty.
     ///
     /// # Safety

@@ -82,9 +82,11 @@
 //!   no link is ever stored raw, so a word the user overwrote decodes to a scattered value
 //!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link only when the next block
 //!   lies in the head's own 2 MiB region ([`NEAR_SHIFT`]): one multiplication and one compare;
-//!   otherwise it returns null and changes nothing. Every other read of a link
-//!   ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a link that leaves
-//!   its block's 2 MiB region only when the caller's `far` check accepts it; at a link that
+//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`] block,
+//!   whose stored word decodes far under every key, so that pop has no test for emptiness.
+//!   Every other read of a link ([`Lists::pop_if`], [`Lists::pop_checked`], [`Lists::take`],
+//!   [`Lists::contains`]) follows a link that leaves its block's 2 MiB region only when it is
+//!   the end block or the caller's `far` check accepts it; at a link that
 //!   fails, a pop or take drops the rest of the list (its blocks are abandoned where they are,
 //!   counted as moved out, L6) and names the block that held it, and `contains` stops. So with
 //!   a `far` check that accepts only blocks of the caller's, no link the user wrote ever makes
@@ -247,7 +249,8 @@ struct EndBlock([usize; 2]);
 
 static END_BLOCK: EndBlock = EndBlock([1 << 63, 0]);
 
-/// The end of every list (L8): the address of [`END_BLOCK`]. Nothing is ever written there.
+/// The end of every list (L8): the address of a static block whose link decodes far under
+/// every key. Nothing is ever written there.
 #[inline(always)]
 pub const fn end() -> *mut u8 {
     (&raw const END_BLOCK).cast_mut().cast()
