@@ -83,6 +83,18 @@ impl Heap {
         if !p.is_null() {
             return p;
         }
+        // A link into a superslab the owned-superslab table holds (H15): an empty heap's table
+        // is empty, and its lists stay unwritten (H9).
+        // SAFETY: forwarded; the table is read through the raw pointer.
+        let p = unsafe {
+            let bases = &(*this).owned_bases;
+            Lists::pop_far_raw(&raw mut (*this).sll, class as usize, |n| {
+                in_owned_superslab(bases, n)
+            })
+        };
+        if !p.is_null() {
+            return p;
+        }
         // SAFETY: forwarded.
         unsafe { Heap::pop_far(this, class as usize) }
     }

@@ -160,18 +160,19 @@
 //! - **H15 (checked links).** The thread lists store their links with the superslab box's
 //!   link key (superslab SS17, tls_sll L8), set when the heap is made. The malloc fast path
 //!   follows a link only within the head's superslab. Any other link (the list's end, a block
-//!   of another superslab, a corrupted word) goes to an out-of-line pop, which follows it at
-//!   once when the heap's owned-superslab table holds its superslab (`owned_bases`: the base
-//!   of each owned superslab by its number's low byte, entered when the superslab is linked
-//!   into the owned list and cleared when it is unlinked, so an entry always names a superslab
-//!   this heap owns); otherwise the checked pop, like every walk of a list (spill, decay,
-//!   exit, a double free's confirmation), follows a link that leaves its block's superslab
-//!   only when it is a block start of the list's class below its slab's carve mark, in a slab
-//!   this heap owns (found through the owned cache, H8, or the registry and the slab's owner
-//!   word; nothing is read through the link first). A bad link is reported as `Corrupt::FreeList` naming the block that holds
-//!   it; that block, itself checked, is handed out (or kept on the chain) and the rest of the
-//!   list is dropped: its blocks leak, out of their slabs for good (SS4). So a link the user
-//!   overwrote never makes malloc return an address outside this heap's superslabs.
+//!   of another superslab, a corrupted word) goes to a second try, which follows it at once
+//!   when the heap's owned-superslab table holds its superslab (`owned_bases`: the base of
+//!   each owned superslab by its number's low byte, entered when the superslab is linked into
+//!   the owned list and cleared when it is unlinked, so an entry always names a superslab this
+//!   heap owns), as does a take of a chain off a list (spill, decay, exit). Otherwise the
+//!   checked pop, a take, and a double free's confirmation follow a link that leaves its
+//!   block's superslab only when it is a block start of the list's class below its slab's
+//!   carve mark, in a slab this heap owns (found through the owned cache, H8, or the registry
+//!   and the slab's owner word; nothing is read through the link first). A bad link is
+//!   reported as `Corrupt::FreeList` naming the block that holds it; that block, itself
+//!   checked, is handed out (or kept on the chain) and the rest of the list is dropped: its
+//!   blocks leak, out of their slabs for good (SS4). So a link the user overwrote never makes
+//!   malloc return an address outside this heap's superslabs.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -471,15 +472,19 @@ impl Heap {
         p
     }
 
-    /// Takes up to `n` blocks off class `c`'s list as a chain, every link checked (H15); a bad
-    /// link ends the chain at the block that holds it, is reported, and the rest of the list
-    /// is dropped.
+    /// Takes up to `n` blocks off class `c`'s list as a chain, every link checked (H15: a link
+    /// into a superslab of the owned-superslab table, or else a block of the class in a slab
+    /// this heap owns); a bad link ends the chain at the block that holds it, is reported, and
+    /// the rest of the list is dropped.
     pub(crate) fn take_list(&mut self, class: usize, n: u32) -> hakmem_tls_sll::Chain {
         let registry = &self.ctx().registry;
-        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
+        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked: one
+        // into a superslab of the owned-superslab table at once, as the malloc path does, and
+        // any other as the checked pop does.
         let (chain, bad) = unsafe {
             self.sll.take(class, n, |b| {
-                far_block_ok(&self.owned_slabs, registry, self.id, class, b)
+                in_owned_superslab(&self.owned_bases, b)
+                    || far_block_ok(&self.owned_slabs, registry, self.id, class, b)
             })
         };
         if let Some(b) = bad {

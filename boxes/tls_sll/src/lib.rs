@@ -792,6 +792,48 @@ impl<const N: usize> Lists<N> {
         b
     }
 
+    /// [`Lists::pop_raw`]'s second try, through a raw pointer: pops class `c`'s head when its
+    /// link is to a block `far` accepts; null, and nothing changed, when the list is empty, or
+    /// the link is the list's end, null, or refused. The link and the key are read again, as
+    /// volatile reads, so that the first try keeps its own (the near pop then multiplies by
+    /// the key straight from memory and keeps the decoded word in one register). Like
+    /// [`Lists::pop_raw`], it writes nothing for an empty list.
+    ///
+    /// # Safety
+    /// As [`Lists::pop_raw`].
+    #[inline(always)]
+    pub unsafe fn pop_far_raw(
+        this: *mut Self,
+        c: usize,
+        far: impl FnOnce(*mut u8) -> bool,
+    ) -> *mut u8 {
+        // SAFETY: `c < N` and `this` is valid, by the caller's contract.
+        let head = unsafe { (&raw mut (*this).heads).cast::<*mut u8>().add(c) };
+        // SAFETY: as above.
+        let b = unsafe { *head };
+        if b == end() {
+            return null_mut();
+        }
+        // SAFETY: a free block of the caller's thread on the list, of at least two words; the
+        // key is read through the valid `this`.
+        let next = unsafe {
+            let key = (&raw const (*this).key).read_volatile();
+            key.decode(b.cast::<usize>().read_volatile(), b)
+        };
+        if next.is_null() || next == end() || !far(next) {
+            return null_mut();
+        }
+        // SAFETY: as above: the lists are this thread's (they hold a block). (The key word is
+        // cleared first here, the head first in the near pop: the two stay apart in the code.)
+        unsafe {
+            b.cast::<usize>().add(1).write(0);
+            *head = next;
+            let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
+            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
+        }
+        b
+    }
+
     /// True when `block` is on class `c`'s list (a walk of at most `len` blocks: the cold
     /// confirmation of a suspected double free). The walk stops, false, at a link that fails
     /// its check (L8; `far` decides about links that leave their block's 2 MiB region).
