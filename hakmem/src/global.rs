@@ -280,6 +280,9 @@ fn on_corrupt(c: Corrupt) {
             "hakmem: free(): double free detected {p:#x}\n"
         )),
         Corrupt::NotABlock(p) => eprint(format_args!("hakmem: free(): invalid pointer {p:#x}\n")),
+        Corrupt::FreeList(p) => eprint(format_args!(
+            "hakmem: malloc(): corrupted free list {p:#x}\n"
+        )),
     }
     if settings().on_invalid == OnInvalid::Abort {
         // SAFETY: abort never returns and touches no Rust state.

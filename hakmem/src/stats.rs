@@ -513,11 +513,12 @@ fn bytes_str(b: &[u8]) -> &str {
 
 /// Counts a corruption the boxes found (and emits it with the `tracing` feature).
 pub fn corruption(c: Corrupt) {
-    let (what, p) = match c {
-        Corrupt::DoubleFree(p) => ("double free", p),
-        Corrupt::NotABlock(p) => ("invalid pointer", p),
+    let (op, what, p) = match c {
+        Corrupt::DoubleFree(p) => ("free", "double free", p),
+        Corrupt::NotABlock(p) => ("free", "invalid pointer", p),
+        Corrupt::FreeList(p) => ("malloc", "corrupted free list", p),
     };
-    note_corruption("free", what, p);
+    note_corruption(op, what, p);
 }
 
 /// Counts an invalid pointer given to `op` (and emits it with the `tracing` feature).

@@ -368,6 +368,47 @@ fn double_free_after_the_blocks_slab_went_back() {
     );
 }
 
+/// The report of a free block whose link (its first word) was overwritten.
+const CORRUPT: &str = "hakmem: malloc(): corrupted free list ";
+
+/// What `overflow` writes past the end of a live block into its free neighbour's first word.
+const OVERFLOWS: [&str; 3] = ["byte", "ascii", "address"];
+
+#[test]
+fn overflow_into_a_free_neighbours_link_is_caught() {
+    // The neighbour on the thread's free list, and on its slab's remote stack (freed by another
+    // thread), under both HAKMEM_CHECK values: the link is checked where it is used, the
+    // neighbour named, and with `warn` no address outside the heap is ever handed out.
+    let mut cases = Vec::new();
+    for check in [false, true] {
+        for what in OVERFLOWS {
+            for place in ["small", "remote"] {
+                cases.push((
+                    Case::new("overflow", &[what, place], check),
+                    Expect::Report(vec![CORRUPT.to_string()]),
+                ));
+            }
+        }
+    }
+    check_all(cases, nothing_more);
+}
+
+#[test]
+fn overflow_into_a_free_medium_neighbour_is_harmless() {
+    // A medium block holds no link (its region's header maps the granules): the overflow only
+    // changes free memory, and nothing is reported.
+    let cases = OVERFLOWS
+        .iter()
+        .map(|what| {
+            (
+                Case::new("overflow", &[what, "medium"], false),
+                Expect::Silent,
+            )
+        })
+        .collect();
+    check_all(cases, nothing_more);
+}
+
 /// Runs `rlimit MODE [KIB]` in both modes: it must succeed, and hakmem must have served it.
 fn rlimit_case(args: &[&str], min_allocs: u64) {
     let mode = args[0];

@@ -116,8 +116,7 @@ impl Heap {
     /// Gives every block of `class` on the thread list and in the cache back to its slab, and
     /// the current slab to its superslab if that left it empty.
     pub(crate) fn drain_class(&mut self, class: usize) {
-        // SAFETY: the list holds free blocks of ours.
-        let chain = unsafe { self.sll.take_all(class) };
+        let chain = self.take_list(class, u32::MAX);
         self.dispose_chain(class, chain, false);
         self.flush_cache(class, self.cache.len(class));
         if let Some(slab) = self.current(class) {
@@ -205,8 +204,7 @@ impl Heap {
         }
         let len = self.sll.len(class);
         if len > new {
-            // SAFETY: the list holds free blocks of ours.
-            let chain = unsafe { self.sll.take(class, len - new) };
+            let chain = self.take_list(class, len - new);
             self.dispose_chain(class, chain, true);
         }
         if self.sll.set_cap(class, new).is_ok() {

@@ -19,8 +19,10 @@ impl Heap {
         unsafe { self.alloc_slow(class) }
     }
 
-    /// A block of `class` from its thread list, or null when the list is empty (nothing else is
-    /// tried: the caller then takes [`Heap::alloc`]'s way). The C malloc's fast path (H2).
+    /// A block of `class` from its thread list, or null when the list is empty or its head's
+    /// link leaves the head's superslab (nothing else is tried: the caller then takes
+    /// [`Heap::alloc`]'s way, whose slow path pops such a head, H16). The Rust lane's fast
+    /// path (H2).
     ///
     /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty, so the result is
     /// null and nothing is written.
@@ -37,8 +39,36 @@ impl Heap {
         unsafe { Lists::pop_raw(&raw mut (*this).sll, class) }
     }
 
+    /// [`Heap::alloc_fast`]'s miss: null when the list is empty (an empty heap's always is, and
+    /// is only read, H9); otherwise the head's link is the list's end or leaves its
+    /// superslab, or is corrupted. A link into a superslab the owned-superslab table holds is
+    /// followed at once (H16: one load and one compare); anything else goes to the checked pop
+    /// ([`Heap::pop_list`]), which decides and reports.
+    ///
+    /// # Safety
+    /// As [`Heap::alloc_fast`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn pop_far(this: *mut Heap, class: usize) -> *mut u8 {
+        // SAFETY: a read through the raw pointer (an empty heap is shared, H9); `class <
+        // CLASSES`.
+        if unsafe { (*this).sll.is_empty(class) } {
+            return null_mut();
+        }
+        // SAFETY: a list with a block: a real heap (H9), this thread's, used by it alone.
+        let h = unsafe { &mut *this };
+        let bases = &h.owned_bases;
+        // SAFETY: the list's blocks are ours and free (H1); `class < CLASSES`.
+        if let Some(p) = unsafe { h.sll.pop_if(class, |n| in_owned_superslab(bases, n)) } {
+            return p;
+        }
+        h.pop_list(class)
+    }
+
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
-    /// heap's own copy of the route box's table (H12). The C malloc's fast path.
+    /// heap's own copy of the route box's table (H12). The C malloc's fast path: here a head
+    /// whose link leaves its superslab is popped by a cold call (`Heap::pop_far`, H16), and
+    /// null means the list is empty.
     ///
     /// # Safety
     /// `this` is a heap of the calling thread or an empty heap, and `size <= MAX_TINY`.
@@ -49,7 +79,24 @@ impl Heap {
         // pointer (an empty heap is shared, H9), of a table nobody writes after `init` (H12).
         let class = unsafe { *(&raw const (*this).tiny).cast::<u8>().add(size) };
         // SAFETY: the table's classes are the route box's tiny ones, below CLASSES (H12).
-        unsafe { Heap::alloc_fast(this, class as usize) }
+        let p = unsafe { Heap::alloc_fast(this, class as usize) };
+        if !p.is_null() {
+            return p;
+        }
+        // A link into a superslab the owned-superslab table holds (H16): an empty heap's table
+        // is empty, and its lists stay unwritten (H9).
+        // SAFETY: forwarded; the table is read through the raw pointer.
+        let p = unsafe {
+            let bases = &(*this).owned_bases;
+            Lists::pop_far_raw(&raw mut (*this).sll, class as usize, |n| {
+                in_owned_superslab(bases, n)
+            })
+        };
+        if !p.is_null() {
+            return p;
+        }
+        // SAFETY: forwarded.
+        unsafe { Heap::pop_far(this, class as usize) }
     }
 
     /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
@@ -110,6 +157,12 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+        // A head the fast pop left on the list (its link leaves its superslab, H16).
+        // SAFETY: this heap, on its own thread.
+        let p = unsafe { Heap::pop_far(self, class) };
+        if !p.is_null() {
+            return p;
+        }
         self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);
@@ -119,8 +172,7 @@ impl Heap {
             // list, one run per slab.
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_list(class, (cap / 2).max(1)) };
-            // SAFETY: the list holds free blocks of ours (H1).
-            let p = unsafe { self.sll.pop(class) };
+            let p = self.pop_list(class);
             if !p.is_null() {
                 self.on_popped(p);
             }

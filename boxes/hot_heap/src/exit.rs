@@ -15,8 +15,7 @@ impl Heap {
         self.kept_empty = null();
         // The blocks go back one run per slab, as a spill returns them (H11).
         for class in 0..CLASSES {
-            // SAFETY: the list holds free blocks of ours.
-            let chain = unsafe { self.sll.take_all(class) };
+            let chain = self.take_list(class, u32::MAX);
             if chain.len != 0 {
                 self.return_chain(class, chain.head, chain.len);
             }

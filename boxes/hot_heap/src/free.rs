@@ -152,8 +152,9 @@ impl Heap {
         // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
         // which is mapped while it is ours.
         unsafe {
-            self.sll.contains(class, p)
-                || self.cache.contains(class, p)
+            self.sll.contains(class, p, |n| {
+                far_block_ok(&self.owned_slabs, &self.ctx().registry, self.id, class, n)
+            }) || self.cache.contains(class, p)
                 || slab.free_list_contains(p)
                 || slab.remote_contains(p)
         }
@@ -168,8 +169,7 @@ impl Heap {
         if self.cache.room(class) < n.min(cache_cap) {
             self.flush_cache(class, n.max(cache_cap / 2).min(cache_cap));
         }
-        // SAFETY: the list holds free blocks of ours.
-        let chain = unsafe { self.sll.take(class, n) };
+        let chain = self.take_list(class, n);
         self.dispose_chain(class, chain, true);
     }
 
@@ -207,9 +207,11 @@ impl Heap {
     ) {
         let mut b = chain.head;
         let mut left = chain.len;
+        let key = self.sll.link_key();
         while to_cache && left > 0 && self.cache.room(class) > 0 {
-            // SAFETY: a block of the chain, linked through its first word.
-            let next = unsafe { hakmem_tls_sll::next(b) };
+            // SAFETY: a block of the chain, linked through its first word (checked when the
+            // chain was taken, H16).
+            let next = unsafe { key.next(b) };
             self.cache.push(class, b);
             b = next;
             left -= 1;
@@ -225,6 +227,7 @@ impl Heap {
     /// held count drops once for the whole chain.
     pub(crate) fn return_chain(&mut self, class: usize, mut b: *mut u8, mut left: u32) {
         let mut returned = 0usize;
+        let key = self.sll.link_key();
         while left > 0 {
             let chunk = b as usize & !(SLAB_SIZE - 1);
             // SAFETY: blocks on our lists lie in live superslabs we own (H1).
@@ -245,7 +248,7 @@ impl Heap {
                 }
                 // SAFETY: a block of the chain; its link is read before the run is spliced
                 // (which overwrites the tail's link).
-                b = unsafe { hakmem_tls_sll::next(tail) };
+                b = unsafe { key.next(tail) };
                 if b as usize & !(SLAB_SIZE - 1) != chunk {
                     break;
                 }
@@ -256,7 +259,7 @@ impl Heap {
                 left -= 1;
                 if left > 0 {
                     // SAFETY: linked through its first word, like every block of the chain.
-                    b = unsafe { hakmem_tls_sll::next(b) };
+                    b = unsafe { key.next(b) };
                 }
                 continue;
             }
@@ -329,7 +332,7 @@ impl Heap {
                     head = b;
                 } else {
                     // SAFETY: `tail` is a free block of ours, given up, on no list now.
-                    unsafe { hakmem_tls_sll::set_next(tail, b) };
+                    unsafe { self.sll.link_key().set_next(tail, b) };
                 }
                 tail = b;
                 n += 1;

@@ -166,6 +166,22 @@
 //!   reaper (tag 0), or handed to a new thread (a new id, even under the same tag, as a reused
 //!   thread id gives) is left alone. So a heap is retired once, and only when the test, made
 //!   after its tag was read, found its thread ended.
+//! - **H16 (checked links).** The thread lists store their links with the superslab box's
+//!   link key (superslab SS18, tls_sll L8), set when the heap is made. The malloc fast path
+//!   follows a link only within the head's superslab. Any other link (the list's end, a block
+//!   of another superslab, a corrupted word) goes to a second try, which follows it at once
+//!   when the heap's owned-superslab table holds its superslab (`owned_bases`: the base of
+//!   each owned superslab by its number's low byte, entered when the superslab is linked into
+//!   the owned list and cleared when it is unlinked, so an entry always names a superslab this
+//!   heap owns), as does a take of a chain off a list (spill, decay, exit). Otherwise the
+//!   checked pop, a take, and a double free's confirmation follow a link that leaves its
+//!   block's superslab only when it is a block start of the list's class below its slab's
+//!   carve mark, in a slab this heap owns (found through the owned cache, H8, or the registry
+//!   and the slab's owner word; nothing is read through the link first). A bad link is
+//!   reported as `Corrupt::FreeList` naming the block that holds it; that block, itself
+//!   checked, is handed out (or kept on the chain) and the rest of the list is dropped: its
+//!   blocks leak, out of their slabs for good (SS4). So a link the user overwrote never makes
+//!   malloc return an address outside this heap's superslabs.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -196,14 +212,14 @@ mod sync;
 
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru, LruConfig};
-use hakmem_registry::Registry;
+use hakmem_registry::{Kind, Registry};
 use hakmem_route::{
     block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF,
 };
 use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
 use hakmem_superslab::{
-    free_key, init_free_key, key_word, set_key_word, AbandonedList, Corrupt, Env, Os, SlabMeta,
-    SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    free_key, init_free_key, key_word, link_key, set_key_word, AbandonedList, Corrupt, Env, Os,
+    SlabMeta, SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
@@ -228,6 +244,67 @@ fn slab_number(p: usize) -> usize {
 fn owned_slot(n: usize) -> usize {
     // The low byte: one `movzx` on x86_64 (OWNED_CACHE is 256).
     n as u8 as usize
+}
+
+/// True when `p`, a link on a thread list of `class` that leaves its block's superslab, is a
+/// block start of that class below its slab's carve mark, in a slab this heap owns (H16): a
+/// slab of a superslab in the owned cache (H8: one load and one compare prove it, with no read
+/// through `p`), or else one the registry finds in a live superslab and whose owner is `id`.
+/// That second look reads the slab's metadata in a superslab that may be another heap's: a
+/// link of ours never names one, and a corrupted link lands in one only by a chance of the
+/// order of 2^-40 (tls_sll L8), so only such a link, naming a superslab that is unmapped at
+/// that very moment, could make the read fault.
+fn far_block_ok(
+    owned_slabs: &[*const SlabMeta; OWNED_CACHE],
+    registry: &Registry,
+    id: usize,
+    class: usize,
+    p: *mut u8,
+) -> bool {
+    if p as usize & 15 != 0 {
+        return false;
+    }
+    let entry = owned_slabs[owned_slot(slab_number(p as usize))];
+    let slab = if core::ptr::eq(entry, Superslab::slab_meta_addr(p)) {
+        // SAFETY: the entry is the metadata of a slab of a superslab this heap owns, live while
+        // owned (H8), and it is `p`'s slab.
+        unsafe { &*entry }
+    } else {
+        let Some((base, Kind::Superslab)) = registry.lookup(p as usize) else {
+            return false;
+        };
+        // SAFETY: the registry found a live superslab at `base` (registry R1, superslab SS2);
+        // see above for the one race.
+        let slab = unsafe { Superslab::at(base) }.slab_of(p);
+        if slab.owner() != id {
+            return false;
+        }
+        slab
+    };
+    // SAFETY: a slab of a superslab this heap owns: ours to read as owner (in use, it is ours;
+    // free, its carve mark is 0, which no index is below), and `p` lies in it.
+    let (c, carved) = unsafe { slab.class_and_carved_owned() };
+    // SAFETY: as above.
+    let index = unsafe { slab.block_index(p) };
+    c == class && index < carved
+}
+
+/// Slots of a heap's owned-superslab table (H16): indexed by a superslab number's low byte.
+const OWNED_SS: usize = 256;
+
+/// The owned-superslab table's slot of the superslab holding address `p`.
+#[inline(always)]
+fn owned_ss_slot(p: usize) -> usize {
+    (p >> SS_SIZE.trailing_zeros()) as u8 as usize
+}
+
+/// True when `p` is 16-byte aligned and lies in a superslab this heap owns, by its
+/// owned-superslab table (H16): one load and one compare, nothing read through `p`. The
+/// malloc path's quick check of a link that leaves its block's superslab.
+#[inline(always)]
+fn in_owned_superslab(bases: &[usize; OWNED_SS], p: *mut u8) -> bool {
+    let base = p as usize & !(SS_SIZE - 1);
+    p as usize & 15 == 0 && base != 0 && bases[owned_ss_slot(p as usize)] == base
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -261,8 +338,9 @@ impl EmptyHeap {
     pub const fn new() -> Self {
         // SAFETY: every field of a heap is an integer, a raw pointer, or an array or struct of
         // them, for which zero is a value (`Heap::init` relies on the same); zero lists have
-        // no block and no room.
+        // no room, and `make_empty` points their heads at the end block (tls_sll L8).
         let mut h: Heap = unsafe { core::mem::zeroed() };
+        h.sll.make_empty();
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
         h.id = EMPTY_ID;
         // Its tiny table stays zero (H12): every size maps to class 0, whose list is empty.
@@ -366,6 +444,9 @@ pub struct Heap {
     prev: *mut Heap,
     /// The adaptive list bounds (H11).
     adapt: adapt::Adapt,
+    /// The bases of owned superslabs by their number's low byte, direct-mapped, 0 for none
+    /// (H16): entered when a superslab is linked, cleared when it is unlinked.
+    owned_bases: [usize; OWNED_SS],
     cache: Cache,
 }
 
@@ -380,6 +461,45 @@ impl Heap {
                 self.stats.add_counts(c, pops, pushes);
             }
         }
+    }
+
+    /// Pops class `c`'s head with its link checked (H16): a link that leaves the head's
+    /// superslab must be a block of `c` in a superslab this heap owns ([`far_block_ok`]). A bad
+    /// link is reported (`Corrupt::FreeList`, naming the block that holds it) and the rest of
+    /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
+    pub(crate) fn pop_list(&mut self, class: usize) -> *mut u8 {
+        let registry = &self.ctx().registry;
+        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
+        let (p, bad) = unsafe {
+            self.sll.pop_checked(class, |n| {
+                far_block_ok(&self.owned_slabs, registry, self.id, class, n)
+            })
+        };
+        if bad {
+            self.ctx().report(Corrupt::FreeList(p as usize));
+        }
+        p
+    }
+
+    /// Takes up to `n` blocks off class `c`'s list as a chain, every link checked (H16: a link
+    /// into a superslab of the owned-superslab table, or else a block of the class in a slab
+    /// this heap owns); a bad link ends the chain at the block that holds it, is reported, and
+    /// the rest of the list is dropped.
+    pub(crate) fn take_list(&mut self, class: usize, n: u32) -> hakmem_tls_sll::Chain {
+        let registry = &self.ctx().registry;
+        // SAFETY: the list holds free blocks of ours (H1); every link followed is checked: one
+        // into a superslab of the owned-superslab table at once, as the malloc path does, and
+        // any other as the checked pop does.
+        let (chain, bad) = unsafe {
+            self.sll.take(class, n, |b| {
+                in_owned_superslab(&self.owned_bases, b)
+                    || far_block_ok(&self.owned_slabs, registry, self.id, class, b)
+            })
+        };
+        if let Some(b) = bad {
+            self.ctx().report(Corrupt::FreeList(b as usize));
+        }
+        chain
     }
 
     /// Initialises a heap in place, all but its id and tag, which a reaper may read under the
@@ -401,8 +521,11 @@ impl Heap {
         {
             h.stats = ThreadStats::new();
         }
+        let linked = h.sll.set_link_key(link_key());
+        debug_assert!(linked, "new lists are empty");
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_bases = [0; OWNED_SS];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -20,12 +20,15 @@ impl Heap {
             };
             let (cache, key) = (&mut self.cache, self.key);
             // SAFETY: the slab is ours (H3); never-carved blocks get the key here (FK1).
-            let n = unsafe {
+            let (n, bad) = unsafe {
                 slab.alloc_batch(want - got, |b| {
                     set_key_word(b, key);
                     assert!(cache.push(class, b))
                 })
             };
+            if let Some(e) = bad {
+                self.ctx().report(e);
+            }
             got += n;
             self.ctx().stats.held_add(class, n as usize);
             // SAFETY: as above.
@@ -47,6 +50,7 @@ impl Heap {
     pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
         let want = want.min(self.sll.cap(class) - self.sll.len(class));
         let key = self.key;
+        let link = self.sll.link_key();
         let (mut head, mut tail) = (null_mut::<u8>(), null_mut::<u8>());
         let mut got = 0;
         while got < want {
@@ -58,31 +62,39 @@ impl Heap {
             // written to its blocks.
             let mut n = 0;
             // SAFETY: the slab is ours (H3).
-            if let Some((h, t, k)) = unsafe { slab.take_free_chain(want - got) } {
-                if head.is_null() {
-                    head = h;
-                } else {
-                    // SAFETY: `tail` is a free block of the chain, ours.
-                    unsafe { hakmem_tls_sll::set_next(tail, h) };
+            match unsafe { slab.take_free_chain(want - got) } {
+                Ok(Some((h, t, k))) => {
+                    if head.is_null() {
+                        head = h;
+                    } else {
+                        // SAFETY: `tail` is a free block of the chain, ours.
+                        unsafe { link.set_next(tail, h) };
+                    }
+                    tail = t;
+                    n = k;
                 }
-                tail = t;
-                n = k;
+                Ok(None) => {}
+                Err(e) => self.ctx().report(e),
             }
             // Then never-carved blocks, if still wanted.
             if got + n < want {
                 // SAFETY: the slab is ours (H3); each block it hands out is free, ours and on
                 // no list: keyed here (FK1) and linked after the chain's tail.
-                n += unsafe {
+                let (k, bad) = unsafe {
                     slab.alloc_batch(want - got - n, |b| {
                         set_key_word(b, key);
                         if head.is_null() {
                             head = b;
                         } else {
-                            hakmem_tls_sll::set_next(tail, b);
+                            link.set_next(tail, b);
                         }
                         tail = b;
                     })
                 };
+                n += k;
+                if let Some(e) = bad {
+                    self.ctx().report(e);
+                }
             }
             got += n;
             self.ctx().stats.held_add(class, n as usize);
@@ -238,6 +250,7 @@ impl Heap {
     pub(crate) fn link_owned(&mut self, ss: &Superslab, front: bool) {
         self.list_link(ss, front);
         self.owned_count += 1;
+        self.owned_bases[owned_ss_slot(ss.base())] = ss.base();
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
             self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
@@ -278,6 +291,10 @@ impl Heap {
     pub(crate) fn unlink_owned(&mut self, ss: &Superslab) {
         self.list_unlink(ss);
         self.owned_count -= 1;
+        let slot = owned_ss_slot(ss.base());
+        if self.owned_bases[slot] == ss.base() {
+            self.owned_bases[slot] = 0;
+        }
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
             let slot = owned_slot(slab_number(base));

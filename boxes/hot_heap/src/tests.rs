@@ -384,7 +384,7 @@ fn free_blocks_everywhere(h: &mut Heap, c: usize) -> [Option<*mut u8>; 3] {
         .iter()
         .copied()
         // SAFETY: the list's blocks are free and linked.
-        .find(|&b| unsafe { h.sll.contains(c, b) });
+        .find(|&b| unsafe { h.sll.contains(c, b, |_| true) });
     let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
     let on_slab = blocks.iter().copied().find(|&b| {
         // SAFETY: our blocks, in live superslabs we own.

@@ -29,7 +29,7 @@
 //! // SAFETY (each block below): heap 1 owns the superslab, and this thread is heap 1.
 //! let slab = unsafe { ss.alloc_slab(3, 64) }.expect("a free slab");
 //! let mut blocks = Vec::new();
-//! let n = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
+//! let (n, _) = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
 //! assert_eq!((n, blocks.len()), (10, 10));
 //! assert!(blocks.iter().all(|&b| core::ptr::eq(ss.slab_of(b), slab)));
 //! let mut empty = false;
@@ -155,6 +155,17 @@
 //!   it is not, and the list touches nothing of it. A superslab handed to the wrong list's
 //!   [`AbandonedList::try_remove`], [`AbandonedList::claim`], [`Superslab::free_remote`] or
 //!   [`Superslab::abandon`]'s settling is left on its own list.
+//! - **SS18 (encoded, checked links).** Every link inside a free block, on a slab's free list,
+//!   on a remote stack and (in the hot heap) on a thread list, is stored as `(next ^ block) *
+//!   K` ([`LinkKey`]), `K` the per-process [`link_key`], drawn before the first superslab
+//!   exists; so chains move between the three as they lie. Every walk of a slab's free list or
+//!   of a chain taken off its remote stack ([`SlabMeta::take_free_chain`],
+//!   [`SlabMeta::alloc_batch`], the drain's join, [`SlabMeta::free_list_contains`]) decodes a
+//!   link and follows it only when it is the list's end or a block start of the same slab below
+//!   its carve mark. At a link that fails, the walk returns `Corrupt::FreeList` naming the
+//!   block that holds it, and the list is dropped from there on: its blocks stay counted in
+//!   `used` (SS4), so the slab is never freed while they could be reached, and nothing follows
+//!   the bad link. [`RemoteStack::contains`] decodes too, and bounds every link it follows.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -180,6 +191,7 @@ pub use sync::{spin, LockCounts, SpinLock};
 
 use hakmem_registry::Registry;
 use hakmem_stats::GlobalStats;
+pub use hakmem_tls_sll::LinkKey;
 
 /// log2 of the superslab size.
 pub const SS_SHIFT: u32 = 21;
@@ -270,6 +282,76 @@ pub fn init_free_key() -> usize {
     match FREE_KEY.compare_exchange(0, k, Relaxed, Relaxed) {
         Ok(_) => k,
         Err(now) => now,
+    }
+}
+
+/// The link key (SS18): a per-process random odd multiplier, 0 until first drawn, and its
+/// inverse, published after it.
+static LINK_MUL: sync::StaticAtomicUsize = sync::StaticAtomicUsize::new(0);
+static LINK_INV: sync::StaticAtomicUsize = sync::StaticAtomicUsize::new(0);
+
+/// The key every link inside a free block is stored with (SS18): the slabs' free lists, the
+/// remote stacks and the heaps' thread lists (which take a copy) alike, so chains move between
+/// them as they lie. Drawn once per process, at the first call (at the latest when the first
+/// superslab is made, before any block exists); every call returns the same key.
+#[inline(always)]
+pub fn link_key() -> LinkKey {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed};
+    // Both words set (the multiplier first, its inverse published after): a pair that is each
+    // other's inverse. Before that, the draw.
+    let inv = LINK_INV.load(Acquire) as u64;
+    match LinkKey::from_parts(LINK_MUL.load(Relaxed) as u64, inv) {
+        Some(key) => key,
+        None => draw_link_key(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn draw_link_key() -> LinkKey {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+    let mut r: u64 = 0;
+    // SAFETY: getrandom writes at most 8 bytes into `r`.
+    let got = unsafe {
+        libc::getrandom(
+            (&mut r as *mut u64).cast(),
+            core::mem::size_of::<u64>(),
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if got != core::mem::size_of::<u64>() as isize {
+        const AT_RANDOM: libc::c_ulong = 25;
+        // SAFETY: AT_RANDOM, when present, points at 16 random bytes the kernel put on the
+        // initial stack, which stay for the life of the process.
+        r = unsafe {
+            let a = libc::getauxval(AT_RANDOM) as *const u64;
+            if a.is_null() {
+                0
+            } else {
+                a.read_unaligned()
+            }
+        };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        r ^= (ts.tv_nsec as u64).rotate_left(29) ^ (&LINK_MUL as *const _ as u64);
+    }
+    let key = LinkKey::new(r.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (r >> 31));
+    match LINK_MUL.compare_exchange(0, key.mul() as usize, Relaxed, Relaxed) {
+        Ok(_) => {
+            LINK_INV.store(key.inv() as usize, Release);
+            key
+        }
+        Err(_) => {
+            // Another thread drew it: wait for its inverse.
+            while LINK_INV.load(Acquire) == 0 {
+                core::hint::spin_loop();
+            }
+            LinkKey::new(LINK_MUL.load(Relaxed) as u64)
+        }
     }
 }
 

@@ -107,7 +107,7 @@ fn take_chain(taken: Taken, out: &mut Vec<usize>) {
         out.push(b as usize);
         n += 1;
         // SAFETY: blocks on a taken chain are linked through their first word.
-        b = unsafe { b.cast::<*mut u8>().read() };
+        b = unsafe { crate::link_key().next(b) };
     }
     assert_eq!(n, taken.count, "the count taken with a chain is its length");
 }

@@ -33,7 +33,8 @@ const _: () = assert!(crate::SLAB_SIZE / 16 < 1 << (usize::BITS - COUNT_SHIFT));
 /// number of blocks linked from it, as the pushes counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Taken {
-    /// The most recently pushed block; the rest follow through first words, to a null.
+    /// The most recently pushed block; the rest follow through first words (stored with the
+    /// link key, SS18), to a null.
     pub head: *mut u8,
     /// How many blocks the chain holds.
     pub count: u32,
@@ -117,6 +118,7 @@ impl RemoteStack {
         debug_assert_eq!(block as usize & (15 | !ADDRESS), 0);
         // SAFETY: the caller gave `block` up; its second word is the key while it is free.
         unsafe { crate::set_key_word(block, crate::free_key()) };
+        let key = crate::link_key();
         #[cfg(not(hakmem_seeded_bug = "plain_store"))]
         {
             let mut head = self.head.load(Ordering::Relaxed);
@@ -124,8 +126,9 @@ impl RemoteStack {
                 if refuse_flagged && head & FLAG != 0 {
                     return Err(Abandoned);
                 }
-                // SAFETY: the caller gave `block` up to this stack; its first word is the link.
-                unsafe { block.cast::<usize>().write(head & ADDRESS) };
+                // SAFETY: the caller gave `block` up to this stack; its first word is the link,
+                // stored encoded (SS18).
+                unsafe { key.set_next(block, (head & ADDRESS) as *mut u8) };
                 // The flag stays, and the count goes one up: SS4 bounds it by the slab's blocks,
                 // and a count run past that by double frees wraps within its own bits.
                 #[cfg(not(hakmem_seeded_bug = "count_after_push"))]
@@ -160,7 +163,7 @@ impl RemoteStack {
                 return Err(Abandoned);
             }
             // SAFETY: as above.
-            unsafe { block.cast::<usize>().write(head & ADDRESS) };
+            unsafe { key.set_next(block, (head & ADDRESS) as *mut u8) };
             self.head.store(
                 (head & !ADDRESS).wrapping_add(ONE) | block as usize,
                 Ordering::Release,
@@ -224,6 +227,7 @@ impl RemoteStack {
     /// `[lo, hi)` is mapped memory (the slab) for the duration of the call.
     pub unsafe fn contains(&self, p: *mut u8, lo: usize, hi: usize, limit: u32) -> bool {
         let mut b = self.head.load(Ordering::Acquire) & ADDRESS;
+        let key = crate::link_key();
         let mut n = 0;
         while b != 0 && n < limit {
             if b < lo || b >= hi || b & 15 != 0 {
@@ -234,7 +238,10 @@ impl RemoteStack {
             }
             // SAFETY: `b` lies in the mapped range; a racing reuse only changes the value read,
             // and the read is atomic, so it is not a data race.
-            b = unsafe { (*(b as *const core::sync::atomic::AtomicUsize)).load(Ordering::Relaxed) };
+            let stored =
+                unsafe { (*(b as *const core::sync::atomic::AtomicUsize)).load(Ordering::Relaxed) };
+            // Decoded (SS18); whatever it gives is bounds-checked above before it is followed.
+            b = key.decode(stored, b as *mut u8) as usize;
             n += 1;
         }
         false

@@ -3,6 +3,7 @@ use crate::remote::{RemoteStack, Taken};
 use crate::sync::{
     read_own_u32, read_own_u64, AtomicU32, AtomicU64, AtomicUsize, Ordering, UnsafeCell,
 };
+use crate::LinkKey;
 use core::ptr::null_mut;
 
 /// What went wrong when a slab got back a block it did not expect.
@@ -12,6 +13,10 @@ pub enum Corrupt {
     DoubleFree(usize),
     /// The address is not the start of a block this slab handed out.
     NotABlock(usize),
+    /// The link in the first word of the free block at this address is not to a block of
+    /// its list (SS18): overwritten while the block was free. The list was dropped from
+    /// there on; its blocks stay out (leaked), so nothing follows the bad link.
+    FreeList(usize),
 }
 
 /// The owner-only part of a slab's metadata.
@@ -291,49 +296,110 @@ impl SlabMeta {
     /// Hands out up to `max` blocks from the front of the free list as one chain, linked as
     /// they lie (head, tail, count; the tail's link is unspecified): each keeps the free key in
     /// its second word (SS9), so a caller that keeps blocks keyed writes nothing to them. The
-    /// walk only reads, to find where to cut. `None` when the free list is empty.
+    /// walk only reads, to find where to cut, and checks every link it follows (SS18). `None`
+    /// when the free list is empty; `Err` when a link failed its check: the whole free list is
+    /// then dropped (its blocks count as out for good, SS18).
     ///
     /// # Safety
     /// The caller owns the slab.
-    pub unsafe fn take_free_chain(&self, max: u32) -> Option<(*mut u8, *mut u8, u32)> {
-        // SAFETY: the caller owns the slab; blocks on the free list are free and linked.
+    pub unsafe fn take_free_chain(
+        &self,
+        max: u32,
+    ) -> Result<Option<(*mut u8, *mut u8, u32)>, Corrupt> {
+        let key = crate::link_key();
+        // SAFETY: the caller owns the slab; blocks on the free list are free, and every link
+        // followed is checked to be a block of this slab (or the end) first.
         unsafe {
             self.with_local(|l| {
                 if l.free.is_null() || max == 0 {
-                    return None;
+                    return Ok(None);
                 }
                 let head = l.free;
                 let (mut tail, mut n) = (head, 1u32);
+                let mut next = self.next_free(key, tail);
                 while n < max {
-                    let next = tail.cast::<*mut u8>().read();
-                    if next.is_null() {
-                        break;
+                    match next {
+                        Ok(b) if !b.is_null() => {
+                            tail = b;
+                            n += 1;
+                            next = self.next_free(key, tail);
+                        }
+                        _ => break,
                     }
-                    tail = next;
-                    n += 1;
                 }
-                l.free = tail.cast::<*mut u8>().read();
-                l.free_len -= n;
-                l.used += n;
-                Some((head, tail, n))
+                match next {
+                    Ok(b) => {
+                        l.free = b;
+                        l.free_len -= n;
+                        l.used += n;
+                        Ok(Some((head, tail, n)))
+                    }
+                    Err(e) => {
+                        Self::drop_free_list(l);
+                        Err(e)
+                    }
+                }
             })
         }
     }
 
+    /// The link of `b`, a free block of this slab, checked (SS18): the list's end, or a block
+    /// start of this slab below its carve mark; anything else is `Corrupt::FreeList(b)`.
+    ///
+    /// # Safety
+    /// The caller owns the slab, and `b` is a free block of it.
+    unsafe fn next_free(&self, key: LinkKey, b: *mut u8) -> Result<*mut u8, Corrupt> {
+        // SAFETY: `b` is a free block of this slab, at least 16 bytes.
+        let next = unsafe { key.next(b) };
+        let in_slab = next as usize >> crate::SLAB_SHIFT == self.number
+            // SAFETY: the caller owns the slab (so it may read the owner's words), and `next`
+            // lies in it (the numbers agree).
+            && unsafe { self.block_index(next) < read_own_u64(&self.carved) };
+        if next.is_null() || in_slab {
+            Ok(next)
+        } else {
+            Err(Corrupt::FreeList(b as usize))
+        }
+    }
+
+    /// Drops the free list after a bad link (SS18): its blocks count as out for good, so the
+    /// slab is never reused while one of them could still be reached.
+    fn drop_free_list(l: &mut SlabLocal) {
+        l.used += l.free_len;
+        l.free_len = 0;
+        l.free = null_mut();
+    }
+
     /// Hands out up to `max` blocks, from the free list first and then never-carved blocks,
-    /// passing each to `out`. Returns how many.
+    /// passing each to `out`. Returns how many, and the corruption found when a link of the
+    /// free list failed its check (SS18): the block holding it is handed out, the rest of the
+    /// free list is dropped (its blocks count as out for good), and the batch goes on carving.
     ///
     /// # Safety
     /// The caller owns the slab.
-    pub unsafe fn alloc_batch(&self, max: u32, mut out: impl FnMut(*mut u8)) -> u32 {
-        // SAFETY: the caller owns the slab; blocks on the free list are free and linked.
-        unsafe {
+    pub unsafe fn alloc_batch(
+        &self,
+        max: u32,
+        mut out: impl FnMut(*mut u8),
+    ) -> (u32, Option<Corrupt>) {
+        let key = crate::link_key();
+        let mut bad = None;
+        // SAFETY: the caller owns the slab; blocks on the free list are free, and every link
+        // followed is checked first.
+        let n = unsafe {
             self.with_local(|l| {
                 let mut n = 0;
                 while n < max && !l.free.is_null() {
                     let b = l.free;
-                    l.free = b.cast::<*mut u8>().read();
                     l.free_len -= 1;
+                    match self.next_free(key, b) {
+                        Ok(next) => l.free = next,
+                        Err(e) => {
+                            l.free = null_mut();
+                            Self::drop_free_list(l);
+                            bad = Some(e);
+                        }
+                    }
                     out(b);
                     n += 1;
                 }
@@ -350,7 +416,8 @@ impl SlabMeta {
                 l.used += n;
                 n
             })
-        }
+        };
+        (n, bad)
     }
 
     /// One never-carved block, which reads as zero, if the slab began fresh and has one left.
@@ -400,7 +467,7 @@ impl SlabMeta {
                     return Err(Corrupt::DoubleFree(block as usize));
                 }
                 crate::set_key_word(block, crate::free_key());
-                block.cast::<*mut u8>().write(l.free);
+                crate::link_key().set_next(block, l.free);
                 l.free = block;
                 l.free_len += 1;
                 l.used -= 1;
@@ -430,7 +497,7 @@ impl SlabMeta {
                 if n > l.used || head == l.free {
                     return Err(Corrupt::DoubleFree(head as usize));
                 }
-                tail.cast::<*mut u8>().write(l.free);
+                crate::link_key().set_next(tail, l.free);
                 l.free = head;
                 l.free_len += n;
                 l.used -= n;
@@ -458,12 +525,15 @@ impl SlabMeta {
         unsafe { self.splice_remote(self.remote.take_all_flagged()) }
     }
 
-    /// True when `p` is on the slab's local free list.
+    /// True when `p` is on the slab's local free list (a walk that stops, false, at a link
+    /// that fails its check: SS18).
     ///
     /// # Safety
     /// The caller owns the slab.
     pub unsafe fn free_list_contains(&self, p: *mut u8) -> bool {
-        // SAFETY: the caller owns the slab; the list's blocks are free and linked.
+        let key = crate::link_key();
+        // SAFETY: the caller owns the slab; the list's blocks are free, and each link is
+        // checked before it is followed.
         unsafe {
             let l = self.local();
             let mut b = l.free;
@@ -472,7 +542,10 @@ impl SlabMeta {
                 if b == p {
                     return true;
                 }
-                b = b.cast::<*mut u8>().read();
+                match self.next_free(key, b) {
+                    Ok(next) => b = next,
+                    Err(_) => return false,
+                }
                 n += 1;
             }
         }
@@ -517,16 +590,28 @@ impl SlabMeta {
                     // a double free.
                     return Err(Corrupt::DoubleFree(head as usize));
                 }
+                let key = crate::link_key();
                 if l.free.is_null() {
                     l.free = head;
                 } else if l.free_len < count {
-                    let tail =
-                        tail_of(l.free, l.free_len).ok_or(Corrupt::DoubleFree(l.free as usize))?;
-                    tail.cast::<*mut u8>().write(head);
+                    match self.tail_of(key, l.free, l.free_len) {
+                        Ok(tail) => key.set_next(tail, head),
+                        Err(e @ Corrupt::FreeList(_)) => {
+                            // A bad link on the free list: the free list is dropped, and the
+                            // chain takes its place (SS18).
+                            Self::drop_free_list(l);
+                            l.free = head;
+                            l.free_len = count;
+                            l.used -= count;
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 } else {
-                    // A chain longer or shorter than its count has a block on it twice.
-                    let tail = tail_of(head, count).ok_or(Corrupt::DoubleFree(head as usize))?;
-                    tail.cast::<*mut u8>().write(l.free);
+                    // A chain longer or shorter than its count has a block on it twice; a bad
+                    // link drops the chain, whose blocks stay out (SS18).
+                    let tail = self.tail_of(key, head, count)?;
+                    key.set_next(tail, l.free);
                     l.free = head;
                 }
                 l.free_len += count;
@@ -587,23 +672,29 @@ mod tests {
     }
 }
 
-/// The last block of a list of `len` blocks linked through first words from `head`, or None
-/// when the list ends sooner or goes on longer.
-///
-/// # Safety
-/// The list's blocks (its first `len`, or up to its end if sooner) are readable, each linking
-/// the next through its first word.
-unsafe fn tail_of(head: *mut u8, len: u32) -> Option<*mut u8> {
-    let mut tail = head;
-    for _ in 1..len {
-        // SAFETY: a block of the list, per the caller.
-        tail = unsafe { tail.cast::<*mut u8>().read() };
-        if tail.is_null() {
-            return None;
+impl SlabMeta {
+    /// The last block of a list of this slab's free blocks, `len` of them linked from `head`:
+    /// `Corrupt::DoubleFree(head)` when the list ends sooner or goes on longer, and
+    /// `Corrupt::FreeList(b)` when the link of a block `b` is not to a block of this slab
+    /// (SS18).
+    ///
+    /// # Safety
+    /// The caller owns the slab; `head` is a free block of it, and every block reached through
+    /// checked links is free.
+    unsafe fn tail_of(&self, key: LinkKey, head: *mut u8, len: u32) -> Result<*mut u8, Corrupt> {
+        let mut tail = head;
+        for _ in 1..len {
+            // SAFETY: a free block of the slab: the head, or reached through a checked link.
+            tail = unsafe { self.next_free(key, tail) }?;
+            if tail.is_null() {
+                return Err(Corrupt::DoubleFree(head as usize));
+            }
+        }
+        // SAFETY: as above.
+        if unsafe { self.next_free(key, tail) }?.is_null() {
+            Ok(tail)
+        } else {
+            Err(Corrupt::DoubleFree(head as usize))
         }
     }
-    // SAFETY: as above.
-    unsafe { tail.cast::<*mut u8>().read() }
-        .is_null()
-        .then_some(tail)
 }

@@ -154,6 +154,8 @@ impl Superslab {
     /// ss.owner(); // error: `registry` and `os` do not live long enough
     /// ```
     pub fn create<'e>(env: &Env<'e>, owner: usize) -> Option<&'e Self> {
+        // The link key exists before any block does (SS18).
+        crate::link_key();
         let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
         // SAFETY: a fresh mapping of the right size and alignment, read as zero.
         match unsafe { Self::init(env, region, true, owner) } {
@@ -195,6 +197,19 @@ impl Superslab {
     #[inline(always)]
     pub fn base(&self) -> usize {
         self as *const Self as usize - HEADER_OFFSET
+    }
+
+    /// Where the metadata of the slab holding `p` lies if a superslab covers `p`: arithmetic
+    /// only (SS1, SS14), nothing is read. A client that keeps slab metadata pointers of live
+    /// superslabs proves "`p` lies in that slab" by comparing one of them with this address.
+    #[inline(always)]
+    pub fn slab_meta_addr(p: *const u8) -> *const SlabMeta {
+        let base = p as usize & !(SS_SIZE - 1);
+        let i = (p as usize >> SLAB_SHIFT) & (SLABS - 1);
+        (base
+            + HEADER_OFFSET
+            + core::mem::offset_of!(Superslab, slabs)
+            + i * core::mem::size_of::<SlabMeta>()) as *const SlabMeta
     }
 
     /// The metadata of the slab holding `p` (by shift). `p` must lie in this superslab.

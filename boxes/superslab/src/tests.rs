@@ -43,7 +43,7 @@ fn header_fits_and_pointers_find_their_superslab_and_slab() {
     let slab = unsafe { ss.alloc_slab(3, 64) }.unwrap();
     let mut blocks = Vec::new();
     // SAFETY: we own the slab.
-    let n = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
+    let (n, _) = unsafe { slab.alloc_batch(10, |b| blocks.push(b)) };
     assert_eq!(n, 10);
     for &b in &blocks {
         assert_eq!(b as usize % 16, 0);
@@ -151,7 +151,7 @@ fn a_run_of_blocks_comes_back_at_once_and_a_run_too_long_is_refused() {
         // A run of three, linked b[0] -> b[1] -> b[2], keyed as the hot heap's lists key them.
         for i in 0..3 {
             crate::set_key_word(b[i], crate::free_key());
-            b[i].cast::<*mut u8>().write(b[(i + 1) % 5]);
+            crate::link_key().set_next(b[i], b[(i + 1) % 5]);
         }
         assert_eq!(slab.free_local_run(b[0], b[2], 3), Ok(false));
         let l = slab.local();
@@ -163,7 +163,7 @@ fn a_run_of_blocks_comes_back_at_once_and_a_run_too_long_is_refused() {
             Err(Corrupt::DoubleFree(b[3] as usize))
         );
         assert_eq!(slab.local().used, 2);
-        b[3].cast::<*mut u8>().write(b[4]);
+        crate::link_key().set_next(b[3], b[4]);
         assert_eq!(slab.free_local_run(b[3], b[4], 2), Ok(true), "empty now");
         // The whole list, in order: the second run, then the first.
         let mut again = Vec::new();
@@ -210,7 +210,7 @@ unsafe fn free_list(slab: &SlabMeta) -> Vec<usize> {
         let mut b = l.free;
         while !b.is_null() && out.len() <= l.free_len as usize {
             out.push(b as usize);
-            b = b.cast::<*mut u8>().read();
+            b = crate::link_key().next(b);
         }
         out
     }
@@ -236,7 +236,7 @@ fn a_drained_chain_joins_the_free_list_by_its_count() {
         assert_eq!(free_list(slab), [b[2], b[1], b[0]]);
         assert_eq!((slab.local().free_len, slab.local().used), (3, 9));
         // A longer chain goes after a shorter free list.
-        let _ = slab.take_free_chain(3).unwrap();
+        let _ = slab.take_free_chain(3).unwrap().unwrap();
         local(3);
         for i in 4..7 {
             push(i);
@@ -640,7 +640,7 @@ fn large_regions_and_their_growth_keep_to_the_os_page_size() {
         // SAFETY: heap 1 is this thread.
         let slab = unsafe { ss.alloc_slab(0, 16) }.unwrap();
         // SAFETY: as above.
-        assert_eq!(unsafe { slab.alloc_batch(4, |_| {}) }, 4);
+        assert_eq!(unsafe { slab.alloc_batch(4, |_| {}) }, (4, None));
     }
 }
 
@@ -709,7 +709,10 @@ fn the_free_lists_front_comes_off_as_one_keyed_chain() {
     // SAFETY: this thread owns the superslab; each block is freed once and taken once.
     unsafe {
         let slab = ss.alloc_slab(0, 32).unwrap();
-        assert!(slab.take_free_chain(4).is_none(), "nothing freed yet");
+        assert!(
+            slab.take_free_chain(4).unwrap().is_none(),
+            "nothing freed yet"
+        );
         let mut blocks = Vec::new();
         slab.alloc_batch(10, |b| blocks.push(b));
         for &b in &blocks[..6] {
@@ -719,23 +722,23 @@ fn the_free_lists_front_comes_off_as_one_keyed_chain() {
             (slab.local().used, slab.local().free_len, slab.local().carve);
         assert_eq!((used, free_len, carve), (4, 6, 10));
         // Four off the front, linked as they lay (the last freed first), each still keyed.
-        let (head, tail, n) = slab.take_free_chain(4).unwrap();
+        let (head, tail, n) = slab.take_free_chain(4).unwrap().unwrap();
         assert_eq!(n, 4);
         let mut got = Vec::from([head]);
         while *got.last().unwrap() != tail {
-            got.push(got.last().unwrap().cast::<*mut u8>().read());
+            got.push(crate::link_key().next(*got.last().unwrap()));
         }
         assert_eq!(got, [blocks[5], blocks[4], blocks[3], blocks[2]]);
         assert!(got.iter().all(|&b| crate::key_word(b) == crate::free_key()));
         assert_eq!((slab.local().used, slab.local().free_len), (8, 2));
         // Asking for more than there is takes what there is; the carve mark never moves.
-        let (head, tail, n) = slab.take_free_chain(100).unwrap();
+        let (head, tail, n) = slab.take_free_chain(100).unwrap().unwrap();
         assert_eq!((head, tail, n), (blocks[1], blocks[0], 2));
         assert_eq!(
             (slab.local().used, slab.local().free_len, slab.local().carve),
             (10, 0, 10)
         );
-        assert!(slab.take_free_chain(1).is_none());
+        assert!(slab.take_free_chain(1).unwrap().is_none());
         for &b in &blocks {
             slab.free_local(b).unwrap();
         }
@@ -789,4 +792,64 @@ fn a_list_leaves_another_lists_superslab_alone() {
     assert_eq!((on_a.owner(), on_b.owner()), (3, 4));
     // Off every list: neither list takes it again.
     assert!(!a.try_remove(on_a) && !b.try_remove(on_b));
+}
+
+#[test]
+fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() {
+    // Memory outside the slab, which a forged link names.
+    static OUTSIDE: [u64; 8] = [0; 8];
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    let counts = |slab: &SlabMeta| {
+        // SAFETY: this thread owns the slab.
+        let l = unsafe { slab.local() };
+        (l.used, l.free_len, l.free.is_null())
+    };
+    // SAFETY: this thread owns the superslab; each block is freed once (the test writes into
+    // free blocks only to play the user's overflow).
+    unsafe {
+        let slab = ss.alloc_slab(1, 32).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(8, |x| b.push(x));
+        // The free list b[2] -> b[1] -> b[0], b[2]'s link overwritten: the walk names b[2] and
+        // drops the list, whose blocks stay out (SS18).
+        for &x in &b[..3] {
+            slab.free_local(x).unwrap();
+        }
+        b[2].cast::<u64>().write(0x4141_4141_4141_4141);
+        assert_eq!(
+            slab.take_free_chain(8),
+            Err(Corrupt::FreeList(b[2] as usize))
+        );
+        assert_eq!(counts(slab), (8, 0, true));
+        assert!(!slab.free_list_contains(b[1]));
+        // A link to memory outside the slab: the block holding it is handed out, the rest
+        // dropped, and the batch carves on.
+        slab.free_local(b[3]).unwrap();
+        slab.free_local(b[4]).unwrap();
+        b[4].cast::<usize>().write(&raw const OUTSIDE as usize);
+        let mut got = Vec::new();
+        let (n, bad) = slab.alloc_batch(2, |x| got.push(x));
+        assert_eq!((n, bad), (2, Some(Corrupt::FreeList(b[4] as usize))));
+        assert_eq!(got[0], b[4]);
+        assert_eq!(slab.block_index(got[1]), 8, "carved, not the forged link");
+        assert_eq!(counts(slab), (9, 0, true));
+        // A remote chain that becomes the free list as it is: its link is checked when used.
+        slab.remote.push(b[5]);
+        b[5].cast::<u64>().write(b[5].cast::<u64>().read() ^ 0x40);
+        assert_eq!(slab.drain_remote(), Ok(1));
+        assert_eq!(
+            slab.take_free_chain(4),
+            Err(Corrupt::FreeList(b[5] as usize))
+        );
+        assert_eq!(counts(slab), (9, 0, true));
+        // A remote chain the drain walks (the free list is longer): the chain is dropped.
+        slab.free_local(b[6]).unwrap();
+        slab.free_local(got[1]).unwrap();
+        slab.remote.push(b[7]);
+        b[7].cast::<u64>().write(0x4141_4141_4141_4141);
+        assert_eq!(slab.drain_remote(), Err(Corrupt::FreeList(b[7] as usize)));
+        assert_eq!(counts(slab), (7, 2, false));
+        assert!(slab.free_list_contains(b[6]) && slab.free_list_contains(got[1]));
+    }
 }

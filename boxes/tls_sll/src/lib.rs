@@ -1,8 +1,9 @@
 //! # hakmem-tls-sll: one thread's intrusive free lists, one per size class
 //!
 //! One job: the LIFO lists the fast path pops from and pushes to. A free block's first word is
-//! the link to the next block, and its second word holds the caller's free key (a per-process
-//! random word) while it is on a list; nothing else in the block is touched.
+//! the link to the next block, stored encoded with a secret key ([`LinkKey`], L8), and its
+//! second word holds the caller's free key (a per-process random word) while it is on a list;
+//! nothing else in the block is touched.
 //!
 //! The `N` lists of a thread live in one [`Lists`], stored as arrays (counter words, heads,
 //! bounds) rather than an array of list structs, so a fast path reaches a class's head and
@@ -53,7 +54,7 @@
 //!   atomics (written with loads and stores, never a locked read-modify-write) so that other
 //!   threads may read the counts (L7).
 //! - **L4 (links).** Every block is at least 16 bytes and 8-byte aligned; its first word is the
-//!   link while it sits on a list, and is the user's again once popped.
+//!   link while it sits on a list (stored encoded, L8), and is the user's again once popped.
 //! - **L5 (key).** A block pushed carries the caller's key in its second word; [`Lists::pop`]
 //!   clears that word to 0 before it hands the block out, so a block that carries the key is
 //!   (almost surely) free. The caller compares [`key`] with its key before a push to catch a
@@ -75,6 +76,21 @@
 //!   held: counts another thread reads are exact as of some moment during its read. Every
 //!   write ends, as its thread runs on; only a fork can freeze one, for a thread that does not
 //!   exist in the child, which therefore ends it ([`Lists::end_write_after_fork`]).
+//! - **L8 (encoded, checked links).** A block `b` whose next block is `n` (null at the list's
+//!   end) holds `(n ^ b) * mul` in its first word, `mul` the lists' [`LinkKey`] (an odd
+//!   multiplier, secret per process when the caller sets one with [`Lists::set_link_key`]);
+//!   no link is ever stored raw, so a word the user overwrote decodes to a scattered value
+//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link only when the next block
+//!   lies in the head's own 2 MiB region ([`NEAR_SHIFT`]): one multiplication and one compare;
+//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`] block,
+//!   whose stored word decodes far under every key, so that pop has no test for emptiness.
+//!   Every other read of a link ([`Lists::pop_if`], [`Lists::pop_checked`], [`Lists::take`],
+//!   [`Lists::contains`]) follows a link that leaves its block's 2 MiB region only when it is
+//!   the end block or the caller's `far` check accepts it; at a link that
+//!   fails, a pop or take drops the rest of the list (its blocks are abandoned where they are,
+//!   counted as moved out, L6) and names the block that held it, and `contains` stops. So with
+//!   a `far` check that accepts only blocks of the caller's, no link the user wrote ever makes
+//!   a list hand out an address outside the caller's memory.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -122,24 +138,122 @@ const fn word(room: i64) -> u64 {
     (room as u64) << ROOM_SHIFT
 }
 
-/// Reads the link word of a free block.
-///
-/// # Safety
-/// `block` must be a free block (L4).
-#[inline(always)]
-pub unsafe fn next(block: *mut u8) -> *mut u8 {
-    // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
-    unsafe { block.cast::<*mut u8>().read() }
+/// log2 of the span a link may cross and still pass the pop's one-compare check (L8): 2 MiB,
+/// a superslab. A link to a block farther away (or a list's end) is checked by the caller.
+pub const NEAR_SHIFT: u32 = 21;
+
+/// The link encoding (L8): a per-process secret odd multiplier and its inverse modulo 2^64.
+/// A free block's first word holds `(next ^ block) * mul`, its link XOR its own address,
+/// multiplied: a list's end (null) is stored as `block * mul`. Decoding multiplies by the
+/// inverse and XORs the block's address back. A word the user wrote (an overflow from the block
+/// before) decodes to a value spread over all 64 bits by the multiplication, which lands within
+/// [`NEAR_SHIFT`] bits of the block's own address with a chance of about 2^-43 for any fixed
+/// word; a change confined to the low three bytes of a valid link leaves it near only for a
+/// multiplier among about 2^-33 of them, and a change in any higher byte never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkKey {
+    mul: u64,
+    inv: u64,
 }
 
-/// Writes the link word of a free block.
-///
-/// # Safety
-/// `block` must be a free block (L4) that nobody else is reading.
+impl LinkKey {
+    /// The key whose multiplier is `secret` made odd.
+    pub const fn new(secret: u64) -> Self {
+        let mul = secret | 1;
+        // Newton's iteration doubles the correct low bits: mul * mul = 1 (mod 8) gives 3.
+        let mut inv = mul;
+        let mut i = 0;
+        while i < 5 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(mul.wrapping_mul(inv)));
+            i += 1;
+        }
+        Self { mul, inv }
+    }
+
+    /// The multiplier (odd).
+    pub const fn mul(self) -> u64 {
+        self.mul
+    }
+
+    /// The multiplier's inverse modulo 2^64.
+    pub const fn inv(self) -> u64 {
+        self.inv
+    }
+
+    /// The key with this multiplier and inverse, when they are each other's inverse modulo
+    /// 2^64 (so the multiplier is odd); `None` otherwise.
+    #[inline(always)]
+    pub const fn from_parts(mul: u64, inv: u64) -> Option<Self> {
+        if mul.wrapping_mul(inv) == 1 {
+            Some(Self { mul, inv })
+        } else {
+            None
+        }
+    }
+
+    /// The stored form of a link from `at` to `next` (null for a list's end).
+    #[inline(always)]
+    pub fn encode(self, next: *mut u8, at: *mut u8) -> usize {
+        ((next as usize ^ at as usize) as u64).wrapping_mul(self.mul) as usize
+    }
+
+    /// The link from `at` whose stored form is `stored`, unchecked.
+    #[inline(always)]
+    pub fn decode(self, stored: usize, at: *mut u8) -> *mut u8 {
+        ((stored as u64).wrapping_mul(self.inv) as usize ^ at as usize) as *mut u8
+    }
+
+    /// The link from `at` whose stored form is `stored`, when it lies in the same 2 MiB
+    /// (`NEAR_SHIFT`) region as `at`; `None` for a list's end, a block farther away or a
+    /// corrupted word.
+    #[inline(always)]
+    pub fn decode_near(self, stored: usize, at: *mut u8) -> Option<*mut u8> {
+        let d = (stored as u64).wrapping_mul(self.inv) as usize;
+        if d >> NEAR_SHIFT != 0 {
+            return None;
+        }
+        Some((d ^ at as usize) as *mut u8)
+    }
+
+    /// Reads the link of a free block, unchecked.
+    ///
+    /// # Safety
+    /// `block` is a free block (L4) whose link was written with this key.
+    #[inline(always)]
+    pub unsafe fn next(self, block: *mut u8) -> *mut u8 {
+        // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
+        self.decode(unsafe { block.cast::<usize>().read() }, block)
+    }
+
+    /// Writes the link of a free block.
+    ///
+    /// # Safety
+    /// `block` must be a free block (L4) that nobody else is reading.
+    #[inline(always)]
+    pub unsafe fn set_next(self, block: *mut u8, next: *mut u8) {
+        // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
+        unsafe { block.cast::<usize>().write(self.encode(next, block)) }
+    }
+}
+
+/// The key [`Lists::new`] starts with, until [`Lists::set_link_key`] sets the process's.
+pub const DEFAULT_LINK_KEY: LinkKey = LinkKey::new(0x9E37_79B9_7F4A_7C15);
+
+/// The block every list ends at (L8): a read-only pair of words whose link, `2^63`, decodes
+/// under every key to a value with bit 63 set (`2^63` times an odd inverse is `2^63`), which is
+/// never near: the fast pop reads the head's link with no test for an empty list, and an empty
+/// list's head, this block, always sends it to [`Lists::pop_checked`]. It lies in this
+/// library's static data, never within 2 MiB of a block of a region the caller maps aligned.
+#[repr(C, align(16))]
+struct EndBlock([usize; 2]);
+
+static END_BLOCK: EndBlock = EndBlock([1 << 63, 0]);
+
+/// The end of every list (L8): the address of a static block whose link decodes far under
+/// every key. Nothing is ever written there.
 #[inline(always)]
-pub unsafe fn set_next(block: *mut u8, next: *mut u8) {
-    // SAFETY: the caller guarantees `block` is a free, aligned block of at least 8 bytes.
-    unsafe { block.cast::<*mut u8>().write(next) }
+pub const fn end() -> *mut u8 {
+    (&raw const END_BLOCK).cast_mut().cast()
 }
 
 /// Reads the key word (the second word) of a block.
@@ -182,6 +296,8 @@ pub enum CapError {
 #[repr(C)]
 pub struct Lists<const N: usize> {
     heads: [*mut u8; N],
+    /// How links are stored in the blocks (L8).
+    key: LinkKey,
     /// Per class: the room (top 13 bits, signed; never negative between operations, L2) and
     /// the pushes (L6). The fast paths' one read-modify-write.
     words: [AtomicU64; N],
@@ -200,7 +316,8 @@ impl<const N: usize> Lists<N> {
         assert!(caps.iter().all(|&c| c <= MAX_CAP), "a bound beyond MAX_CAP");
         Self {
             words: core::array::from_fn(|c| AtomicU64::new(word(i64::from(caps[c])))),
-            heads: [null_mut(); N],
+            heads: [end(); N],
+            key: DEFAULT_LINK_KEY,
             caps,
             folded: core::array::from_fn(|_| AtomicU64::new(0)),
             moved: core::array::from_fn(|c| AtomicI64::new(-i64::from(caps[c]))),
@@ -329,7 +446,55 @@ impl<const N: usize> Lists<N> {
     /// True when class `c`'s list is empty.
     #[inline(always)]
     pub fn is_empty(&self, c: usize) -> bool {
-        self.heads[c].is_null()
+        self.heads[c] == end()
+    }
+
+    /// Makes lists of zeroed memory (no room, no counts) empty lists with the default key:
+    /// every head the end block (L8). For a `const` value that is never pushed to, such as an
+    /// empty heap's.
+    pub const fn make_empty(&mut self) {
+        let mut c = 0;
+        while c < N {
+            self.heads[c] = end();
+            c += 1;
+        }
+        self.key = DEFAULT_LINK_KEY;
+    }
+
+    /// The link of `b`, checked (L8): a block in `b`'s 2 MiB region, the end block, or a
+    /// non-null block `far` accepts; `None` otherwise.
+    ///
+    /// # Safety
+    /// `b` is a free block of the caller's (its first word is read).
+    #[inline]
+    unsafe fn next_checked(
+        &self,
+        b: *mut u8,
+        far: &mut impl FnMut(*mut u8) -> bool,
+    ) -> Option<*mut u8> {
+        // SAFETY: the caller's contract: a block of at least 16 bytes.
+        let stored = unsafe { b.cast::<usize>().read() };
+        if let Some(n) = self.key.decode_near(stored, b) {
+            return Some(n);
+        }
+        let n = self.key.decode(stored, b);
+        (n == end() || (!n.is_null() && far(n))).then_some(n)
+    }
+
+    /// The key the lists' links are stored with (L8).
+    #[inline(always)]
+    pub fn link_key(&self) -> LinkKey {
+        self.key
+    }
+
+    /// Sets the key the lists' links are stored with (L8): refused (false, nothing changed)
+    /// while any list holds a block, whose link was stored with the old key.
+    pub fn set_link_key(&mut self, key: LinkKey) -> bool {
+        if self.heads.iter().any(|&h| h != end()) {
+            return false;
+        }
+        self.key = key;
+        true
     }
 
     /// Class `c`'s bound (L2).
@@ -370,10 +535,14 @@ impl<const N: usize> Lists<N> {
         self.room(c) <= 0
     }
 
-    /// Class `c`'s first block, or null.
+    /// Class `c`'s first block, or null when the list is empty.
     #[inline(always)]
     pub fn head(&self, c: usize) -> *mut u8 {
-        self.heads[c]
+        if self.is_empty(c) {
+            null_mut()
+        } else {
+            self.heads[c]
+        }
     }
 
     /// Pushes `block` onto class `c`'s list when it has room, writing `key` into the block's
@@ -490,29 +659,106 @@ impl<const N: usize> Lists<N> {
         let head = unsafe { self.heads.get_unchecked_mut(c) };
         // SAFETY: the caller hands over a free block nobody else reads; it has two words.
         unsafe {
-            set_next(block, *head);
+            self.key.set_next(block, *head);
             block.cast::<usize>().add(1).write(key);
         }
         *head = block;
     }
 
     /// Pops class `c`'s most recently pushed block, with its key word cleared (L5), or returns
-    /// null.
+    /// null. The link to the next block is trusted (decoded, not checked: L8).
     ///
     /// # Safety
     /// The list's blocks must still be free and linked (L4).
     #[inline(always)]
     pub unsafe fn pop(&mut self, c: usize) -> *mut u8 {
-        assert!(c < N, "class out of range");
-        // SAFETY: `c < N`, checked above; `&mut self` owns the lists; the rest is the
-        // caller's contract.
-        unsafe { Self::pop_raw(self, c) }
+        // SAFETY: forwarded; every link is accepted.
+        unsafe { self.pop_checked(c, |_| true).0 }
+    }
+
+    /// Pops class `c`'s most recently pushed block, with its key word cleared (L5), or returns
+    /// null, checking the link to the next block (L8): a link to a block in the same 2 MiB
+    /// region or the list's end passes, and a link farther away only if `far` accepts it.
+    /// When the link fails, the block is popped all the same, the rest of the list is dropped
+    /// (its blocks are abandoned where they are, counted as moved out: L6), and the second
+    /// value is true: the caller reports the block whose link was bad.
+    ///
+    /// # Safety
+    /// The list's blocks must be free (L4); the head must be a block of the caller's (its
+    /// link is read).
+    pub unsafe fn pop_checked(
+        &mut self,
+        c: usize,
+        mut far: impl FnMut(*mut u8) -> bool,
+    ) -> (*mut u8, bool) {
+        let b = self.heads[c];
+        if b == end() {
+            return (null_mut(), false);
+        }
+        // SAFETY: `b` is a free block on the list (the caller's contract).
+        let (next, bad) = match unsafe { self.next_checked(b, &mut far) } {
+            Some(n) => (n, false),
+            None => (end(), true),
+        };
+        self.heads[c] = next;
+        // SAFETY: as above; the block goes to the caller: unkeyed (L5).
+        unsafe { b.cast::<usize>().add(1).write(0) };
+        let w = &self.words[c];
+        w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
+        if bad {
+            let left = i64::from(self.len(c));
+            self.write(|l| l.adjust(c, left, -left));
+        }
+        (b, bad)
+    }
+
+    /// Pops class `c`'s head, with its key word cleared (L5), when its link is to a block in the
+    /// head's 2 MiB region, is the list's end, or leaves the region and `far` accepts it;
+    /// `None` (nothing changed) when the list is empty or the link fails: the caller then
+    /// decides with [`Lists::pop_checked`]. The malloc path's second try after
+    /// [`Lists::pop_raw`], with a quick `far` check.
+    ///
+    /// # Safety
+    /// `c < N`; the list's blocks must be free (L4); the head must be a block of the caller's.
+    #[inline(always)]
+    pub unsafe fn pop_if(
+        &mut self,
+        c: usize,
+        far: impl FnOnce(*mut u8) -> bool,
+    ) -> Option<*mut u8> {
+        // SAFETY: `c < N` by the caller's contract.
+        let b = unsafe { *self.heads.get_unchecked(c) };
+        if b == end() {
+            return None;
+        }
+        // SAFETY: a free block of the caller's, at least 16 bytes.
+        let stored = unsafe { b.cast::<usize>().read() };
+        let next = match self.key.decode_near(stored, b) {
+            Some(n) => n,
+            None => {
+                let n = self.key.decode(stored, b);
+                if n != end() && (n.is_null() || !far(n)) {
+                    return None;
+                }
+                n
+            }
+        };
+        // SAFETY: as above; the block goes to the caller: unkeyed (L5).
+        unsafe {
+            *self.heads.get_unchecked_mut(c) = next;
+            b.cast::<usize>().add(1).write(0);
+            let w = self.words.get_unchecked(c);
+            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
+        }
+        Some(b)
     }
 
     /// [`Lists::pop`] without the range check, through a raw pointer: the malloc fast path's
     /// pop. It writes nothing when the list is empty, so `this` may point to lists that other
     /// threads read at the same time, as long as nobody writes them and they hold no block (an
-    /// empty heap's).
+    /// empty heap's). It returns null, and changes nothing, also when the head's link is not
+    /// to a block in the head's own 2 MiB region (L8): the list's end, a block farther away, or
+    /// a corrupted word; the caller then pops with [`Lists::pop_checked`].
     ///
     /// # Safety
     /// `this` points to valid lists; `c < N`; the list's blocks must still be free and linked
@@ -523,35 +769,94 @@ impl<const N: usize> Lists<N> {
         let head = unsafe { (&raw mut (*this).heads).cast::<*mut u8>().add(c) };
         // SAFETY: as above.
         let b = unsafe { *head };
-        if !b.is_null() {
-            // SAFETY: a block: the lists are this thread's (the contract); `b` is a free block
-            // on the list, of at least two words.
-            unsafe {
-                *head = next(b);
-                b.cast::<usize>().add(1).write(0);
-                // The owner alone writes the word (L3): an atomic load and store, which the
-                // compiler makes one add to memory.
-                let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
-                w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
-            }
+        // No test for an empty list: its head is the end block, whose link is never near (L8).
+        // SAFETY: the key is read through the valid `this`; `b` is a free block on the list, of
+        // at least two words, whose first word is its link (L4), or the end block.
+        let next = unsafe {
+            let key = (*this).key;
+            key.decode_near(b.cast::<usize>().read(), b)
+        };
+        let Some(next) = next else {
+            return null_mut();
+        };
+        // SAFETY: a block, not the end block (whose link is never near): the lists are this
+        // thread's (the contract); `b` is a free block on the list, of at least two words.
+        unsafe {
+            *head = next;
+            b.cast::<usize>().add(1).write(0);
+            // The owner alone writes the word (L3): an atomic load and store, which the
+            // compiler makes one add to memory.
+            let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
+            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
+        }
+        b
+    }
+
+    /// [`Lists::pop_raw`]'s second try, through a raw pointer: pops class `c`'s head when its
+    /// link is to a block `far` accepts; null, and nothing changed, when the list is empty, or
+    /// the link is the list's end, null, or refused. The link and the key are read again, as
+    /// volatile reads, so that the first try keeps its own (the near pop then multiplies by
+    /// the key straight from memory and keeps the decoded word in one register). Like
+    /// [`Lists::pop_raw`], it writes nothing for an empty list.
+    ///
+    /// # Safety
+    /// As [`Lists::pop_raw`].
+    #[inline(always)]
+    pub unsafe fn pop_far_raw(
+        this: *mut Self,
+        c: usize,
+        far: impl FnOnce(*mut u8) -> bool,
+    ) -> *mut u8 {
+        // SAFETY: `c < N` and `this` is valid, by the caller's contract.
+        let head = unsafe { (&raw mut (*this).heads).cast::<*mut u8>().add(c) };
+        // SAFETY: as above.
+        let b = unsafe { *head };
+        if b == end() {
+            return null_mut();
+        }
+        // SAFETY: a free block of the caller's thread on the list, of at least two words; the
+        // key is read through the valid `this`.
+        let next = unsafe {
+            let key = (&raw const (*this).key).read_volatile();
+            key.decode(b.cast::<usize>().read_volatile(), b)
+        };
+        if next.is_null() || next == end() || !far(next) {
+            return null_mut();
+        }
+        // SAFETY: as above: the lists are this thread's (they hold a block). (The key word is
+        // cleared first here, the head first in the near pop: the two stay apart in the code.)
+        unsafe {
+            b.cast::<usize>().add(1).write(0);
+            *head = next;
+            let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
+            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
         }
         b
     }
 
     /// True when `block` is on class `c`'s list (a walk of at most `len` blocks: the cold
-    /// confirmation of a suspected double free).
+    /// confirmation of a suspected double free). The walk stops, false, at a link that fails
+    /// its check (L8; `far` decides about links that leave their block's 2 MiB region).
     ///
     /// # Safety
-    /// The list's blocks must still be free and linked (L4).
-    pub unsafe fn contains(&self, c: usize, block: *mut u8) -> bool {
+    /// The list's blocks must be free (L4); the head must be a block of the caller's.
+    pub unsafe fn contains(
+        &self,
+        c: usize,
+        block: *mut u8,
+        mut far: impl FnMut(*mut u8) -> bool,
+    ) -> bool {
         let mut b = self.heads[c];
         let mut n = 0;
-        while !b.is_null() && n <= self.len(c) {
+        while b != end() && n <= self.len(c) {
             if b == block {
                 return true;
             }
-            // SAFETY: `b` is a free block on this list.
-            b = unsafe { next(b) };
+            // SAFETY: `b` is a free block on this list: the head, or a link that passed.
+            match unsafe { self.next_checked(b, &mut far) } {
+                Some(next) => b = next,
+                None => return false,
+            }
             n += 1;
         }
         false
@@ -571,7 +876,7 @@ impl<const N: usize> Lists<N> {
             "L2: splice past the bound"
         );
         // SAFETY: the tail is a free block of the chain handed over by the caller.
-        unsafe { set_next(chain.tail, self.heads[c]) };
+        unsafe { self.key.set_next(chain.tail, self.heads[c]) };
         self.heads[c] = chain.head;
         let n = i64::from(chain.len);
         self.write(|l| l.adjust(c, -n, n));
@@ -590,36 +895,62 @@ impl<const N: usize> Lists<N> {
         self.write(|l| l.adjust(c, -1, 1));
     }
 
-    /// Takes up to `n` blocks off the top of class `c`'s list as a chain.
+    /// Takes up to `n` blocks off the top of class `c`'s list as a chain, checking every link
+    /// it follows (L8; `far` decides about links that leave their block's 2 MiB region). When
+    /// a link fails, the chain ends at the block that holds it, the rest of the list is
+    /// dropped (abandoned where it is, counted as moved out: L6), and that block comes back
+    /// as the second value, for the caller to report.
     ///
     /// # Safety
-    /// The list's blocks must still be free and linked (L4).
-    pub unsafe fn take(&mut self, c: usize, n: u32) -> Chain {
+    /// The list's blocks must be free (L4); the head must be a block of the caller's.
+    pub unsafe fn take(
+        &mut self,
+        c: usize,
+        n: u32,
+        mut far: impl FnMut(*mut u8) -> bool,
+    ) -> (Chain, Option<*mut u8>) {
         let head = self.heads[c];
         let mut tail = null_mut();
         let mut len = 0;
-        while len < n && !self.heads[c].is_null() {
+        let mut bad = None;
+        while len < n && self.heads[c] != end() {
             tail = self.heads[c];
-            // SAFETY: `tail` is a free block on this list.
-            self.heads[c] = unsafe { next(tail) };
             len += 1;
+            // SAFETY: `tail` is a free block on this list: the head, or a link that passed.
+            match unsafe { self.next_checked(tail, &mut far) } {
+                Some(next) => self.heads[c] = next,
+                None => {
+                    self.heads[c] = end();
+                    bad = Some(tail);
+                }
+            }
         }
         let n = i64::from(len);
-        self.write(|l| l.adjust(c, n, -n));
-        Chain {
+        let dropped = if bad.is_some() {
+            i64::from(self.len(c)) - n
+        } else {
+            0
+        };
+        self.write(|l| l.adjust(c, n + dropped, -n - dropped));
+        let chain = Chain {
             head: if len == 0 { null_mut() } else { head },
             tail,
             len,
-        }
+        };
+        (chain, bad)
     }
 
-    /// Takes every block of class `c`.
+    /// Takes every block of class `c` ([`Lists::take`]).
     ///
     /// # Safety
-    /// The list's blocks must still be free and linked (L4).
-    pub unsafe fn take_all(&mut self, c: usize) -> Chain {
+    /// As [`Lists::take`].
+    pub unsafe fn take_all(
+        &mut self,
+        c: usize,
+        far: impl FnMut(*mut u8) -> bool,
+    ) -> (Chain, Option<*mut u8>) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.take(c, u32::MAX) }
+        unsafe { self.take(c, u32::MAX, far) }
     }
 }
 
@@ -651,14 +982,14 @@ mod tests {
         assert_eq!((l.len(0), l.len(1), l.head(0)), (4, 0, ptrs[3]));
         for &p in &ptrs {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
-            let (k, on) = unsafe { (key(p), l.contains(0, p)) };
+            let (k, on) = unsafe { (key(p), l.contains(0, p, |_| true)) };
             assert_eq!((k, on), (7, true), "L5: keyed while on the list");
         }
         for &p in ptrs.iter().rev() {
             // SAFETY: the test's blocks are free, aligned and owned by this thread.
             assert_eq!(unsafe { l.pop(0) }, p);
             // SAFETY: as above.
-            let (k, on) = unsafe { (key(p), l.contains(0, p)) };
+            let (k, on) = unsafe { (key(p), l.contains(0, p, |_| true)) };
             assert_eq!((k, on), (0, false), "L5: popped, unkeyed");
         }
         assert!(l.is_empty(0));
@@ -685,7 +1016,7 @@ mod tests {
             assert_eq!(l.pop(0), p[3]);
             assert_eq!(l.pop(0), p[2]);
             assert_eq!(l.counts(0), (3, 2));
-            let chain = l.take(0, 2);
+            let chain = l.take(0, 2, |_| true).0;
             assert_eq!((chain.len, l.len(0), l.counts(0)), (2, 0, (3, 2)));
             l.set_cap(0, 9).unwrap();
             l.splice(0, chain);
@@ -696,6 +1027,103 @@ mod tests {
             assert!(!l.pop(0).is_null());
             // SAFETY: the lists are valid and this thread's.
             assert_eq!(Lists::counts_of(&l, 0), (0, 1));
+        }
+    }
+
+    /// Odd multipliers to test the encoding with: the default one and a few fixed draws.
+    fn keys() -> Vec<LinkKey> {
+        let mut x = 0x0123_4567_89AB_CDEFu64;
+        let mut keys = std::vec![DEFAULT_LINK_KEY];
+        for _ in 0..16 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys.push(LinkKey::new(x));
+        }
+        keys
+    }
+
+    #[test]
+    fn links_round_trip_and_the_end_block_is_never_near() {
+        let base = 0x7f12_3456_0000usize as *mut u8;
+        for k in keys() {
+            assert_eq!(k.mul().wrapping_mul(k.inv()), 1);
+            for (at, next) in [(0x10, 0x20), (0x1f_fff0, 0x10), (0x40, 0x40_0000)] {
+                let (at, next) = (base.wrapping_add(at), base.wrapping_add(next));
+                let stored = k.encode(next, at);
+                assert_eq!(k.decode(stored, at), next);
+                let near = (at as usize ^ next as usize) >> NEAR_SHIFT == 0;
+                assert_eq!(k.decode_near(stored, at), near.then_some(next));
+            }
+            // The end block's word is far under every key (L8).
+            assert_eq!(k.decode_near(1 << 63, base), None);
+        }
+    }
+
+    #[test]
+    fn a_change_in_any_byte_of_a_near_link_makes_it_far() {
+        // Every change of one byte of a near link's stored word, under each test key, for links
+        // at a few distances: none decodes near again (L8).
+        let base = 0x7f12_3456_0000usize;
+        for k in keys() {
+            for (at, next) in [(0x100, 0x120), (0x1_0000, 0x20), (0x1f_ffe0, 0x1f_fff0)] {
+                let (at, next) = ((base + at) as *mut u8, (base + next) as *mut u8);
+                let stored = k.encode(next, at);
+                for byte in 0..8 {
+                    for v in 1..=255usize {
+                        let bad = stored ^ (v << (8 * byte));
+                        assert_eq!(
+                            k.decode_near(bad, at),
+                            None,
+                            "key {:#x}, byte {byte}, xor {v:#x}",
+                            k.mul()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupted_link_is_never_followed() {
+        // Memory outside the lists' blocks, which a forged link names.
+        static OUTSIDE: [u64; 8] = [0; 8];
+        let mut mem = blocks(4);
+        let p: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut l = Lists::<1>::new([8]);
+        assert!(l.set_link_key(LinkKey::new(0x5151_7272_9393_b4b5)));
+        let forged = [
+            None,
+            Some(0x4141_4141_4141_4141usize),
+            Some(&raw const OUTSIDE as usize),
+        ];
+        for word in forged {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
+            unsafe {
+                for &b in &p[..3] {
+                    assert!(l.try_push(0, b, 7));
+                }
+                // p[2] -> p[1] -> p[0] -> end; p[2]'s link overwritten.
+                let link = p[2].cast::<usize>();
+                link.write(word.unwrap_or(link.read() ^ 0x40));
+                // The fast pop refuses, and changes nothing.
+                assert!(Lists::pop_raw(&mut l, 0).is_null());
+                assert_eq!((l.len(0), l.head(0)), (3, p[2]));
+                // A walk stops at the bad link.
+                assert!(!l.contains(0, p[1], |_| false));
+                // The checked pop hands the head out, names it, and drops the rest.
+                assert_eq!(l.pop_checked(0, |_| false), (p[2], true));
+                assert!(l.is_empty(0));
+                assert_eq!(l.len(0), 0);
+                assert!(l.pop(0).is_null());
+                // The lists take blocks again (the dropped ones are the caller's to forget).
+                assert!(l.try_push(0, p[3], 7));
+                assert!(l.try_push(0, p[2], 7));
+                link.write(0x4141_4141_4141_4141);
+                let (chain, bad) = l.take_all(0, |_| false);
+                assert_eq!((chain.head, chain.len, bad), (p[2], 1, Some(p[2])));
+                assert!(l.is_empty(0) && l.len(0) == 0);
+            }
         }
     }
 
@@ -719,7 +1147,7 @@ mod tests {
         assert_ne!(l.words[0].load(Relaxed) & GUARD, 0);
         assert_eq!(l.counts(0), (LOW + 1, LOW - 1));
         // SAFETY: as above.
-        let chain = unsafe { l.take(0, 1) };
+        let chain = unsafe { l.take(0, 1, |_| true).0 };
         assert_eq!(chain.len, 1);
         assert_eq!(l.words[0].load(Relaxed) & GUARD, 0, "folded");
         assert_eq!((l.counts(0), l.len(0)), ((LOW + 1, LOW - 1), 1));
@@ -751,7 +1179,7 @@ mod tests {
             unsafe { a.push(0, p, 7) };
         }
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        let chain = unsafe { a.take(0, 4) };
+        let chain = unsafe { a.take(0, 4, |_| true).0 };
         assert_eq!((chain.len, a.len(0)), (4, 6));
         assert_eq!((chain.head, chain.tail), (ptrs[9], ptrs[6]));
         let mut b = Lists::<1>::new([16]);
@@ -770,10 +1198,10 @@ mod tests {
         }
         assert_eq!(seen, std::vec![ptrs[9], ptrs[8], ptrs[7], ptrs[6]]);
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        let rest = unsafe { a.take_all(0) };
+        let rest = unsafe { a.take_all(0, |_| true).0 };
         assert_eq!((rest.len, a.len(0), a.is_empty(0)), (6, 0, true));
         // SAFETY: the test's blocks are free, aligned and owned by this thread.
-        let none = unsafe { a.take(0, 3) };
+        let none = unsafe { a.take(0, 3, |_| true).0 };
         assert_eq!(none.len, 0);
         assert!(none.head.is_null());
     }
@@ -805,7 +1233,7 @@ mod loom_models {
                 let l = &mut *lists;
                 let b = |i: usize| (*blocks)[i].as_mut_ptr().cast::<u8>();
                 assert!(l.try_push(0, b(0), 7));
-                set_next(b(1), b(2));
+                l.link_key().set_next(b(1), b(2));
                 l.splice(
                     0,
                     Chain {
@@ -815,7 +1243,7 @@ mod loom_models {
                     },
                 );
                 assert_eq!(l.pop(0), b(1));
-                assert_eq!(l.take(0, 2).len, 2);
+                assert_eq!(l.take(0, 2, |_| true).0.len, 2);
                 l.set_cap(0, 6).unwrap();
                 assert_eq!(l.counts(0), (1, 1));
             }
