@@ -120,12 +120,10 @@ pub(crate) fn map_or_collect(
 /// A new region's length rounded up to a whole 2 MiB step when that adds at most half: always
 /// from 4 MiB on, and a block of 1.33..2 MiB gets a whole 2 MiB region. Its last huge page is
 /// then whole: one page fault instead of up to 511 of 4 KiB, for at most half again of resident
-/// memory once the block's end is touched (at most 2 MiB, the tail's huge page). (mixed-sizes,
-/// whose large blocks are 64 KiB..4 MiB: 12.7k -> 9.3k page faults, peak RSS unchanged.) Regions of whole steps also
-/// tile: the OS layer places each new mapping right below the last, so regions mapped one
-/// after another lie end to end with no gap, and once freed they merge in the lru (C10) into
-/// one range a larger block can reuse. (Up to an eighth only, large-blocks' 5..16 MiB blocks
-/// kept 4 KiB tails: 2.5x mimalloc's page faults, and gaps that kept freed neighbours apart.)
+/// memory once the block's end is touched (at most 2 MiB, the tail's huge page). Regions of
+/// whole steps also tile: the OS layer places each new mapping right below the last, so regions
+/// mapped one after another lie end to end with no gap, and once freed they merge in the lru
+/// (C10) into one range a larger block can reuse.
 fn whole_steps(len: usize) -> usize {
     match len.checked_next_multiple_of(SS_SIZE) {
         Some(up) if up - len <= len / 2 => up,

@@ -56,7 +56,8 @@ pub struct Settings {
     /// path becomes the process id. The report is appended.
     pub stats_file: Option<&'static CStr>,
     /// `HAKMEM_SS_LAZY_ZERO` (0/1, default 1): give a cached region's pages back with
-    /// `MADV_DONTNEED` as it enters the lru.
+    /// `MADV_DONTNEED` once the lru has gone unused for its purge delay, or at once while the
+    /// cached pages exceed its resident budget (lru C4); 0 keeps them until the region decays.
     pub lazy_zero: bool,
     /// `HAKMEM_LRU_MB` (0 to 1048576, default 256; 0 turns the cache off): most MiB of empty
     /// regions cached.

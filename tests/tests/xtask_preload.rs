@@ -26,3 +26,17 @@ fn xtask_preload_runs_the_command_on_hakmem_and_passes_its_status() {
     );
     out.assert_served(1);
 }
+
+#[test]
+fn xtask_preload_of_a_command_not_found_exits_127_as_a_shell_does() {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "-q", "-p", "xtask", "--", "preload", "--"])
+        .arg("hakmem-no-such-command")
+        .current_dir(workspace_root());
+    let out = run(&mut cmd);
+    out.assert_exit_code(127);
+    assert!(
+        out.stderr.contains("cannot run hakmem-no-such-command"),
+        "{out:?}"
+    );
+}

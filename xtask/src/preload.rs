@@ -3,7 +3,8 @@
 //! Builds the library with `cargo build --release -p hakmem-preload`, then runs CMD with
 //! `LD_PRELOAD` set to the library's absolute path (ahead of any `LD_PRELOAD` already set), so
 //! CMD and every program it starts allocate from hakmem. CMD's exit status becomes this
-//! command's: its exit code, or 128 + the signal number if a signal killed it (as a shell does).
+//! command's: its exit code, or 128 + the signal number if a signal killed it, and 127 for a
+//! command not found, 126 for one that cannot run (as a shell does).
 //! Settings such as `HAKMEM_STATS=1` pass through the environment.
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -54,11 +55,22 @@ pub fn run(a: Args) -> Result<(), String> {
         preload.push(":");
         preload.push(old);
     }
-    let status = Command::new(program)
+    let status = match Command::new(program)
         .args(args)
         .env("LD_PRELOAD", &preload)
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+    {
+        Ok(s) => s,
+        // As a shell: 127 for a command not found, 126 for one found but not runnable.
+        Err(e) => {
+            eprintln!("xtask: cannot run {}: {e}", program.to_string_lossy());
+            std::process::exit(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => std::process::exit(code),
