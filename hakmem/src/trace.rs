@@ -74,7 +74,7 @@ fn drain() {
             target: "hakmem",
             event = "events_dropped",
             dropped,
-            "hakmem: events raised during thread exit were dropped"
+            "events raised during thread exit were dropped"
         );
     }
 }
@@ -108,44 +108,44 @@ fn on_event(e: Event, bytes: usize) {
 fn emit(e: Event, bytes: usize) {
     match e {
         Event::SsCreated => {
-            tracing::debug!(target: "hakmem", event = "superslab_mapped", "hakmem: superslab mapped")
+            tracing::debug!(target: "hakmem", event = "superslab_mapped", "superslab mapped")
         }
         Event::SsCached => tracing::debug!(
             target: "hakmem",
             event = "superslab_retired",
-            "hakmem: empty region retired to the cache"
+            "empty region retired to the cache"
         ),
         Event::SsReleased => tracing::debug!(
             target: "hakmem",
             event = "region_unmapped",
-            "hakmem: cached region unmapped"
+            "cached region unmapped"
         ),
         Event::Abandon => tracing::debug!(
             target: "hakmem",
             event = "superslab_abandoned",
-            "hakmem: superslab abandoned by an exiting thread"
+            "superslab abandoned by an exiting thread"
         ),
         Event::Adopt => tracing::debug!(
             target: "hakmem",
             event = "superslab_adopted",
-            "hakmem: abandoned superslab adopted"
+            "abandoned superslab adopted"
         ),
         Event::AdoptByFree => tracing::debug!(
             target: "hakmem",
             event = "superslab_adopted_by_free",
-            "hakmem: abandoned superslab adopted by a thread freeing into it"
+            "abandoned superslab adopted by a thread freeing into it"
         ),
         Event::Madvise => tracing::debug!(
             target: "hakmem",
             event = "purge",
             bytes,
-            "hakmem: pages given back (MADV_DONTNEED)"
+            "pages given back (MADV_DONTNEED)"
         ),
         Event::OsRefused => tracing::warn!(
             target: "hakmem",
             event = "os_refused",
             bytes,
-            "hakmem: the OS refused memory"
+            "the OS refused memory"
         ),
         _ => {}
     }
@@ -168,6 +168,6 @@ fn emit_corruption(op: &str, what: &str, addr: usize) {
         op,
         what,
         addr = format_args!("{addr:#x}"),
-        "hakmem: {op}(): {what} {addr:#x}"
+        "{op}(): {what} {addr:#x}"
     )
 }

@@ -110,4 +110,6 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
         "{text}"
     );
     assert!(text.contains(" ERROR hakmem:"), "{text}");
+    // The target names hakmem once: no message repeats it.
+    assert!(!text.contains("hakmem: hakmem:"), "{text}");
 }
