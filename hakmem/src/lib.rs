@@ -70,7 +70,7 @@ use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
 
 pub use hakmem_stats::Event;
 pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
-pub use stats::{peak_rss_kib, ClassStats, Stats};
+pub use stats::{peak_rss_kib, ClassStats, Stats, Tier};
 
 /// The allocator, for `#[global_allocator]`: `hakmem::HakMem` (the settings from the
 /// environment, over the defaults), or `hakmem::HakMem::with(settings)` (the environment still

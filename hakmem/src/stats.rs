@@ -8,9 +8,10 @@ use hakmem_superslab::Corrupt;
 use crate::large::LARGE_ROW;
 
 /// A snapshot of every counter, taken by [`crate::stats`]. Plain data: taking and reading one
-/// allocates nothing. `Display` is the report `HAKMEM_STATS=1` prints; with the `serde` feature
-/// it serialises (to JSON, say) with the same figures.
-#[derive(Clone, Copy, Debug)]
+/// allocates nothing. `Display` is the report `HAKMEM_STATS=1` prints; `Debug` shows the
+/// figures under their accessors' names; with the `serde` feature it serialises (to JSON, say)
+/// with the same figures and names.
+#[derive(Clone, Copy)]
 pub struct Stats {
     snap: Snapshot,
     lru_regions: usize,
@@ -22,11 +23,27 @@ pub struct Stats {
     peak_resident: u64,
 }
 
+/// Which blocks a row of the per-class table counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Tier {
+    /// One small size class, served from slabs.
+    Small,
+    /// Medium and large blocks together (one row).
+    MediumAndLarge,
+}
+
 /// One row of the per-class table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ClassStats {
-    /// Block size in bytes; 0 for the large tier's row (medium and large blocks).
+    /// The blocks this row counts.
+    pub tier: Tier,
+    /// Block size in bytes; 0 for the medium-and-large row, whose blocks vary.
     pub block_size: usize,
     /// Allocations.
     pub allocs: u64,
@@ -89,8 +106,14 @@ impl Stats {
 
     fn class_row(&self, c: usize) -> ClassStats {
         let k = self.snap.class(c);
+        let large = c == LARGE_ROW;
         ClassStats {
-            block_size: if c == LARGE_ROW { 0 } else { block_size_of(c) },
+            tier: if large {
+                Tier::MediumAndLarge
+            } else {
+                Tier::Small
+            },
+            block_size: if large { 0 } else { block_size_of(c) },
             allocs: k.allocs,
             frees: k.frees,
             live: k.live(),
@@ -340,6 +363,36 @@ impl serde::Serialize for Stats {
         st.serialize_field("classes", &Classes(self))?;
         st.serialize_field("events", &Events(self))?;
         st.end()
+    }
+}
+
+impl fmt::Debug for Stats {
+    /// The figures under their accessors' names, and the rows of the classes in use.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Rows<'a>(&'a Stats);
+        impl fmt::Debug for Rows<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list()
+                    .entries(self.0.classes().filter(|c| c.allocs != 0 || c.frees != 0))
+                    .finish()
+            }
+        }
+        f.debug_struct("Stats")
+            .field("pid", &self.pid)
+            .field("live_blocks", &self.live_blocks())
+            .field("live_bytes", &self.live_bytes())
+            .field("mapped_bytes", &self.mapped_bytes())
+            .field("reserved_bytes", &self.reserved_bytes())
+            .field("cached_bytes", &self.cached_bytes())
+            .field("cached_regions", &self.lru_regions)
+            .field("resident_bytes", &self.resident_bytes())
+            .field("peak_resident_bytes", &self.peak_resident_bytes())
+            .field("total_allocs", &self.total_allocs())
+            .field("total_frees", &self.total_frees())
+            .field("threads", &self.threads)
+            .field("abandoned_now", &self.abandoned)
+            .field("classes", &Rows(self))
+            .finish_non_exhaustive()
     }
 }
 

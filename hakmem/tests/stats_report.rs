@@ -49,6 +49,23 @@ fn child_holds_blocks() {
     let debug = format!("{s:?}");
     assert!(!debug.contains("0, 0, 0, 0"), "{debug}");
     assert!(debug.len() < 6000, "{}", debug.len());
+    // ... under the accessors' names, not the struct's internal fields.
+    for name in [
+        "live_blocks",
+        "mapped_bytes",
+        "peak_resident_bytes",
+        "total_allocs",
+    ] {
+        assert!(debug.contains(&format!("{name}: ")), "{name} in {debug}");
+    }
+    for internal in ["snap", "held:", "peak_held"] {
+        assert!(!debug.contains(internal), "{internal} in {debug}");
+    }
+    assert_eq!(row.tier, hakmem::Tier::Small);
+    assert_eq!(
+        s.classes().last().map(|c| c.tier),
+        Some(hakmem::Tier::MediumAndLarge)
+    );
     // Display is the report.
     let report = s.to_string();
     assert!(report.starts_with(&format!(
@@ -73,6 +90,9 @@ fn child_holds_blocks() {
         assert!(classes
             .iter()
             .any(|c| c["block_size"] == row.block_size && c["live"] == row.live));
+        assert!(classes
+            .iter()
+            .all(|c| c["tier"] == "small" || c["tier"] == "medium_and_large"));
         println!("json {}", serde_json::to_string(&s).unwrap().len());
     }
     drop(held);
