@@ -35,7 +35,9 @@ fn run_once(kind: &str, env: &[(&str, &str)], mode: OnBad) -> Outcome {
 fn judge(out: &Outcome, mode: OnBad) -> Result<(), String> {
     let said = out.hakmem_messages();
     if let Some(other) = said.iter().find(|m| !m.starts_with(INVALID)) {
-        return Err(format!("a message other than an invalid pointer: {other:?}"));
+        return Err(format!(
+            "a message other than an invalid pointer: {other:?}"
+        ));
     }
     match mode {
         OnBad::Warn => {
