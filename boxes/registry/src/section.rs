@@ -55,7 +55,8 @@ pub(crate) struct Sections {
 }
 
 /// An open lookup section: while it lives, no region its lookups found is unmapped or reused
-/// (R6). Closed when dropped.
+/// (R6). Closed when dropped; a section that is never dropped (`mem::forget`) makes every later
+/// withdrawal wait forever.
 #[must_use = "the section closes when this is dropped"]
 pub struct Section<'a> {
     count: &'a AtomicUsize,
