@@ -4,7 +4,7 @@
  * abort), whatever is unmapped meanwhile; it must never touch the unmapped memory.
  *
  * Usage: stale_race KIND
- *   KIND  small: 60 000-byte blocks (one per 64 KiB slab, 32 per 2 MiB superslab), run with
+ *   KIND  small: 60 000-byte blocks (one per 64 KiB slab, about 32 per 2 MiB superslab), run with
  *                HAKMEM_LRU_MB=0 so an emptied superslab is unmapped at once;
  *         large: 3 MB blocks, each a region of its own, HAKMEM_LRU_MB=0 likewise;
  *         decay: 60 000-byte blocks in one churner, 3 MB blocks in the other, with the lru on
@@ -12,30 +12,35 @@
  *
  * CHURN threads each allocate a batch of blocks, publish their addresses, and free them all;
  * FREERS threads keep freeing `published + 4096` (never a block start, always inside a block
- * while it lives), MAX_BAD times each, while a kicker interrupts them (see `pause_here`). The
+ * while it lives), MAX_BAD times each, while a timer interrupts them (see `pause_here`). The
  * program names its first bad pointer on stdout ("pointer 0x..."), then prints "bad frees N" and
  * "survived" at the end (in warn mode). */
+#define _GNU_SOURCE
 #include "check.h"
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <ucontext.h>
 
 #define CHURN 2
 #define FREERS 2
 /* Bad frees per freer: each is a line on stderr in warn mode. */
-#define MAX_BAD 50000
+#define MAX_BAD 200000
 /* Published block addresses: few, so that most point into a block that is still live. */
 #define SLOTS 8
-/* How long a kicked freer pauses, and how often the kicker kicks one. */
+/* How often a freer's timer interrupts it, and how long it pauses when that is inside the
+ * allocator. */
+#define TICK_NS 250000
 #define PAUSE_NS 100000
-#define KICK_NS 300000
 
 /* Each churner's block size and batch; churners count up from 0 and take these in turn. */
 static size_t block_size[2];
 static int batch[2];
 static _Atomic(uintptr_t) published[SLOTS];
-static atomic_int stop, freers_done;
+static atomic_int stop;
 static atomic_long bad_frees;
 static atomic_int announced;
 
@@ -58,29 +63,60 @@ static void *churn(void *arg) {
     return NULL;
 }
 
-/* A freer interrupted by SIGUSR1 pauses for PAUSE_NS wherever it is (inside the allocator's
- * free too): the regions its free looked up meanwhile go away, as they would if it were
- * preempted there on a busy machine. The kicker sends the signal to each freer in turn until
- * all are done (a freer that has returned but is not joined yet only makes pthread_kill fail). */
-static void pause_here(int sig) {
+/* The preloaded allocator's code: [text_lo, text_hi). */
+static uintptr_t text_lo, text_hi;
+
+static int find_allocator(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    (void)data;
+    if (!info->dlpi_name || !strstr(info->dlpi_name, "libhakmem")) return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+            text_lo = info->dlpi_addr + ph->p_vaddr;
+            text_hi = text_lo + ph->p_memsz;
+        }
+    }
+    return 1;
+}
+
+/* Each freer has a timer that sends it SIGUSR1 every TICK_NS. When the signal lands inside the
+ * allocator (a free under way), the freer pauses there for PAUSE_NS, as if it were preempted in
+ * the middle of its free on a busy machine: the regions its lookup found meanwhile go away.
+ * Anywhere else it returns at once. */
+static void pause_here(int sig, siginfo_t *si, void *ctx) {
     (void)sig;
+    (void)si;
+    const ucontext_t *uc = ctx;
+#if defined(__x86_64__)
+    uintptr_t ip = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    uintptr_t ip = (uintptr_t)uc->uc_mcontext.pc;
+#else
+    uintptr_t ip = 0;
+    (void)uc;
+#endif
+    if (ip < text_lo || ip >= text_hi) return;
     struct timespec t = {0, PAUSE_NS};
     nanosleep(&t, NULL);
 }
 
-static pthread_t freers[FREERS];
-
-static void *kick(void *arg) {
-    (void)arg;
-    struct timespec t = {0, KICK_NS};
-    for (unsigned i = 0; atomic_load(&freers_done) < FREERS; i++) {
-        pthread_kill(freers[i % FREERS], SIGUSR1);
-        nanosleep(&t, NULL);
-    }
-    return NULL;
+/* Starts this thread's timer. */
+static timer_t start_timer(void) {
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = SIGUSR1;
+    ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    timer_t t;
+    CHECK(timer_create(CLOCK_MONOTONIC, &ev, &t) == 0);
+    struct itimerspec every = {{0, TICK_NS}, {0, TICK_NS}};
+    CHECK(timer_settime(t, 0, &every, NULL) == 0);
+    return t;
 }
 
 static void *freer(void *arg) {
+    timer_t timer = start_timer();
     unsigned long seed = (unsigned long)(uintptr_t)arg * 2654435761u + 1;
     long n = 0;
     while (n < MAX_BAD) {
@@ -92,8 +128,8 @@ static void *freer(void *arg) {
         free(bad);
         n++;
     }
+    CHECK(timer_delete(timer) == 0);
     atomic_fetch_add(&bad_frees, n);
-    atomic_fetch_add(&freers_done, 1);
     return NULL;
 }
 
@@ -117,16 +153,15 @@ int main(int argc, char **argv) {
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = pause_here;
-    sa.sa_flags = SA_RESTART;
+    sa.sa_sigaction = pause_here;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
-    pthread_t c[CHURN], *f = freers, k;
+    dl_iterate_phdr(find_allocator, NULL);
+    pthread_t c[CHURN], f[FREERS];
     for (int i = 0; i < CHURN; i++)
         CHECK(pthread_create(&c[i], NULL, churn, (void *)(uintptr_t)i) == 0);
     for (int i = 0; i < FREERS; i++)
         CHECK(pthread_create(&f[i], NULL, freer, (void *)(uintptr_t)(i + 1)) == 0);
-    CHECK(pthread_create(&k, NULL, kick, NULL) == 0);
-    CHECK(pthread_join(k, NULL) == 0);
     for (int i = 0; i < FREERS; i++) CHECK(pthread_join(f[i], NULL) == 0);
     atomic_store(&stop, 1);
     for (int i = 0; i < CHURN; i++) CHECK(pthread_join(c[i], NULL) == 0);

@@ -3,7 +3,11 @@
 //! thread unmaps meanwhile (hakmem F7, registry R6). Each case runs 20 times in each mode: with
 //! `HAKMEM_INVALID_FREE=warn` every bad free is reported as an invalid pointer and the program
 //! runs to its end; by default the first report aborts. A read of unmapped memory ends the
-//! process with SIGSEGV instead, which fails the case.
+//! process with SIGSEGV instead, which fails the case. The freers are interrupted by a timer,
+//! and pause whenever it lands inside the allocator, as a preempted thread would: the window
+//! between a lookup and its reads, a few instructions, is then wide enough that the code before
+//! the lookup sections crashed in most warn runs of each case (docs/results/
+//! 2026-12-07-lookup-sections.md).
 //!
 //! The cases: 60 000-byte blocks whose superslabs are unmapped as soon as they empty
 //! (`HAKMEM_LRU_MB=0`), 3 MB blocks each in a region unmapped at its free, and both sizes with
