@@ -16,8 +16,8 @@
 //!   lock); a granule start that was a block start and has not been handed out since is a
 //!   double free, anything else an invalid pointer (reported as the small tier's).
 //! - **M2 (no event under the lock).** Nothing under the lock maps, unmaps, purges, registers or
-//!   reports (a region is unregistered under it: M4): those may raise events whose subscriber allocates. Regions are mapped and
-//!   released, and granules purged, with the lock released. A purge first reserves its runs
+//!   reports (a region is unregistered under it: M4): those may raise events whose subscriber
+//!   allocates. Regions are mapped and released, and granules purged, with the lock released. A purge first reserves its runs
 //!   (marks them used, with no block), so nothing hands them out while their pages go.
 //! - **M3 (resident for reuse, purged in time).** A freed run keeps its pages. With the lru's
 //!   purging on, a run free and dirty at two purge ticks one purge delay apart is purged
