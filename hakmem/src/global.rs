@@ -503,6 +503,10 @@ extern "C" fn fork_child() {
             c.after_fork_in_child();
             c.unlock_all();
         }
+        // The other threads' lookup sections and grace periods ended with them (registry R6);
+        // left counted, they would make every withdrawal in the child wait forever.
+        // SAFETY: the only thread left, and not inside a free (fork is not called from one).
+        unsafe { c.registry.forget_sections() };
     }
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { crate::medium::force_unlock() };

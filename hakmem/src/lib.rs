@@ -31,6 +31,16 @@
 //!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3), or a
 //!   medium block start freed twice (medium M1), as `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
 //!   reports, drops the free and goes on).
+//! - **F7 (stale pointers are reported, not followed).** A free, realloc or
+//!   `malloc_usable_size` that finds its pointer through the registry reads the region only
+//!   inside a lookup section (the registry's R6), which every unmap or reuse of a once-registered
+//!   region waits for. The section closes once the block is proven live (a small block of this
+//!   thread's heap; another heap's block start without the free key, FK1; a large block whose
+//!   header names it), since a held block keeps its region, or once the pointer is reported. A
+//!   medium pointer is checked again under the medium tier's lock, under which its regions are
+//!   withdrawn (medium M4). So a stale or bad pointer is reported as F4 says even while other
+//!   threads unmap the memory it points into. The owner's fast free (H8) and `dealloc` with a
+//!   small layout use no registry, so no section.
 //! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
 //!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
 //!   allocate and free on it; at the last pass it is retired (H5), and later calls take the
@@ -307,7 +317,7 @@ pub mod raw {
         }
         // SAFETY: forwarded.
         match unsafe { lookup(p, "malloc_usable_size") } {
-            Some(Block::Small(ss, _)) => block_size_of(ss.slab_of(p).class()),
+            Some(Block::Small(_, usable)) => usable,
             Some(Block::Large(h)) => h.usable(),
             Some(Block::Medium(_, usable)) => usable,
             None => 0,
@@ -404,13 +414,56 @@ unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
 }
 
 enum Block {
-    Small(&'static Superslab, &'static SlabMeta),
+    /// A small block: its slab, and its usable bytes (the class's block size).
+    Small(&'static SlabMeta, usize),
     Large(&'static hakmem_superslab::LargeHeader),
     /// A medium block: its region's base and its usable bytes.
     Medium(usize, usize),
 }
 
-/// The block `p` is, or a report for `op` and `None` when it is not one of ours.
+/// This thread's lookup-section stripe (R6 in hakmem-registry): its heap's address, mixed, so
+/// threads with heaps of their own count on different cache lines (any value is correct).
+#[inline(always)]
+fn stripe(h: *mut Heap) -> usize {
+    (h as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58
+}
+
+/// What a lookup section learns of a block start `p` of `slab` (in `ss`) that another heap
+/// owns, or none: whether it is proven live, so that its superslab stays after the section.
+enum Foreign {
+    /// Not free (it carries no free key, FK1) and still a block start of its slab: someone
+    /// holds it, and a superslab with a block out is not released (superslab SS4).
+    Live,
+    /// It carries the free key: free, as the non-owner's free would report (FK3).
+    Keyed,
+    /// Its slab stopped handing it out between the two looks (its slab went back meanwhile).
+    Gone,
+}
+
+/// Reads `p`'s key word inside the caller's lookup section (R6), then checks again that `p` is
+/// a block start below its slab's carve mark, since a slab that went back while the key was
+/// read may read as zeros.
+///
+/// # Safety
+/// A lookup section is open on this thread, and its lookup found `ss` holding `p`, a block
+/// start of `slab`.
+#[inline(always)]
+unsafe fn foreign_state(ss: &Superslab, slab: &SlabMeta, p: *mut u8) -> Foreign {
+    // SAFETY: a block start (so 16 bytes of the superslab) that the open section keeps mapped.
+    if unsafe { hakmem_superslab::key_word(p) } == hakmem_superslab::free_key() {
+        return Foreign::Keyed;
+    }
+    if hakmem_route::is_block_start(ss, slab, p) {
+        Foreign::Live
+    } else {
+        Foreign::Gone
+    }
+}
+
+/// The block `p` is, or a report for `op` and `None` when it is not one of ours. The lookup and
+/// everything it reads run in a lookup section (R6 in hakmem-registry), until the block is
+/// proven live (then it keeps its region) or reported: whatever another thread frees and
+/// unmaps meanwhile, nothing unmapped is read.
 ///
 /// # Safety
 /// The caller holds `p` if it is a block of ours (it may be any address otherwise).
@@ -419,27 +472,43 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
         invalid_pointer(op, p);
         return None;
     };
-    // SAFETY: the caller holds `p` if it is ours; otherwise nothing is dereferenced.
-    match unsafe { classify(&ctx.registry, p) } {
+    let h = crate::tls::raw();
+    let section = ctx.registry.section(stripe(h));
+    // SAFETY: the open section keeps whatever the registry reports mapped; for a pointer that
+    // is not ours nothing is dereferenced.
+    let found = match unsafe { classify(&ctx.registry, p) } {
         // With HAKMEM_CHECK, a block the bitmap does not hold (freed, or never handed out) is
         // no block to resize or measure.
         PtrRoute::Small(ss, slab)
             if hakmem_route::is_block_start(ss, slab, p) && (!ctx.check() || ss.check_held(p)) =>
         {
-            Some(Block::Small(ss, slab))
+            // SAFETY: this thread's heap or an empty one (tls T4), whose id no slab has.
+            let own = slab.owner() == unsafe { Heap::id_of(h) };
+            // Another heap's block must be proven live before the section ends (its
+            // superslab may go as soon as it is free); this heap's superslabs go only when
+            // this thread releases them.
+            // SAFETY: the section is open; `p` is a block start of `slab`.
+            if own || matches!(unsafe { foreign_state(ss, slab, p) }, Foreign::Live) {
+                Some(Block::Small(slab, block_size_of(slab.class())))
+            } else {
+                None
+            }
         }
-        PtrRoute::Large(h) if h.user() == p as usize => Some(Block::Large(h)),
+        PtrRoute::Large(lh) if lh.user() == p as usize => Some(Block::Large(lh)),
         PtrRoute::Medium(base) => {
-            // SAFETY: a live medium region (the registry says so); reported there if `p` is not
-            // one of its blocks.
-            let usable = unsafe { medium::usable(base, p, op) };
-            usable.map(|usable| Block::Medium(base, usable))
+            drop(section);
+            // SAFETY: checked again under the medium tier's lock (the region may have gone
+            // since the lookup); reported there if `p` is not one of its live blocks.
+            let usable = unsafe { medium::usable(ctx, base, p, op) };
+            return usable.map(|usable| Block::Medium(base, usable));
         }
-        _ => {
-            invalid_pointer(op, p);
-            None
-        }
+        _ => None,
+    };
+    drop(section);
+    if found.is_none() {
+        invalid_pointer(op, p);
     }
+    found
 }
 
 /// `dealloc` of a block whose layout does not route to a slab: out of line, so that `dealloc`
@@ -463,18 +532,52 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         invalid_pointer(op, p);
         return;
     };
-    // SAFETY: the caller gives up `p`; for a pointer not ours nothing is dereferenced.
+    let h = crate::tls::raw();
+    // R6 (hakmem-registry): what the lookup finds stays mapped while the section is open; it
+    // closes once the block is proven live (a block out keeps its region) or before a report,
+    // and always before anything that may take a lock or release a region.
+    let section = ctx.registry.section(stripe(h));
+    // SAFETY: the open section keeps whatever the registry reports mapped; for a pointer not
+    // ours nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
-        // SAFETY: a block start in a live superslab, given up by the caller.
-        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => unsafe {
-            free_small_in(ss, slab, p)
-        },
-        // SAFETY: the registry says `h` is live and the caller gives its block up.
-        PtrRoute::Large(h) if h.user() == p as usize => unsafe { large::free(ctx, h) },
-        // SAFETY: a live medium region (the registry says so); `p` is given up, and reported
-        // there unless it is one of its live blocks.
-        PtrRoute::Medium(base) => unsafe { medium::free(ctx, base, p, op) },
-        _ => invalid_pointer(op, p),
+        PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => {
+            // SAFETY: this thread's heap or an empty one (tls T4); an empty heap's id is no
+            // slab's owner (hot_heap H9), so a match is this thread's live heap.
+            if slab.owner() == unsafe { Heap::id_of(h) } {
+                drop(section);
+                // SAFETY: this thread's live heap, whose superslabs only this thread releases;
+                // `p` is a block of its own `slab`, given up.
+                return unsafe { (*h).free_own(slab, p) };
+            }
+            // SAFETY: the section is open; `p` is a block start of `slab`.
+            let state = unsafe { foreign_state(ss, slab, p) };
+            drop(section);
+            match state {
+                // SAFETY: a block start of another heap's slab, held (so its superslab stays)
+                // and given up.
+                Foreign::Live => unsafe { free_small_other(ss, slab, p) },
+                // What the non-owner's free reports for a keyed block (FK3), decided here,
+                // where the block's memory could still be read.
+                Foreign::Keyed => ctx.report(hakmem_superslab::Corrupt::DoubleFree(p as usize)),
+                Foreign::Gone => invalid_pointer(op, p),
+            }
+        }
+        PtrRoute::Large(lh) if lh.user() == p as usize => {
+            drop(section);
+            // SAFETY: the registry said `lh` is live, its block starts at `p`, and the caller
+            // gives it up.
+            unsafe { large::free(ctx, lh) }
+        }
+        PtrRoute::Medium(base) => {
+            drop(section);
+            // SAFETY: checked again under the medium tier's lock; `p` is given up, and reported
+            // there unless it is one of its live blocks.
+            unsafe { medium::free(ctx, base, p, op) }
+        }
+        _ => {
+            drop(section);
+            invalid_pointer(op, p)
+        }
     }
 }
 
@@ -559,7 +662,7 @@ unsafe fn free_small_slow(p: *mut u8) {
 unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: the caller holds `p`.
     let (old_usable, in_place) = match unsafe { lookup(p, "realloc") } {
-        Some(Block::Small(_, slab)) => {
+        Some(Block::Small(slab, _)) => {
             let class = slab.class();
             (
                 block_size_of(class),

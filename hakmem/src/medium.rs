@@ -16,8 +16,8 @@
 //!   lock); a granule start that was a block start and has not been handed out since is a
 //!   double free, anything else an invalid pointer (reported as the small tier's).
 //! - **M2 (no event under the lock).** Nothing under the lock maps, unmaps, purges, registers or
-//!   reports: those may raise events whose subscriber allocates. Regions are mapped and
-//!   released, and granules purged, with the lock released. A purge first reserves its runs
+//!   reports (a region is unregistered under it: M4): those may raise events whose subscriber
+//!   allocates. Regions are mapped and released, and granules purged, with the lock released. A purge first reserves its runs
 //!   (marks them used, with no block), so nothing hands them out while their pages go.
 //! - **M3 (resident for reuse, purged in time).** A freed run keeps its pages. With the lru's
 //!   purging on, a run free and dirty at two purge ticks one purge delay apart is purged
@@ -26,7 +26,12 @@
 //!   at once.
 //! - **M4 (empty regions).** A region goes back to the lru (unregistered first) only when no
 //!   block of it is held and no purge of it is in flight. One empty region is kept for the next
-//!   medium block; [`collect`] releases it too.
+//!   medium block; [`collect`] releases it too. It is unregistered under the lock, as it is
+//!   unlinked (the one registry call made under it: it raises no event, and the grace period
+//!   it waits for (registry R6) waits for lookup sections, which never take this lock). So a
+//!   free, `usable_size` or `realloc` that looks its pointer up again under the lock, and finds
+//!   the same region, reads a region that stays mapped until the lock is released: a pointer
+//!   found by a lookup whose region went away meanwhile is reported, never followed (F7).
 //! - **M6 (longest-run bound).** A region's `max_run` is at least its longest free run: a
 //!   search that finds no fit sets it to the longest run it saw, and every free (a block, a
 //!   shrink's tail, a purge's reservation ending) raises it to the run the freed granules
@@ -563,20 +568,33 @@ fn new_region(ctx: &Ctx) -> Option<*mut Region> {
     Some(r)
 }
 
-/// Gives an unlinked region back (M4): unregistered, then to the lru.
+/// Gives an unlinked region, unregistered under the lock (M4), back to the lru.
 fn release(ctx: &Ctx, r: *mut Region) {
     let env = ctx.env();
-    env.registry.unregister(r as usize, SS_SIZE);
     let base = NonNull::new(r.cast::<u8>()).expect("never at 0");
     // SAFETY: retired: unregistered, no block held, unlinked, so nothing refers to it.
     unsafe { ctx.lru.put(env.stats, base, SS_SIZE, now_ns()) };
+}
+
+/// True when the registry still has `p` in the medium region at `base`: called under the lock,
+/// it proves the region live until the lock is released (M4).
+fn still_there(ctx: &Ctx, base: usize, p: *const u8) -> bool {
+    ctx.registry.lookup(p as usize) == Some((base, Kind::Medium))
+}
+
+/// Unlinks `r`, an empty region of the list, and withdraws it from the registry, under the
+/// lock (M4); the caller then gives it to [`release`].
+fn unlink_and_unregister(ctx: &Ctx, s: &mut State, r: *mut Region) {
+    s.unlink(r);
+    ctx.registry.unregister(r as usize, SS_SIZE);
 }
 
 /// Frees the medium block `p` of the region at `base` (reported for `op` when it is not a live
 /// block start, M1).
 ///
 /// # Safety
-/// `base` is a live medium region (the registry says so) and the caller gives `p` up.
+/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
+/// under the lock), and the caller gives `p` up.
 #[inline(never)]
 pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
     let r = base as *mut Region;
@@ -585,7 +603,11 @@ pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
     };
     let mut gone = null_mut();
     let freed = MEDIUM.with(|s| {
-        // SAFETY: a live region (the caller's contract), under the lock.
+        if !still_there(ctx, base, p) {
+            return Err(Bad::NotABlock);
+        }
+        // SAFETY: a live region (registered, and withdrawn only under this lock: M4), under
+        // the lock.
         let region = unsafe { &mut *r };
         debug_assert_eq!(region.magic, MAGIC);
         let map = &mut region.map;
@@ -594,7 +616,7 @@ pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
             s.empty += 1;
             if s.empty > 1 && map.releasable() {
                 s.empty -= 1;
-                s.unlink(r);
+                unlink_and_unregister(ctx, s, r);
                 gone = r;
             }
         }
@@ -620,12 +642,18 @@ pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
 /// when `p` is not a live block start (M1).
 ///
 /// # Safety
-/// `base` is a live medium region (the registry says so), and the caller holds `p` if it is a
-/// block.
-pub unsafe fn usable(base: usize, p: *mut u8, op: &str) -> Option<usize> {
+/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
+/// under the lock).
+pub unsafe fn usable(ctx: &Ctx, base: usize, p: *mut u8, op: &str) -> Option<usize> {
     let got = granule_of(base, p).and_then(|g| {
-        // SAFETY: a live region (the caller's contract), under the lock.
-        MEDIUM.with(|_| unsafe { (*(base as *mut Region)).map.block(g) }.ok())
+        MEDIUM.with(|_| {
+            if !still_there(ctx, base, p) {
+                return None;
+            }
+            // SAFETY: a live region (registered, and withdrawn only under this lock: M4),
+            // under the lock.
+            unsafe { (*(base as *mut Region)).map.block(g) }.ok()
+        })
     });
     if got.is_none() {
         invalid_pointer(op, p);
@@ -712,7 +740,7 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
                 }
                 if all && region.map.releasable() {
                     // The reference to the region ends here; `unlink` writes through the list.
-                    s.unlink(r);
+                    unlink_and_unregister(ctx, s, r);
                     s.empty -= 1;
                     gone = r;
                     more = true;

@@ -155,6 +155,13 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         what: "the reaper's claim checks a heap's tag alone, so a heap retired and handed to a \
                new thread with the same tag is retired under it",
     },
+    SeededBug {
+        name: "section_no_recheck",
+        in_crate: "hakmem-registry",
+        models: &[("hakmem-registry", "loom_models::lookup_section")],
+        what: "a lookup section does not check the epoch again after counting itself in, so a \
+               grace period that advanced it meanwhile, and the next one, do not wait for it",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of

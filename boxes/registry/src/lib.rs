@@ -80,6 +80,8 @@
 //!   `Acquire`. So a lookup that finds a region also sees its header fully initialised.
 //! - **R2 (withdrawal).** A region is unregistered *before* it is unmapped or reused. After
 //!   [`Registry::unregister`] happens-before a lookup, that lookup reports the chunks as not ours.
+//!   [`Registry::unregister`] returns only after a grace period (R6), so nothing a lookup
+//!   section found is unmapped or reused while the section is open.
 //! - **R3 (exclusive chunks).** A chunk belongs to at most one registered region; registering an
 //!   occupied chunk is refused and changes nothing.
 //! - **R4 (no allocation, no fault).** A lookup never allocates, locks or faults, for any
@@ -93,10 +95,22 @@
 //!   leaf zeroed); a thread that loses the race unmaps its own, never-published leaf. An
 //!   installed leaf is never unmapped while the registry lives (in the allocator: while the
 //!   process lives), so a leaf a lookup loaded stays valid without any lock or pin.
+//! - **R6 (lookup sections).** A reader that goes on to read the memory of a region it looked
+//!   up, without holding a block of it, does so inside a [`Section`] ([`Registry::section`]):
+//!   every withdrawal ([`Registry::unregister`], and the undoing of a refused
+//!   [`Registry::register`]) waits, after its entries are cleared, until every section that was
+//!   open has closed. So memory a section's lookup found stays mapped, and is not reused, until
+//!   the section closes; a block a section proved live pins its region after that. A section
+//!   is short (lookups and reads only): it never takes a lock, never waits, and never
+//!   unregisters (a withdrawal inside a section would wait for itself). The protocol, two
+//!   phase counters per stripe and an epoch, and why it needs no fence, is in `section.rs`;
+//!   the loom model `lookup_section` checks it.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
+mod section;
 mod sync;
+pub use section::{Section, STRIPES};
 pub use sync::AtomicUsize;
 use sync::{AtomicPtr, Ordering};
 
@@ -239,6 +253,8 @@ pub struct Registry {
     source: &'static dyn LeafSource,
     /// Leaves installed: a statistic, not part of any protocol (so not a loom atomic).
     leaves: core::sync::atomic::AtomicUsize,
+    /// Open lookup sections, and the grace periods withdrawals wait for (R6).
+    sections: section::Sections,
     /// Under loom, the first chunk covered (see [`Registry::with_origin`]).
     #[cfg(loom)]
     first: usize,
@@ -276,6 +292,7 @@ impl Registry {
             empty,
             source,
             leaves: core::sync::atomic::AtomicUsize::new(0),
+            sections: section::Sections::new(),
             #[cfg(loom)]
             first: 0,
         }
@@ -350,6 +367,24 @@ impl Registry {
             3 => Some((e & !KIND_MASK, Kind::Medium)),
             _ => None,
         }
+    }
+
+    /// Opens a lookup section (R6) on stripe `hint % STRIPES` (threads that pass different
+    /// hints count on different cache lines; any value is correct). Until the returned guard is
+    /// dropped, no region a lookup of this thread finds is unmapped or reused. Do not
+    /// unregister, or wait for anything, while it is open.
+    #[inline(always)]
+    pub fn section(&self, hint: usize) -> Section<'_> {
+        self.sections.enter(hint)
+    }
+
+    /// Forgets every open section and running grace period: for a forked child, where the
+    /// threads that had them open no longer exist.
+    ///
+    /// # Safety
+    /// The calling thread is the only one that uses the registry, and has no section open.
+    pub unsafe fn forget_sections(&self) {
+        self.sections.reset();
     }
 
     fn chunks(&self, base: usize, len: usize) -> Result<Range<usize>, RegisterError> {
@@ -503,11 +538,15 @@ impl Registry {
             slot.store(0, Ordering::Release);
             true
         });
+        // R6: a section may have found what was briefly registered; the caller unmaps it next.
+        self.sections.grace();
         Err(RegisterError::Occupied)
     }
 
     /// Withdraws `[base, base + len)`; call before the region is unmapped or reused (R2).
-    /// Chunks that hold another region's entry are left alone.
+    /// Chunks that hold another region's entry are left alone. Returns after a grace period:
+    /// every lookup section open at the withdrawal has closed (R6). So it must not be called
+    /// inside a section, nor while holding a lock that a section's thread may wait for.
     pub fn unregister(&self, base: usize, len: usize) {
         let Ok(chunks) = self.chunks(base, len) else {
             return;
@@ -519,6 +558,7 @@ impl Registry {
             }
             true
         });
+        self.sections.grace();
     }
 }
 

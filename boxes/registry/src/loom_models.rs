@@ -109,3 +109,51 @@ fn leaf_install() {
         assert_eq!(src.maps.load(SeqCst), src.unmaps.load(SeqCst));
     });
 }
+
+/// Model: lookup sections against withdrawals (R2, R6). A reader opens a section, looks up two
+/// regions and reads the header of each one it finds; the owner withdraws one region, then
+/// the other, and "unmaps" each (writes its header cell) once `unregister` returns. A header
+/// read that is not ordered before its unmap is a causality violation: a section that saw a
+/// region must be waited for. Two withdrawals in a row make the reader's phase matter: a
+/// reader that stalls between its epoch load and its increment must not count in a phase the
+/// second grace period does not wait for (the seeded bug `section_no_recheck`).
+#[test]
+fn lookup_section() {
+    loom::model(|| {
+        let reg = Arc::new(Registry::new(&HeapLeaves));
+        let regions = Arc::new([
+            Region {
+                header: UnsafeCell::new(0),
+            },
+            Region {
+                header: UnsafeCell::new(0),
+            },
+        ]);
+        let bases = [CHUNK, 2 * CHUNK];
+        for (i, &base) in bases.iter().enumerate() {
+            regions[i].header.with_mut(|p| unsafe { *p = 0x5eed });
+            // SAFETY: the model's reader reads the header cell only inside a section.
+            unsafe { reg.register(base, CHUNK, Kind::Large) }.unwrap();
+        }
+        let (r2, g2) = (reg.clone(), regions.clone());
+        let reader = loom::thread::spawn(move || {
+            let _section = r2.section(1);
+            for (i, &base) in bases.iter().enumerate() {
+                if let Some(found) = r2.lookup(base + 64) {
+                    assert_eq!(found, (base, Kind::Large));
+                    // R6: read while the section is open; the owner's unmap must wait.
+                    let h = g2[i].header.with(|p| unsafe { *p });
+                    assert_eq!(h, 0x5eed, "a header read after its region went away");
+                }
+            }
+        });
+        for (i, &base) in bases.iter().enumerate() {
+            reg.unregister(base, CHUNK);
+            // The unmap: a write no open section may race with.
+            regions[i].header.with_mut(|p| unsafe { *p = 0xdead });
+        }
+        reader.join().unwrap();
+        assert_eq!(reg.lookup(bases[0]), None);
+        assert_eq!(reg.lookup(bases[1]), None);
+    });
+}

@@ -3,3 +3,19 @@
 pub use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// One turn of a wait loop: lets the thread being waited for run (on a busy machine it may be
+/// preempted inside its section).
+#[cfg(not(loom))]
+#[inline]
+pub fn spin() {
+    core::hint::spin_loop();
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// One turn of a wait loop: under loom, a yield, so the model lets the others run.
+#[cfg(loom)]
+pub fn spin() {
+    loom::thread::yield_now();
+}

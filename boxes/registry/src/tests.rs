@@ -271,8 +271,43 @@ fn threads_racing_for_one_leaf_install_exactly_one() {
 
 #[test]
 fn the_root_is_small_and_a_leaf_covers_128_gib() {
-    assert!(core::mem::size_of::<Registry>() <= ROOT_LEN * 8 + 64);
+    // The root, and the lookup sections' stripes (R6), one 128-byte line each.
+    assert!(core::mem::size_of::<Registry>() <= ROOT_LEN * 8 + (STRIPES + 2) * 128);
     assert_eq!(ROOT_LEN * 8, 16 * 1024);
     assert_eq!(LEAF_LAYOUT.size(), 512 * 1024);
     assert_eq!(LEAF_CHUNKS * CHUNK, 128 << 30);
+}
+
+/// R6: `unregister` returns only once a section open before it has closed, on any stripe; a
+/// section opened after it sees the region gone.
+#[test]
+fn unregister_waits_for_open_sections() {
+    use std::sync::Arc;
+    static LEAVES: HeapLeaves = HeapLeaves;
+    let reg = Arc::new(Registry::new(&LEAVES));
+    let base = 5 * CHUNK;
+    for hint in [0, 1, STRIPES - 1, usize::MAX] {
+        // SAFETY: nothing reads a header through this registry.
+        unsafe { reg.register(base, CHUNK, Kind::Superslab) }.unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let section = reg.section(hint);
+        assert!(reg.lookup(base).is_some());
+        let (r2, c2) = (reg.clone(), closed.clone());
+        let withdrawer = std::thread::spawn(move || {
+            r2.unregister(base, CHUNK);
+            assert!(
+                c2.load(SeqCst),
+                "unregister returned while a section was open (hint {hint})"
+            );
+        });
+        // However long this thread takes, the withdrawal waits.
+        for _ in 0..100 {
+            std::thread::yield_now();
+        }
+        closed.store(true, SeqCst);
+        drop(section);
+        withdrawer.join().unwrap();
+        let _after = reg.section(hint);
+        assert_eq!(reg.lookup(base), None);
+    }
 }

@@ -262,8 +262,10 @@ pub enum PtrRoute<'a> {
 ///
 /// # Safety
 /// Every region in `registry` was registered by the superslab box (a [`Superslab`] or a
-/// [`LargeHeader`] at its base), or is a medium region (whose header this does not read). The caller holds `p`'s block (or a pin), so the region cannot
-/// be released meanwhile; for a pointer that is not ours the answer is `NotOurs` and nothing is
+/// [`LargeHeader`] at its base), or is a medium region (whose header this does not read). The
+/// caller holds `p`'s block (or a pin), or has a lookup section open ([`Registry::section`],
+/// registry R6) until it is done with what this returns, so the region is not unmapped or
+/// reused meanwhile; for a pointer that is not ours the answer is `NotOurs` and nothing is
 /// dereferenced.
 #[inline(always)]
 pub unsafe fn classify<'a>(registry: &Registry, p: *const u8) -> PtrRoute<'a> {
