@@ -415,7 +415,7 @@ static MEDIUM: SpinLock<State> = SpinLock::new(State {
     tick: 0,
 });
 
-/// How often the medium tier's lock was taken and found held (for [`crate::contention`]).
+/// How often the medium tier's lock was taken and found held (for [`crate::internal::contention`]).
 pub(crate) fn contention() -> hakmem_superslab::LockCounts {
     MEDIUM.contention()
 }
