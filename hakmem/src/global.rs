@@ -2,7 +2,7 @@
 //!
 //! The first allocation initialises everything from static, const-built state: the shared
 //! context (with the registry's 16 KiB root inside it) is mapped straight from the OS, settings
-//! come from `settings::freeze` (read with `libc::getenv`, possibly earlier, by an error path),
+//! come from `settings::freeze` (read with `hakmem_os::getenv`, possibly earlier, by an error path),
 //! and nothing is allocated through hakmem itself. Registry leaves are mapped later, when the
 //! first region in their 128 GiB range is registered. A start-up the OS refused leaves the state
 //! as it was, and the next call tries again. The thread-exit key is made before the context is
@@ -135,8 +135,7 @@ enum Claim {
 }
 
 fn getpid() -> usize {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() as usize }
+    hakmem_os::pid() as usize
 }
 
 /// Waits for start-up to be done, or claims it. Another thread of this process that is
@@ -347,24 +346,15 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
 
 /// This thread's tag: the process id above the thread id.
 fn thread_tag() -> u64 {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
-    (getpid() as u64) << 32 | (tid & 0xffff_ffff)
+    u64::from(hakmem_os::pid()) << 32 | u64::from(hakmem_os::thread_id())
 }
 
 /// True when the thread tagged `tag` has ended. Never true for a heap made before a `fork`
 /// (its thread ids mean nothing in the child, and its state may be mid-operation), nor for a
-/// thread that may run again: only the kernel's "no such thread" counts.
+/// thread that may run again: only the kernel's "no such thread" counts
+/// ([`hakmem_os::thread_gone`]).
 fn thread_gone(tag: u64) -> bool {
-    let pid = (tag >> 32) as libc::pid_t;
-    if pid as usize != getpid() {
-        return false;
-    }
-    let tid = (tag & 0xffff_ffff) as libc::pid_t;
-    // SAFETY: signal 0 only checks that the thread exists.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
-    // SAFETY: errno is this thread's.
-    r == -1 && unsafe { *libc::__errno_location() } == libc::ESRCH
+    hakmem_os::thread_gone((tag >> 32) as u32, tag as u32)
 }
 
 /// The thread-exit destructor. Other TSD destructors may run after it and still allocate and

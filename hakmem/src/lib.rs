@@ -92,8 +92,8 @@
 
 // The facade's invariants (for maintainers; docs/ARCHITECTURE.md points here).
 // - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
-//   formatting, no `std::env`: memory comes from mmap, settings from `libc::getenv`, messages
-//   are formatted on the stack.
+//   formatting, no `std::env`: memory comes from mmap, settings from `hakmem_os::getenv`,
+//   messages are formatted on the stack.
 // - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
 //   its region through the registry and its slab by shift.
 // - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.

@@ -1,4 +1,4 @@
-//! Printing without the heap: format into a stack buffer, then `write(2)`.
+//! Printing without the heap: format into a stack buffer, then `write(2)` ([`hakmem_os::write_fd`]).
 use core::fmt::{self, Write};
 
 /// A fixed buffer that formats with `core::fmt` and writes itself to a file descriptor.
@@ -20,15 +20,8 @@ impl<const N: usize> StackWriter<N> {
 
     /// Writes out what is buffered.
     pub fn flush(&mut self) {
-        let mut at = 0;
-        while at < self.len {
-            // SAFETY: the slice is initialised bytes of our buffer.
-            let n = unsafe { libc::write(self.fd, self.buf[at..].as_ptr().cast(), self.len - at) };
-            if n <= 0 {
-                break;
-            }
-            at += n as usize;
-        }
+        // A refused write is dropped: there is nowhere else to report it.
+        let _ = hakmem_os::write_fd(self.fd, &self.buf[..self.len]);
         self.len = 0;
     }
 }

@@ -34,8 +34,7 @@ static AT_LOAD: extern "C" fn() = at_load;
 
 extern "C" fn at_load() {
     // Only when asked: without the variable, loading reads nothing.
-    // SAFETY: a NUL-terminated name; getenv does not allocate.
-    if unsafe { libc::getenv(c"HAKMEM_BACKGROUND_PURGE_MS".as_ptr()) }.is_null() {
+    if hakmem_os::getenv(c"HAKMEM_BACKGROUND_PURGE_MS").is_none() {
         return;
     }
     start_if_set();

@@ -1,5 +1,5 @@
 //! The `HAKMEM_*` settings: from code ([`crate::HakMem::with`]), overridden by the environment
-//! (read with `libc::getenv`, which does not allocate), over the defaults.
+//! (read with `hakmem_os::getenv`, which does not allocate), over the defaults.
 //!
 //! Every setting has a default that is right. Values from code and from the environment are
 //! checked alike: a bad one gets a warning that names its source and states what is valid, and
@@ -430,7 +430,7 @@ fn load(raw: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
     let (env_values, set) = *env.get_or_insert_with(|| {
         let base = code.copied().unwrap_or(Settings::DEFAULT);
         warn_unknown_variables();
-        parse(&base, &getenv, &STORE)
+        parse(&base, &hakmem_os::getenv, &STORE)
     });
     let frozen = STORE.frozen.load(Ordering::Relaxed);
     let applied = STORE.code_applied.load(Ordering::Relaxed);
@@ -463,16 +463,6 @@ fn load(raw: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
     STORE.lock.store(false, Ordering::Release);
     // SAFETY: published above or before, never written again.
     unsafe { &*p }
-}
-
-/// `libc::getenv`, as bytes.
-fn getenv(name: &CStr) -> Option<&'static [u8]> {
-    // SAFETY: `name` is NUL-terminated; getenv does not allocate, and returns null or a
-    // NUL-terminated string in the environment, copied out (or parsed) before anyone can change
-    // the environment in a way we would notice.
-    let v = unsafe { libc::getenv(name.as_ptr()) };
-    // SAFETY: as above.
-    (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_bytes())
 }
 
 /// Parses the environment (through `get`) over `base`: the values, and which were set.

@@ -81,8 +81,7 @@ impl Stats {
             lru_bytes: lru.1,
             abandoned,
             threads,
-            // SAFETY: getpid has no preconditions.
-            pid: unsafe { libc::getpid() } as u32,
+            pid: hakmem_os::pid(),
             resident,
             peak_resident: peak_of(resident),
         }
@@ -406,45 +405,12 @@ pub fn peak_rss_kib() -> u64 {
 /// The peak resident set in bytes, given the resident set now: the kernel's peak, or `resident`
 /// if that is more.
 fn peak_of(resident: u64) -> u64 {
-    // SAFETY: a zeroed rusage is a valid out-parameter.
-    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
-    // SAFETY: a valid pointer to an rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let kernel = u64::try_from(ru.ru_maxrss)
-        .unwrap_or(0)
-        .saturating_mul(1024);
-    kernel.max(resident)
+    hakmem_os::peak_resident_bytes().max(resident)
 }
 
-/// The process's resident set now, from `/proc/self/statm` (read into a stack buffer); 0 when
-/// it cannot be read.
+/// The process's resident set now ([`hakmem_os::resident_bytes`]); 0 when it cannot be read.
 fn resident_bytes() -> u64 {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; open has no memory effects.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/statm".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return 0;
-    }
-    // SAFETY: reads at most `buf.len()` bytes into our buffer.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: our descriptor, closed once.
-    unsafe { libc::close(fd) };
-    let Ok(n) = usize::try_from(n) else { return 0 };
-    // "size resident shared ...", in pages.
-    let pages = buf[..n]
-        .split(|&b| b == b' ')
-        .nth(1)
-        .and_then(|f| core::str::from_utf8(f).ok())
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf only reads a value the kernel gave the process.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages.saturating_mul(u64::try_from(page).unwrap_or(4096))
+    hakmem_os::resident_bytes()
 }
 
 /// The program's name (glibc's `program_invocation_short_name`: argv\[0\] without its

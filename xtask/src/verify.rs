@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 /// Every box crate: a library of its own, documented in full.
 pub const BOXES: &[&str] = &[
+    "hakmem-os",
     "hakmem-superslab",
     "hakmem-registry",
     "hakmem-tls-sll",

@@ -722,16 +722,10 @@ where
     }
 }
 
-/// The instant the lru measures decay from: `CLOCK_MONOTONIC_COARSE` in nanoseconds (a vDSO
-/// read, no system call, no allocation).
+/// The instant the lru measures decay from: the platform's monotonic clock, read cheaply
+/// ([`hakmem_os::monotonic_coarse_ns`]), in nanoseconds.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer to a timespec; this clock always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    hakmem_os::monotonic_coarse_ns()
 }
 
 #[cfg(test)]

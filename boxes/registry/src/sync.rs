@@ -10,8 +10,7 @@ pub use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 #[inline]
 pub fn spin() {
     core::hint::spin_loop();
-    // SAFETY: sched_yield has no preconditions.
-    unsafe { libc::sched_yield() };
+    hakmem_os::yield_now();
 }
 
 /// One turn of a wait loop: under loom, a yield, so the model lets the others run.

@@ -262,43 +262,15 @@ pub fn free_key() -> usize {
     FREE_KEY.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// Draws the free key once per process, from `getrandom` (else the kernel's `AT_RANDOM` bytes,
-/// else the clock and an address), and returns it. Never 0; later calls return the same key.
+/// Draws the free key once per process, from [`hakmem_os::secret`], and returns it. Never 0;
+/// later calls return the same key.
 pub fn init_free_key() -> usize {
     use core::sync::atomic::Ordering::Relaxed;
     let k = FREE_KEY.load(Relaxed);
     if k != 0 {
         return k;
     }
-    let mut r: usize = 0;
-    // SAFETY: getrandom writes at most 8 bytes into `r`.
-    let got = unsafe {
-        libc::getrandom(
-            (&mut r as *mut usize).cast(),
-            core::mem::size_of::<usize>(),
-            libc::GRND_NONBLOCK,
-        )
-    };
-    if got != core::mem::size_of::<usize>() as isize {
-        const AT_RANDOM: libc::c_ulong = 25;
-        // SAFETY: AT_RANDOM, when present, points at 16 random bytes the kernel put on the
-        // initial stack, which stay for the life of the process.
-        r = unsafe {
-            let a = libc::getauxval(AT_RANDOM) as *const usize;
-            if a.is_null() {
-                0
-            } else {
-                a.add(1).read_unaligned()
-            }
-        };
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes one timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        r ^= (ts.tv_nsec as usize).rotate_left(17) ^ (&FREE_KEY as *const _ as usize);
-    }
+    let r = hakmem_os::secret(1) as usize;
     // Mix so a weak source still spreads, and never 0.
     let mut k = r.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (r >> 29);
     if k == 0 {
@@ -335,35 +307,7 @@ pub fn link_key() -> LinkKey {
 #[inline(never)]
 fn draw_link_key() -> LinkKey {
     use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-    let mut r: u64 = 0;
-    // SAFETY: getrandom writes at most 8 bytes into `r`.
-    let got = unsafe {
-        libc::getrandom(
-            (&mut r as *mut u64).cast(),
-            core::mem::size_of::<u64>(),
-            libc::GRND_NONBLOCK,
-        )
-    };
-    if got != core::mem::size_of::<u64>() as isize {
-        const AT_RANDOM: libc::c_ulong = 25;
-        // SAFETY: AT_RANDOM, when present, points at 16 random bytes the kernel put on the
-        // initial stack, which stay for the life of the process.
-        r = unsafe {
-            let a = libc::getauxval(AT_RANDOM) as *const u64;
-            if a.is_null() {
-                0
-            } else {
-                a.read_unaligned()
-            }
-        };
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes one timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        r ^= (ts.tv_nsec as u64).rotate_left(29) ^ (&LINK_MUL as *const _ as u64);
-    }
+    let r = hakmem_os::secret(0);
     let key = LinkKey::new(r.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ (r >> 31));
     match LINK_MUL.compare_exchange(0, key.mul() as usize, Relaxed, Relaxed) {
         Ok(_) => {

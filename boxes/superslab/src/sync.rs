@@ -198,8 +198,7 @@ impl<T> SpinLock<T> {
                     spins += 1;
                     spin();
                 } else {
-                    // SAFETY: sched_yield has no preconditions and does not allocate.
-                    unsafe { libc::sched_yield() };
+                    hakmem_os::yield_now();
                 }
             }
             if self
@@ -271,18 +270,9 @@ pub struct LockCounts {
     pub max_wait_ns: u64,
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds (a vDSO read: no system call, no allocation). Read only
-/// on the contended path.
+/// The platform's monotonic clock in nanoseconds. Read only on the contended path.
 #[cfg(not(loom))]
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer to a timespec; this clock always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use hakmem_os::monotonic_ns;
 
 /// Exclusive access to a [`SpinLock`]'s value; releases the lock when dropped.
 ///

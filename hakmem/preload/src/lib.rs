@@ -35,7 +35,6 @@
 
 use core::ffi::{c_int, c_void};
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
 use hakmem::raw;
 
 #[cfg(target_arch = "x86_64")]
@@ -72,21 +71,9 @@ fn fail(e: c_int) -> *mut c_void {
     ptr::null_mut()
 }
 
-/// The page size, from `sysconf` (which does not allocate) the first time.
+/// The page size ([`hakmem_os::page_size`]: read once, without allocating).
 fn page_size() -> usize {
-    static PAGE: AtomicUsize = AtomicUsize::new(0);
-    let cached = PAGE.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    // SAFETY: sysconf only reads a value the kernel gave the process at start.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let page = usize::try_from(page)
-        .ok()
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or(4096);
-    PAGE.store(page, Ordering::Relaxed);
-    page
+    hakmem_os::page_size()
 }
 
 /// The alignment every block has anyway; `memalign` below it is plain `malloc`.
@@ -397,13 +384,9 @@ mod saved_stderr {
 
     /// Whether `HAKMEM_STATS` is set to something other than empty or "0".
     fn stats_requested() -> bool {
-        // SAFETY: the name is a NUL-terminated string; getenv does not allocate.
-        let v = unsafe { libc::getenv(c"HAKMEM_STATS".as_ptr()) };
-        if v.is_null() {
+        let Some(v) = hakmem_os::getenv(c"HAKMEM_STATS") else {
             return false;
-        }
-        // SAFETY: getenv returned a NUL-terminated string that lives in the environment.
-        let v = unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes();
+        };
         !v.is_empty() && v != b"0"
     }
 
