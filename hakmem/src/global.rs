@@ -284,8 +284,7 @@ fn on_corrupt(c: Corrupt) {
         )),
     }
     if settings().on_invalid == OnInvalid::Abort {
-        // SAFETY: abort never returns and touches no Rust state.
-        unsafe { libc::abort() };
+        hakmem_os::abort();
     }
 }
 
@@ -295,8 +294,7 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
     crate::stats::invalid_pointer(op, p);
     eprint(format_args!("hakmem: {op}(): invalid pointer {p:p}\n"));
     if settings().on_invalid == OnInvalid::Abort {
-        // SAFETY: as above.
-        unsafe { libc::abort() };
+        hakmem_os::abort();
     }
 }
 

@@ -13,7 +13,7 @@
 //! | the environment, without allocating | [`getenv`] |
 //! | thread identity | [`pid`], [`thread_id`], [`thread_gone`] |
 //! | letting another thread run | [`yield_now`] |
-//! | output without allocating (stderr, a stats file) | [`write_stderr`], [`write_fd`] |
+//! | output without allocating (stderr, a stats file), and ending at once | [`write_stderr`], [`write_fd`], [`abort`] |
 //! | the process's memory use | [`resident_bytes`], [`peak_resident_bytes`] |
 //!
 //! The Linux side lives in one file (`linux.rs`): a port to another OS writes that file again
@@ -53,8 +53,8 @@ use core::ptr::NonNull;
 use hakmem_stats::{Event, GlobalStats};
 
 pub use linux::{
-    getenv, monotonic_coarse_ns, monotonic_ns, page_size, peak_resident_bytes, pid, resident_bytes,
-    secret, thread_gone, thread_id, write_fd, write_stderr, yield_now, LibcOs,
+    abort, getenv, monotonic_coarse_ns, monotonic_ns, page_size, peak_resident_bytes, pid,
+    resident_bytes, secret, thread_gone, thread_id, write_fd, write_stderr, yield_now, LibcOs,
 };
 
 /// The smallest page size there is (4 KiB): the granularity of the superslab header's layout.

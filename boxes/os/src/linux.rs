@@ -412,6 +412,13 @@ pub fn write_stderr(bytes: &[u8]) -> bool {
     write_fd(2, bytes)
 }
 
+/// Ends the process at once with `SIGABRT` (`abort`), without unwinding, running exit hooks or
+/// allocating: for an error after which the process must not go on (a corrupted heap).
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions and never returns.
+    unsafe { libc::abort() }
+}
+
 /// The process's resident set now, in bytes, from `/proc/self/statm` (read into a stack
 /// buffer); 0 when it cannot be read.
 pub fn resident_bytes() -> u64 {

@@ -153,3 +153,19 @@ fn memory_use_is_read() {
     assert!(r > 0 && r.is_multiple_of(page_size() as u64));
     assert!(peak_resident_bytes() > 0);
 }
+
+#[test]
+fn abort_ends_the_process_with_sigabrt() {
+    // SAFETY: the child calls only `abort` (async-signal-safe), so forking a process with other
+    // threads is sound.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0);
+    if child == 0 {
+        abort();
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFSIGNALED(status));
+    assert_eq!(libc::WTERMSIG(status), libc::SIGABRT);
+}

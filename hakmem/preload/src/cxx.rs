@@ -81,11 +81,10 @@ fn no_runtime(name: &core::ffi::CStr) -> ! {
         b", and no C++ runtime after libhakmem.so to throw std::bad_alloc\n",
     ];
     for part in msg {
-        // SAFETY: writing a valid buffer to stderr; a failure leaves nothing to do.
-        unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+        // A refused write leaves nothing else to do.
+        let _ = hakmem_os::write_stderr(part);
     }
-    // SAFETY: always sound.
-    unsafe { libc::abort() }
+    hakmem_os::abort()
 }
 
 /// The next definition of operator `$sym` (named `$name`), kept in `$next` and looked up by
