@@ -16,7 +16,10 @@ fn child_grows_over_a_cached_region() {
     // fit the block better and take it instead: then start over, with nothing else cached.
     let mut v: Vec<u8> = Vec::new();
     for attempt in 0.. {
-        assert!(attempt < 50, "the block never took the front of the freed region");
+        assert!(
+            attempt < 50,
+            "the block never took the front of the freed region"
+        );
         hakmem::collect();
         // A 64 MiB block, freed: the lru caches its region.
         let big = vec![1u8; 64 << 20];

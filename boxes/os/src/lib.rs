@@ -50,7 +50,7 @@ extern crate std;
 mod linux;
 
 use core::ptr::NonNull;
-use hakmem_stats::{Event, GlobalStats};
+pub use hakmem_stats::{Event, GlobalStats};
 
 pub use linux::{
     abort, getenv, monotonic_coarse_ns, monotonic_ns, page_size, peak_resident_bytes, pid,
@@ -88,7 +88,7 @@ pub const PAGE: usize = 4096;
 ///
 /// ```compile_fail
 /// use core::ptr::NonNull;
-/// use hakmem_stats::GlobalStats;
+/// use hakmem_os::GlobalStats;
 /// // A safe impl that returns an address it does not own is refused: the trait is unsafe.
 /// struct Liar;
 /// impl hakmem_os::Os for Liar {
