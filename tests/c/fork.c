@@ -26,6 +26,8 @@ struct block {
 
 static _Atomic(struct block *) slots[WORKERS][SLOTS];
 static atomic_int stop;
+/* Blocks the workers have put into their slots so far. */
+static atomic_long made;
 
 static struct block *make(uint64_t *s) {
     /* Mostly small; now and then medium (pick_size's largest) or a large 3 MiB block. */
@@ -52,6 +54,7 @@ static void *churn(void *arg) {
     while (!atomic_load(&stop)) {
         size_t k = rng_next(&s) % SLOTS;
         struct block *old = atomic_exchange(&slots[w][k], make(&s));
+        atomic_fetch_add(&made, 1);
         if (old) check_and_free(old);
     }
     return NULL;
@@ -108,6 +111,9 @@ int main(int argc, char **argv) {
     pthread_t t[WORKERS];
     for (uintptr_t i = 0; i < WORKERS; i++) CHECK(pthread_create(&t[i], NULL, churn, (void *)i) == 0);
     struct timespec pause = {0, 3 * 1000 * 1000};
+    /* Each child checks that the vanished workers left blocks behind: on a busy machine the
+     * workers may not have run yet, so wait until they have filled some slots. */
+    while (atomic_load(&made) < WORKERS * 16) nanosleep(&pause, NULL);
     for (int round = 0; round < forks; round++) {
         nanosleep(&pause, NULL);
         fork_and_wait(round);
