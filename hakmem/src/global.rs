@@ -467,7 +467,7 @@ extern "C" fn fork_prepare() {
     // The late heap's lock first: its holder may take the context's locks.
     LATE.lock_for_fork();
     // Then the medium tier's: it is never held while another is taken (medium M2).
-    crate::medium::lock_for_fork();
+    hakmem_medium::lock_for_fork();
     if let Some(c) = ctx() {
         c.lock_all();
     }
@@ -483,7 +483,7 @@ extern "C" fn fork_parent() {
         unsafe { c.unlock_all() };
     }
     // SAFETY: fork_prepare took it with lock_for_fork on this thread.
-    unsafe { crate::medium::force_unlock() };
+    unsafe { hakmem_medium::force_unlock() };
     // SAFETY: fork_prepare took it with lock_for_fork, and nothing references its value.
     unsafe { LATE.force_unlock() };
     stdio::unlock();
@@ -509,7 +509,7 @@ extern "C" fn fork_child() {
         unsafe { c.registry.forget_sections() };
     }
     // SAFETY: as in fork_parent; the parent's prepare took it.
-    unsafe { crate::medium::force_unlock() };
+    unsafe { hakmem_medium::force_unlock() };
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { LATE.force_unlock() };
     stdio::reset_in_child();

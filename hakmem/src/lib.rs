@@ -14,9 +14,10 @@
 //! ```
 //!
 //! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
-//! allocator, owns start-up and the per-thread heap pointer, and serves the medium tier (64 KiB + 1
-//! up to 1020 KiB: page runs of shared 2 MiB regions, `medium.rs`, invariants M1..M5 there) and
-//! the large tier (a dedicated region per block). It never exports `malloc` and friends;
+//! allocator, owns start-up, the per-thread heap pointer, fork, settings, stats and the public
+//! API, and routes each request to the small tier (the heaps), the medium tier (64 KiB + 1 up
+//! to 1020 KiB: page runs of shared 2 MiB regions, box `hakmem-medium`, invariants M1..M6
+//! there) or the large tier (a dedicated region per block, box `hakmem-large`). It never exports `malloc` and friends;
 //! `libhakmem.so` (crate `hakmem-preload`) does that.
 //!
 //! ## Invariants
@@ -61,8 +62,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod global;
-mod large;
-mod medium;
 mod out;
 mod purge;
 mod settings;
@@ -75,6 +74,8 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use global::{ctx, ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer, DEAD};
 use hakmem_hot_heap::Heap;
+use hakmem_large as large;
+use hakmem_medium as medium;
 use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
 
@@ -187,8 +188,7 @@ pub fn stats() -> Stats {
 /// ```
 pub fn collect() -> usize {
     match ctx() {
-        // Empty medium regions go to the lru first, to be unmapped with the rest.
-        Some(c) => medium::collect() + c.lru.flush(&c.stats),
+        Some(c) => medium::collect(c),
         None => 0,
     }
 }
@@ -352,8 +352,10 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
             unsafe { alloc_small_slow(class, zero, code) }
         }
         Route::Large => match ctx_or_init_with(code) {
-            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, align, zero),
-            Some(ctx) => large::alloc(ctx, size, align, zero),
+            Some(ctx) if medium::serves(ctx, size, align) => {
+                medium::alloc(ctx, row(), size, align, zero)
+            }
+            Some(ctx) => large::alloc(ctx, row(), size, align, zero),
             None => null_mut(),
         },
     }
@@ -411,6 +413,17 @@ unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
             h.alloc(class)
         }
     }
+}
+
+/// This thread's counters for the medium and large tiers' blocks: its live heap's, or `None`
+/// (the context's) for a thread without one. Used within the call that reads it.
+#[inline(always)]
+fn row<'a>() -> medium::Row<'a> {
+    let h = heap_ptr();
+    // SAFETY: a live heap of this thread (neither null nor DEAD), which lives past the tier call
+    // it is passed to (only this thread's exit retires it); its counters are written by this
+    // thread only.
+    (h as usize > DEAD as usize).then(|| unsafe { &(*h).stats })
 }
 
 enum Block {
@@ -499,7 +512,10 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             drop(section);
             // SAFETY: checked again under the medium tier's lock (the region may have gone
             // since the lookup); reported there if `p` is not one of its live blocks.
-            let usable = unsafe { medium::usable(ctx, base, p, op) };
+            let usable = unsafe { medium::usable(ctx, base, p) };
+            if usable.is_none() {
+                invalid_pointer(op, p);
+            }
             return usable.map(|usable| Block::Medium(base, usable));
         }
         _ => None,
@@ -566,13 +582,18 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
             drop(section);
             // SAFETY: the registry said `lh` is live, its block starts at `p`, and the caller
             // gives it up.
-            unsafe { large::free(ctx, lh) }
+            unsafe { large::free(ctx, row(), lh) }
         }
         PtrRoute::Medium(base) => {
             drop(section);
-            // SAFETY: checked again under the medium tier's lock; `p` is given up, and reported
-            // there unless it is one of its live blocks.
-            unsafe { medium::free(ctx, base, p, op) }
+            // SAFETY: checked again under the medium tier's lock; `p` is given up.
+            match unsafe { medium::free(ctx, row(), base, p) } {
+                Ok(()) => {}
+                Err(medium::Bad::DoubleFree) => {
+                    ctx.report(hakmem_superslab::Corrupt::DoubleFree(p as usize))
+                }
+                Err(medium::Bad::NotABlock) => invalid_pointer(op, p),
+            }
         }
         _ => {
             drop(section);

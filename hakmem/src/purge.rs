@@ -121,7 +121,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
         unsafe { libc::nanosleep(&period, null_mut()) };
         if let Some(c) = ctx() {
             c.lru.purge_if_due(&c.stats);
-            crate::medium::purge_if_due(c);
+            hakmem_medium::purge_if_due(c);
         }
     }
 }

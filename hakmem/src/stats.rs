@@ -5,7 +5,7 @@ use hakmem_route::{block_size_of, CLASSES};
 use hakmem_stats::{Event, Snapshot};
 use hakmem_superslab::Corrupt;
 
-use crate::large::LARGE_ROW;
+use hakmem_large::LARGE_ROW;
 
 /// A snapshot of every counter, taken by [`crate::stats`]. Plain data: taking and reading one
 /// allocates nothing. `Display` is the report `HAKMEM_STATS=1` prints; `Debug` shows the
