@@ -61,6 +61,7 @@
 //!   lock elsewhere (the allocation may raise an event that waits for the lock).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod context;
 mod global;
 mod out;
 mod purge;
@@ -70,14 +71,16 @@ mod tls;
 #[cfg(feature = "tracing")]
 mod trace;
 
+use context::ctx;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
-use global::{ctx, ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer, DEAD};
+use global::{ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer};
 use hakmem_hot_heap::Heap;
 use hakmem_large as large;
 use hakmem_medium as medium;
 use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
+use tls::DEAD;
 
 pub use hakmem_stats::Event;
 pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
@@ -156,16 +159,8 @@ unsafe impl GlobalAlloc for HakMem {
 
 /// A snapshot of every counter (allocates nothing).
 pub fn stats() -> Stats {
-    match ctx() {
-        Some(c) => Stats::new(
-            c.snapshot(),
-            c.lru.usage(),
-            c.abandoned.len(),
-            // The late heap (global.rs) belongs to no thread.
-            c.live_heaps() - usize::from(global::late_heap_made()),
-        ),
-        None => Stats::empty(),
-    }
+    // The late heap (global.rs) belongs to no thread.
+    stats::snapshot(global::late_heap_made())
 }
 
 /// Gives memory back to the OS now: unmaps every cached empty region (purged or not), so
@@ -204,7 +199,11 @@ pub fn settings() -> SettingsInForce {
 /// allocating; at most once per process. hakmem calls this itself at exit (registered at
 /// start-up); `libhakmem.so` calls it from its own, later, exit handler.
 pub fn report_stats_if_enabled() {
-    stats::report_once();
+    stats::report_once(|| {
+        // So the report counts only what live threads hold.
+        global::reap_ended_threads();
+        stats()
+    });
 }
 
 /// For `libhakmem.so`: the caller registers its own exit handler that calls
