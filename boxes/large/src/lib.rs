@@ -22,11 +22,11 @@
 //! ([`map_or_collect`]).
 //!
 //! ## Invariants
-//! - **L1 (one region, one block).** A large block is the only block of its region, whose
+//! - **LG1 (one region, one block).** A large block is the only block of its region, whose
 //!   header (superslab's `LargeHeader`) records the region's whole length; the block is
 //!   registered as large before its pointer is returned and unregistered before its region goes
 //!   to the lru.
-//! - **L2 (whole steps).** A region of 2 MiB or more is advised for huge pages when mapped or
+//! - **LG2 (whole steps).** A region of 2 MiB or more is advised for huge pages when mapped or
 //!   grown, and its length is a whole 2 MiB step when grown, and when new if that adds at most
 //!   half.
 #![deny(unsafe_op_in_unsafe_fn)]
