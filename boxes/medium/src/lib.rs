@@ -49,7 +49,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hakmem_hot_heap::Ctx;
 use hakmem_lru::now_ns;
 use hakmem_registry::Kind;
@@ -449,6 +449,27 @@ pub fn contention() -> hakmem_superslab::LockCounts {
 /// The next purge tick (as [`now_ns`]); `u64::MAX` when no free granule waits for one.
 static DUE: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// The context the tier's regions belong to: the first one a region is made for. Regions are
+/// registered in its registry, mapped by its `Os` and given back to its lru, so a call with
+/// another context makes no region and purges nothing (its blocks come from the regions there
+/// are, or from none).
+static OWNER: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
+
+/// True when the tier's regions belong to `ctx`; the first call with `claim` makes them.
+fn owned_by(ctx: &Ctx, claim: bool) -> bool {
+    let me = ctx as *const Ctx as *mut Ctx;
+    match OWNER.load(Ordering::Acquire) {
+        o if o == me => true,
+        o if o.is_null() && claim => {
+            match OWNER.compare_exchange(null_mut(), me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => true,
+                Err(o) => o == me,
+            }
+        }
+        _ => false,
+    }
+}
+
 impl State {
     /// Appends `r` (last: older regions are asked first, so a new one empties first).
     fn push(&mut self, r: *mut Region) {
@@ -555,6 +576,9 @@ pub fn alloc(ctx: &Ctx, row: Row<'_>, size: usize, align: usize, zero: bool) -> 
 /// A new region, registered, from the lru or the OS; `None` when the OS refuses.
 #[cold]
 fn new_region(ctx: &Ctx) -> Option<*mut Region> {
+    if !owned_by(ctx, true) {
+        return None;
+    }
     let env = ctx.env();
     let (base, zeroed) = match ctx.lru.take(env.stats, SS_SIZE, true, now_ns()) {
         Some(got) => (got.base, got.zeroed),
@@ -609,8 +633,8 @@ fn unlink_and_unregister(ctx: &Ctx, s: &mut State, r: *mut Region) {
 /// when it is not a live block start (M1), for the caller to report, and nothing changed.
 ///
 /// # Safety
-/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
-/// under the lock), and the caller gives `p` up.
+/// A lookup in `ctx`'s registry found `p` in the medium region at `base` (it may have gone
+/// since: this looks again under the lock), and the caller gives `p` up.
 #[inline(never)]
 pub unsafe fn free(ctx: &Ctx, row: Row<'_>, base: usize, p: *mut u8) -> Result<(), Bad> {
     let r = base as *mut Region;
@@ -654,8 +678,8 @@ pub unsafe fn free(ctx: &Ctx, row: Row<'_>, base: usize, p: *mut u8) -> Result<(
 /// report) when `p` is not a live block start (M1).
 ///
 /// # Safety
-/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
-/// under the lock).
+/// A lookup in `ctx`'s registry found `p` in the medium region at `base` (it may have gone
+/// since: this looks again under the lock).
 pub unsafe fn usable(ctx: &Ctx, base: usize, p: *mut u8) -> Option<usize> {
     let got = granule_of(base, p).and_then(|g| {
         MEDIUM.with(|_| {
@@ -725,6 +749,9 @@ pub fn purge_if_due(ctx: &Ctx) {
 /// to purge), in passes of at most [`BATCH`] runs, each pass from the list's head, since a
 /// region may leave the list while the lock is released.
 fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
+    if !owned_by(ctx, false) {
+        return 0;
+    }
     let env = ctx.env();
     let mut given = 0;
     let tick = MEDIUM.with(|s| {
