@@ -45,7 +45,9 @@
 //! The tier owns its lock and list ([`lock_for_fork`] and [`force_unlock`] are for the
 //! facade's fork handlers) and reports nothing itself: what the caller passes in (the context,
 //! this thread's stats [`Row`]) is all it uses, and a pointer it does not accept comes back as
-//! an error ([`Bad`]) for the caller to report.
+//! an error ([`Bad`]) for the caller to report. Its regions belong to the first context one is
+//! made for (registered in its registry, given back to its lru): a call with another context
+//! makes no region and purges nothing.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::ptr::{addr_of_mut, null_mut, NonNull};
