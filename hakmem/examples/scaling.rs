@@ -236,11 +236,11 @@ fn main() {
         for &t in &threads {
             // Stats first: taking them locks the heap list, which must not count.
             let s0 = hakmem::stats();
-            let c0 = hakmem::contention();
+            let c0 = hakmem::internal::contention();
             let start = Instant::now();
             run(t, ops);
             let secs = start.elapsed().as_secs_f64();
-            let c1 = hakmem::contention();
+            let c1 = hakmem::internal::contention();
             let s1 = hakmem::stats();
             let d = |e: Event| (s1.count(e) - s0.count(e)) as f64;
             let total = ((s1.total_allocs() + s1.total_frees())

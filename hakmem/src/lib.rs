@@ -1,55 +1,84 @@
-//! # hakmem: a general-purpose memory allocator built from layered boxes
+//! # hakmem: a general-purpose memory allocator
+//!
+//! hakmem is a fast, lean allocator with no per-block headers, a heap per thread, lock-free
+//! cross-thread frees, and checks that catch double frees, invalid frees and overwritten free
+//! lists by default. Use it as Rust's global allocator with one line:
 //!
 //! ```no_run
 //! #[global_allocator]
 //! static A: hakmem::HakMem = hakmem::HakMem;
 //! ```
 //!
-//! Settings from code (the `HAKMEM_*` environment variables still override them):
+//! C and C++ programs get the same allocator through `libhakmem.so` (crate `hakmem-preload`,
+//! `LD_PRELOAD`); this crate never exports `malloc` itself.
 //!
-//! ```no_run
+//! ## Settings
+//!
+//! Every setting has a default that suits most programs, can be set from code with
+//! [`HakMem::with`], and is overridden by its `HAKMEM_*` environment variable when that is set.
+//! A value out of its range gets a warning naming its source, and the default is used.
+//! [`settings()`] tells what is in force and where each value came from:
+//!
+//! ```
+//! use hakmem::{HakMem, Settings, Source};
+//!
 //! #[global_allocator]
-//! static A: hakmem::HakMem =
-//!     hakmem::HakMem::with(hakmem::Settings { lru_mb: 64, ..hakmem::Settings::DEFAULT });
+//! static A: HakMem = HakMem::with(Settings { lru_mb: 64, ..Settings::DEFAULT });
+//!
+//! let v = vec![1u8; 1000]; // the first allocation starts hakmem with these settings
+//! let s = hakmem::settings();
+//! if std::env::var_os("HAKMEM_LRU_MB").is_none() {
+//!     assert_eq!(s.lru_mb, 64);
+//!     assert_eq!(s.source("HAKMEM_LRU_MB"), Some(Source::Code));
+//! }
+//! assert_eq!(s.source("HAKMEM_NO_SUCH_SETTING"), None);
+//! # drop(v);
 //! ```
 //!
-//! This crate is the facade: it composes the boxes (see `docs/ARCHITECTURE.md`) into an
-//! allocator, owns start-up, the per-thread heap pointer, fork, settings, stats and the public
-//! API, and routes each request to the small tier (the heaps), the medium tier (64 KiB + 1 up
-//! to 1020 KiB: page runs of shared 2 MiB regions, box `hakmem-medium`, invariants M1..M6
-//! there) or the large tier (a dedicated region per block, box `hakmem-large`). It never exports `malloc` and friends;
-//! `libhakmem.so` (crate `hakmem-preload`) does that.
+//! ## Statistics
 //!
-//! ## Invariants
-//! - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
-//!   formatting, no `std::env`: memory comes from mmap, settings from `libc::getenv`, messages
-//!   are formatted on the stack.
-//! - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
-//!   its region through the registry and its slab by shift.
-//! - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
-//! - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
-//!   its slab has handed out (below the slab's carve mark, SS10), is reported as
-//!   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3), or a
-//!   medium block start freed twice (medium M1), as `hakmem: free(): double free detected 0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn`
-//!   reports, drops the free and goes on).
-//! - **F7 (stale pointers are reported, not followed).** A free, realloc or
-//!   `malloc_usable_size` that finds its pointer through the registry reads the region only
-//!   inside a lookup section (the registry's R6), which every unmap or reuse of a once-registered
-//!   region waits for. The section closes once the block is proven live (a small block of this
-//!   thread's heap; another heap's block start without the free key, FK1; a large block whose
-//!   header names it), since a held block keeps its region, or once the pointer is reported. A
-//!   medium pointer is checked again under the medium tier's lock, under which its regions are
-//!   withdrawn (medium M4). So a stale or bad pointer is reported as F4 says even while other
-//!   threads unmap the memory it points into. The owner's fast free (H8) and `dealloc` with a
-//!   small layout use no registry, so no section.
-//! - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
-//!   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
-//!   allocate and free on it; at the last pass it is retired (H5), and later calls take the
-//!   orphan paths, which leave nothing owned.
-//! - **F6 (settings before first use).** Every setting holds from the very first call, error
-//!   paths included: settings are read lazily by whatever needs them first (see `settings.rs`).
-//!   Settings from code ride on `&self` of the [`HakMem`](struct@HakMem) to the cold start-up
-//!   path only; the fast paths carry nothing more than a pointer they never read.
+//! [`stats()`] takes a [`Stats`] snapshot of every counter without allocating: live blocks and
+//! bytes, memory mapped, cached and resident, per size class and per event. Its `Display` is the
+//! report `HAKMEM_STATS=1` prints at exit.
+//!
+//! ```
+//! #[global_allocator]
+//! static A: hakmem::HakMem = hakmem::HakMem;
+//!
+//! let held: Vec<Box<[u8; 100]>> = (0..1000).map(|_| Box::new([0u8; 100])).collect();
+//! let s = hakmem::stats();
+//! assert!(s.live_blocks() >= 1000);
+//! assert!(s.total_allocs() >= 1000 && s.mapped_bytes() > 0);
+//! let row = s.classes().find(|c| c.block_size >= 100 && c.live > 0).unwrap();
+//! assert_eq!(row.tier, hakmem::Tier::Small);
+//! println!("{s}"); // the report
+//! drop(held);
+//! ```
+//!
+//! [`collect()`] gives cached memory back to the OS at once (memory goes back on its own
+//! after a short delay anyway).
+//!
+//! ## The C-style API
+//!
+//! [`raw`] has `malloc`, `calloc`, `aligned_alloc`, `realloc`, `free` and `usable_size` with
+//! glibc's semantics, whether or not hakmem is the global allocator:
+//!
+//! ```
+//! let p = hakmem::raw::malloc(24);
+//! assert!(!p.is_null());
+//! // SAFETY: `p` is a live block of 24 bytes (or more: see `usable_size`).
+//! unsafe {
+//!     p.write_bytes(7, 24);
+//!     assert!(hakmem::raw::usable_size(p) >= 24);
+//!     let q = hakmem::raw::realloc(p, 4000);
+//!     assert_eq!(*q.add(23), 7);
+//!     hakmem::raw::free(q);
+//! }
+//! ```
+//!
+//! How it is built (the boxes, their invariants and the facade's) is in
+//! `docs/ARCHITECTURE.md`; the invariants of this crate are stated at the top of its
+//! `src/lib.rs`.
 //!
 //! ## Features
 //! - `serde`: [`Stats`] (and [`ClassStats`], [`Source`]) implement `serde::Serialize`.
@@ -60,6 +89,38 @@
 //!   inside allocations: a subscriber that takes a lock must not allocate while holding that
 //!   lock elsewhere (the allocation may raise an event that waits for the lock).
 #![deny(unsafe_op_in_unsafe_fn)]
+
+// The facade's invariants (for maintainers; docs/ARCHITECTURE.md points here).
+// - **F1 (never calls itself).** Start-up, alloc and free use no std collection, no heap
+//   formatting, no `std::env`: memory comes from mmap, settings from `libc::getenv`, messages
+//   are formatted on the stack.
+// - **F2 (one address per block).** The pointer a user gets is the block; [`raw::free`] finds
+//   its region through the registry and its slab by shift.
+// - **F3 (no abort on out-of-memory).** When the OS refuses memory, allocations return null.
+// - **F4 (bad pointers are reported).** A pointer that is not ours, or not the start of a block
+//   its slab has handed out (below the slab's carve mark, SS10), is reported as
+//   `hakmem: free(): invalid pointer 0x…`; a double free found by the free key (FK3), or a
+//   medium block start freed twice (medium M1), as `hakmem: free(): double free detected
+//   0x…`. Either aborts (`HAKMEM_INVALID_FREE=warn` reports, drops the free and goes on).
+// - **F5 (thread exit).** A thread's heap lives until glibc's last pass over the TSD
+//   destructors (the exit destructor re-arms its key), so destructors that run after hakmem's
+//   allocate and free on it; at the last pass it is retired (H5), and later calls take the
+//   orphan paths, which leave nothing owned.
+// - **F6 (settings before first use).** Every setting holds from the very first call, error
+//   paths included: settings are read lazily by whatever needs them first (see `settings.rs`).
+//   Settings from code ride on `&self` of the [`HakMem`](struct@HakMem) to the cold start-up
+//   path only; the fast paths carry nothing more than a pointer they never read.
+// - **F7 (stale pointers are reported, not followed).** A free, realloc or
+//   `malloc_usable_size` that finds its pointer through the registry reads the region only
+//   inside a lookup section (the registry's R6), which every unmap or reuse of a once-registered
+//   region waits for. The section closes once the block is proven live (a small block of this
+//   thread's heap; another heap's block start without the free key, FK1; a large block whose
+//   header names it), since a held block keeps its region, or once the pointer is reported. A
+//   medium pointer is checked again under the medium tier's lock, under which its regions are
+//   withdrawn (medium M4). So a stale or bad pointer is reported as F4 says even while other
+//   threads unmap the memory it points into. The owner's fast free (H8) and `dealloc` with a
+//   small layout use no registry, so no section.
+//
 
 mod context;
 mod global;
@@ -195,24 +256,6 @@ pub fn settings() -> SettingsInForce {
     *settings::in_force()
 }
 
-/// With `HAKMEM_STATS=1`, writes the report (to `HAKMEM_STATS_FILE`, or stderr) without
-/// allocating; at most once per process. hakmem calls this itself at exit (registered at
-/// start-up); `libhakmem.so` calls it from its own, later, exit handler.
-pub fn report_stats_if_enabled() {
-    stats::report_once(|| {
-        // So the report counts only what live threads hold.
-        global::reap_ended_threads();
-        stats()
-    });
-}
-
-/// For `libhakmem.so`: the caller registers its own exit handler that calls
-/// [`report_stats_if_enabled`], so hakmem's own handler stays silent.
-#[doc(hidden)]
-pub fn exit_report_by_caller() {
-    stats::exit_report_by_caller();
-}
-
 /// The C-style API `libhakmem.so` exports, with glibc's semantics where they differ from
 /// `GlobalAlloc`'s. Pointers are 16-byte aligned at least.
 pub mod raw {
@@ -220,22 +263,23 @@ pub mod raw {
 
     /// `size` bytes (a unique block for 0), or null when the OS refuses.
     ///
-    /// # Safety
-    /// Always safe to call; unsafe as part of the C-style family.
+    /// ```
+    /// let p = hakmem::raw::malloc(100);
+    /// assert!(!p.is_null() && p as usize % 16 == 0);
+    /// // SAFETY: `p` is a live block of hakmem's, given up once.
+    /// unsafe { hakmem::raw::free(p) };
+    /// ```
     #[inline]
-    pub unsafe fn malloc(size: usize) -> *mut u8 {
-        // SAFETY: forwarded.
+    pub fn malloc(size: usize) -> *mut u8 {
+        // SAFETY: every size is a valid request (alloc_impl's contract needs nothing more).
         unsafe { alloc_impl(size, 16, false, NO_CODE) }
     }
 
     /// `malloc`'s fast path alone: a block from this thread's list for a tiny size, or null
     /// when that cannot serve it (the list is empty, the size is not tiny, the thread has no
     /// heap yet). Null is not a failure: the caller then calls [`malloc`], which decides.
-    ///
-    /// # Safety
-    /// Always safe to call; unsafe as part of the C-style family.
     #[inline(always)]
-    pub unsafe fn malloc_fast(size: usize) -> *mut u8 {
+    pub fn malloc_fast(size: usize) -> *mut u8 {
         if size > hakmem_route::MAX_TINY {
             return null_mut();
         }
@@ -246,11 +290,17 @@ pub mod raw {
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
     /// the OS is not zeroed again.
     ///
-    /// # Safety
-    /// Always safe to call.
-    pub unsafe fn calloc(n: usize, size: usize) -> *mut u8 {
+    /// ```
+    /// let p = hakmem::raw::calloc(10, 8);
+    /// // SAFETY: 80 bytes of a live block.
+    /// assert!(unsafe { core::slice::from_raw_parts(p, 80) }.iter().all(|&b| b == 0));
+    /// assert!(hakmem::raw::calloc(usize::MAX, 2).is_null(), "overflow");
+    /// // SAFETY: a live block of hakmem's, given up once.
+    /// unsafe { hakmem::raw::free(p) };
+    /// ```
+    pub fn calloc(n: usize, size: usize) -> *mut u8 {
         match n.checked_mul(size) {
-            // SAFETY: forwarded.
+            // SAFETY: every size is a valid request.
             Some(total) => unsafe { alloc_impl(total, 16, true, NO_CODE) },
             None => null_mut(),
         }
@@ -258,13 +308,18 @@ pub mod raw {
 
     /// `size` bytes aligned to `align` (any power of two), or null (also for a bad `align`).
     ///
-    /// # Safety
-    /// Always safe to call.
-    pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    /// ```
+    /// let p = hakmem::raw::aligned_alloc(4096, 100);
+    /// assert_eq!(p as usize % 4096, 0);
+    /// assert!(hakmem::raw::aligned_alloc(3, 100).is_null(), "not a power of two");
+    /// // SAFETY: a live block of hakmem's, given up once.
+    /// unsafe { hakmem::raw::free(p) };
+    /// ```
+    pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         if !align.is_power_of_two() {
             return null_mut();
         }
-        // SAFETY: forwarded.
+        // SAFETY: a power-of-two alignment and any size are a valid request.
         unsafe { alloc_impl(size, align.max(16), false, NO_CODE) }
     }
 
@@ -294,8 +349,7 @@ pub mod raw {
     /// `p` is null or a live block of this allocator.
     pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         if p.is_null() {
-            // SAFETY: forwarded.
-            return unsafe { malloc(size) };
+            return malloc(size);
         }
         if size == 0 {
             // SAFETY: forwarded.
@@ -533,8 +587,8 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
 /// As [`free_impl`].
 #[inline(never)]
 unsafe fn dealloc_other(p: *mut u8) {
-    // SAFETY: forwarded.
-    unsafe { free_impl(p, "free") }
+    // SAFETY: forwarded. A pointer that is not ours is reported as `dealloc`'s.
+    unsafe { free_impl(p, "dealloc") }
 }
 
 /// Frees `p` (reported for `op` when it is not a live block of ours).
@@ -739,30 +793,54 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     q
 }
 
-/// How often each shared lock was taken and found held, named, then the remote-free stacks'
-/// CAS retries as `("remote push", acquired: 0, contended: retries)` (remote frees themselves
-/// are counted in [`stats`]), then the medium tier's lock. Process-wide, for measurements
-/// (`docs/SCALING.md`); takes no lock and allocates nothing. All zero before the first
-/// allocation.
-pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 5] {
-    use hakmem_superslab::{LockCounts, RemoteStack};
-    let [a, b, c] = match ctx() {
-        Some(c) => c.lock_counts(),
-        None => [
-            ("heap list", LockCounts::default()),
-            ("abandoned list", LockCounts::default()),
-            ("lru", LockCounts::default()),
-        ],
-    };
-    let remote = LockCounts {
-        contended: RemoteStack::push_retries(),
-        ..LockCounts::default()
-    };
-    [
-        a,
-        b,
-        c,
-        ("remote push", remote),
-        ("medium", medium::contention()),
-    ]
+/// Hooks for hakmem's own crates (`libhakmem.so`'s exit report, the scaling example's lock
+/// counts): not an API to build on, and outside semver.
+#[doc(hidden)]
+pub mod internal {
+    use super::*;
+
+    /// With `HAKMEM_STATS=1`, writes the report (to `HAKMEM_STATS_FILE`, or stderr) without
+    /// allocating; at most once per process. hakmem calls this itself at exit (registered at
+    /// start-up); `libhakmem.so` calls it from its own, later, exit handler.
+    pub fn report_stats_if_enabled() {
+        stats::report_once(|| {
+            // So the report counts only what live threads hold.
+            global::reap_ended_threads();
+            stats()
+        });
+    }
+
+    /// For `libhakmem.so`: the caller registers its own exit handler that calls
+    /// [`report_stats_if_enabled`], so hakmem's own handler stays silent.
+    pub fn exit_report_by_caller() {
+        stats::exit_report_by_caller();
+    }
+
+    /// How often each shared lock was taken and found held, named, then the remote-free stacks'
+    /// CAS retries as `("remote push", acquired: 0, contended: retries)` (remote frees themselves
+    /// are counted in [`stats`]), then the medium tier's lock. Process-wide, for measurements
+    /// (`docs/SCALING.md`); takes no lock and allocates nothing. All zero before the first
+    /// allocation.
+    pub fn contention() -> [(&'static str, hakmem_superslab::LockCounts); 5] {
+        use hakmem_superslab::{LockCounts, RemoteStack};
+        let [a, b, c] = match ctx() {
+            Some(c) => c.lock_counts(),
+            None => [
+                ("heap list", LockCounts::default()),
+                ("abandoned list", LockCounts::default()),
+                ("lru", LockCounts::default()),
+            ],
+        };
+        let remote = LockCounts {
+            contended: RemoteStack::push_retries(),
+            ..LockCounts::default()
+        };
+        [
+            a,
+            b,
+            c,
+            ("remote push", remote),
+            ("medium", medium::contention()),
+        ]
+    }
 }

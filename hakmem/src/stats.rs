@@ -470,7 +470,7 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 /// The caller (libhakmem.so) writes the exit report from its own handler.
 static BY_CALLER: AtomicBool = AtomicBool::new(false);
 
-/// See [`crate::exit_report_by_caller`].
+/// See [`crate::internal::exit_report_by_caller`].
 pub fn exit_report_by_caller() {
     BY_CALLER.store(true, Ordering::Release);
 }

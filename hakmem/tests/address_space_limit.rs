@@ -105,8 +105,7 @@ fn many_1000() {
     const N: usize = 100_000;
     let mut blocks = Vec::with_capacity(N);
     for i in 0..N {
-        // SAFETY: raw malloc; the block is written within its 1000 bytes.
-        let p = unsafe { hakmem::raw::malloc(1000) };
+        let p = hakmem::raw::malloc(1000);
         assert!(!p.is_null(), "malloc(1000) number {i} under the limit");
         // SAFETY: inside the block.
         unsafe {

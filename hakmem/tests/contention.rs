@@ -1,4 +1,4 @@
-//! `hakmem::contention()`: the shared locks' counts move when the paths that take them run.
+//! `hakmem::internal::contention()`: the shared locks' counts move when the paths that take them run.
 //! This binary has hakmem as its global allocator and one test, so no other test's threads
 //! take the locks meanwhile (the harness's own may, which only raises the counts).
 use std::sync::mpsc;
@@ -9,7 +9,7 @@ static A: hakmem::HakMem = hakmem::HakMem;
 #[test]
 fn each_lock_counts_the_paths_that_take_it() {
     drop(Box::new(1u64)); // the allocator is up, and this thread has a heap
-    let before = hakmem::contention();
+    let before = hakmem::internal::contention();
     let names: Vec<&str> = before.iter().map(|c| c.0).collect();
     assert_eq!(
         names,
@@ -40,7 +40,7 @@ fn each_lock_counts_the_paths_that_take_it() {
     assert_eq!(medium[(100 << 10) - 1], 2);
     drop(medium);
 
-    let after = hakmem::contention();
+    let after = hakmem::internal::contention();
     for (b, a) in before.iter().zip(&after) {
         let (name, b, a) = (b.0, b.1, a.1);
         assert!(a.acquired >= b.acquired, "{name}: {b:?} -> {a:?}");

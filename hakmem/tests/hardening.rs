@@ -123,11 +123,9 @@ fn a_remote_double_free_aborts() {
     match in_child(name, &[]) {
         Some(o) => assert_aborted_with(&o, "hakmem: free(): double free detected 0x"),
         None => {
-            // SAFETY: the C-style API; the second free is the bug under test.
-            let a = unsafe { hakmem::raw::malloc(64) } as usize;
+            let a = hakmem::raw::malloc(64) as usize;
             std::thread::spawn(move || {
-                // SAFETY: as above.
-                unsafe { hakmem::raw::malloc(64) };
+                hakmem::raw::malloc(64);
                 // SAFETY: as above.
                 unsafe { hakmem::raw::free(a as *mut u8) };
                 // SAFETY: as above.
@@ -145,8 +143,7 @@ static mut LATE_KEY: libc::pthread_key_t = 0;
 extern "C" fn late_destructor(_: *mut libc::c_void) {
     let mut v = [core::ptr::null_mut::<u8>(); 200];
     for (i, p) in v.iter_mut().enumerate() {
-        // SAFETY: the C-style API.
-        *p = unsafe { hakmem::raw::malloc(16 + i % 200) };
+        *p = hakmem::raw::malloc(16 + i % 200);
         assert!(!p.is_null());
     }
     for p in v {

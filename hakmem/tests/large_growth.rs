@@ -10,12 +10,27 @@ static A: hakmem::HakMem = hakmem::HakMem;
 #[test]
 #[ignore = "run by a_large_block_grows_over_the_cached_region_after_it"]
 fn child_grows_over_a_cached_region() {
-    // Nothing else cached (a retired thread's superslab would fit the 1 MiB block better).
-    hakmem::collect();
-    // A 64 MiB block, freed: the lru caches its region.
-    drop(vec![1u8; 64 << 20]);
-    // A 1 MiB block takes the first 2 MiB of it; the rest stays cached right after.
-    let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+    // The 1 MiB block must take the front of a freed 64 MiB region, with the rest cached right
+    // after it. Another empty region cached meanwhile (a superslab the heap's purge tick gives
+    // back once its delay has passed, which a busy machine can make happen at any point) would
+    // fit the block better and take it instead: then start over, with nothing else cached.
+    let mut v: Vec<u8> = Vec::new();
+    for attempt in 0.. {
+        assert!(
+            attempt < 50,
+            "the block never took the front of the freed region"
+        );
+        hakmem::collect();
+        // A 64 MiB block, freed: the lru caches its region.
+        let big = vec![1u8; 64 << 20];
+        let front = big.as_ptr();
+        drop(big);
+        // A 1 MiB block takes the first 2 MiB of it; the rest stays cached right after.
+        v = Vec::with_capacity(1 << 20);
+        if v.as_ptr() == front {
+            break;
+        }
+    }
     v.extend((0..1 << 20).map(|i| i as u8));
     let (before, mremaps) = (v.as_ptr(), hakmem::stats().count(Event::Mremap));
     let live = hakmem::stats().live_bytes();

@@ -18,12 +18,27 @@
 //! A context over the real OS, one heap, and a block allocated and freed on its fast paths:
 //!
 //! ```
-//! use hakmem_hot_heap::{Ctx, Heap};
-//! use hakmem_lru::LruConfig;
-//! use hakmem_registry::{HeapLeaves, Registry};
-//! use hakmem_superslab::LibcOs;
+//! use core::alloc::Layout;
+//! use core::ptr::NonNull;
+//! use hakmem_hot_heap::{class_of, Ctx, Heap, LeafSource, LibcOs, LruConfig, Registry};
+//!
+//! /// The registry's leaves, from the std heap (the allocator maps them with mmap).
+//! struct Leaves;
+//! // SAFETY: `map` returns fresh zeroed memory of the layout, or `None`; `unmap` frees what
+//! // `map` returned, with the same layout.
+//! unsafe impl LeafSource for Leaves {
+//!     fn map(&self, layout: Layout) -> Option<NonNull<u8>> {
+//!         // SAFETY: the registry's leaves are never zero-sized.
+//!         NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+//!     }
+//!     unsafe fn unmap(&self, leaf: NonNull<u8>, layout: Layout) {
+//!         // SAFETY: allocated by `map` with this layout (the caller's contract).
+//!         unsafe { std::alloc::dealloc(leaf.as_ptr(), layout) }
+//!     }
+//! }
+//!
 //! static OS: LibcOs = LibcOs;
-//! static LEAVES: HeapLeaves = HeapLeaves;
+//! static LEAVES: Leaves = Leaves;
 //! let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(
 //!     &OS,
 //!     Registry::new(&LEAVES),
@@ -32,7 +47,7 @@
 //!     |c| panic!("corruption: {c:?}"),
 //! )));
 //! let heap = ctx.new_heap().expect("memory for the heap");
-//! let class = hakmem_route::class_of(100).unwrap();
+//! let class = class_of(100).unwrap();
 //! // SAFETY: this thread is the heap's only user; the block is freed once, by the owner, and
 //! // the heap is retired after its last use.
 //! unsafe {
@@ -211,19 +226,37 @@ mod remote;
 mod sync;
 
 use core::ptr::{null, null_mut, NonNull};
-use hakmem_lru::{now_ns, Lru, LruConfig};
-use hakmem_registry::{Kind, Registry};
+use hakmem_lru::{now_ns, Lru};
+use hakmem_registry::Kind;
 use hakmem_route::{
     block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF,
 };
-use hakmem_stats::{Event, GlobalStats, Snapshot, ThreadStats};
+use hakmem_stats::{GlobalStats, ThreadStats};
 use hakmem_superslab::{
-    free_key, init_free_key, key_word, link_key, set_key_word, AbandonedList, Corrupt, Env, Os,
-    SlabMeta, SpinLock, Superslab, SLABS, SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
+    free_key, init_free_key, key_word, link_key, set_key_word, AbandonedList, SpinLock, SLABS,
+    SLAB_SHIFT, SLAB_SIZE, SS_SIZE,
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
 use sync::{AtomicUsize, Ordering};
+
+/// Re-exported from hakmem-lru: how the context's cache of empty regions behaves.
+pub use hakmem_lru::LruConfig;
+/// Re-exported from hakmem-registry: the table a [`Ctx`] is made with, and its leaves' source.
+pub use hakmem_registry::{LeafSource, Registry};
+/// Re-exported from hakmem-route: a size's class (what [`Heap::alloc`] takes), and what a
+/// pointer is (the slab and superslab a free of a block by [`Heap::free_small`] takes).
+pub use hakmem_route::{class_of, classify, PtrRoute};
+/// Re-exported from hakmem-stats: what [`Ctx::snapshot`] returns, and the events it counts.
+pub use hakmem_stats::{Event, Snapshot};
+/// Re-exported from hakmem-superslab: the OS layer a [`Ctx`] is made with (and the real one),
+/// what its reports name, and the types its slow paths take.
+pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Slots of a heap's owned-slab cache (H8): one per slab, so 8 superslabs' worth, 16 MiB of
 /// small blocks (2 KiB per heap), indexed by a slab number's low byte.

@@ -19,9 +19,7 @@
 //! The cache owns the [`Os`] its regions came from, and gives them back through it only.
 //!
 //! ```
-//! use hakmem_lru::{now_ns, Lru, LruConfig};
-//! use hakmem_stats::GlobalStats;
-//! use hakmem_superslab::{LibcOs, Os, SS_SIZE};
+//! use hakmem_lru::{now_ns, GlobalStats, LibcOs, Lru, LruConfig, Os, SS_SIZE};
 //!
 //! static OS: LibcOs = LibcOs;
 //! let stats = GlobalStats::new();
@@ -95,9 +93,20 @@ mod sync;
 
 use core::ops::Deref;
 use core::ptr::NonNull;
-use hakmem_stats::{Event, GlobalStats};
-use hakmem_superslab::{Os, SpinLock, SS_SIZE};
+use hakmem_stats::Event;
+use hakmem_superslab::SpinLock;
 use sync::{AtomicU64, Ordering};
+
+/// Re-exported from hakmem-stats: the counters every call of the cache takes.
+pub use hakmem_stats::GlobalStats;
+/// Re-exported from hakmem-superslab: the OS layer the cache owns and gives regions back
+/// through, the real one, and the region alignment ([`Lru::put`] takes 2 MiB-aligned regions).
+pub use hakmem_superslab::{LibcOs, Os, SS_SIZE};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Most regions cached at once.
 pub const MAX_ENTRIES: usize = 64;

@@ -118,6 +118,11 @@ use core::alloc::Layout;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// log2 of the chunk size: every region is aligned to, and registered in units of, 2 MiB.
 pub const CHUNK_SHIFT: u32 = 21;
 /// The chunk size.

@@ -43,8 +43,19 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
-use hakmem_registry::{Kind, Registry};
-use hakmem_superslab::{LargeHeader, SlabMeta, Superslab, SLAB_SIZE};
+use hakmem_registry::Kind;
+use hakmem_superslab::SLAB_SIZE;
+
+/// Re-exported from hakmem-registry: the table [`classify`] looks pointers up in, so a user
+/// needs no other box to call it.
+pub use hakmem_registry::Registry;
+/// Re-exported from hakmem-superslab: what [`is_block_start`] takes and [`PtrRoute`] holds.
+pub use hakmem_superslab::{LargeHeader, SlabMeta, Superslab};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Classes up to 128 B (16-byte steps).
 const LINEAR: usize = 8;

@@ -41,6 +41,11 @@
 mod sync;
 use sync::{AtomicI64, AtomicU64, Ordering};
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Upper bound on the number of size classes a client may count (the route box asserts it fits).
 /// A power of two, so the fast path indexes with a mask instead of a bounds check.
 pub const MAX_CLASSES: usize = 128;

@@ -16,11 +16,27 @@
 //! A superslab over the real OS, carving blocks from a slab and taking them back:
 //!
 //! ```
-//! use hakmem_registry::{HeapLeaves, Registry};
-//! use hakmem_stats::{Event, GlobalStats};
-//! use hakmem_superslab::{Env, LibcOs, Superslab};
+//! use core::alloc::Layout;
+//! use core::ptr::NonNull;
+//! use hakmem_superslab::{Env, Event, GlobalStats, LeafSource, LibcOs, Os, Registry, Superslab};
+//!
+//! /// The registry's leaves, from the std heap (the allocator maps them with mmap).
+//! struct Leaves;
+//! // SAFETY: `map` returns fresh zeroed memory of the layout, or `None`; `unmap` frees what
+//! // `map` returned, with the same layout.
+//! unsafe impl LeafSource for Leaves {
+//!     fn map(&self, layout: Layout) -> Option<NonNull<u8>> {
+//!         // SAFETY: the registry's leaves are never zero-sized.
+//!         NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+//!     }
+//!     unsafe fn unmap(&self, leaf: NonNull<u8>, layout: Layout) {
+//!         // SAFETY: allocated by `map` with this layout (the caller's contract).
+//!         unsafe { std::alloc::dealloc(leaf.as_ptr(), layout) }
+//!     }
+//! }
+//!
 //! static OS: LibcOs = LibcOs;
-//! static LEAVES: HeapLeaves = HeapLeaves;
+//! static LEAVES: Leaves = Leaves;
 //! let (registry, stats) = (Registry::new(&LEAVES), GlobalStats::new());
 //! let env = Env { os: &OS, registry: &registry, stats: &stats };
 //! let ss = Superslab::create(&env, 1).expect("the OS gave 2 MiB");
@@ -43,7 +59,7 @@
 //!     assert!(ss.free_slab(slab), "every slab free");
 //!     assert!(ss.unpin(), "the last reference");
 //!     let region = ss.retire(&env);
-//!     hakmem_superslab::Os::unmap(&OS, region, hakmem_superslab::SS_SIZE, &stats);
+//!     OS.unmap(region, hakmem_superslab::SS_SIZE, &stats);
 //! }
 //! assert_eq!(stats.snapshot().count(Event::SsCreated), 1);
 //! ```
@@ -189,9 +205,18 @@ pub use slab::{Corrupt, SlabLocal, SlabMeta};
 pub use superslab::{Superslab, HEADER_SIZE};
 pub use sync::{spin, LockCounts, SpinLock};
 
-use hakmem_registry::Registry;
-use hakmem_stats::GlobalStats;
+/// Re-exported from hakmem-registry: the table [`Env`] publishes regions in, and the source
+/// of its leaves, so a user needs no other box to make one.
+pub use hakmem_registry::{LeafSource, Registry};
+/// Re-exported from hakmem-stats: the counters [`Env`] and every [`Os`] call take, and the
+/// events they count.
+pub use hakmem_stats::{Event, GlobalStats};
 pub use hakmem_tls_sll::LinkKey;
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// log2 of the superslab size.
 pub const SS_SHIFT: u32 = 21;

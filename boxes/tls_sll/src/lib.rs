@@ -99,6 +99,11 @@ use core::ptr::null_mut;
 mod sync;
 use sync::{fence, spin, AtomicI64, AtomicU64, Ordering::*};
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The largest bound a list may have (L1): the room is a signed 13-bit field.
 pub const MAX_CAP: u32 = (1 << 12) - 1;
 

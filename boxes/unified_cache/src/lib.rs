@@ -36,6 +36,11 @@
 
 use core::ptr::null_mut;
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The cache for `CLASSES` classes sharing `SLOTS` slots.
 pub struct UnifiedCache<const CLASSES: usize, const SLOTS: usize> {
     slots: [*mut u8; SLOTS],

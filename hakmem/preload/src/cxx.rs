@@ -30,11 +30,9 @@ struct Got {
 
 /// The block for `new`, or null when hakmem has none (the thunk then forwards).
 extern "C" fn cxx_alloc(size: usize) -> Got {
-    // SAFETY: every size is a valid request.
-    let mut p = unsafe { raw::malloc_fast(size) };
+    let mut p = raw::malloc_fast(size);
     if p.is_null() {
-        // SAFETY: as above; null when the OS refuses.
-        p = unsafe { raw::malloc(size) };
+        p = raw::malloc(size);
     }
     Got {
         block: p.cast(),

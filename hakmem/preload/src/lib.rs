@@ -98,8 +98,7 @@ const MIN_ALIGN: usize = 16;
 /// Callable from any thread at any time, as C's `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    // SAFETY: every size is a valid request.
-    let p = unsafe { raw::malloc_fast(size) };
+    let p = raw::malloc_fast(size);
     if !p.is_null() {
         return p.cast();
     }
@@ -114,8 +113,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[cold]
 #[inline(never)]
 unsafe fn malloc_full(size: usize) -> *mut c_void {
-    // SAFETY: every size is a valid request; the facade returns NULL when it cannot serve it.
-    or_enomem(unsafe { raw::malloc(size) })
+    or_enomem(raw::malloc(size))
 }
 
 /// Frees a block from any of these functions; `free(NULL)` does nothing. A pointer that is not
@@ -137,8 +135,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// As C's `calloc`.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    // SAFETY: every pair is a valid request; the facade checks the product for overflow.
-    or_enomem(unsafe { raw::calloc(n, size) })
+    or_enomem(raw::calloc(n, size))
 }
 
 /// Resizes `p` to `size` bytes, keeping its contents up to the smaller size. `realloc(NULL, n)`
@@ -188,8 +185,7 @@ pub unsafe extern "C" fn posix_memalign(
     }
     // The facade leaves errno alone, but the system calls under it may not.
     let saved = errno();
-    // SAFETY: `align` is a power of two, as the facade requires.
-    let p = unsafe { raw::aligned_alloc(align, size) };
+    let p = raw::aligned_alloc(align, size);
     set_errno(saved);
     if p.is_null() {
         return libc::ENOMEM;
@@ -209,8 +205,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     if !align.is_power_of_two() {
         return fail(libc::EINVAL);
     }
-    // SAFETY: `align` is a power of two, as the facade requires.
-    or_enomem(unsafe { raw::aligned_alloc(align, size) })
+    or_enomem(raw::aligned_alloc(align, size))
 }
 
 /// glibc's `memalign`: an alignment up to 16 is `malloc`; one that is not a power of two is
@@ -225,8 +220,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
         return unsafe { malloc(size) };
     }
     match align.checked_next_power_of_two() {
-        // SAFETY: `a` is a power of two, as the facade requires.
-        Some(a) => or_enomem(unsafe { raw::aligned_alloc(a, size) }),
+        Some(a) => or_enomem(raw::aligned_alloc(a, size)),
         None => fail(libc::EINVAL),
     }
 }
@@ -237,8 +231,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// As C's `valloc`.
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    // SAFETY: the page size is a power of two, as the facade requires.
-    or_enomem(unsafe { raw::aligned_alloc(page_size(), size) })
+    or_enomem(raw::aligned_alloc(page_size(), size))
 }
 
 /// A page-aligned block of `size` rounded up to whole pages; `ENOMEM` if that overflows.
@@ -249,8 +242,7 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     let page = page_size();
     match size.checked_add(page - 1) {
-        // SAFETY: the page size is a power of two, as the facade requires.
-        Some(s) => or_enomem(unsafe { raw::aligned_alloc(page, s & !(page - 1)) }),
+        Some(s) => or_enomem(raw::aligned_alloc(page, s & !(page - 1))),
         None => fail(libc::ENOMEM),
     }
 }
@@ -351,7 +343,7 @@ extern "C" {
 /// destructor.
 unsafe extern "C" fn on_exit(_: *mut c_void) {
     saved_stderr::restore_if_closed();
-    hakmem::report_stats_if_enabled();
+    hakmem::internal::report_stats_if_enabled();
 }
 
 /// The library constructor. A preloaded library's constructors run before the program's start
@@ -361,7 +353,7 @@ unsafe extern "C" fn on_exit(_: *mut c_void) {
 /// linked `-z nodelete`, so its code is still mapped when `exit` calls it.
 extern "C" fn on_load() {
     // This handler, not the one hakmem registers at start-up, writes the report: it runs later.
-    hakmem::exit_report_by_caller();
+    hakmem::internal::exit_report_by_caller();
     saved_stderr::save_if_stats_requested();
     // Registration fails only when the handler list cannot grow: the report is then lost, and
     // nothing else is, so the result is not checked.
