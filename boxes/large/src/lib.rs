@@ -40,6 +40,11 @@ use hakmem_superslab::{LargeHeader, LargeLayout, Os, SS_SIZE};
 
 pub use hakmem_medium::{map_or_collect, Row, LARGE_ROW};
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// A block of `size` bytes aligned to `align`, zeroed when `zero`, counted in `row`; null when
 /// the OS refuses.
 #[inline(never)]

@@ -59,6 +59,11 @@ use hakmem_route::{CLASSES, MAX_SMALL};
 use hakmem_stats::{Event, ThreadStats};
 use hakmem_superslab::{SpinLock, PAGE, SS_SIZE};
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The stats row the large and medium tiers count in.
 pub const LARGE_ROW: usize = CLASSES;
 
