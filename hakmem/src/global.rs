@@ -11,17 +11,18 @@
 //! glibc may allocate while doing so (that re-entry then finds hakmem ready). Nothing in
 //! start-up can panic (a panic allocates, and would wait for the start-up it interrupted): the
 //! settings are range-checked before start-up sees them, and its arithmetic saturates.
+use crate::context::ctx;
 use crate::out::eprint;
 use crate::settings::{OnInvalid, Settings};
+use crate::tls::DEAD;
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use hakmem_hot_heap::{Ctx, Heap};
 use hakmem_lru::LruConfig;
 use hakmem_registry::{LeafSource, Registry};
 use hakmem_superslab::{Corrupt, LibcOs, Os, SpinLock};
 
 static OS: LibcOs = LibcOs;
-static CTX: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
 /// The start-up state in the low two bits; while BUSY, the initialising process's id above them
 /// (so a child forked during start-up can tell the initialiser is not in its process: S3).
 static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
@@ -33,9 +34,6 @@ const READY: usize = 2;
 
 /// glibc's (and musl's) `PTHREAD_DESTRUCTOR_ITERATIONS`: the passes over the TSD destructors.
 const DESTRUCTOR_ITERATIONS: u8 = 4;
-
-/// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
-pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 
 std::thread_local! {
     // The thread-exit destructor's passes so far (0 while the thread runs). Read on the exit
@@ -89,13 +87,6 @@ pub fn reap_ended_threads() {
             unsafe { c.reap_one(thread_gone) };
         }
     }
-}
-
-/// The shared context, if initialised.
-#[inline(always)]
-pub fn ctx() -> Option<&'static Ctx> {
-    // SAFETY: once published, the context lives for the rest of the program.
-    unsafe { CTX.load(Ordering::Acquire).as_ref() }
 }
 
 /// The settings in force: read from the environment (over any set in code) by the first call
@@ -180,13 +171,15 @@ fn init() -> Option<&'static Ctx> {
     // glibc's pthread_key_create takes a free slot in a static table: it does not allocate.
     // SAFETY: KEY is written here only, before the context is published (Release below).
     unsafe { libc::pthread_key_create(core::ptr::addr_of_mut!(KEY), Some(thread_exit)) };
-    CTX.store(ctx.as_ptr(), Ordering::Release);
+    // SAFETY: built and written in full above, never unmapped; published once (this thread
+    // holds BUSY).
+    unsafe { crate::context::publish(ctx) };
     STATE.store(READY, Ordering::Release);
     // SAFETY: plain C callbacks. glibc may allocate while registering them; that re-entry finds
     // the context published and goes through.
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     // Also after READY, for the same reason (atexit may allocate past its static slots).
-    crate::stats::after_start_up();
+    crate::stats::after_start_up(at_exit);
     // Settings from code arrive with the first allocation, not at load: so does their purge
     // thread (pthread_create may allocate, which finds hakmem ready).
     if crate::settings::code_applied() {
@@ -305,16 +298,6 @@ pub fn heap_ptr() -> *mut Heap {
     crate::tls::get()
 }
 
-/// Sets this thread's heap pointer to `h` and returns the old one. The tracing hook sets
-/// [`DEAD`] while a subscriber runs, so the subscriber's allocations take the orphan paths and
-/// never touch a heap that is in the middle of an operation.
-#[cfg(feature = "tracing")]
-pub fn swap_heap(h: *mut Heap) -> *mut Heap {
-    let old = crate::tls::get();
-    crate::tls::set(h);
-    old
-}
-
 /// This thread's heap, creating it on first use. `None` after the thread's exit clean-up, or
 /// when the OS refuses memory.
 #[cold]
@@ -381,6 +364,15 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
         // SAFETY: this thread's heap; the thread uses only orphan paths from now on.
         unsafe { ctx.retire_heap(heap) };
     }
+}
+
+/// The exit report's handler (`HAKMEM_STATS=1`, registered at start-up): the threads that have
+/// ended are reaped first, so the report counts only what live threads hold.
+extern "C" fn at_exit() {
+    crate::stats::at_exit(|| {
+        reap_ended_threads();
+        crate::stats::snapshot(late_heap_made())
+    });
 }
 
 /// True while the locks of [`fork_prepare`] are held, for [`fork_parent`] and [`fork_child`]:
@@ -455,7 +447,7 @@ extern "C" fn fork_prepare() {
     // The late heap's lock first: its holder may take the context's locks.
     LATE.lock_for_fork();
     // Then the medium tier's: it is never held while another is taken (medium M2).
-    crate::medium::lock_for_fork();
+    hakmem_medium::lock_for_fork();
     if let Some(c) = ctx() {
         c.lock_all();
     }
@@ -471,7 +463,7 @@ extern "C" fn fork_parent() {
         unsafe { c.unlock_all() };
     }
     // SAFETY: fork_prepare took it with lock_for_fork on this thread.
-    unsafe { crate::medium::force_unlock() };
+    unsafe { hakmem_medium::force_unlock() };
     // SAFETY: fork_prepare took it with lock_for_fork, and nothing references its value.
     unsafe { LATE.force_unlock() };
     stdio::unlock();
@@ -497,7 +489,7 @@ extern "C" fn fork_child() {
         unsafe { c.registry.forget_sections() };
     }
     // SAFETY: as in fork_parent; the parent's prepare took it.
-    unsafe { crate::medium::force_unlock() };
+    unsafe { hakmem_medium::force_unlock() };
     // SAFETY: as in fork_parent; the parent's prepare took it.
     unsafe { LATE.force_unlock() };
     stdio::reset_in_child();

@@ -122,9 +122,8 @@
 //   small layout use no registry, so no section.
 //
 
+mod context;
 mod global;
-mod large;
-mod medium;
 mod out;
 mod purge;
 mod settings;
@@ -133,12 +132,16 @@ mod tls;
 #[cfg(feature = "tracing")]
 mod trace;
 
+use context::ctx;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
-use global::{ctx, ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer, DEAD};
+use global::{ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer};
 use hakmem_hot_heap::Heap;
+use hakmem_large as large;
+use hakmem_medium as medium;
 use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
+use tls::DEAD;
 
 pub use hakmem_stats::Event;
 pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
@@ -217,16 +220,8 @@ unsafe impl GlobalAlloc for HakMem {
 
 /// A snapshot of every counter (allocates nothing).
 pub fn stats() -> Stats {
-    match ctx() {
-        Some(c) => Stats::new(
-            c.snapshot(),
-            c.lru.usage(),
-            c.abandoned.len(),
-            // The late heap (global.rs) belongs to no thread.
-            c.live_heaps() - usize::from(global::late_heap_made()),
-        ),
-        None => Stats::empty(),
-    }
+    // The late heap (global.rs) belongs to no thread.
+    stats::snapshot(global::late_heap_made())
 }
 
 /// Gives memory back to the OS now: unmaps every cached empty region (purged or not), so
@@ -249,8 +244,7 @@ pub fn stats() -> Stats {
 /// ```
 pub fn collect() -> usize {
     match ctx() {
-        // Empty medium regions go to the lru first, to be unmapped with the rest.
-        Some(c) => medium::collect() + c.lru.flush(&c.stats),
+        Some(c) => medium::collect(c),
         None => 0,
     }
 }
@@ -411,8 +405,10 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
             unsafe { alloc_small_slow(class, zero, code) }
         }
         Route::Large => match ctx_or_init_with(code) {
-            Some(ctx) if medium::serves(ctx, size, align) => medium::alloc(ctx, size, align, zero),
-            Some(ctx) => large::alloc(ctx, size, align, zero),
+            Some(ctx) if medium::serves(ctx, size, align) => {
+                medium::alloc(ctx, row(), size, align, zero)
+            }
+            Some(ctx) => large::alloc(ctx, row(), size, align, zero),
             None => null_mut(),
         },
     }
@@ -470,6 +466,17 @@ unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
             h.alloc(class)
         }
     }
+}
+
+/// This thread's counters for the medium and large tiers' blocks: its live heap's, or `None`
+/// (the context's) for a thread without one. Used within the call that reads it.
+#[inline(always)]
+fn row<'a>() -> medium::Row<'a> {
+    let h = heap_ptr();
+    // SAFETY: a live heap of this thread (neither null nor DEAD), which lives past the tier call
+    // it is passed to (only this thread's exit retires it); its counters are written by this
+    // thread only.
+    (h as usize > DEAD as usize).then(|| unsafe { &(*h).stats })
 }
 
 enum Block {
@@ -558,7 +565,10 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             drop(section);
             // SAFETY: checked again under the medium tier's lock (the region may have gone
             // since the lookup); reported there if `p` is not one of its live blocks.
-            let usable = unsafe { medium::usable(ctx, base, p, op) };
+            let usable = unsafe { medium::usable(ctx, base, p) };
+            if usable.is_none() {
+                invalid_pointer(op, p);
+            }
             return usable.map(|usable| Block::Medium(base, usable));
         }
         _ => None,
@@ -625,13 +635,18 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
             drop(section);
             // SAFETY: the registry said `lh` is live, its block starts at `p`, and the caller
             // gives it up.
-            unsafe { large::free(ctx, lh) }
+            unsafe { large::free(ctx, row(), lh) }
         }
         PtrRoute::Medium(base) => {
             drop(section);
-            // SAFETY: checked again under the medium tier's lock; `p` is given up, and reported
-            // there unless it is one of its live blocks.
-            unsafe { medium::free(ctx, base, p, op) }
+            // SAFETY: checked again under the medium tier's lock; `p` is given up.
+            match unsafe { medium::free(ctx, row(), base, p) } {
+                Ok(()) => {}
+                Err(medium::Bad::DoubleFree) => {
+                    ctx.report(hakmem_superslab::Corrupt::DoubleFree(p as usize))
+                }
+                Err(medium::Bad::NotABlock) => invalid_pointer(op, p),
+            }
         }
         _ => {
             drop(section);
@@ -788,7 +803,11 @@ pub mod internal {
     /// allocating; at most once per process. hakmem calls this itself at exit (registered at
     /// start-up); `libhakmem.so` calls it from its own, later, exit handler.
     pub fn report_stats_if_enabled() {
-        stats::report_once();
+        stats::report_once(|| {
+            // So the report counts only what live threads hold.
+            global::reap_ended_threads();
+            stats()
+        });
     }
 
     /// For `libhakmem.so`: the caller registers its own exit handler that calls

@@ -18,7 +18,7 @@
 //! Loading initialises nothing: the constructor only reads the settings (which leaves settings
 //! from code free to arrive with the first allocation), and the thread does nothing until
 //! hakmem has started up.
-use crate::global::ctx;
+use crate::context::ctx;
 use crate::settings::BACKGROUND_PURGE_MS_MAX;
 use core::ffi::c_void;
 use core::ptr::null_mut;
@@ -120,7 +120,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
         unsafe { libc::nanosleep(&period, null_mut()) };
         if let Some(c) = ctx() {
             c.lru.purge_if_due(&c.stats);
-            crate::medium::purge_if_due(c);
+            hakmem_medium::purge_if_due(c);
         }
     }
 }

@@ -5,7 +5,8 @@ use hakmem_route::{block_size_of, CLASSES};
 use hakmem_stats::{Event, Snapshot};
 use hakmem_superslab::Corrupt;
 
-use crate::large::LARGE_ROW;
+use crate::context::ctx;
+use hakmem_large::LARGE_ROW;
 
 /// A snapshot of every counter, taken by [`crate::stats`]. Plain data: taking and reading one
 /// allocates nothing. `Display` is the report `HAKMEM_STATS=1` prints; `Debug` shows the
@@ -440,21 +441,39 @@ pub fn exit_report_by_caller() {
     BY_CALLER.store(true, Ordering::Release);
 }
 
-/// At start-up, once hakmem is ready: the exit report, and the `tracing` hook.
-pub fn after_start_up() {
-    register_exit_report();
+/// At start-up, once hakmem is ready: the exit report (start-up's `at_exit` handler, which calls
+/// [`at_exit`]), and the `tracing` hook.
+pub fn after_start_up(at_exit: extern "C" fn()) {
+    register_exit_report(at_exit);
     #[cfg(feature = "tracing")]
     crate::trace::install();
 }
 
-/// With `HAKMEM_STATS=1`, registers the exit report (`atexit` takes a static slot, and may
-/// allocate only past 32 handlers, which then finds hakmem ready).
-fn register_exit_report() {
-    extern "C" fn at_exit() {
-        if !BY_CALLER.load(Ordering::Acquire) {
-            report_once();
-        }
+/// The exit handler's report: [`report_once`], unless the caller (libhakmem.so) writes it from
+/// its own handler.
+pub fn at_exit(now: impl FnOnce() -> Stats) {
+    if !BY_CALLER.load(Ordering::Acquire) {
+        report_once(now);
     }
+}
+
+/// The counters now; `late_heap_made` when the late heap (start-up's, owned by no thread)
+/// exists, so it is not counted as a thread's.
+pub fn snapshot(late_heap_made: bool) -> Stats {
+    match ctx() {
+        Some(c) => Stats::new(
+            c.snapshot(),
+            c.lru.usage(),
+            c.abandoned.len(),
+            c.live_heaps() - usize::from(late_heap_made),
+        ),
+        None => Stats::empty(),
+    }
+}
+
+/// With `HAKMEM_STATS=1`, registers the exit report's handler (`atexit` takes a static slot, and
+/// may allocate only past 32 handlers, which then finds hakmem ready).
+fn register_exit_report(at_exit: extern "C" fn()) {
     if crate::settings::in_force().stats && !BY_CALLER.load(Ordering::Acquire) {
         // SAFETY: a plain C callback that lives as long as the program's code.
         unsafe { libc::atexit(at_exit) };
@@ -463,14 +482,14 @@ fn register_exit_report() {
 
 /// With `HAKMEM_STATS=1`, writes the report, once per process: to `HAKMEM_STATS_FILE` (its
 /// `%p` replaced by the pid, appended to) or to stderr. Nothing is allocated: the report is
-/// formatted into a stack buffer and written with `write(2)`.
-pub fn report_once() {
+/// formatted into a stack buffer and written with `write(2)`. `now` takes the counters (the
+/// caller reaps ended threads first).
+pub fn report_once(now: impl FnOnce() -> Stats) {
     let s = crate::settings::in_force();
-    if !s.stats || crate::global::ctx().is_none() || REPORTED.swap(true, Ordering::AcqRel) {
+    if !s.stats || ctx().is_none() || REPORTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    crate::global::reap_ended_threads();
-    let stats = crate::stats();
+    let stats = now();
     let fd = match s.stats_file {
         Some(path) => open_report_file(path.to_bytes(), stats.pid),
         None => 2,
@@ -549,7 +568,7 @@ pub fn invalid_pointer(op: &str, p: *const u8) {
 fn note_corruption(op: &str, what: &str, p: usize) {
     // Read the settings (and print any warnings about them) before the report.
     let _ = crate::settings::in_force();
-    if let Some(c) = crate::global::ctx() {
+    if let Some(c) = ctx() {
         c.stats.event(Event::Corrupt, 0);
     }
     #[cfg(feature = "tracing")]

@@ -32,9 +32,11 @@
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
-use crate::global::DEAD;
 use core::ptr::null_mut;
 use hakmem_hot_heap::{EmptyHeap, Heap};
+
+/// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
+pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 
 /// What the slot holds for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
 /// run into a miss instead of testing for null.

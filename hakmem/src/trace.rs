@@ -13,8 +13,10 @@
 //! A thread whose heap is torn down (its exit clean-up runs after its Rust thread-locals are
 //! destroyed, and a subscriber's thread-locals may panic then) does not call the subscriber:
 //! its events wait in a small static queue and are emitted by the next event on a live thread.
+use crate::tls::DEAD;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use hakmem_hot_heap::Heap;
 use hakmem_stats::Event;
 
 std::thread_local! {
@@ -79,21 +81,30 @@ fn drain() {
     }
 }
 
+/// Sets this thread's heap pointer to `h` and returns the old one: [`DEAD`] while a subscriber
+/// runs, so the subscriber's allocations take the orphan paths and never touch a heap that is
+/// in the middle of an operation.
+fn swap_heap(h: *mut Heap) -> *mut Heap {
+    let old = crate::tls::get();
+    crate::tls::set(h);
+    old
+}
+
 /// Runs `f` unless this thread is already inside the hook, with the heap set aside; defers
 /// (`kind`, `payload`) instead on a thread that is exiting.
 fn guarded(kind: usize, payload: usize, f: impl FnOnce()) {
-    struct Restore(*mut hakmem_hot_heap::Heap);
+    struct Restore(*mut Heap);
     impl Drop for Restore {
         fn drop(&mut self) {
-            crate::global::swap_heap(self.0);
+            swap_heap(self.0);
             IN_HOOK.with(|g| g.set(false));
         }
     }
     if IN_HOOK.with(|g| g.replace(true)) {
         return;
     }
-    let restore = Restore(crate::global::swap_heap(crate::global::DEAD));
-    if restore.0 == crate::global::DEAD {
+    let restore = Restore(swap_heap(DEAD));
+    if restore.0 == DEAD {
         defer(kind, payload);
         return;
     }

@@ -42,6 +42,8 @@ pub const BOXES: &[&str] = &[
     "hakmem-route",
     "hakmem-stats",
     "hakmem-lru",
+    "hakmem-medium",
+    "hakmem-large",
 ];
 
 /// Boxes that may hold loom models (a box without any runs zero of them, which is fine as long as

@@ -49,6 +49,12 @@ impl Ctx {
         }
     }
 
+    /// The purge delay of free pages kept for reuse (free slabs, H14; the medium tier's free
+    /// runs): the lru's, or `None` when its purging is off.
+    pub fn purge_delay(&self) -> Option<u64> {
+        (self.slab_purge_delay != u64::MAX).then_some(self.slab_purge_delay)
+    }
+
     /// True in check mode.
     pub fn check(&self) -> bool {
         self.check

@@ -8,16 +8,18 @@
 //! checks ([`pattern`], [`overlaps`]).
 //!
 //! ## What a case checks
-//! - **M1 (no overlap).** At every sync point, no two live blocks overlap, counting each block as
+//! (Their IDs are MC1..MC6, the model check's own; M1..M6 are the medium tier's, in
+//! `hakmem-medium`.)
+//! - **MC1 (no overlap).** At every sync point, no two live blocks overlap, counting each block as
 //!   `[p, p + max(size, usable_size(p)))`.
-//! - **M2 (alignment).** Every pointer returned by alloc, alloc_zeroed and realloc is a multiple of the
+//! - **MC2 (alignment).** Every pointer returned by alloc, alloc_zeroed and realloc is a multiple of the
 //!   alignment asked for.
-//! - **M3 (contents).** Every block is filled with a pattern derived from its id; the pattern is
+//! - **MC3 (contents).** Every block is filled with a pattern derived from its id; the pattern is
 //!   verified before every free and before every realloc, and after a realloc up to
 //!   `min(old, new)` bytes. Blocks handed to another thread are verified there.
-//! - **M4 (zeroing).** alloc_zeroed returns zeroed memory.
-//! - **M5 (usable size).** `usable_size(p) >= size` for every block handed out.
-//! - **M6 (live count).** At every sync point and after the case's cleanup, the allocator's live
+//! - **MC4 (zeroing).** alloc_zeroed returns zeroed memory.
+//! - **MC5 (usable size).** `usable_size(p) >= size` for every block handed out.
+//! - **MC6 (live count).** At every sync point and after the case's cleanup, the allocator's live
 //!   block count has moved from its baseline by exactly the model's number of live blocks.
 //!
 //! ## Threads and determinism
@@ -100,7 +102,7 @@ pub enum Op {
         /// Which of the other threads (modulo their number).
         to: u8,
     },
-    /// Ends a round: every thread waits for the others; hand-overs are applied and M1 and M6
+    /// Ends a round: every thread waits for the others; hand-overs are applied and MC1 and MC6
     /// checked.
     Sync,
 }
@@ -196,7 +198,7 @@ fn pattern_seed(id: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The contents patterns of M3.
+/// The contents patterns of MC3.
 pub mod pattern {
     use super::{pattern_byte, pattern_seed};
 
@@ -221,7 +223,7 @@ pub mod pattern {
 /// A live block's address range and id: `(start, end, id)`, `end` exclusive.
 pub type Range = (usize, usize, u64);
 
-/// M1: sorts the live ranges and returns the first overlapping pair. Does not allocate (sorts in
+/// MC1: sorts the live ranges and returns the first overlapping pair. Does not allocate (sorts in
 /// place, unstably).
 pub fn overlaps(ranges: &mut [Range]) -> Option<(Range, Range)> {
     ranges.sort_unstable();
@@ -376,7 +378,7 @@ impl<H: Heap> Driver<H> {
         Self { shared, workers }
     }
 
-    /// Runs one case and checks M1 to M6; the first failed check is returned. Every block the case
+    /// Runs one case and checks MC1 to MC6; the first failed check is returned. Every block the case
     /// allocated is freed before this returns, pass or fail (unless the heap crashed).
     pub fn run_case(&self, case: &Case) -> Result<(), Failure> {
         let s = &*self.shared;
@@ -413,7 +415,7 @@ impl<H: Heap> Driver<H> {
                 if delta != 0 {
                     s.fail(|| {
                         format!(
-                            "M6 after cleanup: the heap counts {delta} live blocks, the model 0"
+                            "MC6 after cleanup: the heap counts {delta} live blocks, the model 0"
                         )
                     });
                 }
@@ -486,7 +488,7 @@ fn run_round<H: Heap>(s: &Shared<H>, me: usize, r: usize) {
     }
 }
 
-/// At the end of round `r`, with every worker parked: applies the hand-overs, then checks M1 and M6.
+/// At the end of round `r`, with every worker parked: applies the hand-overs, then checks MC1 and MC6.
 fn end_of_round<H: Heap>(s: &Shared<H>, r: usize, baseline: i64, scratch: &mut Vec<Range>) {
     let mut st: [MutexGuard<'_, ThreadState>; MAX_THREADS] = std::array::from_fn(|t| s.state(t));
     for from in 0..MAX_THREADS {
@@ -510,7 +512,7 @@ fn end_of_round<H: Heap>(s: &Shared<H>, r: usize, baseline: i64, scratch: &mut V
     if let Some((a, b)) = overlaps(scratch) {
         s.fail(|| {
             format!(
-                "M1 after round {r}: block {} at [{:#x}, {:#x}) overlaps block {} at [{:#x}, {:#x})",
+                "MC1 after round {r}: block {} at [{:#x}, {:#x}) overlaps block {} at [{:#x}, {:#x})",
                 a.2, a.0, a.1, b.2, b.0, b.1
             )
         });
@@ -519,7 +521,7 @@ fn end_of_round<H: Heap>(s: &Shared<H>, r: usize, baseline: i64, scratch: &mut V
     let delta = s.heap.live_blocks() - baseline;
     if delta != model {
         s.fail(|| {
-            format!("M6 after round {r}: the heap counts {delta} live blocks, the model {model}")
+            format!("MC6 after round {r}: the heap counts {delta} live blocks, the model {model}")
         });
     }
 }
@@ -575,7 +577,7 @@ fn apply<H: Heap>(
                 if let Some(i) = bytes.iter().position(|&x| x != 0) {
                     s.fail(|| {
                         format!(
-                            "M4 round {r} thread {me}: alloc_zeroed({size}, align {align}) at {p:p}: byte {i} is {:#x}",
+                            "MC4 round {r} thread {me}: alloc_zeroed({size}, align {align}) at {p:p}: byte {i} is {:#x}",
                             bytes[i]
                         )
                     });
@@ -640,7 +642,7 @@ fn apply<H: Heap>(
     }
 }
 
-/// M2 and M5 on a pointer fresh from alloc, alloc_zeroed or realloc (and non-null).
+/// MC2 and MC5 on a pointer fresh from alloc, alloc_zeroed or realloc (and non-null).
 fn check_fresh<H: Heap>(
     s: &Shared<H>,
     me: usize,
@@ -656,21 +658,21 @@ fn check_fresh<H: Heap>(
     }
     if !(p as usize).is_multiple_of(align) {
         s.fail(|| {
-            format!("M2 round {r} thread {me}: {what}({size}, align {align}) returned {p:p}")
+            format!("MC2 round {r} thread {me}: {what}({size}, align {align}) returned {p:p}")
         });
         return false;
     }
     // SAFETY: `p` is live and came from the heap.
     if let Some(u) = unsafe { s.heap.usable_size(p) } {
         if u < size {
-            s.fail(|| format!("M5 round {r} thread {me}: {what}({size}, align {align}) at {p:p}: usable size {u}"));
+            s.fail(|| format!("MC5 round {r} thread {me}: {what}({size}, align {align}) at {p:p}: usable size {u}"));
             return false;
         }
     }
     true
 }
 
-/// M3 on the first `len` bytes of `b`.
+/// MC3 on the first `len` bytes of `b`.
 fn verify<H: Heap>(s: &Shared<H>, me: usize, r: usize, when: &str, b: &Block, len: usize) -> bool {
     // SAFETY: the block is live, at least `len` bytes long, and this thread's alone.
     let bytes = unsafe { &b.bytes()[..len] };
@@ -679,7 +681,7 @@ fn verify<H: Heap>(s: &Shared<H>, me: usize, r: usize, when: &str, b: &Block, le
         Some(i) => {
             s.fail(|| {
                 format!(
-                    "M3 round {r} thread {me}: block {} ({} bytes, align {}) at {:p}, {when}: byte {i} corrupted",
+                    "MC3 round {r} thread {me}: block {} ({} bytes, align {}) at {:p}, {when}: byte {i} corrupted",
                     b.id, b.size, b.align, b.ptr
                 )
             });
@@ -945,27 +947,27 @@ mod tests {
 
     #[test]
     fn misalignment_is_caught() {
-        fails_with(TestHeap::new(Bug::Misalign), "M2");
+        fails_with(TestHeap::new(Bug::Misalign), "MC2");
     }
 
     #[test]
     fn dirty_zeroed_memory_is_caught() {
-        fails_with(TestHeap::new(Bug::DirtyZeroed), "M4");
+        fails_with(TestHeap::new(Bug::DirtyZeroed), "MC4");
     }
 
     #[test]
     fn a_short_realloc_copy_is_caught() {
-        fails_with(TestHeap::new(Bug::ShortCopy), "M3");
+        fails_with(TestHeap::new(Bug::ShortCopy), "MC3");
     }
 
     #[test]
     fn a_small_usable_size_is_caught() {
-        fails_with(SmallUsableHeap(TestHeap::new(Bug::SmallUsable)), "M5");
+        fails_with(SmallUsableHeap(TestHeap::new(Bug::SmallUsable)), "MC5");
     }
 
     #[test]
     fn a_miscount_is_caught() {
-        fails_with(TestHeap::new(Bug::Miscount), "M6");
+        fails_with(TestHeap::new(Bug::Miscount), "MC6");
     }
 
     #[test]
@@ -981,7 +983,7 @@ mod tests {
             ],
         };
         match run(TestHeap::new(Bug::Overlap), &case) {
-            Err(Failure(m)) => assert!(m.starts_with("M1") || m.starts_with("M3"), "{m}"),
+            Err(Failure(m)) => assert!(m.starts_with("MC1") || m.starts_with("MC3"), "{m}"),
             Ok(()) => panic!("overlapping blocks went unnoticed"),
         }
     }

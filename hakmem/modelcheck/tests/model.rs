@@ -3,7 +3,7 @@
 //! small, alignments 1 B to 64 KiB) and [`hakmem_modelcheck::Driver`] runs them through
 //! `std::alloc` against the reference model, with hakmem as the global allocator.
 //!
-//! This binary has no libtest harness (`harness = false` in Cargo.toml): the live-count check (M6)
+//! This binary has no libtest harness (`harness = false` in Cargo.toml): the live-count check (MC6)
 //! needs the process's heap to itself while a case runs, and libtest's own threads would allocate
 //! behind its back. It prints a libtest-style result line so that runners count it.
 //!

@@ -1,9 +1,11 @@
-//! The medium tier: blocks of [`MAX_SMALL`]` + 1 ..= `[`MEDIUM_MAX`] bytes (alignment up to
+//! # hakmem-medium: the medium tier
+//!
+//! Blocks of [`MAX_SMALL`]` + 1 ..= `[`MEDIUM_MAX`] bytes (alignment up to
 //! [`MEDIUM_ALIGN`], 64 KiB), whole 4 KiB granules out of shared 2 MiB regions, instead of a dedicated 2 MiB-aligned
 //! mapping each.
 //!
 //! A medium region is 2 MiB, 2 MiB-aligned and registered as [`Kind::Medium`], so a pointer
-//! finds it by the registry as any other. Its first granule holds the [`Region`] header: list
+//! finds it by the registry as any other. Its first granule holds the `Region` header: list
 //! link and [`SpanMap`], the page-granular map of its other 511 granules (bitmaps of the used,
 //! possibly dirty and freed-block-start granules, and the length of the block starting at each
 //! granule). A block is a run of granules with its length at its first one: no per-block header,
@@ -39,16 +41,46 @@
 //!   a region with a fitting run is never skipped.
 //! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
 //!   zeroed request whose granules are all clean is not written again.
-use crate::global::{ctx, invalid_pointer};
-use crate::large::count;
+//!
+//! The tier owns its lock and list ([`lock_for_fork`] and [`force_unlock`] are for the
+//! facade's fork handlers) and reports nothing itself: what the caller passes in (the context,
+//! this thread's stats [`Row`]) is all it uses, and a pointer it does not accept comes back as
+//! an error ([`Bad`]) for the caller to report. Its regions belong to the first context one is
+//! made for (registered in its registry, given back to its lru): a call with another context
+//! makes no region and purges nothing.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use core::ptr::{addr_of_mut, null_mut, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hakmem_hot_heap::Ctx;
-use hakmem_lru::{now_ns, LruConfig};
+use hakmem_lru::now_ns;
 use hakmem_registry::Kind;
-use hakmem_route::MAX_SMALL;
-use hakmem_stats::Event;
-use hakmem_superslab::{Corrupt, SpinLock, PAGE, SS_SIZE};
+use hakmem_route::{CLASSES, MAX_SMALL};
+use hakmem_stats::{Event, ThreadStats};
+use hakmem_superslab::{SpinLock, PAGE, SS_SIZE};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// The stats row the large and medium tiers count in.
+pub const LARGE_ROW: usize = CLASSES;
+
+/// Where a block of the large row is counted: this thread's heap's counters, or `None` for a
+/// thread without a live heap (then the context's shared ones).
+pub type Row<'a> = Option<&'a ThreadStats>;
+
+/// Counts a block of the large row (large and medium blocks) in `row`, else in `ctx`'s stats.
+#[inline]
+pub fn count(ctx: &Ctx, row: Row<'_>, alloc: bool) {
+    match (row, alloc) {
+        (Some(stats), true) => stats.on_alloc(LARGE_ROW),
+        (Some(stats), false) => stats.on_free(LARGE_ROW),
+        (None, true) => ctx.stats.count_alloc(LARGE_ROW),
+        (None, false) => ctx.stats.count_free(LARGE_ROW),
+    }
+}
 
 /// The granule: blocks are whole granules, at granule-aligned addresses.
 pub const GRANULE: usize = PAGE;
@@ -264,8 +296,9 @@ impl SpanMap {
         self.alloc_aligned(n, 1)
     }
 
-    /// [`SpanMap::alloc`] for a block whose first granule is a multiple of `step` (a power of
-    /// two, at most `MEDIUM_ALIGN / GRANULE`).
+    /// Hands out a block of `n` granules (`1..=MAX_GRANULES`) whose first granule is a multiple
+    /// of `step` (a power of two, at most `MEDIUM_ALIGN / GRANULE`): its first granule and
+    /// whether any of its granules may hold data. `None` when no free run fits it.
     pub fn alloc_aligned(&mut self, n: usize, step: usize) -> Option<(usize, bool)> {
         if n > MAX_GRANULES {
             return None;
@@ -415,13 +448,34 @@ static MEDIUM: SpinLock<State> = SpinLock::new(State {
     tick: 0,
 });
 
-/// How often the medium tier's lock was taken and found held (for [`crate::internal::contention`]).
-pub(crate) fn contention() -> hakmem_superslab::LockCounts {
+/// How often the medium tier's lock was taken and found held.
+pub fn contention() -> hakmem_superslab::LockCounts {
     MEDIUM.contention()
 }
 
 /// The next purge tick (as [`now_ns`]); `u64::MAX` when no free granule waits for one.
 static DUE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The context the tier's regions belong to: the first one a region is made for. Regions are
+/// registered in its registry, mapped by its `Os` and given back to its lru, so a call with
+/// another context makes no region and purges nothing (its blocks come from the regions there
+/// are, or from none).
+static OWNER: AtomicPtr<Ctx> = AtomicPtr::new(null_mut());
+
+/// True when the tier's regions belong to `ctx`; the first call with `claim` makes them.
+fn owned_by(ctx: &Ctx, claim: bool) -> bool {
+    let me = ctx as *const Ctx as *mut Ctx;
+    match OWNER.load(Ordering::Acquire) {
+        o if o == me => true,
+        o if o.is_null() && claim => {
+            match OWNER.compare_exchange(null_mut(), me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => true,
+                Err(o) => o == me,
+            }
+        }
+        _ => false,
+    }
+}
 
 impl State {
     /// Appends `r` (last: older regions are asked first, so a new one empties first).
@@ -481,27 +535,20 @@ fn granule_of(base: usize, p: *const u8) -> Option<usize> {
         .then_some(off / GRANULE)
 }
 
-/// The purge delay, when purging is on (`HAKMEM_SS_LAZY_ZERO`, as for the lru's regions): the
-/// lru's own delay. Read from the settings, not the lru, whose configuration is behind its lock.
-fn purge_delay() -> Option<u64> {
-    crate::global::settings()
-        .lazy_zero
-        .then(|| LruConfig::default().purge_delay_ns)
-}
-
-/// Sets the purge tick if none is set and purging is on.
-fn arm() {
+/// Sets the purge tick if none is set and purging is on (the context's purge delay: the lru's,
+/// when `HAKMEM_SS_LAZY_ZERO` is on).
+fn arm(ctx: &Ctx) {
     if DUE.load(Ordering::Relaxed) == u64::MAX {
-        if let Some(delay) = purge_delay() {
+        if let Some(delay) = ctx.purge_delay() {
             DUE.store(now_ns().saturating_add(delay), Ordering::Relaxed);
         }
     }
 }
 
-/// A block of `size` bytes aligned to `align` (as [`serves`] accepts), zeroed when `zero`; null
-/// when the OS refuses.
+/// A block of `size` bytes aligned to `align` (as [`serves`] accepts), zeroed when `zero`,
+/// counted in `row`; null when the OS refuses.
 #[inline(never)]
-pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
+pub fn alloc(ctx: &Ctx, row: Row<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
     let n = size.div_ceil(GRANULE);
     let step = align.div_ceil(GRANULE);
     let got = match MEDIUM.with(|s| s.alloc(n, step)) {
@@ -528,7 +575,7 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         unsafe { user.write_bytes(0, size) };
     }
     ctx.stats.event(Event::LargeAlloc, n * GRANULE);
-    count(true);
+    count(ctx, row, true);
     purge_if_due(ctx);
     user
 }
@@ -536,13 +583,13 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
 /// A new region, registered, from the lru or the OS; `None` when the OS refuses.
 #[cold]
 fn new_region(ctx: &Ctx) -> Option<*mut Region> {
+    if !owned_by(ctx, true) {
+        return None;
+    }
     let env = ctx.env();
     let (base, zeroed) = match ctx.lru.take(env.stats, SS_SIZE, true, now_ns()) {
         Some(got) => (got.base, got.zeroed),
-        None => (
-            crate::large::map_or_collect(ctx, SS_SIZE, SS_SIZE, 0)?,
-            true,
-        ),
+        None => (map_or_collect(ctx, SS_SIZE, SS_SIZE, 0)?, true),
     };
     let r = base.as_ptr().cast::<Region>();
     // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule. Written
@@ -589,17 +636,17 @@ fn unlink_and_unregister(ctx: &Ctx, s: &mut State, r: *mut Region) {
     ctx.registry.unregister(r as usize, SS_SIZE);
 }
 
-/// Frees the medium block `p` of the region at `base` (reported for `op` when it is not a live
-/// block start, M1).
+/// Frees the medium block `p` of the region at `base`, counted in `row`; what is wrong with `p`
+/// when it is not a live block start (M1), for the caller to report, and nothing changed.
 ///
 /// # Safety
-/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
-/// under the lock), and the caller gives `p` up.
+/// A lookup in `ctx`'s registry found `p` in the medium region at `base` (it may have gone
+/// since: this looks again under the lock), and the caller gives `p` up.
 #[inline(never)]
-pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
+pub unsafe fn free(ctx: &Ctx, row: Row<'_>, base: usize, p: *mut u8) -> Result<(), Bad> {
     let r = base as *mut Region;
     let Some(g) = granule_of(base, p) else {
-        return invalid_pointer(op, p);
+        return Err(Bad::NotABlock);
     };
     let mut gone = null_mut();
     let freed = MEDIUM.with(|s| {
@@ -622,29 +669,25 @@ pub unsafe fn free(ctx: &Ctx, base: usize, p: *mut u8, op: &str) {
         }
         Ok(n)
     });
-    match freed {
-        Ok(n) => {
-            ctx.stats.event(Event::LargeFree, n * GRANULE);
-            count(false);
-        }
-        Err(Bad::DoubleFree) => return ctx.report(Corrupt::DoubleFree(p as usize)),
-        Err(Bad::NotABlock) => return invalid_pointer(op, p),
-    }
+    let n = freed?;
+    ctx.stats.event(Event::LargeFree, n * GRANULE);
+    count(ctx, row, false);
     if !gone.is_null() {
         release(ctx, gone);
     } else {
-        arm();
+        arm(ctx);
     }
     purge_if_due(ctx);
+    Ok(())
 }
 
-/// Bytes usable at the medium block `p` of the region at `base`; reported for `op` and `None`
-/// when `p` is not a live block start (M1).
+/// Bytes usable at the medium block `p` of the region at `base`; `None` (for the caller to
+/// report) when `p` is not a live block start (M1).
 ///
 /// # Safety
-/// A lookup found `p` in the medium region at `base` (it may have gone since: this looks again
-/// under the lock).
-pub unsafe fn usable(ctx: &Ctx, base: usize, p: *mut u8, op: &str) -> Option<usize> {
+/// A lookup in `ctx`'s registry found `p` in the medium region at `base` (it may have gone
+/// since: this looks again under the lock).
+pub unsafe fn usable(ctx: &Ctx, base: usize, p: *mut u8) -> Option<usize> {
     let got = granule_of(base, p).and_then(|g| {
         MEDIUM.with(|_| {
             if !still_there(ctx, base, p) {
@@ -655,9 +698,6 @@ pub unsafe fn usable(ctx: &Ctx, base: usize, p: *mut u8, op: &str) -> Option<usi
             unsafe { (*(base as *mut Region)).map.block(g) }.ok()
         })
     });
-    if got.is_none() {
-        invalid_pointer(op, p);
-    }
     got.map(|n| n * GRANULE)
 }
 
@@ -685,7 +725,7 @@ pub unsafe fn resize(ctx: &Ctx, base: usize, p: *mut u8, size: usize) -> bool {
         ctx.stats.event(Event::LargeFree, old * GRANULE);
         ctx.stats.event(Event::LargeAlloc, n * GRANULE);
         if n < old {
-            arm();
+            arm(ctx);
         }
     }
     true
@@ -716,6 +756,9 @@ pub fn purge_if_due(ctx: &Ctx) {
 /// to purge), in passes of at most [`BATCH`] runs, each pass from the list's head, since a
 /// region may leave the list while the lock is released.
 fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
+    if !owned_by(ctx, false) {
+        return 0;
+    }
     let env = ctx.env();
     let mut given = 0;
     let tick = MEDIUM.with(|s| {
@@ -789,7 +832,7 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
         }
     }
     // The next tick, if any free granule is still dirty (a free meanwhile arms it too).
-    let delay = purge_delay();
+    let delay = ctx.purge_delay();
     MEDIUM.with(|s| {
         let mut waits = false;
         let mut r = s.head;
@@ -808,13 +851,26 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
     given
 }
 
-/// Purges every free dirty run and releases every empty region to the lru (for
-/// [`crate::collect`], which then flushes the lru). Returns the bytes purged and released.
-pub fn collect() -> usize {
-    match ctx() {
-        Some(c) => purge(c, true, now_ns()),
-        None => 0,
+/// Gives memory back to the OS now: purges every free dirty run, releases every empty region to
+/// the lru, then flushes the lru (unmaps every region it caches). Returns the bytes purged and
+/// given back.
+pub fn collect(ctx: &Ctx) -> usize {
+    // Empty medium regions go to the lru first, to be unmapped with the rest.
+    purge(ctx, true, now_ns()) + ctx.lru.flush(&ctx.stats)
+}
+
+/// Maps `len` bytes with `base + offset` at `align` ([`hakmem_superslab::Os::map_offset`]); when
+/// the OS refuses (an address-space limit, say), gives every cached empty region back
+/// ([`collect`]: the lru's, and this tier's empty regions) and asks once more.
+pub fn map_or_collect(ctx: &Ctx, len: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
+    let env = ctx.env();
+    if let Some(p) = env.os.map_offset(len, align, offset, env.stats) {
+        return Some(p);
     }
+    if collect(ctx) == 0 {
+        return None;
+    }
+    env.os.map_offset(len, align, offset, env.stats)
 }
 
 /// Takes the tier's lock and keeps it (fork's `prepare`).

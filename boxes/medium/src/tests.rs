@@ -325,3 +325,60 @@ fn aligned_blocks_start_at_multiples_of_their_step() {
     }
     assert_eq!(m.free_granules(), GRANULES - HEADER_GRANULES);
 }
+
+/// A context over an arena of `chunks` 2 MiB chunks.
+fn context(chunks: usize) -> &'static Ctx {
+    use hakmem_superslab::HeapOs;
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
+    let registry = os.registry();
+    Box::leak(Box::new(Ctx::new(
+        os,
+        registry,
+        hakmem_lru::LruConfig::default(),
+        false,
+        |c| panic!("corruption: {c:?}"),
+    )))
+}
+
+// The only test that uses the tier's statics (the others test a span map of their own).
+#[test]
+fn blocks_come_and_go_and_a_second_context_releases_nothing() {
+    let (a, b) = (context(8), context(8));
+    let size = 100_000;
+    assert!(serves(a, size, 16));
+    let p = alloc(a, None, size, 16, true);
+    assert!(!p.is_null());
+    let base = p as usize & !(SS_SIZE - 1);
+    assert_eq!(a.registry.lookup(p as usize), Some((base, Kind::Medium)));
+    let usable_bytes = size.div_ceil(GRANULE) * GRANULE;
+    // SAFETY: found in a's registry just above; `p` is held.
+    assert_eq!(unsafe { usable(a, base, p) }, Some(usable_bytes));
+    // SAFETY: as above; one granule in, not a block start.
+    assert_eq!(unsafe { usable(a, base, p.wrapping_add(GRANULE)) }, None);
+    // The tier's regions are a's: b's collect gives none of them to b's lru, and b gets no
+    // region of its own (its blocks come from a's regions while they have room).
+    assert_eq!(collect(b), 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { usable(a, base, p) }, Some(usable_bytes));
+    let r = alloc(a, None, MEDIUM_MAX, 16, false);
+    assert_eq!(
+        r as usize & !(SS_SIZE - 1),
+        base,
+        "two blocks fit one region"
+    );
+    let q = alloc(b, None, MEDIUM_MAX, 16, false);
+    assert!(
+        q.is_null(),
+        "no room left for the largest block, and no region made for b"
+    );
+    // SAFETY: as above; `p` and `r` are given up.
+    unsafe {
+        assert_eq!(free(a, None, base, r), Ok(()));
+        assert_eq!(free(a, None, base, p), Ok(()));
+    }
+    // SAFETY: the region is still registered (one empty region is kept, M4); freed already.
+    assert_eq!(unsafe { free(a, None, base, p) }, Err(Bad::DoubleFree));
+    // a's collect releases the empty region: unregistered, and its pages back to the OS.
+    assert!(collect(a) >= SS_SIZE);
+    assert_eq!(a.registry.lookup(p as usize), None);
+}

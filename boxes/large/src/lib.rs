@@ -1,4 +1,6 @@
-//! The large tier: one user block per dedicated region, reused through the lru.
+//! # hakmem-large: the large tier
+//!
+//! One user block per dedicated region, reused through the lru.
 //!
 //! A freed region goes to the lru with its pages, so the next large request that fits takes it
 //! back without a page fault (the lru splits a much larger one at a 2 MiB step); the lru gives
@@ -13,42 +15,40 @@
 //! turns this off.) So that their last huge page is whole too, their lengths are whole 2 MiB
 //! steps: on growth always (a growing block tends to grow on), for a new block when that adds
 //! at most half.
-use crate::global::{heap_ptr, DEAD};
-use core::ptr::{null_mut, NonNull};
+//!
+//! Blocks are counted in the large row ([`LARGE_ROW`]) of the [`Row`] the caller passes, as the
+//! medium tier's are; a slow path runs the medium tier's purge tick when it is due, and a
+//! mapping the OS refuses is retried once every cached empty region is given back
+//! ([`map_or_collect`]).
+//!
+//! ## Invariants
+//! - **LG1 (one region, one block).** A large block is the only block of its region, whose
+//!   header (superslab's `LargeHeader`) records the region's whole length; the block is
+//!   registered as large before its pointer is returned and unregistered before its region goes
+//!   to the lru.
+//! - **LG2 (whole steps).** A region of 2 MiB or more is advised for huge pages when mapped or
+//!   grown, and its length is a whole 2 MiB step when grown, and when new if that adds at most
+//!   half.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::ptr::null_mut;
 use hakmem_hot_heap::Ctx;
 use hakmem_lru::now_ns;
-use hakmem_route::CLASSES;
+use hakmem_medium::{count, purge_if_due};
 use hakmem_stats::Event;
 use hakmem_superslab::{LargeHeader, LargeLayout, Os, SS_SIZE};
 
-/// The stats row the large and medium tiers count in.
-pub const LARGE_ROW: usize = CLASSES;
+pub use hakmem_medium::{map_or_collect, Row, LARGE_ROW};
 
-/// Counts a block of the large row (large and medium blocks) in this thread's stats.
-pub(crate) fn count(alloc: bool) {
-    let h = heap_ptr();
-    if h.is_null() || h == DEAD {
-        if let Some(c) = crate::global::ctx() {
-            if alloc {
-                c.stats.count_alloc(LARGE_ROW)
-            } else {
-                c.stats.count_free(LARGE_ROW)
-            }
-        }
-        return;
-    }
-    // SAFETY: a live heap of this thread; its counters are written by this thread only.
-    let stats = unsafe { &(*h).stats };
-    if alloc {
-        stats.on_alloc(LARGE_ROW)
-    } else {
-        stats.on_free(LARGE_ROW)
-    }
-}
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
-/// A block of `size` bytes aligned to `align`, zeroed when `zero`; null when the OS refuses.
+/// A block of `size` bytes aligned to `align`, zeroed when `zero`, counted in `row`; null when
+/// the OS refuses.
 #[inline(never)]
-pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
+pub fn alloc(ctx: &Ctx, row: Row<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(layout) = LargeLayout::new(size, align, ctx.env().os.page_size()) else {
         return null_mut();
     };
@@ -93,28 +93,9 @@ pub fn alloc(ctx: &Ctx, size: usize, align: usize, zero: bool) -> *mut u8 {
         unsafe { user.write_bytes(0, size) };
     }
     env.stats.event(Event::LargeAlloc, layout.len);
-    count(true);
-    crate::medium::purge_if_due(ctx);
+    count(ctx, row, true);
+    purge_if_due(ctx);
     user
-}
-
-/// Maps `len` bytes with `base + offset` at `align` ([`Os::map_offset`]); when the OS refuses (an
-/// address-space limit, say), gives every cached empty region back ([`crate::collect`]: the
-/// lru's, and the medium tier's empty regions) and asks once more.
-pub(crate) fn map_or_collect(
-    ctx: &Ctx,
-    len: usize,
-    align: usize,
-    offset: usize,
-) -> Option<NonNull<u8>> {
-    let env = ctx.env();
-    if let Some(p) = env.os.map_offset(len, align, offset, env.stats) {
-        return Some(p);
-    }
-    if crate::collect() == 0 {
-        return None;
-    }
-    env.os.map_offset(len, align, offset, env.stats)
 }
 
 /// A new region's length rounded up to a whole 2 MiB step when that adds at most half: always
@@ -193,18 +174,48 @@ fn huge(os: &dyn Os, base: usize, len: usize) {
     }
 }
 
-/// Gives a large block back.
+/// Gives a large block back, counted in `row`.
 #[inline(never)]
 ///
 /// # Safety
 /// `h` is the header of a live large region whose user block the caller holds and gives up.
-pub unsafe fn free(ctx: &Ctx, h: &LargeHeader) {
+pub unsafe fn free(ctx: &Ctx, row: Row<'_>, h: &LargeHeader) {
     let env = ctx.env();
     // SAFETY: forwarded.
     let (base, len) = unsafe { h.retire(&env) };
     env.stats.event(Event::LargeFree, len);
-    count(false);
+    count(ctx, row, false);
     // SAFETY: retired: unregistered, and nothing refers to it.
     unsafe { ctx.lru.put(env.stats, base, len, now_ns()) };
-    crate::medium::purge_if_due(ctx);
+    purge_if_due(ctx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_steps_round_up_only_when_that_adds_at_most_half() {
+        const MIB: usize = 1 << 20;
+        // Below 4/3 MiB, rounding to 2 MiB would add more than half: left alone.
+        assert_eq!(whole_steps(MIB), MIB);
+        assert_eq!(whole_steps(4 * MIB / 3 - 4096), 4 * MIB / 3 - 4096);
+        // From 4/3 MiB up to a step, a whole step.
+        assert_eq!(whole_steps(4 * MIB / 3 + 4096), SS_SIZE);
+        assert_eq!(whole_steps(SS_SIZE), SS_SIZE);
+        // From 4 MiB on, always the next step.
+        assert_eq!(whole_steps(4 * MIB + 1), 6 * MIB);
+        assert_eq!(whole_steps(20 * MIB + 4096), 22 * MIB);
+        // No overflow at the top of the address space.
+        assert_eq!(whole_steps(usize::MAX - 1), usize::MAX - 1);
+    }
+
+    #[test]
+    fn whole_steps_never_shrink_and_add_at_most_half() {
+        for len in (4096..64 * SS_SIZE).step_by(4096 * 7) {
+            let up = whole_steps(len);
+            assert!(up >= len && up - len <= len / 2, "{len} -> {up}");
+            assert!(up == len || up.is_multiple_of(SS_SIZE), "{len} -> {up}");
+        }
+    }
 }
