@@ -69,9 +69,10 @@ impl Lane {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A first look in about 3 minutes on 2 cores, builds included: hakmem against the
-    /// baseline only (unless --allocators says otherwise), less work per run, 3 runs instead
-    /// of 5. The full suite also builds jemalloc from its sources twice (2-3 minutes each).
+    /// A first look: hakmem against the baseline only (unless --allocators says otherwise), a
+    /// third of the work per run, 3 runs instead of 5 (about 2 minutes of runs on 2 cores, plus
+    /// the hakmem and mimalloc builds on a fresh clone). The full suite also builds jemalloc from
+    /// its sources twice, 2-3 minutes each.
     #[arg(long)]
     quick: bool,
     /// Run only the entries whose name contains one of these comma-separated words,
