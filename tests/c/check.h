@@ -5,6 +5,7 @@
 #define HAKMEM_TESTS_CHECK_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,6 +131,29 @@ static inline size_t pick_size(uint64_t *s) {
     if (r % 128 == 0) return (size_t)(r >> 20) % (1u << 20) + 65536; /* 64 KiB .. 1 MiB */
     if (r % 8 == 0) return (size_t)(r >> 20) % 65536;                /* 0 .. 64 KiB */
     return (size_t)(r >> 20) % 1024;                                 /* 0 .. 1 KiB */
+}
+
+/* The field'th number in `file` (/proc/self/statm: field 1 is the resident pages), or with
+ * `key`, the first number after it (status: "VmHWM:"). Reads with read(2): no allocation. */
+static inline long read_proc(const char *file, const char *key, int field) {
+    char buf[4096];
+    int fd = open(file, O_RDONLY);
+    CHECK(fd >= 0);
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    CHECK(n > 0);
+    buf[n] = 0;
+    const char *p = buf;
+    if (key) {
+        p = strstr(buf, key);
+        CHECK(p != NULL);
+        p += strlen(key);
+    }
+    for (int i = 0;; i++) {
+        while (*p == ' ' || *p == '\t') p++;
+        long v = strtol(p, (char **)&p, 10);
+        if (i == field) return v;
+    }
 }
 
 #endif

@@ -28,27 +28,6 @@
 #define MIB (1024UL * 1024UL)
 #define COUNT 100000
 
-/* The field'th number of /proc/self/statm, or the first number after `key` in `file`. */
-static long read_proc(const char *file, const char *key, int field) {
-    char buf[4096];
-    int fd = open(file, O_RDONLY);
-    CHECK(fd >= 0);
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    CHECK(n > 0);
-    buf[n] = 0;
-    const char *p = buf;
-    if (key) {
-        p = strstr(buf, key);
-        CHECK(p != NULL);
-        p += strlen(key);
-    }
-    for (int i = 0;; i++) {
-        while (*p == ' ' || *p == '\t') p++;
-        long v = strtol(p, (char **)&p, 10);
-        if (i == field) return v;
-    }
-}
 
 static long rss_bytes(void) {
     return read_proc("/proc/self/statm", NULL, 1) * sysconf(_SC_PAGESIZE);
