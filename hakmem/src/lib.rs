@@ -139,7 +139,9 @@ use global::{ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer};
 use hakmem_hot_heap::Heap;
 use hakmem_large as large;
 use hakmem_medium as medium;
-use hakmem_route::{block_size_of, classify, route, PtrRoute, Route, MAX_SLAB_ALIGN, MAX_SMALL};
+use hakmem_route::{
+    block_size_of, classify, route, PtrRoute, Route, SizeClass, MAX_SLAB_ALIGN, MAX_SMALL,
+};
 use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
 use tls::DEAD;
 
@@ -389,8 +391,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
     match route(size, align) {
         Route::Small(class) => {
             if !zero {
-                // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; the
-                // route box's classes are below CLASSES.
+                // SAFETY: this thread's heap or an empty one (tls T4), on its own thread.
                 let p = unsafe { Heap::alloc_fast(crate::tls::raw(), class) };
                 if !p.is_null() {
                     return p;
@@ -401,8 +402,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
                 // SAFETY: this thread's live heap, used on its own thread.
                 return unsafe { heap_alloc(&mut *h, class, zero) };
             }
-            // SAFETY: forwarded.
-            unsafe { alloc_small_slow(class, zero, code) }
+            alloc_small_slow(class, zero, code)
         }
         Route::Large => match ctx_or_init_with(code) {
             Some(ctx) if medium::serves(ctx, size, align) => {
@@ -416,12 +416,9 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
 
 /// An allocation of `class` past the heap's fast path: from this thread's heap, made on first
 /// use, else the late heap, else a heap made for this one block.
-///
-/// # Safety
-/// `class` is one of the route box's (below `CLASSES`).
 #[cold]
 #[inline(never)]
-unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
+fn alloc_small_slow(class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     if ctx().is_none() {
         settings::apply_code(code);
     }
@@ -455,9 +452,9 @@ unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) ->
 ///
 /// # Safety
 /// `h` is a live heap whose only user is the calling thread (its own, or the late heap under
-/// its lock), and `class` is below `CLASSES`.
+/// its lock).
 #[inline(always)]
-unsafe fn heap_alloc(h: &mut Heap, class: usize, zero: bool) -> *mut u8 {
+unsafe fn heap_alloc(h: &mut Heap, class: SizeClass, zero: bool) -> *mut u8 {
     // SAFETY: the caller runs on the heap's thread.
     unsafe {
         if zero {
@@ -740,7 +737,7 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             let class = slab.class();
             (
                 block_size_of(class),
-                route(new_size, align) == Route::Small(class),
+                matches!(route(new_size, align), Route::Small(c) if c.index() == class),
             )
         }
         Some(Block::Large(h)) => {

@@ -65,8 +65,8 @@ impl Heap {
     }
 
     /// The current bound of the thread list of `class`.
-    pub fn list_cap(&self, class: usize) -> u32 {
-        self.sll.cap(class)
+    pub fn list_cap(&self, class: SizeClass) -> u32 {
+        self.sll.cap(class.index())
     }
 
     /// A slow-path event: advances the clock and, every [`DECAY_EVERY`] events, decays each
@@ -82,9 +82,10 @@ impl Heap {
     }
 
     /// A slow-path event of `class` (a refill of its list, or an overflow): the class is in use.
-    pub(crate) fn mark_active(&mut self, class: usize, now: u32) {
-        self.adapt.last[class] = now;
-        self.adapt.active[class / 64] |= 1 << (class % 64);
+    pub(crate) fn mark_active(&mut self, class: SizeClass, now: u32) {
+        let i = class.index();
+        self.adapt.last[i] = now;
+        self.adapt.active[i / 64] |= 1 << (i % 64);
     }
 
     /// Decays every quiet class (no slow-path event for [`QUIET`] events), one step each: a
@@ -94,20 +95,24 @@ impl Heap {
         for w in 0..2 {
             let mut m = self.adapt.active[w];
             while m != 0 {
-                let c = w * 64 + m.trailing_zeros() as usize;
+                let i = w * 64 + m.trailing_zeros() as usize;
                 m &= m - 1;
-                if now.wrapping_sub(self.adapt.last[c]) < QUIET {
+                // Every bit set is a class's (`mark_active`).
+                let Some(c) = SizeClass::new(i) else {
+                    continue;
+                };
+                if now.wrapping_sub(self.adapt.last[i]) < QUIET {
                     continue;
                 }
                 if self.is_grown(c) {
                     self.shrink(c);
                     // Wait another quiet period before the next step.
-                    self.adapt.last[c] = now;
+                    self.adapt.last[i] = now;
                     continue;
                 }
                 self.drain_class(c);
-                if self.sll.is_empty(c) && self.cache.is_empty(c) && self.current[c].is_null() {
-                    self.adapt.active[w] &= !(1 << (c % 64));
+                if self.sll.is_empty(i) && self.cache.is_empty(i) && self.current[i].is_null() {
+                    self.adapt.active[w] &= !(1 << (i % 64));
                 }
             }
         }
@@ -115,10 +120,10 @@ impl Heap {
 
     /// Gives every block of `class` on the thread list and in the cache back to its slab, and
     /// the current slab to its superslab if that left it empty.
-    pub(crate) fn drain_class(&mut self, class: usize) {
+    pub(crate) fn drain_class(&mut self, class: SizeClass) {
         let chain = self.take_list(class, u32::MAX);
         self.dispose_chain(class, chain, false);
-        self.flush_cache(class, self.cache.len(class));
+        self.flush_cache(class, self.cache.len(class.index()));
         if let Some(slab) = self.current(class) {
             // SAFETY: the current slab is ours (H3).
             if unsafe { slab.is_empty() } {
@@ -132,17 +137,18 @@ impl Heap {
     /// The thread list of `class` is full (not in check mode): counts the overflow (a new
     /// count if the last one was more than [`GROW_WINDOW`] events ago) and, the
     /// [`GROW_AFTER`]th in a row, tries to double the bound.
-    pub(crate) fn on_overflow(&mut self, class: usize) {
+    pub(crate) fn on_overflow(&mut self, class: SizeClass) {
         let now = self.adapt_tick();
         self.mark_active(class, now);
         let a = &mut self.adapt;
-        if now.wrapping_sub(a.last_overflow[class]) > GROW_WINDOW {
-            a.overflows[class] = 0;
+        let i = class.index();
+        if now.wrapping_sub(a.last_overflow[i]) > GROW_WINDOW {
+            a.overflows[i] = 0;
         }
-        a.last_overflow[class] = now;
-        a.overflows[class] = a.overflows[class].saturating_add(1);
-        if a.overflows[class] >= GROW_AFTER {
-            a.overflows[class] = 0;
+        a.last_overflow[i] = now;
+        a.overflows[i] = a.overflows[i].saturating_add(1);
+        if a.overflows[i] >= GROW_AFTER {
+            a.overflows[i] = 0;
             self.grow(class);
         }
     }
@@ -150,9 +156,9 @@ impl Heap {
     /// Doubles the bound of `class` within [`MAX_LIST_BLOCKS`], [`MAX_LIST_BYTES`] and the
     /// heap's [`ADAPT_BUDGET`], taking budget from quiet grown classes if needed.
     /// True when it grew.
-    pub(crate) fn grow(&mut self, class: usize) -> bool {
-        let cap = self.sll.cap(class);
-        let bs = block_size_of(class);
+    pub(crate) fn grow(&mut self, class: SizeClass) -> bool {
+        let cap = self.sll.cap(class.index());
+        let bs = class.size();
         let new = cap.saturating_mul(2);
         if cap == 0 || new > MAX_LIST_BLOCKS || new as usize * bs > MAX_LIST_BYTES {
             return false;
@@ -167,7 +173,7 @@ impl Heap {
             };
             self.shrink(q);
         }
-        if self.sll.set_cap(class, new).is_err() {
+        if self.sll.set_cap(class.index(), new).is_err() {
             return false;
         }
         self.adapt.extra += add;
@@ -175,17 +181,17 @@ impl Heap {
     }
 
     /// True when the bound of `class` is above its base.
-    fn is_grown(&self, class: usize) -> bool {
-        self.sll.cap(class) > LIST_CAPS[class]
+    fn is_grown(&self, class: SizeClass) -> bool {
+        self.sll.cap(class.index()) > class.list_cap()
     }
 
     /// The grown class other than `except` that has been quiet longest, if one has been quiet
     /// for [`QUIET`] events: classes in use do not take budget from each other.
-    fn quietest_grown(&self, except: usize) -> Option<usize> {
+    fn quietest_grown(&self, except: SizeClass) -> Option<SizeClass> {
         let a = &self.adapt;
-        let mut best: Option<(u32, usize)> = None;
-        for c in (0..CLASSES).filter(|&c| c != except && self.is_grown(c)) {
-            let age = a.tick.wrapping_sub(a.last[c]);
+        let mut best: Option<(u32, SizeClass)> = None;
+        for c in SizeClass::all().filter(|&c| c != except && self.is_grown(c)) {
+            let age = a.tick.wrapping_sub(a.last[c.index()]);
             if age >= QUIET && best.is_none_or(|(b, _)| age > b) {
                 best = Some((age, c));
             }
@@ -195,22 +201,22 @@ impl Heap {
 
     /// Halves the bound of grown `class` (not below its base), spilling the blocks beyond the
     /// new bound into the cache and to their slabs.
-    pub(crate) fn shrink(&mut self, class: usize) {
-        let base = LIST_CAPS[class];
-        let cap = self.sll.cap(class);
+    pub(crate) fn shrink(&mut self, class: SizeClass) {
+        let base = class.list_cap();
+        let cap = self.sll.cap(class.index());
         let new = (cap / 2).max(base);
         if new >= cap {
             return;
         }
-        let len = self.sll.len(class);
+        let len = self.sll.len(class.index());
         if len > new {
             let chain = self.take_list(class, len - new);
             self.dispose_chain(class, chain, true);
         }
-        if self.sll.set_cap(class, new).is_ok() {
+        if self.sll.set_cap(class.index(), new).is_ok() {
             let a = &mut self.adapt;
-            a.extra -= (cap - new) as usize * block_size_of(class);
-            a.overflows[class] = 0;
+            a.extra -= (cap - new) as usize * class.size();
+            a.overflows[class.index()] = 0;
         }
     }
 }

@@ -9,7 +9,7 @@ impl Heap {
     /// # Safety
     /// Only the heap's thread calls this.
     #[inline(always)]
-    pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
+    pub unsafe fn alloc(&mut self, class: SizeClass) -> *mut u8 {
         // SAFETY: forwarded.
         let p = unsafe { Heap::alloc_fast(self, class) };
         if !p.is_null() {
@@ -28,15 +28,14 @@ impl Heap {
     /// null and nothing is written.
     ///
     /// # Safety
-    /// `this` is a heap of the calling thread or an empty heap, and `class < CLASSES`.
+    /// `this` is a heap of the calling thread or an empty heap.
     #[inline(always)]
-    pub unsafe fn alloc_fast(this: *mut Heap, class: usize) -> *mut u8 {
-        debug_assert!(class < CLASSES);
-        // SAFETY: `class < CLASSES` by the contract; the list holds free blocks this heap owns
-        // (H1). Through the raw pointer: an empty heap is shared, and is only read (H9).
-        // The lists count the pop themselves (tls_sll L6): the heap's allocations from its lists
-        // (H13).
-        unsafe { Lists::pop_raw(&raw mut (*this).sll, class) }
+    pub unsafe fn alloc_fast(this: *mut Heap, class: SizeClass) -> *mut u8 {
+        // SAFETY: a class's index is below CLASSES (route RT5); the list holds free blocks this
+        // heap owns (H1). Through the raw pointer: an empty heap is shared, and is only read
+        // (H9). The lists count the pop themselves (tls_sll L6): the heap's allocations from
+        // its lists (H13).
+        unsafe { Lists::pop_raw(&raw mut (*this).sll, class.index()) }
     }
 
     /// [`Heap::alloc_fast`]'s miss: null when the list is empty (an empty heap's always is, and
@@ -49,17 +48,20 @@ impl Heap {
     /// As [`Heap::alloc_fast`].
     #[cold]
     #[inline(never)]
-    unsafe fn pop_far(this: *mut Heap, class: usize) -> *mut u8 {
-        // SAFETY: a read through the raw pointer (an empty heap is shared, H9); `class <
-        // CLASSES`.
-        if unsafe { (*this).sll.is_empty(class) } {
+    unsafe fn pop_far(this: *mut Heap, class: SizeClass) -> *mut u8 {
+        // SAFETY: a read through the raw pointer (an empty heap is shared, H9).
+        if unsafe { (*this).sll.is_empty(class.index()) } {
             return null_mut();
         }
         // SAFETY: a list with a block: a real heap (H9), this thread's, used by it alone.
         let h = unsafe { &mut *this };
         let bases = &h.owned_bases;
-        // SAFETY: the list's blocks are ours and free (H1); `class < CLASSES`.
-        if let Some(p) = unsafe { h.sll.pop_if(class, |n| in_owned_superslab(bases, n)) } {
+        // SAFETY: the list's blocks are ours and free (H1); a class's index is below CLASSES
+        // (route RT5).
+        if let Some(p) = unsafe {
+            h.sll
+                .pop_if(class.index(), |n| in_owned_superslab(bases, n))
+        } {
             return p;
         }
         h.pop_list(class)
@@ -77,9 +79,9 @@ impl Heap {
         debug_assert!(size <= MAX_TINY);
         // SAFETY: `size <= MAX_TINY` by the contract, within the table; a read through the raw
         // pointer (an empty heap is shared, H9), of a table nobody writes after `init` (H12).
-        let class = unsafe { *(&raw const (*this).tiny).cast::<u8>().add(size) };
-        // SAFETY: the table's classes are the route box's tiny ones, below CLASSES (H12).
-        let p = unsafe { Heap::alloc_fast(this, class as usize) };
+        let class = unsafe { *(&raw const (*this).tiny).cast::<SizeClass>().add(size) };
+        // SAFETY: forwarded.
+        let p = unsafe { Heap::alloc_fast(this, class) };
         if !p.is_null() {
             return p;
         }
@@ -88,7 +90,7 @@ impl Heap {
         // SAFETY: forwarded; the table is read through the raw pointer.
         let p = unsafe {
             let bases = &(*this).owned_bases;
-            Lists::pop_far_raw(&raw mut (*this).sll, class as usize, |n| {
+            Lists::pop_far_raw(&raw mut (*this).sll, class.index(), |n| {
                 in_owned_superslab(bases, n)
             })
         };
@@ -96,21 +98,21 @@ impl Heap {
             return p;
         }
         // SAFETY: forwarded.
-        unsafe { Heap::pop_far(this, class as usize) }
+        unsafe { Heap::pop_far(this, class) }
     }
 
     /// A zeroed block of `class`: a never-carved block of a fresh slab needs no zeroing.
     ///
     /// # Safety
     /// Only the heap's thread calls this.
-    pub unsafe fn alloc_zeroed(&mut self, class: usize) -> *mut u8 {
-        if self.sll.is_empty(class) && self.cache.is_empty(class) {
-            if let Some(slab) = NonNull::new(self.current[class] as *mut SlabMeta) {
+    pub unsafe fn alloc_zeroed(&mut self, class: SizeClass) -> *mut u8 {
+        if self.sll.is_empty(class.index()) && self.cache.is_empty(class.index()) {
+            if let Some(slab) = NonNull::new(self.current[class.index()] as *mut SlabMeta) {
                 // SAFETY: current slabs are owned by this heap.
                 let slab = unsafe { slab.as_ref() };
                 // SAFETY: as above.
                 if let Some(p) = unsafe { slab.carve_zeroed() } {
-                    self.ctx().stats.held_add(class, 1);
+                    self.ctx().stats.held_add(class.index(), 1);
                     self.on_handed_out(class, p);
                     return p;
                 }
@@ -120,15 +122,15 @@ impl Heap {
         let p = unsafe { self.alloc(class) };
         if !p.is_null() {
             // SAFETY: a block of at least block_size bytes, ours.
-            unsafe { p.write_bytes(0, block_size_of(class)) };
+            unsafe { p.write_bytes(0, class.size()) };
         }
         p
     }
 
     /// A block handed out other than by a pop from the lists (which count their pops, H13):
     /// counted, unkeyed (FK2) and, in check mode, marked held.
-    pub(crate) fn on_handed_out(&mut self, class: usize, p: *mut u8) {
-        self.stats.on_alloc(class);
+    pub(crate) fn on_handed_out(&mut self, class: SizeClass, p: *mut u8) {
+        self.stats.on_alloc(class.index());
         self.on_popped(p);
     }
 
@@ -152,11 +154,10 @@ impl Heap {
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
-    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
-    /// `class` is below `CLASSES`.
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it).
     #[cold]
     #[inline(never)]
-    pub(crate) unsafe fn alloc_slow(&mut self, class: usize) -> *mut u8 {
+    pub(crate) unsafe fn alloc_slow(&mut self, class: SizeClass) -> *mut u8 {
         // A head the fast pop left on the list (its link leaves its superslab, H16).
         // SAFETY: this heap, on its own thread.
         let p = unsafe { Heap::pop_far(self, class) };
@@ -166,8 +167,8 @@ impl Heap {
         self.purge_if_due();
         let now = self.adapt_tick();
         self.mark_active(class, now);
-        let cap = self.sll.cap(class);
-        if self.cache.is_empty(class) && cap > 0 {
+        let cap = self.sll.cap(class.index());
+        if self.cache.is_empty(class.index()) && cap > 0 {
             // Half a list's worth (the block handed out among them), straight from slabs onto the
             // list, one run per slab.
             // SAFETY: only the heap's thread gets here.
@@ -178,20 +179,20 @@ impl Heap {
             }
             return p;
         }
-        if self.cache.is_empty(class) {
+        if self.cache.is_empty(class.index()) {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
         }
-        let Some(p) = self.cache.pop(class) else {
+        let Some(p) = self.cache.pop(class.index()) else {
             return null_mut();
         };
-        let batch = (cap / 2).min(self.cache.len(class));
+        let batch = (cap / 2).min(self.cache.len(class.index()));
         for _ in 0..batch {
-            let Some(b) = self.cache.pop(class) else {
+            let Some(b) = self.cache.pop(class.index()) else {
                 break;
             };
             // SAFETY: a free block this heap owns, on no list; a move, not a free (H13).
-            unsafe { self.sll.put(class, b, self.key) };
+            unsafe { self.sll.put(class.index(), b, self.key) };
         }
         self.on_handed_out(class, p);
         p

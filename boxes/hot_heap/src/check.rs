@@ -15,7 +15,7 @@ impl Heap {
     /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
     /// `p` is a block of `class` of a slab this heap owns (so its superslab is live), which the
     /// caller gives up.
-    pub(crate) unsafe fn return_checked(&mut self, class: usize, p: *mut u8) {
+    pub(crate) unsafe fn return_checked(&mut self, class: SizeClass, p: *mut u8) {
         // SAFETY: `p` lies in a live superslab of ours.
         let ss = unsafe { Superslab::of(p) };
         let (s, g) = check_index(ss, p);
@@ -23,7 +23,7 @@ impl Heap {
             self.ctx().report(Corrupt::DoubleFree(p as usize));
             return;
         }
-        self.stats.on_free(class);
+        self.stats.on_free(class.index());
         self.return_to_slab(class, p);
     }
 }

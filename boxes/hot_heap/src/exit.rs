@@ -14,12 +14,12 @@ impl Heap {
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
         // The blocks go back one run per slab, as a spill returns them (H11).
-        for class in 0..CLASSES {
+        for class in SizeClass::all() {
             let chain = self.take_list(class, u32::MAX);
             if chain.len != 0 {
                 self.return_chain(class, chain.head, chain.len);
             }
-            let cached = self.cache.len(class);
+            let cached = self.cache.len(class.index());
             if cached != 0 {
                 self.flush_cache(class, cached);
             }

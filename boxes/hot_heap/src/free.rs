@@ -49,9 +49,9 @@ impl Heap {
         let key = self.key;
         // SAFETY: `p` is a block of at least 16 bytes of our own slab, which the caller gives up.
         let keyed = unsafe { key_word(p) } == key;
-        // SAFETY: a slab's class is written by `alloc_slab` from the route box's classes, all
-        // below CLASSES, and cannot change while `p`, one of its blocks, is out; `p` is ours,
-        // given up, and (FK3) not free.
+        // SAFETY: a slab's class is written by `alloc_slab` from a `SizeClass`'s index, below
+        // CLASSES (route RT5), and cannot change while `p`, one of its blocks, is out; `p` is
+        // ours, given up, and (FK3) not free.
         if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
             // The lists count the push (H13).
             return;
@@ -104,8 +104,8 @@ impl Heap {
         if unsafe { key_word(p) } == key {
             return false;
         }
-        // SAFETY: an in-use slab's class is one of the route box's, below CLASSES; a block of
-        // our own slab, given up by the caller, and (FK3) not free.
+        // SAFETY: an in-use slab's class is a `SizeClass`'s index, below CLASSES (route RT5,
+        // `alloc_slab`); a block of our own slab, given up by the caller, and (FK3) not free.
         // The lists count the push (H13).
         unsafe { h.sll.try_push_unchecked(class, p, key) }
     }
@@ -116,12 +116,18 @@ impl Heap {
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
     /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
-    /// `p` is the start of a block of `class` of a slab this heap owns (H1), which the caller
-    /// gives up (a block that is free already is told apart here by the key's confirmation,
-    /// FK3, and reported, not pushed).
+    /// `p` is the start of a block of a slab this heap owns (H1), of class index `class` (the
+    /// slab's), which the caller gives up (a block that is free already is told apart here by
+    /// the key's confirmation, FK3, and reported, not pushed).
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        // A slab's class is a class's index (`alloc_slab`): only a corrupted metadata word
+        // fails this.
+        let Some(class) = SizeClass::new(class) else {
+            self.ctx().report(Corrupt::NotABlock(p as usize));
+            return;
+        };
         // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
         if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
             self.ctx().report(Corrupt::DoubleFree(p as usize));
@@ -134,11 +140,11 @@ impl Heap {
             return;
         }
         self.on_overflow(class);
-        if self.sll.is_full(class) {
+        if self.sll.is_full(class.index()) {
             self.spill(class);
         }
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll.push(class, p, self.key) };
+        unsafe { self.sll.push(class.index(), p, self.key) };
     }
 
     /// The cold confirmation of a key match (FK3): true when `p`, a block of our own `slab`, is
@@ -146,15 +152,15 @@ impl Heap {
     /// slab's free list or its remote stack. False means the user's data matched the key.
     #[cold]
     #[inline(never)]
-    pub(crate) fn is_free_here(&self, class: usize, p: *mut u8) -> bool {
+    pub(crate) fn is_free_here(&self, class: SizeClass, p: *mut u8) -> bool {
         // SAFETY: `p` lies in a live superslab of ours (the caller found its slab owned by us).
         let (_, slab) = unsafe { Superslab::slab_of_block(p) };
         // SAFETY: the lists and the slab are ours; the remote stack is read within the slab,
         // which is mapped while it is ours.
         unsafe {
-            self.sll.contains(class, p, |n| {
+            self.sll.contains(class.index(), p, |n| {
                 far_block_ok(&self.owned_slabs, &self.ctx().registry, self.id, class, n)
-            }) || self.cache.contains(class, p)
+            }) || self.cache.contains(class.index(), p)
                 || slab.free_list_contains(p)
                 || slab.remote_contains(p)
         }
@@ -163,10 +169,10 @@ impl Heap {
     /// Moves half a thread list out: into the cache while it has room (flushing the cache's
     /// oldest blocks to their slabs first if it has too little), the rest straight to their
     /// slabs, one run per slab ([`Heap::return_chain`]).
-    pub(crate) fn spill(&mut self, class: usize) {
-        let n = (self.sll.cap(class) / 2).max(1);
-        let cache_cap = self.cache.cap(class);
-        if self.cache.room(class) < n.min(cache_cap) {
+    pub(crate) fn spill(&mut self, class: SizeClass) {
+        let n = (self.sll.cap(class.index()) / 2).max(1);
+        let cache_cap = self.cache.cap(class.index());
+        if self.cache.room(class.index()) < n.min(cache_cap) {
             self.flush_cache(class, n.max(cache_cap / 2).min(cache_cap));
         }
         let chain = self.take_list(class, n);
@@ -174,7 +180,7 @@ impl Heap {
     }
 
     /// Returns the `n` oldest blocks of the cache for `class` to their slabs.
-    pub(crate) fn flush_cache(&mut self, class: usize, n: u32) {
+    pub(crate) fn flush_cache(&mut self, class: SizeClass, n: u32) {
         let mut left = n;
         // Not zeroed first: a flush often moves a few blocks, and 2 KiB of zeroes per call
         // were most of its cost for the classes whose caches hold a handful.
@@ -183,7 +189,7 @@ impl Heap {
             let mut k = 0;
             let took = self
                 .cache
-                .drain_oldest(class, left.min(RUN_BATCH as u32), |b| {
+                .drain_oldest(class.index(), left.min(RUN_BATCH as u32), |b| {
                     batch[k].write(b);
                     k += 1;
                 });
@@ -201,18 +207,18 @@ impl Heap {
     /// `to_cache`), and returns the rest to their slabs in runs ([`Heap::return_chain`]).
     pub(crate) fn dispose_chain(
         &mut self,
-        class: usize,
+        class: SizeClass,
         chain: hakmem_tls_sll::Chain,
         to_cache: bool,
     ) {
         let mut b = chain.head;
         let mut left = chain.len;
         let key = self.sll.link_key();
-        while to_cache && left > 0 && self.cache.room(class) > 0 {
+        while to_cache && left > 0 && self.cache.room(class.index()) > 0 {
             // SAFETY: a block of the chain, linked through its first word (checked when the
             // chain was taken, H16).
             let next = unsafe { key.next(b) };
-            self.cache.push(class, b);
+            self.cache.push(class.index(), b);
             b = next;
             left -= 1;
         }
@@ -225,7 +231,7 @@ impl Heap {
     /// multiplication) and spliced onto the slab's free list as it is linked, with one update of
     /// its counts, of its ring place (H3) and, if it emptied, one return of the slab (H4); the
     /// held count drops once for the whole chain.
-    pub(crate) fn return_chain(&mut self, class: usize, mut b: *mut u8, mut left: u32) {
+    pub(crate) fn return_chain(&mut self, class: SizeClass, mut b: *mut u8, mut left: u32) {
         let mut returned = 0usize;
         let key = self.sll.link_key();
         while left > 0 {
@@ -267,7 +273,7 @@ impl Heap {
             returned += unsafe { self.splice_run(ss, class, slab, head, tail, n) };
         }
         if returned != 0 {
-            self.ctx().stats.held_sub(class, returned);
+            self.ctx().stats.held_sub(class.index(), returned);
         }
     }
 
@@ -281,7 +287,7 @@ impl Heap {
     unsafe fn splice_run(
         &mut self,
         ss: &'static Superslab,
-        class: usize,
+        class: SizeClass,
         slab: &SlabMeta,
         head: *mut u8,
         tail: *mut u8,
@@ -290,7 +296,7 @@ impl Heap {
         // SAFETY: forwarded from the caller.
         match unsafe { slab.free_local_run(head, tail, n) } {
             Ok(empty) => {
-                if empty && !core::ptr::eq(self.current[class], slab) {
+                if empty && !core::ptr::eq(self.current[class.index()], slab) {
                     self.free_slab(ss, class, slab);
                 } else if !Self::in_ring(slab) {
                     self.ring_insert(class, slab);
@@ -309,7 +315,7 @@ impl Heap {
     /// (a block start below the carve mark: one multiplication) and spliced onto the slab's
     /// free list at once, with one update of its counts, of its ring place (H3) and, if it
     /// emptied, one return of the slab (H4); the held count drops once for the whole batch.
-    pub(crate) fn return_blocks(&mut self, class: usize, blocks: &[*mut u8]) {
+    pub(crate) fn return_blocks(&mut self, class: SizeClass, blocks: &[*mut u8]) {
         let mut returned = 0usize;
         let mut i = 0;
         while i < blocks.len() {
@@ -344,12 +350,12 @@ impl Heap {
             returned += unsafe { self.splice_run(ss, class, slab, head, tail, n) };
         }
         if returned != 0 {
-            self.ctx().stats.held_sub(class, returned);
+            self.ctx().stats.held_sub(class.index(), returned);
         }
     }
 
     /// Gives one block back to its slab's free list; validates it first.
-    pub(crate) fn return_to_slab(&mut self, class: usize, b: *mut u8) {
+    pub(crate) fn return_to_slab(&mut self, class: SizeClass, b: *mut u8) {
         // SAFETY: blocks in our lists and cache lie in live superslabs we own (H1).
         let ss = unsafe { Superslab::of(b) };
         let slab = ss.slab_of(b);
@@ -361,8 +367,8 @@ impl Heap {
         // SAFETY: ours, and the block is given up.
         match unsafe { slab.free_local(b) } {
             Ok(empty) => {
-                self.ctx().stats.held_sub(class, 1);
-                if empty && !core::ptr::eq(self.current[class], slab) {
+                self.ctx().stats.held_sub(class.index(), 1);
+                if empty && !core::ptr::eq(self.current[class.index()], slab) {
                     self.free_slab(ss, class, slab);
                 } else if !Self::in_ring(slab) {
                     self.ring_insert(class, slab);

@@ -228,9 +228,7 @@ mod sync;
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru};
 use hakmem_registry::Kind;
-use hakmem_route::{
-    block_size_of, CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF,
-};
+use hakmem_route::{CACHE_CAPS, CACHE_SLOTS, CLASSES, LIST_CAPS, MAX_TINY, TINY_CLASS_OF};
 use hakmem_stats::{GlobalStats, ThreadStats};
 use hakmem_superslab::{
     free_key, init_free_key, key_word, link_key, set_key_word, AbandonedList, SpinLock, SLABS,
@@ -246,7 +244,7 @@ pub use hakmem_lru::LruConfig;
 pub use hakmem_registry::{LeafSource, Registry};
 /// Re-exported from hakmem-route: a size's class (what [`Heap::alloc`] takes), and what a
 /// pointer is (the slab and superslab a free of a block by [`Heap::free_small`] takes).
-pub use hakmem_route::{class_of, classify, PtrRoute};
+pub use hakmem_route::{class_of, classify, PtrRoute, SizeClass};
 /// Re-exported from hakmem-stats: what [`Ctx::snapshot`] returns, and the events it counts.
 pub use hakmem_stats::{Event, Snapshot};
 /// Re-exported from hakmem-superslab: the OS layer a [`Ctx`] is made with (and the real one),
@@ -291,7 +289,7 @@ fn far_block_ok(
     owned_slabs: &[*const SlabMeta; OWNED_CACHE],
     registry: &Registry,
     id: usize,
-    class: usize,
+    class: SizeClass,
     p: *mut u8,
 ) -> bool {
     if p as usize & 15 != 0 {
@@ -319,7 +317,7 @@ fn far_block_ok(
     let (c, carved) = unsafe { slab.class_and_carved_owned() };
     // SAFETY: as above.
     let index = unsafe { slab.block_index(p) };
-    c == class && index < carved
+    c == class.index() && index < carved
 }
 
 /// Slots of a heap's owned-superslab table (H16): indexed by a superslab number's low byte.
@@ -348,13 +346,13 @@ pub const EMPTY_ID: usize = usize::MAX;
 /// its heap exists and after it is gone, so the fast paths need no null test.
 ///
 /// ```
-/// use hakmem_hot_heap::{EmptyHeap, Heap};
+/// use hakmem_hot_heap::{EmptyHeap, Heap, SizeClass};
 /// static NONE: EmptyHeap = EmptyHeap::new();
 /// let h = NONE.as_ptr();
 /// let mut x = [0u64; 4];
 /// // SAFETY: any heap pointer, empty ones included, on any thread; any address.
 /// unsafe {
-///     assert!(Heap::alloc_fast(h, 0).is_null());
+///     assert!(Heap::alloc_fast(h, SizeClass::new(0).unwrap()).is_null());
 ///     assert!(!Heap::try_free_owned(h, x.as_mut_ptr().cast()));
 /// }
 /// assert!(NONE.is(h));
@@ -369,9 +367,10 @@ impl EmptyHeap {
     /// An empty heap: no blocks, no room, no owned superslab (H9).
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Self {
-        // SAFETY: every field of a heap is an integer, a raw pointer, or an array or struct of
-        // them, for which zero is a value (`Heap::init` relies on the same); zero lists have
-        // no room, and `make_empty` points their heads at the end block (tls_sll L8).
+        // SAFETY: every field of a heap is an integer, a raw pointer, a size class, or an array
+        // or struct of them, for which zero is a value (a zero size class is class 0, below
+        // CLASSES: route RT5; `Heap::init` relies on the same); zero lists have no room, and
+        // `make_empty` points their heads at the end block (tls_sll L8).
         let mut h: Heap = unsafe { core::mem::zeroed() };
         h.sll.make_empty();
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
@@ -455,7 +454,7 @@ pub struct Heap {
     key: usize,
     /// The route box's class of every tiny size (H12), here so that malloc's fast path
     /// indexes it from the heap pointer it holds anyway.
-    tiny: [u8; MAX_TINY + 1],
+    tiny: [SizeClass; MAX_TINY + 1],
     /// The slabs of owned superslabs by slab number, direct-mapped (H8).
     owned_slabs: [*const SlabMeta; OWNED_CACHE],
     /// Names the heap's thread for [`Ctx::reap_one`] (0: none).
@@ -500,11 +499,11 @@ impl Heap {
     /// superslab must be a block of `c` in a superslab this heap owns ([`far_block_ok`]). A bad
     /// link is reported (`Corrupt::FreeList`, naming the block that holds it) and the rest of
     /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
-    pub(crate) fn pop_list(&mut self, class: usize) -> *mut u8 {
+    pub(crate) fn pop_list(&mut self, class: SizeClass) -> *mut u8 {
         let registry = &self.ctx().registry;
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (p, bad) = unsafe {
-            self.sll.pop_checked(class, |n| {
+            self.sll.pop_checked(class.index(), |n| {
                 far_block_ok(&self.owned_slabs, registry, self.id, class, n)
             })
         };
@@ -518,13 +517,13 @@ impl Heap {
     /// into a superslab of the owned-superslab table, or else a block of the class in a slab
     /// this heap owns); a bad link ends the chain at the block that holds it, is reported, and
     /// the rest of the list is dropped.
-    pub(crate) fn take_list(&mut self, class: usize, n: u32) -> hakmem_tls_sll::Chain {
+    pub(crate) fn take_list(&mut self, class: SizeClass, n: u32) -> hakmem_tls_sll::Chain {
         let registry = &self.ctx().registry;
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked: one
         // into a superslab of the owned-superslab table at once, as the malloc path does, and
         // any other as the checked pop does.
         let (chain, bad) = unsafe {
-            self.sll.take(class, n, |b| {
+            self.sll.take(class.index(), n, |b| {
                 in_owned_superslab(&self.owned_bases, b)
                     || far_block_ok(&self.owned_slabs, registry, self.id, class, b)
             })

@@ -8,10 +8,9 @@ impl Heap {
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
-    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
-    /// `class` is below `CLASSES`.
-    pub(crate) unsafe fn refill_cache(&mut self, class: usize) {
-        let want = (self.cache.cap(class) / 2).max(1);
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it).
+    pub(crate) unsafe fn refill_cache(&mut self, class: SizeClass) {
+        let want = (self.cache.cap(class.index()) / 2).max(1);
         let mut got = 0;
         while got < want {
             // SAFETY: only the heap's thread gets here.
@@ -23,14 +22,14 @@ impl Heap {
             let (n, bad) = unsafe {
                 slab.alloc_batch(want - got, |b| {
                     set_key_word(b, key);
-                    assert!(cache.push(class, b))
+                    assert!(cache.push(class.index(), b))
                 })
             };
             if let Some(e) = bad {
                 self.ctx().report(e);
             }
             got += n;
-            self.ctx().stats.held_add(class, n as usize);
+            self.ctx().stats.held_add(class.index(), n as usize);
             // SAFETY: as above.
             if unsafe { !slab.has_free() } {
                 self.ring_remove(class, slab);
@@ -45,10 +44,9 @@ impl Heap {
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
-    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
-    /// `class` is below `CLASSES`.
-    pub(crate) unsafe fn refill_list(&mut self, class: usize, want: u32) {
-        let want = want.min(self.sll.cap(class) - self.sll.len(class));
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it).
+    pub(crate) unsafe fn refill_list(&mut self, class: SizeClass, want: u32) {
+        let want = want.min(self.sll.cap(class.index()) - self.sll.len(class.index()));
         let key = self.key;
         let link = self.sll.link_key();
         let (mut head, mut tail) = (null_mut::<u8>(), null_mut::<u8>());
@@ -97,7 +95,7 @@ impl Heap {
                 }
             }
             got += n;
-            self.ctx().stats.held_add(class, n as usize);
+            self.ctx().stats.held_add(class.index(), n as usize);
             // SAFETY: as above.
             if unsafe { !slab.has_free() } {
                 self.ring_remove(class, slab);
@@ -111,7 +109,7 @@ impl Heap {
             };
             // SAFETY: free blocks of ours, keyed, linked head..=tail, on no list; the list has
             // room for them (L2: `want` was bounded by it).
-            unsafe { self.sll.splice(class, chain) };
+            unsafe { self.sll.splice(class.index(), chain) };
         }
     }
 
@@ -119,10 +117,9 @@ impl Heap {
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
-    /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
-    /// `class` is below `CLASSES`. Its id is used to adopt abandoned superslabs: no other
-    /// running thread uses it.
-    pub(crate) unsafe fn slab_with_free(&mut self, class: usize) -> Option<&'static SlabMeta> {
+    /// (its own thread, the holder of the late heap's lock, or the one retiring it). Its id is
+    /// used to adopt abandoned superslabs: no other running thread uses it.
+    pub(crate) unsafe fn slab_with_free(&mut self, class: SizeClass) -> Option<&'static SlabMeta> {
         // 1. Own slabs with free blocks.
         if let Some(s) = self.current(class) {
             return Some(s);
@@ -159,7 +156,7 @@ impl Heap {
         }
         // 4. A new slab in an own superslab (H7: those with free slabs come first); 5. the lru;
         // 6. the OS.
-        let bs = block_size_of(class) as u32;
+        let bs = class.size() as u32;
         for _ in 0..4 {
             // SAFETY: owned superslabs are live and ours.
             let Some(s) = (unsafe { self.owned.as_ref() }) else {
@@ -170,7 +167,7 @@ impl Heap {
                 break; // the first is full, so all are (H7)
             }
             // SAFETY: ours.
-            let slab = unsafe { s.alloc_slab(class as u32, bs) };
+            let slab = unsafe { s.alloc_slab(class.index() as u32, bs) };
             // SAFETY: ours.
             if slab.is_none() || unsafe { !s.has_free_slab() } {
                 // Full now (or its only free slab, slab 0, is too short for this class).
@@ -184,15 +181,15 @@ impl Heap {
         let s = self.ctx().superslab_for(self.id)?;
         self.link_owned(s, true);
         // SAFETY: ours, fresh: every slab is free.
-        let slab = unsafe { s.alloc_slab(class as u32, bs) }?;
+        let slab = unsafe { s.alloc_slab(class.index() as u32, bs) }?;
         self.ring_insert(class, slab);
         Some(slab)
     }
 
     #[inline]
-    pub(crate) fn current(&self, class: usize) -> Option<&'static SlabMeta> {
+    pub(crate) fn current(&self, class: SizeClass) -> Option<&'static SlabMeta> {
         // SAFETY: ring slabs are live and ours (H3).
-        unsafe { self.current[class].as_ref() }
+        unsafe { self.current[class.index()].as_ref() }
     }
 
     pub(crate) fn in_ring(slab: &SlabMeta) -> bool {
@@ -200,8 +197,8 @@ impl Heap {
         unsafe { !slab.local().next.is_null() }
     }
 
-    pub(crate) fn ring_insert(&mut self, class: usize, slab: &SlabMeta) {
-        let cur = self.current[class];
+    pub(crate) fn ring_insert(&mut self, class: SizeClass, slab: &SlabMeta) {
+        let cur = self.current[class.index()];
         // SAFETY: ring members are slabs this heap owns; only this thread touches their locals.
         unsafe {
             if cur.is_null() {
@@ -209,7 +206,7 @@ impl Heap {
                     l.next = slab;
                     l.prev = slab;
                 });
-                self.current[class] = slab;
+                self.current[class.index()] = slab;
             } else {
                 let prev = (*cur).local().prev;
                 slab.with_local(|l| {
@@ -222,7 +219,7 @@ impl Heap {
         }
     }
 
-    pub(crate) fn ring_remove(&mut self, class: usize, slab: &SlabMeta) {
+    pub(crate) fn ring_remove(&mut self, class: SizeClass, slab: &SlabMeta) {
         // SAFETY: as in ring_insert.
         unsafe {
             let l = slab.local();
@@ -230,12 +227,12 @@ impl Heap {
                 return;
             }
             if core::ptr::eq(l.next, slab) {
-                self.current[class] = null();
+                self.current[class.index()] = null();
             } else {
                 (*l.prev).with_local(|p| p.next = l.next);
                 (*l.next).with_local(|n| n.prev = l.prev);
-                if core::ptr::eq(self.current[class], slab) {
-                    self.current[class] = l.next;
+                if core::ptr::eq(self.current[class.index()], slab) {
+                    self.current[class.index()] = l.next;
                 }
             }
             slab.with_local(|x| {
@@ -366,13 +363,17 @@ impl Heap {
                     continue;
                 }
             };
-            let class = slab.class();
+            // A slab's class is a class's index (`alloc_slab`): only a corrupted metadata
+            // word fails this, and that slab is left as it is.
+            let Some(class) = SizeClass::new(slab.class()) else {
+                continue;
+            };
             if drained != 0 {
-                self.ctx().stats.held_sub(class, drained as usize);
+                self.ctx().stats.held_sub(class.index(), drained as usize);
             }
             // SAFETY: ours.
             let (empty, has_free) = unsafe { (slab.is_empty(), slab.has_free()) };
-            if empty && !core::ptr::eq(self.current[class], slab) {
+            if empty && !core::ptr::eq(self.current[class.index()], slab) {
                 if self.free_slab(ss, class, slab) {
                     return true;
                 }
@@ -387,7 +388,7 @@ impl Heap {
     pub(crate) fn free_slab(
         &mut self,
         ss: &'static Superslab,
-        class: usize,
+        class: SizeClass,
         slab: &SlabMeta,
     ) -> bool {
         self.ring_remove(class, slab);

@@ -57,7 +57,7 @@ fn heap(ctx: &'static Ctx) -> &'static mut Heap {
 
 /// `n` blocks of `class` that a thread allocated on its own heap before it exited (its heap
 /// retired with them out, so their superslab is abandoned).
-fn blocks_left_by_an_exited_thread(ctx: &'static Ctx, class: usize, n: usize) -> Vec<usize> {
+fn blocks_left_by_an_exited_thread(ctx: &'static Ctx, class: SizeClass, n: usize) -> Vec<usize> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let h = heap(ctx);
@@ -138,7 +138,7 @@ fn freeing_everything_gives_the_superslab_back_to_the_lru() {
         "empty superslab went to the lru"
     );
     assert_eq!(s.count(Event::Abandon), 0);
-    assert_eq!(s.held(c), 0);
+    assert_eq!(s.held(c.index()), 0);
     assert_eq!(ctx.lru.usage().0, 1);
 }
 
@@ -179,7 +179,7 @@ fn remote_frees_are_reclaimed_by_the_owner() {
     }
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held(c), 0);
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn a_thread_that_frees_into_an_abandoned_superslab_adopts_it() {
         let local = unsafe { Heap::try_free_owned(h, b as *mut u8) };
         assert!(local, "an owner-local free");
         // The list fills up; spill it through the full path, which is local too.
-        if h.sll.is_full(c) {
+        if h.sll.is_full(c.index()) {
             h.spill(c);
         }
     }
@@ -253,7 +253,7 @@ fn a_thread_that_frees_into_an_abandoned_superslab_adopts_it() {
         free(h, p);
         ctx.retire_heap(NonNull::from(h));
     }
-    assert_eq!(ctx.snapshot().held(c), 0);
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
 }
 
 #[test]
@@ -314,7 +314,7 @@ fn abandoned_superslab_goes_back_with_its_last_remote_free() {
     let s = ctx.snapshot();
     assert_eq!(s.count(Event::SsCached), 1);
     assert_eq!(ctx.abandoned.len(), 0);
-    assert_eq!(s.live(c), 0);
+    assert_eq!(s.live(c.index()), 0);
 }
 
 #[test]
@@ -373,7 +373,7 @@ fn a_double_free_not_at_the_head_is_caught_by_default() {
 /// Allocates and frees enough blocks of `c` that freeing them all fills the thread list, spills
 /// into the cache, and flushes the cache's oldest to their slabs' free lists; returns a block
 /// found on the thread list, one in the cache, and one on a slab's free list.
-fn free_blocks_everywhere(h: &mut Heap, c: usize) -> [Option<*mut u8>; 3] {
+fn free_blocks_everywhere(h: &mut Heap, c: SizeClass) -> [Option<*mut u8>; 3] {
     // SAFETY: the heap is this test thread's own, and every block is ours.
     let blocks: Vec<*mut u8> = (0..4000).map(|_| unsafe { h.alloc(c) }).collect();
     for &b in &blocks {
@@ -384,8 +384,11 @@ fn free_blocks_everywhere(h: &mut Heap, c: usize) -> [Option<*mut u8>; 3] {
         .iter()
         .copied()
         // SAFETY: the list's blocks are free and linked.
-        .find(|&b| unsafe { h.sll.contains(c, b, |_| true) });
-    let in_cache = blocks.iter().copied().find(|&b| h.cache.contains(c, b));
+        .find(|&b| unsafe { h.sll.contains(c.index(), b, |_| true) });
+    let in_cache = blocks
+        .iter()
+        .copied()
+        .find(|&b| h.cache.contains(c.index(), b));
     let on_slab = blocks.iter().copied().find(|&b| {
         // SAFETY: our blocks, in live superslabs we own.
         unsafe { Superslab::of(b).slab_of(b).free_list_contains(b) }
@@ -623,7 +626,7 @@ fn a_superslab_emptied_by_remote_frees_stays_with_its_heap() {
     );
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held(c), 0);
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
 }
 
 #[test]
@@ -667,10 +670,10 @@ fn assert_adapt_books(h: &Heap) {
     }
     let mut extra = 0;
     for (c, &base) in LIST_CAPS.iter().enumerate() {
-        let cap = h.list_cap(c);
+        let cap = h.list_cap(SizeClass::new(c).unwrap());
         assert!(cap >= base, "class {c}: bound {cap} below its base {base}");
         assert!(h.sll.len(c) <= cap, "L2 in class {c}");
-        extra += (cap - base) as usize * block_size_of(c);
+        extra += (cap - base) as usize * SizeClass::new(c).unwrap().size();
     }
     assert_eq!(h.adapt_extra_bytes(), extra);
     assert!(extra <= adapt::ADAPT_BUDGET);
@@ -678,7 +681,7 @@ fn assert_adapt_books(h: &Heap) {
 
 /// Rounds of "allocate `n` blocks of `class`, then free them in order" (glibc's
 /// bench-malloc-simple).
-fn batch_rounds(h: &mut Heap, class: usize, n: usize, rounds: usize) {
+fn batch_rounds(h: &mut Heap, class: SizeClass, n: usize, rounds: usize) {
     let mut v = Vec::with_capacity(n);
     for _ in 0..rounds {
         for _ in 0..n {
@@ -710,30 +713,33 @@ fn a_list_that_keeps_overflowing_grows_within_its_budget_and_decays_when_quiet()
     );
     // Every block is back: out of its slab only while on the list or in the cache, and the
     // batched returns to slabs counted each one (S3).
-    assert_eq!(ctx.snapshot().held(a), (h.sll.len(a) + h.cache.len(a)) as _);
+    assert_eq!(
+        ctx.snapshot().held(a.index()),
+        (h.sll.len(a.index()) + h.cache.len(a.index())) as _
+    );
     // Several large classes that want more than the budget: the quietest give theirs back.
     for size in [256, 512, 1024, 2048] {
         batch_rounds(h, class_of(size).unwrap(), 1024, 12);
     }
-    assert!(h.list_cap(class_of(2048).unwrap()) > LIST_CAPS[class_of(2048).unwrap()]);
+    assert!(h.list_cap(class_of(2048).unwrap()) > class_of(2048).unwrap().list_cap());
     // Slow-path events of another class only: the first class is quiet, so it decays back to
     // its base bound and then gives every block back to its slabs.
     let b = class_of(8192).unwrap();
     let mut rounds = 0;
-    while h.list_cap(a) > LIST_CAPS[a] || ctx.snapshot().held(a) != 0 {
+    while h.list_cap(a) > a.list_cap() || ctx.snapshot().held(a.index()) != 0 {
         batch_rounds(h, b, 64, 1);
         rounds += 1;
         assert!(
             rounds < 10_000,
-            "class {a} never decayed: bound {}",
+            "class {a:?} never decayed: bound {}",
             h.list_cap(a)
         );
     }
-    assert_eq!(h.sll.len(a) + h.cache.len(a), 0);
+    assert_eq!(h.sll.len(a.index()) + h.cache.len(a.index()), 0);
     assert!(my_reports().is_empty());
     // SAFETY: this thread's heap, not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held(a), 0);
+    assert_eq!(ctx.snapshot().held(a.index()), 0);
 }
 
 #[test]
@@ -763,7 +769,7 @@ fn classes_in_use_do_not_take_each_others_budget() {
     assert!(settled
         .iter()
         .zip(&classes)
-        .any(|(&cap, &c)| cap > LIST_CAPS[c]));
+        .any(|(&cap, &c)| cap > c.list_cap()));
     // All three stay in use: no bound moves any more (no spill of one to grow another).
     for _ in 0..20 {
         for &c in &classes {
@@ -807,7 +813,7 @@ fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
             // SAFETY: as above.
             unsafe { free(h, p) };
         }
-        if h.sll.is_full(c) {
+        if h.sll.is_full(c.index()) {
             h.spill(c);
         }
     }
@@ -815,7 +821,11 @@ fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
     assert_eq!(my_reports(), Vec::<Corrupt>::new());
     // SAFETY: the heap is not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held(c), 0, "every block came back once");
+    assert_eq!(
+        ctx.snapshot().held(c.index()),
+        0,
+        "every block came back once"
+    );
 }
 
 #[test]
@@ -836,18 +846,24 @@ fn list_counts_show_in_snapshots_of_a_live_heap_and_survive_its_exit_exactly() {
         }
     }
     let s = ctx.snapshot();
-    assert_eq!((s.class(c).allocs, s.class(c).frees), (3000, 1000));
+    assert_eq!(
+        (s.class(c.index()).allocs, s.class(c.index()).frees),
+        (3000, 1000)
+    );
     for p in live.drain(..) {
         // SAFETY: ours, freed once.
         unsafe { free(h, p) };
     }
     let s = ctx.snapshot();
-    assert_eq!((s.class(c).allocs, s.class(c).frees), (3000, 3000));
+    assert_eq!(
+        (s.class(c.index()).allocs, s.class(c.index()).frees),
+        (3000, 3000)
+    );
     // SAFETY: the heap is not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
     let s = ctx.snapshot();
     assert_eq!(
-        (s.class(c).allocs, s.class(c).frees),
+        (s.class(c.index()).allocs, s.class(c.index()).frees),
         (3000, 3000),
         "folded once"
     );
@@ -892,7 +908,7 @@ fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_tic
     unsafe { free(h, keep) };
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(h)) };
-    assert_eq!(ctx.snapshot().held(c), 0);
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
 }
 
 /// A `report` that panics would unwind out of the middle of a heap operation; the context

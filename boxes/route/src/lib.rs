@@ -14,19 +14,22 @@
 //! `i = 1..=8`), all multiples of 16.
 //!
 //! ```
-//! use hakmem_route::{block_size_of, class_of, route, Route, CLASSES, MAX_SMALL};
+//! use hakmem_route::{class_of, route, Route, SizeClass, CLASSES, MAX_SMALL};
 //! // A 100-byte request takes the 112-byte class; a 1 MiB one goes to the large tier.
 //! let Route::Small(c) = route(100, 8) else { unreachable!() };
-//! assert_eq!(block_size_of(c), 112);
+//! assert_eq!(c.size(), 112);
 //! assert_eq!(route(1 << 20, 8), Route::Large);
 //! // Alignments up to 64 KiB are served by a class whose block size they divide (RT2).
 //! let Route::Small(c) = route(3000, 1024) else { unreachable!() };
-//! assert_eq!(block_size_of(c) % 1024, 0);
+//! assert_eq!(c.size() % 1024, 0);
 //! let Route::Small(c) = route(64, 8192) else { unreachable!() };
-//! assert_eq!(block_size_of(c), 8192);
+//! assert_eq!(c.size(), 8192);
 //! // Every small size has a class, and classes grow with size (RT1, RT3).
-//! assert_eq!(class_of(MAX_SMALL), Some(CLASSES - 1));
+//! assert_eq!(class_of(MAX_SMALL), SizeClass::new(CLASSES - 1));
 //! assert_eq!(class_of(MAX_SMALL + 1), None);
+//! // A class is made only here: by routing, or from an index that is checked.
+//! assert_eq!(SizeClass::new(CLASSES), None);
+//! assert_eq!(SizeClass::all().count(), CLASSES);
 //! ```
 //!
 //! ## Invariants
@@ -40,6 +43,12 @@
 //! - **RT3 (monotone).** Block sizes strictly increase with the class index.
 //! - **RT4 (cheap).** [`route`] for `size <= 1024, align <= 16` is one table load; nothing here
 //!   divides, locks or allocates.
+//! - **RT5 (classes are valid).** Every [`SizeClass`] value's index is below [`CLASSES`]. Only
+//!   this box makes one: the routing functions ([`route`], [`class_of`], [`tiny_class`] and the
+//!   table [`TINY_CLASS_OF`]), [`SizeClass::new`], which checks the index, and
+//!   [`SizeClass::all`]; its field is private. So code that holds a `SizeClass` needs no proof
+//!   that it is in range: [`SizeClass::index`] tells the compiler, which drops the bounds
+//!   checks of arrays of `CLASSES` entries, and [`SizeClass::size`] reads its table without one.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -83,6 +92,65 @@ const _: () = assert!(
     "stats count every class and large"
 );
 
+const _: () = assert!(
+    CLASSES <= 1 << u8::BITS,
+    "a class index fits a SizeClass's byte"
+);
+
+/// A size class: an index below [`CLASSES`] (RT5). Only this box makes one; a box below it
+/// (the thread lists, the unified cache, the stats) takes the class as `index()`.
+///
+/// ```
+/// use hakmem_route::{class_of, SizeClass, CLASSES};
+/// let c = class_of(100).unwrap();
+/// assert_eq!((c.index(), c.size()), (6, 112));
+/// assert_eq!(SizeClass::new(6), Some(c));
+/// assert_eq!(SizeClass::new(CLASSES), None);
+/// assert!(SizeClass::all().all(|c| c.index() < CLASSES));
+/// ```
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SizeClass(u8);
+
+impl SizeClass {
+    /// The class of index `i`, or `None` when `i >= CLASSES`.
+    #[inline(always)]
+    pub const fn new(i: usize) -> Option<SizeClass> {
+        if i < CLASSES {
+            Some(SizeClass(i as u8))
+        } else {
+            None
+        }
+    }
+
+    /// Every class, smallest first.
+    pub fn all() -> impl DoubleEndedIterator<Item = SizeClass> + ExactSizeIterator + Clone {
+        (0..CLASSES as u8).map(SizeClass)
+    }
+
+    /// The class's index, below [`CLASSES`] (RT5): an array of `CLASSES` entries indexed by it
+    /// needs no bounds check, and the compiler drops it.
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        let i = self.0 as usize;
+        // SAFETY: every SizeClass is made by this box with an index below CLASSES (RT5).
+        unsafe { core::hint::assert_unchecked(i < CLASSES) };
+        i
+    }
+
+    /// The class's block size (RT1, RT2): one table load.
+    #[inline(always)]
+    pub const fn size(self) -> usize {
+        BLOCK_SIZES[self.index()] as usize
+    }
+
+    /// The class's thread-list bound ([`list_cap`]).
+    #[inline(always)]
+    pub const fn list_cap(self) -> u32 {
+        LIST_CAPS[self.index()]
+    }
+}
+
 /// The class for `size` (1..=MAX_SMALL), computed without division or table.
 const fn class_of_const(size: usize) -> usize {
     let s = if size == 0 { 1 } else { size };
@@ -110,18 +178,18 @@ pub const fn block_size(class: usize) -> usize {
 /// The class of every tiny size, indexed by the size itself (1 KiB): the lookup is one load,
 /// with no rounding. A client may keep its own copy next to its other hot data (the hot heap
 /// does, so its malloc path indexes the table from the heap pointer it already holds).
-pub const TINY_CLASS_OF: [u8; MAX_TINY + 1] = {
-    let mut t = [0u8; MAX_TINY + 1];
+pub const TINY_CLASS_OF: [SizeClass; MAX_TINY + 1] = {
+    let mut t = [SizeClass(0); MAX_TINY + 1];
     let mut i = 0;
     while i < t.len() {
-        t[i] = class_of_const(if i == 0 { 1 } else { i }) as u8;
+        t[i] = SizeClass(class_of_const(if i == 0 { 1 } else { i }) as u8);
         i += 1;
     }
     t
 };
 
 /// The one shared instance of [`TINY_CLASS_OF`] that [`tiny_class`] reads.
-static TINY_TABLE: [u8; MAX_TINY + 1] = TINY_CLASS_OF;
+static TINY_TABLE: [SizeClass; MAX_TINY + 1] = TINY_CLASS_OF;
 
 const BLOCK_SIZES: [u32; CLASSES] = {
     let mut t = [0u32; CLASSES];
@@ -133,7 +201,9 @@ const BLOCK_SIZES: [u32; CLASSES] = {
     t
 };
 
-/// Block sizes by class, as a table.
+/// Block sizes by class index, as a table, for a class index from a box below this one (a
+/// slab's class, a stats row); [`SizeClass::size`] for a class. Panics when
+/// `class >= CLASSES`.
 #[inline(always)]
 pub fn block_size_of(class: usize) -> usize {
     BLOCK_SIZES[class] as usize
@@ -141,11 +211,11 @@ pub fn block_size_of(class: usize) -> usize {
 
 /// The class for `size` bytes at the default alignment; `None` beyond [`MAX_SMALL`].
 #[inline(always)]
-pub fn class_of(size: usize) -> Option<usize> {
+pub fn class_of(size: usize) -> Option<SizeClass> {
     if size <= MAX_TINY {
-        Some(TINY_TABLE[size] as usize)
+        Some(TINY_TABLE[size])
     } else if size <= MAX_SMALL {
-        Some(class_of_const(size))
+        Some(SizeClass(class_of_const(size) as u8))
     } else {
         None
     }
@@ -154,20 +224,20 @@ pub fn class_of(size: usize) -> Option<usize> {
 /// The class of a tiny request (`size <= MAX_TINY`, alignment 16 or less): one table load, the
 /// malloc fast path's lookup (RT4). `None` for larger sizes.
 #[inline(always)]
-pub fn tiny_class(size: usize) -> Option<usize> {
+pub fn tiny_class(size: usize) -> Option<SizeClass> {
     // The size is compared before it is rounded, so a size near usize::MAX cannot wrap into
     // the table.
     if size > MAX_TINY {
         return None;
     }
-    TINY_TABLE.get(size).map(|&c| c as usize)
+    TINY_TABLE.get(size).copied()
 }
 
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// A block of this class, in a slab.
-    Small(usize),
+    Small(SizeClass),
     /// A dedicated large region.
     Large,
 }
@@ -189,16 +259,16 @@ fn route_aligned(size: usize, align: usize) -> Route {
     if align > MAX_SLAB_ALIGN {
         return Route::Large;
     }
-    let Some(mut c) = class_of(size.max(align)) else {
+    let Some(first) = class_of(size.max(align)) else {
         return Route::Large;
     };
-    while c < CLASSES {
-        if BLOCK_SIZES[c] as usize & (align - 1) == 0 {
-            return Route::Small(c);
-        }
-        c += 1;
+    match SizeClass::all()
+        .skip(first.index())
+        .find(|c| c.size() & (align - 1) == 0)
+    {
+        Some(c) => Route::Small(c),
+        None => Route::Large,
     }
-    Route::Large
 }
 
 /// Per-class bound of a thread list: about 16 KiB of blocks, between 2 and 256.
@@ -349,19 +419,23 @@ mod tests {
     fn every_size_fits_with_bounded_waste() {
         for s in 1..=MAX_SMALL {
             let c = class_of(s).unwrap();
-            let b = block_size_of(c);
-            assert!(b >= s, "RT1 fit: size {s} class {c} block {b}");
+            let b = c.size();
+            assert_eq!(b, block_size_of(c.index()));
+            assert!(b >= s, "RT1 fit: size {s} class {c:?} block {b}");
             assert_eq!(b % 16, 0, "RT2: block {b}");
             if s > 128 {
                 assert!((b - s) * 8 < s, "RT1 waste: size {s} block {b}");
             } else {
                 assert!(b - s < 16, "RT1 16-byte step: size {s} block {b}");
             }
-            if c > 0 {
-                assert!(block_size_of(c - 1) < s, "smallest fitting class: size {s}");
+            if c.index() > 0 {
+                assert!(
+                    block_size_of(c.index() - 1) < s,
+                    "smallest fitting class: size {s}"
+                );
             }
         }
-        assert_eq!(class_of(0), Some(0));
+        assert_eq!(class_of(0), SizeClass::new(0));
         assert_eq!(class_of(MAX_SMALL + 1), None);
         assert_eq!(block_size_of(CLASSES - 1), MAX_SMALL);
         assert_eq!(block_size_of(TINY_CLASSES - 1), MAX_TINY);
@@ -381,7 +455,7 @@ mod tests {
             for size in [1, 7, 16, 100, 1000, 4096, 5000, 20_000, 32_768, 40_000] {
                 match route(size, align) {
                     Route::Small(c) => {
-                        let b = block_size_of(c);
+                        let b = c.size();
                         assert!(
                             b >= size && b.is_multiple_of(align.max(16)),
                             "size {size} align {align} block {b}"
@@ -394,7 +468,10 @@ mod tests {
         }
         assert_eq!(route(10, 4096), Route::Small(class_of(4096).unwrap()));
         assert_eq!(route(10, 8192), Route::Small(class_of(8192).unwrap()));
-        assert_eq!(route(64, MAX_SLAB_ALIGN), Route::Small(CLASSES - 1));
+        assert_eq!(
+            route(64, MAX_SLAB_ALIGN),
+            Route::Small(SizeClass::new(CLASSES - 1).unwrap())
+        );
         assert_eq!(route(10, 2 * MAX_SLAB_ALIGN), Route::Large);
         // Every size and alignment up to MAX_SMALL takes a slab.
         for shift in 0..=16 {
@@ -412,6 +489,24 @@ mod tests {
             for off in 0..SLAB_SIZE as u64 {
                 assert_eq!((off * r) >> 32, off / bs, "class {c} offset {off}");
             }
+        }
+    }
+
+    #[test]
+    fn size_classes_are_exactly_the_indices_below_classes() {
+        let all: [usize; CLASSES] = core::array::from_fn(|i| i);
+        assert!(SizeClass::all().map(SizeClass::index).eq(all));
+        for i in 0..=2 * CLASSES {
+            assert_eq!(
+                SizeClass::new(i).map(SizeClass::index),
+                (i < CLASSES).then_some(i)
+            );
+        }
+        assert_eq!(SizeClass::new(usize::MAX), None);
+        assert_eq!(SizeClass::new(CLASSES + 256), None, "no wrap into a byte");
+        for c in SizeClass::all() {
+            assert_eq!(c.size(), block_size(c.index()));
+            assert_eq!(c.list_cap(), list_cap(c.index()));
         }
     }
 
