@@ -67,9 +67,10 @@
 //! ## Files, by concern
 //! `lib.rs` (the types and these invariants), `ctx.rs` (the shared context: heap list, reaping,
 //! releasing superslabs, fork locks), `alloc.rs` (allocation fast paths and hand-out),
-//! `free.rs` (the owner's frees and the free key's confirmation), `refill.rs` (refill order,
-//! rings, owned list and cache, drains, giving empty memory back), `remote.rs` (non-owners'
-//! frees), `exit.rs` (thread exit), `check.rs` (check mode).
+//! `free.rs` (the owner's frees and the free key's confirmation), `refill.rs` (refill order and
+//! drains), `ring.rs` (the per-class rings), `owned.rs` (the owned list and its caches),
+//! `purge.rs` (giving empty memory back, the purge tick), `remote.rs` (non-owners' frees),
+//! `exit.rs` (thread exit), `check.rs` (check mode).
 //!
 //! ## Invariants
 //! - **H1 (own blocks only).** A heap's thread lists and cache hold only blocks of slabs it owns;
@@ -221,8 +222,11 @@ mod check;
 mod ctx;
 mod exit;
 mod free;
+mod owned;
+mod purge;
 mod refill;
 mod remote;
+mod ring;
 mod sync;
 
 use core::ptr::{null, null_mut, NonNull};
