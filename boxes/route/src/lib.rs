@@ -108,6 +108,12 @@ const _: () = assert!(
 /// assert_eq!(SizeClass::new(CLASSES), None);
 /// assert!(SizeClass::all().all(|c| c.index() < CLASSES));
 /// ```
+///
+/// No other crate can make one out of a bare index (RT5):
+///
+/// ```compile_fail,E0603
+/// let c = hakmem_route::SizeClass(200);
+/// ```
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SizeClass(u8);
