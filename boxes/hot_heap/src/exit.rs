@@ -55,10 +55,10 @@ impl Heap {
                     unsafe { ctx.release_superslab(ss) };
                 }
             } else {
-                // Slabs free since this heap's last purge tick give their pages back now; the
-                // rest wait for an adopter's tick (H14).
+                // Slabs aged at a tick at least one purge delay ago give their pages back now;
+                // the rest wait for an adopter's tick (H14).
                 // SAFETY: ours until abandoned below.
-                unsafe { ss.purge_free_slabs(&ctx.env()) };
+                unsafe { ss.purge_free_slabs(&ctx.env(), now_ns(), ctx.slab_purge_delay) };
                 ctx.stats.event(Event::Abandon, 0);
                 // SAFETY: ours, and forgotten from here on.
                 match unsafe { ss.abandon(&ctx.abandoned, &ctx.stats) } {

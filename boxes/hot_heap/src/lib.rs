@@ -168,11 +168,14 @@
 //! - **H14 (free slabs purged in time).** When a slab of a superslab the heap keeps goes back
 //!   to it, or the heap adopts or claims a superslab, the heap schedules a purge tick one purge
 //!   delay on (the lru's, when purging is on); its slow paths run the tick once it is due, and
-//!   each tick purges the owned superslabs' slabs that stayed free since the one before (SS16),
-//!   scheduling another while any wait. So the pages of a slab freed while its superslab still
-//!   holds blocks go back within one to two delays of the heap's next slow path, and a slab
-//!   taken again before that keeps them. An exiting heap purges the slabs already aged at its
-//!   last tick before it abandons their superslab.
+//!   each tick purges the owned superslabs' slabs that stayed free since the one before, and
+//!   for at least one delay (SS16), scheduling another while any wait. So the pages of a slab
+//!   freed while its superslab still holds blocks go back within one to two delays of the
+//!   heap's next slow path, and a slab taken again before that keeps them. An exiting heap
+//!   runs a tick on each superslab it abandons: it purges the slabs aged at least one delay
+//!   before (at its own tick or an earlier owner's), and ages the rest for an adopter's tick.
+//!   So superslabs that pass from one short-lived thread to the next within a delay keep the
+//!   pages of their free slabs for the next thread, instead of purging them at every exit.
 //! - **H15 (reaping).** A heap's `id` and `tag` are written only under the heap list's lock
 //!   ([`Ctx::new_heap`] writes the id, [`Ctx::set_tag`] the tag, [`Ctx::retire_heap`] clears
 //!   both), and every heap made gets a new id. [`Ctx::reap_one`] reads a heap's tag and id under

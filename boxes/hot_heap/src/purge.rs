@@ -64,17 +64,18 @@ impl Heap {
     #[cold]
     fn purge_slabs(&mut self, now: u64) {
         let env = self.ctx().env();
+        let delay = self.ctx().slab_purge_delay;
         let mut waiting = false;
         let mut ss = self.owned;
         // SAFETY: owned superslabs are live and ours.
         while let Some(s) = unsafe { ss.as_ref() } {
             // SAFETY: ours.
-            waiting |= unsafe { s.purge_free_slabs(&env) }.1;
+            waiting |= unsafe { s.purge_free_slabs(&env, now, delay) }.1;
             // SAFETY: ours.
             ss = unsafe { s.heap_links().0 };
         }
         self.purge_due = if waiting {
-            now.saturating_add(self.ctx().slab_purge_delay)
+            now.saturating_add(delay)
         } else {
             u64::MAX
         };

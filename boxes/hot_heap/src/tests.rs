@@ -911,6 +911,63 @@ fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_tic
     assert_eq!(ctx.snapshot().held(c.index()), 0);
 }
 
+/// A superslab passed from one exiting heap to the next within a purge delay keeps the pages of
+/// its free slabs: an exit's tick purges only slabs aged at least one delay before (H14, SS16).
+/// With a delay of 0, the second exit purges what the first one aged.
+#[test]
+fn exits_closer_than_a_purge_delay_keep_the_pages_of_free_slabs() {
+    const HOUR_NS: u64 = 3_600_000_000_000;
+    for delay in [HOUR_NS, 0] {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+        let registry = os.registry();
+        let lru = LruConfig {
+            purge_delay_ns: delay,
+            ..LruConfig::default()
+        };
+        let ctx: &'static Ctx =
+            Box::leak(Box::new(Ctx::new(os, registry, lru, false, count_report)));
+        let c = class_of(1024).unwrap();
+        // A heap fills eight slabs of 1 KiB blocks, frees all but one block and exits: its
+        // superslab is abandoned with seven free, dirty slabs, aged by its exit's tick.
+        let h = heap(ctx);
+        // SAFETY: the heap is this thread's own.
+        let blocks: Vec<*mut u8> = (0..8 * 64).map(|_| unsafe { h.alloc(c) }).collect();
+        for &b in &blocks[1..] {
+            // SAFETY: ours, freed once.
+            unsafe { free(h, b) };
+        }
+        // SAFETY: the heap "exits" with one block out.
+        unsafe { ctx.retire_heap(NonNull::from(h)) };
+        assert_eq!(ctx.snapshot().count(Event::Abandon), 1);
+        // The next heap adopts it (for another class), and exits at once too.
+        let h = heap(ctx);
+        // SAFETY: the heap is this thread's own; the block is ours, freed once.
+        unsafe {
+            let p = h.alloc(class_of(16).unwrap());
+            free(h, p);
+        }
+        assert_eq!(ctx.snapshot().count(Event::Adopt), 1);
+        // SAFETY: not used again.
+        unsafe { ctx.retire_heap(NonNull::from(h)) };
+        let purged = ctx.snapshot().bytes(Event::Madvise);
+        if delay == HOUR_NS {
+            assert_eq!(purged, 0, "two exits a moment apart purged free slabs");
+        } else {
+            assert!(
+                purged >= 6 * SLAB_SIZE as u64,
+                "the aged free slabs kept their pages: {purged} bytes purged"
+            );
+        }
+        // The last block goes back through a third heap, which adopts the superslab.
+        let h = heap(ctx);
+        // SAFETY: handed over; freed once.
+        unsafe { free(h, blocks[0]) };
+        // SAFETY: not used again.
+        unsafe { ctx.retire_heap(NonNull::from(h)) };
+        assert_eq!(ctx.abandoned.len(), 0);
+    }
+}
+
 /// A `report` that panics would unwind out of the middle of a heap operation; the context
 /// aborts instead. Run in a child process (this test binary, filtered to this test).
 #[test]

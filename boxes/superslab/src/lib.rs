@@ -160,9 +160,13 @@
 //!   refills look at one word per superslab instead of every slab's stack.
 //! - **SS16 (free slabs give their pages back).** The owner's purge tick
 //!   ([`Superslab::purge_free_slabs`]) gives the pages of the slabs that were free and dirty
-//!   at its previous tick, and are still free, back to the OS, and marks them zero (SS8); a slab
-//!   taken or freed since loses its age, so a slab is purged only after it has stayed free from
-//!   one tick to the next. Slab 0's pages below the header go too; the header's never.
+//!   at the tick that aged them, and are still free, back to the OS, and marks them zero (SS8),
+//!   when that tick ran at least the caller's minimum age before (the superslab keeps its
+//!   time); a tick that comes sooner purges nothing and keeps the age. A slab taken or freed
+//!   since loses its age, so a slab is purged only after it has stayed free from one tick to
+//!   the next and for the minimum age: ticks that come close together (the exits of
+//!   short-lived threads that adopt and abandon the superslab in turn) do not purge slabs that
+//!   the next thread reuses. Slab 0's pages below the header go too; the header's never.
 //! - **SS17 (list identity).** Every [`AbandonedList`] has an id of its own for the life of the
 //!   process, and a superslab's `list` word holds the id of the list it is on (0: none). The
 //!   word is written only under the lock of the list it names (a push writes the list's id, an

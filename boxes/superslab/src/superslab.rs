@@ -27,8 +27,10 @@ struct SsLocal {
     free_slabs: u32,
     /// Bit `i` set: slab `i`'s pages are known to read as zero.
     zero_slabs: u32,
-    /// Bit `i` set: slab `i` was free and dirty at the owner's last purge tick (SS16).
+    /// Bit `i` set: slab `i` was free and dirty at the purge tick that aged it (SS16).
     aged_slabs: u32,
+    /// When that tick ran (the caller's clock, in ns): the age of `aged_slabs`.
+    aged_at: u64,
     /// The owning heap's list of superslabs.
     next: *const Superslab,
     prev: *const Superslab,
@@ -106,6 +108,7 @@ impl Superslab {
                 free_slabs: u32::MAX >> (32 - SLABS),
                 zero_slabs: if zeroed { u32::MAX >> (32 - SLABS) } else { 0 },
                 aged_slabs: 0,
+                aged_at: 0,
                 next: core::ptr::null(),
                 prev: core::ptr::null(),
             }));
@@ -380,19 +383,30 @@ impl Superslab {
         })
     }
 
-    /// A purge tick of the free slabs (SS16): gives the pages of every free slab that was
-    /// already free and dirty at the last tick back to the OS, marks them zero (SS8), and ages
-    /// the free dirty slabs left for the next tick. Slab 0's header pages stay. Returns the
-    /// bytes purged, and whether a slab waits for a next tick.
+    /// A purge tick of the free slabs (SS16) at time `now` (ns): when the tick that aged the
+    /// slabs ran at least `min_age` before `now`, gives the pages of every free slab that was
+    /// already free and dirty at that tick back to the OS, marks them zero (SS8), and ages the
+    /// free dirty slabs left, at `now`; a tick that comes sooner purges nothing and keeps their
+    /// age (it ages the free dirty slabs only if none is aged yet). Slab 0's header pages stay.
+    /// Returns the bytes purged, and whether a slab waits for a next tick.
     ///
     /// # Safety
     /// The caller owns the superslab.
-    pub unsafe fn purge_free_slabs(&self, env: &Env<'_>) -> (usize, bool) {
+    pub unsafe fn purge_free_slabs(&self, env: &Env<'_>, now: u64, min_age: u64) -> (usize, bool) {
         // SAFETY: the caller owns the superslab.
-        let (free, zero, aged) = self
-            .local
-            .with(|l| unsafe { ((*l).free_slabs, (*l).zero_slabs, (*l).aged_slabs) });
+        let (free, zero, aged, aged_at) = self.local.with(|l| unsafe {
+            (
+                (*l).free_slabs,
+                (*l).zero_slabs,
+                (*l).aged_slabs,
+                (*l).aged_at,
+            )
+        });
         let mut todo = free & !zero & aged;
+        if todo != 0 && now.saturating_sub(aged_at) < min_age {
+            // Too soon: the aged slabs wait for a later tick, keeping their age.
+            return (0, true);
+        }
         // Slab 0's pages below the header, only when they are whole OS pages.
         let page = env.os.page_size();
         if !HEADER_OFFSET.is_multiple_of(page) {
@@ -422,6 +436,7 @@ impl Superslab {
         let waiting = self.local.with_mut(|l| unsafe {
             (*l).zero_slabs |= zeroed;
             (*l).aged_slabs = (*l).free_slabs & !(*l).zero_slabs;
+            (*l).aged_at = now;
             (*l).aged_slabs != 0
         });
         (purged, waiting)

@@ -672,28 +672,38 @@ fn a_free_slab_gives_its_pages_back_after_a_whole_tick_and_the_header_stays() {
             }
         }
         assert!(!ss.free_slab(slabs[0]) && !ss.free_slab(slabs[1]));
+        // Ticks at times in ns, with a minimum age of 100.
+        const AGE: u64 = 100;
         // First tick: nothing was free at the one before, so nothing goes; both age.
-        assert_eq!(ss.purge_free_slabs(&env), (0, true));
+        assert_eq!(ss.purge_free_slabs(&env, 1000, AGE), (0, true));
         assert_eq!(byte(base + SLAB_SIZE + 100), 0xAB);
         // Slab 0 is taken and freed again between the ticks: it loses its age.
         let again = ss.alloc_slab(0, 1024).unwrap();
         assert!(core::ptr::eq(again, slabs[0]));
         assert!(!ss.free_slab(again));
+        // A tick sooner than the minimum age after the one that aged them purges nothing, and
+        // keeps their age (slab 0 is not aged by it).
+        assert_eq!(ss.purge_free_slabs(&env, 1099, AGE), (0, true));
+        assert_eq!(byte(base + SLAB_SIZE + 100), 0xAB);
+        assert_eq!(purged(), 0);
         // Second tick: slab 1 stayed free, so its pages go, and it reads as zero; slab 0 waits.
-        assert_eq!(ss.purge_free_slabs(&env), (SLAB_SIZE, true));
+        assert_eq!(ss.purge_free_slabs(&env, 1100, AGE), (SLAB_SIZE, true));
         assert_eq!(purged(), SLAB_SIZE as u64);
         assert_eq!(byte(base + SLAB_SIZE + 100), 0);
         assert_eq!(byte(base + 100), 0xAB);
         // Third tick: slab 0's pages below the header go; the header is whole and the
         // superslab works on, and slab 0 comes back fresh (SS8).
-        assert_eq!(ss.purge_free_slabs(&env), (SLAB_SIZE - HEADER_SIZE, false));
+        assert_eq!(
+            ss.purge_free_slabs(&env, 1200, AGE),
+            (SLAB_SIZE - HEADER_SIZE, false)
+        );
         assert_eq!(byte(base + 100), 0);
         assert!(core::ptr::eq(Superslab::of((base + 100) as *const u8), ss));
         assert!(w.registry.lookup(base).is_some());
         let fresh = ss.alloc_slab(0, 1024).unwrap();
         assert!(core::ptr::eq(fresh, slabs[0]) && fresh.local().fresh);
         // Nothing free and dirty is left: a tick has nothing to do.
-        assert_eq!(ss.purge_free_slabs(&env), (0, false));
+        assert_eq!(ss.purge_free_slabs(&env, 1300, AGE), (0, false));
         assert_eq!(
             byte(base + 2 * SLAB_SIZE + 100),
             0xAB,
