@@ -224,6 +224,7 @@ mod free;
 mod refill;
 mod remote;
 mod sync;
+mod validate;
 
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru};

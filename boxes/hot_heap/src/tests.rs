@@ -14,6 +14,12 @@ std::thread_local! {
 }
 
 fn count_report(c: Corrupt) {
+    // Validation runs in these (debug) tests at every refill, adoption and exit: a broken
+    // invariant fails the test that broke it.
+    assert!(
+        !matches!(c, Corrupt::Invariant { .. }),
+        "validation failed: {c:?}"
+    );
     MINE.with(|m| m.borrow_mut().push(c));
 }
 
@@ -709,7 +715,7 @@ fn a_list_that_keeps_overflowing_grows_within_its_budget_and_decays_when_quiet()
         h.list_cap(a)
     );
     // Every block is back: out of its slab only while on the list or in the cache, and the
-    // batched returns to slabs counted each one (S3).
+    // batched returns to slabs counted each one (stats S3).
     assert_eq!(ctx.snapshot().held(a), (h.sll.len(a) + h.cache.len(a)) as _);
     // Several large classes that want more than the budget: the quietest give theirs back.
     for size in [256, 512, 1024, 2048] {
@@ -969,5 +975,99 @@ fn a_superslab_given_up_leaves_no_entry_in_the_owned_cache() {
     assert!(entered(&other.owned_slabs) > 0, "entered by its new owner");
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(other)) };
+    assert!(my_reports().is_empty());
+}
+
+/// `validate`'s answer, as the invariant's ID (or the report of a bad link).
+fn broken(r: Result<(), Corrupt>) -> Option<&'static str> {
+    match r {
+        Ok(()) => None,
+        Err(Corrupt::Invariant { id, .. }) => Some(id),
+        Err(Corrupt::FreeList(_)) => Some("H16 link"),
+        Err(e) => panic!("not a validation report: {e:?}"),
+    }
+}
+
+#[test]
+fn validate_names_the_invariant_a_corrupted_heap_breaks() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let class = class_of(64).unwrap();
+    // SAFETY: the heap is this test thread's own; every block is freed once.
+    let blocks: Vec<*mut u8> = (0..200).map(|_| unsafe { h.alloc(class) }).collect();
+    for &p in &blocks[..100] {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    assert_eq!(broken(h.validate()), None, "a heap in use");
+    assert_eq!(broken(h.validate_class(class)), None);
+    assert!(h.sll.len(class) >= 2, "blocks on the thread list");
+
+    h.tiny[3] ^= 1;
+    assert_eq!(broken(h.validate()), Some("H12"), "the tiny table");
+    h.tiny[3] ^= 1;
+
+    h.owned_count += 1;
+    assert_eq!(broken(h.validate()), Some("H7"), "the owned count");
+    h.owned_count -= 1;
+
+    let cap = h.sll.cap(class);
+    h.sll.set_cap(class, cap + 1).unwrap();
+    assert_eq!(
+        broken(h.validate_class(class)),
+        Some("H11"),
+        "a bound not booked"
+    );
+    h.sll.set_cap(class, cap).unwrap();
+
+    // A free slab of an owned superslab as another class's ring.
+    // SAFETY: owned: live and ours.
+    let ss = unsafe { &*h.owned };
+    let free_slab: *const SlabMeta = &ss.slabs[SLABS - 1];
+    // SAFETY: ours.
+    assert!(!unsafe { (*free_slab).local() }.in_use);
+    let other = class_of(1000).unwrap();
+    assert!(h.current[other].is_null());
+    h.current[other] = free_slab;
+    assert_eq!(
+        broken(h.validate_class(other)),
+        Some("H3"),
+        "a free slab on a ring"
+    );
+    h.current[other] = null();
+
+    // An owned-cache entry naming a slab of a superslab the heap does not own.
+    let h2 = heap(ctx);
+    // SAFETY: the second heap is this thread's too.
+    let q = unsafe { h2.alloc(class) };
+    let foreign = Superslab::slab_meta_addr(q);
+    let slot = owned_slot(slab_number(q as usize));
+    let saved = h.owned_slabs[slot];
+    h.owned_slabs[slot] = foreign;
+    assert_eq!(broken(h.validate()), Some("H8"), "the owned cache");
+    h.owned_slabs[slot] = saved;
+
+    // A thread list's link overwritten: reported as the checked pop reports it.
+    let head = h.sll.head(class);
+    // SAFETY: a free block of ours on the list.
+    let link = unsafe { head.cast::<usize>().read() };
+    // SAFETY: as above; restored below.
+    unsafe { head.cast::<usize>().write(0x1234_5670) };
+    assert_eq!(h.validate(), Err(Corrupt::FreeList(head as usize)));
+    // SAFETY: as above.
+    unsafe { head.cast::<usize>().write(link) };
+
+    assert_eq!(broken(h.validate()), None, "every change undone");
+    for &p in &blocks[100..] {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    // SAFETY: as above.
+    unsafe { free(h2, q) };
+    // SAFETY: the heaps' last use.
+    unsafe {
+        ctx.retire_heap(NonNull::from(h));
+        ctx.retire_heap(NonNull::from(h2));
+    }
     assert!(my_reports().is_empty());
 }
