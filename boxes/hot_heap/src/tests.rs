@@ -7,6 +7,10 @@ use std::boxed::Box;
 use std::collections::HashSet;
 use std::vec::Vec;
 
+/// The workspace's helper that runs a test again in a child process.
+#[path = "../../../tests/src/child.rs"]
+mod child;
+
 std::thread_local! {
     // Reports seen by this test thread alone: tests run in parallel, so a process-wide count
     // would also see other tests' reports.
@@ -905,8 +909,8 @@ fn free_slabs_of_a_superslab_in_use_give_their_pages_back_at_the_heaps_purge_tic
 /// aborts instead. Run in a child process (this test binary, filtered to this test).
 #[test]
 fn a_report_that_panics_aborts_the_process() {
-    const CHILD: &str = "HAKMEM_TEST_REPORT_PANICS";
-    if std::env::var_os(CHILD).is_some() {
+    const NAME: &str = "tests::a_report_that_panics_aborts_the_process";
+    if child::is_child(NAME) {
         let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
         let registry = os.registry();
         let ctx = Ctx::new(os, registry, LruConfig::default(), false, |_| {
@@ -918,15 +922,7 @@ fn a_report_that_panics_aborts_the_process() {
         // Reached only if the panic unwound out of `report`.
         std::process::exit(if unwound.is_err() { 3 } else { 4 });
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "tests::a_report_that_panics_aborts_the_process",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let out = child::output(child::command(NAME, false, &[]));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         out.status.signal(),
