@@ -46,7 +46,8 @@ pub enum OnInvalid {
 /// `background_purge_ms` included (see its notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap.
+    /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap, and
+    /// the validation of the heap's structures at its slow paths (which debug builds always run).
     pub check: bool,
     /// `HAKMEM_INVALID_FREE` (`abort`/`warn`, default `abort`).
     pub on_invalid: OnInvalid,
@@ -164,7 +165,9 @@ const SETTINGS: [Setting; COUNT] = [
         var: c"HAKMEM_CHECK",
         kind: Kind::Flag,
         default: Value::Flag(false),
-        doc: "`1` turns on full checks: a per-slab bitmap that catches every double free. Slower.",
+        doc: "`1` turns on full checks: a per-slab bitmap that catches every double free, and a \
+              validation of the heap's structures at its slow paths (a refill, an adoption, \
+              thread exit) that aborts naming a broken invariant. Slower.",
         get: |s| Value::Flag(s.check),
         set: |s, v| s.check = v.flag(),
     },
