@@ -1067,3 +1067,38 @@ fn validate_names_the_invariant_a_corrupted_heap_breaks() {
     }
     assert!(my_reports().is_empty());
 }
+
+/// H7's exception: a superslab whose only free slab is slab 0 (too short for the largest
+/// classes) goes to the back of the owned list, behind full ones; validation accepts it there.
+#[test]
+fn a_superslab_with_only_slab_0_free_may_follow_a_full_one() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let big = class_of(60 * 1024).unwrap();
+    assert!(block_size_of(big) > SLAB_SIZE - hakmem_superslab::HEADER_SIZE);
+    // Slab 0 of the first superslab goes to a small class, then large blocks fill the rest.
+    // SAFETY: the heap is this test thread's own; each block is freed once, below.
+    let small = unsafe { h.alloc(class_of(64).unwrap()) };
+    let mut blocks = Vec::new();
+    while h.owned_count < 3 {
+        // SAFETY: as above.
+        blocks.push(unsafe { h.alloc(big) });
+        assert_eq!(broken(h.validate()), None, "after {} blocks", blocks.len());
+    }
+    // The order is then: the newest superslab (free slabs), the first (full), the second (only
+    // slab 0 free).
+    // SAFETY: owned superslabs are live and ours.
+    let tail = unsafe { &*h.owned_tail };
+    // SAFETY: ours.
+    let in_use = unsafe { tail.slabs_in_use() }.count();
+    assert_eq!(in_use, SLABS - 1, "only slab 0 free at the back");
+    for p in blocks {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    // SAFETY: as above.
+    unsafe { free(h, small) };
+    // SAFETY: the heap's last use.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert!(my_reports().is_empty());
+}
