@@ -24,7 +24,7 @@ use hakmem_superslab::{Corrupt, LibcOs, Os, SpinLock};
 
 static OS: LibcOs = LibcOs;
 /// The start-up state in the low two bits; while BUSY, the initialising process's id above them
-/// (so a child forked during start-up can tell the initialiser is not in its process: S3).
+/// (so a child forked during start-up can tell the initialiser is not in its process: F8).
 static STATE: AtomicUsize = AtomicUsize::new(UNINIT);
 static mut KEY: libc::pthread_key_t = 0;
 
@@ -76,7 +76,7 @@ pub fn late_heap_made() -> bool {
 static LATE_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Retires the heap of every thread that has ended without its exit destructor seeing it (a
-/// heap first made in glibc's last pass over TSD destructors, S4), as the new threads' reaping
+/// heap first made in glibc's last pass over TSD destructors, F5), as the new threads' reaping
 /// would in turn. At exit, so the report counts only what live threads hold.
 pub fn reap_ended_threads() {
     if let Some(c) = ctx() {
@@ -131,7 +131,7 @@ fn getpid() -> usize {
 
 /// Waits for start-up to be done, or claims it. Another thread of this process that is
 /// initialising allocates nothing through us, so it finishes; but a BUSY left by a thread of the
-/// parent (this process was forked during start-up) never clears, so it is claimed afresh (S3).
+/// parent (this process was forked during start-up) never clears, so it is claimed afresh (F8).
 fn claim(state: &AtomicUsize) -> Claim {
     let me = getpid();
     let mut s = state.load(Ordering::Acquire);
@@ -275,6 +275,13 @@ fn on_corrupt(c: Corrupt) {
         Corrupt::FreeList(p) => eprint(format_args!(
             "hakmem: malloc(): corrupted free list {p:#x}\n"
         )),
+        Corrupt::Invariant { id, at } => {
+            eprint(format_args!(
+                "hakmem: validate(): invariant {id} broken at {at:#x}\n"
+            ));
+            // The allocator's own state is wrong: going on could hand out memory twice.
+            hakmem_os::abort();
+        }
     }
     if settings().on_invalid == OnInvalid::Abort {
         hakmem_os::abort();
@@ -315,7 +322,7 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
     // A heap made during glibc's last pass over the TSD destructors is never handed to
-    // `thread_exit` (S4). Every heap is tagged with its thread, and each new thread looks at one
+    // `thread_exit` (F5). Every heap is tagged with its thread, and each new thread looks at one
     // other heap, in turn, and retires it if its thread has ended: such a heap is reclaimed
     // within as many thread starts as there are live heaps.
     // SAFETY: just made, ours.
@@ -501,7 +508,7 @@ mod tests {
 
     #[test]
     fn start_up_left_busy_by_the_parent_is_claimed_in_a_forked_child() {
-        // S3: a thread of this process is "inside init" (BUSY with our pid) when another forks.
+        // F8: a thread of this process is "inside init" (BUSY with our pid) when another forks.
         let state = AtomicUsize::new(getpid() << 2 | BUSY);
         // SAFETY: the child only calls async-signal-safe functions besides `claim`, which
         // spins on an atomic and calls getpid.

@@ -120,6 +120,9 @@
 //   withdrawn (medium M4). So a stale or bad pointer is reported as F4 says even while other
 //   threads unmap the memory it points into. The owner's fast free (H8) and `dealloc` with a
 //   small layout use no registry, so no section.
+// - **F8 (fork during start-up).** While start-up runs, its state word holds the initialising
+//   process's id, so a child forked from another thread during start-up claims start-up
+//   afresh instead of waiting for a thread its process does not have (`global.rs`).
 //
 
 mod context;
@@ -285,7 +288,7 @@ pub mod raw {
         if size > hakmem_route::MAX_TINY {
             return null_mut();
         }
-        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; a tiny size.
+        // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; a tiny size.
         unsafe { Heap::alloc_tiny_fast(crate::tls::raw(), size) }
     }
 
@@ -334,7 +337,7 @@ pub mod raw {
         // The fast path (H8 in hakmem-hot-heap): a block of a superslab this thread's heap owns,
         // proved by its owned cache instead of the registry; anything else, null included,
         // takes the full path.
-        // SAFETY: this thread's heap or an empty one (tls T4), on its own thread; `p` is given
+        // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; `p` is given
         // up, and any address is accepted (the heap reads nothing through it before proving it
         // ours).
         if unsafe { Heap::try_free_owned(crate::tls::raw(), p) } {
@@ -391,7 +394,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
     match route(size, align) {
         Route::Small(class) => {
             if !zero {
-                // SAFETY: this thread's heap or an empty one (tls T4), on its own thread.
+                // SAFETY: this thread's heap or an empty one (tls T2), on its own thread.
                 let p = unsafe { Heap::alloc_fast(crate::tls::raw(), class) };
                 if !p.is_null() {
                     return p;
@@ -545,7 +548,7 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
         PtrRoute::Small(ss, slab)
             if hakmem_route::is_block_start(ss, slab, p) && (!ctx.check() || ss.check_held(p)) =>
         {
-            // SAFETY: this thread's heap or an empty one (tls T4), whose id no slab has.
+            // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has.
             let own = slab.owner() == unsafe { Heap::id_of(h) };
             // Another heap's block must be proven live before the section ends (its
             // superslab may go as soon as it is free); this heap's superslabs go only when
@@ -607,7 +610,7 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
     // ours nothing is dereferenced.
     match unsafe { classify(&ctx.registry, p) } {
         PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => {
-            // SAFETY: this thread's heap or an empty one (tls T4); an empty heap's id is no
+            // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no
             // slab's owner (hot_heap H9), so a match is this thread's live heap.
             if slab.owner() == unsafe { Heap::id_of(h) } {
                 drop(section);
@@ -673,7 +676,7 @@ unsafe fn free_full(p: *mut u8) {
 #[inline(always)]
 unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
-    // SAFETY: this thread's heap or an empty one (tls T4); an empty heap's id is no slab's
+    // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no slab's
     // owner (hot_heap H9), so a match is this thread's live heap.
     if slab.owner() == unsafe { Heap::id_of(h) } {
         // SAFETY: this thread's live heap; `p` is a block of its own `slab`, given up.
@@ -691,7 +694,7 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
-    // SAFETY: this thread's heap or an empty one (tls T4); only empty heaps have EMPTY_ID.
+    // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { Heap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
         // SAFETY: this thread's live heap, which does not own `slab` (the caller compared);
         // `p` is a block of `slab` given up.

@@ -46,7 +46,8 @@ pub enum OnInvalid {
 /// `background_purge_ms` included (see its notes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap.
+    /// `HAKMEM_CHECK` (0/1, default 0): full double-free checks through a per-slab bitmap, and
+    /// the validation of the heap's structures at its slow paths (which debug builds always run).
     pub check: bool,
     /// `HAKMEM_INVALID_FREE` (`abort`/`warn`, default `abort`).
     pub on_invalid: OnInvalid,
@@ -104,26 +105,195 @@ impl Source {
     }
 }
 
-/// The names of the settings, in the order of [`Settings`]' fields.
-pub const NAMES: [&str; COUNT] = [
-    "HAKMEM_CHECK",
-    "HAKMEM_INVALID_FREE",
-    "HAKMEM_STATS",
-    "HAKMEM_STATS_FILE",
-    "HAKMEM_SS_LAZY_ZERO",
-    "HAKMEM_LRU_MB",
-    "HAKMEM_LRU_DECAY_MS",
-    "HAKMEM_BACKGROUND_PURGE_MS",
+/// How a setting's value is spelled and checked.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `0` or `1`.
+    Flag,
+    /// `abort` or `warn`.
+    OnInvalid,
+    /// A whole number from 0 to `max`.
+    Number { max: u64 },
+    /// A path of at most [`STATS_FILE_MAX`] bytes; empty means stderr.
+    Path,
+}
+
+/// A setting's value, of any kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Value {
+    Flag(bool),
+    OnInvalid(OnInvalid),
+    Number(u64),
+    Path(Option<&'static CStr>),
+}
+
+impl Value {
+    const fn flag(self) -> bool {
+        match self {
+            Value::Flag(b) => b,
+            _ => panic!("not a flag"),
+        }
+    }
+
+    const fn number(self) -> u64 {
+        match self {
+            Value::Number(n) => n,
+            _ => panic!("not a number"),
+        }
+    }
+}
+
+/// One setting, everything about it in one entry (the model: mimalloc's `options.c`): its
+/// variable, how its value is spelled and checked, its default, the README's line for it, and
+/// its field of [`Settings`].
+struct Setting {
+    /// The environment variable, which is also the setting's name.
+    var: &'static CStr,
+    kind: Kind,
+    default: Value,
+    /// What it does: the README's settings table says exactly this (a test checks it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    doc: &'static str,
+    /// Its field of [`Settings`].
+    get: fn(&Settings) -> Value,
+    set: fn(&mut Settings, Value),
+}
+
+/// Every setting, in the order of [`Settings`]' fields and of the README's table.
+const SETTINGS: [Setting; COUNT] = [
+    Setting {
+        var: c"HAKMEM_CHECK",
+        kind: Kind::Flag,
+        default: Value::Flag(false),
+        doc: "`1` turns on full checks: a per-slab bitmap that catches every double free, and a \
+              validation of the heap's structures at its slow paths (a refill, an adoption, \
+              thread exit) that aborts naming a broken invariant. Slower.",
+        get: |s| Value::Flag(s.check),
+        set: |s, v| s.check = v.flag(),
+    },
+    Setting {
+        var: c"HAKMEM_INVALID_FREE",
+        kind: Kind::OnInvalid,
+        default: Value::OnInvalid(OnInvalid::Abort),
+        doc: "`warn` reports an invalid or double free and goes on, instead of aborting.",
+        get: |s| Value::OnInvalid(s.on_invalid),
+        set: |s, v| {
+            if let Value::OnInvalid(o) = v {
+                s.on_invalid = o;
+            }
+        },
+    },
+    Setting {
+        var: c"HAKMEM_STATS",
+        kind: Kind::Flag,
+        default: Value::Flag(false),
+        doc: "`1` prints a statistics report when the process exits (Rust programs and \
+              `libhakmem.so` alike), headed by the pid and the program name.",
+        get: |s| Value::Flag(s.stats),
+        set: |s, v| s.stats = v.flag(),
+    },
+    Setting {
+        var: c"HAKMEM_STATS_FILE",
+        kind: Kind::Path,
+        default: Value::Path(None),
+        doc: "Where that report goes: a path, in which `%p` becomes the pid \
+              (`/tmp/hakmem.%p.txt`). The report is appended. At most 1023 bytes.",
+        get: |s| Value::Path(s.stats_file),
+        set: |s, v| {
+            if let Value::Path(p) = v {
+                s.stats_file = p;
+            }
+        },
+    },
+    Setting {
+        var: c"HAKMEM_SS_LAZY_ZERO",
+        kind: Kind::Flag,
+        default: Value::Flag(true),
+        doc: "`1` gives the pages of cached empty regions back (`MADV_DONTNEED`) once the cache \
+              has gone 100 ms without a region put in or taken out (the program went quiet), or \
+              sooner, oldest first, while the cached pages pass a budget: three quarters of the \
+              most memory the program recently held in regions (superslabs and large blocks), \
+              or that peak less what it holds now if more (at least 32 MiB, at most \
+              `HAKMEM_LRU_MB`). A region reused before that costs no system call and no page \
+              fault. The same delay and switch apply to the free pages inside medium regions \
+              (blocks of 64 KiB to 1020 KiB): a page run free for one to two delays is purged at \
+              the next medium or large call. The purges that are due run at the next allocator \
+              slow path (a thread's list of free blocks running empty or full, a large \
+              allocation or free, a new thread's first allocation); `hakmem::collect()` and \
+              `malloc_trim` run them all at once. `0` keeps the pages until the region is \
+              unmapped.",
+        get: |s| Value::Flag(s.lazy_zero),
+        set: |s, v| s.lazy_zero = v.flag(),
+    },
+    Setting {
+        var: c"HAKMEM_LRU_MB",
+        kind: Kind::Number { max: LRU_MB_MAX },
+        default: Value::Number(256),
+        doc: "The most MiB of empty regions kept for reuse (0 to 1048576); `0` turns the cache \
+              off. A request takes the smallest cached region that fits, splitting a much \
+              larger one at a 2 MiB step; cached regions that lie end to end are merged.",
+        // A usize of a 64-bit target: no value is cut.
+        get: |s| Value::Number(s.lru_mb as u64),
+        set: |s, v| s.lru_mb = v.number() as usize,
+    },
+    Setting {
+        var: c"HAKMEM_LRU_DECAY_MS",
+        kind: Kind::Number {
+            max: LRU_DECAY_MS_MAX,
+        },
+        default: Value::Number(1000),
+        doc: "A cached empty region is unmapped once it has waited this many milliseconds (0 to \
+              86400000), at the next allocator slow path after that.",
+        get: |s| Value::Number(s.lru_decay_ms),
+        set: |s, v| s.lru_decay_ms = v.number(),
+    },
+    Setting {
+        var: c"HAKMEM_BACKGROUND_PURGE_MS",
+        kind: Kind::Number {
+            max: BACKGROUND_PURGE_MS_MAX,
+        },
+        default: Value::Number(0),
+        doc: "`N` > 0 (at most 3600000) starts a thread that wakes every `N` milliseconds to run \
+              the due purges and decay, for programs that go fully idle (reach no slow path). \
+              Started when hakmem is loaded (set from code: at the first allocation), and only \
+              where hakmem serves the process from its start (linked into the program, or \
+              `LD_PRELOAD`); never in a `dlopen`ed copy. A forked child has no such thread.",
+        get: |s| Value::Number(s.background_purge_ms),
+        set: |s, v| s.background_purge_ms = v.number(),
+    },
 ];
 const COUNT: usize = 8;
+
+/// The name of setting `i` (its variable's name).
+const fn name_of(i: usize) -> &'static str {
+    match core::str::from_utf8(SETTINGS[i].var.to_bytes()) {
+        Ok(n) => n,
+        Err(_) => panic!("a setting's name is ASCII"),
+    }
+}
+
+/// The names of the settings, in the order of [`Settings`]' fields.
+pub const NAMES: [&str; COUNT] = {
+    let mut names = [""; COUNT];
+    let mut i = 0;
+    while i < COUNT {
+        names[i] = name_of(i);
+        i += 1;
+    }
+    names
+};
+
+// Positions in the table, where code names one setting.
+#[cfg(test)]
 const CHECK: usize = 0;
-const INVALID_FREE: usize = 1;
-const STATS: usize = 2;
-const STATS_FILE: usize = 3;
-const LAZY_ZERO: usize = 4;
+#[cfg(test)]
 const LRU_MB: usize = 5;
+#[cfg(test)]
 const LRU_DECAY_MS: usize = 6;
+#[cfg(test)]
 const BACKGROUND_PURGE_MS: usize = 7;
+#[cfg(test)]
+const STATS_FILE: usize = 3;
 
 /// `HAKMEM_*` variables that belong to the project's tools, not to the allocator.
 const TOOL_PREFIXES: [&str; 4] = [
@@ -145,73 +315,55 @@ pub const STATS_FILE_MAX: usize = 1023;
 impl Settings {
     /// The defaults.
     pub const DEFAULT: Settings = Settings {
-        check: false,
-        on_invalid: OnInvalid::Abort,
-        stats: false,
-        stats_file: None,
-        lazy_zero: true,
-        lru_mb: 256,
-        lru_decay_ms: 1000,
-        background_purge_ms: 0,
+        check: SETTINGS[0].default.flag(),
+        on_invalid: match SETTINGS[1].default {
+            Value::OnInvalid(o) => o,
+            _ => panic!("not a choice"),
+        },
+        stats: SETTINGS[2].default.flag(),
+        stats_file: match SETTINGS[3].default {
+            Value::Path(p) => p,
+            _ => panic!("not a path"),
+        },
+        lazy_zero: SETTINGS[4].default.flag(),
+        lru_mb: SETTINGS[5].default.number() as usize,
+        lru_decay_ms: SETTINGS[6].default.number(),
+        background_purge_ms: SETTINGS[7].default.number(),
     };
 
     /// Whether setting `i` differs between `self` and `o`.
     fn differs(&self, o: &Settings, i: usize) -> bool {
-        match i {
-            CHECK => self.check != o.check,
-            INVALID_FREE => self.on_invalid != o.on_invalid,
-            STATS => self.stats != o.stats,
-            STATS_FILE => self.stats_file != o.stats_file,
-            LAZY_ZERO => self.lazy_zero != o.lazy_zero,
-            LRU_MB => self.lru_mb != o.lru_mb,
-            LRU_DECAY_MS => self.lru_decay_ms != o.lru_decay_ms,
-            _ => self.background_purge_ms != o.background_purge_ms,
-        }
+        (SETTINGS[i].get)(self) != (SETTINGS[i].get)(o)
     }
 
     /// Copies setting `i` from `o`.
     fn take(&mut self, o: &Settings, i: usize) {
-        match i {
-            CHECK => self.check = o.check,
-            INVALID_FREE => self.on_invalid = o.on_invalid,
-            STATS => self.stats = o.stats,
-            STATS_FILE => self.stats_file = o.stats_file,
-            LAZY_ZERO => self.lazy_zero = o.lazy_zero,
-            LRU_MB => self.lru_mb = o.lru_mb,
-            LRU_DECAY_MS => self.lru_decay_ms = o.lru_decay_ms,
-            _ => self.background_purge_ms = o.background_purge_ms,
-        }
+        (SETTINGS[i].set)(self, (SETTINGS[i].get)(o));
     }
 
     /// Numeric setting `i`'s value (0 for the others).
     fn number(&self, i: usize) -> u64 {
-        match i {
-            LRU_MB => u64::try_from(self.lru_mb).unwrap_or(u64::MAX),
-            LRU_DECAY_MS => self.lru_decay_ms,
-            BACKGROUND_PURGE_MS => self.background_purge_ms,
+        match (SETTINGS[i].get)(self) {
+            Value::Number(n) => n,
             _ => 0,
         }
     }
 
     /// Writes setting `i`'s value as the environment would spell it.
     fn write_value(&self, i: usize, f: &mut impl fmt::Write) -> fmt::Result {
-        let b = |v: bool| if v { "1" } else { "0" };
-        match i {
-            CHECK => f.write_str(b(self.check)),
-            INVALID_FREE => f.write_str(match self.on_invalid {
-                OnInvalid::Abort => "abort",
-                OnInvalid::Warn => "warn",
-            }),
-            STATS => f.write_str(b(self.stats)),
-            STATS_FILE => match self.stats_file {
-                Some(p) => f.write_str(p.to_str().unwrap_or("(not UTF-8)")),
-                None => f.write_str("(stderr)"),
-            },
-            LAZY_ZERO => f.write_str(b(self.lazy_zero)),
-            LRU_MB => write!(f, "{}", self.lru_mb),
-            LRU_DECAY_MS => write!(f, "{}", self.lru_decay_ms),
-            _ => write!(f, "{}", self.background_purge_ms),
-        }
+        write_value((SETTINGS[i].get)(self), f)
+    }
+}
+
+/// Writes `v` as the environment would spell it (a path not given: `(stderr)`).
+fn write_value(v: Value, f: &mut impl fmt::Write) -> fmt::Result {
+    match v {
+        Value::Flag(b) => f.write_str(if b { "1" } else { "0" }),
+        Value::OnInvalid(OnInvalid::Abort) => f.write_str("abort"),
+        Value::OnInvalid(OnInvalid::Warn) => f.write_str("warn"),
+        Value::Number(n) => write!(f, "{n}"),
+        Value::Path(Some(p)) => f.write_str(p.to_str().unwrap_or("(not UTF-8)")),
+        Value::Path(None) => f.write_str("(stderr)"),
     }
 }
 
@@ -279,43 +431,35 @@ impl fmt::Display for SettingsInForce {
     }
 }
 
-/// The largest value of numeric setting `i`; `None` for the others.
-fn max_of(i: usize) -> Option<u64> {
-    match i {
-        LRU_MB => Some(LRU_MB_MAX),
-        LRU_DECAY_MS => Some(LRU_DECAY_MS_MAX),
-        BACKGROUND_PURGE_MS => Some(BACKGROUND_PURGE_MS_MAX),
-        _ => None,
-    }
-}
-
 /// Settings from code, checked as the environment's are: each bad value (a number out of its
 /// range, a stats file path too long) replaced by the default, and marked. An empty stats file
 /// path means stderr, as in the environment.
 fn checked(code: &Settings) -> (Settings, [bool; COUNT]) {
     let mut s = *code;
     let mut bad = [false; COUNT];
-    for (i, b) in bad.iter_mut().enumerate() {
-        if max_of(i).is_some_and(|max| code.number(i) > max) {
-            s.take(&Settings::DEFAULT, i);
-            *b = true;
+    for (i, setting) in SETTINGS.iter().enumerate() {
+        match (setting.kind, (setting.get)(code)) {
+            (Kind::Number { max }, Value::Number(n)) if n > max => {
+                s.take(&Settings::DEFAULT, i);
+                bad[i] = true;
+            }
+            (Kind::Path, Value::Path(Some(p))) if p.is_empty() => {
+                (setting.set)(&mut s, Value::Path(None));
+            }
+            (Kind::Path, Value::Path(Some(p))) if p.to_bytes().len() > STATS_FILE_MAX => {
+                s.take(&Settings::DEFAULT, i);
+                bad[i] = true;
+            }
+            _ => {}
         }
-    }
-    match code.stats_file {
-        Some(p) if p.is_empty() => s.stats_file = None,
-        Some(p) if p.to_bytes().len() > STATS_FILE_MAX => {
-            s.stats_file = Settings::DEFAULT.stats_file;
-            bad[STATS_FILE] = true;
-        }
-        _ => {}
     }
     (s, bad)
 }
 
 /// Warns that setting `i` from code (`code`, as given) is bad (see [`checked`]).
 fn warn_code(i: usize, code: &Settings) {
-    match max_of(i) {
-        Some(max) => {
+    match SETTINGS[i].kind {
+        Kind::Number { max } => {
             let mut v = crate::out::Buf::<24>::new();
             let _ = code.write_value(i, &mut v);
             let d = Settings::DEFAULT.number(i);
@@ -328,13 +472,21 @@ fn warn_code(i: usize, code: &Settings) {
                 d,
             );
         }
-        None => warn(
-            NAMES[i],
-            code.stats_file.map_or(&[][..], |p| p.to_bytes()),
-            Origin::Code,
-            format_args!("a path of at most {STATS_FILE_MAX} bytes"),
-            format_args!("the report on stderr"),
-        ),
+        Kind::Path => {
+            let value = match (SETTINGS[i].get)(code) {
+                Value::Path(Some(p)) => p.to_bytes(),
+                _ => &[],
+            };
+            warn(
+                NAMES[i],
+                value,
+                Origin::Code,
+                format_args!("a path of at most {STATS_FILE_MAX} bytes"),
+                format_args!("the report on stderr"),
+            )
+        }
+        // Every flag and choice a `Settings` can hold is valid.
+        Kind::Flag | Kind::OnInvalid => {}
     }
 }
 
@@ -465,8 +617,9 @@ fn load(raw: Option<&Settings>, freeze: bool) -> &'static SettingsInForce {
     unsafe { &*p }
 }
 
-/// Parses the environment (through `get`) over `base`: the values, and which were set.
-/// `HAKMEM_STATS_FILE` is copied into `store`'s path buffer.
+/// Parses the environment (through `get`) over `base`: the values, and which were set. A bad
+/// value is warned about (naming the value kept) and not used. `HAKMEM_STATS_FILE` is copied
+/// into `store`'s path buffer.
 fn parse<'a>(
     base: &Settings,
     get: &impl Fn(&CStr) -> Option<&'a [u8]>,
@@ -474,105 +627,73 @@ fn parse<'a>(
 ) -> (Settings, [bool; COUNT]) {
     let mut s = *base;
     let mut set = [false; COUNT];
-    let name = |i: usize| NAMES[i];
-    let mut flag = |i: usize, var: &CStr, cur: bool| -> bool {
-        match get(var) {
-            None => cur,
-            Some(b"1") => {
-                set[i] = true;
-                true
-            }
-            Some(b"0") => {
-                set[i] = true;
-                false
-            }
-            Some(v) => {
+    for (i, setting) in SETTINGS.iter().enumerate() {
+        let Some(v) = get(setting.var) else { continue };
+        let cur = (setting.get)(&s);
+        let name = NAMES[i];
+        let value = match (setting.kind, v) {
+            (Kind::Flag, b"1") => Value::Flag(true),
+            (Kind::Flag, b"0") => Value::Flag(false),
+            (Kind::OnInvalid, b"abort") => Value::OnInvalid(OnInvalid::Abort),
+            (Kind::OnInvalid, b"warn") => Value::OnInvalid(OnInvalid::Warn),
+            (Kind::Flag | Kind::OnInvalid, _) => {
+                let mut shown_cur = crate::out::Buf::<16>::new();
+                let _ = write_value(cur, &mut shown_cur);
+                let expected = match setting.kind {
+                    Kind::Flag => "0 or 1",
+                    _ => "abort or warn",
+                };
                 warn(
-                    name(i),
+                    name,
                     v,
                     Origin::Env,
-                    format_args!("0 or 1"),
-                    format_args!("{}", cur as u8),
+                    format_args!("{expected}"),
+                    format_args!("{}", shown_cur.as_str()),
                 );
-                cur
+                continue;
             }
-        }
-    };
-    s.check = flag(CHECK, c"HAKMEM_CHECK", s.check);
-    s.stats = flag(STATS, c"HAKMEM_STATS", s.stats);
-    s.lazy_zero = flag(LAZY_ZERO, c"HAKMEM_SS_LAZY_ZERO", s.lazy_zero);
-    match get(c"HAKMEM_INVALID_FREE") {
-        None => {}
-        Some(b"abort") => (s.on_invalid, set[INVALID_FREE]) = (OnInvalid::Abort, true),
-        Some(b"warn") => (s.on_invalid, set[INVALID_FREE]) = (OnInvalid::Warn, true),
-        Some(v) => {
-            let mut cur = crate::out::Buf::<16>::new();
-            let _ = s.write_value(INVALID_FREE, &mut cur);
-            warn(
-                name(INVALID_FREE),
-                v,
-                Origin::Env,
-                format_args!("abort or warn"),
-                format_args!("{}", cur.as_str()),
-            );
-        }
-    }
-    let mut number = |i: usize, var: &CStr, cur: u64, max: u64| -> u64 {
-        let Some(v) = get(var) else { return cur };
-        match core::str::from_utf8(v)
-            .ok()
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            Some(n) if n <= max => {
-                set[i] = true;
-                n
+            (Kind::Number { max }, _) => {
+                let cur = cur.number();
+                match core::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    Some(n) if n <= max => Value::Number(n),
+                    Some(_) => {
+                        warn_range(name, v, Origin::Env, "is out of range", max, cur);
+                        continue;
+                    }
+                    None => {
+                        warn_range(name, v, Origin::Env, "is not a whole number", max, cur);
+                        continue;
+                    }
+                }
             }
-            Some(_) => {
-                warn_range(name(i), v, Origin::Env, "is out of range", max, cur);
-                cur
+            (Kind::Path, []) => Value::Path(None),
+            (Kind::Path, _) if v.len() > STATS_FILE_MAX => {
+                warn(
+                    name,
+                    v,
+                    Origin::Env,
+                    format_args!("a path of at most {STATS_FILE_MAX} bytes"),
+                    format_args!("the report on stderr"),
+                );
+                continue;
             }
-            None => {
-                warn_range(name(i), v, Origin::Env, "is not a whole number", max, cur);
-                cur
+            (Kind::Path, _) => {
+                // SAFETY: called under the store's lock, once, before any settings that refer
+                // to the buffer are published (the one path setting is parsed once).
+                let buf = unsafe { &mut *store.path.get() };
+                buf[..v.len()].copy_from_slice(v);
+                buf[v.len()] = 0;
+                // SAFETY: the buffer lives for the program and is not written again (see
+                // above).
+                let buf: &'static [u8] = unsafe { &*store.path.get() };
+                Value::Path(CStr::from_bytes_until_nul(buf).ok())
             }
-        }
-    };
-    s.lru_mb = number(LRU_MB, c"HAKMEM_LRU_MB", s.lru_mb as u64, LRU_MB_MAX) as usize;
-    s.lru_decay_ms = number(
-        LRU_DECAY_MS,
-        c"HAKMEM_LRU_DECAY_MS",
-        s.lru_decay_ms,
-        LRU_DECAY_MS_MAX,
-    );
-    s.background_purge_ms = number(
-        BACKGROUND_PURGE_MS,
-        c"HAKMEM_BACKGROUND_PURGE_MS",
-        s.background_purge_ms,
-        BACKGROUND_PURGE_MS_MAX,
-    );
-    match get(c"HAKMEM_STATS_FILE") {
-        None => {}
-        Some([]) => {
-            (s.stats_file, set[STATS_FILE]) = (None, true);
-        }
-        Some(v) if v.len() > STATS_FILE_MAX => warn(
-            name(STATS_FILE),
-            v,
-            Origin::Env,
-            format_args!("a path of at most {STATS_FILE_MAX} bytes"),
-            format_args!("the report on stderr"),
-        ),
-        Some(v) => {
-            // SAFETY: called under the store's lock, once, before any settings that refer to
-            // the buffer are published.
-            let buf = unsafe { &mut *store.path.get() };
-            buf[..v.len()].copy_from_slice(v);
-            buf[v.len()] = 0;
-            // SAFETY: the buffer lives for the program and is not written again (see above).
-            let buf: &'static [u8] = unsafe { &*store.path.get() };
-            s.stats_file = CStr::from_bytes_until_nul(buf).ok();
-            set[STATS_FILE] = true;
-        }
+        };
+        (setting.set)(&mut s, value);
+        set[i] = true;
     }
     (s, set)
 }
@@ -803,6 +924,53 @@ mod tests {
         for v in [s, at_max] {
             assert!(v.lru_mb.checked_mul(1 << 20).is_some());
             assert!(v.lru_decay_ms.checked_mul(1_000_000).is_some());
+        }
+    }
+
+    #[test]
+    fn positions_name_their_settings() {
+        assert_eq!(NAMES[CHECK], "HAKMEM_CHECK");
+        assert_eq!(NAMES[STATS_FILE], "HAKMEM_STATS_FILE");
+        assert_eq!(NAMES[LRU_MB], "HAKMEM_LRU_MB");
+        assert_eq!(NAMES[LRU_DECAY_MS], "HAKMEM_LRU_DECAY_MS");
+        assert_eq!(NAMES[BACKGROUND_PURGE_MS], "HAKMEM_BACKGROUND_PURGE_MS");
+        for (i, setting) in SETTINGS.iter().enumerate() {
+            assert!(
+                (setting.get)(&Settings::DEFAULT) == setting.default,
+                "{}",
+                NAMES[i]
+            );
+        }
+    }
+
+    #[test]
+    fn the_readmes_table_is_the_settings_table() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `HAKMEM_"))
+            .collect();
+        assert_eq!(rows.len(), COUNT, "one README row per setting: {rows:#?}");
+        for (i, row) in rows.iter().enumerate() {
+            let inner = row.strip_prefix("| ").and_then(|r| r.strip_suffix(" |"));
+            let cells: Vec<&str> = inner.expect(row).splitn(3, " | ").collect();
+            let default = match SETTINGS[i].default {
+                Value::Path(None) => "stderr".to_string(),
+                v => {
+                    let mut spelled = String::new();
+                    write_value(v, &mut spelled).unwrap();
+                    format!("`{spelled}`")
+                }
+            };
+            assert_eq!(
+                cells,
+                [
+                    format!("`{}`", NAMES[i]).as_str(),
+                    default.as_str(),
+                    SETTINGS[i].doc
+                ],
+                "README row {i} and the table's entry differ"
+            );
         }
     }
 

@@ -555,6 +555,7 @@ pub fn corruption(c: Corrupt) {
         Corrupt::DoubleFree(p) => ("free", "double free", p),
         Corrupt::NotABlock(p) => ("free", "invalid pointer", p),
         Corrupt::FreeList(p) => ("malloc", "corrupted free list", p),
+        Corrupt::Invariant { at, .. } => ("validate", "broken invariant", at),
     };
     note_corruption(op, what, p);
 }

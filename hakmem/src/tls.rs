@@ -9,7 +9,7 @@
 //!   call to `__tls_get_addr` (11 instructions) in each function that touches it.
 //! - **Initial-exec, by hand** (feature `initial-exec-tls`, on x86_64 and aarch64 Linux with
 //!   glibc; the preload library turns it on). Only glibc's handling of a late `dlopen` (a clean
-//!   refusal when static TLS is short: T3) has been checked, so other C libraries (musl) keep
+//!   refusal when static TLS is short: T4) has been checked, so other C libraries (musl) keep
 //!   `thread_local!`. The slot is an 8-byte `.tdata` symbol defined with `global_asm!`, and read
 //!   with `asm!` through a `@GOTTPOFF` (aarch64: `:gottprel:`) GOT entry added to the thread
 //!   pointer: two instructions (four on aarch64), no call. The linker emits an
@@ -19,15 +19,15 @@
 //! ## Invariants
 //! - **T1 (per thread).** Each thread has its own slot, null (as [`get`] reads it) when the
 //!   thread starts.
-//! - **T4 (never null underneath).** The slot itself holds an empty heap's address (hot_heap
+//! - **T2 (never null underneath).** The slot itself holds an empty heap's address (hot_heap
 //!   H9) where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
 //!   relocated at load time before any thread reads it (the dynamic linker copies a thread's
 //!   TLS image only once relocation is done, as mimalloc's initial-exec heap pointer also
 //!   relies on). So the fast paths read it with [`raw`] and use it without a test.
-//! - **T2 (private to one copy).** The `.tdata` symbol is hidden (and carries the crate version
+//! - **T3 (private to one copy).** The `.tdata` symbol is hidden (and carries the crate version
 //!   in its name), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
 //!   another shared object that links the facade) never bind to each other's slot.
-//! - **T3 (the price of initial-exec).** A library built with the feature needs a few bytes of
+//! - **T4 (the price of initial-exec).** A library built with the feature needs a few bytes of
 //!   static TLS. Programs started with it (`LD_PRELOAD`, `DT_NEEDED`) always have them; a late
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
@@ -59,7 +59,7 @@ pub fn get() -> *mut Heap {
 }
 
 /// The slot as it is, for the two fast paths ([`Heap::alloc_fast`], [`Heap::try_free_owned`]):
-/// a live heap of this thread, or one of the two empty heaps (T4).
+/// a live heap of this thread, or one of the two empty heaps (T2).
 #[inline(always)]
 pub fn raw() -> *mut Heap {
     imp::get()
@@ -130,7 +130,7 @@ mod imp {
         };
     }
 
-    // One 8-byte word per thread, initially `NO_HEAP`'s address (T4): `.tdata` is the
+    // One 8-byte word per thread, initially `NO_HEAP`'s address (T2): `.tdata` is the
     // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
     // relocation). Global (the access may be in another codegen unit) but hidden: the
     // reference binds inside the linked object, never across shared objects.

@@ -8,7 +8,8 @@
 //! cases use the `hakmem::raw` API (the binary's own allocator stays glibc's, so that the
 //! `retry` case can watch hakmem's start-up itself).
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+
+mod common;
 
 const CASE_VAR: &str = "ADDRESS_LIMIT_CASE";
 const DONE: &str = "address-limit case done";
@@ -16,16 +17,7 @@ const DONE: &str = "address-limit case done";
 /// Runs `case` in a child whose address space is limited to `limit_kib` KiB (as `ulimit -v`);
 /// `None` runs it without a limit.
 fn run_child(case: &str, limit_kib: Option<u64>) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
-        "child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CASE_VAR, case);
+    let mut cmd = common::command("child", true, &[(CASE_VAR, case)]);
     if let Some(kib) = limit_kib {
         let bytes = kib * 1024;
         // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
@@ -43,7 +35,7 @@ fn run_child(case: &str, limit_kib: Option<u64>) {
             })
         };
     }
-    let out = cmd.output().expect("spawn the child");
+    let out = common::output(cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -10,31 +10,10 @@ static A: hakmem::HakMem = hakmem::HakMem;
 /// Tests that read global counters run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Runs test `name` alone, in a child process (this test binary run again on that one test, with
-/// `env`), so that the process-wide counters it reads change only by its own doing. True in the
-/// child, where the caller then runs the case; in the parent, false once the child passed.
-fn alone(name: &str, env: &[(&str, &str)]) -> bool {
-    const CHILD: &str = "HAKMEM_GLOBAL_ALLOC_CHILD";
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return true;
-    }
-    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
-    c.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "the child failed: {}{}",
-        out,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(out.contains("1 passed"), "the child ran the case: {out}");
-    false
-}
+// `alone(name, env)` runs test `name` again in a child process of its own, so that the
+// process-wide counters it reads change only by its own doing.
+mod common;
+use common::alone;
 
 /// The pattern's word `i`; byte `j` of a block is byte `j % 8` (little-endian) of word `j / 8`,
 /// so any prefix of a block carries the same bytes whatever the block's length.

@@ -1,24 +1,9 @@
 //! Bad input and thread exit, each case in a child process of its own (the test binary run
 //! again on one test), so that an abort can be checked and process-wide counters are this
 //! case's alone. hakmem is driven through its C-style API here, not as the global allocator.
-use std::process::{Command, Output};
-
-const CHILD: &str = "HAKMEM_HARDENING_CHILD";
-
-/// Runs test `name` alone in a child process with `env`, or returns `None` when this process is
-/// that child (the caller then runs the case itself).
-fn in_child(name: &str, env: &[(&str, &str)]) -> Option<Output> {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return None;
-    }
-    let mut c = Command::new(std::env::current_exe().expect("the test binary"));
-    c.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    Some(c.output().expect("the test binary runs"))
-}
+use std::process::Output;
+mod common;
+use common::in_child;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -152,7 +137,7 @@ extern "C" fn late_destructor(_: *mut libc::c_void) {
     }
 }
 
-/// S4 and the cost of allocations during thread exit: destructors that run after hakmem's
+/// F5 and the cost of allocations during thread exit: destructors that run after hakmem's
 /// allocate and free on the thread's real heap (kept through glibc's destructor passes), so no
 /// heap is built, adopted and abandoned per call; and at the end every heap is retired and every
 /// block is back.
@@ -205,7 +190,7 @@ std::thread_local! {
 
 /// Sets its key again until glibc's last destructor pass, and only then makes the thread's
 /// first allocation: hakmem's heap is made in the last pass, so hakmem's exit destructor never
-/// sees it (S4).
+/// sees it (F5).
 extern "C" fn last_pass_destructor(_: *mut libc::c_void) {
     let n = PASSES.with(|p| {
         p.set(p.get() + 1);

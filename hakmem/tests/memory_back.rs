@@ -1,18 +1,18 @@
 //! Memory given back on time, from Rust: `hakmem::collect()`, the purges that any slow path
 //! runs, and the opt-in background purge.
 //!
-//! Each test runs its body in a child process (this test binary again, with one test selected
-//! and `HAKMEM_TEST_ROLE` set), so the resident set it reads from /proc/self/statm is that
+//! Each test runs its body in a child process (this test binary again, with one test selected:
+//! `common::in_child`), so the resident set it reads from /proc/self/statm is that
 //! body's alone, and settings read at start-up can be set per test. No test asserts on timing:
 //! the ones that wait poll up to a generous bound, and print how long it took.
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static A: hakmem::HakMem = hakmem::HakMem;
 
+mod common;
+
 const MIB: usize = 1 << 20;
-const ROLE: &str = "HAKMEM_TEST_ROLE";
 
 /// The resident set, from /proc/self/statm, read without allocating (a stack buffer), so that
 /// reading it reaches no allocator slow path.
@@ -45,20 +45,12 @@ fn burst() -> usize {
     rss()
 }
 
-/// Runs `test` in a child with `role` and `env`; returns its stdout once it succeeded.
-fn in_child(test: &str, role: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(std::env::current_exe().expect("this test binary"));
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(ROLE, role);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HAKMEM_") && k != ROLE {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the child");
+/// True in the child process that runs `test`; elsewhere runs that child (with `env`), checks
+/// it passed and printed `{role} ok`, and returns false.
+fn in_role(test: &str, role: &str, env: &[(&str, &str)]) -> bool {
+    let Some(out) = common::in_child(test, env) else {
+        return true;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -68,21 +60,7 @@ fn in_child(test: &str, role: &str, env: &[(&str, &str)]) -> String {
     );
     assert!(stdout.contains(&format!("{role} ok")), "{stdout}");
     print!("{stdout}");
-    stdout
-}
-
-/// True in the child process that runs `test` as `role`; elsewhere runs that child (with
-/// `env`), checks it passed, and returns false.
-fn in_role(test: &str, role_name: &str, env: &[(&str, &str)]) -> bool {
-    if role().as_deref() == Some(role_name) {
-        return true;
-    }
-    in_child(test, role_name, env);
     false
-}
-
-fn role() -> Option<String> {
-    std::env::var(ROLE).ok()
 }
 
 #[test]

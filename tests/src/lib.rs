@@ -8,6 +8,8 @@
 //!
 //! Every run has a deadline: an allocator that deadlocks fails its test instead of hanging the
 //! suite.
+pub mod child;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;

@@ -70,9 +70,9 @@ impl Lane {
 #[derive(clap::Args)]
 pub struct Args {
     /// A first look: hakmem against the baseline only (unless --allocators says otherwise), a
-    /// third of the work per run, 3 runs instead of 5 (about 2 minutes of runs on 2 cores, plus
-    /// the hakmem and mimalloc builds on a fresh clone). The full suite also builds jemalloc from
-    /// its sources twice, 2-3 minutes each.
+    /// third of the work per run, 3 runs instead of 5, and on a fresh clone the hakmem and
+    /// mimalloc builds (docs/results has what its builds and runs took). The full suite also
+    /// builds jemalloc from its sources twice.
     #[arg(long)]
     quick: bool,
     /// Run only the entries whose name contains one of these comma-separated words,

@@ -173,6 +173,7 @@ impl Heap {
             // list, one run per slab.
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_list(class, (cap / 2).max(1)) };
+            self.validate_class_if_checking(class);
             let p = self.pop_list(class);
             if !p.is_null() {
                 self.on_popped(p);
@@ -182,6 +183,7 @@ impl Heap {
         if self.cache.is_empty(class.index()) {
             // SAFETY: only the heap's thread gets here.
             unsafe { self.refill_cache(class) };
+            self.validate_class_if_checking(class);
         }
         let Some(p) = self.cache.pop(class.index()) else {
             return null_mut();

@@ -24,6 +24,7 @@ impl Ctx {
             abandoned: AbandonedList::new(),
             check,
             report,
+            corrupted: AtomicUsize::new(0),
             heaps: SpinLock::new(Heaps {
                 live: null_mut(),
                 tail: null_mut(),
@@ -73,6 +74,9 @@ impl Ctx {
             }
         }
         let guard = AbortOnUnwind;
+        if !matches!(c, Corrupt::Invariant { .. }) {
+            self.corrupted.store(1, Ordering::Relaxed);
+        }
         (self.report)(c);
         core::mem::forget(guard);
     }

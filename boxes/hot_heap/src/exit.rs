@@ -11,6 +11,7 @@ impl Heap {
     /// uses it again; nobody else uses it. Afterwards it owns nothing and must not be used but
     /// by [`Heap::init`] again.
     pub(crate) unsafe fn teardown(&mut self) {
+        self.validate_if_checking();
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
         // The blocks go back one run per slab, as a spill returns them (H11).

@@ -98,7 +98,10 @@
 //!   the slow path, where a per-slab bitmap catches every double free. Their bounds never grow
 //!   (H11).
 //! - **H7 (owned order).** In a heap's list of owned superslabs, every one with a free slab
-//!   comes before every full one, so finding a free slab looks at the front only.
+//!   comes before every full one, so finding a free slab looks at the front only. Slab 0 is
+//!   the exception: it is too short for the largest classes (its top holds the superslab's
+//!   header, superslab SS14), so a superslab whose only free slab is slab 0 goes to the back
+//!   when such a class finds it there, and may sit anywhere.
 //! - **H8 (owned cache).** `owned_slabs[(p >> SLAB_SHIFT) % OWNED_CACHE]` is either
 //!   `SlabMeta::NONE` or points to the metadata of a slab of a superslab on this heap's owned
 //!   list: a superslab's slabs are entered when it is linked and reset to `NONE` when it is
@@ -231,6 +234,7 @@ mod refill;
 mod remote;
 mod ring;
 mod sync;
+mod validate;
 
 use core::ptr::{null, null_mut, NonNull};
 use hakmem_lru::{now_ns, Lru};
@@ -445,6 +449,9 @@ pub struct Ctx {
     pub abandoned: AbandonedList,
     check: bool,
     report: fn(Corrupt),
+    /// Nonzero once a corruption has been reported: with `HAKMEM_INVALID_FREE=warn` the
+    /// allocator goes on, with lists dropped and blocks leaked (SS18), so validation stops.
+    corrupted: AtomicUsize,
     heaps: SpinLock<Heaps>,
     next_id: AtomicUsize,
     /// How long a free slab keeps its pages before its heap's purge tick gives them back

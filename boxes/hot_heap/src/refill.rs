@@ -140,6 +140,9 @@ impl Heap {
             // Its free slabs may hold pages: they wait for this heap's purge tick (H14).
             self.arm_slab_purge();
             let released = self.collect_one(ss);
+            if !released {
+                self.validate_superslab_if_checking(ss);
+            }
             if let Some(s) = self.current(class) {
                 return Some(s);
             }

@@ -135,6 +135,7 @@ impl Heap {
         self.arm_slab_purge();
         // The caller's block is out, so this cannot release the superslab (SS4).
         self.collect_one(ss);
+        self.validate_superslab_if_checking(ss);
         true
     }
 

@@ -7,6 +7,10 @@ use std::boxed::Box;
 use std::collections::HashSet;
 use std::vec::Vec;
 
+/// The workspace's helper that runs a test again in a child process.
+#[path = "../../../tests/src/child.rs"]
+mod child;
+
 std::thread_local! {
     // Reports seen by this test thread alone: tests run in parallel, so a process-wide count
     // would also see other tests' reports.
@@ -14,6 +18,12 @@ std::thread_local! {
 }
 
 fn count_report(c: Corrupt) {
+    // Validation runs in these (debug) tests at every refill, adoption and exit: a broken
+    // invariant fails the test that broke it.
+    assert!(
+        !matches!(c, Corrupt::Invariant { .. }),
+        "validation failed: {c:?}"
+    );
     MINE.with(|m| m.borrow_mut().push(c));
 }
 
@@ -712,7 +722,7 @@ fn a_list_that_keeps_overflowing_grows_within_its_budget_and_decays_when_quiet()
         h.list_cap(a)
     );
     // Every block is back: out of its slab only while on the list or in the cache, and the
-    // batched returns to slabs counted each one (S3).
+    // batched returns to slabs counted each one (stats S3).
     assert_eq!(
         ctx.snapshot().held(a.index()),
         (h.sll.len(a.index()) + h.cache.len(a.index())) as _
@@ -972,8 +982,8 @@ fn exits_closer_than_a_purge_delay_keep_the_pages_of_free_slabs() {
 /// aborts instead. Run in a child process (this test binary, filtered to this test).
 #[test]
 fn a_report_that_panics_aborts_the_process() {
-    const CHILD: &str = "HAKMEM_TEST_REPORT_PANICS";
-    if std::env::var_os(CHILD).is_some() {
+    const NAME: &str = "tests::a_report_that_panics_aborts_the_process";
+    if child::is_child(NAME) {
         let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
         let registry = os.registry();
         let ctx = Ctx::new(os, registry, LruConfig::default(), false, |_| {
@@ -985,15 +995,7 @@ fn a_report_that_panics_aborts_the_process() {
         // Reached only if the panic unwound out of `report`.
         std::process::exit(if unwound.is_err() { 3 } else { 4 });
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "tests::a_report_that_panics_aborts_the_process",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
+    let out = child::output(child::command(NAME, false, &[]));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         out.status.signal(),
@@ -1042,5 +1044,135 @@ fn a_superslab_given_up_leaves_no_entry_in_the_owned_cache() {
     assert!(entered(&other.owned_slabs) > 0, "entered by its new owner");
     // SAFETY: not used again.
     unsafe { ctx.retire_heap(NonNull::from(other)) };
+    assert!(my_reports().is_empty());
+}
+
+/// `validate`'s answer, as the invariant's ID (or the report of a bad link).
+fn broken(r: Result<(), Corrupt>) -> Option<&'static str> {
+    match r {
+        Ok(()) => None,
+        Err(Corrupt::Invariant { id, .. }) => Some(id),
+        Err(Corrupt::FreeList(_)) => Some("H16 link"),
+        Err(e) => panic!("not a validation report: {e:?}"),
+    }
+}
+
+#[test]
+fn validate_names_the_invariant_a_corrupted_heap_breaks() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let class = class_of(64).unwrap();
+    // SAFETY: the heap is this test thread's own; every block is freed once.
+    let blocks: Vec<*mut u8> = (0..200).map(|_| unsafe { h.alloc(class) }).collect();
+    for &p in &blocks[..100] {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    assert_eq!(broken(h.validate()), None, "a heap in use");
+    assert_eq!(broken(h.validate_class(class)), None);
+    assert!(h.sll.len(class.index()) >= 2, "blocks on the thread list");
+
+    let tiny = h.tiny[3];
+    h.tiny[3] = SizeClass::new(tiny.index() ^ 1).unwrap();
+    assert_eq!(broken(h.validate()), Some("H12"), "the tiny table");
+    h.tiny[3] = tiny;
+
+    h.owned_count += 1;
+    assert_eq!(broken(h.validate()), Some("H7"), "the owned count");
+    h.owned_count -= 1;
+
+    let cap = h.sll.cap(class.index());
+    h.sll.set_cap(class.index(), cap + 1).unwrap();
+    assert_eq!(
+        broken(h.validate_class(class)),
+        Some("H11"),
+        "a bound not booked"
+    );
+    h.sll.set_cap(class.index(), cap).unwrap();
+
+    // A free slab of an owned superslab as another class's ring.
+    // SAFETY: owned: live and ours.
+    let ss = unsafe { &*h.owned };
+    let free_slab: *const SlabMeta = &ss.slabs[SLABS - 1];
+    // SAFETY: ours.
+    assert!(!unsafe { (*free_slab).local() }.in_use);
+    let other = class_of(1000).unwrap();
+    assert!(h.current[other.index()].is_null());
+    h.current[other.index()] = free_slab;
+    assert_eq!(
+        broken(h.validate_class(other)),
+        Some("H3"),
+        "a free slab on a ring"
+    );
+    h.current[other.index()] = null();
+
+    // An owned-cache entry naming a slab of a superslab the heap does not own.
+    let h2 = heap(ctx);
+    // SAFETY: the second heap is this thread's too.
+    let q = unsafe { h2.alloc(class) };
+    let foreign = Superslab::slab_meta_addr(q);
+    let slot = owned_slot(slab_number(q as usize));
+    let saved = h.owned_slabs[slot];
+    h.owned_slabs[slot] = foreign;
+    assert_eq!(broken(h.validate()), Some("H8"), "the owned cache");
+    h.owned_slabs[slot] = saved;
+
+    // A thread list's link overwritten: reported as the checked pop reports it.
+    let head = h.sll.head(class.index());
+    // SAFETY: a free block of ours on the list.
+    let link = unsafe { head.cast::<usize>().read() };
+    // SAFETY: as above; restored below.
+    unsafe { head.cast::<usize>().write(0x1234_5670) };
+    assert_eq!(h.validate(), Err(Corrupt::FreeList(head as usize)));
+    // SAFETY: as above.
+    unsafe { head.cast::<usize>().write(link) };
+
+    assert_eq!(broken(h.validate()), None, "every change undone");
+    for &p in &blocks[100..] {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    // SAFETY: as above.
+    unsafe { free(h2, q) };
+    // SAFETY: the heaps' last use.
+    unsafe {
+        ctx.retire_heap(NonNull::from(h));
+        ctx.retire_heap(NonNull::from(h2));
+    }
+    assert!(my_reports().is_empty());
+}
+
+/// H7's exception: a superslab whose only free slab is slab 0 (too short for the largest
+/// classes) goes to the back of the owned list, behind full ones; validation accepts it there.
+#[test]
+fn a_superslab_with_only_slab_0_free_may_follow_a_full_one() {
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let big = class_of(60 * 1024).unwrap();
+    assert!(big.size() > SLAB_SIZE - hakmem_superslab::HEADER_SIZE);
+    // Slab 0 of the first superslab goes to a small class, then large blocks fill the rest.
+    // SAFETY: the heap is this test thread's own; each block is freed once, below.
+    let small = unsafe { h.alloc(class_of(64).unwrap()) };
+    let mut blocks = Vec::new();
+    while h.owned_count < 3 {
+        // SAFETY: as above.
+        blocks.push(unsafe { h.alloc(big) });
+        assert_eq!(broken(h.validate()), None, "after {} blocks", blocks.len());
+    }
+    // The order is then: the newest superslab (free slabs), the first (full), the second (only
+    // slab 0 free).
+    // SAFETY: owned superslabs are live and ours.
+    let tail = unsafe { &*h.owned_tail };
+    // SAFETY: ours.
+    let in_use = unsafe { tail.slabs_in_use() }.count();
+    assert_eq!(in_use, SLABS - 1, "only slab 0 free at the back");
+    for p in blocks {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    // SAFETY: as above.
+    unsafe { free(h, small) };
+    // SAFETY: the heap's last use.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
     assert!(my_reports().is_empty());
 }

@@ -115,15 +115,15 @@
 //!   way to touch its slabs, and the lock makes that exclusive. Abandoning drains and flags
 //!   every in-use slab's remote stack in one swap per slab (collectors drain with the same
 //!   swap; an adopter's drain clears the flag), so a remote free either lands before and is
-//!   drained, or sees the flag in its one CAS and pins, pushes and collects: none is stranded
-//!   (S1). Whoever lists the superslab, or puts it back, looks again at `pending` under the
+//!   drained, or sees the flag in its one CAS and pins, pushes and collects: none is stranded.
+//!   Whoever lists the superslab, or puts it back, looks again at `pending` under the
 //!   list's lock order.
 //! - **SS9 (free key).** A block on a slab's free list or remote stack carries the per-process
 //!   [`free_key`] in its second word (written by [`SlabMeta::free_local`] and by the remote
 //!   push; [`SlabMeta::free_local_run`] takes runs whose blocks carry it already);
 //!   [`SlabMeta::free_list_contains`] and [`SlabMeta::remote_contains`] confirm a suspected
 //!   double free; [`SlabMeta::take_free_chain`] hands the free list's front out as it lies,
-//!   linked and keyed. (Re)initialising a slab empties its remote stack (S2).
+//!   linked and keyed. (Re)initialising a slab empties its remote stack.
 //! - **SS10 (carve mark).** A slab's shared `carved` word covers exactly the blocks handed out
 //!   at some time in its current life, is published before they go out, and is 0 while the slab
 //!   is free: a block start at or beyond it is not a block.
@@ -143,7 +143,7 @@
 //!   remote stack, which clears its flag. Until that drain a racing remote free still sees the
 //!   flag, pins, pushes (with [`RemoteStack::push`], which keeps what it finds) and finds
 //!   nothing to take off the list; after it the push's CAS succeeds on an owned stack. Either
-//!   way the block is on the owner's stack, drained by its next collect (S1).
+//!   way the block is on the owner's stack, drained by its next collect (SS7).
 //! - **SS13 (slab numbers).** A slab's number is its base address shifted right by
 //!   `SLAB_SHIFT`, written when its superslab is initialised and never changed while the
 //!   superslab is mapped; [`SlabMeta::NONE`] reads as number `usize::MAX`, which no address

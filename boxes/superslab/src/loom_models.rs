@@ -235,7 +235,7 @@ fn abandon_adopt() {
     });
 }
 
-/// Model 4, abandon against a racing remote free (S1): the owner abandons its superslab while
+/// Model 4, abandon against a racing remote free (SS7): the owner abandons its superslab while
 /// another thread frees the one block still out. The owner's abandon drains and flags each
 /// remote stack in one swap, so the free either lands before (and abandon finds the superslab
 /// empty) or sees the flag in its CAS (and pins and collects it). Either way the superslab is

@@ -8,7 +8,7 @@
 //! its blocks, which another core wrote last (SS6). An owner that
 //! abandons its superslab sets the flag with the same swap that takes the stack, so a pusher's
 //! one CAS sees either "owned, and my block will be drained by the owner" or "abandoned, and I
-//! must pin and collect": there is no window between the check and the push (S1).
+//! must pin and collect": there is no window between the check and the push (SS7).
 use crate::sync::{AtomicUsize, Ordering, StaticAtomicUsize};
 use core::ptr::null_mut;
 use hakmem_registry::ADDRESS_BITS;

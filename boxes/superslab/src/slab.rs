@@ -17,6 +17,15 @@ pub enum Corrupt {
     /// its list (SS18): overwritten while the block was free. The list was dropped from
     /// there on; its blocks stay out (leaked), so nothing follows the bad link.
     FreeList(usize),
+    /// A validation ([`crate::Superslab::validate`], and the hot heap's) found the invariant
+    /// `id` (as the box's `lib.rs` names it, e.g. `"SS4"`) broken at the structure at `at`: a
+    /// bug of the allocator, or memory it keeps overwritten.
+    Invariant {
+        /// The invariant's ID.
+        id: &'static str,
+        /// The address of the superslab, slab metadata or heap where it is broken.
+        at: usize,
+    },
 }
 
 /// The owner-only part of a slab's metadata.
@@ -247,6 +256,15 @@ impl SlabMeta {
         }
     }
 
+    /// The owner's words of SS11 as they lie: `(inv, rot | class << 8)`, for validation.
+    ///
+    /// # Safety
+    /// The caller owns the slab.
+    pub(crate) unsafe fn division_owned(&self) -> (u64, u32) {
+        // SAFETY: the caller owns the slab, and only its owner writes these words.
+        unsafe { (read_own_u64(&self.inv), read_own_u32(&self.rot_class)) }
+    }
+
     /// Marks the slab free: no block start of it is valid any more.
     pub(crate) fn clear_carved(&self) {
         self.carved.store(0, Ordering::Relaxed);
@@ -254,7 +272,7 @@ impl SlabMeta {
 
     /// (Re)initialises the slab for blocks of `block_size` bytes of `class`, `capacity` of them
     /// from `start`, for its superslab's owner: the shared words (SS11), an emptied remote stack
-    /// (S2) and the owner's local fields. `fresh` says its never-carved blocks read as zero (SS8).
+    /// (SS9) and the owner's local fields. `fresh` says its never-carved blocks read as zero (SS8).
     ///
     /// # Safety
     /// The caller owns the slab's superslab (SS5), the slab is free (no block of it is out
@@ -275,7 +293,7 @@ impl SlabMeta {
         self.inv.store(inv, Ordering::Relaxed);
         debug_assert!(rot < 64 && class < 1 << 24);
         self.rot_class.store(rot | class << 8, Ordering::Relaxed);
-        // S2: every block of the slab's last life came back, so whatever waits on the stack was
+        // SS9: every block of the slab's last life came back, so whatever waits on the stack was
         // freed twice (into a free slab); it must not survive into this life, in another class.
         self.remote.reset();
         // SAFETY: the caller owns the (free) slab.
@@ -348,7 +366,7 @@ impl SlabMeta {
     ///
     /// # Safety
     /// The caller owns the slab, and `b` is a free block of it.
-    unsafe fn next_free(&self, key: LinkKey, b: *mut u8) -> Result<*mut u8, Corrupt> {
+    pub(crate) unsafe fn next_free(&self, key: LinkKey, b: *mut u8) -> Result<*mut u8, Corrupt> {
         // SAFETY: `b` is a free block of this slab, at least 16 bytes.
         let next = unsafe { key.next(b) };
         let in_slab = next as usize >> crate::SLAB_SHIFT == self.number

@@ -8,6 +8,9 @@ use core::ptr::{addr_of_mut, NonNull};
 use hakmem_registry::Kind;
 use hakmem_stats::{Event, GlobalStats};
 
+#[path = "validate.rs"]
+mod validate;
+
 const MAGIC: usize = 0x4841_4b4d_5353_0001; // "HAKMSS" v1
 
 /// Lifecycle states (the `state` word).
@@ -545,7 +548,7 @@ impl Superslab {
     /// Hands the superslab, with the owner's reference, to the abandoned list: an exiting heap
     /// calls this when blocks are still out. Every in-use slab's remote stack is drained and
     /// flagged abandoned in one swap, so each remote free either lands before it (and is
-    /// drained here) or sees the flag (and pins and collects): none is stranded (S1). True when
+    /// drained here) or sees the flag (and pins and collects): none is stranded (SS7). True when
     /// the superslab turned out empty and the caller dropped the last reference: the caller
     /// must then retire it. The superslab records which list it went on (SS17): only that list
     /// takes it off again, whichever list later callers hand its frees.
@@ -730,7 +733,7 @@ impl Superslab {
         }
         #[cfg(hakmem_seeded_bug = "check_then_push")]
         if !self.is_abandoned() {
-            // Seeded bug: check, then push: the owner may abandon in between (S1).
+            // Seeded bug: check, then push: the owner may abandon in between (SS7).
             // SAFETY: forwarded from the caller.
             unsafe { slab.remote.push(block) };
             return Ok(false);

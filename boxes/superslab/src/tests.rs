@@ -499,7 +499,7 @@ fn abandon_drains_what_was_pushed_and_flags_the_rest() {
             "the early push was drained by abandon"
         );
         assert!(slab.remote.is_empty() && slab.remote.is_flagged());
-        // S1: the push after the flag sees it in the same CAS, pins and collects: the last
+        // SS7: the push after the flag sees it in the same CAS, pins and collects: the last
         // block retires the superslab, nothing is stranded on the stack.
         assert_eq!(ss.free_remote(slab, b[1], &list, &w.stats), Ok(true));
     }
@@ -535,7 +535,7 @@ fn abandon_of_a_superslab_emptied_by_its_last_drain_hands_it_back() {
 
 #[test]
 fn a_stale_remote_stack_does_not_survive_into_the_slabs_next_life() {
-    // S2: a block freed twice, the second time after its slab went back (owner 0), goes to the
+    // SS9: a block freed twice, the second time after its slab went back (owner 0), goes to the
     // free slab's remote stack; re-initialising the slab must drop it, or it would be handed out
     // again, in another class, beside a live block.
     let w = World::new();
@@ -560,7 +560,7 @@ fn a_stale_remote_stack_does_not_survive_into_the_slabs_next_life() {
             core::ptr::eq(again, slab),
             "the same slab, in its next life"
         );
-        assert!(again.remote.is_empty(), "S2: init reset the stack");
+        assert!(again.remote.is_empty(), "SS9: init reset the stack");
         assert_eq!(again.drain_remote(), Ok(0));
         assert_eq!(again.local().used, 0);
     }
@@ -861,5 +861,100 @@ fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() 
         assert_eq!(slab.drain_remote(), Err(Corrupt::FreeList(b[7] as usize)));
         assert_eq!(counts(slab), (7, 2, false));
         assert!(slab.free_list_contains(b[6]) && slab.free_list_contains(got[1]));
+    }
+}
+
+/// `validate`'s answer, as the invariant's ID (or the report of a bad link).
+fn broken(r: Result<(), Corrupt>) -> Option<&'static str> {
+    match r {
+        Ok(()) => None,
+        Err(Corrupt::Invariant { id, .. }) => Some(id),
+        Err(Corrupt::FreeList(_)) => Some("SS18 link"),
+        Err(e) => panic!("not a validation report: {e:?}"),
+    }
+}
+
+#[test]
+fn validate_names_the_invariant_a_corrupted_header_or_slab_breaks() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: we are heap 1, the owner; each change is undone before the next, and the
+    // superslab is dropped with its memory at the end of the test.
+    unsafe {
+        assert_eq!(broken(ss.validate(1)), None, "a fresh superslab");
+        let slab = ss.alloc_slab(3, 64).unwrap();
+        let mut blocks = Vec::new();
+        slab.alloc_batch(20, |b| blocks.push(b));
+        for &b in &blocks[..10] {
+            slab.free_local(b).unwrap();
+        }
+        assert_eq!(
+            broken(ss.validate(1)),
+            None,
+            "blocks out and on the free list"
+        );
+        assert_eq!(broken(ss.validate_slab(slab, 1)), None);
+        assert_eq!(broken(ss.validate(2)), Some("SS5"), "another heap's");
+
+        slab.with_local(|l| l.used += 1);
+        assert_eq!(broken(ss.validate(1)), Some("SS4"), "a count off by one");
+        slab.with_local(|l| l.used -= 1);
+
+        slab.with_local(|l| {
+            l.carve -= 1;
+            l.used -= 1;
+        });
+        assert_eq!(
+            broken(ss.validate_slab(slab, 1)),
+            Some("SS10"),
+            "carve mark"
+        );
+        slab.with_local(|l| {
+            l.carve += 1;
+            l.used += 1;
+        });
+
+        slab.with_local(|l| l.free_len -= 1);
+        assert_eq!(
+            broken(ss.validate(1)),
+            Some("SS4"),
+            "a list longer than its count"
+        );
+        slab.with_local(|l| l.free_len += 1);
+
+        slab.with_local(|l| l.start = l.start.add(16));
+        assert_eq!(
+            broken(ss.validate(1)),
+            Some("SS14"),
+            "blocks off the slab base"
+        );
+        slab.with_local(|l| l.start = l.start.sub(16));
+
+        // A link the user overwrote is reported as the walks report it, naming its block.
+        let head = slab.local().free;
+        let link = head.cast::<usize>().read();
+        head.cast::<usize>().write(0x1234_5670);
+        assert_eq!(ss.validate(1), Err(Corrupt::FreeList(head as usize)));
+        head.cast::<usize>().write(link);
+
+        ss.list.store(99, sync::Ordering::Relaxed);
+        assert_eq!(
+            broken(ss.validate(1)),
+            Some("SS17"),
+            "on a list while owned"
+        );
+        ss.list.store(0, sync::Ordering::Relaxed);
+
+        let other = &ss.slabs[5];
+        assert_eq!(broken(ss.validate_slab(other, 1)), None, "a free slab");
+        other.set_owner(1);
+        assert_eq!(
+            broken(ss.validate(1)),
+            Some("SS5"),
+            "a free slab with an owner"
+        );
+        other.set_owner(0);
+
+        assert_eq!(broken(ss.validate(1)), None, "every change undone");
     }
 }
