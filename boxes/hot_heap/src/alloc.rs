@@ -4,11 +4,14 @@ use super::*;
 use crate::check::check_index;
 
 impl Heap {
-    /// A block of `class`, or null when the OS refuses memory (H2).
+    /// A block of `class`, or null when the OS refuses memory (H2). Out of line: the
+    /// allocators' fast paths are [`Heap::alloc_fast`] and [`Heap::alloc_tiny_fast`], and
+    /// their callers come here after a miss, where a second inlined copy of the fast pop would
+    /// only make their fast paths bigger.
     ///
     /// # Safety
     /// Only the heap's thread calls this.
-    #[inline(always)]
+    #[inline(never)]
     pub unsafe fn alloc(&mut self, class: usize) -> *mut u8 {
         // SAFETY: forwarded.
         let p = unsafe { Heap::alloc_fast(self, class) };

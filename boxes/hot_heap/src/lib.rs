@@ -333,17 +333,19 @@ fn owned_ss_slot(p: usize) -> usize {
     (p >> SS_SIZE.trailing_zeros()) as u8 as usize
 }
 
+/// An empty slot of the owned-superslab table (H16): no value [`in_owned_superslab`] compares
+/// with has bits 4 to 20 set.
+const NO_SS: usize = usize::MAX;
+
 /// True when `p` is 16-byte aligned and lies in a superslab this heap owns, by its
-/// owned-superslab table (H16): one load and one compare, nothing read through `p`, no branch
-/// (the malloc fast path joins it with its near test, tls_sll L8). Null, an address in the first
-/// superslab-sized span, the end block and any address whose superslab is not in the table
-/// are refused.
+/// owned-superslab table (H16): one load and one compare, nothing read through `p`. Null, the
+/// end block and any address whose superslab is not in the table are refused. The malloc fast
+/// path's check of every link (tls_sll L8).
 #[inline(always)]
 fn in_owned_superslab(bases: &[usize; OWNED_SS], p: *mut u8) -> bool {
-    // The superslab's base with `p`'s low four bits: a table entry (0 or an aligned base)
-    // equals it only when those bits are 0.
-    let k = p as usize & (!(SS_SIZE - 1) | 15);
-    (bases[owned_ss_slot(p as usize)] == k) & (k != 0)
+    // The superslab's base with `p`'s low four bits: an entry (a superslab's base, never 0, or
+    // NO_SS) equals it only when those bits are 0 and `p` lies in that superslab.
+    bases[owned_ss_slot(p as usize)] == p as usize & (!(SS_SIZE - 1) | 15)
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -381,6 +383,7 @@ impl EmptyHeap {
         let mut h: Heap = unsafe { core::mem::zeroed() };
         h.sll.make_empty();
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_bases = [NO_SS; OWNED_SS];
         h.id = EMPTY_ID;
         // Its tiny table stays zero (H12): every size maps to class 0, whose list is empty.
         Self(core::cell::UnsafeCell::new(h))
@@ -483,7 +486,7 @@ pub struct Heap {
     prev: *mut Heap,
     /// The adaptive list bounds (H11).
     adapt: adapt::Adapt,
-    /// The bases of owned superslabs by their number's low byte, direct-mapped, 0 for none
+    /// The bases of owned superslabs by their number's low byte, direct-mapped, `NO_SS` for none
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
@@ -564,7 +567,7 @@ impl Heap {
         debug_assert!(linked, "new lists are empty");
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
-        h.owned_bases = [0; OWNED_SS];
+        h.owned_bases = [NO_SS; OWNED_SS];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -80,12 +80,13 @@
 //!   end) holds `(n ^ b) * mul` in its first word, `mul` the lists' [`LinkKey`] (an odd
 //!   multiplier, secret per process when the caller sets one with [`Lists::set_link_key`]);
 //!   no link is ever stored raw, so a word the user overwrote decodes to a scattered value
-//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link when the next block lies
-//!   in the head's own 2 MiB region ([`NEAR_SHIFT`]) or the caller's `far` check accepts it
-//!   (one multiplication, one compare, the caller's check, and one branch for both, so a mix
-//!   of near and far links costs no misprediction); otherwise it returns null and changes
-//!   nothing. An empty list's head is the [`end`] block, whose stored word decodes far under
-//!   every key and which `far` refuses, so that pop has no test for emptiness. Every other
+//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link when the caller's `far`
+//!   check accepts it, tested first (so a check that accepts every block of the caller's,
+//!   near or far, makes its branch go the same way whatever the mix of near and far links),
+//!   or else when the next block lies in the head's own 2 MiB region ([`NEAR_SHIFT`]);
+//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`]
+//!   block, whose stored word decodes far under every key and which `far` refuses, so that
+//!   pop has no test for emptiness. Every other
 //!   read of a link ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a
 //!   link that leaves its block's 2 MiB region only when it is the end block or the caller's
 //!   `far` check accepts it; at a link that fails, a pop or take drops the rest of the list
@@ -148,23 +149,6 @@ const fn word(room: i64) -> u64 {
 /// log2 of the span a link may cross and still pass the pop's one-compare check (L8): 2 MiB,
 /// a superslab. A link to a block farther away (or a list's end) is checked by the caller.
 pub const NEAR_SHIFT: u32 = 21;
-
-/// `x`, through a value the compiler knows nothing about: a condition computed before it is
-/// not split into branches after it (the fast pop's one branch, L8).
-#[inline(always)]
-fn opaque(x: usize) -> usize {
-    #[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(loom)))]
-    {
-        let mut x = x;
-        // SAFETY: no instruction: the register is left as it is, and nothing else is touched.
-        unsafe { core::arch::asm!("/* {x} */", x = inout(reg) x, options(pure, nomem, nostack)) };
-        x
-    }
-    #[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(loom))))]
-    {
-        x
-    }
-}
 
 /// The link encoding (L8): a per-process secret odd multiplier and its inverse modulo 2^64.
 /// A free block's first word holds `(next ^ block) * mul`, its link XOR its own address,
@@ -737,18 +721,20 @@ impl<const N: usize> Lists<N> {
     }
 
     /// [`Lists::pop`] without the range check, through a raw pointer: the malloc fast path's
-    /// pop. It follows the head's link when the next block lies in the head's own 2 MiB region
-    /// or `far` accepts it (L8); otherwise (the list's end, a block `far` refuses, or a
-    /// corrupted word) it returns null and changes nothing, and the caller pops with
-    /// [`Lists::pop_checked`]. It writes nothing when the list is empty, so `this` may point to
-    /// lists that other threads read at the same time, as long as nobody writes them and they
-    /// hold no block (an empty heap's).
+    /// pop. It follows the head's link when `far` accepts it or, failing that, when the next
+    /// block lies in the head's own 2 MiB region (L8); otherwise (the list's end, a block
+    /// neither accepts, or a corrupted word) it returns null and changes nothing, and the
+    /// caller pops with [`Lists::pop_checked`]. It writes nothing when the list is empty, so
+    /// `this` may point to lists that other threads read at the same time, as long as nobody
+    /// writes them and they hold no block (an empty heap's).
     ///
-    /// `far` is called on every pop, with the decoded link whatever it is (the end block's
-    /// link, a near block, any word at all), and its answer is combined with the near test
-    /// without a branch of its own: the pop has one branch, which a mix of near and far links
-    /// does not make hard to predict. So `far` must be cheap, must not read through its
-    /// argument, and must accept only blocks of the caller's, never the end block or null.
+    /// `far` is called first, on every pop, with the decoded link whatever it is (the end
+    /// block's link, a near block, any word at all): a check that accepts every block of the
+    /// caller's, near or far (a table of the caller's regions), makes the pop's first branch
+    /// go the same way whatever mix of near and far links the list holds, where a near test
+    /// first would be taken at random by such a mix. So `far` must be cheap, must not read
+    /// through its argument, and must accept only blocks of the caller's, never the end
+    /// block or null.
     ///
     /// # Safety
     /// `this` points to valid lists; `c < N`; the list's blocks must still be free and linked
@@ -768,11 +754,12 @@ impl<const N: usize> Lists<N> {
             (b.cast::<usize>().read() as u64).wrapping_mul(key.inv) as usize
         };
         let next = (d ^ b as usize) as *mut u8;
-        // Both tests, one branch (see above): their result is made a value the compiler cannot
-        // see into, or it splits the `|` back into two branches.
-        let ok = (d >> NEAR_SHIFT == 0) | far(next);
-        if opaque(ok as usize) == 0 {
-            return null_mut();
+        // The caller's check first, the near test only when it refuses (see above).
+        if !far(next) {
+            core::hint::cold_path();
+            if d >> NEAR_SHIFT != 0 {
+                return null_mut();
+            }
         }
         // SAFETY: a block, not the end block (whose link is neither near nor accepted): the
         // lists are this thread's (the contract); `b` is a free block on the list, of at least
