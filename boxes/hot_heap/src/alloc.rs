@@ -4,11 +4,14 @@ use super::*;
 use crate::check::check_index;
 
 impl Heap {
-    /// A block of `class`, or null when the OS refuses memory (H2).
+    /// A block of `class`, or null when the OS refuses memory (H2). Out of line: the
+    /// allocators' fast paths are [`Heap::alloc_fast`] and [`Heap::alloc_tiny_fast`], and
+    /// their callers come here after a miss, where a second inlined copy of the fast pop would
+    /// only make their fast paths bigger.
     ///
     /// # Safety
     /// Only the heap's thread calls this.
-    #[inline(always)]
+    #[inline(never)]
     pub unsafe fn alloc(&mut self, class: SizeClass) -> *mut u8 {
         // SAFETY: forwarded.
         let p = unsafe { Heap::alloc_fast(self, class) };
@@ -20,12 +23,13 @@ impl Heap {
     }
 
     /// A block of `class` from its thread list, or null when the list is empty or its head's
-    /// link leaves the head's superslab (nothing else is tried: the caller then takes
-    /// [`Heap::alloc`]'s way, whose slow path pops such a head, H16). The Rust lane's fast
-    /// path (H2).
+    /// link leads neither into the head's superslab nor into a superslab of the heap's
+    /// owned-superslab table (nothing else is tried: the caller then takes [`Heap::alloc`]'s
+    /// way, whose slow path pops such a head with every check, H16). The fast path of both
+    /// lanes (H2).
     ///
-    /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty, so the result is
-    /// null and nothing is written.
+    /// `this` may be an [`EmptyHeap`]'s pointer (H9): its lists are empty and its table holds
+    /// no superslab, so the result is null and nothing is written.
     ///
     /// # Safety
     /// `this` is a heap of the calling thread or an empty heap.
@@ -33,16 +37,22 @@ impl Heap {
     pub unsafe fn alloc_fast(this: *mut Heap, class: SizeClass) -> *mut u8 {
         // SAFETY: a class's index is below CLASSES (route RT5); the list holds free blocks this
         // heap owns (H1). Through the raw pointer: an empty heap is shared, and is only read
-        // (H9). The lists count the pop themselves (tls_sll L6): the heap's allocations from
+        // (H9), its table as well. The check reads the table only, never through the link
+        // (H16). The lists count the pop themselves (tls_sll L6): the heap's allocations from
         // its lists (H13).
-        unsafe { Lists::pop_raw(&raw mut (*this).sll, class.index()) }
+        unsafe {
+            let bases = &(*this).owned_bases;
+            Lists::pop_raw(&raw mut (*this).sll, class.index(), |n| {
+                in_owned_superslab(bases, n)
+            })
+        }
     }
 
-    /// [`Heap::alloc_fast`]'s miss: null when the list is empty (an empty heap's always is, and
-    /// is only read, H9); otherwise the head's link is the list's end or leaves its
-    /// superslab, or is corrupted. A link into a superslab the owned-superslab table holds is
-    /// followed at once (H16: one load and one compare); anything else goes to the checked pop
-    /// ([`Heap::pop_list`]), which decides and reports.
+    /// [`Heap::alloc_fast`]'s miss, before a refill: null when the list is empty (an empty
+    /// heap's always is, and is only read, H9); otherwise the head's link is the list's end,
+    /// or leaves the owned-superslab table's superslabs (a table slot shared by two owned
+    /// superslabs holds one of them), or is corrupted, and the checked pop
+    /// ([`Heap::pop_list`]) decides and reports (H16).
     ///
     /// # Safety
     /// As [`Heap::alloc_fast`].
@@ -54,23 +64,13 @@ impl Heap {
             return null_mut();
         }
         // SAFETY: a list with a block: a real heap (H9), this thread's, used by it alone.
-        let h = unsafe { &mut *this };
-        let bases = &h.owned_bases;
-        // SAFETY: the list's blocks are ours and free (H1); a class's index is below CLASSES
-        // (route RT5).
-        if let Some(p) = unsafe {
-            h.sll
-                .pop_if(class.index(), |n| in_owned_superslab(bases, n))
-        } {
-            return p;
-        }
-        h.pop_list(class)
+        unsafe { &mut *this }.pop_list(class)
     }
 
     /// [`Heap::alloc_fast`] for a tiny size rather than a class: the class comes from the
     /// heap's own copy of the route box's table (H12). The C malloc's fast path: here a head
-    /// whose link leaves its superslab is popped by a cold call (`Heap::pop_far`, H16), and
-    /// null means the list is empty.
+    /// the fast pop leaves on the list goes to a cold call (`Heap::pop_far`, H16), and null
+    /// means the list is empty.
     ///
     /// # Safety
     /// `this` is a heap of the calling thread or an empty heap, and `size <= MAX_TINY`.
@@ -82,18 +82,6 @@ impl Heap {
         let class = unsafe { *(&raw const (*this).tiny).cast::<SizeClass>().add(size) };
         // SAFETY: forwarded.
         let p = unsafe { Heap::alloc_fast(this, class) };
-        if !p.is_null() {
-            return p;
-        }
-        // A link into a superslab the owned-superslab table holds (H16): an empty heap's table
-        // is empty, and its lists stay unwritten (H9).
-        // SAFETY: forwarded; the table is read through the raw pointer.
-        let p = unsafe {
-            let bases = &(*this).owned_bases;
-            Lists::pop_far_raw(&raw mut (*this).sll, class.index(), |n| {
-                in_owned_superslab(bases, n)
-            })
-        };
         if !p.is_null() {
             return p;
         }

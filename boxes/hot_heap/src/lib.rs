@@ -190,20 +190,22 @@
 //!   after its tag was read, found its thread ended.
 //! - **H16 (checked links).** The thread lists store their links with the superslab box's
 //!   link key (superslab SS18, tls_sll L8), set when the heap is made. The malloc fast path
-//!   follows a link only within the head's superslab. Any other link (the list's end, a block
-//!   of another superslab, a corrupted word) goes to a second try, which follows it at once
-//!   when the heap's owned-superslab table holds its superslab (`owned_bases`: the base of
-//!   each owned superslab by its number's low byte, entered when the superslab is linked into
-//!   the owned list and cleared when it is unlinked, so an entry always names a superslab this
-//!   heap owns), as does a take of a chain off a list (spill, decay, exit). Otherwise the
-//!   checked pop, a take, and a double free's confirmation follow a link that leaves its
-//!   block's superslab only when it is a block start of the list's class below its slab's
-//!   carve mark, in a slab this heap owns (found through the owned cache, H8, or the registry
-//!   and the slab's owner word; nothing is read through the link first). A bad link is
-//!   reported as `Corrupt::FreeList` naming the block that holds it; that block, itself
-//!   checked, is handed out (or kept on the chain) and the rest of the list is dropped: its
-//!   blocks leak, out of their slabs for good (SS4). So a link the user overwrote never makes
-//!   malloc return an address outside this heap's superslabs.
+//!   (both lanes) follows a link that stays in the head's superslab or leads into a superslab
+//!   the heap's owned-superslab table holds (`owned_bases`: the base of each owned superslab
+//!   by its number's low byte, entered when the superslab is linked into the owned list and
+//!   cleared when it is unlinked, so an entry always names a superslab this heap owns): the
+//!   two tests are joined into one branch, one load and one compare for the table, so links
+//!   that cross superslabs in random order cost no misprediction. A take of a chain off a
+//!   list (spill, decay, exit) follows such links at once too. Any other link (the list's
+//!   end, a block of a superslab the table does not hold, a corrupted word) goes to the
+//!   checked pop, on the slow path. The checked pop, a take, and a double free's confirmation
+//!   follow a link that leaves its block's superslab only when it is a block start of the
+//!   list's class below its slab's carve mark, in a slab this heap owns (found through the
+//!   owned cache, H8, or the registry and the slab's owner word; nothing is read through the
+//!   link first). A bad link is reported as `Corrupt::FreeList` naming the block that holds
+//!   it; that block, itself checked, is handed out (or kept on the chain) and the rest of the
+//!   list is dropped: its blocks leak, out of their slabs for good (SS4). So a link the user
+//!   overwrote never makes malloc return an address outside this heap's superslabs.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -340,13 +342,19 @@ fn owned_ss_slot(p: usize) -> usize {
     (p >> SS_SIZE.trailing_zeros()) as u8 as usize
 }
 
+/// An empty slot of the owned-superslab table (H16): no value [`in_owned_superslab`] compares
+/// with has bits 4 to 20 set.
+const NO_SS: usize = usize::MAX;
+
 /// True when `p` is 16-byte aligned and lies in a superslab this heap owns, by its
-/// owned-superslab table (H16): one load and one compare, nothing read through `p`. The
-/// malloc path's quick check of a link that leaves its block's superslab.
+/// owned-superslab table (H16): one load and one compare, nothing read through `p`. Null, the
+/// end block and any address whose superslab is not in the table are refused. The malloc fast
+/// path's check of every link (tls_sll L8).
 #[inline(always)]
 fn in_owned_superslab(bases: &[usize; OWNED_SS], p: *mut u8) -> bool {
-    let base = p as usize & !(SS_SIZE - 1);
-    p as usize & 15 == 0 && base != 0 && bases[owned_ss_slot(p as usize)] == base
+    // The superslab's base with `p`'s low four bits: an entry (a superslab's base, never 0, or
+    // NO_SS) equals it only when those bits are 0 and `p` lies in that superslab.
+    bases[owned_ss_slot(p as usize)] == p as usize & (!(SS_SIZE - 1) | 15)
 }
 
 /// The id of every [`EmptyHeap`]: no heap's (ids count up from 1) and no slab's owner (0 for a
@@ -385,6 +393,7 @@ impl EmptyHeap {
         let mut h: Heap = unsafe { core::mem::zeroed() };
         h.sll.make_empty();
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
+        h.owned_bases = [NO_SS; OWNED_SS];
         h.id = EMPTY_ID;
         // Its tiny table stays zero (H12): every size maps to class 0, whose list is empty.
         Self(core::cell::UnsafeCell::new(h))
@@ -490,7 +499,7 @@ pub struct Heap {
     prev: *mut Heap,
     /// The adaptive list bounds (H11).
     adapt: adapt::Adapt,
-    /// The bases of owned superslabs by their number's low byte, direct-mapped, 0 for none
+    /// The bases of owned superslabs by their number's low byte, direct-mapped, `NO_SS` for none
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
@@ -571,7 +580,7 @@ impl Heap {
         debug_assert!(linked, "new lists are empty");
         h.current = [null(); CLASSES];
         h.owned_slabs = [EMPTY_SLOT; OWNED_CACHE];
-        h.owned_bases = [0; OWNED_SS];
+        h.owned_bases = [NO_SS; OWNED_SS];
         h.owned = null();
         h.owned_tail = null();
         h.owned_count = 0;

@@ -51,7 +51,7 @@ impl Heap {
         self.owned_count -= 1;
         let slot = owned_ss_slot(ss.base());
         if self.owned_bases[slot] == ss.base() {
-            self.owned_bases[slot] = 0;
+            self.owned_bases[slot] = NO_SS;
         }
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;

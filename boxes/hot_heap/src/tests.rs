@@ -1176,3 +1176,67 @@ fn a_superslab_with_only_slab_0_free_may_follow_a_full_one() {
     unsafe { ctx.retire_heap(NonNull::from(h)) };
     assert!(my_reports().is_empty());
 }
+
+#[test]
+fn the_fast_path_follows_links_into_owned_superslabs_only() {
+    let ctx = ctx(16, false);
+    let c = class_of(1024).unwrap();
+    let h = heap(ctx);
+    let other = heap(ctx);
+    let ss = |p: *mut u8| p as usize & !(SS_SIZE - 1);
+    // SAFETY: both heaps are this test thread's own; the blocks are freed by their owner, each
+    // while it is out; links are rewritten only in blocks on `h`'s list.
+    unsafe {
+        // `h` owns two superslabs: `first` in one, `far` in the other.
+        let first = h.alloc(c);
+        let mut held = Vec::new();
+        let far = loop {
+            let p = h.alloc(c);
+            assert!(!p.is_null());
+            if ss(p) != ss(first) {
+                break p;
+            }
+            held.push(p);
+        };
+        while !h.sll.is_empty(c.index()) {
+            held.push(h.alloc(c));
+        }
+        assert!(h.sll.cap(c.index()) >= 2);
+        let q = other.alloc(c);
+        assert!(
+            ss(q) != ss(first) && ss(q) != ss(far),
+            "another heap's superslab"
+        );
+
+        // far -> first: a link into another superslab of `h`'s, followed on the fast path.
+        free(h, first);
+        free(h, far);
+        assert_eq!(Heap::alloc_fast(h, c), far);
+        // first -> the end: left to the slow path, which pops it.
+        assert!(Heap::alloc_fast(h, c).is_null());
+        assert_eq!(h.alloc(c), first);
+        assert!(my_reports().is_empty());
+
+        // Forged links, each correctly encoded: into another heap's superslab, and to an
+        // address in an owned superslab that is no block start. The fast path refuses them
+        // and changes nothing; the slow path hands the head out, reports it and drops the rest.
+        let key = h.sll.link_key();
+        for forged in [q, first.add(8)] {
+            let next = held.pop().unwrap();
+            free(h, next);
+            free(h, far);
+            key.set_next(far, forged);
+            assert!(Heap::alloc_fast(h, c).is_null());
+            assert_eq!((h.sll.head(c.index()), h.sll.len(c.index())), (far, 2));
+            assert_eq!(h.alloc(c), far);
+            assert_eq!(my_reports(), std::vec![Corrupt::FreeList(far as usize)]);
+            assert!(
+                h.sll.is_empty(c.index()),
+                "the rest dropped ({next:?} leaks)"
+            );
+        }
+        free(other, q);
+        ctx.retire_heap(NonNull::from(other));
+        ctx.retire_heap(NonNull::from(h));
+    }
+}

@@ -179,7 +179,7 @@ impl Heap {
             .filter(|&&e| !core::ptr::eq(e, EMPTY_SLOT))
             .count();
         check(slabs == slabs_matched, "H8", at)?;
-        let bases = self.owned_bases.iter().filter(|&&b| b != 0).count();
+        let bases = self.owned_bases.iter().filter(|&&b| b != NO_SS).count();
         check(bases == bases_matched, "H16", at)
     }
 

@@ -80,17 +80,20 @@
 //!   end) holds `(n ^ b) * mul` in its first word, `mul` the lists' [`LinkKey`] (an odd
 //!   multiplier, secret per process when the caller sets one with [`Lists::set_link_key`]);
 //!   no link is ever stored raw, so a word the user overwrote decodes to a scattered value
-//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link only when the next block
-//!   lies in the head's own 2 MiB region ([`NEAR_SHIFT`]): one multiplication and one compare;
-//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`] block,
-//!   whose stored word decodes far under every key, so that pop has no test for emptiness.
-//!   Every other read of a link ([`Lists::pop_if`], [`Lists::pop_checked`], [`Lists::take`],
-//!   [`Lists::contains`]) follows a link that leaves its block's 2 MiB region only when it is
-//!   the end block or the caller's `far` check accepts it; at a link that
-//!   fails, a pop or take drops the rest of the list (its blocks are abandoned where they are,
-//!   counted as moved out, L6) and names the block that held it, and `contains` stops. So with
-//!   a `far` check that accepts only blocks of the caller's, no link the user wrote ever makes
-//!   a list hand out an address outside the caller's memory.
+//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link when the caller's `far`
+//!   check accepts it, tested first (so a check that accepts every block of the caller's,
+//!   near or far, makes its branch go the same way whatever the mix of near and far links),
+//!   or else when the next block lies in the head's own 2 MiB region ([`NEAR_SHIFT`]);
+//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`]
+//!   block, whose stored word decodes far under every key and which `far` refuses, so that
+//!   pop has no test for emptiness. Every other
+//!   read of a link ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a
+//!   link that leaves its block's 2 MiB region only when it is the end block or the caller's
+//!   `far` check accepts it; at a link that fails, a pop or take drops the rest of the list
+//!   (its blocks are abandoned where they are, counted as moved out, L6) and names the block
+//!   that held it, and `contains` stops. So with `far` checks that accept only blocks of the
+//!   caller's, no link the user wrote ever makes a list hand out an address outside the
+//!   caller's memory.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -717,122 +720,55 @@ impl<const N: usize> Lists<N> {
         (b, bad)
     }
 
-    /// Pops class `c`'s head, with its key word cleared (L5), when its link is to a block in the
-    /// head's 2 MiB region, is the list's end, or leaves the region and `far` accepts it;
-    /// `None` (nothing changed) when the list is empty or the link fails: the caller then
-    /// decides with [`Lists::pop_checked`]. The malloc path's second try after
-    /// [`Lists::pop_raw`], with a quick `far` check.
-    ///
-    /// # Safety
-    /// `c < N`; the list's blocks must be free (L4); the head must be a block of the caller's.
-    #[inline(always)]
-    pub unsafe fn pop_if(
-        &mut self,
-        c: usize,
-        far: impl FnOnce(*mut u8) -> bool,
-    ) -> Option<*mut u8> {
-        // SAFETY: `c < N` by the caller's contract.
-        let b = unsafe { *self.heads.get_unchecked(c) };
-        if b == end() {
-            return None;
-        }
-        // SAFETY: a free block of the caller's, at least 16 bytes.
-        let stored = unsafe { b.cast::<usize>().read() };
-        let next = match self.key.decode_near(stored, b) {
-            Some(n) => n,
-            None => {
-                let n = self.key.decode(stored, b);
-                if n != end() && (n.is_null() || !far(n)) {
-                    return None;
-                }
-                n
-            }
-        };
-        // SAFETY: as above; the block goes to the caller: unkeyed (L5).
-        unsafe {
-            *self.heads.get_unchecked_mut(c) = next;
-            b.cast::<usize>().add(1).write(0);
-            let w = self.words.get_unchecked(c);
-            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
-        }
-        Some(b)
-    }
-
     /// [`Lists::pop`] without the range check, through a raw pointer: the malloc fast path's
-    /// pop. It writes nothing when the list is empty, so `this` may point to lists that other
-    /// threads read at the same time, as long as nobody writes them and they hold no block (an
-    /// empty heap's). It returns null, and changes nothing, also when the head's link is not
-    /// to a block in the head's own 2 MiB region (L8): the list's end, a block farther away, or
-    /// a corrupted word; the caller then pops with [`Lists::pop_checked`].
+    /// pop. It follows the head's link when `far` accepts it or, failing that, when the next
+    /// block lies in the head's own 2 MiB region (L8); otherwise (the list's end, a block
+    /// neither accepts, or a corrupted word) it returns null and changes nothing, and the
+    /// caller pops with [`Lists::pop_checked`]. It writes nothing when the list is empty, so
+    /// `this` may point to lists that other threads read at the same time, as long as nobody
+    /// writes them and they hold no block (an empty heap's).
+    ///
+    /// `far` is called first, on every pop, with the decoded link whatever it is (the end
+    /// block's link, a near block, any word at all): a check that accepts every block of the
+    /// caller's, near or far (a table of the caller's regions), makes the pop's first branch
+    /// go the same way whatever mix of near and far links the list holds, where a near test
+    /// first would be taken at random by such a mix. So `far` must be cheap, must not read
+    /// through its argument, and must accept only blocks of the caller's, never the end
+    /// block or null.
     ///
     /// # Safety
     /// `this` points to valid lists; `c < N`; the list's blocks must still be free and linked
     /// (L4), and if it has any, the caller's thread owns the lists (L3).
     #[inline(always)]
-    pub unsafe fn pop_raw(this: *mut Self, c: usize) -> *mut u8 {
+    pub unsafe fn pop_raw(this: *mut Self, c: usize, far: impl FnOnce(*mut u8) -> bool) -> *mut u8 {
         // SAFETY: `c < N` and `this` is valid, by the caller's contract; a read only.
         let head = unsafe { (&raw mut (*this).heads).cast::<*mut u8>().add(c) };
         // SAFETY: as above.
         let b = unsafe { *head };
-        // No test for an empty list: its head is the end block, whose link is never near (L8).
+        // No test for an empty list: its head is the end block, whose link is never near (L8)
+        // and which `far` refuses.
         // SAFETY: the key is read through the valid `this`; `b` is a free block on the list, of
         // at least two words, whose first word is its link (L4), or the end block.
-        let next = unsafe {
+        let d = unsafe {
             let key = (*this).key;
-            key.decode_near(b.cast::<usize>().read(), b)
+            (b.cast::<usize>().read() as u64).wrapping_mul(key.inv) as usize
         };
-        let Some(next) = next else {
-            return null_mut();
-        };
-        // SAFETY: a block, not the end block (whose link is never near): the lists are this
-        // thread's (the contract); `b` is a free block on the list, of at least two words.
+        let next = (d ^ b as usize) as *mut u8;
+        // The caller's check first, the near test only when it refuses (see above).
+        if !far(next) {
+            core::hint::cold_path();
+            if d >> NEAR_SHIFT != 0 {
+                return null_mut();
+            }
+        }
+        // SAFETY: a block, not the end block (whose link is neither near nor accepted): the
+        // lists are this thread's (the contract); `b` is a free block on the list, of at least
+        // two words.
         unsafe {
             *head = next;
             b.cast::<usize>().add(1).write(0);
             // The owner alone writes the word (L3): an atomic load and store, which the
             // compiler makes one add to memory.
-            let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
-            w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
-        }
-        b
-    }
-
-    /// [`Lists::pop_raw`]'s second try, through a raw pointer: pops class `c`'s head when its
-    /// link is to a block `far` accepts; null, and nothing changed, when the list is empty, or
-    /// the link is the list's end, null, or refused. The link and the key are read again, as
-    /// volatile reads, so that the first try keeps its own (the near pop then multiplies by
-    /// the key straight from memory and keeps the decoded word in one register). Like
-    /// [`Lists::pop_raw`], it writes nothing for an empty list.
-    ///
-    /// # Safety
-    /// As [`Lists::pop_raw`].
-    #[inline(always)]
-    pub unsafe fn pop_far_raw(
-        this: *mut Self,
-        c: usize,
-        far: impl FnOnce(*mut u8) -> bool,
-    ) -> *mut u8 {
-        // SAFETY: `c < N` and `this` is valid, by the caller's contract.
-        let head = unsafe { (&raw mut (*this).heads).cast::<*mut u8>().add(c) };
-        // SAFETY: as above.
-        let b = unsafe { *head };
-        if b == end() {
-            return null_mut();
-        }
-        // SAFETY: a free block of the caller's thread on the list, of at least two words; the
-        // key is read through the valid `this`.
-        let next = unsafe {
-            let key = (&raw const (*this).key).read_volatile();
-            key.decode(b.cast::<usize>().read_volatile(), b)
-        };
-        if next.is_null() || next == end() || !far(next) {
-            return null_mut();
-        }
-        // SAFETY: as above: the lists are this thread's (they hold a block). (The key word is
-        // cleared first here, the head first in the near pop: the two stay apart in the code.)
-        unsafe {
-            b.cast::<usize>().add(1).write(0);
-            *head = next;
             let w = &*(&raw const (*this).words).cast::<AtomicU64>().add(c);
             w.store(w.load(Relaxed).wrapping_add(POP), Relaxed);
         }
@@ -1111,8 +1047,9 @@ mod tests {
                 // p[2] -> p[1] -> p[0] -> end; p[2]'s link overwritten.
                 let link = p[2].cast::<usize>();
                 link.write(word.unwrap_or(link.read() ^ 0x40));
-                // The fast pop refuses, and changes nothing.
-                assert!(Lists::pop_raw(&mut l, 0).is_null());
+                // The fast pop refuses, and changes nothing, also with a `far` check that
+                // accepts the block the link named before.
+                assert!(Lists::pop_raw(&mut l, 0, |n| n == p[1]).is_null());
                 assert_eq!((l.len(0), l.head(0)), (3, p[2]));
                 // A walk stops at the bad link.
                 assert!(!l.contains(0, p[1], |_| false));
@@ -1129,6 +1066,39 @@ mod tests {
                 assert_eq!((chain.head, chain.len, bad), (p[2], 1, Some(p[2])));
                 assert!(l.is_empty(0) && l.len(0) == 0);
             }
+        }
+    }
+
+    #[test]
+    fn the_fast_pop_follows_a_far_link_only_when_far_accepts_it() {
+        // 5 MiB of blocks: the first and the last lie in different 2 MiB regions.
+        let mut mem = blocks(5 << 16);
+        let last = mem.len() - 1;
+        let a = mem[0].as_mut_ptr().cast::<u8>();
+        let z = mem[last].as_mut_ptr().cast::<u8>();
+        assert_ne!(a as usize >> NEAR_SHIFT, z as usize >> NEAR_SHIFT);
+        let mut l = Lists::<1>::new([8]);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread.
+        unsafe {
+            assert!(l.try_push(0, a, 7));
+            assert!(l.try_push(0, z, 7));
+            // z -> a, a far link: refused and nothing changed, then followed once accepted.
+            let mut seen = Vec::new();
+            assert!(Lists::pop_raw(&mut l, 0, |n| {
+                seen.push(n);
+                false
+            })
+            .is_null());
+            assert_eq!(seen, [a], "`far` sees the decoded link");
+            assert_eq!((l.len(0), l.head(0)), (2, z));
+            assert_eq!(Lists::pop_raw(&mut l, 0, |n| n == a), z);
+            assert_eq!((l.len(0), l.head(0), key(z)), (1, a, 0));
+            // a -> the end: neither near nor accepted, so the checked pop takes it.
+            assert!(Lists::pop_raw(&mut l, 0, |n| n == a).is_null());
+            assert_eq!(l.pop_checked(0, |_| false), (a, false));
+            // An empty list: nothing is written.
+            assert!(Lists::pop_raw(&mut l, 0, |_| false).is_null());
+            assert!(l.is_empty(0));
         }
     }
 
