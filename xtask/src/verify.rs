@@ -934,7 +934,7 @@ impl Verify {
                 "hakmem-modelcheck",
             ]);
             if !settings.is_empty() {
-                c.args(["--test", "model"]);
+                c.args(["--test", "model", "--test", "heap_model"]);
             }
             if let Some(n) = self.cases {
                 c.env("HAKMEM_MODEL_CASES", n.to_string());
