@@ -64,10 +64,11 @@ use hakmem_superslab::Superslab;
 /// ```
 ///
 /// A block handed to another thread or to C code as a raw pointer may be freed there with
-/// the global free (`free`, [`crate::raw::free`], or a `Box` of the global allocator when
-/// hakmem is the global allocator): a small block goes onto its slab's remote stack by mask
-/// and shift, as any heap's block does, and the heap takes it back at its next refill. Such a
-/// free must return before the heap is dropped or reset (it is a use of the block).
+/// hakmem's global free (C's `free` under `libhakmem.so`, or [`crate::raw::free`]): a small
+/// block goes onto its slab's remote stack, found by mask and shift as any heap's block is,
+/// and the heap takes it back when it next drains its remote frees (a refill, [`Heap::stats`],
+/// [`Heap::collect`]). Such a free must return before the heap is dropped or reset (it is a
+/// use of the block).
 ///
 /// # Small blocks and big ones
 /// Requests the small tier serves (up to 64 KiB, aligned up to 64 KiB) come from the heap's own

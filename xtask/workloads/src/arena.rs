@@ -1,6 +1,7 @@
 //! Workloads of collections in an arena (issue 24): the same code runs with the global
-//! allocator (`--arena global`), in a `hakmem::Heap` dropped whole (`--arena heap`), or in a
-//! `bumpalo::Bump` (`--arena bump`). Each prints its phases' times on stderr, as one line
+//! allocator (`--arena global`, or `global-ref` through a `&Global`, whose collections carry an
+//! allocator word as an arena's do), in a `hakmem::Heap` dropped whole (`--arena heap`), or in
+//! a `bumpalo::Bump` (`--arena bump`). Each prints its phases' times on stderr, as one line
 //! `phases: {"build_secs":…,"use_secs":…,"drop_secs":…,"blocks":…}`; `main` times the whole.
 use crate::rng::Rng;
 use allocator_api2::alloc::{Allocator, Global};
@@ -16,6 +17,9 @@ const SEED: u64 = 0x0061_7265_6e61; // "arena"
 pub enum Arena {
     /// The global allocator; the collections are dropped node by node.
     Global,
+    /// The global allocator through a reference (`&Global`), so that the collections carry
+    /// an allocator word as they do with an arena: the same sizes as `Heap`'s and `Bump`'s.
+    GlobalRef,
     /// A `hakmem::Heap`; the collections are forgotten and the heap dropped whole.
     Heap,
     /// A `bumpalo::Bump`; the collections are forgotten and the arena dropped whole.
@@ -26,9 +30,12 @@ impl Arena {
     pub fn parse(s: &str) -> Result<Arena, String> {
         match s {
             "global" => Ok(Arena::Global),
+            "global-ref" => Ok(Arena::GlobalRef),
             "heap" => Ok(Arena::Heap),
             "bump" => Ok(Arena::Bump),
-            _ => Err(format!("--arena {s}: one of global, heap, bump")),
+            _ => Err(format!(
+                "--arena {s}: one of global, global-ref, heap, bump"
+            )),
         }
     }
 }
@@ -117,6 +124,12 @@ pub fn tree(nodes: u64, arena: Arena) -> crate::workloads::Outcome {
             drop(black_box(root));
             phases(b, u, t.elapsed().as_secs_f64(), blocks);
         }
+        Arena::GlobalRef => {
+            let (root, b, u, blocks) = run(&&Global, n);
+            let t = Instant::now();
+            drop(black_box(root));
+            phases(b, u, t.elapsed().as_secs_f64(), blocks);
+        }
         Arena::Heap => {
             let heap = hakmem::Heap::new();
             let (root, b, u, blocks) = run(&&heap, n);
@@ -175,6 +188,7 @@ pub fn map_grow_shrink(rounds: u64, arena: Arena) -> crate::workloads::Outcome {
     // its arena.
     let ops = match arena {
         Arena::Global => run(&Global, rounds).1,
+        Arena::GlobalRef => run(&&Global, rounds).1,
         Arena::Heap => {
             let heap = hakmem::Heap::new();
             let (map, ops, _) = run(&&heap, rounds);

@@ -102,7 +102,7 @@ struct Opts {
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let workload = args.next().ok_or("usage: hakmem-workloads <workload>|list [--threads N] [--iters N] [--working-set W] [--arena global|heap|bump] [--quick]")?;
+    let workload = args.next().ok_or("usage: hakmem-workloads <workload>|list [--threads N] [--iters N] [--working-set W] [--arena global|global-ref|heap|bump] [--quick]")?;
     let mut o = Opts {
         workload,
         threads: 1,
