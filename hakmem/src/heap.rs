@@ -9,7 +9,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use hakmem_hot_heap as hot;
-use hakmem_route::{block_size_of, route, Route, MAX_SLAB_ALIGN, MAX_SMALL};
+use hakmem_route::{route, Route, MAX_SLAB_ALIGN, MAX_SMALL};
 use hakmem_superslab::Superslab;
 
 /// A private heap: collections allocate in it through `&Heap` (it implements
@@ -175,22 +175,20 @@ impl Heap {
 
     #[inline(always)]
     fn allocate_impl(&self, layout: Layout, zero: bool) -> Result<NonNull<[u8]>, AllocError> {
-        let (p, len) = match route(layout.size(), layout.align()) {
-            Route::Small(class) => (self.alloc_small(class, zero), block_size_of(class)),
-            Route::Large => (
-                // SAFETY: a layout of nonzero size (the small tier takes size 0).
-                unsafe {
-                    if zero {
-                        HakMem.alloc_zeroed(layout)
-                    } else {
-                        HakMem.alloc(layout)
-                    }
-                },
-                layout.size(),
-            ),
+        let p = match route(layout.size(), layout.align()) {
+            Route::Small(class) => self.alloc_small(class, zero),
+            // SAFETY: a layout of nonzero size (the small tier takes size 0).
+            Route::Large => unsafe {
+                if zero {
+                    HakMem.alloc_zeroed(layout)
+                } else {
+                    HakMem.alloc(layout)
+                }
+            },
         };
         let p = NonNull::new(p).ok_or(AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(p, len))
+        // The size asked for: no table lookup (and no bounds check) on the fast path.
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 }
 
@@ -219,8 +217,7 @@ impl fmt::Debug for Heap {
     }
 }
 
-// SAFETY: blocks are at least `layout.size()` bytes (the returned length: a small class's
-// block size, or the size asked for), aligned to `layout.align()` (the route box picks a class
+// SAFETY: blocks are at least `layout.size()` bytes (the returned length), aligned to `layout.align()` (the route box picks a class
 // whose blocks are so aligned, or the large tier), disjoint while live, and valid until freed
 // or until the heap is dropped or reset, which the `&Heap` borrow keeps from happening while a
 // collection holds one. `deallocate` takes back exactly what `allocate` gave.
@@ -315,7 +312,7 @@ impl Heap {
                             .write_bytes(0, new.size() - old.size())
                     };
                 }
-                return Ok(NonNull::slice_from_raw_parts(ptr, block_size_of(c)));
+                return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
             }
         }
         let fresh = self.allocate_impl(new, zero)?;

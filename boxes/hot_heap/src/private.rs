@@ -166,8 +166,9 @@ impl Heap {
         }
         for c in 0..CLASSES {
             let free = u64::from(self.sll.len(c)) + u64::from(self.cache.len(c));
-            u.live_blocks -= free;
-            u.live_bytes -= free * block_size_of(c) as u64;
+            // Saturating: after a corruption report the counts may disagree; they never wrap.
+            u.live_blocks = u.live_blocks.saturating_sub(free);
+            u.live_bytes = u.live_bytes.saturating_sub(free * block_size_of(c) as u64);
         }
         u
     }
