@@ -127,6 +127,7 @@
 
 mod context;
 mod global;
+mod heap;
 mod out;
 mod purge;
 mod settings;
@@ -139,7 +140,7 @@ use context::ctx;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use global::{ctx_or_init_with, heap_ptr, heap_slow, invalid_pointer};
-use hakmem_hot_heap::Heap;
+use hakmem_hot_heap::Heap as HotHeap;
 use hakmem_large as large;
 use hakmem_medium as medium;
 use hakmem_route::{
@@ -149,6 +150,7 @@ use hakmem_superslab::{SlabMeta, Superslab, SS_SIZE};
 use tls::DEAD;
 
 pub use hakmem_stats::Event;
+pub use heap::{Heap, HeapStats};
 pub use settings::{OnInvalid, Settings, SettingsInForce, Source, NAMES as SETTING_NAMES};
 pub use stats::{peak_rss_kib, ClassStats, Stats, Tier};
 
@@ -289,7 +291,7 @@ pub mod raw {
             return null_mut();
         }
         // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; a tiny size.
-        unsafe { Heap::alloc_tiny_fast(crate::tls::raw(), size) }
+        unsafe { HotHeap::alloc_tiny_fast(crate::tls::raw(), size) }
     }
 
     /// `n * size` zeroed bytes, or null on overflow or when the OS refuses. Memory fresh from
@@ -340,7 +342,7 @@ pub mod raw {
         // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; `p` is given
         // up, and any address is accepted (the heap reads nothing through it before proving it
         // ours).
-        if unsafe { Heap::try_free_owned(crate::tls::raw(), p) } {
+        if unsafe { HotHeap::try_free_owned(crate::tls::raw(), p) } {
             return;
         }
         // SAFETY: forwarded.
@@ -395,7 +397,7 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
         Route::Small(class) => {
             if !zero {
                 // SAFETY: this thread's heap or an empty one (tls T2), on its own thread.
-                let p = unsafe { Heap::alloc_fast(crate::tls::raw(), class) };
+                let p = unsafe { HotHeap::alloc_fast(crate::tls::raw(), class) };
                 if !p.is_null() {
                     return p;
                 }
@@ -457,7 +459,7 @@ fn alloc_small_slow(class: SizeClass, zero: bool, code: &Option<Settings>) -> *m
 /// `h` is a live heap whose only user is the calling thread (its own, or the late heap under
 /// its lock).
 #[inline(always)]
-unsafe fn heap_alloc(h: &mut Heap, class: SizeClass, zero: bool) -> *mut u8 {
+unsafe fn heap_alloc(h: &mut HotHeap, class: SizeClass, zero: bool) -> *mut u8 {
     // SAFETY: the caller runs on the heap's thread.
     unsafe {
         if zero {
@@ -490,7 +492,7 @@ enum Block {
 /// This thread's lookup-section stripe (R6 in hakmem-registry): its heap's address, mixed, so
 /// threads with heaps of their own count on different cache lines (any value is correct).
 #[inline(always)]
-fn stripe(h: *mut Heap) -> usize {
+fn stripe(h: *mut HotHeap) -> usize {
     (h as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58
 }
 
@@ -549,7 +551,7 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             if hakmem_route::is_block_start(ss, slab, p) && (!ctx.check() || ss.check_held(p)) =>
         {
             // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has.
-            let own = slab.owner() == unsafe { Heap::id_of(h) };
+            let own = slab.owner() == unsafe { HotHeap::id_of(h) };
             // Another heap's block must be proven live before the section ends (its
             // superslab may go as soon as it is free); this heap's superslabs go only when
             // this thread releases them.
@@ -612,7 +614,7 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         PtrRoute::Small(ss, slab) if hakmem_route::is_block_start(ss, slab, p) => {
             // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no
             // slab's owner (hot_heap H9), so a match is this thread's live heap.
-            if slab.owner() == unsafe { Heap::id_of(h) } {
+            if slab.owner() == unsafe { HotHeap::id_of(h) } {
                 drop(section);
                 // SAFETY: this thread's live heap, whose superslabs only this thread releases;
                 // `p` is a block of its own `slab`, given up.
@@ -678,7 +680,7 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
     // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no slab's
     // owner (hot_heap H9), so a match is this thread's live heap.
-    if slab.owner() == unsafe { Heap::id_of(h) } {
+    if slab.owner() == unsafe { HotHeap::id_of(h) } {
         // SAFETY: this thread's live heap; `p` is a block of its own `slab`, given up.
         return unsafe { (*h).free_own(slab, p) };
     }
@@ -695,7 +697,7 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
-    if unsafe { Heap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
+    if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
         // SAFETY: this thread's live heap, which does not own `slab` (the caller compared);
         // `p` is a block of `slab` given up.
         return unsafe { (*h).free_foreign(ss, slab, p) };
@@ -725,7 +727,7 @@ unsafe fn free_small_slow(p: *mut u8) {
         }
     }
     // SAFETY: forwarded: a thread without a heap frees as a non-owner.
-    unsafe { Heap::free_orphan(ctx, ss, slab, p) }
+    unsafe { HotHeap::free_orphan(ctx, ss, slab, p) }
 }
 
 /// Resizes the block `p` to `new_size` bytes at `align`, in place or by a move.

@@ -165,6 +165,16 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         what: "a lookup section does not check the epoch again after counting itself in, so a \
                grace period that advanced it meanwhile, and the next one, do not wait for it",
     },
+    SeededBug {
+        name: "destroy_skips_remote",
+        in_crate: "hakmem-hot-heap",
+        models: &[(
+            "hakmem-hot-heap",
+            "loom_models::destroy_against_a_remote_free_on_the_stack",
+        )],
+        what: "a private heap's destruction counts the blocks still on its slabs' remote stacks \
+               as freed by the drop, though their freers counted them already",
+    },
 ];
 
 /// hakmem settings for the model check's second run: full double-free checks, eager zeroing of
@@ -924,7 +934,7 @@ impl Verify {
                 "hakmem-modelcheck",
             ]);
             if !settings.is_empty() {
-                c.args(["--test", "model"]);
+                c.args(["--test", "model", "--test", "heap_model"]);
             }
             if let Some(n) = self.cases {
                 c.env("HAKMEM_MODEL_CASES", n.to_string());

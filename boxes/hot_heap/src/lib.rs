@@ -67,8 +67,8 @@
 //! ## Files, by concern
 //! `lib.rs` (the types and these invariants), `ctx.rs` (the shared context: heap list, reaping,
 //! releasing superslabs, fork locks), `alloc.rs` (allocation fast paths and hand-out),
-//! `free.rs` (the owner's frees and the free key's confirmation), `refill.rs` (refill order and
-//! drains), `ring.rs` (the per-class rings), `owned.rs` (the owned list and its caches),
+//! `free.rs` (the owner's frees and the free key's confirmation), `private.rs` (private heaps,
+//! H17), `refill.rs` (refill order and drains), `ring.rs` (the per-class rings), `owned.rs` (the owned list and its caches),
 //! `purge.rs` (giving empty memory back, the purge tick), `remote.rs` (non-owners' frees),
 //! `exit.rs` (thread exit), `check.rs` (check mode).
 //!
@@ -206,6 +206,20 @@
 //!   it; that block, itself checked, is handed out (or kept on the chain) and the rest of the
 //!   list is dropped: its blocks leak, out of their slabs for good (SS4). So a link the user
 //!   overwrote never makes malloc return an address outside this heap's superslabs.
+//! - **H17 (private heaps).** [`Ctx::new_private_heap`] makes a heap that a user holds as a
+//!   value (the facade's `hakmem::Heap`) rather than a thread: the same heap, with its tag 0
+//!   (never reaped, H15), that adopts no abandoned superslab (refill step 3 is skipped), so
+//!   every block of its superslabs is one it handed out. It is used by one thread at a time.
+//!   [`Ctx::destroy_heap`] ends it once its user has given up every block (no user holds one;
+//!   every free of one by another thread has returned): its lists and cache are forgotten,
+//!   and each owned superslab is unlinked, its slabs freed without a walk of their blocks
+//!   (superslab SS19: one swap takes each remote stack and its count) and released to the
+//!   lru. The blocks users held are counted as freed by the heap (used minus those on the
+//!   lists, in the cache and on the remote stacks, whose freers counted them), so the stats
+//!   stay exact. What can still be in flight at that moment is only what no block keeps: a
+//!   stale lookup of another thread (the registry's sections: the release unregisters the
+//!   superslab, which waits for them, registry R6) and the lru's later purge or unmap; a
+//!   non-owner's free that has not returned is a use of a block the user gave up.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -231,6 +245,7 @@ mod ctx;
 mod exit;
 mod free;
 mod owned;
+mod private;
 mod purge;
 mod refill;
 mod remote;
@@ -263,6 +278,8 @@ pub use hakmem_stats::{Event, Snapshot};
 /// Re-exported from hakmem-superslab: the OS layer a [`Ctx`] is made with (and the real one),
 /// what its reports name, and the types its slow paths take.
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
+/// What a private heap holds (H17).
+pub use private::Usage;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -490,6 +507,8 @@ pub struct Heap {
     cursor: *const Superslab,
     /// The one empty superslab this heap may keep (H4); null, or owned by this heap.
     kept_empty: *const Superslab,
+    /// A private heap (H17): it adopts no abandoned superslab.
+    private: bool,
     /// When the next purge tick of the owned superslabs' free slabs is due (H14, as
     /// [`hakmem_lru::now_ns`]); `u64::MAX` when none waits.
     purge_due: u64,
@@ -586,6 +605,7 @@ impl Heap {
         h.owned_count = 0;
         h.cursor = null();
         h.kept_empty = null();
+        h.private = false;
         h.purge_due = u64::MAX;
         h.adapt = adapt::Adapt::new();
         h.cache

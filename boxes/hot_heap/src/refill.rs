@@ -132,7 +132,7 @@ impl Heap {
         // a free block, or a free slab for step 4. Adopting more would strand their free space
         // in this heap while other threads grow.
         // SAFETY: this heap's id, used by this thread alone.
-        while let Some(ss) = unsafe { self.ctx().abandoned.adopt(self.id) } {
+        while let Some(ss) = unsafe { self.adopt_abandoned() } {
             self.ctx().stats.event(Event::Adopt, 0);
             // SAFETY: adopted: ours.
             let has_free = unsafe { ss.has_free_slab() };

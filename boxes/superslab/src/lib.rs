@@ -188,10 +188,18 @@
 //!   the bad link. [`RemoteStack::contains`] decodes too, and bounds every link it follows.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
+//! - **SS19 (destruction).** The owner whose every block of a superslab is given up at once (a
+//!   private heap's destruction, hot_heap H17) frees its in-use slabs without walking their
+//!   blocks ([`Superslab::destroy_slabs`]): each remote stack is taken with one swap (Acquire:
+//!   every push it holds happened before) and dropped, its count reported with the slab's
+//!   `used`, and the slab is freed. This is SS4 with "no block held anywhere" true by the
+//!   owner's word rather than by counting: its caller guarantees that no user, list or cache
+//!   holds a block and that every non-owner's free of one has returned.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
 mod abandoned;
+mod destroy;
 mod large;
 mod os;
 mod remote;
@@ -200,6 +208,7 @@ mod superslab;
 mod sync;
 
 pub use abandoned::AbandonedList;
+pub use destroy::DestroyedSlab;
 pub use large::{LargeHeader, LargeLayout, LARGE_HEADER};
 #[cfg(any(test, loom, feature = "heap-os"))]
 pub use os::heap::HeapOs;

@@ -67,7 +67,7 @@ pub struct Superslab {
     pub(crate) list: AtomicUsize,
     /// The slabs' metadata.
     pub slabs: [SlabMeta; SLABS],
-    check: [[AtomicU64; CHECK_WORDS]; SLABS],
+    pub(crate) check: [[AtomicU64; CHECK_WORDS]; SLABS],
 }
 
 // SAFETY: shared fields are atomics; `local` is touched only by the owner (SS5) and `link` only

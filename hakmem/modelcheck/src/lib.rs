@@ -19,6 +19,8 @@
 //!   `min(old, new)` bytes. Blocks handed to another thread are verified there.
 //! - **MC4 (zeroing).** alloc_zeroed returns zeroed memory.
 //! - **MC5 (usable size).** `usable_size(p) >= size` for every block handed out.
+//! - **MC7 to MC9 (private heaps).** [`hakmem::Heap`]'s cases, run by [`run_heap_case`]: see
+//!   the `heap_model` module (`src/heap_model.rs`) and `tests/heap_model.rs`.
 //! - **MC6 (live count).** At every sync point and after the case's cleanup, the allocator's live
 //!   block count has moved from its baseline by exactly the model's number of live blocks.
 //!
@@ -45,6 +47,9 @@
 //! alongside. Readings are taken only while every worker is parked at a barrier, which orders all
 //! their operations before the reading.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+mod heap_model;
+pub use heap_model::{run_heap_case, HeapOp};
 
 use std::alloc::Layout;
 use std::fmt;

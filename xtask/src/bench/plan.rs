@@ -55,6 +55,38 @@ pub fn plan(t: usize, over: usize) -> Vec<Entry> {
             &["realloc-growth", "--threads", "1"],
         ),
         r("fragmentation".into(), &["fragmentation", "--threads", "1"]),
+        // Collections in an arena (issue 24): with the global allocator (directly, and through
+        // `&Global`, at the arenas' collection sizes), in a `hakmem::Heap` dropped whole, and
+        // in a `bumpalo::Bump`.
+        r("tree".into(), &["tree", "--threads", "1"]),
+        r(
+            "tree/global-ref".into(),
+            &["tree", "--arena", "global-ref", "--threads", "1"],
+        ),
+        r(
+            "tree/heap".into(),
+            &["tree", "--arena", "heap", "--threads", "1"],
+        ),
+        r(
+            "tree/bump".into(),
+            &["tree", "--arena", "bump", "--threads", "1"],
+        ),
+        r(
+            "map-grow-shrink".into(),
+            &["map-grow-shrink", "--threads", "1"],
+        ),
+        r(
+            "map-grow-shrink/global-ref".into(),
+            &["map-grow-shrink", "--arena", "global-ref", "--threads", "1"],
+        ),
+        r(
+            "map-grow-shrink/heap".into(),
+            &["map-grow-shrink", "--arena", "heap", "--threads", "1"],
+        ),
+        r(
+            "map-grow-shrink/bump".into(),
+            &["map-grow-shrink", "--arena", "bump", "--threads", "1"],
+        ),
     ];
     if over != t {
         v.extend([

@@ -5,9 +5,10 @@
 //! workload in its own process and reads the one JSON line it prints on stdout:
 //!
 //! ```text
-//! hakmem-workloads <workload> [--threads N] [--iters N] [--working-set W] [--quick]
+//! hakmem-workloads <workload> [--threads N] [--iters N] [--working-set W] [--arena A] [--quick]
 //! hakmem-workloads list
 //! ```
+mod arena;
 mod mem;
 mod rng;
 mod workloads;
@@ -58,6 +59,8 @@ const WORKLOADS: &[&str] = &[
     "producer-consumer-64b",
     "cross-thread-realloc",
     "churn",
+    "tree",
+    "map-grow-shrink",
 ];
 
 /// The default amount of work: (full, quick). Units are per workload (see workloads.rs).
@@ -80,6 +83,10 @@ fn default_iters(name: &str) -> (u64, u64) {
         "cross-thread-realloc" => (12_000_000, 4_000_000),
         // Rounds of threads.
         "churn" => (300, 100),
+        // Nodes.
+        "tree" => (1_000_000, 300_000),
+        // Rounds of growing and shrinking.
+        "map-grow-shrink" => (12, 4),
         _ => (0, 0),
     }
 }
@@ -89,17 +96,19 @@ struct Opts {
     threads: usize,
     iters: Option<u64>,
     working_set: usize,
+    arena: arena::Arena,
     quick: bool,
 }
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let workload = args.next().ok_or("usage: hakmem-workloads <workload>|list [--threads N] [--iters N] [--working-set W] [--quick]")?;
+    let workload = args.next().ok_or("usage: hakmem-workloads <workload>|list [--threads N] [--iters N] [--working-set W] [--arena global|global-ref|heap|bump] [--quick]")?;
     let mut o = Opts {
         workload,
         threads: 1,
         iters: None,
         working_set: 400,
+        arena: arena::Arena::Global,
         quick: false,
     };
     while let Some(a) = args.next() {
@@ -119,6 +128,9 @@ fn parse() -> Result<Opts, String> {
             "--threads" => o.threads = num("--threads")? as usize,
             "--iters" => o.iters = Some(num("--iters")?),
             "--working-set" => o.working_set = num("--working-set")? as usize,
+            "--arena" => {
+                o.arena = arena::Arena::parse(&args.next().ok_or("--arena needs a value")?)?
+            }
             "--quick" => o.quick = true,
             _ => return Err(format!("unknown argument {a}")),
         }
@@ -168,6 +180,8 @@ fn main() -> ExitCode {
         "producer-consumer-64b" => workloads::producer_consumer_64b(iters),
         "cross-thread-realloc" => workloads::cross_thread_realloc(iters, t),
         "churn" => workloads::churn(iters, t),
+        "tree" => arena::tree(iters, o.arena),
+        "map-grow-shrink" => arena::map_grow_shrink(iters, o.arena),
         _ => unreachable!("checked above"),
     };
     let secs = start.elapsed().as_secs_f64();
