@@ -125,6 +125,7 @@
 mod context;
 mod global;
 mod out;
+pub mod profile;
 mod purge;
 mod settings;
 mod stats;
@@ -396,22 +397,49 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
                     return p;
                 }
             }
-            let h = heap_ptr();
-            if h as usize > DEAD as usize {
-                // SAFETY: this thread's live heap, used on its own thread.
-                return unsafe { heap_alloc(&mut *h, class, zero) };
+            // Heap profiling: past the fast path's miss only (every allocation misses it while
+            // profiling runs; see the `profile` module docs).
+            if profile::active() {
+                // SAFETY: forwarded.
+                return unsafe { profile::alloc_small(size, class, zero, code) };
             }
             // SAFETY: forwarded.
-            unsafe { alloc_small_slow(class, zero, code) }
+            unsafe { alloc_small_unprofiled(class, zero, code) }
         }
-        Route::Large => match ctx_or_init_with(code) {
-            Some(ctx) if medium::serves(ctx, size, align) => {
-                medium::alloc(ctx, row(), size, align, zero)
+        Route::Large => {
+            let p = match ctx_or_init_with(code) {
+                Some(ctx) if medium::serves(ctx, size, align) => {
+                    medium::alloc(ctx, row(), size, align, zero)
+                }
+                Some(ctx) => large::alloc(ctx, row(), size, align, zero),
+                None => null_mut(),
+            };
+            if profile::active() && !p.is_null() {
+                profile::on_alloc(p, size);
             }
-            Some(ctx) => large::alloc(ctx, row(), size, align, zero),
-            None => null_mut(),
-        },
+            p
+        }
     }
+}
+
+/// A small allocation past the fast path, without the profiler's count: from this thread's
+/// heap, else [`alloc_small_slow`].
+///
+/// # Safety
+/// As [`alloc_impl`], for `class`, one of the route box's.
+#[inline(always)]
+pub(crate) unsafe fn alloc_small_unprofiled(
+    class: usize,
+    zero: bool,
+    code: &Option<Settings>,
+) -> *mut u8 {
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // SAFETY: this thread's live heap, used on its own thread.
+        return unsafe { heap_alloc(&mut *h, class, zero) };
+    }
+    // SAFETY: forwarded.
+    unsafe { alloc_small_slow(class, zero, code) }
 }
 
 /// An allocation of `class` past the heap's fast path: from this thread's heap, made on first
@@ -633,12 +661,18 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         }
         PtrRoute::Large(lh) if lh.user() == p as usize => {
             drop(section);
+            if profile::active() {
+                profile::on_free(p);
+            }
             // SAFETY: the registry said `lh` is live, its block starts at `p`, and the caller
             // gives it up.
             unsafe { large::free(ctx, row(), lh) }
         }
         PtrRoute::Medium(base) => {
             drop(section);
+            if profile::active() {
+                profile::on_free(p);
+            }
             // SAFETY: checked again under the medium tier's lock; `p` is given up.
             match unsafe { medium::free(ctx, row(), base, p) } {
                 Ok(()) => {}
@@ -693,6 +727,11 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    // Heap profiling: every small free of a profiling thread comes here (its heap slot holds
+    // an empty heap), and so does every other heap's: a sampled block's sample goes first.
+    if profile::active() {
+        profile::on_free(p);
+    }
     let h = crate::tls::raw();
     // SAFETY: this thread's heap or an empty one (tls T4); only empty heaps have EMPTY_ID.
     if unsafe { Heap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
@@ -718,7 +757,13 @@ unsafe fn free_small_slow(p: *mut u8) {
     let Some(ctx) = ctx() else {
         return invalid_pointer("free", p);
     };
-    if heap_ptr().is_null() {
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // A profiling thread (its slot holds `tls::PROF_HEAP`, and `heap_ptr` its real heap).
+        // SAFETY: this thread's live heap; `p` is given up.
+        return unsafe { (*h).free_small(ss, slab, p) };
+    }
+    if h.is_null() {
         if let Some(h) = heap_slow() {
             // SAFETY: this thread's new heap; `p` is given up.
             return unsafe { (*h.as_ptr()).free_small(ss, slab, p) };
@@ -755,6 +800,10 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             ) {
                 // SAFETY: the caller holds the block.
                 if let Some(q) = unsafe { large::grow(ctx, h as *const _ as usize, new_size) } {
+                    if profile::active() {
+                        profile::on_free(p);
+                        profile::on_alloc(q, new_size);
+                    }
                     return q;
                 }
             }

@@ -654,6 +654,7 @@ fn unknown(var: &[u8]) -> Option<&'static str> {
     if !var.starts_with(b"HAKMEM_")
         || NAMES.iter().any(|n| n.as_bytes() == var)
         || TOOL_PREFIXES.iter().any(|p| var.starts_with(p.as_bytes()))
+        || crate::profile::NAMES.iter().any(|n| n.as_bytes() == var)
     {
         return None;
     }
