@@ -397,59 +397,93 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
                     return p;
                 }
             }
-            // Heap profiling: past the fast path's miss only (every allocation misses it while
-            // profiling runs; see the `profile` module docs).
-            if profile::active() {
-                // SAFETY: forwarded.
-                return unsafe { profile::alloc_small(size, class, zero, code) };
-            }
             // SAFETY: forwarded.
-            unsafe { alloc_small_unprofiled(class, zero, code) }
+            unsafe { alloc_small_miss(size, class, zero, code) }
         }
-        Route::Large => {
-            let p = match ctx_or_init_with(code) {
-                Some(ctx) if medium::serves(ctx, size, align) => {
-                    medium::alloc(ctx, row(), size, align, zero)
-                }
-                Some(ctx) => large::alloc(ctx, row(), size, align, zero),
-                None => null_mut(),
-            };
-            if profile::active() && !p.is_null() {
-                profile::on_alloc(p, size);
+        Route::Large => match ctx_or_init_with(code) {
+            // Heap profiling: out of line, so that this function keeps its tail calls (and
+            // saves no more registers on its fast path).
+            Some(ctx) if profile::active() => alloc_large_profiled(ctx, size, align, zero),
+            Some(ctx) if medium::serves(ctx, size, align) => {
+                medium::alloc(ctx, row(), size, align, zero)
             }
-            p
-        }
+            Some(ctx) => large::alloc(ctx, row(), size, align, zero),
+            None => null_mut(),
+        },
     }
 }
 
-/// A small allocation past the fast path, without the profiler's count: from this thread's
-/// heap, else [`alloc_small_slow`].
+/// A medium or large allocation while heap profiling runs, counted (`profile` module docs).
+#[cold]
+#[inline(never)]
+fn alloc_large_profiled(
+    ctx: &'static hakmem_hot_heap::Ctx,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> *mut u8 {
+    let p = if medium::serves(ctx, size, align) {
+        medium::alloc(ctx, row(), size, align, zero)
+    } else {
+        large::alloc(ctx, row(), size, align, zero)
+    };
+    if !p.is_null() {
+        profile::on_alloc(p, size);
+    }
+    p
+}
+
+/// A small allocation past the fast path's miss: from this thread's heap, else
+/// [`alloc_small_slow`]. Out of line, so that the fast path stays small where it is inlined.
 ///
 /// # Safety
-/// As [`alloc_impl`], for `class`, one of the route box's.
-#[inline(always)]
-pub(crate) unsafe fn alloc_small_unprofiled(
+/// `class` is one of the route box's (below `CLASSES`).
+#[inline(never)]
+unsafe fn alloc_small_miss(
+    size: usize,
     class: usize,
     zero: bool,
     code: &Option<Settings>,
 ) -> *mut u8 {
     let h = heap_ptr();
-    if h as usize > DEAD as usize {
+    // While heap profiling runs, every allocation misses the fast path (the `profile` module
+    // docs) and goes on to the cold path, which counts it.
+    if h as usize > DEAD as usize && !profile::active() {
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
     }
     // SAFETY: forwarded.
-    unsafe { alloc_small_slow(class, zero, code) }
+    unsafe { alloc_small_slow(size, class, zero, code) }
 }
 
-/// An allocation of `class` past the heap's fast path: from this thread's heap, made on first
-/// use, else the late heap, else a heap made for this one block.
+/// An allocation of `size` bytes, class `class`, past the heap's fast path: counted by the
+/// heap profiler while it runs, and served by [`alloc_small_any_heap`].
 ///
 /// # Safety
 /// `class` is one of the route box's (below `CLASSES`).
 #[cold]
 #[inline(never)]
-unsafe fn alloc_small_slow(class: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
+unsafe fn alloc_small_slow(
+    size: usize,
+    class: usize,
+    zero: bool,
+    code: &Option<Settings>,
+) -> *mut u8 {
+    if profile::active() {
+        // SAFETY: forwarded.
+        return profile::sampled(size, || unsafe { alloc_small_any_heap(class, zero, code) });
+    }
+    // SAFETY: forwarded.
+    unsafe { alloc_small_any_heap(class, zero, code) }
+}
+
+/// A block of `class` from this thread's heap, made on first use, else the late heap, else a
+/// heap made for this one block.
+///
+/// # Safety
+/// `class` is one of the route box's (below `CLASSES`).
+#[inline(always)]
+unsafe fn alloc_small_any_heap(class: usize, zero: bool, code: &Option<Settings>) -> *mut u8 {
     if ctx().is_none() {
         settings::apply_code(code);
     }
@@ -697,6 +731,12 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 #[cold]
 #[inline(never)]
 unsafe fn free_full(p: *mut u8) {
+    // Heap profiling: a profiling thread's own blocks by its real heap's fast path (H8), after
+    // the profiler's look, without the registry.
+    // SAFETY: forwarded.
+    if profile::active() && unsafe { profile::free_owned(p) } {
+        return;
+    }
     if !p.is_null() {
         // SAFETY: forwarded.
         unsafe { free_impl(p, "free") }

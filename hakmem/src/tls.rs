@@ -40,6 +40,7 @@
 //!   allocation and free of the thread reaches the facade's slow paths, where the profiler
 //!   counts it; the fast paths themselves are the same instructions, profiling or not.
 use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
 
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
@@ -54,6 +55,21 @@ static GONE_HEAP: EmptyHeap = EmptyHeap::new();
 /// allocation and free misses its fast path and reaches the profiler's count; the thread's
 /// real heap is in [`PROFILED`].
 static PROF_HEAP: EmptyHeap = EmptyHeap::new();
+
+/// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
+static PROFILING: AtomicBool = AtomicBool::new(false);
+
+/// True while heap profiling runs (T5): one relaxed load, for the slow paths.
+#[inline(always)]
+pub(crate) fn profiling() -> bool {
+    PROFILING.load(Ordering::Relaxed)
+}
+
+/// Heap profiling starts (T5): threads switch their slots at their next slow path, and heaps
+/// made from now on are switched as they are set.
+pub(crate) fn start_profiling() {
+    PROFILING.store(true, Ordering::Release);
+}
 
 std::thread_local! {
     /// A profiling thread's real heap (T5); read only on slow paths.
@@ -70,10 +86,18 @@ pub fn get() -> *mut Heap {
     } else if GONE_HEAP.is(h) {
         DEAD
     } else if PROF_HEAP.is(h) {
-        PROFILED.with(core::cell::Cell::get)
+        profiled_heap()
     } else {
         h
     }
+}
+
+/// A profiling thread's live heap (T5): out of line, so that [`get`] stays small where it is
+/// inlined.
+#[cold]
+#[inline(never)]
+fn profiled_heap() -> *mut Heap {
+    PROFILED.with(core::cell::Cell::get)
 }
 
 /// Heap profiling (T5): switches this thread's slot to the profiling empty heap, keeping its
@@ -96,7 +120,7 @@ pub fn raw() -> *mut Heap {
 /// Sets this thread's heap pointer (null and [`DEAD`] included).
 #[inline(always)]
 pub fn set(h: *mut Heap) {
-    if !h.is_null() && h != DEAD && crate::profile::active() {
+    if !h.is_null() && h != DEAD && profiling() {
         PROFILED.with(|c| c.set(h));
         return imp::set(PROF_HEAP.as_ptr());
     }

@@ -34,7 +34,7 @@
 //! ## Settings
 //! `HAKMEM_PROF` (0/1), `HAKMEM_PROF_SAMPLE` (bytes, mean interval), `HAKMEM_PROF_FILE`
 //! (written at exit, `%p` the process id; default `hakmem.%p.pb.gz`; collapsed stacks go
-//! beside it with `.collapsed` appended), `HAKMEM_PROF_SIGNAL` (1: `SIGUSR2` writes the files
+//! beside it with `.collapsed` appended; empty: none), `HAKMEM_PROF_SIGNAL` (1: `SIGUSR2` writes the files
 //! too, from a helper thread).
 //!
 //! Stacks are captured with libgcc's DWARF unwinder ([`unwind`]) and symbolised only when a
@@ -60,9 +60,6 @@ pub const NAMES: [&str; 4] = [
 /// The default mean sampling interval in bytes (jemalloc's default, 2^19).
 pub const DEFAULT_SAMPLE: u64 = 512 << 10;
 
-/// Set once profiling runs (never cleared: samples stay consistent only while every free is
-/// seen).
-static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The mean interval in bytes.
 static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE);
 static STARTING: AtomicBool = AtomicBool::new(false);
@@ -70,7 +67,7 @@ static STARTING: AtomicBool = AtomicBool::new(false);
 /// True while profiling runs: one relaxed load, for the slow paths.
 #[inline(always)]
 pub(crate) fn active() -> bool {
-    ACTIVE.load(Relaxed)
+    crate::tls::profiling()
 }
 
 /// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access).
@@ -107,15 +104,15 @@ fn next_interval(rng: &Cell<u64>) -> i64 {
 /// later); allocations made before are not in the profile. Returns false when the profiler's
 /// tables could not be mapped. Starting again changes nothing (the first interval stays).
 pub fn start(sample_bytes: u64) -> bool {
-    if ACTIVE.load(Acquire) {
+    if active() {
         return true;
     }
     if STARTING.swap(true, AcqRel) {
         // Another thread is starting it.
-        while !ACTIVE.load(Acquire) && STARTING.load(Acquire) {
+        while !active() && STARTING.load(Acquire) {
             hakmem_os::yield_now();
         }
-        return ACTIVE.load(Acquire);
+        return active();
     }
     if !table::map() {
         STARTING.store(false, Release);
@@ -133,7 +130,7 @@ pub fn start(sample_bytes: u64) -> bool {
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
-    ACTIVE.store(true, Release);
+    crate::tls::start_profiling();
     true
 }
 
@@ -192,6 +189,9 @@ extern "C" fn at_exit() {
 pub(crate) fn dump_env_files() {
     guarded(|| {
         let name = hakmem_os::getenv(c"HAKMEM_PROF_FILE").unwrap_or(b"hakmem.%p.pb.gz");
+        if name.is_empty() {
+            return;
+        }
         let name = String::from_utf8_lossy(name).replace("%p", &hakmem_os::pid().to_string());
         let p = snapshot_inner();
         let r = std::fs::File::create(&name)
@@ -312,27 +312,36 @@ pub(crate) fn on_free(p: *mut u8) {
     table::remove(p as usize);
 }
 
-/// An allocation of `size` bytes that routes to `class`, while profiling runs: from this
-/// thread's real heap (its slot is switched to the profiling empty heap first, so its own fast
-/// paths miss from now on), then counted.
-///
-/// # Safety
-/// As `alloc_impl`'s small route.
-#[cold]
-#[inline(never)]
-pub(crate) unsafe fn alloc_small(
-    size: usize,
-    class: usize,
-    zero: bool,
-    code: &Option<crate::Settings>,
-) -> *mut u8 {
+/// A small allocation of `size` bytes while profiling runs: `alloc` serves it from this
+/// thread's real heap (its slot is switched to the profiling empty heap first, tls T5, so its
+/// own fast paths miss from now on), then it is counted.
+#[inline(always)]
+pub(crate) fn sampled(size: usize, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
     crate::tls::enter_profiling();
-    // SAFETY: forwarded.
-    let p = unsafe { crate::alloc_small_unprofiled(class, zero, code) };
+    let p = alloc();
     if !p.is_null() {
         on_alloc(p, size);
     }
     p
+}
+
+/// `free`'s full path while profiling runs: drops `p`'s sample, then frees it by the real
+/// heap's owned-block path (hot_heap H8) when it is a block of this thread's heap; false,
+/// having freed nothing, otherwise (the caller then takes the full path, which decides).
+///
+/// # Safety
+/// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
+/// the full path).
+#[inline(never)]
+pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
+    let h = crate::tls::get();
+    if h as usize <= crate::tls::DEAD as usize {
+        return false;
+    }
+    on_free(p);
+    // SAFETY: this thread's live heap; any address is accepted (H8 reads nothing through it
+    // before its owned cache proves it ours).
+    unsafe { hakmem_hot_heap::Heap::try_free_owned(h, p) }
 }
 
 extern "C" fn fork_prepare() {

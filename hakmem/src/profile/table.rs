@@ -120,7 +120,13 @@ pub fn map() -> bool {
     }
     unlock();
     FILTER_P.store(ptrs[1].cast(), Release);
-    MAPPED.store(s.iter().sum::<usize>() as u64, Relaxed);
+    let total = s.iter().sum::<usize>();
+    MAPPED.store(total as u64, Relaxed);
+    // The stats count it with the other address space reserved `MAP_NORESERVE`
+    // (`Stats::reserved_bytes`).
+    if let Some(c) = crate::context::ctx() {
+        c.stats.event(hakmem_stats::Event::Reserve, total);
+    }
     true
 }
 
