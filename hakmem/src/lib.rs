@@ -446,9 +446,13 @@ unsafe fn alloc_small_miss(
     code: &Option<Settings>,
 ) -> *mut u8 {
     let h = heap_ptr();
-    // While heap profiling runs, every allocation misses the fast path (the `profile` module
-    // docs) and goes on to the cold path, which counts it.
-    if h as usize > DEAD as usize && !profile::active() {
+    if h as usize > DEAD as usize {
+        // While heap profiling runs, every allocation misses the fast path (the `profile`
+        // module docs) and is counted here.
+        if profile::active() {
+            // SAFETY: this thread's live heap, used on its own thread.
+            return profile::sampled(size, || unsafe { heap_alloc(&mut *h, class, zero) });
+        }
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
     }

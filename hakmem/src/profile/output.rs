@@ -391,11 +391,16 @@ pub fn snapshot(sample_bytes: u64) -> Profile {
             let fs = cache.entry(ip).or_insert_with(|| resolve(ip));
             site.frames.extend(fs.iter().cloned());
         }
-        let trim = site
-            .frames
-            .iter()
-            .take_while(|f| allocator_frame(&f.function))
-            .count();
+        // The allocator's own frames at the innermost end go, with the std and core frames
+        // inlined among them (the sampler's thread-local access).
+        let mut trim = 0;
+        for (i, f) in site.frames.iter().enumerate() {
+            if allocator_frame(&f.function) {
+                trim = i + 1;
+            } else if !(f.function.starts_with("std::") || f.function.starts_with("core::")) {
+                break;
+            }
+        }
         if trim < site.frames.len() {
             site.frames.drain(..trim);
         }
