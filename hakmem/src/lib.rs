@@ -120,6 +120,11 @@
 //   withdrawn (medium M4). So a stale or bad pointer is reported as F4 says even while other
 //   threads unmap the memory it points into. The owner's fast free (H8) and `dealloc` with a
 //   small layout use no registry, so no section.
+// - **F8 (profiling off the fast paths).** The heap profiler (`profile/`) is reached only from
+//   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
+//   and large tiers, a moving realloc. While it runs, every thread's slot holds an empty heap
+//   (tls T5), so every call misses and is seen; a block's sample is dropped before the block
+//   goes back, so an address reused by another allocation never carries an old sample.
 //
 
 mod context;
