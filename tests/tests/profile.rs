@@ -100,3 +100,21 @@ fn c_live_shares_at_the_default_rate_with_bad_frees_in_warn_mode() {
     assert!(s[3] < 0.5, "{s:?}");
     assert!(stderr.contains("invalid pointer"), "{stderr}");
 }
+
+/// HAKMEM_PROF_SIGNAL=1: SIGUSR2 writes the profile while the program runs (the program checks
+/// the file names its held block's site, then leaves without running exit handlers).
+#[test]
+fn c_sigusr2_writes_the_profile() {
+    let h = h();
+    let dir: PathBuf = h.scratch("prof-signal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = h.preloaded(h.c_program("prof_signal"));
+    cmd.arg(&dir)
+        .env("HAKMEM_PROF", "1")
+        .env("HAKMEM_PROF_SIGNAL", "1")
+        .env("HAKMEM_PROF_FILE", dir.join("heap.%p.pb.gz"));
+    run(&mut cmd)
+        .assert_success()
+        .assert_stdout_has("prof_signal ok");
+}
