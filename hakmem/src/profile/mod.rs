@@ -37,7 +37,7 @@
 //! beside it with `.collapsed` appended; empty: none), `HAKMEM_PROF_SIGNAL` (1: `SIGUSR2` writes the files
 //! too, from a helper thread).
 //!
-//! Stacks are captured with libgcc's DWARF unwinder ([`unwind`]) and symbolised only when a
+//! Stacks are captured with libgcc's DWARF unwinder (`_Unwind_Backtrace`) and symbolised only when a
 //! profile is written or viewed, outside every allocator lock, with the thread's sampler
 //! guard set: the allocations that symbolisation makes are served but not sampled.
 mod output;
@@ -126,9 +126,12 @@ pub fn start(sample_bytes: u64) -> bool {
         },
         Relaxed,
     );
-    // SAFETY: plain registrations of extern "C" functions that live for the process.
+    // Only a child handler: taking the table's lock in `prepare` would order it before the
+    // locks hakmem's own `prepare` takes after it (stdio's list lock among them), and a thread
+    // that holds one of those and samples would wait for it.
+    // SAFETY: a plain registration of an extern "C" function that lives for the process.
     unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        libc::pthread_atfork(None, None, Some(fork_child));
     }
     crate::tls::start_profiling();
     true
@@ -344,19 +347,15 @@ pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
     unsafe { hakmem_hot_heap::Heap::try_free_owned(h, p) }
 }
 
-extern "C" fn fork_prepare() {
-    table::lock();
-}
-
-extern "C" fn fork_parent() {
-    table::unlock();
-}
-
 extern "C" fn fork_child() {
     // The child's profile starts empty: its blocks were sampled in the parent, whose profile
-    // holds them.
-    table::clear_locked();
+    // holds them. Another thread may have held the table's lock at the fork, mid-update: the
+    // child, where that thread does not exist, takes the lock over and clears what that
+    // update could have left half done (table PT4).
     table::force_unlock();
+    table::lock();
+    table::clear_locked();
+    table::unlock();
 }
 
 /// Whether this thread's sampler guard is set (for tests of the re-entry guard).

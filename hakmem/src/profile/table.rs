@@ -12,6 +12,10 @@
 //! - **PT3 (stacks).** A stack, once stored, keeps its id and frames for the process's life
 //!   (a fork's child keeps them and zeroes their counters); its live counters are the sums of
 //!   the weights of its live samples.
+//! - **PT4 (fork).** A fork may copy the tables in the middle of another thread's update. The
+//!   child clears the samples, the filter and every counter; a stack insert cut short leaves at
+//!   most a record past `n_stacks` (overwritten by the next insert) or an index slot naming
+//!   it, whose hash or frames then differ from the new record's, so lookups skip it.
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 use hakmem_os::LibcOs;
@@ -156,8 +160,7 @@ pub fn unlock() {
     LOCK.store(false, Release);
 }
 
-/// For a fork's child: the lock as if nobody held it (only the forking thread exists, and it
-/// took the lock in `prepare`).
+/// For a fork's child: the lock as if nobody held it (only the forking thread exists; PT4).
 pub fn force_unlock() {
     LOCK.store(false, Release);
 }
