@@ -118,3 +118,73 @@ fn c_sigusr2_writes_the_profile() {
         .assert_success()
         .assert_stdout_has("prof_signal ok");
 }
+
+/// Instructions per `malloc(16)` + `free` pair under callgrind, with libhakmem.so `lib`:
+/// (Ir at 400 000 pairs - Ir at 200 000) / 200 000, as the bench's `callgrind/c-pair`.
+fn pair_instructions(lib: &std::path::Path, tag: &str) -> f64 {
+    let h = h();
+    let prog = h.c_program("prof_pair");
+    let mut ir = Vec::new();
+    let dir = h.scratch(&format!("callgrind-{tag}"));
+    for n in [200_000u64, 400_000] {
+        let out = dir.join(format!("{n}.out"));
+        let mut cmd = std::process::Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&prog)
+            .arg(n.to_string())
+            .env("LD_PRELOAD", lib);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HAKMEM_") {
+                cmd.env_remove(k);
+            }
+        }
+        let o = cmd
+            .output()
+            .expect("valgrind runs (the off-path test needs it)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let total = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("a callgrind total");
+        ir.push(total);
+    }
+    (ir[1] - ir[0]) as f64 / 200_000.0
+}
+
+/// With profiling off, the malloc and free fast paths are the same instructions as with the
+/// profiler's hooks compiled out (`--cfg hakmem_no_profile`): the C pair's instruction count
+/// under callgrind is the same for both libraries.
+#[test]
+fn c_fast_paths_are_unchanged_with_profiling_off() {
+    let h = h();
+    // Kept between runs (a scratch directory would be emptied), so cargo rebuilds only what
+    // changed.
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("noprof-target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "hakmem-preload", "--target-dir"])
+        .arg(&target)
+        .current_dir(hakmem_tests::workspace_root())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "--cfg hakmem_no_profile")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let without = target.join("release").join("libhakmem.so");
+    let with = pair_instructions(h.lib(), "with");
+    let compiled_out = pair_instructions(&without, "without");
+    assert!(
+        (with - compiled_out).abs() < 0.01,
+        "per pair: {with} with the hooks, {compiled_out} without"
+    );
+}
