@@ -180,6 +180,8 @@ fn init() -> Option<&'static Ctx> {
     unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     // Also after READY, for the same reason (atexit may allocate past its static slots).
     crate::stats::after_start_up(at_exit);
+    // Heap profiling from the environment: after READY too (it registers an exit handler).
+    crate::profile::start_from_env();
     // Settings from code arrive with the first allocation, not at load: so does their purge
     // thread (pthread_create may allocate, which finds hakmem ready).
     if crate::settings::code_applied() {

@@ -123,12 +123,18 @@
 // - **F8 (fork during start-up).** While start-up runs, its state word holds the initialising
 //   process's id, so a child forked from another thread during start-up claims start-up
 //   afresh instead of waiting for a thread its process does not have (`global.rs`).
+// - **F9 (profiling off the fast paths).** The heap profiler (`profile/`) is reached only from
+//   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
+//   and large tiers, a moving realloc. While it runs, every thread's slot holds an empty heap
+//   (tls T5), so every call misses and is seen; a block's sample is dropped before the block
+//   goes back, so an address reused by another allocation never carries an old sample.
 //
 
 mod context;
 mod global;
 mod heap;
 mod out;
+pub mod profile;
 mod purge;
 mod settings;
 mod stats;
@@ -402,14 +408,12 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
                     return p;
                 }
             }
-            let h = heap_ptr();
-            if h as usize > DEAD as usize {
-                // SAFETY: this thread's live heap, used on its own thread.
-                return unsafe { heap_alloc(&mut *h, class, zero) };
-            }
-            alloc_small_slow(class, zero, code)
+            alloc_small_miss(size, class, zero, code)
         }
         Route::Large => match ctx_or_init_with(code) {
+            // Heap profiling: out of line, so that this function keeps its tail calls (and
+            // saves no more registers on its fast path).
+            Some(ctx) if profile::active() => alloc_large_profiled(ctx, size, align, zero),
             Some(ctx) if medium::serves(ctx, size, align) => {
                 medium::alloc(ctx, row(), size, align, zero)
             }
@@ -419,11 +423,59 @@ unsafe fn alloc_impl(size: usize, align: usize, zero: bool, code: &Option<Settin
     }
 }
 
-/// An allocation of `class` past the heap's fast path: from this thread's heap, made on first
-/// use, else the late heap, else a heap made for this one block.
+/// A medium or large allocation while heap profiling runs, counted (`profile` module docs).
 #[cold]
 #[inline(never)]
-fn alloc_small_slow(class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
+fn alloc_large_profiled(
+    ctx: &'static hakmem_hot_heap::Ctx,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> *mut u8 {
+    let p = if medium::serves(ctx, size, align) {
+        medium::alloc(ctx, row(), size, align, zero)
+    } else {
+        large::alloc(ctx, row(), size, align, zero)
+    };
+    if !p.is_null() {
+        profile::on_alloc(p, size);
+    }
+    p
+}
+
+/// A small allocation past the fast path's miss: from this thread's heap, else
+/// [`alloc_small_slow`]. Out of line, so that the fast path stays small where it is inlined.
+#[inline(never)]
+fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // While heap profiling runs, every allocation misses the fast path (the `profile`
+        // module docs) and is counted here.
+        if profile::active() {
+            // SAFETY: this thread's live heap, used on its own thread.
+            return profile::sampled(size, || unsafe { heap_alloc(&mut *h, class, zero) });
+        }
+        // SAFETY: this thread's live heap, used on its own thread.
+        return unsafe { heap_alloc(&mut *h, class, zero) };
+    }
+    alloc_small_slow(size, class, zero, code)
+}
+
+/// An allocation of `size` bytes, class `class`, past the heap's fast path: counted by the
+/// heap profiler while it runs, and served by [`alloc_small_any_heap`].
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
+    if profile::active() {
+        return profile::sampled(size, || alloc_small_any_heap(class, zero, code));
+    }
+    alloc_small_any_heap(class, zero, code)
+}
+
+/// A block of `class` from this thread's heap, made on first use, else the late heap, else a
+/// heap made for this one block.
+#[inline(always)]
+fn alloc_small_any_heap(class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     if ctx().is_none() {
         settings::apply_code(code);
     }
@@ -635,12 +687,18 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         }
         PtrRoute::Large(lh) if lh.user() == p as usize => {
             drop(section);
+            if profile::active() {
+                profile::on_free(p);
+            }
             // SAFETY: the registry said `lh` is live, its block starts at `p`, and the caller
             // gives it up.
             unsafe { large::free(ctx, row(), lh) }
         }
         PtrRoute::Medium(base) => {
             drop(section);
+            if profile::active() {
+                profile::on_free(p);
+            }
             // SAFETY: checked again under the medium tier's lock; `p` is given up.
             match unsafe { medium::free(ctx, row(), base, p) } {
                 Ok(()) => {}
@@ -665,6 +723,12 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 #[cold]
 #[inline(never)]
 unsafe fn free_full(p: *mut u8) {
+    // Heap profiling: a profiling thread's own blocks by its real heap's fast path (H8), after
+    // the profiler's look, without the registry.
+    // SAFETY: forwarded.
+    if profile::active() && unsafe { profile::free_owned(p) } {
+        return;
+    }
     if !p.is_null() {
         // SAFETY: forwarded.
         unsafe { free_impl(p, "free") }
@@ -695,6 +759,11 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    // Heap profiling: every small free of a profiling thread comes here (its heap slot holds
+    // an empty heap), and so does every other heap's: a sampled block's sample goes first.
+    if profile::active() {
+        profile::on_free(p);
+    }
     let h = crate::tls::raw();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
@@ -720,7 +789,13 @@ unsafe fn free_small_slow(p: *mut u8) {
     let Some(ctx) = ctx() else {
         return invalid_pointer("free", p);
     };
-    if heap_ptr().is_null() {
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // A profiling thread (its slot holds `tls::PROF_HEAP`, and `heap_ptr` its real heap).
+        // SAFETY: this thread's live heap; `p` is given up.
+        return unsafe { (*h).free_small(ss, slab, p) };
+    }
+    if h.is_null() {
         if let Some(h) = heap_slow() {
             // SAFETY: this thread's new heap; `p` is given up.
             return unsafe { (*h.as_ptr()).free_small(ss, slab, p) };
@@ -757,6 +832,10 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             ) {
                 // SAFETY: the caller holds the block.
                 if let Some(q) = unsafe { large::grow(ctx, h as *const _ as usize, new_size) } {
+                    if profile::active() {
+                        profile::on_free(p);
+                        profile::on_alloc(q, new_size);
+                    }
                     return q;
                 }
             }

@@ -149,7 +149,8 @@ impl Stats {
 
     /// Address space reserved but not in use as memory: the registry's leaves (512 KiB each,
     /// one per 128 GiB of address space in use), mapped `MAP_NORESERVE` and touched only under
-    /// live regions.
+    /// live regions, and the heap profiler's tables while it runs (`hakmem::profile`, about
+    /// 67 MiB, touched as samples and stacks fill them).
     pub fn reserved_bytes(&self) -> u64 {
         self.bytes(Event::Reserve)
     }

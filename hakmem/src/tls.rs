@@ -16,6 +16,8 @@
 //!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
+//! While heap profiling runs, a live heap is kept in a second, ordinary thread-local (T5).
+//!
 //! ## Invariants
 //! - **T1 (per thread).** Each thread has its own slot, null (as [`get`] reads it) when the
 //!   thread starts.
@@ -32,7 +34,13 @@
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
+//! - **T5 (profiling).** While heap profiling runs (`crate::profile`), the slot of a thread
+//!   with a live heap holds a third empty heap, `PROF_HEAP`, and the heap itself is kept in
+//!   `PROFILED`, which [`get`] returns. So both fast paths miss (hot_heap H9) and every
+//!   allocation and free of the thread reaches the facade's slow paths, where the profiler
+//!   counts it; the fast paths themselves are the same instructions, profiling or not.
 use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
 
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
@@ -43,6 +51,35 @@ pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 pub(crate) static NO_HEAP: EmptyHeap = EmptyHeap::new();
 /// What the slot holds for "heap gone" ([`DEAD`]): another empty heap.
 static GONE_HEAP: EmptyHeap = EmptyHeap::new();
+/// What the slot holds while heap profiling runs (T5): a third empty heap, so that every
+/// allocation and free misses its fast path and reaches the profiler's count; the thread's
+/// real heap is in [`PROFILED`].
+static PROF_HEAP: EmptyHeap = EmptyHeap::new();
+
+/// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
+static PROFILING: AtomicBool = AtomicBool::new(false);
+
+/// True while heap profiling runs (T5): one relaxed load, for the slow paths.
+#[inline(always)]
+pub(crate) fn profiling() -> bool {
+    // `--cfg hakmem_no_profile` compiles the profiler's hooks out, for the test that the fast
+    // paths are the same instructions with them in and off (tests/tests/profile.rs).
+    #[cfg(hakmem_no_profile)]
+    return false;
+    #[cfg(not(hakmem_no_profile))]
+    PROFILING.load(Ordering::Relaxed)
+}
+
+/// Heap profiling starts (T5): threads switch their slots at their next slow path, and heaps
+/// made from now on are switched as they are set.
+pub(crate) fn start_profiling() {
+    PROFILING.store(true, Ordering::Release);
+}
+
+std::thread_local! {
+    /// A profiling thread's real heap (T5); read only on slow paths.
+    static PROFILED: core::cell::Cell<*mut Heap> = const { core::cell::Cell::new(null_mut()) };
+}
 
 /// This thread's heap pointer: null until [`set`] is called on this thread, [`DEAD`] after its
 /// heap is gone.
@@ -53,8 +90,28 @@ pub fn get() -> *mut Heap {
         null_mut()
     } else if GONE_HEAP.is(h) {
         DEAD
+    } else if PROF_HEAP.is(h) {
+        profiled_heap()
     } else {
         h
+    }
+}
+
+/// A profiling thread's live heap (T5): out of line, so that [`get`] stays small where it is
+/// inlined.
+#[cold]
+#[inline(never)]
+fn profiled_heap() -> *mut Heap {
+    PROFILED.with(core::cell::Cell::get)
+}
+
+/// Heap profiling (T5): switches this thread's slot to the profiling empty heap, keeping its
+/// live heap for [`get`]; nothing for a thread without a live heap or already switched.
+pub(crate) fn enter_profiling() {
+    let h = imp::get();
+    if !(NO_HEAP.is(h) || GONE_HEAP.is(h) || PROF_HEAP.is(h)) {
+        PROFILED.with(|c| c.set(h));
+        imp::set(PROF_HEAP.as_ptr());
     }
 }
 
@@ -68,6 +125,10 @@ pub fn raw() -> *mut Heap {
 /// Sets this thread's heap pointer (null and [`DEAD`] included).
 #[inline(always)]
 pub fn set(h: *mut Heap) {
+    if !h.is_null() && h != DEAD && profiling() {
+        PROFILED.with(|c| c.set(h));
+        return imp::set(PROF_HEAP.as_ptr());
+    }
     imp::set(if h.is_null() {
         NO_HEAP.as_ptr()
     } else if h == DEAD {

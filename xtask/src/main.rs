@@ -4,11 +4,14 @@
 //! - `cargo xtask bench`: the benchmark suite against glibc, mimalloc and jemalloc, in two
 //!   lanes: Rust's global allocator and C programs under LD_PRELOAD.
 //! - `cargo xtask preload -- CMD ARGS...`: build `libhakmem.so` and run a command on it.
+//! - `cargo xtask profile -- CMD ARGS...`: the same with heap profiling on; writes pprof files
+//!   and flamegraphs.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
 mod preload;
+mod profile;
 mod verify;
 
 #[derive(Parser)]
@@ -39,6 +42,8 @@ See docs/BENCHMARKS.md for the workloads and how they are measured.")]
     Bench(bench::Args),
     /// Build libhakmem.so and run a command with it preloaded.
     Preload(preload::Args),
+    /// Run a command on libhakmem.so with heap profiling on: pprof files and flamegraphs.
+    Profile(profile::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Verify(a) => verify::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Preload(a) => preload::run(a),
+        Cmd::Profile(a) => profile::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

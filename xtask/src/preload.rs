@@ -33,8 +33,8 @@ fn target_dir() -> Result<PathBuf, String> {
     }
 }
 
-pub fn run(a: Args) -> Result<(), String> {
-    let (program, args) = a.cmd.split_first().ok_or("no command given")?;
+/// Builds `libhakmem.so` (release) and returns its absolute path.
+pub fn build_library() -> Result<PathBuf, String> {
     let target = target_dir()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = Command::new(cargo)
@@ -50,6 +50,12 @@ pub fn run(a: Args) -> Result<(), String> {
     if !lib.is_file() {
         return Err(format!("{} is missing after the build", lib.display()));
     }
+    Ok(lib)
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let (program, args) = a.cmd.split_first().ok_or("no command given")?;
+    let lib = build_library()?;
     let mut preload = OsString::from(lib.as_os_str());
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");

@@ -1,0 +1,378 @@
+//! Heap profiling: which stacks hold the memory, estimated from samples.
+//!
+//! With `HAKMEM_PROF=1` (or [`start`] from code), hakmem samples on average one allocation per
+//! `HAKMEM_PROF_SAMPLE` bytes allocated (default 512 KiB), captures its stack, and keeps the
+//! sample until the block is freed. Each thread counts down an exponentially distributed
+//! number of bytes, so each byte allocated is sampled with the same small chance, and a sampled
+//! block of `s` bytes stands for `s / (1 - exp(-s / N))` bytes (and `1 / (1 - exp(-s / N))`
+//! objects), as jemalloc and tcmalloc scale theirs: the estimates are unbiased for every size.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static A: hakmem::HakMem = hakmem::HakMem;
+//!
+//! hakmem::profile::start(64 << 10); // or HAKMEM_PROF=1 in the environment
+//! let held: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 4096]).collect();
+//! let p = hakmem::profile::snapshot();
+//! for site in p.sites.iter().take(3) {
+//!     println!("{} live bytes at {:?}", site.live_bytes, site.frames.first());
+//! }
+//! hakmem::profile::dump("heap.pb.gz").unwrap(); // pprof; also dump_collapsed
+//! # drop(held);
+//! ```
+//!
+//! ## How it hooks in (nothing on the fast paths)
+//! The fast paths stay as they are: while profiling runs, each thread's heap slot holds an
+//! empty heap (hot_heap H9, `tls::PROF_HEAP`), so every allocation and free misses the fast
+//! path and takes the facade's slow path, which counts the bytes down and then serves the
+//! block from the thread's real heap (kept in a second thread-local). A free drops its sample
+//! there; a free reads a lock-free filter first (table PT2), so only frees of (almost surely)
+//! sampled blocks take the profiler's lock. With profiling off, the only additions are one
+//! load and branch on paths that are slow already (a fast path's miss, a foreign or orphan
+//! free, the medium and large tiers).
+//!
+//! ## Settings
+//! `HAKMEM_PROF` (0/1), `HAKMEM_PROF_SAMPLE` (bytes, mean interval), `HAKMEM_PROF_FILE`
+//! (written at exit, `%p` the process id; default `hakmem.%p.pb.gz`; collapsed stacks go
+//! beside it with `.collapsed` appended; empty: none), `HAKMEM_PROF_SIGNAL` (1: `SIGUSR2` writes the files
+//! too, from a helper thread).
+//!
+//! Stacks are captured with libgcc's DWARF unwinder (`_Unwind_Backtrace`) and symbolised only when a
+//! profile is written or viewed, outside every allocator lock, with the thread's sampler
+//! guard set: the allocations that symbolisation makes are served but not sampled.
+mod output;
+mod table;
+mod unwind;
+
+pub use output::{Frame, Profile, Site};
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+
+/// The profiler's environment variables (for the settings' unknown-name check).
+pub const NAMES: [&str; 4] = [
+    "HAKMEM_PROF",
+    "HAKMEM_PROF_SAMPLE",
+    "HAKMEM_PROF_FILE",
+    "HAKMEM_PROF_SIGNAL",
+];
+
+/// The default mean sampling interval in bytes (jemalloc's default, 2^19).
+pub const DEFAULT_SAMPLE: u64 = 512 << 10;
+
+/// The mean interval in bytes.
+static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE);
+static STARTING: AtomicBool = AtomicBool::new(false);
+
+/// True while profiling runs: one relaxed load, for the slow paths.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    crate::tls::profiling()
+}
+
+/// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access).
+struct Sampler {
+    /// Bytes left before the next sample.
+    left: Cell<i64>,
+    /// xorshift state; 0 until the thread's first use.
+    rng: Cell<u64>,
+    /// The re-entry guard: set while this thread samples or writes a profile.
+    busy: Cell<bool>,
+}
+
+std::thread_local! {
+    static SAMPLER: Sampler = const {
+        Sampler { left: Cell::new(0), rng: Cell::new(0), busy: Cell::new(false) }
+    };
+}
+
+/// An exponentially distributed interval with mean `MEAN`, at least 1.
+fn next_interval(rng: &Cell<u64>) -> i64 {
+    let mut x = rng.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    rng.set(x);
+    // Uniform in (0, 1]: never ln(0).
+    let u = ((x >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+    let mean = MEAN.load(Relaxed) as f64;
+    ((-u.ln() * mean) as i64).max(1)
+}
+
+/// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
+/// sampling at their next allocation that misses their fast path (at once for threads made
+/// later); allocations made before are not in the profile. Returns false when the profiler's
+/// tables could not be mapped. Starting again changes nothing (the first interval stays).
+pub fn start(sample_bytes: u64) -> bool {
+    if active() {
+        return true;
+    }
+    if STARTING.swap(true, AcqRel) {
+        // Another thread is starting it.
+        while !active() && STARTING.load(Acquire) {
+            hakmem_os::yield_now();
+        }
+        return active();
+    }
+    if !table::map() {
+        STARTING.store(false, Release);
+        return false;
+    }
+    MEAN.store(
+        if sample_bytes == 0 {
+            DEFAULT_SAMPLE
+        } else {
+            sample_bytes
+        },
+        Relaxed,
+    );
+    // Only a child handler: taking the table's lock in `prepare` would order it before the
+    // locks hakmem's own `prepare` takes after it (stdio's list lock among them), and a thread
+    // that holds one of those and samples would wait for it.
+    // SAFETY: a plain registration of an extern "C" function that lives for the process.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(fork_child));
+    }
+    crate::tls::start_profiling();
+    true
+}
+
+/// A 0/1 setting of the profiler: true for `1`; unset or `0` is false, and any other value
+/// gets a warning and the default (0).
+fn flag(name: &core::ffi::CStr) -> bool {
+    match hakmem_os::getenv(name) {
+        None | Some(b"0") => false,
+        Some(b"1") => true,
+        Some(_) => {
+            hakmem_os::write_stderr(b"hakmem: warning: ");
+            hakmem_os::write_stderr(name.to_bytes());
+            hakmem_os::write_stderr(b" is not 0 or 1; the default (0) is used\n");
+            false
+        }
+    }
+}
+
+/// Reads `HAKMEM_PROF*` and starts profiling when `HAKMEM_PROF=1`, with the exit dump (and the
+/// signal's, with `HAKMEM_PROF_SIGNAL=1`). Called once hakmem is ready (it registers an exit
+/// handler and may start a thread, which allocate).
+pub(crate) fn start_from_env() {
+    if !flag(c"HAKMEM_PROF") {
+        return;
+    }
+    let mean = match hakmem_os::getenv(c"HAKMEM_PROF_SAMPLE") {
+        Some(v) => match core::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(n) if n > 0 => n,
+            _ => {
+                hakmem_os::write_stderr(
+                    b"hakmem: warning: HAKMEM_PROF_SAMPLE is not a positive number of bytes; \
+                      the default (524288) is used\n",
+                );
+                DEFAULT_SAMPLE
+            }
+        },
+        None => DEFAULT_SAMPLE,
+    };
+    if !start(mean) {
+        hakmem_os::write_stderr(b"hakmem: warning: HAKMEM_PROF: the profiler's tables could not be mapped; not profiling\n");
+        return;
+    }
+    // SAFETY: registers an extern "C" handler that lives for the process.
+    unsafe { libc::atexit(at_exit) };
+}
+
+/// Runs [`at_load`] when the object holding hakmem is loaded (before `main`).
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+/// `HAKMEM_PROF=1 HAKMEM_PROF_SIGNAL=1`: the `SIGUSR2` handler and its helper thread, started
+/// at load time (making a thread allocates, which is better done outside any allocation).
+extern "C" fn at_load() {
+    if hakmem_os::getenv(c"HAKMEM_PROF") == Some(b"1") && flag(c"HAKMEM_PROF_SIGNAL") {
+        output::start_signal_thread();
+    }
+}
+
+extern "C" fn at_exit() {
+    dump_env_files();
+}
+
+/// Writes the pprof file and the collapsed stacks where `HAKMEM_PROF_FILE` says (`%p`: the
+/// process id), reporting a failure on stderr.
+pub(crate) fn dump_env_files() {
+    guarded(|| {
+        let name = hakmem_os::getenv(c"HAKMEM_PROF_FILE").unwrap_or(b"hakmem.%p.pb.gz");
+        if name.is_empty() {
+            return;
+        }
+        let name = String::from_utf8_lossy(name).replace("%p", &hakmem_os::pid().to_string());
+        let p = snapshot_inner();
+        let r = std::fs::File::create(&name)
+            .and_then(|f| p.write_pprof(std::io::BufWriter::new(f)))
+            .and_then(|_| {
+                let f = std::fs::File::create(format!("{name}.collapsed"))?;
+                p.write_collapsed(std::io::BufWriter::new(f))
+            });
+        if let Err(e) = r {
+            hakmem_os::write_stderr(
+                format!("hakmem: profile: cannot write {name}: {e}\n").as_bytes(),
+            );
+        }
+    })
+}
+
+/// Runs `f` with this thread's sampler guard set, so that what it allocates is not sampled.
+fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    let was = SAMPLER.with(|s| s.busy.replace(true));
+    let r = f();
+    SAMPLER.with(|s| s.busy.set(was));
+    r
+}
+
+/// The profile now: every stack with a sample, symbolised, largest live bytes first. Empty
+/// when profiling has not started.
+pub fn snapshot() -> Profile {
+    guarded(snapshot_inner)
+}
+
+fn snapshot_inner() -> Profile {
+    output::snapshot(MEAN.load(Relaxed))
+}
+
+/// Writes the profile to `path` as a gzipped pprof protobuf (sample types: allocated objects
+/// and bytes since the start, live objects and bytes now; scaled), as `pprof` and
+/// `go tool pprof` read it.
+pub fn dump(path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+    guarded(|| {
+        let f = std::fs::File::create(path)?;
+        snapshot_inner().write_pprof(std::io::BufWriter::new(f))
+    })
+}
+
+/// Writes the live bytes as collapsed stacks (`root;...;leaf bytes` per line), the input of
+/// flamegraph tools (`cargo xtask profile` draws it with inferno).
+pub fn dump_collapsed(path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+    guarded(|| {
+        let f = std::fs::File::create(path)?;
+        snapshot_inner().write_collapsed(std::io::BufWriter::new(f))
+    })
+}
+
+/// The profiler's own memory and state, for the stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfilerStats {
+    /// Whether profiling runs.
+    pub active: bool,
+    /// Bytes of address space its tables reserve (touched pages only are resident).
+    pub mapped_bytes: u64,
+    /// Live samples held.
+    pub live_samples: usize,
+    /// Distinct stacks stored.
+    pub stacks: usize,
+    /// Samples dropped because the address table was full.
+    pub dropped: u64,
+}
+
+/// The profiler's own memory and counts (zero before [`start`]).
+pub fn stats() -> ProfilerStats {
+    if !active() {
+        return ProfilerStats::default();
+    }
+    let (stacks, _, live) = table::counts();
+    ProfilerStats {
+        active: true,
+        mapped_bytes: table::mapped_bytes(),
+        live_samples: live,
+        stacks,
+        dropped: table::dropped(),
+    }
+}
+
+/// An allocation of `size` bytes at `p` (not null), while profiling runs: counted down, and
+/// sampled when the countdown crosses zero.
+#[inline(never)]
+pub(crate) fn on_alloc(p: *mut u8, size: usize) {
+    SAMPLER.with(|s| {
+        if s.busy.get() {
+            return;
+        }
+        if s.rng.get() == 0 {
+            let seed = hakmem_os::secret(hakmem_os::thread_id() as u64) | 1;
+            s.rng.set(seed);
+            s.left.set(next_interval(&s.rng));
+        }
+        let left = s.left.get() - size as i64;
+        if left > 0 {
+            s.left.set(left);
+            return;
+        }
+        // A point of the sampling process fell within this block; the next one lies an
+        // exponential interval past its end (the process is memoryless).
+        s.busy.set(true);
+        s.left.set(next_interval(&s.rng));
+        let frames = unwind::capture();
+        let mean = MEAN.load(Relaxed) as f64;
+        let prob = 1.0 - (-(size as f64) / mean).exp();
+        let (objects, bytes) = (1.0 / prob, size as f64 / prob);
+        table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
+        s.busy.set(false);
+    })
+}
+
+/// A free of `p` while profiling runs, before the block goes back: its sample, if any, goes.
+#[inline(always)]
+pub(crate) fn on_free(p: *mut u8) {
+    table::remove(p as usize);
+}
+
+/// A small allocation of `size` bytes while profiling runs: `alloc` serves it from this
+/// thread's real heap (its slot is switched to the profiling empty heap first, tls T5, so its
+/// own fast paths miss from now on), then it is counted.
+#[inline(always)]
+pub(crate) fn sampled(size: usize, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+    crate::tls::enter_profiling();
+    let p = alloc();
+    if !p.is_null() {
+        on_alloc(p, size);
+    }
+    p
+}
+
+/// `free`'s full path while profiling runs: drops `p`'s sample, then frees it by the real
+/// heap's owned-block path (hot_heap H8) when it is a block of this thread's heap; false,
+/// having freed nothing, otherwise (the caller then takes the full path, which decides).
+///
+/// # Safety
+/// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
+/// the full path).
+#[inline(never)]
+pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
+    let h = crate::tls::get();
+    if h as usize <= crate::tls::DEAD as usize {
+        return false;
+    }
+    on_free(p);
+    // SAFETY: this thread's live heap; any address is accepted (H8 reads nothing through it
+    // before its owned cache proves it ours).
+    unsafe { hakmem_hot_heap::Heap::try_free_owned(h, p) }
+}
+
+extern "C" fn fork_child() {
+    // The child's profile starts empty: its blocks were sampled in the parent, whose profile
+    // holds them. Another thread may have held the table's lock at the fork, mid-update: the
+    // child, where that thread does not exist, takes the lock over and clears what that
+    // update could have left half done (table PT4).
+    table::force_unlock();
+    table::lock();
+    table::clear_locked();
+    table::unlock();
+}
+
+/// Whether this thread's sampler guard is set (for tests of the re-entry guard).
+#[doc(hidden)]
+pub fn guard_is_set() -> bool {
+    SAMPLER.with(|s| s.busy.get())
+}

@@ -1,0 +1,409 @@
+//! The profiler's tables: the live samples keyed by address, the lock-free filter a free reads
+//! first, and the deduplicated stacks with their counters. All of it is mapped from the OS
+//! (`MAP_NORESERVE`, pages touched on use), never from the heap being profiled.
+//!
+//! Invariants:
+//! - **PT1 (one lock).** Every table but the filter is read and written under [`LOCK`] only;
+//!   nothing allocates, frees or captures a stack while holding it.
+//! - **PT2 (filter).** `filter[h(a)]` counts the live samples whose address hashes to `h(a)`. It
+//!   is raised under the lock before the sampled block reaches its user, and lowered under the
+//!   lock when the sample goes, so a free of a sampled block (which happens after the user
+//!   got it) always reads a non-zero count: a zero means "not sampled" without the lock.
+//! - **PT3 (stacks).** A stack, once stored, keeps its id and frames for the process's life
+//!   (a fork's child keeps them and zeroes their counters); its live counters are the sums of
+//!   the weights of its live samples.
+//! - **PT4 (fork).** A fork may copy the tables in the middle of another thread's update. The
+//!   child clears the samples, the filter and every counter; a stack insert cut short leaves at
+//!   most a record past `n_stacks` (overwritten by the next insert) or an index slot naming
+//!   it, whose hash or frames then differ from the new record's, so lookups skip it.
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use hakmem_os::LibcOs;
+
+/// Frames kept per stack.
+pub const MAX_FRAMES: usize = 64;
+/// Live samples the address table holds at most (at 7/8 of its slots; more are dropped and
+/// counted).
+const SLOTS: usize = 1 << 20;
+/// The filter's counters (PT2).
+const FILTER: usize = 1 << 18;
+/// Distinct stacks at most; stack 0 takes the samples of stacks that find the table full.
+const STACKS: usize = 1 << 16;
+/// The stack index's slots (ids by hash).
+const INDEX: usize = 1 << 17;
+/// Frames of all stacks together.
+const FRAMES: usize = 1 << 22;
+
+/// A live sample: its block's address (0: an empty slot), its stack and its weights.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Sample {
+    addr: usize,
+    stack: u32,
+    objects: f64,
+    bytes: f64,
+}
+
+/// A stored stack and its counters (PT3).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct StackRec {
+    hash: u64,
+    start: u32,
+    len: u32,
+    /// Estimated live objects and bytes (the weights of its live samples).
+    pub live_objects: f64,
+    pub live_bytes: f64,
+    /// Estimated objects and bytes allocated since the start (or the fork).
+    pub alloc_objects: f64,
+    pub alloc_bytes: f64,
+}
+
+struct Tables {
+    samples: *mut Sample,
+    stacks: *mut StackRec,
+    index: *mut u32,
+    frames: *mut usize,
+    live: usize,
+    n_stacks: u32,
+    n_frames: usize,
+}
+
+struct Shared(UnsafeCell<Tables>);
+// SAFETY: the cell is only reached under LOCK (PT1).
+unsafe impl Sync for Shared {}
+
+static T: Shared = Shared(UnsafeCell::new(Tables {
+    samples: core::ptr::null_mut(),
+    stacks: core::ptr::null_mut(),
+    index: core::ptr::null_mut(),
+    frames: core::ptr::null_mut(),
+    live: 0,
+    n_stacks: 0,
+    n_frames: 0,
+}));
+static LOCK: AtomicBool = AtomicBool::new(false);
+/// The filter (PT2): published before profiling starts.
+static FILTER_P: AtomicPtr<AtomicU32> = AtomicPtr::new(core::ptr::null_mut());
+/// Bytes the tables reserve from the OS.
+static MAPPED: AtomicU64 = AtomicU64::new(0);
+/// Samples dropped because the address table was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+const fn sizes() -> [usize; 5] {
+    [
+        SLOTS * core::mem::size_of::<Sample>(),
+        FILTER * 4,
+        STACKS * core::mem::size_of::<StackRec>(),
+        INDEX * 4,
+        FRAMES * 8,
+    ]
+}
+
+/// Maps the tables; false when the OS refuses. Called once, before profiling starts.
+pub fn map() -> bool {
+    let os = LibcOs;
+    let s = sizes();
+    let mut ptrs = [core::ptr::null_mut::<u8>(); 5];
+    for (i, len) in s.iter().enumerate() {
+        match os.map_reserved(*len) {
+            Some(p) => ptrs[i] = p.as_ptr(),
+            None => return false,
+        }
+    }
+    lock();
+    // SAFETY: under the lock (PT1); the mappings are fresh, zeroed and large enough.
+    unsafe {
+        let t = &mut *T.0.get();
+        t.samples = ptrs[0].cast();
+        t.stacks = ptrs[2].cast();
+        t.index = ptrs[3].cast();
+        t.frames = ptrs[4].cast();
+        // Stack 0: the overflow bucket, with no frames.
+        t.n_stacks = 1;
+    }
+    unlock();
+    FILTER_P.store(ptrs[1].cast(), Release);
+    let total = s.iter().sum::<usize>();
+    MAPPED.store(total as u64, Relaxed);
+    // The stats count it with the other address space reserved `MAP_NORESERVE`
+    // (`Stats::reserved_bytes`).
+    if let Some(c) = crate::context::ctx() {
+        c.stats.event(hakmem_stats::Event::Reserve, total);
+    }
+    true
+}
+
+/// Bytes of address space the tables reserve (pages are committed as they are touched).
+pub fn mapped_bytes() -> u64 {
+    MAPPED.load(Relaxed)
+}
+
+/// Samples dropped because the address table was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Relaxed)
+}
+
+pub fn lock() {
+    while LOCK
+        .compare_exchange_weak(false, true, Acquire, Relaxed)
+        .is_err()
+    {
+        while LOCK.load(Relaxed) {
+            core::hint::spin_loop();
+            hakmem_os::yield_now();
+        }
+    }
+}
+
+pub fn unlock() {
+    LOCK.store(false, Release);
+}
+
+/// For a fork's child: the lock as if nobody held it (only the forking thread exists; PT4).
+pub fn force_unlock() {
+    LOCK.store(false, Release);
+}
+
+#[inline(always)]
+fn mix(a: u64) -> u64 {
+    let x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
+#[inline(always)]
+fn filter_slot(addr: usize) -> usize {
+    (mix(addr as u64 >> 4) >> 20) as usize & (FILTER - 1)
+}
+
+#[inline(always)]
+fn slot_of(addr: usize) -> usize {
+    mix(addr as u64 >> 4) as usize & (SLOTS - 1)
+}
+
+/// True when `addr` may be a sampled block (PT2): false means it is not, without the lock.
+#[inline(always)]
+pub fn maybe_sampled(addr: usize) -> bool {
+    let f = FILTER_P.load(Acquire);
+    if f.is_null() {
+        return false;
+    }
+    // SAFETY: the filter has FILTER counters, mapped for the process's life.
+    unsafe { (*f.add(filter_slot(addr))).load(Relaxed) != 0 }
+}
+
+fn filter(addr: usize) -> &'static AtomicU32 {
+    let f = FILTER_P.load(Acquire);
+    // SAFETY: called under the lock after `map` published the filter (FILTER counters).
+    unsafe { &*f.add(filter_slot(addr)) }
+}
+
+/// The id of the stack `frames`, stored if new (stack 0 when the tables are full).
+///
+/// # Safety
+/// The caller holds the lock, and `map` succeeded.
+unsafe fn stack_id(t: &mut Tables, frames: &[usize]) -> u32 {
+    let mut h: u64 = frames.len() as u64;
+    for &f in frames {
+        h = mix(h ^ f as u64);
+    }
+    let h = h | 1;
+    let mut i = (h as usize) & (INDEX - 1);
+    loop {
+        // SAFETY: `i < INDEX`.
+        let id = unsafe { *t.index.add(i) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: ids in the index are below n_stacks.
+        let r = unsafe { &*t.stacks.add(id as usize) };
+        if r.hash == h && r.len as usize == frames.len() {
+            // SAFETY: the record's frames lie within the pool.
+            let stored = unsafe {
+                core::slice::from_raw_parts(t.frames.add(r.start as usize), r.len as usize)
+            };
+            if stored == frames {
+                return id;
+            }
+        }
+        i = (i + 1) & (INDEX - 1);
+    }
+    // New: room for it, its frames, and an index at most half full.
+    if t.n_stacks as usize >= STACKS.min(INDEX / 2) || t.n_frames + frames.len() > FRAMES {
+        return 0;
+    }
+    let id = t.n_stacks;
+    // SAFETY: within the pool (checked above); the record is below STACKS.
+    unsafe {
+        core::ptr::copy_nonoverlapping(frames.as_ptr(), t.frames.add(t.n_frames), frames.len());
+        *t.stacks.add(id as usize) = StackRec {
+            hash: h,
+            start: t.n_frames as u32,
+            len: frames.len() as u32,
+            ..StackRec::default()
+        };
+        *t.index.add(i) = id;
+    }
+    t.n_frames += frames.len();
+    t.n_stacks += 1;
+    id
+}
+
+/// Records a sample of the block at `addr` with stack `frames` and weights `objects`, `bytes`.
+pub fn insert(addr: usize, frames: &[usize], objects: f64, bytes: f64) {
+    lock();
+    // SAFETY: under the lock (PT1); `map` succeeded (profiling runs only then).
+    unsafe {
+        let t = &mut *T.0.get();
+        let id = stack_id(t, frames);
+        let r = &mut *t.stacks.add(id as usize);
+        r.alloc_objects += objects;
+        r.alloc_bytes += bytes;
+        if t.live >= SLOTS / 8 * 7 {
+            DROPPED.fetch_add(1, Relaxed);
+        } else {
+            let mut i = slot_of(addr);
+            loop {
+                let s = &mut *t.samples.add(i);
+                if s.addr == 0 || s.addr == addr {
+                    if s.addr == 0 {
+                        t.live += 1;
+                        filter(addr).fetch_add(1, Relaxed);
+                    } else {
+                        // A block freed without our seeing it (cannot happen through the
+                        // allocator's paths): its old sample goes.
+                        let old = &mut *t.stacks.add(s.stack as usize);
+                        old.live_objects -= s.objects;
+                        old.live_bytes -= s.bytes;
+                    }
+                    *s = Sample {
+                        addr,
+                        stack: id,
+                        objects,
+                        bytes,
+                    };
+                    r.live_objects += objects;
+                    r.live_bytes += bytes;
+                    break;
+                }
+                i = (i + 1) & (SLOTS - 1);
+            }
+        }
+    }
+    unlock();
+}
+
+/// Drops the sample of the block at `addr`, if it has one.
+pub fn remove(addr: usize) {
+    if !maybe_sampled(addr) {
+        return;
+    }
+    lock();
+    // SAFETY: under the lock (PT1); the filter is published, so `map` succeeded.
+    unsafe {
+        let t = &mut *T.0.get();
+        let mut i = slot_of(addr);
+        loop {
+            let s = *t.samples.add(i);
+            if s.addr == 0 {
+                break;
+            }
+            if s.addr == addr {
+                let r = &mut *t.stacks.add(s.stack as usize);
+                r.live_objects -= s.objects;
+                r.live_bytes -= s.bytes;
+                filter(addr).fetch_sub(1, Relaxed);
+                t.live -= 1;
+                // Backward-shift deletion: no tombstones, probes stay short.
+                let mut hole = i;
+                let mut j = (i + 1) & (SLOTS - 1);
+                loop {
+                    let n = *t.samples.add(j);
+                    if n.addr == 0 {
+                        break;
+                    }
+                    let home = slot_of(n.addr);
+                    // `n` may move to the hole when its home is not within (hole, j].
+                    let dist_hole = hole.wrapping_sub(home) & (SLOTS - 1);
+                    let dist_j = j.wrapping_sub(home) & (SLOTS - 1);
+                    if dist_hole <= dist_j {
+                        *t.samples.add(hole) = n;
+                        hole = j;
+                    }
+                    j = (j + 1) & (SLOTS - 1);
+                }
+                (*t.samples.add(hole)).addr = 0;
+                break;
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+    }
+    unlock();
+}
+
+/// For a fork's child: no live sample, every counter zero (the stacks stay, PT3). The caller
+/// holds the lock.
+pub fn clear_locked() {
+    // SAFETY: the caller holds the lock (PT1).
+    unsafe {
+        let t = &mut *T.0.get();
+        if t.samples.is_null() {
+            return;
+        }
+        let s = sizes();
+        libc::madvise(t.samples.cast(), s[0], libc::MADV_DONTNEED);
+        let f = FILTER_P.load(Acquire);
+        libc::madvise(f.cast(), s[1], libc::MADV_DONTNEED);
+        for id in 0..t.n_stacks as usize {
+            let r = &mut *t.stacks.add(id);
+            r.live_objects = 0.0;
+            r.live_bytes = 0.0;
+            r.alloc_objects = 0.0;
+            r.alloc_bytes = 0.0;
+        }
+        t.live = 0;
+    }
+}
+
+/// The counts a snapshot needs room for: (stacks, frames, live samples).
+pub fn counts() -> (usize, usize, usize) {
+    lock();
+    // SAFETY: under the lock.
+    let c = unsafe {
+        let t = &*T.0.get();
+        (t.n_stacks as usize, t.n_frames, t.live)
+    };
+    unlock();
+    c
+}
+
+/// Copies every stack (records and frames) into `recs` and `frames`, when their capacity holds
+/// them; false (nothing copied) otherwise. Pushes within capacity: nothing allocates under the
+/// lock (PT1).
+pub fn copy_into(recs: &mut Vec<StackRec>, frames: &mut Vec<usize>) -> bool {
+    lock();
+    // SAFETY: under the lock.
+    let ok = unsafe {
+        let t = &*T.0.get();
+        let fits = recs.capacity() - recs.len() >= t.n_stacks as usize
+            && frames.capacity() - frames.len() >= t.n_frames;
+        if fits {
+            for id in 0..t.n_stacks as usize {
+                recs.push(*t.stacks.add(id));
+            }
+            for k in 0..t.n_frames {
+                frames.push(*t.frames.add(k));
+            }
+        }
+        fits
+    };
+    unlock();
+    ok
+}
+
+impl StackRec {
+    /// This stack's frames within the pool copied by [`copy_into`].
+    pub fn frames<'a>(&self, pool: &'a [usize]) -> &'a [usize] {
+        &pool[self.start as usize..(self.start + self.len) as usize]
+    }
+}
