@@ -74,6 +74,8 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
     std::thread::spawn(|| drop(Box::new([2u8; 200])))
         .join()
         .unwrap();
+    // Its heap, parked, is retired too: the adopted superslab is abandoned again.
+    hakmem::collect();
     // The main thread frees every kept block (remote frees): the superslabs empty out and are
     // retired to the lru, which holds one: the others are unmapped.
     for p in kept {
