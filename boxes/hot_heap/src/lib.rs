@@ -91,7 +91,8 @@
 //!   it.
 //! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
 //!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
-//!   superslab is ever leaked with an owner that no longer runs. A heap whose thread ended
+//!   superslab is ever leaked with an owner that no longer runs. A thread's exit parks its heap
+//!   instead (H17), and a parked heap that no thread takes is retired so. A heap whose thread ended
 //!   without retiring it (its exit hook never ran) is retired by [`Ctx::reap_one`], which
 //!   another thread calls with a test of thread liveness; it looks at the live heaps in turn.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
