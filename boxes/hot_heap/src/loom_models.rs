@@ -10,7 +10,12 @@ use std::boxed::Box;
 /// A context over a small heap-backed arena, for one model iteration (leaked: heaps and the
 /// context live for the program, as the facade's do).
 fn ctx() -> &'static Ctx {
-    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
+    ctx_of(2)
+}
+
+/// As [`ctx`], over an arena of `chunks` chunks.
+fn ctx_of(chunks: usize) -> &'static Ctx {
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
     let registry = os.registry();
     Box::leak(Box::new(Ctx::new(
         os,
@@ -91,13 +96,16 @@ fn park_take_and_tear_down() {
     model.max_branches = 1 << 20;
     model.preemption_bound = Some(2);
     model.check(|| {
-        let ctx = ctx();
+        // Room for two heaps and the held block's superslab.
+        let ctx = ctx_of(4);
         let first = ctx.take_or_new_heap().expect("arena has room");
         let class = class_of(64).unwrap();
         // SAFETY: this thread is the heap's only user.
         let block = unsafe { (*first.as_ptr()).alloc(class) } as usize;
         assert_ne!(block, 0);
         let first_at = first.as_ptr() as usize;
+        // SAFETY: live, ours.
+        let first_id = unsafe { Heap::id_of(first.as_ptr()) };
         let exiting = loom::thread::spawn(move || {
             // SAFETY: the heap's thread is done with it (it exits), and made it with
             // take_or_new_heap.
@@ -112,7 +120,10 @@ fn park_take_and_tear_down() {
         // SAFETY: heaps are never unmapped; no other thread runs now.
         let id = unsafe { Heap::id_of(taken) };
         assert_ne!(id, 0, "the taken heap was torn down under its new thread");
-        if taken as usize == first_at {
+        // The parked heap, taken (its memory also comes back, with a new id, as a heap made
+        // anew after its tear-down).
+        if id == first_id {
+            assert_eq!(taken as usize, first_at);
             // SAFETY: the heap is the new thread's, now this thread's alone (the others have
             // ended); the block is its, held, and freed once.
             unsafe {
