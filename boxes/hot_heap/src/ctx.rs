@@ -1,4 +1,4 @@
-//! The shared context: the heap list (making, reaping and retiring heaps), releasing
+//! The shared context: the heap list (making, parking, taking, reaping and retiring heaps),
 //! superslabs, snapshots and the fork locks.
 use super::*;
 
