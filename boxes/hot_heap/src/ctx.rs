@@ -1,5 +1,5 @@
 //! The shared context: the heap list (making, parking, taking, reaping and retiring heaps),
-//! superslabs, snapshots and the fork locks.
+//! releasing superslabs, snapshots and the fork locks.
 use super::*;
 
 impl Ctx {
