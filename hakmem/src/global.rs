@@ -77,9 +77,12 @@ static LATE_MADE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 
 /// Retires the heap of every thread that has ended without its exit destructor seeing it (a
 /// heap first made in glibc's last pass over TSD destructors, F5), as the new threads' reaping
-/// would in turn. At exit, so the report counts only what live threads hold.
+/// would in turn, and every parked heap (hot_heap H18). At exit, so the report counts only what
+/// live threads hold.
 pub fn reap_ended_threads() {
     if let Some(c) = ctx() {
+        // Heaps parked by exited threads (hot_heap H18) hold no live thread's blocks either.
+        c.retire_parked();
         for _ in 0..c.live_heaps() {
             // SAFETY: `thread_gone` answers true only for a thread of this process that the
             // kernel no longer knows (ESRCH), which never runs again; a heap handed to a new
@@ -319,7 +322,8 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
         return Some(h);
     }
     let ctx = ctx_or_init()?;
-    let heap = ctx.new_heap()?;
+    // A heap an exited thread parked, whole, if any (hot_heap H18).
+    let heap = ctx.take_or_new_heap()?;
     crate::tls::set(heap.as_ptr());
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
@@ -370,8 +374,9 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     }
     crate::tls::set(DEAD);
     if let Some(ctx) = ctx() {
-        // SAFETY: this thread's heap; the thread uses only orphan paths from now on.
-        unsafe { ctx.retire_heap(heap) };
+        // SAFETY: this thread's own heap (from `take_or_new_heap`); the thread uses only
+        // orphan paths from now on.
+        unsafe { ctx.park_heap(heap) };
     }
 }
 

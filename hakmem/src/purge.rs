@@ -119,6 +119,7 @@ extern "C" fn run(arg: *mut c_void) -> *mut c_void {
         // SAFETY: a valid timespec; an interrupted sleep only purges early.
         unsafe { libc::nanosleep(&period, null_mut()) };
         if let Some(c) = ctx() {
+            c.expire_parked();
             c.lru.purge_if_due(&c.stats);
             hakmem_medium::purge_if_due(c);
         }

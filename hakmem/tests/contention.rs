@@ -23,11 +23,13 @@ fn each_lock_counts_the_paths_that_take_it() {
     );
 
     // A thread starts (its heap joins the heap list) and exits with a block still out (its
-    // superslab goes to the abandoned list); this thread frees that block.
+    // heap is parked whole, hot_heap H18); `collect` retires the parked heap (its superslab
+    // goes to the abandoned list); this thread frees that block.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(Box::new([7u8; 48]) as Box<[u8]>).unwrap())
         .join()
         .unwrap();
+    hakmem::collect();
     let orphan = rx.recv().unwrap();
     assert_eq!(orphan[47], 7);
     drop(orphan);

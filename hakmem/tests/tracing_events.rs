@@ -56,7 +56,7 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    // A thread maps superslabs, then exits with blocks still out: abandoned.
+    // A thread maps superslabs, then exits with blocks still out.
     let kept: Vec<usize> = std::thread::spawn(|| {
         let blocks: Vec<Box<[u8; 200]>> = (0..30_000).map(|_| Box::new([1u8; 200])).collect();
         let kept: Vec<usize> = blocks
@@ -67,10 +67,15 @@ fn lifecycle_events_reach_a_tracing_subscriber() {
     })
     .join()
     .unwrap();
+    // Its heap is parked whole (hot_heap H18); `collect` retires it: the superslabs holding
+    // blocks are abandoned.
+    hakmem::collect();
     // Another thread's first refill of that class adopts an abandoned superslab.
     std::thread::spawn(|| drop(Box::new([2u8; 200])))
         .join()
         .unwrap();
+    // Its heap, parked, is retired too: the adopted superslab is abandoned again.
+    hakmem::collect();
     // The main thread frees every kept block (remote frees): the superslabs empty out and are
     // retired to the lru, which holds one: the others are unmapped.
     for p in kept {

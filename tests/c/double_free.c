@@ -8,8 +8,10 @@
  *   interleaved   free a; free b; free a
  *   remote        a freed by another thread (a remote free), then by its owner
  *   remote-twice  thread B frees a, b, then a again, all remote: main, a's owner, waits alive
- *   abandoned     a and b allocated by a thread that has exited (its superslab abandoned, b
- *                 keeping it in use); main frees a twice
+ *   abandoned     a and b allocated by a thread that has exited (its superslab abandoned by
+ *                 malloc_trim, b keeping it in use); main frees a twice
+ *   parked        as abandoned without malloc_trim: the exited thread's heap is parked
+ *                 whole, and main's frees are remote frees into it
  *   large         a 4 MiB block (its region is gone after the first free)
  *   medium        a 200 KiB block (a medium block, in a region shared with another one that
  *                 stays live)
@@ -19,6 +21,7 @@
  *                 slab has gone back empty by then
  * Small blocks are 16 bytes. */
 #include "check.h"
+#include <malloc.h>
 #include <pthread.h>
 
 /* The second free, kept out of the optimiser's sight: the double free is the point. */
@@ -85,6 +88,19 @@ int main(int argc, char **argv) {
         CHECK(pthread_create(&t, NULL, free_a_b_a, ab) == 0);
         CHECK(pthread_join(t, NULL) == 0);
     } else if (strcmp(mode, "abandoned") == 0) {
+        void *ab[2] = {NULL, NULL};
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, alloc_two, ab) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+        /* The exited thread's heap waits, parked, for the next thread; malloc_trim retires it,
+         * abandoning its superslab. */
+        malloc_trim(0);
+        CHECK(ab[0] != NULL && ab[1] != NULL);
+        announce(ab[0]);
+        free(ab[0]);
+        free_again(ab[0]);
+        free(ab[1]);
+    } else if (strcmp(mode, "parked") == 0) {
         void *ab[2] = {NULL, NULL};
         pthread_t t;
         CHECK(pthread_create(&t, NULL, alloc_two, ab) == 0);

@@ -310,9 +310,12 @@ fn double_free_while_the_block_is_on_the_thread_list() {
 fn double_free_through_remote_frees() {
     // Freed by another thread, then by the owner; freed twice by another thread while the
     // owner is alive (both frees on the slab's remote stack); freed twice after the owner
-    // exited (its superslab abandoned).
+    // exited (its heap parked, or retired by malloc_trim and its superslab abandoned).
     check_all(
-        double_cases(&[&["remote"], &["remote-twice"], &["abandoned"]], &[DOUBLE]),
+        double_cases(
+            &[&["remote"], &["remote-twice"], &["parked"], &["abandoned"]],
+            &[DOUBLE],
+        ),
         nothing_more,
     );
 }

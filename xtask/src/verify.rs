@@ -159,6 +159,24 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
                new thread with the same tag is retired under it",
     },
     SeededBug {
+        name: "park_peek",
+        in_crate: "hakmem-hot-heap",
+        models: &[("hakmem-hot-heap", "loom_models::park_take_and_tear_down")],
+        what: "a tear-down of the parked heaps reads the oldest and takes it off the set in a \
+               second critical section, so a thread that took it in between has it torn down \
+               under it",
+    },
+    SeededBug {
+        name: "reap_after_take",
+        in_crate: "hakmem-hot-heap",
+        models: &[(
+            "hakmem-hot-heap",
+            "loom_models::reap_vs_park_and_a_reused_tag",
+        )],
+        what: "the reaper's claim ignores takes of parked heaps, so a heap parked and taken back \
+               with its id by a new thread of the same tag is retired under it",
+    },
+    SeededBug {
         name: "section_no_recheck",
         in_crate: "hakmem-registry",
         models: &[("hakmem-registry", "loom_models::lookup_section")],

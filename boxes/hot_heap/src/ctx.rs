@@ -1,5 +1,5 @@
-//! The shared context: the heap list (making, reaping and retiring heaps), releasing
-//! superslabs, snapshots and the fork locks.
+//! The shared context: the heap list (making, parking, taking, reaping and retiring heaps),
+//! releasing superslabs, snapshots and the fork locks.
 use super::*;
 
 impl Ctx {
@@ -30,7 +30,12 @@ impl Ctx {
                 tail: null_mut(),
                 free: null_mut(),
                 live_count: 0,
+                parked: [null_mut(); PARK_MAX],
+                parked_at: [0; PARK_MAX],
+                parked_count: 0,
+                takes: 0,
             }),
+            parked_due: AtomicU64::new(u64::MAX),
             next_id: AtomicUsize::new(1),
             slab_purge_delay: if lru.purge {
                 lru.purge_delay_ns
@@ -81,8 +86,139 @@ impl Ctx {
         core::mem::forget(guard);
     }
 
+    /// A heap for a new thread: the most recently parked heap (H18), whole, with the blocks and
+    /// superslabs its last thread left; else as [`Ctx::new_heap`]. Only for a thread's own heap,
+    /// never for a private one. `None` when the OS refuses memory.
+    pub fn take_or_new_heap(&'static self) -> Option<NonNull<Heap>> {
+        self.expire_parked();
+        let taken = self.heaps.with(|l| {
+            if l.parked_count == 0 {
+                return null_mut();
+            }
+            l.parked_count -= 1;
+            let h = l.parked[l.parked_count];
+            l.takes = l.takes.wrapping_add(1);
+            self.set_parked_due(l);
+            // SAFETY: under the lock; a parked heap is ours and on no list.
+            unsafe { Self::push_live(l, h) };
+            l.live_count += 1;
+            h
+        });
+        match NonNull::new(taken) {
+            Some(h) => Some(h),
+            None => self.new_heap(),
+        }
+    }
+
+    /// Parks a thread's heap whole for the next thread that starts (H18), or retires it (H5)
+    /// when the set of parked heaps is full.
+    ///
+    /// # Safety
+    /// As [`Ctx::retire_heap`]: `heap` came from [`Ctx::take_or_new_heap`] (a thread's own
+    /// heap), its thread will not use it again, and nobody else does.
+    pub unsafe fn park_heap(&'static self, heap: NonNull<Heap>) {
+        let h = heap.as_ptr();
+        let now = now_ns();
+        let parked = self.heaps.with(|l| {
+            if l.parked_count == PARK_MAX {
+                return false;
+            }
+            // SAFETY: under the lock; `h` and its neighbours are on the live list.
+            unsafe {
+                (*h).fold_list_counts();
+                self.stats.merge(&(*h).stats);
+                Self::unlink_live(l, h);
+                (*h).next = null_mut();
+                (*h).prev = null_mut();
+                (*h).tag = 0;
+            }
+            l.parked[l.parked_count] = h;
+            l.parked_at[l.parked_count] = now;
+            l.parked_count += 1;
+            l.live_count -= 1;
+            self.set_parked_due(l);
+            true
+        });
+        if !parked {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.retire_heap(heap) };
+        }
+        self.expire_parked();
+    }
+
+    /// Retires the heaps parked at least one purge delay ago (H18). One atomic load while none
+    /// is due: the slow paths and the background purge call it.
+    pub fn expire_parked(&'static self) {
+        if self.parked_due.load(Ordering::Relaxed) <= now_ns() {
+            self.retire_parked_before(now_ns().saturating_sub(self.slab_purge_delay));
+        }
+    }
+
+    /// Retires every parked heap (H18): `collect`, `malloc_trim`.
+    pub fn retire_parked(&'static self) {
+        self.retire_parked_before(u64::MAX);
+    }
+
+    /// Retires the parked heaps parked at or before `limit`.
+    fn retire_parked_before(&'static self, limit: u64) {
+        loop {
+            let h = self.heaps.with(|l| {
+                if l.parked_count == 0 || l.parked_at[0] > limit {
+                    return null_mut();
+                }
+                #[cfg(not(hakmem_seeded_bug = "park_peek"))]
+                let h = self.unpark_oldest(l);
+                // Seeded bug: the oldest is read here and taken off the set in a second
+                // critical section, so a thread may take it in between.
+                #[cfg(hakmem_seeded_bug = "park_peek")]
+                let h = l.parked[0];
+                h
+            });
+            if h.is_null() {
+                return;
+            }
+            #[cfg(hakmem_seeded_bug = "park_peek")]
+            self.heaps.with(|l| {
+                if l.parked_count != 0 && l.parked[0] == h {
+                    self.unpark_oldest(l);
+                }
+            });
+            // SAFETY: taken off the set under the lock: nobody else has it (H18).
+            unsafe { (*h).teardown() };
+            self.heaps.with(|l| {
+                // SAFETY: under the lock; `h` is on no list.
+                unsafe {
+                    (*h).next = l.free;
+                    (*h).id = 0;
+                    (*h).tag = 0;
+                }
+                l.free = h;
+            });
+        }
+    }
+
+    /// Takes the oldest parked heap off the set. Under the heap list's lock.
+    fn unpark_oldest(&self, l: &mut Heaps) -> *mut Heap {
+        let h = l.parked[0];
+        l.parked.copy_within(1.., 0);
+        l.parked_at.copy_within(1.., 0);
+        l.parked_count -= 1;
+        self.set_parked_due(l);
+        h
+    }
+
+    /// When the oldest parked heap is due for retirement (H18). Under the heap list's lock.
+    fn set_parked_due(&self, l: &Heaps) {
+        let due = if l.parked_count == 0 {
+            u64::MAX
+        } else {
+            l.parked_at[0].saturating_add(self.slab_purge_delay)
+        };
+        self.parked_due.store(due, Ordering::Relaxed);
+    }
+
     /// A heap for a new thread: recycled from an exited thread, or mapped. `None` when the OS
-    /// refuses memory.
+    /// refuses memory. Never a parked heap (H18).
     pub fn new_heap(&'static self) -> Option<NonNull<Heap>> {
         self.lru.purge_if_due(&self.stats);
         let recycled = self.heaps.with(|h| {
@@ -185,16 +321,16 @@ impl Ctx {
     /// }
     /// ```
     pub unsafe fn reap_one(&'static self, gone: impl Fn(u64) -> bool) -> bool {
-        let (heap, tag, id) = self.heaps.with(|h| {
+        let (heap, tag, id, takes) = self.heaps.with(|h| {
             let t = h.tail;
             if t.is_null() || t == h.live {
-                return (null_mut(), 0, 0);
+                return (null_mut(), 0, 0, 0);
             }
             // SAFETY: under the lock; `t` is live. It moves to the front: checked last.
             unsafe {
                 Self::unlink_live(h, t);
                 Self::push_live(h, t);
-                (t, (*t).tag, (*t).id)
+                (t, (*t).tag, (*t).id, h.takes)
             }
         });
         if heap.is_null() || tag == 0 || !gone(tag) {
@@ -203,7 +339,15 @@ impl Ctx {
         // Claim it: only one reaper retires it, and only the heap whose thread `gone` spoke of
         // (a heap's memory is never unmapped, so `heap` is readable; the id is 0 once retired,
         // and a new one when the heap was handed out again).
-        let claimed = self.heaps.with(|_| {
+        let claimed = self.heaps.with(|l| {
+            // A parked heap keeps its id when taken (H18): a take in between may have handed
+            // this very heap to a new thread of the same tag.
+            #[cfg(not(hakmem_seeded_bug = "reap_after_take"))]
+            if l.takes != takes {
+                return false;
+            }
+            #[cfg(hakmem_seeded_bug = "reap_after_take")]
+            let _ = (l, takes);
             // SAFETY: under the lock.
             unsafe {
                 #[cfg(not(hakmem_seeded_bug = "reap_by_tag"))]

@@ -91,7 +91,8 @@
 //!   it.
 //! - **H5 (exit).** [`Ctx::retire_heap`] returns every block on the thread lists and in the cache
 //!   to its slab, drains remote frees, releases what is empty and abandons what is not, so no
-//!   superslab is ever leaked with an owner that no longer runs. A heap whose thread ended
+//!   superslab is ever leaked with an owner that no longer runs. A thread's exit parks its heap
+//!   instead (H18), and a parked heap that no thread takes is retired so. A heap whose thread ended
 //!   without retiring it (its exit hook never ran) is retired by [`Ctx::reap_one`], which
 //!   another thread calls with a test of thread liveness; it looks at the live heaps in turn.
 //! - **H6 (check mode).** With `check`, thread lists have no room, so every free and alloc takes
@@ -187,7 +188,10 @@
 //!   nonzero id: a heap retired by its own thread's exit meanwhile (id 0), reaped by another
 //!   reaper (tag 0), or handed to a new thread (a new id, even under the same tag, as a reused
 //!   thread id gives) is left alone. So a heap is retired once, and only when the test, made
-//!   after its tag was read, found its thread ended.
+//!   after its tag was read, found its thread ended. A parked heap (H18) keeps its id (its
+//!   slabs' owner) but has tag 0 and is off the live list, and a reaper's claim also fails
+//!   when any parked heap was taken between its look and its claim (the heap list's count of
+//!   takes), so a heap parked and taken by a new thread of the same tag is left alone too.
 //! - **H16 (checked links).** The thread lists store their links with the superslab box's
 //!   link key (superslab SS18, tls_sll L8), set when the heap is made. The malloc fast path
 //!   (both lanes) follows a link that stays in the head's superslab or leads into a superslab
@@ -220,6 +224,25 @@
 //!   stale lookup of another thread (the registry's sections: the release unregisters the
 //!   superslab, which waits for them, registry R6) and the lru's later purge or unmap; a
 //!   non-owner's free that has not returned is a use of a block the user gave up.
+//! - **H18 (parked heaps).** A thread's exit ([`Ctx::park_heap`]) hands its heap whole (lists,
+//!   cache, owned superslabs, its id as their slabs' owner) to a set of at most `PARK_MAX` (4)
+//!   parked heaps, off the live list, with its counters merged (as a retirement merges them)
+//!   and tag 0; when the set is full the heap is retired instead (H5). A new thread's
+//!   [`Ctx::take_or_new_heap`] takes the most recently parked heap, if any, and goes on with
+//!   it as its owner: remote frees into its superslabs went onto their remote stacks
+//!   meanwhile, as for any owner that is busy, and its refills drain them. Only a thread's
+//!   own heap is ever taken: [`Ctx::new_heap`] never hands out a parked heap (a private heap
+//!   releases its superslabs whole when dropped, and a parked heap's superslabs hold other
+//!   threads' blocks). A heap parked one purge delay ago (the lru's; never, with purging off)
+//!   is retired (H5) by the next park, take or [`Ctx::expire_parked`] (the slow paths' and the
+//!   background purge's check, one atomic load while none is due), and every parked heap by
+//!   [`Ctx::retire_parked`] (`collect`). The set is changed only under the heap list's lock,
+//!   and a heap leaves it (taken or to be retired) in the same critical section that finds it,
+//!   so it goes to exactly one thread: nothing of a parked heap is released while it can
+//!   still be taken, and nothing is released while a block of it is held (a retirement
+//!   abandons what holds blocks, H5). Its held blocks (lists, cache) count as held (stats S3),
+//!   as a live idle thread's do. In a forked child the parked heaps stay parked and can be
+//!   taken: they are whole, as nothing but the lock's holder changes them.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -264,7 +287,7 @@ use hakmem_superslab::{
 };
 use hakmem_tls_sll::Lists;
 use hakmem_unified_cache::UnifiedCache;
-use sync::{AtomicUsize, Ordering};
+use sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// Re-exported from hakmem-lru: how the context's cache of empty regions behaves.
 pub use hakmem_lru::LruConfig;
@@ -450,6 +473,9 @@ const SCAN_BEFORE_GROWING: usize = 32;
 /// drains them towards release.
 const CLAIM_BELOW: usize = 4;
 
+/// Heaps parked at most, waiting for a thread to take them (H18).
+const PARK_MAX: usize = 4;
+
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
     live: *mut Heap,
@@ -457,6 +483,14 @@ struct Heaps {
     tail: *mut Heap,
     free: *mut Heap,
     live_count: usize,
+    /// Parked heaps (H18), oldest first: `parked[..parked_count]`, each parked at
+    /// `parked_at[i]` (as [`hakmem_lru::now_ns`]).
+    parked: [*mut Heap; PARK_MAX],
+    parked_at: [u64; PARK_MAX],
+    parked_count: usize,
+    /// Parked heaps taken so far (H15, H18): a reaper's claim fails when a take came between
+    /// its look at a heap and its claim.
+    takes: usize,
 }
 
 // SAFETY: heap pointers are only followed under the lock that guards this list.
@@ -480,6 +514,8 @@ pub struct Ctx {
     corrupted: AtomicUsize,
     heaps: SpinLock<Heaps>,
     next_id: AtomicUsize,
+    /// When the oldest parked heap is due for retirement (H18), `u64::MAX` when none is parked.
+    parked_due: AtomicU64,
     /// How long a free slab keeps its pages before its heap's purge tick gives them back
     /// (H14): the lru's purge delay, or `u64::MAX` when purging is off.
     slab_purge_delay: u64,

@@ -39,10 +39,12 @@ impl Heap {
     }
 
     /// Runs what is due of the lru's purges and decay (lru C6) and of this heap's purge tick
-    /// (H14): what every slow path of the heap does first.
+    /// (H14), and retires the parked heaps that are due (H18): what every slow path of the heap
+    /// does first.
     #[inline]
     pub(crate) fn purge_if_due(&mut self) {
         self.ctx().lru.purge_if_due(&self.ctx().stats);
+        self.ctx().expire_parked();
         self.purge_slabs_if_due();
     }
 

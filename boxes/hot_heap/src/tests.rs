@@ -1240,3 +1240,110 @@ fn the_fast_path_follows_links_into_owned_superslabs_only() {
         ctx.retire_heap(NonNull::from(h));
     }
 }
+
+/// H18: an exiting thread's heap is parked whole and the next thread's `take_or_new_heap` gets
+/// it back with its blocks, superslab and id; remote frees made while it was parked wait on
+/// its remote stacks for the taker; `new_heap` never hands it out; and `retire_parked` retires
+/// it as an exit does (H5), abandoning what still holds blocks.
+#[test]
+fn a_parked_heap_goes_whole_to_the_next_thread_and_only_to_it() {
+    let ctx = ctx(16, false);
+    let c = class_of(48).unwrap();
+    let first = ctx.take_or_new_heap().unwrap();
+    // SAFETY: this test thread is the heap's only user until it parks it.
+    let (id, held) = unsafe {
+        let h = &mut *first.as_ptr();
+        let blocks: Vec<usize> = (0..1000).map(|_| h.alloc(c) as usize).collect();
+        for &b in &blocks[..500] {
+            free(h, b as *mut u8);
+        }
+        (h.id(), blocks[500..].to_vec())
+    };
+    assert_eq!(ctx.live_heaps(), 1);
+    // SAFETY: made by take_or_new_heap; not used again by this "thread".
+    unsafe { ctx.park_heap(first) };
+    assert_eq!(ctx.live_heaps(), 0, "a parked heap is no live thread's");
+    assert_eq!(ctx.snapshot().count(Event::Abandon), 0, "nothing abandoned");
+    // Remote frees into the parked heap's superslab go onto its remote stacks.
+    for &b in &held[..250] {
+        remote_free(ctx, b as *mut u8);
+    }
+    // A private heap never gets a parked one.
+    let private = ctx.new_heap().unwrap();
+    assert_ne!(private, first);
+    let next = ctx.take_or_new_heap().unwrap();
+    assert_eq!(next, first, "the next thread takes the parked heap");
+    assert_eq!(ctx.live_heaps(), 2);
+    // SAFETY: the taker is this thread now, the heap's only user.
+    let h = unsafe { &mut *next.as_ptr() };
+    assert_eq!(h.id(), id, "its slabs' owner");
+    // Its own blocks are freed as its owner frees them, and its allocations reuse its blocks
+    // (the lists it kept, then the drained remote frees) without a new superslab.
+    for &b in &held[250..] {
+        // SAFETY: ours, freed once.
+        match unsafe { hakmem_route::classify(&ctx.registry, b as *mut u8) } {
+            hakmem_route::PtrRoute::Small(_, slab) => assert_eq!(slab.owner(), id),
+            _ => unreachable!(),
+        }
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b as *mut u8) };
+    }
+    // SAFETY: ours.
+    let again: Vec<*mut u8> = (0..1000).map(|_| unsafe { h.alloc(c) }).collect();
+    assert_eq!(
+        ctx.snapshot().count(Event::SsCreated),
+        1,
+        "reused, not grown"
+    );
+    // Parked again with blocks out, then retired by `retire_parked`: abandoned, as at exit.
+    // SAFETY: made by take_or_new_heap; not used again.
+    unsafe {
+        ctx.retire_heap(private);
+        ctx.park_heap(next);
+    }
+    ctx.retire_parked();
+    assert_eq!(ctx.snapshot().count(Event::Abandon), 1);
+    let fresh = ctx.take_or_new_heap().unwrap();
+    // SAFETY: this thread's heap.
+    let f = unsafe { &mut *fresh.as_ptr() };
+    assert_ne!(f.id(), id, "a retired heap is made anew, with a new id");
+    for p in again {
+        // SAFETY: blocks of the retired heap, each freed once (orphan or adopter frees).
+        unsafe { free(f, p) };
+    }
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(fresh) };
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
+    assert!(my_reports().is_empty());
+}
+
+/// H18: at most `PARK_MAX` heaps wait; an exit that finds the set full retires its heap (H5).
+#[test]
+fn a_full_set_of_parked_heaps_retires_the_next_exit() {
+    let ctx = ctx(16, false);
+    let c = class_of(100).unwrap();
+    let heaps: Vec<NonNull<Heap>> = (0..PARK_MAX + 1)
+        .map(|_| ctx.take_or_new_heap().unwrap())
+        .collect();
+    let mut out = Vec::new();
+    for h in &heaps {
+        // SAFETY: each heap is this thread's alone here.
+        out.push(unsafe { (*h.as_ptr()).alloc(c) });
+    }
+    for h in &heaps {
+        // SAFETY: made by take_or_new_heap; not used again.
+        unsafe { ctx.park_heap(*h) };
+    }
+    assert_eq!(
+        ctx.snapshot().count(Event::Abandon),
+        1,
+        "the exit past the bound"
+    );
+    ctx.retire_parked();
+    assert_eq!(ctx.snapshot().count(Event::Abandon), PARK_MAX as u64 + 1);
+    for p in out {
+        remote_free(ctx, p);
+    }
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
+    assert!(my_reports().is_empty());
+}
