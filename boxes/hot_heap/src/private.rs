@@ -420,7 +420,7 @@ mod loom_models {
             let ctx = ctx();
             let heap = ctx.new_private_heap().expect("arena has room");
             let h = heap.as_ptr();
-            let class = 0;
+            let class = SizeClass::new(0).unwrap();
             // SAFETY (the heap's calls): this thread is the heap's one user.
             let (x, y) = unsafe { ((*h).alloc(class), (*h).alloc(class)) };
             let xa = x as usize;
@@ -446,8 +446,12 @@ mod loom_models {
             // returned (joined).
             unsafe { ctx.destroy_heap(heap) };
             let s = ctx.snapshot();
-            assert_eq!(s.held(class), 0, "every block back in its slab");
-            assert_eq!(s.live(class), 0, "every block counted freed exactly once");
+            assert_eq!(s.held(class.index()), 0, "every block back in its slab");
+            assert_eq!(
+                s.live(class.index()),
+                0,
+                "every block counted freed exactly once"
+            );
             assert_eq!(s.count(Event::SsCached), 1, "released once, to the lru");
             let again = ctx.new_private_heap().expect("a heap to reuse");
             // SAFETY: this thread is the new heap's one user.
