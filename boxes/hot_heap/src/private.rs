@@ -416,7 +416,17 @@ mod loom_models {
     fn destroy_against_a_remote_free_on_the_stack() {
         let mut model = loom::model::Builder::new();
         model.max_branches = 1 << 20;
+        // The body runs on a thread of its own, with a stack big enough for the debug build's
+        // validation at the refills (hot_heap `validate`), which the model thread's stack is not.
         model.check(|| {
+            loom::thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn(body)
+                .unwrap()
+                .join()
+                .unwrap();
+        });
+        fn body() {
             let ctx = ctx();
             let heap = ctx.new_private_heap().expect("arena has room");
             let h = heap.as_ptr();
@@ -462,6 +472,6 @@ mod loom_models {
             assert!(a != b && b != c && a != c, "a block handed out twice");
             // SAFETY: every block is given up.
             unsafe { ctx.destroy_heap(again) };
-        });
+        }
     }
 }
