@@ -3,6 +3,21 @@
 use super::*;
 
 impl Heap {
+    /// Returns every block on the thread lists and in the cache to its slab, one run per slab,
+    /// as a spill returns them (H11): a thread's exit and a private heap's collect.
+    pub(crate) fn return_lists_and_cache(&mut self) {
+        for class in SizeClass::all() {
+            let chain = self.take_list(class, u32::MAX);
+            if chain.len != 0 {
+                self.return_chain(class, chain.head, chain.len);
+            }
+            let cached = self.cache.len(class.index());
+            if cached != 0 {
+                self.flush_cache(class, cached);
+            }
+        }
+    }
+
     /// Everything back (H5): lists and cache to slabs, remote frees drained, empty slabs and
     /// superslabs released, the rest abandoned.
     ///
@@ -14,17 +29,7 @@ impl Heap {
         self.validate_if_checking();
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
-        // The blocks go back one run per slab, as a spill returns them (H11).
-        for class in SizeClass::all() {
-            let chain = self.take_list(class, u32::MAX);
-            if chain.len != 0 {
-                self.return_chain(class, chain.head, chain.len);
-            }
-            let cached = self.cache.len(class.index());
-            if cached != 0 {
-                self.flush_cache(class, cached);
-            }
-        }
+        self.return_lists_and_cache();
         self.current = [null(); CLASSES];
         while let Some(ss) = NonNull::new(self.owned as *mut Superslab) {
             // SAFETY: owned superslabs are live and ours.

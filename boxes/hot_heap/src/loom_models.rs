@@ -9,7 +9,7 @@ use std::boxed::Box;
 
 /// A context over a small heap-backed arena, for one model iteration (leaked: heaps and the
 /// context live for the program, as the facade's do).
-fn ctx() -> &'static Ctx {
+pub(crate) fn ctx() -> &'static Ctx {
     ctx_of(2)
 }
 

@@ -197,16 +197,7 @@ impl Heap {
     /// # Safety
     /// A real heap (H9), used by the calling thread alone.
     pub unsafe fn collect_all(&mut self) {
-        for class in SizeClass::all() {
-            let chain = self.take_list(class, u32::MAX);
-            if chain.len != 0 {
-                self.return_chain(class, chain.head, chain.len);
-            }
-            let cached = self.cache.len(class.index());
-            if cached != 0 {
-                self.flush_cache(class, cached);
-            }
-        }
+        self.return_lists_and_cache();
         self.drain_owned();
         // The current slabs that are empty, and then the kept superslab.
         for class in SizeClass::all() {
@@ -388,20 +379,7 @@ mod loom_models {
     //! slab's remote stack. Run: `RUSTFLAGS="--cfg loom" cargo test -p hakmem-hot-heap`.
     extern crate std;
     use super::*;
-    use hakmem_superslab::HeapOs;
-    use std::boxed::Box;
-
-    fn ctx() -> &'static Ctx {
-        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(2)));
-        let registry = os.registry();
-        Box::leak(Box::new(Ctx::new(
-            os,
-            registry,
-            LruConfig::default(),
-            false,
-            |c| panic!("corruption: {c:?}"),
-        )))
-    }
+    use crate::loom_models::ctx;
 
     /// A private heap hands block `x` to another thread, which frees it through the remote
     /// path, while the heap's thread allocates and frees (its refill may or may not drain the
