@@ -679,5 +679,24 @@ impl Heap {
 #[cfg(all(test, not(loom)))]
 mod tests;
 
+/// A context over a heap-backed arena of `chunks` chunks (`HeapOs` stands in for mmap), with
+/// `check` and `report` as [`Ctx::new`] takes them; leaked, as the facade's context lives for the
+/// program. The box's unit tests and loom models build theirs with it.
+#[cfg(test)]
+fn test_ctx(chunks: usize, check: bool, report: fn(Corrupt)) -> &'static Ctx {
+    extern crate std;
+    use hakmem_superslab::HeapOs;
+    use std::boxed::Box;
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
+    let registry = os.registry();
+    Box::leak(Box::new(Ctx::new(
+        os,
+        registry,
+        LruConfig::default(),
+        check,
+        report,
+    )))
+}
+
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -2,10 +2,8 @@
 //! `HeapOs` stands in for mmap. Run: `RUSTFLAGS="--cfg loom" cargo test -p hakmem-hot-heap`.
 extern crate std;
 use super::*;
-use hakmem_superslab::HeapOs;
 use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use loom::sync::Arc;
-use std::boxed::Box;
 
 /// A context over a small heap-backed arena, for one model iteration (leaked: heaps and the
 /// context live for the program, as the facade's do).
@@ -15,15 +13,7 @@ pub(crate) fn ctx() -> &'static Ctx {
 
 /// As [`ctx`], over an arena of `chunks` chunks.
 fn ctx_of(chunks: usize) -> &'static Ctx {
-    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
-    let registry = os.registry();
-    Box::leak(Box::new(Ctx::new(
-        os,
-        registry,
-        LruConfig::default(),
-        false,
-        |c| panic!("corruption: {c:?}"),
-    )))
+    crate::test_ctx(chunks, false, |c| panic!("corruption: {c:?}"))
 }
 
 /// H15, the reaper's check that a thread is gone: a reaper reads the tag of a heap whose thread

@@ -231,20 +231,10 @@ impl Heap {
 mod tests {
     extern crate std;
     use super::*;
-    use hakmem_superslab::HeapOs;
-    use std::boxed::Box;
     use std::vec::Vec;
 
     fn ctx(chunks: usize) -> &'static Ctx {
-        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
-        let registry = os.registry();
-        Box::leak(Box::new(Ctx::new(
-            os,
-            registry,
-            LruConfig::default(),
-            false,
-            |c| panic!("corruption: {c:?}"),
-        )))
+        crate::test_ctx(chunks, false, |c| panic!("corruption: {c:?}"))
     }
 
     /// Frees `p`, a block of `ctx`, from a thread with no heap (the remote path).

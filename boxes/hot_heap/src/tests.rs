@@ -33,15 +33,7 @@ fn my_reports() -> Vec<Corrupt> {
 }
 
 fn ctx(chunks: usize, check: bool) -> &'static Ctx {
-    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(chunks)));
-    let registry = os.registry();
-    Box::leak(Box::new(Ctx::new(
-        os,
-        registry,
-        LruConfig::default(),
-        check,
-        count_report,
-    )))
+    crate::test_ctx(chunks, check, count_report)
 }
 
 /// Frees `p` the way the facade does: through the registry.
