@@ -89,8 +89,8 @@
 //!   zeroed and dirty pages.
 //! - **C11 (joined).** When no cached region fits a request of more than 2 MiB ([`Lru::take`]
 //!   without `exact`), the largest resident regions that are whole 2 MiB steps (at most
-//!   [`MAX_JOIN`], together at most the request rounded up to a step, the last one's rest staying
-//!   cached) are taken out, and their pages are moved onto one new mapping of that length with
+//!   [`MAX_JOIN`], when together they cover the request rounded up to a step; the last one's
+//!   rest stays cached) are taken out, and their pages are moved onto one new mapping of that length with
 //!   [`Os::relocate`], 2 MiB at a time: a program whose large blocks change size reuses the
 //!   pages it freed instead of faulting new ones in. What does not move goes back to the cache
 //!   (C2 holds: every piece is out of the cache while it moves), and the new mapping's own zero
@@ -315,8 +315,8 @@ impl Inner {
 
     /// Takes out the resident regions a request of `len` bytes (more than 2 MiB) that no one
     /// region fits is joined from (C11): whole 2 MiB steps, the largest first, at most
-    /// [`MAX_JOIN`] of them and no more than `len` rounded up to a 2 MiB step; the last one's
-    /// unused rest stays cached. `None` when no resident region is a whole number of steps.
+    /// [`MAX_JOIN`] of them, together `len` rounded up to a 2 MiB step; the last one's unused
+    /// rest stays cached. `None` (and nothing taken out) when they do not cover it.
     fn plan_join(&mut self, len: usize) -> Option<Join> {
         let total = len.checked_next_multiple_of(SS_SIZE)?;
         let mut join = Join {
@@ -352,7 +352,16 @@ impl Inner {
             join.pieces[join.n] = e;
             join.n += 1;
         }
-        (join.n > 0).then_some(join)
+        if got < total {
+            // Not covered: put them back as they were (none was cut, and none lay next to
+            // another in the same state, C10). A partial join would hand over fresh pages that
+            // a zeroed request then writes whole.
+            for &e in &join.pieces[..join.n] {
+                self.insert(e);
+            }
+            return None;
+        }
+        Some(join)
     }
 
     /// The earliest deadline of a cached region (C6); `u64::MAX` when none is cached.

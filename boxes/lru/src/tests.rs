@@ -529,8 +529,8 @@ mod plain {
         assert_eq!(s.count(Event::Mremap), 5, "moved a step at a time");
         assert!(w.os.is_mapped(got.base.as_ptr() as usize, got.len));
 
-        // Asking for more than is cached: the last piece is cut, its rest stays cached from a
-        // step on; a region purged since is not joined.
+        // The last piece is cut, its rest stays cached from a step on; a region purged since
+        // is not joined, and regions that do not cover a request are not taken out.
         // SAFETY: handed over above; given back whole.
         unsafe { lru.put(&w.stats, got.base, got.len, 1) };
         assert_eq!(lru.usage(), (2, 7 * SS_SIZE));
@@ -552,10 +552,25 @@ mod plain {
         assert_eq!(lru.resident(), 0);
         // SAFETY: handed over above.
         unsafe { lru.put(&w.stats, big.base, big.len, 3) };
-        let again = lru.take(&w.stats, 7 * SS_SIZE, false, 4).unwrap();
-        assert_eq!(again.len, 7 * SS_SIZE);
-        assert!(!again.zeroed, "6 steps moved, 1 fresh");
-        assert_eq!(lru.usage(), (1, SS_SIZE), "the purged step was not joined");
+        let w2 = World::new(32);
+        let region = w2.apart(4 * SS_SIZE);
+        let other = w2.apart(4 * SS_SIZE);
+        let lru2 = w2.lru(LruConfig::default());
+        // SAFETY: retired regions, apart.
+        unsafe {
+            lru2.put(&w2.stats, region, 4 * SS_SIZE, 0);
+            lru2.put(&w2.stats, other, 4 * SS_SIZE, 0);
+        }
+        assert!(lru2.take(&w2.stats, 9 * SS_SIZE, false, 1).is_none());
+        assert_eq!(
+            lru2.usage(),
+            (2, 8 * SS_SIZE),
+            "not covered: nothing taken out"
+        );
+        let again = lru.take(&w.stats, 7 * SS_SIZE, false, 4);
+        assert!(again.is_none(), "6 steps resident, 1 purged: not covered");
+        assert_eq!(lru.usage(), (2, 7 * SS_SIZE), "both still cached");
+        assert_eq!(lru.resident(), 6 * SS_SIZE);
     }
 
     #[test]
