@@ -231,7 +231,9 @@ const SETTINGS: [Setting; COUNT] = [
         default: Value::Number(256),
         doc: "The most MiB of empty regions kept for reuse (0 to 1048576); `0` turns the cache \
               off. A request takes the smallest cached region that fits, splitting a much \
-              larger one at a 2 MiB step; cached regions that lie end to end are merged.",
+              larger one at a 2 MiB step; cached regions that lie end to end are merged, and a \
+              large request no one region fits moves the pages of several onto one new \
+              mapping.",
         // A usize of a 64-bit target: no value is cut.
         get: |s| Value::Number(s.lru_mb as u64),
         set: |s, v| s.lru_mb = v.number() as usize,

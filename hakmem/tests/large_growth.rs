@@ -155,3 +155,57 @@ fn large_regions_ask_for_huge_pages_and_grow_in_2_mib_steps() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("huge"), "{out:?}");
 }
+
+#[test]
+#[ignore = "run by freed_blocks_apart_are_joined_for_a_larger_one"]
+fn child_joins_cached_regions() {
+    // Two 6 MiB blocks freed with a live one between them are cached as two regions apart; a
+    // 10 MiB block fits neither, so the lru moves the pages of both onto one new mapping (lru
+    // C11): no page of it is faulted in fresh. A region cached meanwhile (a superslab given
+    // back by the heap's purge tick) may take part or fit instead: then the attempt starts
+    // over.
+    for attempt in 0.. {
+        assert!(attempt < 50, "the regions were never joined");
+        hakmem::collect();
+        let a = vec![1u8; 6 << 20];
+        let b = vec![2u8; 6 << 20];
+        let c = vec![3u8; 6 << 20];
+        drop(a);
+        drop(c);
+        let before = hakmem::stats();
+        let mut v: Vec<u8> = Vec::with_capacity(10 << 20);
+        let after = hakmem::stats();
+        let moves = after.count(Event::Mremap) - before.count(Event::Mremap);
+        // The 10 MiB block's region is 12 MiB (its header's page, rounded to 2 MiB steps), and
+        // each freed block's 8 MiB: all of one and half of the other move, a step at a time.
+        if moves != 6 {
+            continue;
+        }
+        assert_eq!(
+            after.bytes(Event::Mremap),
+            before.bytes(Event::Mremap),
+            "a move grows nothing"
+        );
+        assert_eq!(
+            after.bytes(Event::Munmap) - before.bytes(Event::Munmap),
+            12 << 20,
+            "the moved steps count as unmapped where they were"
+        );
+        assert_eq!(
+            after.count(Event::SsReused) - before.count(Event::SsReused),
+            2
+        );
+        v.resize(10 << 20, 7);
+        assert!(v.iter().all(|&x| x == 7));
+        assert!(b.iter().all(|&x| x == 2), "the block between is untouched");
+        break;
+    }
+    println!("joined");
+}
+
+#[test]
+fn freed_blocks_apart_are_joined_for_a_larger_one() {
+    let out = child("child_joins_cached_regions", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("joined"), "{out:?}");
+}

@@ -110,6 +110,7 @@ pub const SEEDED_BUGS: &[SeededBug] = &[
         models: &[
             ("hakmem-lru", "loom_models::hand_over"),
             ("hakmem-lru", "loom_models::merge_hand_over"),
+            ("hakmem-lru", "loom_models::join_hand_over"),
         ],
         what: "taking a region out of the lru leaves it cached, so it can be handed out twice",
     },

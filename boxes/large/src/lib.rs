@@ -6,8 +6,9 @@
 //! back without a page fault (the lru splits a much larger one at a 2 MiB step); the lru gives
 //! the pages back once the program has stopped using it for its purge delay, or sooner past its
 //! resident budget, which follows the program's recent large working set (lru C4, C8). Cached
-//! regions that lie end to end are merged (lru C10), so a request larger than any one freed block
-//! can still be served by neighbours freed one after the other.
+//! regions that lie end to end are merged (lru C10), and regions apart are joined by moving their
+//! pages onto one new mapping (lru C11), so a request larger than any one freed block is still
+//! served by the pages of blocks freed before it, without faulting new ones in.
 //!
 //! Regions of 2 MiB or more are advised for transparent huge pages ([`Os::advise_huge`]) when
 //! they are mapped or grown: a filled 20 MiB block then costs 10 page faults instead of 5120.

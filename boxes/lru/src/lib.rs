@@ -14,7 +14,8 @@
 //! load, and a clock read only when something is cached.
 //!
 //! Cached regions that lie end to end are merged into one (C10), so the two pieces of a split,
-//! or neighbours freed one after the other, serve a later, larger request without a new mapping.
+//! or neighbours freed one after the other, serve a later, larger request without a new mapping;
+//! regions apart are joined for it by moving their pages onto a new mapping (C11).
 //!
 //! The cache owns the [`Os`] its regions came from, and gives them back through it only.
 //!
@@ -86,6 +87,14 @@
 //!   range may refuse, and the caller then copies. Regions in different states stay apart until
 //!   the resident one is purged (at most `purge_delay_ns`), so a reuse never mixes
 //!   zeroed and dirty pages.
+//! - **C11 (joined).** When no cached region fits a request of more than 2 MiB ([`Lru::take`]
+//!   without `exact`), the largest resident regions that are whole 2 MiB steps (at most
+//!   [`MAX_JOIN`], when together they cover the request rounded up to a step; the last one's
+//!   rest stays cached) are taken out, and their pages are moved onto one new mapping of that length with
+//!   [`Os::relocate`], 2 MiB at a time: a program whose large blocks change size reuses the
+//!   pages it freed instead of faulting new ones in. What does not move goes back to the cache
+//!   (C2 holds: every piece is out of the cache while it moves), and the new mapping's own zero
+//!   pages stand in for it; a joined region reads as zero only when nothing moved.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 
@@ -93,6 +102,7 @@ mod sync;
 
 use core::ops::Deref;
 use core::ptr::NonNull;
+use hakmem_os::Relocation;
 use hakmem_stats::Event;
 use hakmem_superslab::SpinLock;
 use sync::{AtomicU64, Ordering};
@@ -110,6 +120,9 @@ struct ReadmeDoctests;
 
 /// Most regions cached at once.
 pub const MAX_ENTRIES: usize = 64;
+
+/// Most cached regions one joined region is made of (C11).
+pub const MAX_JOIN: usize = 8;
 
 /// How the cache behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,6 +313,57 @@ impl Inner {
         }
     }
 
+    /// Takes out the resident regions a request of `len` bytes (more than 2 MiB) that no one
+    /// region fits is joined from (C11): whole 2 MiB steps, the largest first, at most
+    /// [`MAX_JOIN`] of them, together `len` rounded up to a 2 MiB step; the last one's unused
+    /// rest stays cached. `None` (and nothing taken out) when they do not cover it.
+    fn plan_join(&mut self, len: usize) -> Option<Join> {
+        let total = len.checked_next_multiple_of(SS_SIZE)?;
+        let mut join = Join {
+            pieces: [NO_ENTRY; MAX_JOIN],
+            n: 0,
+            len: total,
+            rest_cached: false,
+        };
+        let mut got = 0;
+        while got < total && join.n < MAX_JOIN {
+            let Some(i) = (0..self.len)
+                .filter(|&i| {
+                    let e = &self.entries[i];
+                    !e.zeroed && e.len.is_multiple_of(SS_SIZE)
+                })
+                .max_by_key(|&i| self.entries[i].len)
+            else {
+                break;
+            };
+            let mut e = self.remove(i);
+            let need = total - got;
+            if e.len > need {
+                // The rest starts on a 2 MiB step and stays cached (there is room: `e` left).
+                self.insert(Entry {
+                    base: e.base + need,
+                    len: e.len - need,
+                    ..e
+                });
+                e.len = need;
+                join.rest_cached = true;
+            }
+            got += e.len;
+            join.pieces[join.n] = e;
+            join.n += 1;
+        }
+        if got < total {
+            // Not covered: put them back as they were (none was cut, and none lay next to
+            // another in the same state, C10). A partial join would hand over fresh pages that
+            // a zeroed request then writes whole.
+            for &e in &join.pieces[..join.n] {
+                self.insert(e);
+            }
+            return None;
+        }
+        Some(join)
+    }
+
     /// The earliest deadline of a cached region (C6); `u64::MAX` when none is cached.
     fn next_due(&self) -> u64 {
         let Some(oldest) = self.entries[..self.len].first() else {
@@ -326,6 +390,16 @@ pub struct Reused {
     pub len: usize,
     /// True when it reads as zero.
     pub zeroed: bool,
+}
+
+/// Cached regions taken out to be joined into one (C11), in the order they go into it.
+struct Join {
+    pieces: [Entry; MAX_JOIN],
+    n: usize,
+    /// The joined region's length: the request rounded up to a 2 MiB step.
+    len: usize,
+    /// The last piece's rest stayed cached (counted as entering, C9).
+    rest_cached: bool,
 }
 
 /// What to do with a region taken out of the cache, once the lock is dropped.
@@ -460,22 +534,101 @@ where
                     // SAFETY: out of the cache under the lock, so nobody else can reach it
                     // (C2); a region of `self.os` (C7) whose contents are dead (C1).
                     let zeroed = unsafe { self.os.purge(ptr(e.base), e.len, stats) };
-                    let e = Entry { zeroed, ..e };
-                    let put_back = self.inner.with(|inner| {
-                        let fits = inner.has_room(e.len);
-                        if fits {
-                            inner.insert_merged(e);
-                            self.publish_due(inner);
-                        }
-                        fits
-                    });
-                    if !put_back {
-                        self.unmap(stats, e, true);
-                    }
+                    self.put_back(stats, Entry { zeroed, ..e });
                 }
             }
         }
         bytes
+    }
+
+    /// Puts back a region that was taken out of the cache (to purge it, or to join it), or
+    /// unmaps it when there is no room for it any more.
+    fn put_back(&self, stats: &GlobalStats, e: Entry) {
+        let put_back = self.inner.with(|inner| {
+            let fits = inner.has_room(e.len);
+            if fits {
+                inner.insert_merged(e);
+                self.publish_due(inner);
+            }
+            fits
+        });
+        if !put_back {
+            self.unmap(stats, e, true);
+        }
+    }
+
+    /// Makes the region `join` describes (C11): a new mapping of `join.len` bytes, advised for
+    /// huge pages (only large blocks ask for more than 2 MiB), onto which the pieces' pages are
+    /// moved 2 MiB at a time ([`Os::relocate`]); what does not move stays cached (or is
+    /// unmapped when there is no room), and the new mapping's own pages stand in for it.
+    /// `None` when the OS refuses the mapping, or takes part of it away ([`Relocation::LostTarget`]).
+    fn join(&self, stats: &GlobalStats, join: &Join) -> Option<Reused> {
+        let pieces = &join.pieces[..join.n];
+        if join.rest_cached {
+            stats.event(Event::SsCached, 0);
+        }
+        let Some(to) = self.os.map(join.len, SS_SIZE, stats) else {
+            for &e in pieces {
+                self.put_back(stats, e);
+            }
+            return None;
+        };
+        let to = to.as_ptr() as usize;
+        // SAFETY: our fresh mapping; the advice never changes its contents.
+        unsafe { self.os.advise_huge(ptr(to), join.len) };
+        let (mut off, mut moved) = (0, 0);
+        let mut lost = None;
+        for &e in pieces {
+            let mut done = 0;
+            while lost.is_none() && done < e.len {
+                // SAFETY: `e` was taken out of the cache under the lock (C2), so it is ours and
+                // dead (C1); a 2 MiB step of it lies in one mapping (every region the cache
+                // holds starts on a step, C8, so mappings meet on steps only); the target is a
+                // step of our new mapping, apart from every cached region.
+                let r = unsafe {
+                    self.os
+                        .relocate(ptr(e.base + done), ptr(to + off + done), SS_SIZE, stats)
+                };
+                match r {
+                    Relocation::Moved => done += SS_SIZE,
+                    Relocation::Refused => break,
+                    Relocation::LostTarget => lost = Some(to + off + done),
+                }
+            }
+            if done > 0 {
+                stats.event(Event::SsReused, 0);
+            }
+            if done < e.len {
+                self.put_back(
+                    stats,
+                    Entry {
+                        base: e.base + done,
+                        len: e.len - done,
+                        ..e
+                    },
+                );
+            }
+            moved += done;
+            off += e.len;
+        }
+        if let Some(hole) = lost {
+            // Give back the new mapping around the step that is no longer ours (and the pages
+            // moved onto it: nothing holds them).
+            let end = to + join.len;
+            for (base, len) in [(to, hole - to), (hole + SS_SIZE, end - hole - SS_SIZE)] {
+                if len > 0 {
+                    // SAFETY: parts of our own new mapping (moved pages included) that nothing
+                    // uses.
+                    unsafe { self.os.unmap(ptr(base), len, stats) };
+                }
+            }
+            return None;
+        }
+        Some(Reused {
+            base: ptr(to),
+            len: join.len,
+            zeroed: moved == 0,
+        })
     }
 
     /// Caches a retired region (C1) at time `now` (ns, as [`now_ns`]); unmaps it instead when
@@ -571,6 +724,7 @@ where
         let len = len.max(1).checked_add(page - 1)? & !(page - 1);
         let mut work = Batch::new();
         let mut rest_cached = false;
+        let mut joined = None;
         let got = self.inner.with(|inner| {
             inner.expire(now, &mut work);
             inner.used(now);
@@ -585,6 +739,14 @@ where
                 }
             }
             let Some(i) = best else {
+                if at.is_none() && !exact && len > SS_SIZE {
+                    if let Some(join) = inner.plan_join(len) {
+                        inner.lent(join.len);
+                        self.publish_due(inner);
+                        joined = Some(join);
+                        return None;
+                    }
+                }
                 // The caller maps `len` bytes now: the cache keeps fewer pages (C4).
                 inner.lent(len);
                 if inner.config.purge && inner.resident > inner.budget() {
@@ -640,6 +802,10 @@ where
                 zeroed: e.zeroed,
             })
         });
+        if let Some(join) = joined {
+            self.finish(stats, &work);
+            return self.join(stats, &join);
+        }
         if rest_cached {
             stats.event(Event::SsCached, 0);
         }

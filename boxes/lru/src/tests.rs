@@ -473,7 +473,8 @@ mod plain {
         let r = w.region(3 * SS_SIZE);
         // SAFETY: a retired region.
         unsafe { lru.put(&w.stats, r, 3 * SS_SIZE, 0) };
-        assert!(lru.take(&w.stats, 4 * SS_SIZE, false, 0).is_none());
+        // Exact: no region fits, and none is joined (C11).
+        assert!(lru.take(&w.stats, 4 * SS_SIZE, true, 0).is_none());
         // Within twice the length asked: handed over whole.
         let got = lru.take(&w.stats, 2 * SS_SIZE, false, 0).unwrap();
         assert_eq!((got.base, got.len), (r, 3 * SS_SIZE));
@@ -484,6 +485,92 @@ mod plain {
         assert!(w.os.is_mapped(r.as_ptr() as usize, SS_SIZE + PAGE));
         let tail = r.as_ptr() as usize + SS_SIZE + PAGE;
         assert!(!w.os.is_mapped(tail, PAGE), "tail given back");
+    }
+
+    #[test]
+    fn regions_apart_are_joined_for_a_larger_request() {
+        let w = World::new(32);
+        let lru = w.lru(LruConfig::default());
+        let (a, b, c) = (
+            w.apart(2 * SS_SIZE),
+            w.apart(3 * SS_SIZE),
+            w.apart(2 * SS_SIZE),
+        );
+        let fill = |r: NonNull<u8>, len: usize, v: u8| {
+            // SAFETY: a region of ours, about to be retired.
+            unsafe { r.as_ptr().write_bytes(v, len) };
+        };
+        fill(a, 2 * SS_SIZE, 1);
+        fill(b, 3 * SS_SIZE, 2);
+        fill(c, 2 * SS_SIZE, 3);
+        // SAFETY: retired regions, apart from each other.
+        unsafe {
+            lru.put(&w.stats, a, 2 * SS_SIZE, 0);
+            lru.put(&w.stats, b, 3 * SS_SIZE, 0);
+            lru.put(&w.stats, c, 2 * SS_SIZE, 0);
+        }
+        // No one region fits 5 steps less a page: the largest (b) and then one of the others
+        // are moved onto a new region of 5 steps.
+        let got = lru.take(&w.stats, 5 * SS_SIZE - PAGE, false, 0).unwrap();
+        assert_eq!(got.len, 5 * SS_SIZE, "C11: the request in whole steps");
+        assert!(!got.zeroed, "pages moved");
+        let at = |off: usize| {
+            // SAFETY: inside the region handed over.
+            unsafe { *got.base.as_ptr().add(off) }
+        };
+        assert_eq!((at(0), at(3 * SS_SIZE - 1)), (2, 2), "b's pages first");
+        let second = at(3 * SS_SIZE);
+        assert!(second == 1 || second == 3);
+        assert_eq!(at(5 * SS_SIZE - 1), second, "then 2 steps of a or c");
+        assert!(!w.os.is_mapped(b.as_ptr() as usize, PAGE), "moved away");
+        assert_eq!(lru.usage(), (1, 2 * SS_SIZE), "the other one stays");
+        let s = w.stats.snapshot();
+        assert_eq!(s.count(Event::SsReused), 2);
+        assert_eq!(s.count(Event::Mremap), 5, "moved a step at a time");
+        assert!(w.os.is_mapped(got.base.as_ptr() as usize, got.len));
+
+        // The last piece is cut, its rest stays cached from a step on; a region purged since
+        // is not joined, and regions that do not cover a request are not taken out.
+        // SAFETY: handed over above; given back whole.
+        unsafe { lru.put(&w.stats, got.base, got.len, 1) };
+        assert_eq!(lru.usage(), (2, 7 * SS_SIZE));
+        let big = lru.take(&w.stats, 6 * SS_SIZE, false, 2).unwrap();
+        assert_eq!(big.len, 6 * SS_SIZE);
+        assert_eq!(
+            lru.usage(),
+            (1, SS_SIZE),
+            "one step of the last piece is left"
+        );
+        let s = w.stats.snapshot();
+        assert_eq!(
+            s.count(Event::SsCached),
+            s.count(Event::SsReused) + s.count(Event::SsReleased) + 1,
+            "C9: every region that entered left once, but the one cached"
+        );
+        let purged = lru.decay_now(&w.stats, 2 + LruConfig::default().purge_delay_ns + 1);
+        assert_eq!(purged, SS_SIZE);
+        assert_eq!(lru.resident(), 0);
+        // SAFETY: handed over above.
+        unsafe { lru.put(&w.stats, big.base, big.len, 3) };
+        let w2 = World::new(32);
+        let region = w2.apart(4 * SS_SIZE);
+        let other = w2.apart(4 * SS_SIZE);
+        let lru2 = w2.lru(LruConfig::default());
+        // SAFETY: retired regions, apart.
+        unsafe {
+            lru2.put(&w2.stats, region, 4 * SS_SIZE, 0);
+            lru2.put(&w2.stats, other, 4 * SS_SIZE, 0);
+        }
+        assert!(lru2.take(&w2.stats, 9 * SS_SIZE, false, 1).is_none());
+        assert_eq!(
+            lru2.usage(),
+            (2, 8 * SS_SIZE),
+            "not covered: nothing taken out"
+        );
+        let again = lru.take(&w.stats, 7 * SS_SIZE, false, 4);
+        assert!(again.is_none(), "6 steps resident, 1 purged: not covered");
+        assert_eq!(lru.usage(), (2, 7 * SS_SIZE), "both still cached");
+        assert_eq!(lru.resident(), 6 * SS_SIZE);
     }
 
     #[test]
@@ -538,6 +625,65 @@ mod loom_models {
             let unmapped = w.os.unmaps();
             assert_eq!(taken + unmapped, 1, "taken {taken}, unmapped {unmapped}");
             assert_eq!(w.os.is_mapped(base, SS_SIZE), taken == 1);
+        });
+    }
+
+    /// Model: joining and the hand-over (C2, C11). Regions `a` and `b` lie apart in the cache;
+    /// one thread asks for two steps (no one region fits: both are joined) while another asks
+    /// for one step. No region goes to both: what the single taker got is still mapped and
+    /// holds its old bytes, and the joined region holds the other's, or fresh pages.
+    #[test]
+    fn join_hand_over() {
+        loom::model(|| {
+            let w = Arc::new(World::new(8));
+            let lru = Arc::new(w.lru(LruConfig::default()));
+            let a = w.region(SS_SIZE);
+            w.region(SS_SIZE);
+            let b = w.region(SS_SIZE);
+            for (r, v) in [(a, 1u8), (b, 2)] {
+                // SAFETY: regions of ours, then retired into the cache once each.
+                unsafe {
+                    r.as_ptr().write(v);
+                    lru.put(&w.stats, r, SS_SIZE, 0);
+                }
+            }
+            let joiner = {
+                let (w, lru) = (w.clone(), lru.clone());
+                loom::thread::spawn(move || {
+                    lru.take(&w.stats, 2 * SS_SIZE, false, 1)
+                        .map(|r| (r.base.as_ptr() as usize, r.len))
+                })
+            };
+            let single = {
+                let (w, lru) = (w.clone(), lru.clone());
+                loom::thread::spawn(move || {
+                    lru.take(&w.stats, SS_SIZE, true, 1)
+                        .map(|r| r.base.as_ptr() as usize)
+                })
+            };
+            let joined = joiner.join().unwrap();
+            let single = single.join().unwrap();
+            // SAFETY: reads of the first byte of each step handed over, checked mapped first.
+            let byte = |p: usize| {
+                assert!(w.os.is_mapped(p, SS_SIZE), "handed out but not mapped");
+                unsafe { *(p as *const u8) }
+            };
+            let mut seen = Vec::new();
+            if let Some(p) = single {
+                seen.push(byte(p));
+            }
+            if let Some((p, n)) = joined {
+                assert_eq!(n, 2 * SS_SIZE);
+                seen.extend([byte(p), byte(p + SS_SIZE)].into_iter().filter(|&v| v != 0));
+            }
+            let mut unique = seen.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                seen.len(),
+                "a region handed out twice: {seen:?}"
+            );
         });
     }
 

@@ -63,6 +63,17 @@ pub use linux::{
 /// and purge is rounded to it.
 pub const PAGE: usize = 4096;
 
+/// What [`Os::relocate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relocation {
+    /// The pages moved: the target holds them, the source is unmapped.
+    Moved,
+    /// The source is unchanged; the target is still mapped (its contents may read as zero).
+    Refused,
+    /// The source is unchanged, but the target range is no longer the caller's.
+    LostTarget,
+}
+
 /// Where regions come from.
 ///
 /// Every method reports to `stats` each mapping, unmapping, remapping and purge it makes (the
@@ -82,6 +93,9 @@ pub const PAGE: usize = 4096;
 /// - [`Os::purge`] returning true leaves the range mapped and reading as zero;
 /// - [`Os::remap`] returning `Some(q)` gives a range `[q, q + new_len)` with the same guarantees
 ///   as `map`'s, aligned to `align`, holding the old contents first;
+/// - [`Os::relocate`] returning [`Relocation::Moved`] leaves `[to, to + len)` readable and
+///   writable with `from`'s old contents, valid as part of `to`'s mapping, and `from` unmapped;
+///   [`Relocation::Refused`] leaves `from` unchanged and `to` mapped, readable and writable;
 /// - the ranges outlive every use the caller makes of them, so an `Os` that owns its memory (such
 ///   as superslab's test `HeapOs`) must be `'static` wherever regions are handed out as
 ///   `'static`.
@@ -168,6 +182,29 @@ pub unsafe trait Os: Sync {
     ) -> Option<NonNull<u8>> {
         let _ = (ptr, len, new_len, align, stats);
         None
+    }
+
+    /// Moves the pages of `[from, from + len)` onto `[to, to + len)`, which they replace,
+    /// without copying them (Linux: `mremap` with `MREMAP_FIXED`): after
+    /// [`Relocation::Moved`], `to` reads what `from` held and `from` is no longer mapped. After
+    /// [`Relocation::Refused`] `from` is as it was and `to` is still mapped (reading as before,
+    /// or as zero); after [`Relocation::LostTarget`] `from` is as it was but `[to, to + len)` is
+    /// no longer the caller's (the OS unmapped it before refusing, and could not map it again):
+    /// the caller must neither use nor unmap it. The default always refuses. A move counts as
+    /// an [`Event::Mremap`] of 0 bytes and an [`Event::Munmap`] of `from`'s range.
+    ///
+    /// # Safety
+    /// Both ranges were mapped by this `Os`, are page-aligned, do not overlap and belong to the
+    /// caller, and nothing else uses them; `[from, from + len)` lies in one mapping call's range.
+    unsafe fn relocate(
+        &self,
+        from: NonNull<u8>,
+        to: NonNull<u8>,
+        len: usize,
+        stats: &GlobalStats,
+    ) -> Relocation {
+        let _ = (from, to, len, stats);
+        Relocation::Refused
     }
 
     /// Asks for `[ptr, ptr + len)` to be backed by huge pages where the OS can (Linux's

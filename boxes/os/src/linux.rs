@@ -1,6 +1,6 @@
 //! The Linux side of the platform layer: every system call hakmem makes goes through this
 //! file. A port to another OS writes this file again, with the same items.
-use crate::{Event, GlobalStats, Os, PAGE};
+use crate::{Event, GlobalStats, Os, Relocation, PAGE};
 use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -236,6 +236,60 @@ unsafe impl Os for LibcOs {
         // inaccessible reservation stays, address space without memory.)
         stats.event(Event::OsRefused, new_len);
         None
+    }
+
+    unsafe fn relocate(
+        &self,
+        from: NonNull<u8>,
+        to: NonNull<u8>,
+        len: usize,
+        stats: &GlobalStats,
+    ) -> Relocation {
+        let (old, new) = (from.as_ptr().cast::<libc::c_void>(), to.as_ptr().cast());
+        // SAFETY: both ranges are the caller's, page-aligned and apart; MREMAP_FIXED moves the
+        // page tables of `from` (huge pages whole, when both ends are 2 MiB-aligned) onto `to`,
+        // replacing what was there, or fails with `from` unchanged.
+        let p = unsafe {
+            libc::mremap(
+                old,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                new,
+            )
+        };
+        if p == new {
+            stats.event(Event::Mremap, 0);
+            stats.event(Event::Munmap, len);
+            return Relocation::Moved;
+        }
+        // Refused. Linux may have unmapped the target already (see `remap`): map it again, but
+        // only where nothing else was mapped since (MAP_FIXED_NOREPLACE; a kernel without it
+        // takes the address as a hint, and a mapping elsewhere is given back).
+        // SAFETY: a fresh anonymous private mapping that replaces nothing.
+        let q = unsafe {
+            libc::mmap(
+                new,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        stats.event(Event::OsRefused, len);
+        if q == new {
+            return Relocation::Refused;
+        }
+        if q != libc::MAP_FAILED {
+            Self::trim(q as usize, len);
+            return Relocation::LostTarget;
+        }
+        // EEXIST: something is mapped there: the target still (the kernel refused before
+        // unmapping it), or another thread's mapping made since. Nothing tells the two apart,
+        // so the range counts as lost: the caller leaves it alone (at worst, address space of
+        // ours that nothing touches stays mapped).
+        Relocation::LostTarget
     }
 
     unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {

@@ -63,6 +63,49 @@ fn remap_keeps_contents() {
 }
 
 #[test]
+fn relocate_moves_pages_onto_the_target() {
+    let stats = GlobalStats::new();
+    let page = page_size();
+    let from = LibcOs.map(4 * page, page, &stats).expect("four pages");
+    let to = LibcOs.map(8 * page, page, &stats).expect("eight pages");
+    // SAFETY: our own mappings, apart; `from` is not used after it moved.
+    unsafe {
+        from.as_ptr().write(7);
+        from.as_ptr().add(3 * page).write(8);
+        to.as_ptr().add(7 * page).write(9);
+        let target = NonNull::new(to.as_ptr().add(2 * page)).unwrap();
+        assert_eq!(
+            LibcOs.relocate(from, target, 4 * page, &stats),
+            Relocation::Moved
+        );
+        assert_eq!(*target.as_ptr(), 7);
+        assert_eq!(*target.as_ptr().add(3 * page), 8);
+        assert_eq!(
+            *to.as_ptr().add(7 * page),
+            9,
+            "the rest of the target is kept"
+        );
+        assert_eq!(*to.as_ptr(), 0);
+        let mut vec = [0u8; 1];
+        let rc = libc::mincore(from.as_ptr().cast(), page, vec.as_mut_ptr());
+        assert_eq!(rc, -1, "the source is no longer mapped");
+        // Refused (the source is not mapped now). Whether the kernel unmapped the target
+        // before it refused depends on its version: then the target is mapped again (Refused);
+        // when something is mapped there, it cannot tell whose it is (LostTarget). This test
+        // has no other thread, so the target is still its own either way.
+        assert_ne!(
+            LibcOs.relocate(from, target, 4 * page, &stats),
+            Relocation::Moved
+        );
+        target.as_ptr().add(4 * page - 1).write(1);
+        LibcOs.unmap(to, 8 * page, &stats);
+    }
+    let s = stats.snapshot();
+    assert_eq!((s.count(Event::Mremap), s.bytes(Event::Mremap)), (1, 0));
+    assert_eq!(s.count(Event::OsRefused), 1);
+}
+
+#[test]
 fn an_absurd_mapping_is_refused() {
     let stats = GlobalStats::new();
     let page = page_size();

@@ -58,8 +58,9 @@ const _: () = assert!(MAX_CLASSES.is_power_of_two());
 pub enum Event {
     /// An `mmap` (bytes: the length mapped).
     Mmap,
-    /// A `munmap` (bytes: the length unmapped, trims included), or a reservation that a moving
-    /// `mremap` replaced with the grown mapping.
+    /// A `munmap` (bytes: the length unmapped, trims included), a reservation that a moving
+    /// `mremap` replaced with the grown mapping, or the range whose pages a relocation moved
+    /// away (`Os::relocate`).
     Munmap,
     /// An `madvise(MADV_DONTNEED)`: a purge (bytes: the length given back).
     Madvise,
@@ -84,7 +85,8 @@ pub enum Event {
     LargeAlloc,
     /// A large region given back by a user (bytes: its mapped length), or a medium block.
     LargeFree,
-    /// A large region grown by moving its pages (`mremap`) instead of copying (bytes: growth).
+    /// A large region grown by moving its pages (`mremap`) instead of copying (bytes: growth),
+    /// or pages moved onto another range of ours (`Os::relocate`; bytes: 0, nothing grew).
     Mremap,
     /// Address space reserved but not memory in use, such as the registry's table mapped
     /// `MAP_NORESERVE` (bytes: the length). Not counted as [`Event::Mmap`].

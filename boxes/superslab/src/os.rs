@@ -175,6 +175,48 @@ pub mod heap {
             stats.event(Event::Munmap, len);
         }
 
+        unsafe fn relocate(
+            &self,
+            from: NonNull<u8>,
+            to: NonNull<u8>,
+            len: usize,
+            stats: &GlobalStats,
+        ) -> hakmem_os::Relocation {
+            let (a, b) = (from.as_ptr() as usize, to.as_ptr() as usize);
+            self.check_pages("relocate", a, len);
+            self.check_pages("relocate", b, len);
+            assert!(
+                a + len <= b || b + len <= a,
+                "relocate onto an overlapping range"
+            );
+            assert!(
+                self.is_mapped(b, len),
+                "relocate onto a range that is not mapped"
+            );
+            // SAFETY: both ranges are the caller's and apart (checked above); the copy stands
+            // in for moving the pages.
+            unsafe { core::ptr::copy_nonoverlapping(from.as_ptr(), to.as_ptr(), len) };
+            // The source is unmapped, as mremap leaves it (in the stats; not in `unmaps`).
+            {
+                let mut l = self.live.lock().unwrap();
+                let mut used =
+                    Self::cover(&l, a, len).expect("relocate of a range that is not mapped");
+                used.sort_unstable_by(|x, y| y.cmp(x));
+                for i in used {
+                    let (p, n) = l.remove(i);
+                    if p < a {
+                        l.push((p, a - p));
+                    }
+                    if a + len < p + n {
+                        l.push((a + len, p + n - a - len));
+                    }
+                }
+            }
+            stats.event(Event::Mremap, 0);
+            stats.event(Event::Munmap, len);
+            hakmem_os::Relocation::Moved
+        }
+
         unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
             self.check_pages("purge", ptr.as_ptr() as usize, len);
             // SAFETY: the caller guarantees the range is ours and dead.
