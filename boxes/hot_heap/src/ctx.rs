@@ -32,6 +32,7 @@ impl Ctx {
                 live_count: 0,
                 parked: [null_mut(); PARK_MAX],
                 parked_at: [0; PARK_MAX],
+                parked_takes: [0; PARK_MAX],
                 parked_count: 0,
                 takes: 0,
             }),
@@ -134,6 +135,7 @@ impl Ctx {
             }
             l.parked[l.parked_count] = h;
             l.parked_at[l.parked_count] = now;
+            l.parked_takes[l.parked_count] = l.takes;
             l.parked_count += 1;
             l.live_count -= 1;
             self.set_parked_due(l);
@@ -161,40 +163,63 @@ impl Ctx {
 
     /// Retires the parked heaps parked at or before `limit`.
     fn retire_parked_before(&'static self, limit: u64) {
-        loop {
-            let h = self.heaps.with(|l| {
-                if l.parked_count == 0 || l.parked_at[0] > limit {
-                    return null_mut();
-                }
-                #[cfg(not(hakmem_seeded_bug = "park_peek"))]
-                let h = self.unpark_oldest(l);
-                // Seeded bug: the oldest is read here and taken off the set in a second
-                // critical section, so a thread may take it in between.
-                #[cfg(hakmem_seeded_bug = "park_peek")]
-                let h = l.parked[0];
-                h
-            });
-            if h.is_null() {
-                return;
+        while self.retire_oldest_parked_if(|l| l.parked_at[0] <= limit) {}
+    }
+
+    /// Retires the oldest parked heap if no thread has taken a parked heap since it was
+    /// parked (H18): a running heap is about to map a superslab, and that heap's superslabs
+    /// (empty ones to the lru, the rest abandoned for adoption) serve it better than a bet on
+    /// a thread that has not started. While threads keep starting, the parked heaps stay
+    /// for them. True when a heap was retired.
+    pub(crate) fn retire_unclaimed_parked(&'static self) -> bool {
+        self.retire_oldest_parked_if(|l| l.parked_takes[0] == l.takes)
+    }
+
+    /// Retires the oldest parked heap if there is one and `cond` holds for the set (read under
+    /// the lock, with at least one heap parked). True when a heap was retired.
+    fn retire_oldest_parked_if(&'static self, cond: impl Fn(&Heaps) -> bool) -> bool {
+        let h = self.heaps.with(|l| {
+            if l.parked_count == 0 || !cond(l) {
+                return null_mut();
             }
+            #[cfg(not(hakmem_seeded_bug = "park_peek"))]
+            let h = self.unpark_oldest(l);
+            // Seeded bug: the oldest is read here and taken off the set in a second
+            // critical section, so a thread may take it in between.
             #[cfg(hakmem_seeded_bug = "park_peek")]
-            self.heaps.with(|l| {
-                if l.parked_count != 0 && l.parked[0] == h {
-                    self.unpark_oldest(l);
-                }
-            });
-            // SAFETY: taken off the set under the lock: nobody else has it (H18).
-            unsafe { (*h).teardown() };
-            self.heaps.with(|l| {
-                // SAFETY: under the lock; `h` is on no list.
-                unsafe {
-                    (*h).next = l.free;
-                    (*h).id = 0;
-                    (*h).tag = 0;
-                }
-                l.free = h;
-            });
+            let h = l.parked[0];
+            h
+        });
+        if h.is_null() {
+            return false;
         }
+        #[cfg(hakmem_seeded_bug = "park_peek")]
+        self.heaps.with(|l| {
+            if l.parked_count != 0 && l.parked[0] == h {
+                self.unpark_oldest(l);
+            }
+        });
+        // SAFETY: taken off the set under the lock: nobody else has it (H18).
+        unsafe { self.retire_unparked(h) };
+        true
+    }
+
+    /// Tears a heap taken off the parked set down (H5) and puts it on the free list.
+    ///
+    /// # Safety
+    /// `h` was taken off the parked set under the lock by the caller, so nobody else has it.
+    unsafe fn retire_unparked(&self, h: *mut Heap) {
+        // SAFETY: as the caller says.
+        unsafe { (*h).teardown() };
+        self.heaps.with(|l| {
+            // SAFETY: under the lock; `h` is on no list.
+            unsafe {
+                (*h).next = l.free;
+                (*h).id = 0;
+                (*h).tag = 0;
+            }
+            l.free = h;
+        });
     }
 
     /// Takes the oldest parked heap off the set. Under the heap list's lock.
@@ -202,6 +227,7 @@ impl Ctx {
         let h = l.parked[0];
         l.parked.copy_within(1.., 0);
         l.parked_at.copy_within(1.., 0);
+        l.parked_takes.copy_within(1.., 0);
         l.parked_count -= 1;
         self.set_parked_due(l);
         h
@@ -448,18 +474,24 @@ impl Ctx {
         unsafe { self.lru.put(&self.stats, region, SS_SIZE, now_ns()) };
     }
 
-    /// A superslab for heap `owner`: from the lru, else fresh from the OS.
-    pub(crate) fn superslab_for(&'static self, owner: usize) -> Option<&'static Superslab> {
+    /// A superslab for heap `owner` from the lru, if it holds one.
+    pub(crate) fn superslab_from_lru(&'static self, owner: usize) -> Option<&'static Superslab> {
+        let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
-        if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
-            // SAFETY: a cached region is ours, whole and unused (lru C2).
-            match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
-                Ok(ss) => return Some(ss),
+        // SAFETY: a cached region is ours, whole and unused (lru C2).
+        match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
+            Ok(ss) => Some(ss),
+            Err(region) => {
                 // SAFETY: never published.
-                Err(region) => unsafe { self.os.unmap(region, SS_SIZE, &self.stats) },
+                unsafe { self.os.unmap(region, SS_SIZE, &self.stats) };
+                None
             }
         }
-        Superslab::create(&env, owner)
+    }
+
+    /// A superslab for heap `owner` fresh from the OS.
+    pub(crate) fn superslab_from_os(&'static self, owner: usize) -> Option<&'static Superslab> {
+        Superslab::create(&self.env(), owner)
     }
 
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).

@@ -8,7 +8,8 @@
 //! ```text
 //! alloc: thread list --(empty)--> unified cache --(empty)--> slabs (half a list), in this order:
 //!        own slabs -> drained remote frees (of superslabs whose remote hint is set, SS15)
-//!        -> adopted abandoned superslabs -> new slab in an own superslab -> lru -> OS
+//!        -> adopted abandoned superslabs -> new slab in an own superslab -> lru
+//!        -> a parked heap no thread came for, retired (H18), then adoption again -> OS
 //! free (owner):     thread list --(full: grows, H11)--> unified cache --(full)--> slab free lists
 //!                   (runs of one slab spliced at once)
 //! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:
@@ -236,7 +237,10 @@
 //!   threads' blocks). A heap parked one purge delay ago (the lru's; never, with purging off)
 //!   is retired (H5) by the next park, take or [`Ctx::expire_parked`] (the slow paths' and the
 //!   background purge's check, one atomic load while none is due), and every parked heap by
-//!   [`Ctx::retire_parked`] (`collect`). The set is changed only under the heap list's lock,
+//!   [`Ctx::retire_parked`] (`collect`). A thread's heap that would map a superslab (the lru
+//!   empty) first retires the oldest parked heap if no parked heap was taken since it was
+//!   parked (no thread started since: the bet on one is weaker than a running thread's need),
+//!   and adopts what it abandoned; while threads keep starting, the parked heaps stay. The set is changed only under the heap list's lock,
 //!   and a heap leaves it (taken or to be retired) in the same critical section that finds it,
 //!   so it goes to exactly one thread: nothing of a parked heap is released while it can
 //!   still be taken, and nothing is released while a block of it is held (a retirement
@@ -487,6 +491,9 @@ struct Heaps {
     /// `parked_at[i]` (as [`hakmem_lru::now_ns`]).
     parked: [*mut Heap; PARK_MAX],
     parked_at: [u64; PARK_MAX],
+    /// `takes` when `parked[i]` was parked: equal to `takes` while no thread has taken a
+    /// parked heap since (H18: such a heap is retired before a running heap maps memory).
+    parked_takes: [usize; PARK_MAX],
     parked_count: usize,
     /// Parked heaps taken so far (H15, H18): a reaper's claim fails when a take came between
     /// its look at a heap and its claim.

@@ -82,10 +82,24 @@ fn reap_vs_exit_and_a_reused_tag() {
 /// the superslab of the held block, which its owner then frees; a heap torn down was not taken.
 #[test]
 fn park_take_and_tear_down() {
+    park_take_and(|ctx| ctx.retire_parked());
+}
+
+/// As [`park_take_and_tear_down`], with the tear-down a growing heap's (refill step 6): the
+/// oldest parked heap retired if no heap was taken since it was parked.
+#[test]
+fn park_take_and_tear_down_before_growth() {
+    park_take_and(|ctx| {
+        ctx.retire_unclaimed_parked();
+    });
+}
+
+/// The body of the two models above, with `tear_down` racing a park and a take.
+fn park_take_and(tear_down: fn(&'static Ctx)) {
     let mut model = loom::model::Builder::new();
     model.max_branches = 1 << 20;
     model.preemption_bound = Some(2);
-    model.check(|| {
+    model.check(move || {
         // Room for two heaps and the held block's superslab.
         let ctx = ctx_of(4);
         let first = ctx.take_or_new_heap().expect("arena has room");
@@ -103,7 +117,7 @@ fn park_take_and_tear_down() {
         });
         let starting =
             loom::thread::spawn(move || ctx.take_or_new_heap().unwrap().as_ptr() as usize);
-        ctx.retire_parked();
+        tear_down(ctx);
         exiting.join().unwrap();
         let taken = starting.join().unwrap() as *mut Heap;
         assert_eq!(ctx.live_heaps(), 1, "the starting thread's heap is live");

@@ -128,59 +128,68 @@ impl Heap {
         if let Some(s) = self.current(class) {
             return Some(s);
         }
-        // 3. Abandoned superslabs, adopted until one serves: it has a slab of this class with
-        // a free block, or a free slab for step 4. Adopting more would strand their free space
-        // in this heap while other threads grow.
-        // SAFETY: this heap's id, used by this thread alone.
-        while let Some(ss) = unsafe { self.adopt_abandoned() } {
-            self.ctx().stats.event(Event::Adopt, 0);
-            // SAFETY: adopted: ours.
-            let has_free = unsafe { ss.has_free_slab() };
-            self.link_owned(ss, has_free);
-            // Its free slabs may hold pages: they wait for this heap's purge tick (H14).
-            self.arm_slab_purge();
-            let released = self.collect_one(ss);
-            if !released {
-                self.validate_superslab_if_checking(ss);
+        let bs = class.size() as u32;
+        let s = loop {
+            // 3. Abandoned superslabs, adopted until one serves: it has a slab of this class with
+            // a free block, or a free slab for step 4. Adopting more would strand their free space
+            // in this heap while other threads grow.
+            // SAFETY: this heap's id, used by this thread alone.
+            while let Some(ss) = unsafe { self.adopt_abandoned() } {
+                self.ctx().stats.event(Event::Adopt, 0);
+                // SAFETY: adopted: ours.
+                let has_free = unsafe { ss.has_free_slab() };
+                self.link_owned(ss, has_free);
+                // Its free slabs may hold pages: they wait for this heap's purge tick (H14).
+                self.arm_slab_purge();
+                let released = self.collect_one(ss);
+                if !released {
+                    self.validate_superslab_if_checking(ss);
+                }
+                if let Some(s) = self.current(class) {
+                    return Some(s);
+                }
+                // SAFETY: ours (still mapped: not released).
+                if !released && unsafe { ss.has_free_slab() } {
+                    break;
+                }
             }
+            // Before asking for a new superslab, drain more own superslabs.
+            self.collect_owned(SCAN_BEFORE_GROWING);
             if let Some(s) = self.current(class) {
                 return Some(s);
             }
-            // SAFETY: ours (still mapped: not released).
-            if !released && unsafe { ss.has_free_slab() } {
-                break;
+            // 4. A new slab in an own superslab (H7: those with free slabs come first); 5. the lru;
+            // 6. a parked heap no thread took since it was parked, retired (H18), and back to 3
+            // for what it abandoned; 7. the OS.
+            for _ in 0..4 {
+                // SAFETY: owned superslabs are live and ours.
+                let Some(s) = (unsafe { self.owned.as_ref() }) else {
+                    break;
+                };
+                // SAFETY: ours.
+                if unsafe { !s.has_free_slab() } {
+                    break; // the first is full, so all are (H7)
+                }
+                // SAFETY: ours.
+                let slab = unsafe { s.alloc_slab(class.index() as u32, bs) };
+                // SAFETY: ours.
+                if slab.is_none() || unsafe { !s.has_free_slab() } {
+                    // Full now (or its only free slab, slab 0, is too short for this class).
+                    self.move_owned(s, false);
+                }
+                if let Some(slab) = slab {
+                    self.ring_insert(class, slab);
+                    return Some(slab);
+                }
             }
-        }
-        // Before asking for a new superslab, drain more own superslabs.
-        self.collect_owned(SCAN_BEFORE_GROWING);
-        if let Some(s) = self.current(class) {
-            return Some(s);
-        }
-        // 4. A new slab in an own superslab (H7: those with free slabs come first); 5. the lru;
-        // 6. the OS.
-        let bs = class.size() as u32;
-        for _ in 0..4 {
-            // SAFETY: owned superslabs are live and ours.
-            let Some(s) = (unsafe { self.owned.as_ref() }) else {
-                break;
-            };
-            // SAFETY: ours.
-            if unsafe { !s.has_free_slab() } {
-                break; // the first is full, so all are (H7)
+            if let Some(s) = self.ctx().superslab_from_lru(self.id) {
+                break s;
             }
-            // SAFETY: ours.
-            let slab = unsafe { s.alloc_slab(class.index() as u32, bs) };
-            // SAFETY: ours.
-            if slab.is_none() || unsafe { !s.has_free_slab() } {
-                // Full now (or its only free slab, slab 0, is too short for this class).
-                self.move_owned(s, false);
+            // A private heap adopts nothing (H17): a retirement would not serve it.
+            if self.private || !self.ctx().retire_unclaimed_parked() {
+                break self.ctx().superslab_from_os(self.id)?;
             }
-            if let Some(slab) = slab {
-                self.ring_insert(class, slab);
-                return Some(slab);
-            }
-        }
-        let s = self.ctx().superslab_for(self.id)?;
+        };
         self.link_owned(s, true);
         // SAFETY: ours, fresh: every slab is free.
         let slab = unsafe { s.alloc_slab(class.index() as u32, bs) }?;

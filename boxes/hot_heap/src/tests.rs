@@ -1339,3 +1339,94 @@ fn a_full_set_of_parked_heaps_retires_the_next_exit() {
     assert_eq!(ctx.snapshot().held(c.index()), 0);
     assert!(my_reports().is_empty());
 }
+
+/// Allocates blocks of `c` on `h` until it maps a superslab or adopts one, and returns them.
+fn alloc_until_growth(ctx: &'static Ctx, h: &mut Heap, c: SizeClass) -> Vec<*mut u8> {
+    let before = ctx.snapshot();
+    let grew = |s: &Snapshot| {
+        s.count(Event::SsCreated) > before.count(Event::SsCreated)
+            || s.count(Event::Adopt) > before.count(Event::Adopt)
+    };
+    let mut out = Vec::new();
+    while !grew(&ctx.snapshot()) {
+        assert!(out.len() < 100_000, "the heap never grew");
+        // SAFETY: this thread's heap.
+        out.push(unsafe { h.alloc(c) });
+    }
+    out
+}
+
+/// H18: a running heap about to map a superslab first retires a parked heap that no thread
+/// took since it was parked, and adopts what it abandoned; a parked heap with a take after it
+/// (threads still starting) stays parked for the next thread.
+#[test]
+fn a_growing_heap_retires_a_parked_heap_no_thread_came_for() {
+    let ctx = ctx(16, false);
+    let c = class_of(8192).unwrap();
+    let running = ctx.take_or_new_heap().unwrap();
+    // SAFETY: this thread's heap.
+    let r = unsafe { &mut *running.as_ptr() };
+    // SAFETY: a second "thread's" heap, used by this thread alone until parked.
+    let exited = unsafe { &mut *ctx.take_or_new_heap().unwrap().as_ptr() };
+    // The exited thread leaves one block out (held by the running one), the rest freed.
+    // SAFETY: its own heap; its own blocks, freed once.
+    let kept = unsafe {
+        let its: Vec<*mut u8> = (0..10).map(|_| exited.alloc(c)).collect();
+        for &p in &its[1..] {
+            free(exited, p);
+        }
+        its[0]
+    };
+    // SAFETY: made by take_or_new_heap; not used again.
+    unsafe { ctx.park_heap(NonNull::from(exited)) };
+    // The running heap needs a superslab: the parked heap is retired (its superslab
+    // abandoned: `kept` is out) and adopted, not a fresh one mapped.
+    let created = ctx.snapshot().count(Event::SsCreated);
+    let mut all = alloc_until_growth(ctx, r, c);
+    let s = ctx.snapshot();
+    assert_eq!(s.count(Event::Abandon), 1, "the parked heap was retired");
+    assert_eq!(s.count(Event::Adopt), 1, "and its superslab adopted");
+    assert_eq!(s.count(Event::SsCreated), created, "nothing mapped");
+    // Now with a take after the park: a thread started since, so the parked heap stays.
+    // SAFETY: as above, one "thread" after another.
+    let (a, b, kept_a) = unsafe {
+        let a = ctx.take_or_new_heap().unwrap();
+        let b = ctx.take_or_new_heap().unwrap();
+        let kept_a = (*a.as_ptr()).alloc(c);
+        ctx.park_heap(a);
+        ctx.park_heap(b);
+        (a, b, kept_a)
+    };
+    // SAFETY: parked: nobody uses it.
+    let a_id = unsafe { (*a.as_ptr()).id() };
+    let again = ctx.take_or_new_heap().unwrap();
+    assert_eq!(again, b, "the most recent is taken");
+    let created = ctx.snapshot().count(Event::SsCreated);
+    all.extend(alloc_until_growth(ctx, r, c));
+    let s = ctx.snapshot();
+    assert_eq!(s.count(Event::Abandon), 1, "nothing retired");
+    assert_eq!(
+        s.count(Event::SsCreated),
+        created + 1,
+        "a fresh superslab instead"
+    );
+    let taken = ctx.take_or_new_heap().unwrap();
+    // SAFETY: this thread's heap now.
+    let t = unsafe { &mut *taken.as_ptr() };
+    assert_eq!((taken, t.id()), (a, a_id), "still parked, and taken");
+    // SAFETY: its own block, freed once.
+    unsafe { free(t, kept_a) };
+    for p in all {
+        // SAFETY: the running heap's blocks, each freed once.
+        unsafe { free(r, p) };
+    }
+    // SAFETY: the parked-and-taken heaps and the running one, not used again.
+    unsafe {
+        free(r, kept);
+        ctx.retire_heap(a);
+        ctx.retire_heap(again);
+        ctx.retire_heap(running);
+    }
+    assert_eq!(ctx.snapshot().held(c.index()), 0);
+    assert!(my_reports().is_empty());
+}
