@@ -107,6 +107,31 @@ use sync::{fence, spin, AtomicI64, AtomicU64, Ordering::*};
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// `x` itself, through a register the compiler cannot see into: it cannot tell the result is
+/// `x`, so it cannot fold arithmetic on it back into a value it computed before (see
+/// [`Lists::pop_raw`]). Costs nothing where it is used: an empty `asm` on the register that
+/// holds `x`. Only x86_64 needs it, whose XOR overwrites its operand (so a value kept past it
+/// costs a copy); elsewhere it is `x`.
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut x = x;
+        // SAFETY: an empty template that only names the register holding `x`: it reads and
+        // writes nothing else, no memory, no stack, no flags.
+        unsafe {
+            core::arch::asm!(
+                "/* {0} */",
+                inout(reg) x,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        x
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    x
+}
+
 /// The largest bound a list may have (L1): the room is a signed 13-bit field.
 pub const MAX_CAP: u32 = (1 << 12) - 1;
 
@@ -754,10 +779,13 @@ impl<const N: usize> Lists<N> {
             (b.cast::<usize>().read() as u64).wrapping_mul(key.inv) as usize
         };
         let next = (d ^ b as usize) as *mut u8;
-        // The caller's check first, the near test only when it refuses (see above).
+        // The caller's check first, the near test only when it refuses (see above). The near
+        // test takes the XOR back out of `next` through [`opaque`], so that the compiler
+        // cannot reuse `d` there: `d` then dies at the XOR, which is done in place, and the
+        // fast path keeps no copy of it (one instruction less on every pop).
         if !far(next) {
             core::hint::cold_path();
-            if d >> NEAR_SHIFT != 0 {
+            if (opaque(next as usize) ^ b as usize) >> NEAR_SHIFT != 0 {
                 return null_mut();
             }
         }
