@@ -448,13 +448,8 @@ impl Ctx {
         unsafe { self.lru.put(&self.stats, region, SS_SIZE, now_ns()) };
     }
 
-    /// A superslab for heap `owner`: from the lru, else fresh from the OS, advised for huge
-    /// pages when `huge` (H17: a growing private heap's).
-    pub(crate) fn superslab_for(
-        &'static self,
-        owner: usize,
-        huge: bool,
-    ) -> Option<&'static Superslab> {
+    /// A superslab for heap `owner`: from the lru, else fresh from the OS.
+    pub(crate) fn superslab_for(&'static self, owner: usize) -> Option<&'static Superslab> {
         let env = self.env();
         if let Some(r) = self.lru.take(&self.stats, SS_SIZE, true, now_ns()) {
             // SAFETY: a cached region is ours, whole and unused (lru C2).
@@ -464,7 +459,7 @@ impl Ctx {
                 Err(region) => unsafe { self.os.unmap(region, SS_SIZE, &self.stats) },
             }
         }
-        Superslab::create_advised(&env, owner, huge)
+        Superslab::create(&env, owner)
     }
 
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).

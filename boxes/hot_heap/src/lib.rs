@@ -214,10 +214,6 @@
 //!   value (the facade's `hakmem::Heap`) rather than a thread: the same heap, with its tag 0
 //!   (never reaped, H15), that adopts no abandoned superslab (refill step 3 is skipped), so
 //!   every block of its superslabs is one it handed out. It is used by one thread at a time.
-//!   Once it owns a superslab, each further one it maps fresh from the OS is advised for huge
-//!   pages before its first touch (a heap that filled a superslab tends to grow on: one page
-//!   fault per 2 MiB instead of 512, and fewer TLB misses), as the large tier advises its
-//!   regions; a region keeps that advice through the lru.
 //!   [`Ctx::destroy_heap`] ends it once its user has given up every block (no user holds one;
 //!   every free of one by another thread has returned): its lists and cache are forgotten,
 //!   and each owned superslab is unlinked, its slabs freed without a walk of their blocks

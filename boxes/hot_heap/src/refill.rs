@@ -180,10 +180,7 @@ impl Heap {
                 return Some(slab);
             }
         }
-        // A private heap that fills a superslab tends to grow on: its next ones are advised
-        // for huge pages (H17).
-        let huge = self.private && self.owned_count > 0;
-        let s = self.ctx().superslab_for(self.id, huge)?;
+        let s = self.ctx().superslab_for(self.id)?;
         self.link_owned(s, true);
         // SAFETY: ours, fresh: every slab is free.
         let slab = unsafe { s.alloc_slab(class.index() as u32, bs) }?;

@@ -160,20 +160,9 @@ impl Superslab {
     /// ss.owner(); // error: `registry` and `os` do not live long enough
     /// ```
     pub fn create<'e>(env: &Env<'e>, owner: usize) -> Option<&'e Self> {
-        Self::create_advised(env, owner, false)
-    }
-
-    /// [`Superslab::create`], with the new region advised for huge pages
-    /// ([`crate::Os::advise_huge`]) before its first touch when `huge`: the header's write then
-    /// faults in one 2 MiB page, and so do the blocks after it (where the OS grants one).
-    pub fn create_advised<'e>(env: &Env<'e>, owner: usize, huge: bool) -> Option<&'e Self> {
         // The link key exists before any block does (SS18).
         crate::link_key();
         let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
-        if huge {
-            // SAFETY: a fresh mapping of `env.os`, page-aligned, ours alone.
-            unsafe { env.os.advise_huge(region, SS_SIZE) };
-        }
         // SAFETY: a fresh mapping of the right size and alignment, read as zero.
         match unsafe { Self::init(env, region, true, owner) } {
             Ok(ss) => {
