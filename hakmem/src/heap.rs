@@ -75,7 +75,11 @@ use hakmem_superslab::Superslab;
 /// superslabs. Bigger ones are served by the global medium and large tiers, as
 /// [`HakMem`](struct@crate::HakMem) serves them, and go back when their collection frees them:
 /// a collection that is forgotten before the heap is dropped leaks its big blocks (a leak,
-/// never a dangling block). [`Heap::stats`] counts the small blocks only.
+/// never a dangling block). [`Heap::stats`] counts the small blocks only. A big block freed
+/// while the heap's latest big allocation is bigger (the old buffer of a collection that grew:
+/// a `Vec`'s, or a hash map's table, which is freed after its successor is filled) gives its
+/// pages back to the OS as it goes, rather than waiting in the process's cache of empty
+/// regions: the collection holds its bigger successor, so the memory it needs next is larger.
 ///
 /// # Drop, reset and collect
 /// - Dropping the heap frees every small block in it at once: each of its superslabs goes back
@@ -88,6 +92,8 @@ use hakmem_superslab::Superslab;
 ///   their superslabs and empty superslabs to the cache of empty regions.
 pub struct Heap {
     heap: NonNull<hot::Heap>,
+    /// The size of the latest big block (served by the global tiers) allocated in the heap.
+    last_big: Cell<usize>,
     /// Not `Sync`: one thread at a time allocates in the heap.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -113,6 +119,7 @@ impl Heap {
         let heap = ctx_or_init()?.new_private_heap()?;
         Some(Heap {
             heap,
+            last_big: Cell::new(0),
             _not_sync: PhantomData,
         })
     }
@@ -182,18 +189,57 @@ impl Heap {
     fn allocate_impl(&self, layout: Layout, zero: bool) -> Result<NonNull<[u8]>, AllocError> {
         let p = match route(layout.size(), layout.align()) {
             Route::Small(class) => self.alloc_small(class, zero),
-            // SAFETY: a layout of nonzero size (the small tier takes size 0).
-            Route::Large => unsafe {
-                if zero {
-                    HakMem.alloc_zeroed(layout)
-                } else {
-                    HakMem.alloc(layout)
-                }
-            },
+            Route::Large => self.alloc_big(layout, zero),
         };
         let p = NonNull::new(p).ok_or(AllocError)?;
         // The size asked for: no table lookup (and no bounds check) on the fast path.
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+}
+
+impl Heap {
+    /// A big block from the global tiers, its size remembered as the latest big allocation.
+    #[inline(never)]
+    fn alloc_big(&self, layout: Layout, zero: bool) -> *mut u8 {
+        // SAFETY: a layout of nonzero size (the small tier takes size 0).
+        let p = unsafe {
+            if zero {
+                HakMem.alloc_zeroed(layout)
+            } else {
+                HakMem.alloc(layout)
+            }
+        };
+        if !p.is_null() {
+            self.last_big.set(layout.size());
+        }
+        p
+    }
+
+    /// Frees a big block (the global tiers'): its whole pages are given back first when the
+    /// latest big allocation is bigger (see the type's docs).
+    ///
+    /// # Safety
+    /// `p` is a live big block this heap handed out with `layout`, given up.
+    #[inline(never)]
+    unsafe fn free_big(&self, p: *mut u8, layout: Layout) {
+        if layout.size() < self.last_big.get() {
+            if let Some(ctx) = crate::context::ctx() {
+                let env = ctx.env();
+                let page = env.os.page_size();
+                let start = (p as usize).next_multiple_of(page);
+                let end = (p as usize + layout.size()) & !(page - 1);
+                if let Some(at) = NonNull::new(start as *mut u8).filter(|_| end > start) {
+                    // SAFETY: whole pages inside the block, which the caller gives up (its
+                    // contents are dead), in a region the global tiers mapped through this
+                    // `Os`. The tier's free below writes its own records after this (none
+                    // lie inside a block's bytes), and a purged page reads as zero, which
+                    // the tiers never take for zeroed memory they did not purge themselves.
+                    unsafe { env.os.purge(at, end - start, env.stats) };
+                }
+            }
+        }
+        // SAFETY: a block of hakmem's, given up, with its layout.
+        unsafe { HakMem.dealloc(p, layout) }
     }
 }
 
@@ -254,8 +300,13 @@ unsafe impl Allocator for &Heap {
                 return unsafe { h.free_own(slab, p) };
             }
         }
-        // A big block (the global tiers'), or a small one whose slab is not this heap's, which
-        // `allocate` never hands out: the global free routes either.
+        if route(layout.size(), layout.align()) == Route::Large {
+            // SAFETY: a big block of this heap's (`allocate` gave it from the global tiers),
+            // given up.
+            return unsafe { self.free_big(p, layout) };
+        }
+        // A small block of 64 KiB, or one whose slab is not this heap's, which `allocate`
+        // never hands out: the global free routes either.
         // SAFETY: a block of hakmem's, given up, with its layout.
         unsafe { HakMem.dealloc(p, layout) }
     }
