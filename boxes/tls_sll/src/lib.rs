@@ -81,11 +81,11 @@
 //!   (an odd multiplier, secret per process when the caller sets one with
 //!   [`Lists::set_link_key`]); no link is ever stored raw, so a word the user overwrote
 //!   decodes to a scattered value ([`LinkKey`]): a word set to 0 or to the block's own address
-//!   never decodes to the block itself. The fast pop ([`Lists::pop_raw`]) follows a link when the caller's `far`
-//!   check accepts it, tested first (so a check that accepts every block of the caller's,
-//!   near or far, makes its branch go the same way whatever the mix of near and far links),
-//!   or else when the next block lies in the head's own 2 MiB region ([`NEAR_SHIFT`]);
-//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`]
+//!   never decodes to the block itself. The fast pop ([`Lists::pop_raw`]) follows a link
+//!   when the caller's `far` check accepts it, tested first (so a check that accepts every
+//!   block of the caller's, near or far, makes its branch go the same way whatever the mix of
+//!   near and far links), or else when the next block lies in the head's own 2 MiB region
+//!   ([`NEAR_SHIFT`]); otherwise it returns null and changes nothing. An empty list's head is the [`end`]
 //!   block, whose stored word decodes far under every key and which `far` refuses, so that
 //!   pop has no test for emptiness. Every other
 //!   read of a link ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a
