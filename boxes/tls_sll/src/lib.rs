@@ -85,12 +85,12 @@
 //!   when the caller's `far` check accepts it, tested first (so a check that accepts every
 //!   block of the caller's, near or far, makes its branch go the same way whatever the mix of
 //!   near and far links), or else when the next block lies in the head's own 2 MiB region
-//!   ([`NEAR_SHIFT`]); otherwise it returns null and changes nothing. An empty list's head is the [`end`]
-//!   block, whose stored word decodes far under every key and which `far` refuses, so that
-//!   pop has no test for emptiness. Every other
-//!   read of a link ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a
-//!   link that leaves its block's 2 MiB region only when it is the end block or the caller's
-//!   `far` check accepts it; at a link that fails, a pop or take drops the rest of the list
+//!   ([`NEAR_SHIFT`]); otherwise it returns null and changes nothing. An empty list's head is
+//!   the [`end`] block, whose stored word decodes far under every key and which `far`
+//!   refuses, so that pop has no test for emptiness. Every other read of a link
+//!   ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a link that
+//!   leaves its block's 2 MiB region only when it is the end block or the caller's `far`
+//!   check accepts it; at a link that fails, a pop or take drops the rest of the list
 //!   (its blocks are abandoned where they are, counted as moved out, L6) and names the block
 //!   that held it, and `contains` stops. So with `far` checks that accept only blocks of the
 //!   caller's, no link the user wrote ever makes a list hand out an address outside the
