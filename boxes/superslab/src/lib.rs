@@ -187,7 +187,8 @@
 //!   bad link; a word set to 0 reads as a scattered address). At a link that fails, the walk
 //!   returns `Corrupt::FreeList` naming the block that holds it, and the list is dropped from
 //!   there on: its blocks stay counted in `used` (SS4), so the slab is never freed while they
-//!   could be reached, and nothing follows the bad link. [`RemoteStack::contains`] decodes too, and bounds every link it follows.
+//!   could be reached, and nothing follows the bad link. [`RemoteStack::contains`] decodes
+//!   too, and bounds every link it follows.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 //! - **SS19 (destruction).** The owner whose every block of a superslab is given up at once (a
