@@ -412,6 +412,24 @@ fn overflow_into_a_free_medium_neighbour_is_harmless() {
     check_all(cases, nothing_more);
 }
 
+#[test]
+fn a_freed_blocks_link_set_to_zero_or_its_own_address_is_caught() {
+    // A write after free into the first word of a block on the thread's free list (with
+    // HAKMEM_CHECK=1, on its slab's free list): 0, or the block's own address. Neither may read
+    // as a link to the block itself (which would hand it out from every later malloc): the
+    // link is reported where it is used, and with `warn` no block is handed out twice.
+    let mut cases = Vec::new();
+    for check in [false, true] {
+        for word in ["zero", "self"] {
+            cases.push((
+                Case::new("use_after_free", &[word], check),
+                Expect::Report(vec![CORRUPT.to_string()]),
+            ));
+        }
+    }
+    check_all(cases, nothing_more);
+}
+
 /// Runs `rlimit MODE [KIB]` in both modes: it must succeed, and hakmem must have served it.
 fn rlimit_case(args: &[&str], min_allocs: u64) {
     let mode = args[0];

@@ -176,16 +176,19 @@
 //!   [`AbandonedList::try_remove`], [`AbandonedList::claim`], [`Superslab::free_remote`] or
 //!   [`Superslab::abandon`]'s settling is left on its own list.
 //! - **SS18 (encoded, checked links).** Every link inside a free block, on a slab's free list,
-//!   on a remote stack and (in the hot heap) on a thread list, is stored as `(next ^ block) *
-//!   K` ([`LinkKey`]), `K` the per-process [`link_key`], drawn before the first superslab
-//!   exists; so chains move between the three as they lie. Every walk of a slab's free list or
-//!   of a chain taken off its remote stack ([`SlabMeta::take_free_chain`],
-//!   [`SlabMeta::alloc_batch`], the drain's join, [`SlabMeta::free_list_contains`]) decodes a
-//!   link and follows it only when it is the list's end or a block start of the same slab below
-//!   its carve mark. At a link that fails, the walk returns `Corrupt::FreeList` naming the
-//!   block that holds it, and the list is dropped from there on: its blocks stay counted in
-//!   `used` (SS4), so the slab is never freed while they could be reached, and nothing follows
-//!   the bad link. [`RemoteStack::contains`] decodes too, and bounds every link it follows.
+//!   on a remote stack and (in the hot heap) on a thread list, is stored as `next * K ^ block`
+//!   ([`LinkKey`]), `K` the per-process [`link_key`], drawn before the first superslab exists;
+//!   so chains move between the three as they lie. A slab's free list and a remote stack end
+//!   at null, stored as the block's own address. Every walk of a slab's free list or of a chain
+//!   taken off its remote stack ([`SlabMeta::take_free_chain`], [`SlabMeta::alloc_batch`], the
+//!   drain's join, [`SlabMeta::free_list_contains`]) decodes a link and follows it only when it
+//!   is a block start of the same slab below its carve mark, or the list's end where the list's
+//!   count ends it (a word the user set to its block's own address reads as an end too soon, a
+//!   bad link; a word set to 0 reads as a scattered address). At a link that fails, the walk
+//!   returns `Corrupt::FreeList` naming the block that holds it, and the list is dropped from
+//!   there on: its blocks stay counted in `used` (SS4), so the slab is never freed while they
+//!   could be reached, and nothing follows the bad link. [`RemoteStack::contains`] decodes
+//!   too, and bounds every link it follows.
 //! - **SS8 (fresh memory).** A slab's never-carved blocks read as zero when the slab began on
 //!   pages fresh from the OS or purged, and only then (`SlabLocal::fresh`).
 //! - **SS19 (destruction).** The owner whose every block of a superslab is given up at once (a

@@ -346,6 +346,12 @@ impl SlabMeta {
                     }
                 }
                 match next {
+                    // The list ends before its count: a link overwritten with its block's own
+                    // address, which decodes to the end (SS18). As a bad link.
+                    Ok(b) if b.is_null() && l.free_len != n => {
+                        Self::drop_free_list(l);
+                        Err(Corrupt::FreeList(tail as usize))
+                    }
                     Ok(b) => {
                         l.free = b;
                         l.free_len -= n;
@@ -411,11 +417,13 @@ impl SlabMeta {
                     let b = l.free;
                     l.free_len -= 1;
                     match self.next_free(key, b) {
-                        Ok(next) => l.free = next,
-                        Err(e) => {
+                        // A list that ends before its count is cut as at a bad link (see
+                        // [`Self::take_free_chain`]).
+                        Ok(next) if !next.is_null() || l.free_len == 0 => l.free = next,
+                        r => {
                             l.free = null_mut();
                             Self::drop_free_list(l);
-                            bad = Some(e);
+                            bad = Some(r.err().unwrap_or(Corrupt::FreeList(b as usize)));
                         }
                     }
                     out(b);

@@ -864,6 +864,63 @@ fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() 
     }
 }
 
+#[test]
+fn a_zeroed_or_self_addressed_link_on_a_free_list_never_hands_a_block_out_twice() {
+    // A block freed and then written through a dangling pointer: its first word set to 0
+    // (decodes to a scattered address, refused) or to its own address (decodes to the list's
+    // end, before the list's count is reached). Either way the block holding it is reported and
+    // the rest of the list dropped, its blocks out for good (SS18); no block is handed out
+    // twice.
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    let counts = |slab: &SlabMeta| {
+        // SAFETY: this thread owns the slab.
+        let l = unsafe { slab.local() };
+        (l.used, l.free_len, l.free.is_null())
+    };
+    // SAFETY: this thread owns the superslab; each block is freed once (the test writes into
+    // free blocks only to play the user's write after free).
+    unsafe {
+        let slab = ss.alloc_slab(1, 32).unwrap();
+        let mut b = Vec::new();
+        slab.alloc_batch(12, |x| b.push(x));
+        for (i, zero) in [(0, true), (3, false)] {
+            // The free list b[i+2] -> b[i+1] -> b[i], b[i+2]'s first word overwritten.
+            for &x in &b[i..i + 3] {
+                slab.free_local(x).unwrap();
+            }
+            let top = b[i + 2];
+            top.cast::<usize>()
+                .write(if zero { 0 } else { top as usize });
+            let used = counts(slab).0;
+            let mut got = Vec::new();
+            let (n, bad) = slab.alloc_batch(3, |x| got.push(x));
+            assert_eq!((n, bad), (3, Some(Corrupt::FreeList(top as usize))));
+            assert_eq!(got[0], top);
+            assert!(
+                got[1..].iter().all(|x| !b.contains(x)),
+                "carved, new blocks"
+            );
+            assert_eq!(counts(slab), (used + 3 + 2, 0, true));
+        }
+        // The chain take reports the same, and hands nothing out.
+        for (i, zero) in [(6, true), (9, false)] {
+            for &x in &b[i..i + 3] {
+                slab.free_local(x).unwrap();
+            }
+            let top = b[i + 2];
+            top.cast::<usize>()
+                .write(if zero { 0 } else { top as usize });
+            let used = counts(slab).0;
+            assert_eq!(
+                slab.take_free_chain(8),
+                Err(Corrupt::FreeList(top as usize))
+            );
+            assert_eq!(counts(slab), (used + 3, 0, true));
+        }
+    }
+}
+
 /// `validate`'s answer, as the invariant's ID (or the report of a bad link).
 fn broken(r: Result<(), Corrupt>) -> Option<&'static str> {
     match r {

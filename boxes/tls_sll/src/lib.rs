@@ -76,20 +76,21 @@
 //!   held: counts another thread reads are exact as of some moment during its read. Every
 //!   write ends, as its thread runs on; only a fork can freeze one, for a thread that does not
 //!   exist in the child, which therefore ends it ([`Lists::end_write_after_fork`]).
-//! - **L8 (encoded, checked links).** A block `b` whose next block is `n` (null at the list's
-//!   end) holds `(n ^ b) * mul` in its first word, `mul` the lists' [`LinkKey`] (an odd
-//!   multiplier, secret per process when the caller sets one with [`Lists::set_link_key`]);
-//!   no link is ever stored raw, so a word the user overwrote decodes to a scattered value
-//!   ([`LinkKey`]). The fast pop ([`Lists::pop_raw`]) follows a link when the caller's `far`
-//!   check accepts it, tested first (so a check that accepts every block of the caller's,
-//!   near or far, makes its branch go the same way whatever the mix of near and far links),
-//!   or else when the next block lies in the head's own 2 MiB region ([`NEAR_SHIFT`]);
-//!   otherwise it returns null and changes nothing. An empty list's head is the [`end`]
-//!   block, whose stored word decodes far under every key and which `far` refuses, so that
-//!   pop has no test for emptiness. Every other
-//!   read of a link ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a
-//!   link that leaves its block's 2 MiB region only when it is the end block or the caller's
-//!   `far` check accepts it; at a link that fails, a pop or take drops the rest of the list
+//! - **L8 (encoded, checked links).** A block `b` whose next block is `n` (the [`end`] block
+//!   at the list's end) holds `n * mul ^ b` in its first word, `mul` the lists' [`LinkKey`]
+//!   (an odd multiplier, secret per process when the caller sets one with
+//!   [`Lists::set_link_key`]); no link is ever stored raw, so a word the user overwrote
+//!   decodes to a scattered value ([`LinkKey`]): a word set to 0 or to the block's own address
+//!   never decodes to the block itself. The fast pop ([`Lists::pop_raw`]) follows a link
+//!   when the caller's `far` check accepts it, tested first (so a check that accepts every
+//!   block of the caller's, near or far, makes its branch go the same way whatever the mix of
+//!   near and far links), or else when the next block lies in the head's own 2 MiB region
+//!   ([`NEAR_SHIFT`]); otherwise it returns null and changes nothing. An empty list's head is
+//!   the [`end`] block, whose stored word decodes far under every key and which `far`
+//!   refuses, so that pop has no test for emptiness. Every other read of a link
+//!   ([`Lists::pop_checked`], [`Lists::take`], [`Lists::contains`]) follows a link that
+//!   leaves its block's 2 MiB region only when it is the end block or the caller's `far`
+//!   check accepts it; at a link that fails, a pop or take drops the rest of the list
 //!   (its blocks are abandoned where they are, counted as moved out, L6) and names the block
 //!   that held it, and `contains` stops. So with `far` checks that accept only blocks of the
 //!   caller's, no link the user wrote ever makes a list hand out an address outside the
@@ -176,13 +177,18 @@ const fn word(room: i64) -> u64 {
 pub const NEAR_SHIFT: u32 = 21;
 
 /// The link encoding (L8): a per-process secret odd multiplier and its inverse modulo 2^64.
-/// A free block's first word holds `(next ^ block) * mul`, its link XOR its own address,
-/// multiplied: a list's end (null) is stored as `block * mul`. Decoding multiplies by the
-/// inverse and XORs the block's address back. A word the user wrote (an overflow from the block
-/// before) decodes to a value spread over all 64 bits by the multiplication, which lands within
-/// [`NEAR_SHIFT`] bits of the block's own address with a chance of about 2^-43 for any fixed
-/// word; a change confined to the low three bytes of a valid link leaves it near only for a
-/// multiplier among about 2^-33 of them, and a change in any higher byte never does.
+/// A free block's first word holds `next * mul ^ block`, its link multiplied, XOR its own
+/// address. Decoding XORs the block's address back and multiplies by the inverse. A word the
+/// user wrote (an overflow from the block before, a write after free) decodes to a value spread
+/// over all 64 bits by the multiplication, which lands within [`NEAR_SHIFT`] bits of the block's
+/// own address with a chance of about 2^-43 for any fixed word; a change confined to the low
+/// three bytes of a valid link leaves it near only for a multiplier among about 2^-33 of them,
+/// and a change in any higher byte never does. In particular a word set to 0 (a freed block's
+/// link "cleared" through a dangling pointer) decodes to `block * inv`, almost never a
+/// canonical address and near only by that chance, and a word set to the block's own address
+/// decodes to null: neither is ever a link to the block itself. Null is stored as the block's
+/// own address, so where null is a list's end (the superslab's lists) such a word ends the list
+/// there; the thread lists end at [`end`] instead and refuse null.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkKey {
     mul: u64,
@@ -227,13 +233,13 @@ impl LinkKey {
     /// The stored form of a link from `at` to `next` (null for a list's end).
     #[inline(always)]
     pub fn encode(self, next: *mut u8, at: *mut u8) -> usize {
-        ((next as usize ^ at as usize) as u64).wrapping_mul(self.mul) as usize
+        (next as u64).wrapping_mul(self.mul) as usize ^ at as usize
     }
 
     /// The link from `at` whose stored form is `stored`, unchecked.
     #[inline(always)]
     pub fn decode(self, stored: usize, at: *mut u8) -> *mut u8 {
-        ((stored as u64).wrapping_mul(self.inv) as usize ^ at as usize) as *mut u8
+        ((stored ^ at as usize) as u64).wrapping_mul(self.inv) as usize as *mut u8
     }
 
     /// The link from `at` whose stored form is `stored`, when it lies in the same 2 MiB
@@ -241,11 +247,11 @@ impl LinkKey {
     /// corrupted word.
     #[inline(always)]
     pub fn decode_near(self, stored: usize, at: *mut u8) -> Option<*mut u8> {
-        let d = (stored as u64).wrapping_mul(self.inv) as usize;
-        if d >> NEAR_SHIFT != 0 {
+        let next = self.decode(stored, at);
+        if (next as usize ^ at as usize) >> NEAR_SHIFT != 0 {
             return None;
         }
-        Some((d ^ at as usize) as *mut u8)
+        Some(next)
     }
 
     /// Reads the link of a free block, unchecked.
@@ -272,15 +278,26 @@ impl LinkKey {
 /// The key [`Lists::new`] starts with, until [`Lists::set_link_key`] sets the process's.
 pub const DEFAULT_LINK_KEY: LinkKey = LinkKey::new(0x9E37_79B9_7F4A_7C15);
 
-/// The block every list ends at (L8): a read-only pair of words whose link, `2^63`, decodes
-/// under every key to a value with bit 63 set (`2^63` times an odd inverse is `2^63`), which is
-/// never near: the fast pop reads the head's link with no test for an empty list, and an empty
-/// list's head, this block, always sends it to [`Lists::pop_checked`]. It lies in this
-/// library's static data, never within 2 MiB of a block of a region the caller maps aligned.
+/// The block every list ends at (L8): a read-only pair of words whose first word is its own
+/// address with bit 63 flipped, so that its link decodes under every key to `2^63` (the word
+/// XOR the address is `2^63`, and `2^63` times an odd inverse is `2^63`), never a canonical
+/// address and never near: the fast pop reads the head's link with no test for an empty list,
+/// and an empty list's head, this block, always sends it to [`Lists::pop_checked`]. It lies in
+/// this library's static data, never within 2 MiB of a block of a region the caller maps
+/// aligned. The word is a constant the loader relocates, never written at run time.
 #[repr(C, align(16))]
-struct EndBlock([usize; 2]);
+struct EndBlock([*const u8; 2]);
 
-static END_BLOCK: EndBlock = EndBlock([1 << 63, 0]);
+// SAFETY: the block is read-only (nothing is ever written there, see [`end`]); its words are
+// plain values that no one dereferences.
+unsafe impl Sync for EndBlock {}
+
+static END_BLOCK: EndBlock = EndBlock([
+    (&raw const END_BLOCK)
+        .cast::<u8>()
+        .wrapping_byte_add(1 << 63),
+    core::ptr::null(),
+]);
 
 /// The end of every list (L8): the address of a static block whose link decodes far under
 /// every key. Nothing is ever written there.
@@ -774,15 +791,14 @@ impl<const N: usize> Lists<N> {
         // and which `far` refuses.
         // SAFETY: the key is read through the valid `this`; `b` is a free block on the list, of
         // at least two words, whose first word is its link (L4), or the end block.
-        let d = unsafe {
+        let next = unsafe {
             let key = (*this).key;
-            (b.cast::<usize>().read() as u64).wrapping_mul(key.inv) as usize
-        };
-        let next = (d ^ b as usize) as *mut u8;
+            ((b.cast::<usize>().read() ^ b as usize) as u64).wrapping_mul(key.inv) as usize
+        } as *mut u8;
         // The caller's check first, the near test only when it refuses (see above). The near
-        // test takes the XOR back out of `next` through [`opaque`], so that the compiler
-        // cannot reuse `d` there: `d` then dies at the XOR, which is done in place, and the
-        // fast path keeps no copy of it (one instruction less on every pop).
+        // test is on `next ^ b`, formed there from `next` through [`opaque`], so that the
+        // compiler cannot fold it into a value of the fast path's: the fast path keeps no copy
+        // of anything for it.
         if !far(next) {
             core::hint::cold_path();
             if (opaque(next as usize) ^ b as usize) >> NEAR_SHIFT != 0 {
@@ -1024,8 +1040,53 @@ mod tests {
                 let near = (at as usize ^ next as usize) >> NEAR_SHIFT == 0;
                 assert_eq!(k.decode_near(stored, at), near.then_some(next));
             }
-            // The end block's word is far under every key (L8).
-            assert_eq!(k.decode_near(1 << 63, base), None);
+            // The end block's word is far under every key (L8): it decodes to 2^63.
+            // SAFETY: the end block is static and readable; it is only read.
+            let word = unsafe { end().cast::<usize>().read() };
+            assert_eq!(word ^ end() as usize, 1 << 63);
+            assert_eq!(k.decode(word, end()) as usize, 1 << 63);
+            assert_eq!(k.decode_near(word, end()), None);
+        }
+    }
+
+    #[test]
+    fn a_zeroed_or_self_addressed_link_is_never_a_link_to_the_block() {
+        // A block freed and then written through a dangling pointer: its first word set to 0
+        // (a "cleared" next pointer) or to its own address (a node linked to itself). Neither
+        // may decode to the block itself, or every later pop would hand it out again (L8).
+        let mut mem = blocks(4);
+        let p: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        for k in keys() {
+            for &b in &p {
+                for word in [0, b as usize] {
+                    assert_ne!(k.decode(word, b), b, "key {:#x}", k.mul());
+                    assert_eq!(k.decode_near(word, b), None, "key {:#x}", k.mul());
+                }
+                assert!(k.decode(b as usize, b).is_null());
+            }
+        }
+        let mut l = Lists::<1>::new([8]);
+        assert!(l.set_link_key(LinkKey::new(0x5151_7272_9393_b4b5)));
+        for zero in [true, false] {
+            // SAFETY: the test's blocks are free, aligned and owned by this thread.
+            unsafe {
+                for &b in &p[..3] {
+                    assert!(l.try_push(0, b, 7));
+                }
+                // p[2] -> p[1] -> p[0] -> end; p[2]'s link overwritten.
+                let w = if zero { 0 } else { p[2] as usize };
+                p[2].cast::<usize>().write(w);
+                // The fast pop refuses (with a `far` check that accepts every block of ours),
+                // and changes nothing.
+                assert!(Lists::pop_raw(&mut l, 0, |n| p.contains(&n)).is_null());
+                assert_eq!((l.len(0), l.head(0)), (3, p[2]));
+                // The checked pop hands the head out once, names it, and drops the rest: no
+                // later pop returns it.
+                assert_eq!(l.pop_checked(0, |n| p.contains(&n)), (p[2], true));
+                assert!(l.is_empty(0));
+                assert!(Lists::pop_raw(&mut l, 0, |n| p.contains(&n)).is_null());
+                assert!(l.pop(0).is_null());
+            }
         }
     }
 
