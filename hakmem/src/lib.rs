@@ -353,7 +353,7 @@ pub mod raw {
         // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; `p` is given
         // up, and any address is accepted (the heap reads nothing through it before proving it
         // ours).
-        if unsafe { HotHeap::try_free_owned(crate::tls::raw(), p) } {
+        if unsafe { HotHeap::try_free_owned(crate::tls::raw_free(), p) } {
             return;
         }
         // SAFETY: forwarded.
@@ -454,11 +454,13 @@ fn alloc_large_profiled(
 fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // While heap profiling runs, every allocation misses the fast path (the `profile`
-        // module docs) and is counted here.
+        // While heap profiling runs, the profiler's credit decides (the `profile` module
+        // docs).
         if profile::active() {
-            // SAFETY: this thread's live heap, used on its own thread.
-            return profile::sampled(size, || unsafe { heap_alloc(&mut *h, class, zero) });
+            // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
+            return unsafe {
+                profile::alloc_small(h, class, size, || heap_alloc(&mut *h, class, zero))
+            };
         }
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
@@ -472,7 +474,19 @@ fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Set
 #[inline(never)]
 fn alloc_small_slow(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     if profile::active() {
-        return profile::sampled(size, || alloc_small_any_heap(class, zero, code));
+        // The thread's first allocation, or one after its heap is gone.
+        if let Some(h) = heap_slow() {
+            let h = h.as_ptr();
+            // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
+            return unsafe {
+                profile::alloc_small(h, class, size, || heap_alloc(&mut *h, class, zero))
+            };
+        }
+        let p = alloc_small_any_heap(class, zero, code);
+        if !p.is_null() {
+            profile::on_alloc(p, size);
+        }
+        return p;
     }
     alloc_small_any_heap(class, zero, code)
 }
@@ -660,7 +674,7 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         invalid_pointer(op, p);
         return;
     };
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // R6 (hakmem-registry): what the lookup finds stays mapped while the section is open; it
     // closes once the block is proven live (a block out keeps its region) or before a report,
     // and always before anything that may take a lock or release a region.
@@ -746,7 +760,7 @@ unsafe fn free_full(p: *mut u8) {
 /// `p` is a block start of `slab`, a slab of the live superslab `ss`, that the caller gives up.
 #[inline(always)]
 unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no slab's
     // owner (hot_heap H9), so a match is this thread's live heap.
     if slab.owner() == unsafe { HotHeap::id_of(h) } {
@@ -769,7 +783,7 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
     if profile::active() {
         profile::on_free(p);
     }
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
         // SAFETY: this thread's live heap, which does not own `slab` (the caller compared);
@@ -796,7 +810,12 @@ unsafe fn free_small_slow(p: *mut u8) {
     };
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // A profiling thread (its slot holds `tls::PROF_HEAP`, and `heap_ptr` its real heap).
+        // A profiling thread (its free slot holds `tls::PROF_HEAP`, tls T5).
+        // SAFETY: this thread's live heap, on its own thread.
+        if slab.owner() == unsafe { HotHeap::id_of(h) } {
+            // SAFETY: a block of its own slab, given up (its sample dropped by the caller).
+            return unsafe { profile::free_own(h, slab, p) };
+        }
         // SAFETY: this thread's live heap; `p` is given up.
         return unsafe { (*h).free_small(ss, slab, p) };
     }

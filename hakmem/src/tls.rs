@@ -46,14 +46,14 @@ use hakmem_hot_heap::{EmptyHeap, Heap};
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
 pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 
-/// What the slot holds for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
+/// What the slots hold for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
 /// run into a miss instead of testing for null.
 pub(crate) static NO_HEAP: EmptyHeap = EmptyHeap::new();
-/// What the slot holds for "heap gone" ([`DEAD`]): another empty heap.
+/// What the slots hold for "heap gone" ([`DEAD`]): another empty heap.
 static GONE_HEAP: EmptyHeap = EmptyHeap::new();
-/// What the slot holds while heap profiling runs (T5): a third empty heap, so that every
-/// allocation and free misses its fast path and reaches the profiler's count; the thread's
-/// real heap is in [`PROFILED`].
+/// What the free slot holds while heap profiling runs (T5): a third empty heap, so that every
+/// free misses its fast path and reaches the profiler; the allocation slot keeps the thread's
+/// heap.
 static PROF_HEAP: EmptyHeap = EmptyHeap::new();
 
 /// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
@@ -70,15 +70,10 @@ pub(crate) fn profiling() -> bool {
     PROFILING.load(Ordering::Relaxed)
 }
 
-/// Heap profiling starts (T5): threads switch their slots at their next slow path, and heaps
-/// made from now on are switched as they are set.
+/// Heap profiling starts (T5): threads switch their free slots at their next slow path, and
+/// heaps set from now on are switched as they are set.
 pub(crate) fn start_profiling() {
     PROFILING.store(true, Ordering::Release);
-}
-
-std::thread_local! {
-    /// A profiling thread's real heap (T5); read only on slow paths.
-    static PROFILED: core::cell::Cell<*mut Heap> = const { core::cell::Cell::new(null_mut()) };
 }
 
 /// This thread's heap pointer: null until [`set`] is called on this thread, [`DEAD`] after its
@@ -90,52 +85,51 @@ pub fn get() -> *mut Heap {
         null_mut()
     } else if GONE_HEAP.is(h) {
         DEAD
-    } else if PROF_HEAP.is(h) {
-        profiled_heap()
     } else {
         h
     }
 }
 
-/// A profiling thread's live heap (T5): out of line, so that [`get`] stays small where it is
-/// inlined.
-#[cold]
-#[inline(never)]
-fn profiled_heap() -> *mut Heap {
-    PROFILED.with(core::cell::Cell::get)
-}
-
-/// Heap profiling (T5): switches this thread's slot to the profiling empty heap, keeping its
-/// live heap for [`get`]; nothing for a thread without a live heap or already switched.
+/// Heap profiling (T5): switches this thread's free slot to the profiling empty heap; nothing
+/// for a thread without a live heap or already switched.
 pub(crate) fn enter_profiling() {
     let h = imp::get();
-    if !(NO_HEAP.is(h) || GONE_HEAP.is(h) || PROF_HEAP.is(h)) {
-        PROFILED.with(|c| c.set(h));
-        imp::set(PROF_HEAP.as_ptr());
+    if !(NO_HEAP.is(h) || GONE_HEAP.is(h)) {
+        imp::set_free(PROF_HEAP.as_ptr());
     }
 }
 
-/// The slot as it is, for the two fast paths ([`Heap::alloc_fast`], [`Heap::try_free_owned`]):
-/// a live heap of this thread, or one of the two empty heaps (T2).
+/// The allocation slot as it is, for the allocation fast paths ([`Heap::alloc_fast`],
+/// [`Heap::alloc_tiny_fast`]): a live heap of this thread, or one of the empty heaps (T2).
 #[inline(always)]
 pub fn raw() -> *mut Heap {
     imp::get()
 }
 
-/// Sets this thread's heap pointer (null and [`DEAD`] included).
+/// The free slot as it is, for the free paths ([`Heap::try_free_owned`], the owner test of
+/// the full paths): the allocation slot's heap, or `PROF_HEAP` while profiling runs (T5).
+#[inline(always)]
+pub fn raw_free() -> *mut Heap {
+    imp::get_free()
+}
+
+/// Sets this thread's heap pointer (null and [`DEAD`] included), in both slots (T5).
 #[inline(always)]
 pub fn set(h: *mut Heap) {
-    if !h.is_null() && h != DEAD && profiling() {
-        PROFILED.with(|c| c.set(h));
-        return imp::set(PROF_HEAP.as_ptr());
-    }
-    imp::set(if h.is_null() {
+    let h = if h.is_null() {
         NO_HEAP.as_ptr()
     } else if h == DEAD {
         GONE_HEAP.as_ptr()
     } else {
         h
-    })
+    };
+    imp::set(h);
+    let live = !(NO_HEAP.is(h) || GONE_HEAP.is(h));
+    imp::set_free(if live && profiling() {
+        PROF_HEAP.as_ptr()
+    } else {
+        h
+    });
 }
 
 #[cfg(not(all(
@@ -151,18 +145,30 @@ mod imp {
 
     std::thread_local! {
         // No destructor and a const initialiser: every access is a plain TLS load (allocator
-        // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
-        static HEAP: Cell<*mut Heap> = const { Cell::new(NO_HEAP.as_ptr()) };
+        // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key. The
+        // allocation slot, then the free slot (T5), in one 16-byte variable.
+        static HEAP: [Cell<*mut Heap>; 2] =
+            const { [Cell::new(NO_HEAP.as_ptr()), Cell::new(NO_HEAP.as_ptr())] };
     }
 
     #[inline(always)]
     pub fn get() -> *mut Heap {
-        HEAP.with(Cell::get)
+        HEAP.with(|s| s[0].get())
     }
 
     #[inline(always)]
     pub fn set(h: *mut Heap) {
-        HEAP.with(|c| c.set(h))
+        HEAP.with(|s| s[0].set(h))
+    }
+
+    #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        HEAP.with(|s| s[1].get())
+    }
+
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        HEAP.with(|s| s[1].set(h))
     }
 }
 
@@ -191,18 +197,32 @@ mod imp {
         };
     }
 
-    // One 8-byte word per thread, initially `NO_HEAP`'s address (T2): `.tdata` is the
+    /// The free slot's symbol (T5): the 8 bytes after the allocation slot's.
+    macro_rules! free_slot {
+        () => {
+            concat!(slot!(), "_free")
+        };
+    }
+
+    // Two 8-byte words per thread, the allocation slot then the free slot (T5), both initially
+    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair (one cache line): `.tdata` is the
     // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
     // relocation). Global (the access may be in another codegen unit) but hidden: the
     // reference binds inside the linked object, never across shared objects.
     global_asm!(
         concat!(".pushsection .tdata,\"awT\",%progbits"),
-        ".p2align 3",
+        ".p2align 4",
         concat!(".globl ", slot!()),
         concat!(".hidden ", slot!()),
         concat!(".type ", slot!(), ",%object"),
         concat!(".size ", slot!(), ", 8"),
         concat!(slot!(), ":"),
+        ".8byte {empty}",
+        concat!(".globl ", free_slot!()),
+        concat!(".hidden ", free_slot!()),
+        concat!(".type ", free_slot!(), ",%object"),
+        concat!(".size ", free_slot!(), ", 8"),
+        concat!(free_slot!(), ":"),
         ".8byte {empty}",
         ".popsection",
         empty = sym super::NO_HEAP,
@@ -228,12 +248,46 @@ mod imp {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads this thread's slot (defined above, 8 bytes, 8-aligned) at the thread
+        // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
+        // result depends only on memory (`readonly`), so equal reads may be merged.
+        unsafe {
+            asm!(
+                concat!("mov {h}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     pub fn set(h: *mut Heap) {
         // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
         // never shares a register with `h`.
         unsafe {
             asm!(
                 concat!("mov {off}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
+                "mov qword ptr fs:[{off}], {h}",
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
+        // never shares a register with `h`.
+        unsafe {
+            asm!(
+                concat!("mov {off}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
                 "mov qword ptr fs:[{off}], {h}",
                 off = out(reg) _,
                 h = in(reg) h,
@@ -264,6 +318,26 @@ mod imp {
 
     #[cfg(target_arch = "aarch64")]
     #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: as on x86_64: the thread pointer (tpidr_el0) plus the slot's offset, loaded
+        // from its GOT entry.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {h}, :gottprel:", free_slot!()),
+                concat!("ldr {h}, [{h}, #:gottprel_lo12:", free_slot!(), "]"),
+                "ldr {h}, [{tp}, {h}]",
+                tp = out(reg) _,
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
     pub fn set(h: *mut Heap) {
         // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
         // outputs, distinct from `h`.
@@ -272,6 +346,25 @@ mod imp {
                 "mrs {tp}, tpidr_el0",
                 concat!("adrp {off}, :gottprel:", slot!()),
                 concat!("ldr {off}, [{off}, #:gottprel_lo12:", slot!(), "]"),
+                "str {h}, [{tp}, {off}]",
+                tp = out(reg) _,
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
+        // outputs, distinct from `h`.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {off}, :gottprel:", free_slot!()),
+                concat!("ldr {off}, [{off}, #:gottprel_lo12:", free_slot!(), "]"),
                 "str {h}, [{tp}, {off}]",
                 tp = out(reg) _,
                 off = out(reg) _,

@@ -269,6 +269,7 @@ mod exit;
 mod free;
 mod owned;
 mod private;
+mod prof;
 mod purge;
 mod refill;
 mod remote;
@@ -558,6 +559,10 @@ pub struct Heap {
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
+    /// The heap profiler's debit (H19), wrapping: bytes moved onto the thread lists as chains,
+    /// less those taken off as chains, plus the bytes pushed by the slow free and the bytes
+    /// handed out other than by a pop.
+    debit: u64,
 }
 
 impl Heap {
@@ -609,6 +614,7 @@ impl Heap {
         if let Some(b) = bad {
             self.ctx().report(Corrupt::FreeList(b as usize));
         }
+        self.debit_add(class, -i64::from(chain.len));
         chain
     }
 

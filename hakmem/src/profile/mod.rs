@@ -48,6 +48,7 @@ pub use output::{Frame, Profile, Site};
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use hakmem_hot_heap::{Heap as HotHeap, SlabMeta};
 
 /// The profiler's environment variables (for the settings' unknown-name check).
 pub const NAMES: [&str; 4] = [
@@ -72,7 +73,13 @@ pub(crate) fn active() -> bool {
 
 /// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access).
 struct Sampler {
-    /// Bytes left before the next sample.
+    /// The heap the credit is kept for (null: none yet): the thread's own, whose lists the
+    /// allocation fast path pops from.
+    heap: Cell<*mut HotHeap>,
+    /// The credit's base: the credit is `base - heap.debit()` (wrapping, hot_heap H19): the
+    /// countdown less the bytes on `heap`'s thread lists.
+    base: Cell<u64>,
+    /// Bytes left before the next sample, for allocations of a thread without a heap.
     left: Cell<i64>,
     /// xorshift state; 0 until the thread's first use.
     rng: Cell<u64>,
@@ -82,7 +89,13 @@ struct Sampler {
 
 std::thread_local! {
     static SAMPLER: Sampler = const {
-        Sampler { left: Cell::new(0), rng: Cell::new(0), busy: Cell::new(false) }
+        Sampler {
+            heap: Cell::new(core::ptr::null_mut()),
+            base: Cell::new(0),
+            left: Cell::new(0),
+            rng: Cell::new(0),
+            busy: Cell::new(false),
+        }
     };
 }
 
@@ -97,6 +110,69 @@ fn next_interval(rng: &Cell<u64>) -> i64 {
     let u = ((x >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
     let mean = MEAN.load(Relaxed) as f64;
     ((-u.ln() * mean) as i64).max(1)
+}
+
+/// Seeds this thread's generator and its heapless countdown at its first use.
+#[inline(always)]
+fn seed(s: &Sampler) {
+    if s.rng.get() == 0 {
+        let seed = hakmem_os::secret(hakmem_os::thread_id() as u64) | 1;
+        s.rng.set(seed);
+        s.left.set(next_interval(&s.rng));
+    }
+}
+
+/// The credit for heap `h` (the sampler's): the countdown less the bytes on its lists.
+///
+/// # Safety
+/// `h` is this thread's live heap.
+#[inline(always)]
+unsafe fn credit(s: &Sampler, h: *mut HotHeap) -> i64 {
+    // SAFETY: this thread's live heap, read on its own thread.
+    s.base.get().wrapping_sub(unsafe { (*h).debit() }) as i64
+}
+
+/// Makes `h`, this thread's live heap, the one the credit is kept for: the first time, its
+/// free slot is switched (tls T5) and its lists are drained, so the credit is a fresh
+/// interval (the sampling process is memoryless, so a fresh start is unbiased).
+///
+/// # Safety
+/// `h` is this thread's live heap.
+#[inline(always)]
+unsafe fn enter(s: &Sampler, h: *mut HotHeap) {
+    if s.heap.get() != h {
+        enter_slow(s, h);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn enter_slow(s: &Sampler, h: *mut HotHeap) {
+    seed(s);
+    crate::tls::enter_profiling();
+    // SAFETY: this thread's live heap (the caller's contract), on its own thread.
+    unsafe { (*h).drain_lists() };
+    s.heap.set(h);
+    // SAFETY: as above.
+    let debit = unsafe { (*h).debit() };
+    s.base.set(debit.wrapping_add(next_interval(&s.rng) as u64));
+}
+
+/// The countdown for an allocation of `counted` bytes whose countdown before it is `c` (it
+/// is sampled when `c < counted`): the next one an exponential interval past its end. The
+/// sample's stack is captured unless the guard is set. Returns the countdown's increase.
+fn sample(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
+    let next = next_interval(&s.rng);
+    if !s.busy.get() {
+        s.busy.set(true);
+        let frames = unwind::capture();
+        let mean = MEAN.load(Relaxed) as f64;
+        let prob = 1.0 - (-(counted as f64) / mean).exp();
+        let (objects, bytes) = (1.0 / prob, size as f64 / prob);
+        table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
+        s.busy.set(false);
+    }
+    next - (c - counted)
 }
 
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
@@ -291,34 +367,95 @@ pub fn stats() -> ProfilerStats {
     }
 }
 
-/// An allocation of `size` bytes at `p` (not null), while profiling runs: counted down, and
-/// sampled when the countdown crosses zero.
+/// An allocation of `size` bytes at `p` (not null) that no thread list serves (medium, large,
+/// a small one of a thread without a heap), while profiling runs: counted down, and sampled
+/// when the countdown crosses zero within it. With a heap, the countdown is the credit plus
+/// the bytes on the lists, which are drained first when the credit is short (hot_heap H19).
 #[inline(never)]
 pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     SAMPLER.with(|s| {
-        if s.busy.get() {
+        seed(s);
+        let n = size as i64;
+        let h = crate::tls::get();
+        if h as usize <= crate::tls::DEAD as usize {
+            let left = s.left.get();
+            let up = if left < n {
+                sample(s, p, size, n, left)
+            } else {
+                0
+            };
+            s.left.set(left - n + up);
             return;
         }
-        if s.rng.get() == 0 {
-            let seed = hakmem_os::secret(hakmem_os::thread_id() as u64) | 1;
-            s.rng.set(seed);
-            s.left.set(next_interval(&s.rng));
+        // SAFETY: this thread's live heap.
+        unsafe { enter(s, h) };
+        // SAFETY: as above.
+        let mut c = unsafe { credit(s, h) };
+        if c < n {
+            // SAFETY: as above.
+            unsafe { (*h).drain_lists() };
+            // SAFETY: as above. The lists are empty: the credit is the countdown.
+            c = unsafe { credit(s, h) };
         }
-        let left = s.left.get() - size as i64;
-        if left > 0 {
-            s.left.set(left);
-            return;
+        let up = if c < n { sample(s, p, size, n, c) } else { 0 };
+        s.base
+            .set(s.base.get().wrapping_sub(n as u64).wrapping_add(up as u64));
+    })
+}
+
+/// A small allocation of `size` bytes, class `class`, past the fast path's miss, from `h`, this
+/// thread's live heap, while profiling runs: `alloc` serves it, and the credit (hot_heap H19)
+/// decides. The fast pops of `h`'s lists (which hold no more bytes than the countdown, H19)
+/// need no count; this one is sampled exactly when the countdown crosses zero within its
+/// block, and the lists are trimmed after it so that they never hold more than the countdown.
+///
+/// # Safety
+/// `h` is this thread's live heap, and `alloc` allocates one block of `class` from it (or
+/// returns null).
+#[inline(never)]
+pub(crate) unsafe fn alloc_small(
+    h: *mut HotHeap,
+    class: hakmem_route::SizeClass,
+    size: usize,
+    alloc: impl FnOnce() -> *mut u8,
+) -> *mut u8 {
+    SAMPLER.with(|s| {
+        // SAFETY: this thread's live heap (the caller's contract), here and below.
+        unsafe { enter(s, h) };
+        let b = class.size() as i64;
+        // SAFETY: as above.
+        let mut c = unsafe { credit(s, h) };
+        let mut crossing = false;
+        if c < b {
+            // SAFETY: as above.
+            unsafe { (*h).drain_lists() };
+            // SAFETY: as above. The lists are empty: the credit is the countdown.
+            c = unsafe { credit(s, h) };
+            crossing = c < b;
         }
-        // A point of the sampling process fell within this block; the next one lies an
-        // exponential interval past its end (the process is memoryless).
-        s.busy.set(true);
-        s.left.set(next_interval(&s.rng));
-        let frames = unwind::capture();
-        let mean = MEAN.load(Relaxed) as f64;
-        let prob = 1.0 - (-(size as f64) / mean).exp();
-        let (objects, bytes) = (1.0 / prob, size as f64 / prob);
-        table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
-        s.busy.set(false);
+        let p = alloc();
+        if p.is_null() {
+            return p;
+        }
+        if crossing {
+            let up = sample(s, p, size, b, c);
+            s.base.set(s.base.get().wrapping_add(up as u64));
+        }
+        // SAFETY: as above.
+        let k = unsafe { credit(s, h) };
+        if k < 0 {
+            // A refill put more on the list than the countdown allows: the excess goes to the
+            // cache, and if that is not enough, every list is drained.
+            let n = (-k + b - 1) / b;
+            // SAFETY: as above.
+            unsafe { (*h).trim_list(class, n.min(u32::MAX as i64) as u32) };
+            // SAFETY: as above.
+            if unsafe { credit(s, h) } < 0 {
+                // SAFETY: as above.
+                unsafe { (*h).drain_lists() };
+            }
+        }
+        p
     })
 }
 
@@ -328,22 +465,33 @@ pub(crate) fn on_free(p: *mut u8) {
     table::remove(p as usize);
 }
 
-/// A small allocation of `size` bytes while profiling runs: `alloc` serves it from this
-/// thread's real heap (its slot is switched to the profiling empty heap first, tls T5, so its
-/// own fast paths miss from now on), then it is counted.
+/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
+/// profiling runs (its sample dropped already): onto the thread list when the credit allows
+/// its bytes (the credit falls by them), else to the cache or the slab (hot_heap H19).
+///
+/// # Safety
+/// `h` is this thread's live heap, `slab` one of its in-use slabs, and `p` a block of it that
+/// the caller gives up.
 #[inline(always)]
-pub(crate) fn sampled(size: usize, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
-    crate::tls::enter_profiling();
-    let p = alloc();
-    if !p.is_null() {
-        on_alloc(p, size);
-    }
-    p
+pub(crate) unsafe fn free_own(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    SAMPLER.with(|s| {
+        // SAFETY: this thread's live heap (the caller's contract), here and below.
+        unsafe { enter(s, h) };
+        let b = hakmem_route::block_size_of(slab.class()) as i64;
+        // SAFETY: as above; `p` is a block of its own slab, given up.
+        unsafe {
+            if credit(s, h) >= b {
+                (*h).free_own_listed(slab, p)
+            } else {
+                (*h).free_own_unlisted(slab, p)
+            }
+        }
+    })
 }
 
-/// `free`'s full path while profiling runs: drops `p`'s sample, then frees it by the real
-/// heap's owned-block path (hot_heap H8) when it is a block of this thread's heap; false,
-/// having freed nothing, otherwise (the caller then takes the full path, which decides).
+/// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
+/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`]; false,
+/// having done nothing, otherwise (the caller then takes the full path, which decides).
 ///
 /// # Safety
 /// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
@@ -354,10 +502,14 @@ pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
     if h as usize <= crate::tls::DEAD as usize {
         return false;
     }
+    // SAFETY: this thread's live heap; any address is accepted (nothing is read through it).
+    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
+        return false;
+    };
     on_free(p);
-    // SAFETY: this thread's live heap; any address is accepted (H8 reads nothing through it
-    // before its owned cache proves it ours).
-    unsafe { hakmem_hot_heap::Heap::try_free_owned(h, p) }
+    // SAFETY: a block of this thread's heap's own slab, given up.
+    unsafe { free_own(h, slab, p) };
+    true
 }
 
 extern "C" fn fork_child() {

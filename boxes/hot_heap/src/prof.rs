@@ -1,0 +1,128 @@
+//! What the facade's heap profiler needs of a heap (H19): the debit, and frees and drains that
+//! keep blocks off the thread lists.
+use super::*;
+
+impl Heap {
+    /// Adds `n` blocks of `class` to the debit (H19), or takes them off for a negative `n`.
+    #[inline(always)]
+    pub(crate) fn debit_add(&mut self, class: SizeClass, n: i64) {
+        self.debit = self
+            .debit
+            .wrapping_add((n as u64).wrapping_mul(class.size() as u64));
+    }
+
+    /// The debit (H19): bytes moved onto the thread lists as chains, less those taken off as
+    /// chains, plus those the slow free pushed and those handed out other than by a pop;
+    /// wrapping, so only differences mean anything.
+    pub fn debit(&self) -> u64 {
+        self.debit
+    }
+
+    /// The slab of `p` when it is a block this heap handed out of a superslab in its owned
+    /// cache (H8), as [`Heap::try_free_owned`] finds it; `None` for anything else, any address
+    /// included (nothing is read through `p`).
+    ///
+    /// # Safety
+    /// `this` is a live heap of the calling thread.
+    #[inline(always)]
+    pub unsafe fn owned_slab(this: *mut Heap, p: *mut u8) -> Option<&'static SlabMeta> {
+        let n = slab_number(p as usize);
+        // SAFETY: the slot is below OWNED_CACHE; the heap is live.
+        let entry = unsafe {
+            *(&raw const (*this).owned_slabs)
+                .cast::<*const SlabMeta>()
+                .add(owned_slot(n))
+        };
+        // SAFETY: every entry is `SlabMeta::NONE` or the metadata of a slab of a superslab this
+        // heap owns, live while owned (H8).
+        if unsafe { SlabMeta::number_at(entry) } != n {
+            return None;
+        }
+        // SAFETY: a match, so not NONE (superslab SS13): a live slab's metadata, which stays
+        // while its superslab is owned (and a block of it is out).
+        let slab: &'static SlabMeta = unsafe { &*entry };
+        // SAFETY: every slab of an owned superslab is this heap's to read as owner (H8).
+        let (_, carved) = unsafe { slab.class_and_carved_owned() };
+        // SAFETY: as above.
+        if unsafe { slab.block_index(p) } >= carved {
+            return None;
+        }
+        Some(slab)
+    }
+
+    /// The owner's free of `p`, a block of its own `slab`, onto the thread list (H19: the
+    /// debit counts the push, whichever path makes it). [`Heap::free_own`] with the count.
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`].
+    pub unsafe fn free_own_listed(&mut self, slab: &SlabMeta, p: *mut u8) {
+        // SAFETY: our own slab.
+        let (class, _) = unsafe { slab.class_and_carved_owned() };
+        let key = self.key;
+        // SAFETY: `p` is a block of at least 16 bytes of our own slab, which the caller gives up.
+        let keyed = unsafe { key_word(p) } == key;
+        // SAFETY: as in `free_own`: the class is below CLASSES, `p` is ours and (FK3) not free.
+        if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
+            if let Some(c) = SizeClass::new(class) {
+                self.debit_add(c, 1);
+            }
+            return;
+        }
+        // SAFETY: forwarded; its push adds to the debit.
+        unsafe { self.free_local_slow(class, p) }
+    }
+
+    /// The owner's free of `p`, a block of its own `slab`, kept off the thread lists (H19): to
+    /// the cache while it has room, else to the slab; a double free is caught as on the
+    /// owner's slow path (FK3), and check mode returns it through the bitmap (H6).
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`].
+    pub unsafe fn free_own_unlisted(&mut self, slab: &SlabMeta, p: *mut u8) {
+        // SAFETY: our own slab.
+        let (class, _) = unsafe { slab.class_and_carved_owned() };
+        let Some(class) = SizeClass::new(class) else {
+            self.ctx().report(Corrupt::NotABlock(p as usize));
+            return;
+        };
+        // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return;
+        }
+        if self.ctx().check {
+            // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
+            unsafe { self.return_checked(class, p) };
+            return;
+        }
+        // Counted here, not by the lists (H13).
+        self.stats.on_free(class.index());
+        if self.cache.room(class.index()) > 0 {
+            // SAFETY: a free block of ours, going into the cache: keyed (FK1).
+            unsafe { set_key_word(p, self.key) };
+            self.cache.push(class.index(), p);
+        } else {
+            self.return_to_slab(class, p);
+        }
+    }
+
+    /// Moves every block on the thread lists to the cache while it has room, the rest to their
+    /// slabs (H19: the lists hold nothing after it).
+    pub fn drain_lists(&mut self) {
+        for class in SizeClass::all() {
+            if !self.sll.is_empty(class.index()) {
+                let chain = self.take_list(class, u32::MAX);
+                self.dispose_chain(class, chain, true);
+            }
+        }
+    }
+
+    /// Moves up to `n` blocks off the thread list of `class`, to the cache while it has room,
+    /// the rest to their slabs (H19); the blocks moved.
+    pub fn trim_list(&mut self, class: SizeClass, n: u32) -> u32 {
+        let chain = self.take_list(class, n);
+        let moved = chain.len;
+        self.dispose_chain(class, chain, true);
+        moved
+    }
+}
