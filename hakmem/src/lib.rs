@@ -778,10 +778,17 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    // Heap profiling: every small free of a profiling thread comes here (its heap slot holds
-    // an empty heap), and so does every other heap's: a sampled block's sample goes first.
+    // Heap profiling: every small free of a profiling thread comes here (its free slot holds
+    // an empty heap, tls T5), and so does every other heap's: a sampled block's sample goes
+    // first, and a block of the thread's own heap goes by the profiler's own free at once.
     if profile::active() {
         profile::on_free(p);
+        let h = heap_ptr();
+        // SAFETY: this thread's live heap, on its own thread (when live).
+        if h as usize > DEAD as usize && slab.owner() == unsafe { HotHeap::id_of(h) } {
+            // SAFETY: a block of its own slab, given up, its sample dropped.
+            return unsafe { profile::free_own(h, slab, p) };
+        }
     }
     let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.

@@ -1,7 +1,8 @@
-//! The thread's heap pointer: one word of thread-local storage behind [`get`] and [`set`].
+//! The thread's heap pointer: two words of thread-local storage behind [`get`] and [`set`],
+//! the allocation slot ([`raw`]) and the free slot ([`raw_free`]).
 //!
-//! Every `malloc` and `free` reads this word, so how it is reached is the largest fixed cost of
-//! the fast path. Two implementations, chosen at compile time:
+//! Every `malloc` reads the first word and every `free` the second, so how they are reached
+//! is the largest fixed cost of the fast paths. Two implementations, chosen at compile time:
 //!
 //! - **`thread_local!`** (the default, and every target without the one below). A `const`
 //!   initialiser and no destructor, so in an executable it is the local-exec model: one
@@ -16,29 +17,35 @@
 //!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
-//! While heap profiling runs, a live heap is kept in a second, ordinary thread-local (T5).
+//! The two words are one 16-byte-aligned pair (one cache line), each read as one word is: the
+//! same instructions for either.
 //!
 //! ## Invariants
-//! - **T1 (per thread).** Each thread has its own slot, null (as [`get`] reads it) when the
+//! - **T1 (per thread).** Each thread has its own slots, null (as [`get`] reads it) when the
 //!   thread starts.
-//! - **T2 (never null underneath).** The slot itself holds an empty heap's address (hot_heap
-//!   H9) where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
+//! - **T2 (never null underneath).** Each slot holds an empty heap's address (hot_heap H9)
+//!   where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
 //!   relocated at load time before any thread reads it (the dynamic linker copies a thread's
 //!   TLS image only once relocation is done, as mimalloc's initial-exec heap pointer also
-//!   relies on). So the fast paths read it with [`raw`] and use it without a test.
-//! - **T3 (private to one copy).** The `.tdata` symbol is hidden (and carries the crate version
-//!   in its name), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
-//!   another shared object that links the facade) never bind to each other's slot.
+//!   relies on). So the fast paths read them with [`raw`] and [`raw_free`] and use them
+//!   without a test.
+//! - **T3 (private to one copy).** The `.tdata` symbols are hidden (and carry the crate version
+//!   in their names), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
+//!   another shared object that links the facade) never bind to each other's slots.
 //! - **T4 (the price of initial-exec).** A library built with the feature needs a few bytes of
 //!   static TLS. Programs started with it (`LD_PRELOAD`, `DT_NEEDED`) always have them; a late
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
-//! - **T5 (profiling).** While heap profiling runs (`crate::profile`), the slot of a thread
-//!   with a live heap holds a third empty heap, `PROF_HEAP`, and the heap itself is kept in
-//!   `PROFILED`, which [`get`] returns. So both fast paths miss (hot_heap H9) and every
-//!   allocation and free of the thread reaches the facade's slow paths, where the profiler
-//!   counts it; the fast paths themselves are the same instructions, profiling or not.
+//! - **T5 (two slots).** [`set`] writes the heap (or the empty heap standing for null or
+//!   [`DEAD`]) to the allocation slot, and the same to the free slot, except that while heap
+//!   profiling runs (`crate::profile`) the free slot of a thread with a live heap holds a third
+//!   empty heap, `PROF_HEAP` (also written by [`enter_profiling`], at a thread's first slow
+//!   path once profiling runs). So with profiling off both slots hold the same heap, and
+//!   while it runs every free of a live thread misses its fast path (hot_heap H9) and reaches
+//!   the profiler on the facade's slow paths, while allocations pop from the thread lists on
+//!   their fast paths (the profiler keeps the lists' bytes within its countdown, hot_heap
+//!   H19). [`get`] reads the allocation slot.
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
@@ -250,7 +257,7 @@ mod imp {
     #[inline(always)]
     pub fn get_free() -> *mut Heap {
         let h: *mut Heap;
-        // SAFETY: reads this thread's slot (defined above, 8 bytes, 8-aligned) at the thread
+        // SAFETY: reads this thread's free slot (defined above, 8 bytes, 8-aligned) at the thread
         // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
         // result depends only on memory (`readonly`), so equal reads may be merged.
         unsafe {
@@ -283,7 +290,7 @@ mod imp {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub fn set_free(h: *mut Heap) {
-        // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
+        // SAFETY: writes this thread's free slot, as `get_free` reads it. `off` is an early output, so it
         // never shares a register with `h`.
         unsafe {
             asm!(
@@ -320,7 +327,7 @@ mod imp {
     #[inline(always)]
     pub fn get_free() -> *mut Heap {
         let h: *mut Heap;
-        // SAFETY: as on x86_64: the thread pointer (tpidr_el0) plus the slot's offset, loaded
+        // SAFETY: as on x86_64, for the free slot: the thread pointer (tpidr_el0) plus the slot's offset, loaded
         // from its GOT entry.
         unsafe {
             asm!(
@@ -358,7 +365,7 @@ mod imp {
     #[cfg(target_arch = "aarch64")]
     #[inline(always)]
     pub fn set_free(h: *mut Heap) {
-        // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
+        // SAFETY: writes this thread's free slot, as `get_free` reads it; `tp` and `off` are early
         // outputs, distinct from `h`.
         unsafe {
             asm!(

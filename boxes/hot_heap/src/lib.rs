@@ -243,6 +243,20 @@
 //!   abandons what holds blocks, H5). Its held blocks (lists, cache) count as held (stats S3),
 //!   as a live idle thread's do. In a forked child the parked heaps stay parked and can be
 //!   taken: they are whole, as nothing but the lock's holder changes them.
+//! - **H19 (the profiler's debit).** A heap's `debit` (wrapping, [`Heap::debit`]) grows by
+//!   the bytes of every block moved onto its thread lists as part of a chain (a refill's
+//!   splice, the cache's batch) or pushed by the owner's slow free, and of every block handed
+//!   out other than by a pop (from the cache, or carved zeroed), and shrinks by the bytes of
+//!   every chain taken off the lists (a spill, a decay, a drain, a trim, exit). The fast
+//!   paths do not touch it: a pop changes the bytes on the lists and the bytes allocated by
+//!   the same amount, and the pushes the profiler makes count themselves
+//!   ([`Heap::free_own_listed`]). So for a thread whose frees all go through the profiler
+//!   (the facade's heap profiler: `hakmem/src/profile`), `countdown - bytes on the lists`
+//!   changes by minus the debit's change and by nothing else: the profiler keeps that credit
+//!   from the debit alone, on slow paths, and the fast pops never see it.
+//!   [`Heap::free_own_unlisted`], [`Heap::drain_lists`] and [`Heap::trim_list`] keep blocks
+//!   off the lists (to the cache, then the slabs), so that the lists never hold more bytes
+//!   than the countdown.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
