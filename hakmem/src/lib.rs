@@ -125,9 +125,11 @@
 //   afresh instead of waiting for a thread its process does not have (`global.rs`).
 // - **F9 (profiling off the fast paths).** The heap profiler (`profile/`) is reached only from
 //   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
-//   and large tiers, a moving realloc. While it runs, every thread's slot holds an empty heap
-//   (tls T5), so every call misses and is seen; a block's sample is dropped before the block
-//   goes back, so an address reused by another allocation never carries an old sample.
+//   and large tiers, a moving realloc. While it runs, every thread's free slot holds an empty
+//   heap (tls T5), so every free misses and is seen, and allocations pop from lists that never
+//   hold more bytes than the countdown to the next sample (hot_heap H19); a block's sample is
+//   dropped before the block goes back, so an address reused by another allocation never
+//   carries an old sample.
 //
 
 mod context;

@@ -126,3 +126,112 @@ impl Heap {
         moved
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn no_report(c: Corrupt) {
+        panic!("unexpected report: {c:?}");
+    }
+
+    /// The bytes on the thread lists, all classes.
+    fn listed(h: &Heap) -> u64 {
+        SizeClass::all()
+            .map(|c| u64::from(h.sll.len(c.index())) * c.size() as u64)
+            .sum()
+    }
+
+    /// H19: over any sequence of slow operations, allocations and frees (fast or slow),
+    /// `bytes allocated + bytes on the lists` changes exactly as the debit does, plus the
+    /// pushes the debit does not see (the fast path's `try_free_owned`), and every block the
+    /// lists give up by a drain or trim goes to the cache or its slab (none lost).
+    #[test]
+    fn the_debit_tracks_allocated_plus_listed_bytes() {
+        let ctx = crate::test_ctx(8, false, no_report);
+        let h = ctx.new_heap().unwrap().as_ptr();
+        // SAFETY: a fresh heap, this test thread's alone, retired at the end; every block is
+        // freed once.
+        unsafe {
+            let d0 = (*h).debit();
+            let mut allocated: u64 = 0;
+            let mut fast_pushed: u64 = 0;
+            let mut live: Vec<(*mut u8, SizeClass)> = Vec::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0..20_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // A few classes, in phases of mostly allocations then mostly frees, so that
+                // lists fill and spill (the slow free's push) and refills run often.
+                let size = 16 + (x % 48) as usize;
+                let c = class_of(size).unwrap();
+                let op = if (i / 2000) % 2 == 0 {
+                    x >> 60
+                } else {
+                    (x >> 60) + 5
+                };
+                match op.min(15) {
+                    0..=6 => {
+                        let p = (*h).alloc(c);
+                        assert!(!p.is_null());
+                        allocated += c.size() as u64;
+                        live.push((p, c));
+                    }
+                    7..=12 if !live.is_empty() => {
+                        let (p, _) = live.swap_remove((x >> 8) as usize % live.len());
+                        let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                        if x & 1 == 0 {
+                            (*h).free_own_listed(slab, p);
+                        } else {
+                            (*h).free_own_unlisted(slab, p);
+                        }
+                    }
+                    13 if !live.is_empty() => {
+                        let (p, c) = live.swap_remove((x >> 8) as usize % live.len());
+                        if Heap::try_free_owned(h, p) {
+                            fast_pushed += c.size() as u64;
+                        } else {
+                            let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                            (*h).free_own_listed(slab, p);
+                        }
+                    }
+                    14 => {
+                        (*h).trim_list(c, (x >> 32) as u32 % 8);
+                    }
+                    _ if i % 97 == 0 => (*h).drain_lists(),
+                    _ => {}
+                }
+                let debit = (*h).debit().wrapping_sub(d0);
+                assert_eq!(
+                    allocated + listed(&*h),
+                    debit.wrapping_add(fast_pushed),
+                    "step {i}"
+                );
+            }
+            // More frees of one class than any list bound (tls_sll MAX_CAP): the slow free
+            // spills and pushes.
+            let c = class_of(16).unwrap();
+            let many: Vec<*mut u8> = (0..5000).map(|_| (*h).alloc(c)).collect();
+            allocated += 5000 * c.size() as u64;
+            for p in many {
+                let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                (*h).free_own_listed(slab, p);
+                let debit = (*h).debit().wrapping_sub(d0);
+                assert_eq!(allocated + listed(&*h), debit.wrapping_add(fast_pushed));
+            }
+            (*h).drain_lists();
+            assert_eq!(listed(&*h), 0, "a drain empties every list");
+            for (p, _) in live {
+                let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                (*h).free_own_unlisted(slab, p);
+            }
+            let s = ctx.snapshot();
+            let live_count: i64 = (0..CLASSES).map(|c| s.live(c)).sum();
+            assert_eq!(live_count, 0, "every allocation freed once, counted once");
+            ctx.retire_heap(NonNull::new_unchecked(h));
+        }
+    }
+}

@@ -4,8 +4,9 @@
 //! `HAKMEM_PROF_SAMPLE` bytes allocated (default 512 KiB), captures its stack, and keeps the
 //! sample until the block is freed. Each thread counts down an exponentially distributed
 //! number of bytes, so each byte allocated is sampled with the same small chance, and a sampled
-//! block of `s` bytes stands for `s / (1 - exp(-s / N))` bytes (and `1 / (1 - exp(-s / N))`
-//! objects), as jemalloc and tcmalloc scale theirs: the estimates are unbiased for every size.
+//! block counted as `b` bytes (a small block's block size, else the size asked for) and asked
+//! for as `s` stands for `s / (1 - exp(-b / N))` bytes (and `1 / (1 - exp(-b / N))` objects),
+//! as jemalloc and tcmalloc scale theirs: the estimates are unbiased for every size.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -22,14 +23,31 @@
 //! ```
 //!
 //! ## How it hooks in (nothing on the fast paths)
-//! The fast paths stay as they are: while profiling runs, each thread's heap slot holds an
-//! empty heap (hot_heap H9, `tls::PROF_HEAP`), so every allocation and free misses the fast
-//! path and takes the facade's slow path, which counts the bytes down and then serves the
-//! block from the thread's real heap (kept in a second thread-local). A free drops its sample
-//! there; a free reads a lock-free filter first (table PT2), so only frees of (almost surely)
-//! sampled blocks take the profiler's lock. With profiling off, the only additions are one
-//! load and branch on paths that are slow already (a fast path's miss, a foreign or orphan
-//! free, the medium and large tiers).
+//! The fast paths stay as they are. Each thread has two heap slots (tls T5): the allocation
+//! fast paths read one, the free fast paths the other. While profiling runs, the free slot
+//! holds an empty heap (hot_heap H9), so every free misses its fast path and reaches the
+//! profiler, which drops the block's sample if it has one (a lock-free filter first, table
+//! PT2, so only frees of almost surely sampled blocks take the profiler's lock), while
+//! allocations keep popping from the thread lists on their fast path, uncounted.
+//!
+//! That is exact because of a per-thread credit: the countdown to the next sample less the
+//! bytes on the thread's lists, kept on slow paths from the hot heap's debit (hot_heap H19).
+//! A pop lowers the countdown and the lists' bytes together, so it leaves the credit alone,
+//! and a credit that is never negative means the lists never hold more bytes than the
+//! countdown: no pop can pass the sample point. The credit falls only on slow paths: a free
+//! puts its block on the list only while the credit covers its bytes (else the block goes to
+//! the cache or its slab), a refill that overshoots is trimmed back, and an allocation of `s`
+//! bytes that finds the credit below `s` drains the lists (their blocks to the cache and the
+//! slabs), which makes the credit the countdown itself, and is the sampled allocation exactly
+//! when the countdown is below `s`. So the sample lands on the allocation the countdown picks,
+//! as if every allocation were counted. Small blocks are counted by their block size (what a
+//! pop takes off the lists); medium and large ones, and a thread's allocations without a
+//! heap of its own, by the size asked for. A thread's credit starts at its first slow path
+//! once profiling runs (its lists are drained then, so a fresh interval starts); allocations
+//! it made before are not in the profile. A private heap's allocations ([`crate::Heap`]) are
+//! not sampled. With profiling off, the only additions are one load and branch on paths that
+//! are slow already (a fast path's miss, a foreign or orphan free, the medium and large
+//! tiers).
 //!
 //! ## Settings
 //! `HAKMEM_PROF` (0/1), `HAKMEM_PROF_SAMPLE` (bytes, mean interval), `HAKMEM_PROF_FILE`
