@@ -577,6 +577,9 @@ pub struct Heap {
     /// less those taken off as chains, plus the bytes pushed by the slow free and the bytes
     /// handed out other than by a pop.
     debit: u64,
+    /// The profiler's credit is `prof_base - debit` (wrapping, H19), once `prof_started`.
+    prof_base: u64,
+    prof_started: bool,
 }
 
 impl Heap {
@@ -663,6 +666,7 @@ impl Heap {
         h.kept_empty = null();
         h.private = false;
         h.purge_due = u64::MAX;
+        h.prof_started = false;
         h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)

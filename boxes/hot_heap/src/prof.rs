@@ -18,6 +18,66 @@ impl Heap {
         self.debit
     }
 
+    /// The profiler's credit (H19): `None` until [`Heap::prof_start`].
+    #[inline(always)]
+    pub fn prof_credit(&self) -> Option<i64> {
+        self.prof_started
+            .then(|| self.prof_base.wrapping_sub(self.debit) as i64)
+    }
+
+    /// Starts the profiler's credit at `credit` bytes (H19), with the thread lists drained
+    /// first, so that the credit is the countdown.
+    pub fn prof_start(&mut self, credit: i64) {
+        self.drain_lists();
+        self.prof_base = self.debit.wrapping_add(credit as u64);
+        self.prof_started = true;
+    }
+
+    /// Adds `delta` bytes to the profiler's credit (H19).
+    #[inline(always)]
+    pub fn prof_add(&mut self, delta: i64) {
+        self.prof_base = self.prof_base.wrapping_add(delta as u64);
+    }
+
+    /// The owner's free of `p`, a block of its own `slab`, while the profiler's credit runs
+    /// (H19): onto the thread list when the credit covers its bytes (a push the debit counts,
+    /// [`Heap::free_own_listed`]), else kept off the lists ([`Heap::free_own_unlisted`]).
+    /// False, having done nothing, when the credit has not started ([`Heap::prof_start`]).
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`].
+    #[inline(always)]
+    pub unsafe fn free_own_profiled(&mut self, slab: &SlabMeta, p: *mut u8) -> bool {
+        if !self.prof_started {
+            return false;
+        }
+        // SAFETY: our own slab.
+        let (class, _) = unsafe { slab.class_and_carved_owned() };
+        let Some(c) = SizeClass::new(class) else {
+            // SAFETY: forwarded; it reports the slab's bad class.
+            unsafe { self.free_local_slow(class, p) };
+            return true;
+        };
+        let size = c.size() as u64;
+        if self.prof_base.wrapping_sub(self.debit) as i64 >= size as i64 {
+            let key = self.key;
+            // SAFETY: `p` is a block of at least 16 bytes of our own slab, given up.
+            let keyed = unsafe { key_word(p) } == key;
+            // SAFETY: as in `free_own`: the class is below CLASSES, `p` is ours and (FK3) not
+            // free.
+            if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
+                self.debit = self.debit.wrapping_add(size);
+                return true;
+            }
+            // SAFETY: forwarded; its push adds to the debit.
+            unsafe { self.free_local_slow(class, p) };
+            return true;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_own_unlisted(slab, p) };
+        true
+    }
+
     /// The slab of `p` when it is a block this heap handed out of a superslab in its owned
     /// cache (H8), as [`Heap::try_free_owned`] finds it; `None` for anything else, any address
     /// included (nothing is read through `p`).
@@ -78,6 +138,8 @@ impl Heap {
     ///
     /// # Safety
     /// As [`Heap::free_own`].
+    #[cold]
+    #[inline(never)]
     pub unsafe fn free_own_unlisted(&mut self, slab: &SlabMeta, p: *mut u8) {
         // SAFETY: our own slab.
         let (class, _) = unsafe { slab.class_and_carved_owned() };

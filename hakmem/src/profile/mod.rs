@@ -89,14 +89,9 @@ pub(crate) fn active() -> bool {
     crate::tls::profiling()
 }
 
-/// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access).
+/// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access). The
+/// credit of a thread with a heap is kept in its heap (hot_heap H19).
 struct Sampler {
-    /// The heap the credit is kept for (null: none yet): the thread's own, whose lists the
-    /// allocation fast path pops from.
-    heap: Cell<*mut HotHeap>,
-    /// The credit's base: the credit is `base - heap.debit()` (wrapping, hot_heap H19): the
-    /// countdown less the bytes on `heap`'s thread lists.
-    base: Cell<u64>,
     /// Bytes left before the next sample, for allocations of a thread without a heap.
     left: Cell<i64>,
     /// xorshift state; 0 until the thread's first use.
@@ -107,13 +102,7 @@ struct Sampler {
 
 std::thread_local! {
     static SAMPLER: Sampler = const {
-        Sampler {
-            heap: Cell::new(core::ptr::null_mut()),
-            base: Cell::new(0),
-            left: Cell::new(0),
-            rng: Cell::new(0),
-            busy: Cell::new(false),
-        }
+        Sampler { left: Cell::new(0), rng: Cell::new(0), busy: Cell::new(false) }
     };
 }
 
@@ -140,46 +129,51 @@ fn seed(s: &Sampler) {
     }
 }
 
-/// The credit for heap `h` (the sampler's): the countdown less the bytes on its lists.
+/// The credit of `h` (hot_heap H19), started at this thread's first slow path with it: its
+/// free slot is switched then (tls T5) and its lists drained, so the credit starts as a fresh
+/// interval (the sampling process is memoryless, so a fresh start is unbiased). A heap keeps
+/// its credit when a thread's exit parks it and another thread takes it.
 ///
 /// # Safety
 /// `h` is this thread's live heap.
 #[inline(always)]
-unsafe fn credit(s: &Sampler, h: *mut HotHeap) -> i64 {
-    // SAFETY: this thread's live heap, read on its own thread.
-    s.base.get().wrapping_sub(unsafe { (*h).debit() }) as i64
-}
-
-/// Makes `h`, this thread's live heap, the one the credit is kept for: the first time, its
-/// free slot is switched (tls T5) and its lists are drained, so the credit is a fresh
-/// interval (the sampling process is memoryless, so a fresh start is unbiased).
-///
-/// # Safety
-/// `h` is this thread's live heap.
-#[inline(always)]
-unsafe fn enter(s: &Sampler, h: *mut HotHeap) {
-    if s.heap.get() != h {
-        enter_slow(s, h);
+unsafe fn credit(h: *mut HotHeap) -> i64 {
+    // SAFETY: this thread's live heap, on its own thread.
+    match unsafe { (*h).prof_credit() } {
+        Some(c) => c,
+        // SAFETY: as above.
+        None => unsafe { start_credit(h) },
     }
 }
 
+/// [`credit`]'s start.
+///
+/// # Safety
+/// As [`credit`].
 #[cold]
 #[inline(never)]
-fn enter_slow(s: &Sampler, h: *mut HotHeap) {
-    seed(s);
+unsafe fn start_credit(h: *mut HotHeap) -> i64 {
     crate::tls::enter_profiling();
+    let interval = SAMPLER.with(|s| {
+        seed(s);
+        next_interval(&s.rng)
+    });
     // SAFETY: this thread's live heap (the caller's contract), on its own thread.
-    unsafe { (*h).drain_lists() };
-    s.heap.set(h);
-    // SAFETY: as above.
-    let debit = unsafe { (*h).debit() };
-    s.base.set(debit.wrapping_add(next_interval(&s.rng) as u64));
+    unsafe { (*h).prof_start(interval) };
+    interval
 }
 
 /// The countdown for an allocation of `counted` bytes whose countdown before it is `c` (it
 /// is sampled when `c < counted`): the next one an exponential interval past its end. The
 /// sample's stack is captured unless the guard is set. Returns the countdown's increase.
-fn sample(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
+fn sample(p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
+    SAMPLER.with(|s| {
+        seed(s);
+        sample_in(s, p, size, counted, c)
+    })
+}
+
+fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
     let next = next_interval(&s.rng);
     if !s.busy.get() {
         s.busy.set(true);
@@ -391,34 +385,31 @@ pub fn stats() -> ProfilerStats {
 /// the bytes on the lists, which are drained first when the credit is short (hot_heap H19).
 #[inline(never)]
 pub(crate) fn on_alloc(p: *mut u8, size: usize) {
-    SAMPLER.with(|s| {
-        seed(s);
-        let n = size as i64;
-        let h = crate::tls::get();
-        if h as usize <= crate::tls::DEAD as usize {
+    let n = size as i64;
+    let h = crate::tls::get();
+    if h as usize <= crate::tls::DEAD as usize {
+        return SAMPLER.with(|s| {
+            seed(s);
             let left = s.left.get();
             let up = if left < n {
-                sample(s, p, size, n, left)
+                sample_in(s, p, size, n, left)
             } else {
                 0
             };
             s.left.set(left - n + up);
-            return;
-        }
-        // SAFETY: this thread's live heap.
-        unsafe { enter(s, h) };
+        });
+    }
+    // SAFETY: this thread's live heap, here and below.
+    let mut c = unsafe { credit(h) };
+    if c < n {
         // SAFETY: as above.
-        let mut c = unsafe { credit(s, h) };
-        if c < n {
-            // SAFETY: as above.
-            unsafe { (*h).drain_lists() };
-            // SAFETY: as above. The lists are empty: the credit is the countdown.
-            c = unsafe { credit(s, h) };
-        }
-        let up = if c < n { sample(s, p, size, n, c) } else { 0 };
-        s.base
-            .set(s.base.get().wrapping_sub(n as u64).wrapping_add(up as u64));
-    })
+        unsafe { (*h).drain_lists() };
+        // SAFETY: as above. The lists are empty: the credit is the countdown.
+        c = unsafe { credit(h) };
+    }
+    let up = if c < n { sample(p, size, n, c) } else { 0 };
+    // SAFETY: as above.
+    unsafe { (*h).prof_add(up - n) };
 }
 
 /// A small allocation of `size` bytes, class `class`, past the fast path's miss, from `h`, this
@@ -437,44 +428,41 @@ pub(crate) unsafe fn alloc_small(
     size: usize,
     alloc: impl FnOnce() -> *mut u8,
 ) -> *mut u8 {
-    SAMPLER.with(|s| {
-        // SAFETY: this thread's live heap (the caller's contract), here and below.
-        unsafe { enter(s, h) };
-        let b = class.size() as i64;
+    let b = class.size() as i64;
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    let mut c = unsafe { credit(h) };
+    let mut crossing = false;
+    if c < b {
         // SAFETY: as above.
-        let mut c = unsafe { credit(s, h) };
-        let mut crossing = false;
-        if c < b {
+        unsafe { (*h).drain_lists() };
+        // SAFETY: as above. The lists are empty: the credit is the countdown.
+        c = unsafe { credit(h) };
+        crossing = c < b;
+    }
+    let p = alloc();
+    if p.is_null() {
+        return p;
+    }
+    if crossing {
+        let up = sample(p, size, b, c);
+        // SAFETY: as above.
+        unsafe { (*h).prof_add(up) };
+    }
+    // SAFETY: as above.
+    let k = unsafe { credit(h) };
+    if k < 0 {
+        // A refill put more on the list than the countdown allows: the excess goes to the
+        // cache, and if that is not enough, every list is drained.
+        let n = (-k + b - 1) / b;
+        // SAFETY: as above.
+        unsafe { (*h).trim_list(class, n.min(u32::MAX as i64) as u32) };
+        // SAFETY: as above.
+        if unsafe { credit(h) } < 0 {
             // SAFETY: as above.
             unsafe { (*h).drain_lists() };
-            // SAFETY: as above. The lists are empty: the credit is the countdown.
-            c = unsafe { credit(s, h) };
-            crossing = c < b;
         }
-        let p = alloc();
-        if p.is_null() {
-            return p;
-        }
-        if crossing {
-            let up = sample(s, p, size, b, c);
-            s.base.set(s.base.get().wrapping_add(up as u64));
-        }
-        // SAFETY: as above.
-        let k = unsafe { credit(s, h) };
-        if k < 0 {
-            // A refill put more on the list than the countdown allows: the excess goes to the
-            // cache, and if that is not enough, every list is drained.
-            let n = (-k + b - 1) / b;
-            // SAFETY: as above.
-            unsafe { (*h).trim_list(class, n.min(u32::MAX as i64) as u32) };
-            // SAFETY: as above.
-            if unsafe { credit(s, h) } < 0 {
-                // SAFETY: as above.
-                unsafe { (*h).drain_lists() };
-            }
-        }
-        p
-    })
+    }
+    p
 }
 
 /// A free of `p` while profiling runs, before the block goes back: its sample, if any, goes.
@@ -492,19 +480,27 @@ pub(crate) fn on_free(p: *mut u8) {
 /// the caller gives up.
 #[inline(always)]
 pub(crate) unsafe fn free_own(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
-    SAMPLER.with(|s| {
-        // SAFETY: this thread's live heap (the caller's contract), here and below.
-        unsafe { enter(s, h) };
-        let b = hakmem_route::block_size_of(slab.class()) as i64;
-        // SAFETY: as above; `p` is a block of its own slab, given up.
-        unsafe {
-            if credit(s, h) >= b {
-                (*h).free_own_listed(slab, p)
-            } else {
-                (*h).free_own_unlisted(slab, p)
-            }
-        }
-    })
+    // SAFETY: this thread's live heap (the caller's contract); `p` is a block of its own
+    // slab, given up.
+    if !unsafe { (*h).free_own_profiled(slab, p) } {
+        // SAFETY: as above.
+        unsafe { free_own_first(h, slab, p) }
+    }
+}
+
+/// [`free_own`] on a heap whose credit has not started.
+///
+/// # Safety
+/// As [`free_own`].
+#[cold]
+#[inline(never)]
+unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    // SAFETY: as the caller's.
+    unsafe {
+        start_credit(h);
+        let freed = (*h).free_own_profiled(slab, p);
+        debug_assert!(freed, "the credit runs");
+    }
 }
 
 /// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
