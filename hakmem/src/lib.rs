@@ -744,12 +744,22 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 #[cold]
 #[inline(never)]
 unsafe fn free_full(p: *mut u8) {
-    // Heap profiling: a profiling thread's own blocks by its real heap's fast path (H8), after
-    // the profiler's look, without the registry.
-    // SAFETY: forwarded.
-    if profile::active() && unsafe { profile::free_owned(p) } {
-        return;
+    // Heap profiling: a profiling thread's own blocks by the profiler's free, found by the
+    // owned cache (H8) without the registry; both calls are tail calls.
+    if profile::active() {
+        // SAFETY: forwarded.
+        return unsafe { profile::free_owned(p) };
     }
+    // SAFETY: forwarded.
+    unsafe { free_registry(p) }
+}
+
+/// [`free_full`] past the profiler: through the registry.
+///
+/// # Safety
+/// As [`free_impl`]; `p` may be null.
+#[inline(never)]
+unsafe fn free_registry(p: *mut u8) {
     if !p.is_null() {
         // SAFETY: forwarded.
         unsafe { free_impl(p, "free") }
@@ -785,9 +795,10 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
     // first, and a block of the thread's own heap goes by the profiler's own free at once.
     if profile::active() {
         profile::on_free(p);
-        let h = heap_ptr();
-        // SAFETY: this thread's live heap, on its own thread (when live).
-        if h as usize > DEAD as usize && slab.owner() == unsafe { HotHeap::id_of(h) } {
+        let h = crate::tls::raw();
+        // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
+        // H9): a match is this thread's live heap.
+        if slab.owner() == unsafe { HotHeap::id_of(h) } {
             // SAFETY: a block of its own slab, given up, its sample dropped.
             return unsafe { profile::free_own(h, slab, p) };
         }

@@ -80,14 +80,15 @@ impl Heap {
 
     /// The slab of `p` when it is a block this heap handed out of a superslab in its owned
     /// cache (H8), as [`Heap::try_free_owned`] finds it; `None` for anything else, any address
-    /// included (nothing is read through `p`).
+    /// included (nothing is read through `p`), and always for an [`EmptyHeap`] (H9).
     ///
     /// # Safety
-    /// `this` is a live heap of the calling thread.
+    /// `this` is a live heap of the calling thread, or an empty heap.
     #[inline(always)]
     pub unsafe fn owned_slab(this: *mut Heap, p: *mut u8) -> Option<&'static SlabMeta> {
         let n = slab_number(p as usize);
-        // SAFETY: the slot is below OWNED_CACHE; the heap is live.
+        // SAFETY: the slot is below OWNED_CACHE; read through the raw pointer, as an empty heap
+        // is shared (H9).
         let entry = unsafe {
             *(&raw const (*this).owned_slabs)
                 .cast::<*const SlabMeta>()

@@ -504,26 +504,25 @@ unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
 }
 
 /// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
-/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`]; false,
-/// having done nothing, otherwise (the caller then takes the full path, which decides).
+/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`];
+/// otherwise the registry's path, which decides (and drops a sample there).
 ///
 /// # Safety
 /// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
 /// the full path).
 #[inline(never)]
-pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
-    let h = crate::tls::get();
-    if h as usize <= crate::tls::DEAD as usize {
-        return false;
-    }
-    // SAFETY: this thread's live heap; any address is accepted (nothing is read through it).
+pub(crate) unsafe fn free_owned(p: *mut u8) {
+    // The allocation slot: this thread's heap or an empty one (tls T2), whose owned cache
+    // holds no slab (hot_heap H9).
+    let h = crate::tls::raw();
+    // SAFETY: as above; any address is accepted (nothing is read through it).
     let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
-        return false;
+        // SAFETY: forwarded.
+        return unsafe { crate::free_registry(p) };
     };
     on_free(p);
     // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own(h, slab, p) };
-    true
+    unsafe { free_own(h, slab, p) }
 }
 
 extern "C" fn fork_child() {
