@@ -460,9 +460,7 @@ fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Set
         // docs).
         if profile::active() {
             // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
-            return unsafe {
-                profile::alloc_small(h, class, size, || heap_alloc(&mut *h, class, zero))
-            };
+            return unsafe { profile::alloc_small(h, class, size, zero) };
         }
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
@@ -480,9 +478,7 @@ fn alloc_small_slow(size: usize, class: SizeClass, zero: bool, code: &Option<Set
         if let Some(h) = heap_slow() {
             let h = h.as_ptr();
             // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
-            return unsafe {
-                profile::alloc_small(h, class, size, || heap_alloc(&mut *h, class, zero))
-            };
+            return unsafe { profile::alloc_small(h, class, size, zero) };
         }
         let p = alloc_small_any_heap(class, zero, code);
         if !p.is_null() {

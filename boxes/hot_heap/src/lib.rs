@@ -580,6 +580,8 @@ pub struct Heap {
     /// The profiler's credit is `prof_base - debit` (wrapping, H19), once `prof_started`.
     prof_base: u64,
     prof_started: bool,
+    /// The classes whose lists a slow operation put blocks on since the last drain (H19).
+    prof_listed: [u64; 2],
 }
 
 impl Heap {

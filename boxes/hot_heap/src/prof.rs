@@ -9,6 +9,16 @@ impl Heap {
         self.debit = self
             .debit
             .wrapping_add((n as u64).wrapping_mul(class.size() as u64));
+        if n > 0 {
+            self.mark_listed(class.index());
+        }
+    }
+
+    /// Notes that class `class`'s list may hold blocks (H19: what [`Heap::drain_lists`]
+    /// looks at).
+    #[inline(always)]
+    fn mark_listed(&mut self, class: usize) {
+        self.prof_listed[(class / 64) & 1] |= 1 << (class % 64);
     }
 
     /// The debit (H19): bytes moved onto the thread lists as chains, less those taken off as
@@ -28,7 +38,11 @@ impl Heap {
     /// Starts the profiler's credit at `credit` bytes (H19), with the thread lists drained
     /// first, so that the credit is the countdown.
     pub fn prof_start(&mut self, credit: i64) {
-        self.drain_lists();
+        // Every list: the fast paths' pushes before now marked none.
+        for class in SizeClass::all() {
+            self.drain_list(class);
+        }
+        self.prof_listed = [0; 2];
         self.prof_base = self.debit.wrapping_add(credit as u64);
         self.prof_started = true;
     }
@@ -67,6 +81,7 @@ impl Heap {
             // free.
             if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
                 self.debit = self.debit.wrapping_add(size);
+                self.mark_listed(class);
                 return true;
             }
             // SAFETY: forwarded; its push adds to the debit.
@@ -169,15 +184,49 @@ impl Heap {
         }
     }
 
-    /// Moves every block on the thread lists to the cache while it has room, the rest to their
-    /// slabs (H19: the lists hold nothing after it).
+    /// Moves every block on the thread lists of the classes a slow operation put blocks on
+    /// since the last drain (or [`Heap::prof_start`]) to the cache while it has room, the rest
+    /// to their slabs (H19). After the profiler's start only its own frees and the slow paths
+    /// put blocks on the lists, so the lists hold nothing after it.
     pub fn drain_lists(&mut self) {
-        for class in SizeClass::all() {
-            if !self.sll.is_empty(class.index()) {
-                let chain = self.take_list(class, u32::MAX);
-                self.dispose_chain(class, chain, true);
+        for w in 0..2 {
+            let mut m = core::mem::take(&mut self.prof_listed[w]);
+            while m != 0 {
+                let i = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if let Some(class) = SizeClass::new(i) {
+                    self.drain_list(class);
+                }
             }
         }
+    }
+
+    /// Moves every block of the thread list of `class` to the cache while it has room, the
+    /// rest to their slabs.
+    fn drain_list(&mut self, class: SizeClass) {
+        if !self.sll.is_empty(class.index()) {
+            let chain = self.take_list(class, u32::MAX);
+            self.dispose_chain(class, chain, true);
+        }
+    }
+
+    /// A block of `class` handed out from the cache (refilled from slabs when empty), none
+    /// put on the thread list (H19: when the credit cannot take a refill); null when the OS
+    /// refuses memory.
+    ///
+    /// # Safety
+    /// This is a real heap whose only user is the calling thread.
+    pub unsafe fn alloc_unlisted(&mut self, class: SizeClass) -> *mut u8 {
+        self.purge_if_due();
+        if self.cache.is_empty(class.index()) {
+            // SAFETY: only the heap's thread gets here.
+            unsafe { self.refill_cache(class) };
+        }
+        let Some(p) = self.cache.pop(class.index()) else {
+            return null_mut();
+        };
+        self.on_handed_out(class, p);
+        p
     }
 
     /// Moves up to `n` blocks off the thread list of `class`, to the cache while it has room,
@@ -285,7 +334,10 @@ mod tests {
                 let debit = (*h).debit().wrapping_sub(d0);
                 assert_eq!(allocated + listed(&*h), debit.wrapping_add(fast_pushed));
             }
-            (*h).drain_lists();
+            // Every list (the fast pushes above marked none for `drain_lists`).
+            for class in SizeClass::all() {
+                (*h).drain_list(class);
+            }
             assert_eq!(listed(&*h), 0, "a drain empties every list");
             for (p, _) in live {
                 let slab = Heap::owned_slab(h, p).expect("a block of ours");

@@ -412,21 +412,21 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     unsafe { (*h).prof_add(up - n) };
 }
 
-/// A small allocation of `size` bytes, class `class`, past the fast path's miss, from `h`, this
-/// thread's live heap, while profiling runs: `alloc` serves it, and the credit (hot_heap H19)
-/// decides. The fast pops of `h`'s lists (which hold no more bytes than the countdown, H19)
+/// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
+/// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
+/// decides. When the credit cannot take a refill of the list, the block comes from the cache
+/// and the list is left alone. The fast pops of `h`'s lists (which hold no more bytes than the countdown, H19)
 /// need no count; this one is sampled exactly when the countdown crosses zero within its
 /// block, and the lists are trimmed after it so that they never hold more than the countdown.
 ///
 /// # Safety
-/// `h` is this thread's live heap, and `alloc` allocates one block of `class` from it (or
-/// returns null).
+/// `h` is this thread's live heap.
 #[inline(never)]
 pub(crate) unsafe fn alloc_small(
     h: *mut HotHeap,
     class: hakmem_route::SizeClass,
     size: usize,
-    alloc: impl FnOnce() -> *mut u8,
+    zero: bool,
 ) -> *mut u8 {
     let b = class.size() as i64;
     // SAFETY: this thread's live heap (the caller's contract), here and below.
@@ -439,7 +439,20 @@ pub(crate) unsafe fn alloc_small(
         c = unsafe { credit(h) };
         crossing = c < b;
     }
-    let p = alloc();
+    // SAFETY: as above.
+    let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
+    let p = if crossing || c - b < refill {
+        // SAFETY: as above.
+        let p = unsafe { (*h).alloc_unlisted(class) };
+        if zero && !p.is_null() {
+            // SAFETY: a block of at least the class's size, ours.
+            unsafe { p.write_bytes(0, class.size()) };
+        }
+        p
+    } else {
+        // SAFETY: as above.
+        unsafe { crate::heap_alloc(&mut *h, class, zero) }
+    };
     if p.is_null() {
         return p;
     }
