@@ -175,6 +175,13 @@ fn sample(p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
 
 fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
     let next = next_interval(&s.rng);
+    record_in(s, p, size, counted);
+    next - (c - counted)
+}
+
+/// Records the sample of the block at `p`, asked for as `size` bytes and counted as `counted`,
+/// with its stack, unless this thread's guard is set.
+fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
     if !s.busy.get() {
         s.busy.set(true);
         let frames = unwind::capture();
@@ -184,7 +191,6 @@ fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 
         table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
         s.busy.set(false);
     }
-    next - (c - counted)
 }
 
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
@@ -439,9 +445,21 @@ pub(crate) unsafe fn alloc_small(
         c = unsafe { credit(h) };
         crossing = c < b;
     }
+    if crossing {
+        // This allocation is the sampled one: the next point lies an exponential interval
+        // past its end (the process is memoryless).
+        let next = SAMPLER.with(|s| {
+            seed(s);
+            next_interval(&s.rng)
+        });
+        let up = next - (c - b);
+        // SAFETY: as above.
+        unsafe { (*h).prof_add(up) };
+        c += up;
+    }
     // SAFETY: as above.
     let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
-    let p = if crossing || c - b < refill {
+    let p = if c - b < refill {
         // SAFETY: as above.
         let p = unsafe { (*h).alloc_unlisted(class) };
         if zero && !p.is_null() {
@@ -457,9 +475,7 @@ pub(crate) unsafe fn alloc_small(
         return p;
     }
     if crossing {
-        let up = sample(p, size, b, c);
-        // SAFETY: as above.
-        unsafe { (*h).prof_add(up) };
+        SAMPLER.with(|s| record_in(s, p, size, b));
     }
     // SAFETY: as above.
     let k = unsafe { credit(h) };
