@@ -201,6 +201,43 @@ impl Heap {
         }
     }
 
+    /// The bytes on the thread lists of the classes a slow operation put blocks on since the
+    /// last drain (H19): after the profiler's start, every byte on the lists.
+    pub fn listed_bytes(&self) -> u64 {
+        let mut bytes = 0;
+        for w in 0..2 {
+            let mut m = self.prof_listed[w];
+            while m != 0 {
+                let i = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if let Some(class) = SizeClass::new(i) {
+                    bytes += u64::from(self.sll.len(i)) * class.size() as u64;
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Moves blocks off the thread lists of the classes a slow operation put blocks on, to the
+    /// cache while it has room and the rest to their slabs, until at least `bytes` bytes have
+    /// gone or those lists are empty (H19); the bytes moved.
+    pub fn trim_lists(&mut self, bytes: u64) -> u64 {
+        let mut moved = 0;
+        for w in 0..2 {
+            let mut m = self.prof_listed[w];
+            while m != 0 && moved < bytes {
+                let i = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if let Some(class) = SizeClass::new(i) {
+                    let size = class.size() as u64;
+                    let n = (bytes - moved).div_ceil(size).min(u64::from(u32::MAX)) as u32;
+                    moved += u64::from(self.trim_list(class, n)) * size;
+                }
+            }
+        }
+        moved
+    }
+
     /// Moves every block of the thread list of `class` to the cache while it has room, the
     /// rest to their slabs.
     fn drain_list(&mut self, class: SizeClass) {

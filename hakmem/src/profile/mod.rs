@@ -406,16 +406,50 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
         });
     }
     // SAFETY: this thread's live heap, here and below.
-    let mut c = unsafe { credit(h) };
+    let c = unsafe { credit(h) };
+    let mut up = 0;
     if c < n {
+        // The countdown itself: the credit plus the bytes on the lists.
         // SAFETY: as above.
-        unsafe { (*h).drain_lists() };
-        // SAFETY: as above. The lists are empty: the credit is the countdown.
-        c = unsafe { credit(h) };
+        let countdown = c + unsafe { (*h).listed_bytes() } as i64;
+        if countdown < n {
+            up = sample(p, size, n, countdown);
+        }
     }
-    let up = if c < n { sample(p, size, n, c) } else { 0 };
     // SAFETY: as above.
     unsafe { (*h).prof_add(up - n) };
+    // SAFETY: as above.
+    unsafe { keep_credit(h) };
+}
+
+/// Trims the lists of `h` when its credit is negative (hot_heap H19), so that the lists never
+/// hold more bytes than the countdown: by half the bytes on them at least, so that as the
+/// countdown runs out, the lists are trimmed a few times rather than at every allocation.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(always)]
+unsafe fn keep_credit(h: *mut HotHeap) {
+    // SAFETY: the caller's contract.
+    let k = unsafe { credit(h) };
+    if k < 0 {
+        // SAFETY: as above.
+        unsafe { trim(h, k.unsigned_abs()) };
+    }
+}
+
+/// [`keep_credit`]'s trim.
+///
+/// # Safety
+/// As [`keep_credit`].
+#[cold]
+#[inline(never)]
+unsafe fn trim(h: *mut HotHeap, need: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let half = (*h).listed_bytes() / 2;
+        (*h).trim_lists(need.max(half));
+    }
 }
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
@@ -439,24 +473,24 @@ pub(crate) unsafe fn alloc_small(
     let mut c = unsafe { credit(h) };
     let mut crossing = false;
     if c < b {
+        // The countdown itself: the credit plus the bytes on the lists.
         // SAFETY: as above.
-        unsafe { (*h).drain_lists() };
-        // SAFETY: as above. The lists are empty: the credit is the countdown.
-        c = unsafe { credit(h) };
-        crossing = c < b;
+        let countdown = c + unsafe { (*h).listed_bytes() } as i64;
+        if countdown < b {
+            // This allocation is the sampled one: the next point lies an exponential interval
+            // past its end (the process is memoryless).
+            crossing = true;
+            let next = SAMPLER.with(|s| {
+                seed(s);
+                next_interval(&s.rng)
+            });
+            let up = next - (countdown - b);
+            // SAFETY: as above.
+            unsafe { (*h).prof_add(up) };
+            c += up;
+        }
     }
-    if crossing {
-        // This allocation is the sampled one: the next point lies an exponential interval
-        // past its end (the process is memoryless).
-        let next = SAMPLER.with(|s| {
-            seed(s);
-            next_interval(&s.rng)
-        });
-        let up = next - (c - b);
-        // SAFETY: as above.
-        unsafe { (*h).prof_add(up) };
-        c += up;
-    }
+    // A refill of the list only when the credit can take it; else a block from the cache.
     // SAFETY: as above.
     let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
     let p = if c - b < refill {
@@ -478,19 +512,7 @@ pub(crate) unsafe fn alloc_small(
         SAMPLER.with(|s| record_in(s, p, size, b));
     }
     // SAFETY: as above.
-    let k = unsafe { credit(h) };
-    if k < 0 {
-        // A refill put more on the list than the countdown allows: the excess goes to the
-        // cache, and if that is not enough, every list is drained.
-        let n = (-k + b - 1) / b;
-        // SAFETY: as above.
-        unsafe { (*h).trim_list(class, n.min(u32::MAX as i64) as u32) };
-        // SAFETY: as above.
-        if unsafe { credit(h) } < 0 {
-            // SAFETY: as above.
-            unsafe { (*h).drain_lists() };
-        }
-    }
+    unsafe { keep_credit(h) };
     p
 }
 
