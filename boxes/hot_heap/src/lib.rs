@@ -250,13 +250,17 @@
 //!   every chain taken off the lists (a spill, a decay, a drain, a trim, exit). The fast
 //!   paths do not touch it: a pop changes the bytes on the lists and the bytes allocated by
 //!   the same amount, and the pushes the profiler makes count themselves
-//!   ([`Heap::free_own_listed`]). So for a thread whose frees all go through the profiler
-//!   (the facade's heap profiler: `hakmem/src/profile`), `countdown - bytes on the lists`
-//!   changes by minus the debit's change and by nothing else: the profiler keeps that credit
-//!   from the debit alone, on slow paths, and the fast pops never see it.
-//!   [`Heap::free_own_unlisted`], [`Heap::drain_lists`] and [`Heap::trim_list`] keep blocks
-//!   off the lists (to the cache, then the slabs), so that the lists never hold more bytes
-//!   than the countdown.
+//!   ([`Heap::free_own_listed`], [`Heap::free_own_profiled`]). So for a thread whose frees
+//!   all go through the profiler (the facade's heap profiler: `hakmem/src/profile`),
+//!   `countdown - bytes on the lists` changes by minus the debit's change and by nothing
+//!   else: the profiler keeps that credit (`prof_base - debit`, [`Heap::prof_credit`]) from
+//!   the debit alone, on slow paths, and the fast pops never see it.
+//!   [`Heap::free_own_unlisted`], [`Heap::alloc_unlisted`], [`Heap::trim_lists`] and
+//!   [`Heap::drain_lists`] keep blocks off the lists (to the cache, then the slabs), so that
+//!   the lists never hold more bytes than the countdown. Every slow operation that puts
+//!   blocks on a class's list marks the class (`prof_listed`), and after the profiler's
+//!   start ([`Heap::prof_start`], which drains every list) only those do, so
+//!   [`Heap::listed_bytes`] (the marked classes' bytes) is every byte on the lists.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.

@@ -36,15 +36,17 @@
 //! and a credit that is never negative means the lists never hold more bytes than the
 //! countdown: no pop can pass the sample point. The credit falls only on slow paths: a free
 //! puts its block on the list only while the credit covers its bytes (else the block goes to
-//! the cache or its slab), a refill that overshoots is trimmed back, and an allocation of `s`
-//! bytes that finds the credit below `s` drains the lists (their blocks to the cache and the
-//! slabs), which makes the credit the countdown itself, and is the sampled allocation exactly
-//! when the countdown is below `s`. So the sample lands on the allocation the countdown picks,
-//! as if every allocation were counted. Small blocks are counted by their block size (what a
+//! the cache or its slab), a refill the credit cannot take is replaced by a block from the
+//! cache, and a negative credit trims the lists (by half their bytes at least). An allocation
+//! of `s` bytes that finds the credit below `s` adds the bytes on the lists to it, which gives
+//! the countdown itself, and is the sampled allocation exactly when the countdown is below
+//! `s`. So the sample lands on the allocation the countdown picks, as if every allocation
+//! were counted. Small blocks are counted by their block size (what a
 //! pop takes off the lists); medium and large ones, and a thread's allocations without a
-//! heap of its own, by the size asked for. A thread's credit starts at its first slow path
-//! once profiling runs (its lists are drained then, so a fresh interval starts); allocations
-//! it made before are not in the profile. A private heap's allocations ([`crate::Heap`]) are
+//! heap of its own, by the size asked for. A heap's credit starts at its thread's first slow
+//! path once profiling runs (its lists are drained then, so a fresh interval starts), and
+//! stays with the heap (a heap parked at a thread's exit and taken by another thread goes on
+//! counting); allocations made before are not in the profile. A private heap's allocations ([`crate::Heap`]) are
 //! not sampled. With profiling off, the only additions are one load and branch on paths that
 //! are slow already (a fast path's miss, a foreign or orphan free, the medium and large
 //! tiers).
@@ -194,8 +196,9 @@ fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
 }
 
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
-/// sampling at their next allocation that misses their fast path (at once for threads made
-/// later); allocations made before are not in the profile. Returns false when the profiler's
+/// sampling at their next slow path (an allocation that misses its fast path, or a free that
+/// misses its own; at once for threads whose heap is made later); allocations made before are
+/// not in the profile. Returns false when the profiler's
 /// tables could not be mapped. Starting again changes nothing (the first interval stays).
 pub fn start(sample_bytes: u64) -> bool {
     if active() {
@@ -388,7 +391,7 @@ pub fn stats() -> ProfilerStats {
 /// An allocation of `size` bytes at `p` (not null) that no thread list serves (medium, large,
 /// a small one of a thread without a heap), while profiling runs: counted down, and sampled
 /// when the countdown crosses zero within it. With a heap, the countdown is the credit plus
-/// the bytes on the lists, which are drained first when the credit is short (hot_heap H19).
+/// the bytes on the lists, counted when the credit is short (hot_heap H19).
 #[inline(never)]
 pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     let n = size as i64;
