@@ -791,9 +791,9 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
     // first, and a block of the thread's own heap goes by the profiler's own free at once.
     if profile::active() {
         profile::on_free(p);
-        let h = crate::tls::raw();
-        // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
-        // H9): a match is this thread's live heap.
+        let h = crate::tls::owner();
+        // SAFETY: this thread's heap or an empty one (tls T2, T6), whose id no slab has
+        // (hot_heap H9): a match is this thread's live heap.
         if slab.owner() == unsafe { HotHeap::id_of(h) } {
             // SAFETY: a block of its own slab, given up, its sample dropped.
             return unsafe { profile::free_own(h, slab, p) };

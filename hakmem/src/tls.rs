@@ -46,6 +46,14 @@
 //!   the profiler on the facade's slow paths, while allocations pop from the thread lists on
 //!   their fast paths (the profiler keeps the lists' bytes within its countdown, hot_heap
 //!   H19). [`get`] reads the allocation slot.
+//! - **T6 (counted threads).** While the profiler counts every allocation of a thread itself
+//!   (its lists hold many bytes against the countdown, hot_heap H19), the thread's allocation
+//!   slot holds `PROF_HEAP` too, and its live heap is kept in `COUNTED`, which [`get`] and
+//!   [`owner`] return for it: both fast paths miss, as with profiling off they never do.
+//!   [`set`] keeps that state for the heap `COUNTED` holds; a heap taken by another thread
+//!   in that state is put back in it at the thread's first slow path, which is its first
+//!   allocation.
+use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
@@ -65,6 +73,11 @@ static PROF_HEAP: EmptyHeap = EmptyHeap::new();
 
 /// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
 static PROFILING: AtomicBool = AtomicBool::new(false);
+
+std::thread_local! {
+    /// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6).
+    static COUNTED: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+}
 
 /// True while heap profiling runs (T5): one relaxed load, for the slow paths.
 #[inline(always)]
@@ -92,9 +105,54 @@ pub fn get() -> *mut Heap {
         null_mut()
     } else if GONE_HEAP.is(h) {
         DEAD
+    } else if PROF_HEAP.is(h) {
+        counted_heap()
     } else {
         h
     }
+}
+
+/// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6): out of line, so that
+/// [`get`] stays small where it is inlined.
+#[cold]
+#[inline(never)]
+fn counted_heap() -> *mut Heap {
+    COUNTED.with(Cell::get)
+}
+
+/// The allocation slot's heap for the profiler's owner tests (T6): this thread's live heap,
+/// whichever slot holds it, or an empty heap (T2).
+#[inline(always)]
+pub(crate) fn owner() -> *mut Heap {
+    let h = imp::get();
+    if PROF_HEAP.is(h) {
+        counted_heap()
+    } else {
+        h
+    }
+}
+
+/// The profiler counts every allocation of this thread, whose live heap is `h` (T6): both
+/// slots hold `PROF_HEAP`.
+pub(crate) fn enter_counted(h: *mut Heap) {
+    COUNTED.with(|c| c.set(h));
+    imp::set(PROF_HEAP.as_ptr());
+    imp::set_free(PROF_HEAP.as_ptr());
+}
+
+/// [`enter_counted`] unless the allocation slot holds `PROF_HEAP` already (a heap taken in
+/// that mode is set as any other, T6).
+#[inline(always)]
+pub(crate) fn ensure_counted(h: *mut Heap) {
+    if imp::get() == h {
+        enter_counted(h);
+    }
+}
+
+/// The profiler leaves [`enter_counted`]'s mode (T6): the allocation slot holds `h` again.
+pub(crate) fn leave_counted(h: *mut Heap) {
+    COUNTED.with(|c| c.set(null_mut()));
+    imp::set(h);
 }
 
 /// Heap profiling (T5): switches this thread's free slot to the profiling empty heap; nothing
@@ -130,8 +188,13 @@ pub fn set(h: *mut Heap) {
     } else {
         h
     };
-    imp::set(h);
     let live = !(NO_HEAP.is(h) || GONE_HEAP.is(h));
+    if live && profiling() && COUNTED.with(Cell::get) == h {
+        // Set back while the profiler counts every allocation (T6).
+        enter_counted(h);
+        return;
+    }
+    imp::set(h);
     imp::set_free(if live && profiling() {
         PROF_HEAP.as_ptr()
     } else {

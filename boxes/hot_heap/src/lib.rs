@@ -261,6 +261,10 @@
 //!   blocks on a class's list marks the class (`prof_listed`), and after the profiler's
 //!   start ([`Heap::prof_start`], which drains every list) only those do, so
 //!   [`Heap::listed_bytes`] (the marked classes' bytes) is every byte on the lists.
+//!   While the profiler counts every allocation itself ([`Heap::prof_enter_counted`]: its
+//!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
+//!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
+//!   block, and the countdown is kept apart (`prof_left`).
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -322,6 +326,7 @@ pub use hakmem_stats::{Event, Snapshot};
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
 /// What a private heap holds (H17).
 pub use private::Usage;
+pub use prof::PROF_COUNTED;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -586,6 +591,9 @@ pub struct Heap {
     prof_started: bool,
     /// The classes whose lists a slow operation put blocks on since the last drain (H19).
     prof_listed: [u64; 2],
+    /// The countdown while the profiler counts every allocation itself (H19:
+    /// [`Heap::prof_enter_counted`]).
+    prof_left: i64,
 }
 
 impl Heap {

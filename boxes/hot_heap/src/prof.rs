@@ -2,6 +2,11 @@
 //! keep blocks off the thread lists.
 use super::*;
 
+/// What the credit holds above the true credit while the profiler counts every allocation
+/// itself (H19, [`Heap::prof_enter_counted`]): far above any countdown, so that
+/// [`Heap::free_own_profiled`] lists every block, and far below the wrap.
+pub const PROF_COUNTED: i64 = 1 << 62;
+
 impl Heap {
     /// Adds `n` blocks of `class` to the debit (H19), or takes them off for a negative `n`.
     #[inline(always)]
@@ -45,6 +50,61 @@ impl Heap {
         self.prof_listed = [0; 2];
         self.prof_base = self.debit.wrapping_add(credit as u64);
         self.prof_started = true;
+    }
+
+    /// True while the profiler counts every allocation itself (H19: between
+    /// [`Heap::prof_enter_counted`] and [`Heap::prof_leave_counted`]).
+    #[inline(always)]
+    pub fn prof_counted(&self) -> bool {
+        self.prof_credit().is_some_and(|c| c > PROF_COUNTED / 2)
+    }
+
+    /// The profiler starts counting every allocation itself (H19): returns the countdown (the
+    /// credit plus the bytes on the lists), kept from now on in [`Heap::prof_left`], and adds
+    /// [`PROF_COUNTED`] to the credit, so that the profiler's frees list every block. Nothing
+    /// when counting already or not started.
+    pub fn prof_enter_counted(&mut self) {
+        if let Some(c) = self.prof_credit() {
+            if c <= PROF_COUNTED / 2 {
+                self.prof_left = c + self.listed_bytes() as i64;
+                self.prof_add(PROF_COUNTED);
+            }
+        }
+    }
+
+    /// Leaves [`Heap::prof_enter_counted`]'s mode when the true credit (the countdown less the
+    /// bytes on the lists) is at least `min`, so that pops may go uncounted again (H19); true
+    /// when it left (or was not counting).
+    pub fn prof_leave_counted(&mut self, min: i64) -> bool {
+        let Some(c) = self.prof_credit() else {
+            return true;
+        };
+        if c <= PROF_COUNTED / 2 {
+            return true;
+        }
+        let k = c - PROF_COUNTED;
+        debug_assert_eq!(
+            k + self.listed_bytes() as i64,
+            self.prof_left,
+            "the credit and the countdown agree (H19)"
+        );
+        if k < min {
+            return false;
+        }
+        self.prof_add(-PROF_COUNTED);
+        true
+    }
+
+    /// The countdown while the profiler counts every allocation ([`Heap::prof_enter_counted`]).
+    #[inline(always)]
+    pub fn prof_left(&self) -> i64 {
+        self.prof_left
+    }
+
+    /// Sets [`Heap::prof_left`].
+    #[inline(always)]
+    pub fn set_prof_left(&mut self, left: i64) {
+        self.prof_left = left;
     }
 
     /// Adds `delta` bytes to the profiler's credit (H19).

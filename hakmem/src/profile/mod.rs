@@ -410,57 +410,64 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     }
     // SAFETY: this thread's live heap, here and below.
     let c = unsafe { credit(h) };
-    let mut up = 0;
-    if c < n {
-        // The countdown itself: the credit plus the bytes on the lists.
+    if c < n || c > hakmem_hot_heap::PROF_COUNTED / 2 {
+        // The credit cannot take it: every allocation is counted until the lists are short
+        // again.
         // SAFETY: as above.
-        let countdown = c + unsafe { (*h).listed_bytes() } as i64;
-        if countdown < n {
-            up = sample(p, size, n, countdown);
-        }
+        unsafe { count(h, p, size, n, n) };
+        return;
     }
     // SAFETY: as above.
-    unsafe { (*h).prof_add(up - n) };
-    // SAFETY: as above.
-    unsafe { keep_credit(h) };
+    unsafe { (*h).prof_add(-n) };
 }
 
-/// Trims the lists of `h` when its credit is negative (hot_heap H19), so that the lists never
-/// hold more bytes than the countdown: by half the bytes on them at least, so that as the
-/// countdown runs out, the lists are trimmed a few times rather than at every allocation.
+/// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, of `h`, this
+/// thread's live heap, while the profiler counts every allocation of it (tls T6, hot_heap
+/// H19; entered here when it does not yet): sampled when the countdown crosses zero within it.
+/// `listed` is what the allocation takes off the credit (`counted` for one no list serves, 0
+/// for one a list or a refill of it served, whose debit the heap keeps). After a sample, the
+/// thread's allocations go back to the fast path when the new credit (the countdown less the
+/// bytes on the lists) is at least [`MIN_STRETCH`] of the mean interval.
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
-#[inline(always)]
-unsafe fn keep_credit(h: *mut HotHeap) {
-    // SAFETY: the caller's contract.
-    let k = unsafe { credit(h) };
-    if k < 0 {
+#[inline(never)]
+unsafe fn count(h: *mut HotHeap, p: *mut u8, size: usize, counted: i64, listed: i64) {
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    unsafe { (*h).prof_enter_counted() };
+    crate::tls::ensure_counted(h);
+    // SAFETY: as above.
+    let left = unsafe { (*h).prof_left() };
+    if left >= counted {
         // SAFETY: as above.
-        unsafe { trim(h, k.unsigned_abs()) };
+        unsafe {
+            (*h).set_prof_left(left - counted);
+            (*h).prof_add(-listed);
+        }
+        return;
+    }
+    let up = sample(p, size, counted, left);
+    // SAFETY: as above.
+    unsafe {
+        (*h).set_prof_left(left - counted + up);
+        (*h).prof_add(up - listed);
+        let min = (MEAN.load(Relaxed) / MIN_STRETCH) as i64;
+        if (*h).prof_leave_counted(min) {
+            crate::tls::leave_counted(h);
+        }
     }
 }
 
-/// [`keep_credit`]'s trim.
-///
-/// # Safety
-/// As [`keep_credit`].
-#[cold]
-#[inline(never)]
-unsafe fn trim(h: *mut HotHeap, need: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let half = (*h).listed_bytes() / 2;
-        (*h).trim_lists(need.max(half));
-    }
-}
+/// A thread's allocations go back to the fast path after a sample when the credit gives them a
+/// stretch of at least the mean interval over this (tls T6).
+const MIN_STRETCH: u64 = 8;
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
 /// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
-/// decides. When the credit cannot take a refill of the list, the block comes from the cache
-/// and the list is left alone. The fast pops of `h`'s lists (which hold no more bytes than the countdown, H19)
-/// need no count; this one is sampled exactly when the countdown crosses zero within its
-/// block, and the lists are trimmed after it so that they never hold more than the countdown.
+/// decides. While it can take a refill of the list, the allocation is served as with profiling
+/// off and needs no count (the lists hold no more bytes than the countdown, so no pop passes
+/// the sample point); else every allocation of the thread is counted ([`count`]) until the
+/// lists are short against the countdown again.
 ///
 /// # Safety
 /// `h` is this thread's live heap.
@@ -473,50 +480,43 @@ pub(crate) unsafe fn alloc_small(
 ) -> *mut u8 {
     let b = class.size() as i64;
     // SAFETY: this thread's live heap (the caller's contract), here and below.
-    let mut c = unsafe { credit(h) };
-    let mut crossing = false;
-    if c < b {
-        // The countdown itself: the credit plus the bytes on the lists.
-        // SAFETY: as above.
-        let countdown = c + unsafe { (*h).listed_bytes() } as i64;
-        if countdown < b {
-            // This allocation is the sampled one: the next point lies an exponential interval
-            // past its end (the process is memoryless).
-            crossing = true;
-            let next = SAMPLER.with(|s| {
-                seed(s);
-                next_interval(&s.rng)
-            });
-            let up = next - (countdown - b);
-            // SAFETY: as above.
-            unsafe { (*h).prof_add(up) };
-            c += up;
-        }
-    }
-    // A refill of the list only when the credit can take it; else a block from the cache.
+    let c = unsafe { credit(h) };
     // SAFETY: as above.
     let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
-    let p = if c - b < refill {
+    let counted = c - b < refill || c > hakmem_hot_heap::PROF_COUNTED / 2;
+    if counted {
+        // The countdown before this allocation.
         // SAFETY: as above.
-        let p = unsafe { (*h).alloc_unlisted(class) };
-        if zero && !p.is_null() {
-            // SAFETY: a block of at least the class's size, ours.
-            unsafe { p.write_bytes(0, class.size()) };
-        }
-        p
-    } else {
-        // SAFETY: as above.
-        unsafe { crate::heap_alloc(&mut *h, class, zero) }
-    };
+        unsafe { (*h).prof_enter_counted() };
+    }
+    // SAFETY: as above.
+    let p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
     if p.is_null() {
         return p;
     }
-    if crossing {
-        SAMPLER.with(|s| record_in(s, p, size, b));
+    if counted {
+        // SAFETY: as above; the list or its refill served the block.
+        unsafe { count(h, p, size, b, 0) };
+    } else {
+        // SAFETY: as above.
+        unsafe { keep_credit(h) };
     }
-    // SAFETY: as above.
-    unsafe { keep_credit(h) };
     p
+}
+
+/// Starts counting every allocation of `h` when its credit is negative (hot_heap H19), so that
+/// no pop passes the sample point.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(always)]
+unsafe fn keep_credit(h: *mut HotHeap) {
+    // SAFETY: the caller's contract.
+    if unsafe { credit(h) } < 0 {
+        // SAFETY: as above.
+        unsafe { (*h).prof_enter_counted() };
+        crate::tls::ensure_counted(h);
+    }
 }
 
 /// A free of `p` while profiling runs, before the block goes back: its sample, if any, goes.
@@ -566,9 +566,9 @@ unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
 /// the full path).
 #[inline(never)]
 pub(crate) unsafe fn free_owned(p: *mut u8) {
-    // The allocation slot: this thread's heap or an empty one (tls T2), whose owned cache
-    // holds no slab (hot_heap H9).
-    let h = crate::tls::raw();
+    // This thread's heap or an empty one (tls T2, T6), whose owned cache holds no slab
+    // (hot_heap H9).
+    let h = crate::tls::owner();
     // SAFETY: as above; any address is accepted (nothing is read through it).
     let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
         // SAFETY: forwarded.
