@@ -326,6 +326,38 @@ impl Heap {
         p
     }
 
+    /// Refills the thread list of `class` with half a list's worth when it holds at most one
+    /// block (H19), as [`Heap::alloc`]'s slow path does for an empty one: from the cache, or
+    /// from slabs when the cache has none. For the profiler's slow allocations while its credit
+    /// can take a refill: a list left at one block, which the fast pop does not take (H16) and
+    /// the slow path takes without a refill, would make every allocation of a free-then-alloc
+    /// loop slow.
+    ///
+    /// # Safety
+    /// This is a real heap whose only user is the calling thread.
+    pub unsafe fn refill_short_list(&mut self, class: SizeClass) {
+        let i = class.index();
+        let cap = self.sll.cap(i);
+        if self.sll.len(i) > 1 || cap < 2 {
+            return;
+        }
+        if self.cache.is_empty(i) {
+            // SAFETY: only the heap's thread gets here; its splice adds to the debit.
+            unsafe { self.refill_list(class, cap / 2) };
+            return;
+        }
+        let batch = (cap / 2).min(self.cache.len(i));
+        for _ in 0..batch {
+            let Some(b) = self.cache.pop(i) else {
+                break;
+            };
+            // SAFETY: a free block this heap owns, on no list, keyed (FK1); a move, not a free
+            // (H13); the list had at most one block, so it has room.
+            unsafe { self.sll.put(i, b, self.key) };
+            self.debit_add(class, 1);
+        }
+    }
+
     /// Moves up to `n` blocks off the thread list of `class`, to the cache while it has room,
     /// the rest to their slabs (H19); the blocks moved.
     pub fn trim_list(&mut self, class: SizeClass, n: u32) -> u32 {
