@@ -127,9 +127,10 @@
 //   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
 //   and large tiers, a moving realloc. While it runs, every thread's free slot holds an empty
 //   heap (tls T5), so every free misses and is seen, and allocations pop from lists that never
-//   hold more bytes than the countdown to the next sample (hot_heap H19); a block's sample is
-//   dropped before the block goes back, so an address reused by another allocation never
-//   carries an old sample.
+//   hold more bytes than the countdown to the next sample (hot_heap H19), or, near a sample
+//   point, its allocation slot holds an empty heap too and every allocation is counted (tls
+//   T6); a block's sample is dropped before the block goes back, so an address reused by
+//   another allocation never carries an old sample.
 //
 
 mod context;
@@ -791,9 +792,10 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
     // first, and a block of the thread's own heap goes by the profiler's own free at once.
     if profile::active() {
         profile::on_free(p);
-        let h = crate::tls::owner();
-        // SAFETY: this thread's heap or an empty one (tls T2, T6), whose id no slab has
-        // (hot_heap H9): a match is this thread's live heap.
+        // A counted thread's (tls T6) goes by `free_small_slow`.
+        let h = crate::tls::raw();
+        // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
+        // H9): a match is this thread's live heap.
         if slab.owner() == unsafe { HotHeap::id_of(h) } {
             // SAFETY: a block of its own slab, given up, its sample dropped.
             return unsafe { profile::free_own(h, slab, p) };
@@ -826,7 +828,8 @@ unsafe fn free_small_slow(p: *mut u8) {
     };
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // A profiling thread (its free slot holds `tls::PROF_HEAP`, tls T5).
+        // A profiling thread (its free slot holds `tls::PROF_HEAP`, tls T5, and its allocation
+        // slot too when counted, T6).
         // SAFETY: this thread's live heap, on its own thread.
         if slab.owner() == unsafe { HotHeap::id_of(h) } {
             // SAFETY: a block of its own slab, given up (its sample dropped by the caller).

@@ -307,6 +307,11 @@ impl Heap {
         }
     }
 
+    /// The blocks on the thread list of `class`.
+    pub fn list_len(&self, class: SizeClass) -> u32 {
+        self.sll.len(class.index())
+    }
+
     /// A block of `class` handed out from the cache (refilled from slabs when empty), none
     /// put on the thread list (H19: when the credit cannot take a refill); null when the OS
     /// refuses memory.
@@ -475,6 +480,74 @@ mod tests {
             let s = ctx.snapshot();
             let live_count: i64 = (0..CLASSES).map(|c| s.live(c)).sum();
             assert_eq!(live_count, 0, "every allocation freed once, counted once");
+            ctx.retire_heap(NonNull::new_unchecked(h));
+        }
+    }
+
+    /// H19: the counted mode's countdown starts as the credit plus the listed bytes, the
+    /// credit it keeps meanwhile lists every free, and leaving gives the true credit back only
+    /// when it is at least the minimum; a list left at one block is refilled, the debit
+    /// counting the refill.
+    #[test]
+    fn the_counted_mode_keeps_the_countdown_and_a_short_list_is_refilled() {
+        let ctx = crate::test_ctx(8, false, no_report);
+        let h = ctx.new_heap().unwrap().as_ptr();
+        let c = class_of(32).unwrap();
+        // SAFETY: a fresh heap, this test thread's alone, retired at the end; every block is
+        // freed once.
+        unsafe {
+            assert!(!(*h).prof_counted(), "not started");
+            (*h).prof_start(100_000);
+            let a: Vec<*mut u8> = (0..40).map(|_| (*h).alloc(c)).collect();
+            for &p in &a[..20] {
+                let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                assert!((*h).free_own_profiled(slab, p));
+            }
+            let k = (*h).prof_credit().unwrap();
+            let lb = (*h).listed_bytes() as i64;
+            assert!(lb > 0);
+            (*h).prof_enter_counted();
+            assert!((*h).prof_counted());
+            assert_eq!((*h).prof_left(), k + lb, "the countdown");
+            (*h).prof_enter_counted();
+            assert_eq!((*h).prof_left(), k + lb, "entering twice changes nothing");
+            // Counted: every free is listed, whatever the true credit.
+            let before = listed(&*h);
+            for &p in &a[20..] {
+                let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                assert!((*h).free_own_profiled(slab, p));
+            }
+            assert_eq!(listed(&*h), before + 20 * c.size() as u64);
+            let k2 = k - 20 * c.size() as i64;
+            (*h).set_prof_left(k2 + (*h).listed_bytes() as i64);
+            assert!(
+                !(*h).prof_leave_counted(k2 + 1),
+                "a credit below the minimum"
+            );
+            assert!((*h).prof_counted());
+            assert!((*h).prof_leave_counted(k2));
+            assert!(!(*h).prof_counted());
+            assert_eq!((*h).prof_credit(), Some(k2), "the true credit back");
+            // A list drained to one block is refilled by half a list's worth, counted.
+            (*h).drain_lists();
+            let one = (*h).alloc(c);
+            // The refill that served it, off the list.
+            (*h).trim_list(c, (*h).sll.len(c.index()));
+            let slab = Heap::owned_slab(h, one).expect("a block of ours");
+            (*h).free_own_listed(slab, one);
+            assert_eq!((*h).sll.len(c.index()), 1);
+            let (d0, l0) = ((*h).debit(), listed(&*h));
+            (*h).refill_short_list(c);
+            let got = listed(&*h) - l0;
+            assert!((*h).sll.len(c.index()) > 1, "refilled");
+            assert_eq!(
+                (*h).debit().wrapping_sub(d0),
+                got,
+                "the debit counts the refill"
+            );
+            for class in SizeClass::all() {
+                (*h).drain_list(class);
+            }
             ctx.retire_heap(NonNull::new_unchecked(h));
         }
     }

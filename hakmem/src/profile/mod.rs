@@ -36,11 +36,22 @@
 //! and a credit that is never negative means the lists never hold more bytes than the
 //! countdown: no pop can pass the sample point. The credit falls only on slow paths: a free
 //! puts its block on the list only while the credit covers its bytes (else the block goes to
-//! the cache or its slab), a refill the credit cannot take is replaced by a block from the
-//! cache, and a negative credit trims the lists (by half their bytes at least). An allocation
-//! of `s` bytes that finds the credit below `s` adds the bytes on the lists to it, which gives
-//! the countdown itself, and is the sampled allocation exactly when the countdown is below
-//! `s`. So the sample lands on the allocation the countdown picks, as if every allocation
+//! the cache or its slab), and a slow allocation is served as with profiling off while the
+//! credit can take a refill of its list (a list left at one block is refilled then, so the
+//! pops after it are fast), else by a pop when its list has a block, else from the cache.
+//!
+//! Once the credit is below an allocation's size (near the sample point, or from the start
+//! of an interval when the lists hold about as many bytes as it), the thread is counted
+//! instead (tls T6): its allocation slot holds the empty heap too, so every
+//! allocation reaches [`count`] on the slow paths, which keeps the countdown itself and samples
+//! the allocation within which it crosses zero, while frees go onto the lists freely. After
+//! the sample the thread goes back to the fast pops when the new credit (the new countdown
+//! less the bytes on the lists) is at least an eighth of the mean interval, else it stays
+//! counted until the next sample. So a thread whose lists hold few bytes against the interval
+//! pops on the fast path but for a few allocations before each sample, and one whose lists
+//! hold about the interval (many classes) is counted most of the time, as if every call were
+//! slow, without trimming its lists. Either way the sample lands on the allocation the
+//! countdown picks, as if every allocation
 //! were counted. Small blocks are counted by their block size (what a
 //! pop takes off the lists); medium and large ones, and a thread's allocations without a
 //! heap of its own, by the size asked for. A heap's credit starts at its thread's first slow
@@ -410,15 +421,17 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     }
     // SAFETY: this thread's live heap, here and below.
     let c = unsafe { credit(h) };
-    if c < n || c > hakmem_hot_heap::PROF_COUNTED / 2 {
-        // The credit cannot take it: every allocation is counted until the lists are short
-        // again.
+    // SAFETY: as above.
+    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < n && unsafe { long_lists(h, c, n) }) {
         // SAFETY: as above.
-        unsafe { count(h, p, size, n, n) };
+        unsafe { count(h, p, size, n, n, None) };
         return;
     }
-    // SAFETY: as above.
-    unsafe { (*h).prof_add(-n) };
+    // SAFETY: as above; a negative credit makes the thread counted.
+    unsafe {
+        (*h).prof_add(-n);
+        keep_credit(h);
+    }
 }
 
 /// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, of `h`, this
@@ -432,7 +445,14 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
 #[inline(never)]
-unsafe fn count(h: *mut HotHeap, p: *mut u8, size: usize, counted: i64, listed: i64) {
+unsafe fn count(
+    h: *mut HotHeap,
+    p: *mut u8,
+    size: usize,
+    counted: i64,
+    listed: i64,
+    class: Option<hakmem_route::SizeClass>,
+) {
     // SAFETY: this thread's live heap (the caller's contract), here and below.
     unsafe { (*h).prof_enter_counted() };
     crate::tls::ensure_counted(h);
@@ -454,20 +474,31 @@ unsafe fn count(h: *mut HotHeap, p: *mut u8, size: usize, counted: i64, listed: 
         let min = (MEAN.load(Relaxed) / MIN_STRETCH) as i64;
         if (*h).prof_leave_counted(min) {
             crate::tls::leave_counted(h);
+            // A list left at one block is refilled, so that the pops after it are fast (the
+            // C lane's fast path pops such a block by a cold call, never reaching this module).
+            if let Some(class) = class {
+                let refill = i64::from((*h).list_cap(class) / 2) * class.size() as i64;
+                if (*h).prof_credit().is_some_and(|k| k >= refill) {
+                    (*h).refill_short_list(class);
+                }
+            }
         }
     }
 }
 
 /// A thread's allocations go back to the fast path after a sample when the credit gives them a
-/// stretch of at least the mean interval over this (tls T6).
+/// stretch of at least the mean interval over this, and a thread whose lists hold as much is
+/// counted once its credit is short (tls T6): below that, the stretches are too short to pay
+/// for a switch of mode.
 const MIN_STRETCH: u64 = 8;
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
 /// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
-/// decides. While it can take a refill of the list, the allocation is served as with profiling
-/// off and needs no count (the lists hold no more bytes than the countdown, so no pop passes
-/// the sample point); else every allocation of the thread is counted ([`count`]) until the
-/// lists are short against the countdown again.
+/// decides. While it covers the block, the allocation needs no count (the lists hold no more
+/// bytes than the countdown, so no pop passes the sample point): served as with profiling off
+/// when the credit can take a refill of the list, else by a pop or from the cache; once it does
+/// not, every allocation of the thread is counted ([`count`]) until the lists are short
+/// against the countdown again.
 ///
 /// # Safety
 /// `h` is this thread's live heap.
@@ -482,44 +513,100 @@ pub(crate) unsafe fn alloc_small(
     // SAFETY: this thread's live heap (the caller's contract), here and below.
     let c = unsafe { credit(h) };
     // SAFETY: as above.
-    let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
-    let counted = c - b < refill || c > hakmem_hot_heap::PROF_COUNTED / 2;
-    if counted {
-        // The countdown before this allocation.
+    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < b && unsafe { long_lists(h, c, b) }) {
+        // Counted, from the countdown before this allocation.
         // SAFETY: as above.
         unsafe { (*h).prof_enter_counted() };
-    } else {
-        // The credit takes a refill: one now if the list is short, so the next pops are fast.
         // SAFETY: as above.
-        unsafe { (*h).refill_short_list(class) };
-    }
-    // SAFETY: as above.
-    let p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
-    if p.is_null() {
+        let p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
+        if !p.is_null() {
+            // SAFETY: as above; the list, its refill or the cache served the block.
+            unsafe { count(h, p, size, b, 0, Some(class)) };
+        }
         return p;
     }
-    if counted {
-        // SAFETY: as above; the list or its refill served the block.
-        unsafe { count(h, p, size, b, 0) };
+    // SAFETY: as above.
+    let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
+    // SAFETY: as above.
+    let has_block = unsafe { (*h).list_len(class) } > 0;
+    let p = if c - b >= refill {
+        // The credit takes a refill: one now if the list is short, so the next pops are fast.
+        // SAFETY: as above.
+        unsafe {
+            (*h).refill_short_list(class);
+            crate::heap_alloc(&mut *h, class, zero)
+        }
+    } else if has_block {
+        // A pop (of a head the fast pop left, hot_heap H16).
+        // SAFETY: as above.
+        unsafe { crate::heap_alloc(&mut *h, class, zero) }
     } else {
+        // A block from the cache, the list left alone.
+        // SAFETY: as above.
+        let p = unsafe { (*h).alloc_unlisted(class) };
+        if zero && !p.is_null() {
+            // SAFETY: a block of at least the class's size, ours.
+            unsafe { p.write_bytes(0, class.size()) };
+        }
+        p
+    };
+    if !p.is_null() {
         // SAFETY: as above.
         unsafe { keep_credit(h) };
     }
     p
 }
 
-/// Starts counting every allocation of `h` when its credit is negative (hot_heap H19), so that
-/// no pop passes the sample point.
+/// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
+/// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
+/// the lists, is below `b`) or the lists hold at least [`MIN_STRETCH`] of the mean interval
+/// (so many bytes that keeping them within the countdown would take long stretches of frees
+/// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
+/// frees off the lists (the credit covers no free) and serves allocations by pops, which the
+/// countdown covers, or from the cache.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(never)]
+unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
+    // SAFETY: the caller's contract.
+    let listed = unsafe { (*h).listed_bytes() } as i64;
+    c + listed < b || listed >= (MEAN.load(Relaxed) / MIN_STRETCH) as i64
+}
+
+/// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
+/// that no pop passes the sample point: trims them (by half their bytes at least, so that they
+/// are trimmed a few times rather than at every allocation) when they hold less than
+/// [`MIN_STRETCH`] of the mean interval, else counts every allocation of the thread (tls T6).
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
 #[inline(always)]
 unsafe fn keep_credit(h: *mut HotHeap) {
     // SAFETY: the caller's contract.
-    if unsafe { credit(h) } < 0 {
+    let k = unsafe { credit(h) };
+    if k < 0 {
         // SAFETY: as above.
-        unsafe { (*h).prof_enter_counted() };
-        crate::tls::ensure_counted(h);
+        unsafe { short_credit(h, k.unsigned_abs()) };
+    }
+}
+
+/// [`keep_credit`]'s trim or switch.
+///
+/// # Safety
+/// As [`keep_credit`].
+#[cold]
+#[inline(never)]
+unsafe fn short_credit(h: *mut HotHeap, need: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let listed = (*h).listed_bytes();
+        if listed >= MEAN.load(Relaxed) / MIN_STRETCH {
+            (*h).prof_enter_counted();
+            crate::tls::ensure_counted(h);
+        } else {
+            (*h).trim_lists(need.max(listed / 2));
+        }
     }
 }
 
@@ -570,10 +657,28 @@ unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
 /// the full path).
 #[inline(never)]
 pub(crate) unsafe fn free_owned(p: *mut u8) {
-    // This thread's heap or an empty one (tls T2, T6), whose owned cache holds no slab
-    // (hot_heap H9).
-    let h = crate::tls::owner();
+    // The allocation slot: this thread's heap or an empty one (tls T2), whose owned cache
+    // holds no slab (hot_heap H9).
+    let h = crate::tls::raw();
     // SAFETY: as above; any address is accepted (nothing is read through it).
+    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
+        // SAFETY: forwarded.
+        return unsafe { free_owned_counted(p) };
+    };
+    on_free(p);
+    // SAFETY: a block of this thread's heap's own slab, given up.
+    unsafe { free_own(h, slab, p) }
+}
+
+/// [`free_owned`] past the allocation slot's heap: the same for a counted thread's heap (tls
+/// T6), else the registry's path.
+///
+/// # Safety
+/// As [`free_owned`].
+#[inline(never)]
+unsafe fn free_owned_counted(p: *mut u8) {
+    let h = crate::tls::owner();
+    // SAFETY: this thread's heap or an empty one (tls T2, T6); any address is accepted.
     let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
         // SAFETY: forwarded.
         return unsafe { crate::free_registry(p) };
