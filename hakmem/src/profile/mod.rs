@@ -40,18 +40,22 @@
 //! credit can take a refill of its list (a list left at one block is refilled then, so the
 //! pops after it are fast), else by a pop when its list has a block, else from the cache.
 //!
-//! Once the credit is below an allocation's size (near the sample point, or from the start
-//! of an interval when the lists hold about as many bytes as it), the thread is counted
-//! instead (tls T6): its allocation slot holds the empty heap too, so every
-//! allocation reaches [`count`] on the slow paths, which keeps the countdown itself and samples
-//! the allocation within which it crosses zero, while frees go onto the lists freely. After
-//! the sample the thread goes back to the fast pops when the new credit (the new countdown
-//! less the bytes on the lists) is at least an eighth of the mean interval, else it stays
-//! counted until the next sample. So a thread whose lists hold few bytes against the interval
-//! pops on the fast path but for a few allocations before each sample, and one whose lists
-//! hold about the interval (many classes) is counted most of the time, as if every call were
-//! slow, without trimming its lists. Either way the sample lands on the allocation the
-//! countdown picks, as if every allocation
+//! Once the credit is below an allocation's size, the lists' bytes decide. While they are
+//! less than an eighth of the mean interval, the thread stays on this constrained path until
+//! the sample: a negative credit trims the lists (by half their bytes at least), and the
+//! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
+//! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
+//! the interval: that path would trim them and keep frees off them for most of it), or at
+//! the sampled allocation, the thread is counted instead (tls T6): its allocation slot holds
+//! the empty heap too, so every allocation reaches [`count`] on the slow paths, which keeps
+//! the countdown itself and samples the allocation within which it crosses zero, while frees
+//! go onto the lists freely. After the sample the thread goes back to the fast pops when the
+//! new credit (the new countdown less the lists' bytes) is at least an eighth of the mean
+//! interval, else it stays counted until the next sample. So a thread whose lists hold few
+//! bytes against the interval pops on the fast path but for the last few kilobytes before
+//! each sample, and one whose lists hold about the interval is counted for much of it, as if
+//! every call were slow, with its lists left alone. Either way the sample lands on the
+//! allocation the countdown picks, as if every allocation
 //! were counted. Small blocks are counted by their block size (what a
 //! pop takes off the lists); medium and large ones, and a thread's allocations without a
 //! heap of its own, by the size asked for. A heap's credit starts at its thread's first slow
