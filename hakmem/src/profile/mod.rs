@@ -41,7 +41,7 @@
 //! pops after it are fast), else by a pop when its list has a block, else from the cache.
 //!
 //! Once the credit is below an allocation's size, the lists' bytes decide. While they are
-//! less than an eighth of the mean interval, the thread stays on this constrained path until
+//! less than a quarter of the mean interval, the thread stays on this constrained path until
 //! the sample: a negative credit trims the lists (by half their bytes at least), and the
 //! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
 //! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
@@ -491,10 +491,14 @@ unsafe fn count(
 }
 
 /// A thread's allocations go back to the fast path after a sample when the credit gives them a
-/// stretch of at least the mean interval over this, and a thread whose lists hold as much is
-/// counted once its credit is short (tls T6): below that, the stretches are too short to pay
-/// for a switch of mode.
+/// stretch of at least the mean interval over this (tls T6): below that, the stretch is too
+/// short to pay for a switch of mode.
 const MIN_STRETCH: u64 = 8;
+
+/// A thread whose lists hold at least the mean interval over this is counted once its credit
+/// is short (tls T6); shorter lists keep the constrained stretch, which lasts as many bytes as
+/// they hold.
+const LONG_LISTS: u64 = 4;
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
 /// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
@@ -563,7 +567,7 @@ pub(crate) unsafe fn alloc_small(
 
 /// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
 /// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
-/// the lists, is below `b`) or the lists hold at least [`MIN_STRETCH`] of the mean interval
+/// the lists, is below `b`) or the lists hold at least the mean interval over [`LONG_LISTS`]
 /// (so many bytes that keeping them within the countdown would take long stretches of frees
 /// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
 /// frees off the lists (the credit covers no free) and serves allocations by pops, which the
@@ -575,13 +579,13 @@ pub(crate) unsafe fn alloc_small(
 unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
     // SAFETY: the caller's contract.
     let listed = unsafe { (*h).listed_bytes() } as i64;
-    c + listed < b || listed >= (MEAN.load(Relaxed) / MIN_STRETCH) as i64
+    c + listed < b || listed >= (MEAN.load(Relaxed) / LONG_LISTS) as i64
 }
 
 /// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
 /// that no pop passes the sample point: trims them (by half their bytes at least, so that they
 /// are trimmed a few times rather than at every allocation) when they hold less than
-/// [`MIN_STRETCH`] of the mean interval, else counts every allocation of the thread (tls T6).
+/// the mean interval over [`LONG_LISTS`], else counts every allocation of the thread (tls T6).
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
@@ -605,7 +609,7 @@ unsafe fn short_credit(h: *mut HotHeap, need: u64) {
     // SAFETY: the caller's contract.
     unsafe {
         let listed = (*h).listed_bytes();
-        if listed >= MEAN.load(Relaxed) / MIN_STRETCH {
+        if listed >= MEAN.load(Relaxed) / LONG_LISTS {
             (*h).prof_enter_counted();
             crate::tls::ensure_counted(h);
         } else {
