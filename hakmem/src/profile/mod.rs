@@ -431,7 +431,7 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
         unsafe { count(h, p, size, n, n, None) };
         return;
     }
-    // SAFETY: as above; a negative credit makes the thread counted.
+    // SAFETY: as above; a negative credit trims the lists or makes the thread counted.
     unsafe {
         (*h).prof_add(-n);
         keep_credit(h);
