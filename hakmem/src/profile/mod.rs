@@ -47,7 +47,7 @@
 //! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
 //! the interval: that path would trim them and keep frees off them for most of it), or at
 //! the sampled allocation, the thread is counted instead (tls T6): its allocation slot holds
-//! the empty heap too, so every allocation reaches [`count`] on the slow paths, which keeps
+//! the empty heap too, so every allocation reaches the profiler on the slow paths, which keeps
 //! the countdown itself and samples the allocation within which it crosses zero, while frees
 //! go onto the lists freely. After the sample the thread goes back to the fast pops when the
 //! new credit (the new countdown less the lists' bytes) is at least an eighth of the mean
