@@ -125,9 +125,12 @@
 //   afresh instead of waiting for a thread its process does not have (`global.rs`).
 // - **F9 (profiling off the fast paths).** The heap profiler (`profile/`) is reached only from
 //   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
-//   and large tiers, a moving realloc. While it runs, every thread's slot holds an empty heap
-//   (tls T5), so every call misses and is seen; a block's sample is dropped before the block
-//   goes back, so an address reused by another allocation never carries an old sample.
+//   and large tiers, a moving realloc. While it runs, every thread's free slot holds an empty
+//   heap (tls T5), so every free misses and is seen, and allocations pop from lists that never
+//   hold more bytes than the countdown to the next sample (hot_heap H19), or, near a sample
+//   point, its allocation slot holds an empty heap too and every allocation is counted (tls
+//   T6); a block's sample is dropped before the block goes back, so an address reused by
+//   another allocation never carries an old sample.
 //
 
 mod context;
@@ -353,7 +356,7 @@ pub mod raw {
         // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; `p` is given
         // up, and any address is accepted (the heap reads nothing through it before proving it
         // ours).
-        if unsafe { HotHeap::try_free_owned(crate::tls::raw(), p) } {
+        if unsafe { HotHeap::try_free_owned(crate::tls::raw_free(), p) } {
             return;
         }
         // SAFETY: forwarded.
@@ -454,11 +457,11 @@ fn alloc_large_profiled(
 fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // While heap profiling runs, every allocation misses the fast path (the `profile`
-        // module docs) and is counted here.
+        // While heap profiling runs, the profiler's credit decides (the `profile` module
+        // docs).
         if profile::active() {
-            // SAFETY: this thread's live heap, used on its own thread.
-            return profile::sampled(size, || unsafe { heap_alloc(&mut *h, class, zero) });
+            // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
+            return unsafe { profile::alloc_small(h, class, size, zero) };
         }
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
@@ -472,7 +475,17 @@ fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Set
 #[inline(never)]
 fn alloc_small_slow(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
     if profile::active() {
-        return profile::sampled(size, || alloc_small_any_heap(class, zero, code));
+        // The thread's first allocation, or one after its heap is gone.
+        if let Some(h) = heap_slow() {
+            let h = h.as_ptr();
+            // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
+            return unsafe { profile::alloc_small(h, class, size, zero) };
+        }
+        let p = alloc_small_any_heap(class, zero, code);
+        if !p.is_null() {
+            profile::on_alloc(p, size);
+        }
+        return p;
     }
     alloc_small_any_heap(class, zero, code)
 }
@@ -660,7 +673,7 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
         invalid_pointer(op, p);
         return;
     };
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // R6 (hakmem-registry): what the lookup finds stays mapped while the section is open; it
     // closes once the block is proven live (a block out keeps its region) or before a report,
     // and always before anything that may take a lock or release a region.
@@ -728,12 +741,22 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 #[cold]
 #[inline(never)]
 unsafe fn free_full(p: *mut u8) {
-    // Heap profiling: a profiling thread's own blocks by its real heap's fast path (H8), after
-    // the profiler's look, without the registry.
-    // SAFETY: forwarded.
-    if profile::active() && unsafe { profile::free_owned(p) } {
-        return;
+    // Heap profiling: a profiling thread's own blocks by the profiler's free, found by the
+    // owned cache (H8) without the registry; both calls are tail calls.
+    if profile::active() {
+        // SAFETY: forwarded.
+        return unsafe { profile::free_owned(p) };
     }
+    // SAFETY: forwarded.
+    unsafe { free_registry(p) }
+}
+
+/// [`free_full`] past the profiler: through the registry.
+///
+/// # Safety
+/// As [`free_impl`]; `p` may be null.
+#[inline(never)]
+unsafe fn free_registry(p: *mut u8) {
     if !p.is_null() {
         // SAFETY: forwarded.
         unsafe { free_impl(p, "free") }
@@ -746,7 +769,7 @@ unsafe fn free_full(p: *mut u8) {
 /// `p` is a block start of `slab`, a slab of the live superslab `ss`, that the caller gives up.
 #[inline(always)]
 unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); an empty heap's id is no slab's
     // owner (hot_heap H9), so a match is this thread's live heap.
     if slab.owner() == unsafe { HotHeap::id_of(h) } {
@@ -764,12 +787,21 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    // Heap profiling: every small free of a profiling thread comes here (its heap slot holds
-    // an empty heap), and so does every other heap's: a sampled block's sample goes first.
+    // Heap profiling: every small free of a profiling thread comes here (its free slot holds
+    // an empty heap, tls T5), and so does every other heap's: a sampled block's sample goes
+    // first, and a block of the thread's own heap goes by the profiler's own free at once.
     if profile::active() {
         profile::on_free(p);
+        // A counted thread's (tls T6) goes by `free_small_slow`.
+        let h = crate::tls::raw();
+        // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
+        // H9): a match is this thread's live heap.
+        if slab.owner() == unsafe { HotHeap::id_of(h) } {
+            // SAFETY: a block of its own slab, given up, its sample dropped.
+            return unsafe { profile::free_own(h, slab, p) };
+        }
     }
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
         // SAFETY: this thread's live heap, which does not own `slab` (the caller compared);
@@ -796,7 +828,13 @@ unsafe fn free_small_slow(p: *mut u8) {
     };
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // A profiling thread (its slot holds `tls::PROF_HEAP`, and `heap_ptr` its real heap).
+        // A profiling thread (its free slot holds `tls::PROF_HEAP`, tls T5, and its allocation
+        // slot too when counted, T6).
+        // SAFETY: this thread's live heap, on its own thread.
+        if slab.owner() == unsafe { HotHeap::id_of(h) } {
+            // SAFETY: a block of its own slab, given up (its sample dropped by the caller).
+            return unsafe { profile::free_own(h, slab, p) };
+        }
         // SAFETY: this thread's live heap; `p` is given up.
         return unsafe { (*h).free_small(ss, slab, p) };
     }

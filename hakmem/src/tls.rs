@@ -1,7 +1,8 @@
-//! The thread's heap pointer: one word of thread-local storage behind [`get`] and [`set`].
+//! The thread's heap pointer: two words of thread-local storage behind [`get`] and [`set`],
+//! the allocation slot ([`raw`]) and the free slot ([`raw_free`]).
 //!
-//! Every `malloc` and `free` reads this word, so how it is reached is the largest fixed cost of
-//! the fast path. Two implementations, chosen at compile time:
+//! Every `malloc` reads the first word and every `free` the second, so how they are reached
+//! is the largest fixed cost of the fast paths. Two implementations, chosen at compile time:
 //!
 //! - **`thread_local!`** (the default, and every target without the one below). A `const`
 //!   initialiser and no destructor, so in an executable it is the local-exec model: one
@@ -16,29 +17,43 @@
 //!   `R_X86_64_TPOFF64` (`R_AARCH64_TLS_TPREL64`) relocation and flags the library
 //!   `STATIC_TLS`; in an executable it relaxes the GOT load to an immediate (local-exec).
 //!
-//! While heap profiling runs, a live heap is kept in a second, ordinary thread-local (T5).
+//! The two words are one 16-byte-aligned pair (one cache line), each read as one word is: the
+//! same instructions for either.
 //!
 //! ## Invariants
-//! - **T1 (per thread).** Each thread has its own slot, null (as [`get`] reads it) when the
+//! - **T1 (per thread).** Each thread has its own slots, null (as [`get`] reads it) when the
 //!   thread starts.
-//! - **T2 (never null underneath).** The slot itself holds an empty heap's address (hot_heap
-//!   H9) where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
+//! - **T2 (never null underneath).** Each slot holds an empty heap's address (hot_heap H9)
+//!   where [`get`] says null or [`DEAD`]: its initial value is the address of `NO_HEAP`,
 //!   relocated at load time before any thread reads it (the dynamic linker copies a thread's
 //!   TLS image only once relocation is done, as mimalloc's initial-exec heap pointer also
-//!   relies on). So the fast paths read it with [`raw`] and use it without a test.
-//! - **T3 (private to one copy).** The `.tdata` symbol is hidden (and carries the crate version
-//!   in its name), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
-//!   another shared object that links the facade) never bind to each other's slot.
+//!   relies on). So the fast paths read them with [`raw`] and [`raw_free`] and use them
+//!   without a test.
+//! - **T3 (private to one copy).** The `.tdata` symbols are hidden (and carry the crate version
+//!   in their names), so two copies of hakmem in one process (a preloaded `libhakmem.so` and
+//!   another shared object that links the facade) never bind to each other's slots.
 //! - **T4 (the price of initial-exec).** A library built with the feature needs a few bytes of
 //!   static TLS. Programs started with it (`LD_PRELOAD`, `DT_NEEDED`) always have them; a late
 //!   `dlopen` takes them from glibc's surplus, and when that is used up the `dlopen` fails
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
-//! - **T5 (profiling).** While heap profiling runs (`crate::profile`), the slot of a thread
-//!   with a live heap holds a third empty heap, `PROF_HEAP`, and the heap itself is kept in
-//!   `PROFILED`, which [`get`] returns. So both fast paths miss (hot_heap H9) and every
-//!   allocation and free of the thread reaches the facade's slow paths, where the profiler
-//!   counts it; the fast paths themselves are the same instructions, profiling or not.
+//! - **T5 (two slots).** [`set`] writes the heap (or the empty heap standing for null or
+//!   [`DEAD`]) to the allocation slot, and the same to the free slot, except that while heap
+//!   profiling runs (`crate::profile`) the free slot of a thread with a live heap holds a third
+//!   empty heap, `PROF_HEAP` (also written by [`enter_profiling`], at a thread's first slow
+//!   path once profiling runs). So with profiling off both slots hold the same heap, and
+//!   while it runs every free of a live thread misses its fast path (hot_heap H9) and reaches
+//!   the profiler on the facade's slow paths, while allocations pop from the thread lists on
+//!   their fast paths (the profiler keeps the lists' bytes within its countdown, hot_heap
+//!   H19). [`get`] reads the allocation slot.
+//! - **T6 (counted threads).** While the profiler counts every allocation of a thread itself
+//!   (its lists hold many bytes against the countdown, hot_heap H19), the thread's allocation
+//!   slot holds `PROF_HEAP` too, and its live heap is kept in `COUNTED`, which [`get`] and
+//!   [`owner`] return for it: both fast paths miss, as with profiling off they never do.
+//!   [`set`] keeps that state for the heap `COUNTED` holds; a heap taken by another thread
+//!   in that state is put back in it at the thread's first slow path, which is its first
+//!   allocation.
+use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
@@ -46,18 +61,23 @@ use hakmem_hot_heap::{EmptyHeap, Heap};
 /// Marks a thread whose heap was torn down at exit: later calls take the orphan paths.
 pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 
-/// What the slot holds for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
+/// What the slots hold for "no heap yet" (T1): an empty heap (hot_heap H9), so the fast paths
 /// run into a miss instead of testing for null.
 pub(crate) static NO_HEAP: EmptyHeap = EmptyHeap::new();
-/// What the slot holds for "heap gone" ([`DEAD`]): another empty heap.
+/// What the slots hold for "heap gone" ([`DEAD`]): another empty heap.
 static GONE_HEAP: EmptyHeap = EmptyHeap::new();
-/// What the slot holds while heap profiling runs (T5): a third empty heap, so that every
-/// allocation and free misses its fast path and reaches the profiler's count; the thread's
-/// real heap is in [`PROFILED`].
+/// What the free slot holds while heap profiling runs (T5): a third empty heap, so that every
+/// free misses its fast path and reaches the profiler; the allocation slot keeps the thread's
+/// heap.
 static PROF_HEAP: EmptyHeap = EmptyHeap::new();
 
 /// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
 static PROFILING: AtomicBool = AtomicBool::new(false);
+
+std::thread_local! {
+    /// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6).
+    static COUNTED: Cell<*mut Heap> = const { Cell::new(null_mut()) };
+}
 
 /// True while heap profiling runs (T5): one relaxed load, for the slow paths.
 #[inline(always)]
@@ -70,15 +90,10 @@ pub(crate) fn profiling() -> bool {
     PROFILING.load(Ordering::Relaxed)
 }
 
-/// Heap profiling starts (T5): threads switch their slots at their next slow path, and heaps
-/// made from now on are switched as they are set.
+/// Heap profiling starts (T5): threads switch their free slots at their next slow path, and
+/// heaps set from now on are switched as they are set.
 pub(crate) fn start_profiling() {
     PROFILING.store(true, Ordering::Release);
-}
-
-std::thread_local! {
-    /// A profiling thread's real heap (T5); read only on slow paths.
-    static PROFILED: core::cell::Cell<*mut Heap> = const { core::cell::Cell::new(null_mut()) };
 }
 
 /// This thread's heap pointer: null until [`set`] is called on this thread, [`DEAD`] after its
@@ -91,51 +106,100 @@ pub fn get() -> *mut Heap {
     } else if GONE_HEAP.is(h) {
         DEAD
     } else if PROF_HEAP.is(h) {
-        profiled_heap()
+        counted_heap()
     } else {
         h
     }
 }
 
-/// A profiling thread's live heap (T5): out of line, so that [`get`] stays small where it is
-/// inlined.
+/// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6): out of line, so that
+/// [`get`] stays small where it is inlined.
 #[cold]
 #[inline(never)]
-fn profiled_heap() -> *mut Heap {
-    PROFILED.with(core::cell::Cell::get)
+fn counted_heap() -> *mut Heap {
+    COUNTED.with(Cell::get)
 }
 
-/// Heap profiling (T5): switches this thread's slot to the profiling empty heap, keeping its
-/// live heap for [`get`]; nothing for a thread without a live heap or already switched.
-pub(crate) fn enter_profiling() {
+/// The allocation slot's heap for the profiler's owner tests (T6): this thread's live heap,
+/// whichever slot holds it, or an empty heap (T2).
+#[inline(always)]
+pub(crate) fn owner() -> *mut Heap {
     let h = imp::get();
-    if !(NO_HEAP.is(h) || GONE_HEAP.is(h) || PROF_HEAP.is(h)) {
-        PROFILED.with(|c| c.set(h));
-        imp::set(PROF_HEAP.as_ptr());
+    if PROF_HEAP.is(h) {
+        counted_heap()
+    } else {
+        h
     }
 }
 
-/// The slot as it is, for the two fast paths ([`Heap::alloc_fast`], [`Heap::try_free_owned`]):
-/// a live heap of this thread, or one of the two empty heaps (T2).
+/// The profiler counts every allocation of this thread, whose live heap is `h` (T6): both
+/// slots hold `PROF_HEAP`.
+pub(crate) fn enter_counted(h: *mut Heap) {
+    COUNTED.with(|c| c.set(h));
+    imp::set(PROF_HEAP.as_ptr());
+    imp::set_free(PROF_HEAP.as_ptr());
+}
+
+/// [`enter_counted`] unless the allocation slot holds `PROF_HEAP` already (a heap taken in
+/// that mode is set as any other, T6).
+#[inline(always)]
+pub(crate) fn ensure_counted(h: *mut Heap) {
+    if imp::get() == h {
+        enter_counted(h);
+    }
+}
+
+/// The profiler leaves [`enter_counted`]'s mode (T6): the allocation slot holds `h` again.
+pub(crate) fn leave_counted(h: *mut Heap) {
+    COUNTED.with(|c| c.set(null_mut()));
+    imp::set(h);
+}
+
+/// Heap profiling (T5): switches this thread's free slot to the profiling empty heap; nothing
+/// for a thread without a live heap or already switched.
+pub(crate) fn enter_profiling() {
+    let h = imp::get();
+    if !(NO_HEAP.is(h) || GONE_HEAP.is(h)) {
+        imp::set_free(PROF_HEAP.as_ptr());
+    }
+}
+
+/// The allocation slot as it is, for the allocation fast paths ([`Heap::alloc_fast`],
+/// [`Heap::alloc_tiny_fast`]): a live heap of this thread, or one of the empty heaps (T2).
 #[inline(always)]
 pub fn raw() -> *mut Heap {
     imp::get()
 }
 
-/// Sets this thread's heap pointer (null and [`DEAD`] included).
+/// The free slot as it is, for the free paths ([`Heap::try_free_owned`], the owner test of
+/// the full paths): the allocation slot's heap, or `PROF_HEAP` while profiling runs (T5).
+#[inline(always)]
+pub fn raw_free() -> *mut Heap {
+    imp::get_free()
+}
+
+/// Sets this thread's heap pointer (null and [`DEAD`] included), in both slots (T5).
 #[inline(always)]
 pub fn set(h: *mut Heap) {
-    if !h.is_null() && h != DEAD && profiling() {
-        PROFILED.with(|c| c.set(h));
-        return imp::set(PROF_HEAP.as_ptr());
-    }
-    imp::set(if h.is_null() {
+    let h = if h.is_null() {
         NO_HEAP.as_ptr()
     } else if h == DEAD {
         GONE_HEAP.as_ptr()
     } else {
         h
-    })
+    };
+    let live = !(NO_HEAP.is(h) || GONE_HEAP.is(h));
+    if live && profiling() && COUNTED.with(Cell::get) == h {
+        // Set back while the profiler counts every allocation (T6).
+        enter_counted(h);
+        return;
+    }
+    imp::set(h);
+    imp::set_free(if live && profiling() {
+        PROF_HEAP.as_ptr()
+    } else {
+        h
+    });
 }
 
 #[cfg(not(all(
@@ -151,18 +215,30 @@ mod imp {
 
     std::thread_local! {
         // No destructor and a const initialiser: every access is a plain TLS load (allocator
-        // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key.
-        static HEAP: Cell<*mut Heap> = const { Cell::new(NO_HEAP.as_ptr()) };
+        // facts: the fast form of thread_local!). Thread-exit clean-up is a pthread key. The
+        // allocation slot, then the free slot (T5), in one 16-byte variable.
+        static HEAP: [Cell<*mut Heap>; 2] =
+            const { [Cell::new(NO_HEAP.as_ptr()), Cell::new(NO_HEAP.as_ptr())] };
     }
 
     #[inline(always)]
     pub fn get() -> *mut Heap {
-        HEAP.with(Cell::get)
+        HEAP.with(|s| s[0].get())
     }
 
     #[inline(always)]
     pub fn set(h: *mut Heap) {
-        HEAP.with(|c| c.set(h))
+        HEAP.with(|s| s[0].set(h))
+    }
+
+    #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        HEAP.with(|s| s[1].get())
+    }
+
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        HEAP.with(|s| s[1].set(h))
     }
 }
 
@@ -191,18 +267,32 @@ mod imp {
         };
     }
 
-    // One 8-byte word per thread, initially `NO_HEAP`'s address (T2): `.tdata` is the
+    /// The free slot's symbol (T5): the 8 bytes after the allocation slot's.
+    macro_rules! free_slot {
+        () => {
+            concat!(slot!(), "_free")
+        };
+    }
+
+    // Two 8-byte words per thread, the allocation slot then the free slot (T5), both initially
+    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair (one cache line): `.tdata` is the
     // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
     // relocation). Global (the access may be in another codegen unit) but hidden: the
     // reference binds inside the linked object, never across shared objects.
     global_asm!(
         concat!(".pushsection .tdata,\"awT\",%progbits"),
-        ".p2align 3",
+        ".p2align 4",
         concat!(".globl ", slot!()),
         concat!(".hidden ", slot!()),
         concat!(".type ", slot!(), ",%object"),
         concat!(".size ", slot!(), ", 8"),
         concat!(slot!(), ":"),
+        ".8byte {empty}",
+        concat!(".globl ", free_slot!()),
+        concat!(".hidden ", free_slot!()),
+        concat!(".type ", free_slot!(), ",%object"),
+        concat!(".size ", free_slot!(), ", 8"),
+        concat!(free_slot!(), ":"),
         ".8byte {empty}",
         ".popsection",
         empty = sym super::NO_HEAP,
@@ -228,12 +318,46 @@ mod imp {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads this thread's free slot (defined above, 8 bytes, 8-aligned) at the thread
+        // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
+        // result depends only on memory (`readonly`), so equal reads may be merged.
+        unsafe {
+            asm!(
+                concat!("mov {h}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     pub fn set(h: *mut Heap) {
         // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
         // never shares a register with `h`.
         unsafe {
             asm!(
                 concat!("mov {off}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
+                "mov qword ptr fs:[{off}], {h}",
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        // SAFETY: writes this thread's free slot, as `get_free` reads it. `off` is an early output, so it
+        // never shares a register with `h`.
+        unsafe {
+            asm!(
+                concat!("mov {off}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
                 "mov qword ptr fs:[{off}], {h}",
                 off = out(reg) _,
                 h = in(reg) h,
@@ -264,6 +388,26 @@ mod imp {
 
     #[cfg(target_arch = "aarch64")]
     #[inline(always)]
+    pub fn get_free() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: as on x86_64, for the free slot: the thread pointer (tpidr_el0) plus the slot's offset, loaded
+        // from its GOT entry.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {h}, :gottprel:", free_slot!()),
+                concat!("ldr {h}, [{h}, #:gottprel_lo12:", free_slot!(), "]"),
+                "ldr {h}, [{tp}, {h}]",
+                tp = out(reg) _,
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
     pub fn set(h: *mut Heap) {
         // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
         // outputs, distinct from `h`.
@@ -272,6 +416,25 @@ mod imp {
                 "mrs {tp}, tpidr_el0",
                 concat!("adrp {off}, :gottprel:", slot!()),
                 concat!("ldr {off}, [{off}, #:gottprel_lo12:", slot!(), "]"),
+                "str {h}, [{tp}, {off}]",
+                tp = out(reg) _,
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn set_free(h: *mut Heap) {
+        // SAFETY: writes this thread's free slot, as `get_free` reads it; `tp` and `off` are early
+        // outputs, distinct from `h`.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {off}, :gottprel:", free_slot!()),
+                concat!("ldr {off}, [{off}, #:gottprel_lo12:", free_slot!(), "]"),
                 "str {h}, [{tp}, {off}]",
                 tp = out(reg) _,
                 off = out(reg) _,

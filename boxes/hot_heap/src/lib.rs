@@ -247,6 +247,28 @@
 //!   abandons what holds blocks, H5). Its held blocks (lists, cache) count as held (stats S3),
 //!   as a live idle thread's do. In a forked child the parked heaps stay parked and can be
 //!   taken: they are whole, as nothing but the lock's holder changes them.
+//! - **H19 (the profiler's debit).** A heap's `debit` (wrapping, [`Heap::debit`]) grows by
+//!   the bytes of every block moved onto its thread lists as part of a chain (a refill's
+//!   splice, the cache's batch) or pushed by the owner's slow free, and of every block handed
+//!   out other than by a pop (from the cache, or carved zeroed), and shrinks by the bytes of
+//!   every chain taken off the lists (a spill, a decay, a drain, a trim, exit). The fast
+//!   paths do not touch it: a pop changes the bytes on the lists and the bytes allocated by
+//!   the same amount, and the pushes the profiler makes count themselves
+//!   ([`Heap::free_own_listed`], [`Heap::free_own_profiled`]). So for a thread whose frees
+//!   all go through the profiler (the facade's heap profiler: `hakmem/src/profile`),
+//!   `countdown - bytes on the lists` changes by minus the debit's change and by nothing
+//!   else: the profiler keeps that credit (`prof_base - debit`, [`Heap::prof_credit`]) from
+//!   the debit alone, on slow paths, and the fast pops never see it.
+//!   [`Heap::free_own_unlisted`], [`Heap::alloc_unlisted`], [`Heap::trim_lists`] and
+//!   [`Heap::drain_lists`] keep blocks off the lists (to the cache, then the slabs), so that
+//!   the lists never hold more bytes than the countdown. Every slow operation that puts
+//!   blocks on a class's list marks the class (`prof_listed`), and after the profiler's
+//!   start ([`Heap::prof_start`], which drains every list) only those do, so
+//!   [`Heap::listed_bytes`] (the marked classes' bytes) is every byte on the lists.
+//!   While the profiler counts every allocation itself ([`Heap::prof_enter_counted`]: its
+//!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
+//!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
+//!   block, and the countdown is kept apart (`prof_left`).
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -273,6 +295,7 @@ mod exit;
 mod free;
 mod owned;
 mod private;
+mod prof;
 mod purge;
 mod refill;
 mod remote;
@@ -307,6 +330,7 @@ pub use hakmem_stats::{Event, Snapshot};
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
 /// What a private heap holds (H17).
 pub use private::Usage;
+pub use prof::PROF_COUNTED;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -565,6 +589,18 @@ pub struct Heap {
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
+    /// The heap profiler's debit (H19), wrapping: bytes moved onto the thread lists as chains,
+    /// less those taken off as chains, plus the bytes pushed by the slow free and the bytes
+    /// handed out other than by a pop.
+    debit: u64,
+    /// The profiler's credit is `prof_base - debit` (wrapping, H19), once `prof_started`.
+    prof_base: u64,
+    prof_started: bool,
+    /// The classes whose lists a slow operation put blocks on since the last drain (H19).
+    prof_listed: [u64; 2],
+    /// The countdown while the profiler counts every allocation itself (H19:
+    /// [`Heap::prof_enter_counted`]).
+    prof_left: i64,
 }
 
 impl Heap {
@@ -616,6 +652,7 @@ impl Heap {
         if let Some(b) = bad {
             self.ctx().report(Corrupt::FreeList(b as usize));
         }
+        self.debit_add(class, -i64::from(chain.len));
         chain
     }
 
@@ -650,6 +687,7 @@ impl Heap {
         h.kept_empty = null();
         h.private = false;
         h.purge_due = u64::MAX;
+        h.prof_started = false;
         h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)

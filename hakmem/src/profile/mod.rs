@@ -4,8 +4,9 @@
 //! `HAKMEM_PROF_SAMPLE` bytes allocated (default 512 KiB), captures its stack, and keeps the
 //! sample until the block is freed. Each thread counts down an exponentially distributed
 //! number of bytes, so each byte allocated is sampled with the same small chance, and a sampled
-//! block of `s` bytes stands for `s / (1 - exp(-s / N))` bytes (and `1 / (1 - exp(-s / N))`
-//! objects), as jemalloc and tcmalloc scale theirs: the estimates are unbiased for every size.
+//! block counted as `b` bytes (a small block's block size, else the size asked for) and asked
+//! for as `s` stands for `s / (1 - exp(-b / N))` bytes (and `1 / (1 - exp(-b / N))` objects),
+//! as jemalloc and tcmalloc scale theirs: the estimates are unbiased for every size.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -22,14 +23,48 @@
 //! ```
 //!
 //! ## How it hooks in (nothing on the fast paths)
-//! The fast paths stay as they are: while profiling runs, each thread's heap slot holds an
-//! empty heap (hot_heap H9, `tls::PROF_HEAP`), so every allocation and free misses the fast
-//! path and takes the facade's slow path, which counts the bytes down and then serves the
-//! block from the thread's real heap (kept in a second thread-local). A free drops its sample
-//! there; a free reads a lock-free filter first (table PT2), so only frees of (almost surely)
-//! sampled blocks take the profiler's lock. With profiling off, the only additions are one
-//! load and branch on paths that are slow already (a fast path's miss, a foreign or orphan
-//! free, the medium and large tiers).
+//! The fast paths stay as they are. Each thread has two heap slots (tls T5): the allocation
+//! fast paths read one, the free fast paths the other. While profiling runs, the free slot
+//! holds an empty heap (hot_heap H9), so every free misses its fast path and reaches the
+//! profiler, which drops the block's sample if it has one (a lock-free filter first, table
+//! PT2, so only frees of almost surely sampled blocks take the profiler's lock), while
+//! allocations keep popping from the thread lists on their fast path, uncounted.
+//!
+//! That is exact because of a per-thread credit: the countdown to the next sample less the
+//! bytes on the thread's lists, kept on slow paths from the hot heap's debit (hot_heap H19).
+//! A pop lowers the countdown and the lists' bytes together, so it leaves the credit alone,
+//! and a credit that is never negative means the lists never hold more bytes than the
+//! countdown: no pop can pass the sample point. The credit falls only on slow paths: a free
+//! puts its block on the list only while the credit covers its bytes (else the block goes to
+//! the cache or its slab), and a slow allocation is served as with profiling off while the
+//! credit can take a refill of its list (a list left at one block is refilled then, so the
+//! pops after it are fast), else by a pop when its list has a block, else from the cache.
+//!
+//! Once the credit is below an allocation's size, the lists' bytes decide. While they are
+//! less than a quarter of the mean interval, the thread stays on this constrained path until
+//! the sample: a negative credit trims the lists (by half their bytes at least), and the
+//! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
+//! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
+//! the interval: that path would trim them and keep frees off them for most of it), or at
+//! the sampled allocation, the thread is counted instead (tls T6): its allocation slot holds
+//! the empty heap too, so every allocation reaches the profiler on the slow paths, which keeps
+//! the countdown itself and samples the allocation within which it crosses zero, while frees
+//! go onto the lists freely. After the sample the thread goes back to the fast pops when the
+//! new credit (the new countdown less the lists' bytes) is at least an eighth of the mean
+//! interval, else it stays counted until the next sample. So a thread whose lists hold few
+//! bytes against the interval pops on the fast path but for the last few kilobytes before
+//! each sample, and one whose lists hold about the interval is counted for much of it, as if
+//! every call were slow, with its lists left alone. Either way the sample lands on the
+//! allocation the countdown picks, as if every allocation
+//! were counted. Small blocks are counted by their block size (what a
+//! pop takes off the lists); medium and large ones, and a thread's allocations without a
+//! heap of its own, by the size asked for. A heap's credit starts at its thread's first slow
+//! path once profiling runs (its lists are drained then, so a fresh interval starts), and
+//! stays with the heap (a heap parked at a thread's exit and taken by another thread goes on
+//! counting); allocations made before are not in the profile. A private heap's allocations ([`crate::Heap`]) are
+//! not sampled. With profiling off, the only additions are one load and branch on paths that
+//! are slow already (a fast path's miss, a foreign or orphan free, the medium and large
+//! tiers).
 //!
 //! ## Settings
 //! `HAKMEM_PROF` (0/1), `HAKMEM_PROF_SAMPLE` (bytes, mean interval), `HAKMEM_PROF_FILE`
@@ -48,6 +83,7 @@ pub use output::{Frame, Profile, Site};
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use hakmem_hot_heap::{Heap as HotHeap, SlabMeta};
 
 /// The profiler's environment variables (for the settings' unknown-name check).
 pub const NAMES: [&str; 4] = [
@@ -70,9 +106,10 @@ pub(crate) fn active() -> bool {
     crate::tls::profiling()
 }
 
-/// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access).
+/// The sampler's per-thread state: no destructor, const-initialised (a plain TLS access). The
+/// credit of a thread with a heap is kept in its heap (hot_heap H19).
 struct Sampler {
-    /// Bytes left before the next sample.
+    /// Bytes left before the next sample, for allocations of a thread without a heap.
     left: Cell<i64>,
     /// xorshift state; 0 until the thread's first use.
     rng: Cell<u64>,
@@ -99,9 +136,84 @@ fn next_interval(rng: &Cell<u64>) -> i64 {
     ((-u.ln() * mean) as i64).max(1)
 }
 
+/// Seeds this thread's generator and its heapless countdown at its first use.
+#[inline(always)]
+fn seed(s: &Sampler) {
+    if s.rng.get() == 0 {
+        let seed = hakmem_os::secret(hakmem_os::thread_id() as u64) | 1;
+        s.rng.set(seed);
+        s.left.set(next_interval(&s.rng));
+    }
+}
+
+/// The credit of `h` (hot_heap H19), started at this thread's first slow path with it: its
+/// free slot is switched then (tls T5) and its lists drained, so the credit starts as a fresh
+/// interval (the sampling process is memoryless, so a fresh start is unbiased). A heap keeps
+/// its credit when a thread's exit parks it and another thread takes it.
+///
+/// # Safety
+/// `h` is this thread's live heap.
+#[inline(always)]
+unsafe fn credit(h: *mut HotHeap) -> i64 {
+    // SAFETY: this thread's live heap, on its own thread.
+    match unsafe { (*h).prof_credit() } {
+        Some(c) => c,
+        // SAFETY: as above.
+        None => unsafe { start_credit(h) },
+    }
+}
+
+/// [`credit`]'s start.
+///
+/// # Safety
+/// As [`credit`].
+#[cold]
+#[inline(never)]
+unsafe fn start_credit(h: *mut HotHeap) -> i64 {
+    crate::tls::enter_profiling();
+    let interval = SAMPLER.with(|s| {
+        seed(s);
+        next_interval(&s.rng)
+    });
+    // SAFETY: this thread's live heap (the caller's contract), on its own thread.
+    unsafe { (*h).prof_start(interval) };
+    interval
+}
+
+/// The countdown for an allocation of `counted` bytes whose countdown before it is `c` (it
+/// is sampled when `c < counted`): the next one an exponential interval past its end. The
+/// sample's stack is captured unless the guard is set. Returns the countdown's increase.
+fn sample(p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
+    SAMPLER.with(|s| {
+        seed(s);
+        sample_in(s, p, size, counted, c)
+    })
+}
+
+fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 {
+    let next = next_interval(&s.rng);
+    record_in(s, p, size, counted);
+    next - (c - counted)
+}
+
+/// Records the sample of the block at `p`, asked for as `size` bytes and counted as `counted`,
+/// with its stack, unless this thread's guard is set.
+fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
+    if !s.busy.get() {
+        s.busy.set(true);
+        let frames = unwind::capture();
+        let mean = MEAN.load(Relaxed) as f64;
+        let prob = 1.0 - (-(counted as f64) / mean).exp();
+        let (objects, bytes) = (1.0 / prob, size as f64 / prob);
+        table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
+        s.busy.set(false);
+    }
+}
+
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
-/// sampling at their next allocation that misses their fast path (at once for threads made
-/// later); allocations made before are not in the profile. Returns false when the profiler's
+/// sampling at their next slow path (an allocation that misses its fast path, or a free that
+/// misses its own; at once for threads whose heap is made later); allocations made before are
+/// not in the profile. Returns false when the profiler's
 /// tables could not be mapped. Starting again changes nothing (the first interval stays).
 pub fn start(sample_bytes: u64) -> bool {
     if active() {
@@ -291,35 +403,219 @@ pub fn stats() -> ProfilerStats {
     }
 }
 
-/// An allocation of `size` bytes at `p` (not null), while profiling runs: counted down, and
-/// sampled when the countdown crosses zero.
+/// An allocation of `size` bytes at `p` (not null) that no thread list serves (medium, large,
+/// a small one of a thread without a heap), while profiling runs: counted down, and sampled
+/// when the countdown crosses zero within it. With a heap, the countdown is the credit plus
+/// the bytes on the lists, counted when the credit is short (hot_heap H19).
 #[inline(never)]
 pub(crate) fn on_alloc(p: *mut u8, size: usize) {
-    SAMPLER.with(|s| {
-        if s.busy.get() {
-            return;
+    let n = size as i64;
+    let h = crate::tls::get();
+    if h as usize <= crate::tls::DEAD as usize {
+        return SAMPLER.with(|s| {
+            seed(s);
+            let left = s.left.get();
+            let up = if left < n {
+                sample_in(s, p, size, n, left)
+            } else {
+                0
+            };
+            s.left.set(left - n + up);
+        });
+    }
+    // SAFETY: this thread's live heap, here and below.
+    let c = unsafe { credit(h) };
+    // SAFETY: as above.
+    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < n && unsafe { long_lists(h, c, n) }) {
+        // SAFETY: as above.
+        unsafe { count(h, p, size, n, n, None) };
+        return;
+    }
+    // SAFETY: as above; a negative credit trims the lists or makes the thread counted.
+    unsafe {
+        (*h).prof_add(-n);
+        keep_credit(h);
+    }
+}
+
+/// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, of `h`, this
+/// thread's live heap, while the profiler counts every allocation of it (tls T6, hot_heap
+/// H19; entered here when it does not yet): sampled when the countdown crosses zero within it.
+/// `listed` is what the allocation takes off the credit (`counted` for one no list serves, 0
+/// for one a list or a refill of it served, whose debit the heap keeps). After a sample, the
+/// thread's allocations go back to the fast path when the new credit (the countdown less the
+/// bytes on the lists) is at least [`MIN_STRETCH`] of the mean interval.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(never)]
+unsafe fn count(
+    h: *mut HotHeap,
+    p: *mut u8,
+    size: usize,
+    counted: i64,
+    listed: i64,
+    class: Option<hakmem_route::SizeClass>,
+) {
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    unsafe { (*h).prof_enter_counted() };
+    crate::tls::ensure_counted(h);
+    // SAFETY: as above.
+    let left = unsafe { (*h).prof_left() };
+    if left >= counted {
+        // SAFETY: as above.
+        unsafe {
+            (*h).set_prof_left(left - counted);
+            (*h).prof_add(-listed);
         }
-        if s.rng.get() == 0 {
-            let seed = hakmem_os::secret(hakmem_os::thread_id() as u64) | 1;
-            s.rng.set(seed);
-            s.left.set(next_interval(&s.rng));
+        return;
+    }
+    let up = sample(p, size, counted, left);
+    // SAFETY: as above.
+    unsafe {
+        (*h).set_prof_left(left - counted + up);
+        (*h).prof_add(up - listed);
+        let min = (MEAN.load(Relaxed) / MIN_STRETCH) as i64;
+        if (*h).prof_leave_counted(min) {
+            crate::tls::leave_counted(h);
+            // A list left at one block is refilled, so that the pops after it are fast (the
+            // C lane's fast path pops such a block by a cold call, never reaching this module).
+            if let Some(class) = class {
+                let refill = i64::from((*h).list_cap(class) / 2) * class.size() as i64;
+                if (*h).prof_credit().is_some_and(|k| k >= refill) {
+                    (*h).refill_short_list(class);
+                }
+            }
         }
-        let left = s.left.get() - size as i64;
-        if left > 0 {
-            s.left.set(left);
-            return;
+    }
+}
+
+/// A thread's allocations go back to the fast path after a sample when the credit gives them a
+/// stretch of at least the mean interval over this (tls T6): below that, the stretch is too
+/// short to pay for a switch of mode.
+const MIN_STRETCH: u64 = 8;
+
+/// A thread whose lists hold at least the mean interval over this is counted once its credit
+/// is short (tls T6); shorter lists keep the constrained stretch, which lasts as many bytes as
+/// they hold.
+const LONG_LISTS: u64 = 4;
+
+/// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
+/// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
+/// decides. While it covers the block, the allocation needs no count (the lists hold no more
+/// bytes than the countdown, so no pop passes the sample point): served as with profiling off
+/// when the credit can take a refill of the list, else by a pop or from the cache; once it does
+/// not, every allocation of the thread is counted ([`count`]) until the lists are short
+/// against the countdown again.
+///
+/// # Safety
+/// `h` is this thread's live heap.
+#[inline(never)]
+pub(crate) unsafe fn alloc_small(
+    h: *mut HotHeap,
+    class: hakmem_route::SizeClass,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    let b = class.size() as i64;
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    let c = unsafe { credit(h) };
+    // SAFETY: as above.
+    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < b && unsafe { long_lists(h, c, b) }) {
+        // Counted, from the countdown before this allocation.
+        // SAFETY: as above.
+        unsafe { (*h).prof_enter_counted() };
+        // SAFETY: as above.
+        let p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
+        if !p.is_null() {
+            // SAFETY: as above; the list, its refill or the cache served the block.
+            unsafe { count(h, p, size, b, 0, Some(class)) };
         }
-        // A point of the sampling process fell within this block; the next one lies an
-        // exponential interval past its end (the process is memoryless).
-        s.busy.set(true);
-        s.left.set(next_interval(&s.rng));
-        let frames = unwind::capture();
-        let mean = MEAN.load(Relaxed) as f64;
-        let prob = 1.0 - (-(size as f64) / mean).exp();
-        let (objects, bytes) = (1.0 / prob, size as f64 / prob);
-        table::insert(p as usize, &frames.ips[..frames.len], objects, bytes);
-        s.busy.set(false);
-    })
+        return p;
+    }
+    // SAFETY: as above.
+    let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
+    // SAFETY: as above.
+    let has_block = unsafe { (*h).list_len(class) } > 0;
+    let p = if c - b >= refill {
+        // The credit takes a refill: one now if the list is short, so the next pops are fast.
+        // SAFETY: as above.
+        unsafe {
+            (*h).refill_short_list(class);
+            crate::heap_alloc(&mut *h, class, zero)
+        }
+    } else if has_block {
+        // A pop (of a head the fast pop left, hot_heap H16).
+        // SAFETY: as above.
+        unsafe { crate::heap_alloc(&mut *h, class, zero) }
+    } else {
+        // A block from the cache, the list left alone.
+        // SAFETY: as above.
+        let p = unsafe { (*h).alloc_unlisted(class) };
+        if zero && !p.is_null() {
+            // SAFETY: a block of at least the class's size, ours.
+            unsafe { p.write_bytes(0, class.size()) };
+        }
+        p
+    };
+    if !p.is_null() {
+        // SAFETY: as above.
+        unsafe { keep_credit(h) };
+    }
+    p
+}
+
+/// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
+/// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
+/// the lists, is below `b`) or the lists hold at least the mean interval over [`LONG_LISTS`]
+/// (so many bytes that keeping them within the countdown would take long stretches of frees
+/// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
+/// frees off the lists (the credit covers no free) and serves allocations by pops, which the
+/// countdown covers, or from the cache.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(never)]
+unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
+    // SAFETY: the caller's contract.
+    let listed = unsafe { (*h).listed_bytes() } as i64;
+    c + listed < b || listed >= (MEAN.load(Relaxed) / LONG_LISTS) as i64
+}
+
+/// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
+/// that no pop passes the sample point: trims them (by half their bytes at least, so that they
+/// are trimmed a few times rather than at every allocation) when they hold less than
+/// the mean interval over [`LONG_LISTS`], else counts every allocation of the thread (tls T6).
+///
+/// # Safety
+/// `h` is this thread's live heap, whose credit has started.
+#[inline(always)]
+unsafe fn keep_credit(h: *mut HotHeap) {
+    // SAFETY: the caller's contract.
+    let k = unsafe { credit(h) };
+    if k < 0 {
+        // SAFETY: as above.
+        unsafe { short_credit(h, k.unsigned_abs()) };
+    }
+}
+
+/// [`keep_credit`]'s trim or switch.
+///
+/// # Safety
+/// As [`keep_credit`].
+#[cold]
+#[inline(never)]
+unsafe fn short_credit(h: *mut HotHeap, need: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let listed = (*h).listed_bytes();
+        if listed >= MEAN.load(Relaxed) / LONG_LISTS {
+            (*h).prof_enter_counted();
+            crate::tls::ensure_counted(h);
+        } else {
+            (*h).trim_lists(need.max(listed / 2));
+        }
+    }
 }
 
 /// A free of `p` while profiling runs, before the block goes back: its sample, if any, goes.
@@ -328,36 +624,76 @@ pub(crate) fn on_free(p: *mut u8) {
     table::remove(p as usize);
 }
 
-/// A small allocation of `size` bytes while profiling runs: `alloc` serves it from this
-/// thread's real heap (its slot is switched to the profiling empty heap first, tls T5, so its
-/// own fast paths miss from now on), then it is counted.
+/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
+/// profiling runs (its sample dropped already): onto the thread list when the credit allows
+/// its bytes (the credit falls by them), else to the cache or the slab (hot_heap H19).
+///
+/// # Safety
+/// `h` is this thread's live heap, `slab` one of its in-use slabs, and `p` a block of it that
+/// the caller gives up.
 #[inline(always)]
-pub(crate) fn sampled(size: usize, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
-    crate::tls::enter_profiling();
-    let p = alloc();
-    if !p.is_null() {
-        on_alloc(p, size);
+pub(crate) unsafe fn free_own(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    // SAFETY: this thread's live heap (the caller's contract); `p` is a block of its own
+    // slab, given up.
+    if !unsafe { (*h).free_own_profiled(slab, p) } {
+        // SAFETY: as above.
+        unsafe { free_own_first(h, slab, p) }
     }
-    p
 }
 
-/// `free`'s full path while profiling runs: drops `p`'s sample, then frees it by the real
-/// heap's owned-block path (hot_heap H8) when it is a block of this thread's heap; false,
-/// having freed nothing, otherwise (the caller then takes the full path, which decides).
+/// [`free_own`] on a heap whose credit has not started.
+///
+/// # Safety
+/// As [`free_own`].
+#[cold]
+#[inline(never)]
+unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    // SAFETY: as the caller's.
+    unsafe {
+        start_credit(h);
+        let freed = (*h).free_own_profiled(slab, p);
+        debug_assert!(freed, "the credit runs");
+    }
+}
+
+/// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
+/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`];
+/// otherwise the registry's path, which decides (and drops a sample there).
 ///
 /// # Safety
 /// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
 /// the full path).
 #[inline(never)]
-pub(crate) unsafe fn free_owned(p: *mut u8) -> bool {
-    let h = crate::tls::get();
-    if h as usize <= crate::tls::DEAD as usize {
-        return false;
-    }
+pub(crate) unsafe fn free_owned(p: *mut u8) {
+    // The allocation slot: this thread's heap or an empty one (tls T2), whose owned cache
+    // holds no slab (hot_heap H9).
+    let h = crate::tls::raw();
+    // SAFETY: as above; any address is accepted (nothing is read through it).
+    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
+        // SAFETY: forwarded.
+        return unsafe { free_owned_counted(p) };
+    };
     on_free(p);
-    // SAFETY: this thread's live heap; any address is accepted (H8 reads nothing through it
-    // before its owned cache proves it ours).
-    unsafe { hakmem_hot_heap::Heap::try_free_owned(h, p) }
+    // SAFETY: a block of this thread's heap's own slab, given up.
+    unsafe { free_own(h, slab, p) }
+}
+
+/// [`free_owned`] past the allocation slot's heap: the same for a counted thread's heap (tls
+/// T6), else the registry's path.
+///
+/// # Safety
+/// As [`free_owned`].
+#[inline(never)]
+unsafe fn free_owned_counted(p: *mut u8) {
+    let h = crate::tls::owner();
+    // SAFETY: this thread's heap or an empty one (tls T2, T6); any address is accepted.
+    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
+        // SAFETY: forwarded.
+        return unsafe { crate::free_registry(p) };
+    };
+    on_free(p);
+    // SAFETY: a block of this thread's heap's own slab, given up.
+    unsafe { free_own(h, slab, p) }
 }
 
 extern "C" fn fork_child() {

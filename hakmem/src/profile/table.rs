@@ -293,11 +293,19 @@ pub fn insert(addr: usize, frames: &[usize], objects: f64, bytes: f64) {
     unlock();
 }
 
-/// Drops the sample of the block at `addr`, if it has one.
+/// Drops the sample of the block at `addr`, if it has one: the filter's look inline (PT2),
+/// the rest out of line.
+#[inline(always)]
 pub fn remove(addr: usize) {
-    if !maybe_sampled(addr) {
-        return;
+    if maybe_sampled(addr) {
+        remove_locked(addr);
     }
+}
+
+/// [`remove`] for an address the filter says may be sampled.
+#[cold]
+#[inline(never)]
+fn remove_locked(addr: usize) {
     lock();
     // SAFETY: under the lock (PT1); the filter is published, so `map` succeeded.
     unsafe {
