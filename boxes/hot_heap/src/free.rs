@@ -75,6 +75,35 @@ impl Heap {
     /// it before the cache says it lies in a live superslab of ours.
     #[inline(always)]
     pub unsafe fn try_free_owned(this: *mut Heap, p: *mut u8) -> bool {
+        // SAFETY: forwarded.
+        let Some((_, class)) = (unsafe { Heap::owned_block(this, p) }) else {
+            return false;
+        };
+        // SAFETY: a hit: `this` is a real heap (H9), this thread's, used by it alone.
+        let h = unsafe { &mut *this };
+        let key = h.key;
+        // SAFETY: `p` is a block (at least 16 bytes) of our slab, handed out at some time.
+        if unsafe { key_word(p) } == key {
+            return false;
+        }
+        // SAFETY: an in-use slab's class is a `SizeClass`'s index, below CLASSES (route RT5,
+        // `alloc_slab`); a block of our own slab, given up by the caller, and (FK3) not free.
+        // The lists count the push (H13).
+        unsafe { h.sll.try_push_unchecked(class, p, key) }
+    }
+
+    /// The slab of `p` and its class when `p` is a block this heap handed out of a superslab
+    /// in its owned cache (H8): the owned-cache lookup of [`Heap::try_free_owned`] and
+    /// [`Heap::owned_slab`]. `None` for anything else, any address included (nothing is read
+    /// through `p`), and always for an [`EmptyHeap`] (H9).
+    ///
+    /// # Safety
+    /// `this` is a heap of the calling thread or an empty heap.
+    #[inline(always)]
+    pub(crate) unsafe fn owned_block(
+        this: *mut Heap,
+        p: *mut u8,
+    ) -> Option<(&'static SlabMeta, usize)> {
         let n = slab_number(p as usize);
         // SAFETY: the slot is below OWNED_CACHE; read through the raw pointer, as an empty heap
         // is shared (H9).
@@ -86,28 +115,19 @@ impl Heap {
         // SAFETY: every entry is `SlabMeta::NONE` or the metadata of a slab of a superslab this
         // heap owns, live while owned (H8).
         if unsafe { SlabMeta::number_at(entry) } != n {
-            return false;
+            return None;
         }
-        // SAFETY: a match, so not NONE (superslab SS13): a live slab's metadata (as above).
-        let slab = unsafe { &*entry };
-        // SAFETY: a hit: `this` is a real heap (H9), this thread's, used by it alone.
-        let h = unsafe { &mut *this };
+        // SAFETY: a match, so not NONE (superslab SS13): a live slab's metadata, which stays
+        // while its superslab is owned (and a block of it is out).
+        let slab: &'static SlabMeta = unsafe { &*entry };
         // SAFETY: every slab of an owned superslab is this heap's to read as owner: an in-use
         // one is ours (H8), and a free one has carve mark 0, which no index is below.
         let (class, carved) = unsafe { slab.class_and_carved_owned() };
         // SAFETY: as above.
         if unsafe { slab.block_index(p) } >= carved {
-            return false;
+            return None;
         }
-        let key = h.key;
-        // SAFETY: `p` is a block (at least 16 bytes) of our slab, handed out at some time.
-        if unsafe { key_word(p) } == key {
-            return false;
-        }
-        // SAFETY: an in-use slab's class is a `SizeClass`'s index, below CLASSES (route RT5,
-        // `alloc_slab`); a block of our own slab, given up by the caller, and (FK3) not free.
-        // The lists count the push (H13).
-        unsafe { h.sll.try_push_unchecked(class, p, key) }
+        Some((slab, class))
     }
 
     /// The owner's slow free of `p`: confirms a key match (FK3), returns it through the bitmap

@@ -161,29 +161,8 @@ impl Heap {
     /// `this` is a live heap of the calling thread, or an empty heap.
     #[inline(always)]
     pub unsafe fn owned_slab(this: *mut Heap, p: *mut u8) -> Option<&'static SlabMeta> {
-        let n = slab_number(p as usize);
-        // SAFETY: the slot is below OWNED_CACHE; read through the raw pointer, as an empty heap
-        // is shared (H9).
-        let entry = unsafe {
-            *(&raw const (*this).owned_slabs)
-                .cast::<*const SlabMeta>()
-                .add(owned_slot(n))
-        };
-        // SAFETY: every entry is `SlabMeta::NONE` or the metadata of a slab of a superslab this
-        // heap owns, live while owned (H8).
-        if unsafe { SlabMeta::number_at(entry) } != n {
-            return None;
-        }
-        // SAFETY: a match, so not NONE (superslab SS13): a live slab's metadata, which stays
-        // while its superslab is owned (and a block of it is out).
-        let slab: &'static SlabMeta = unsafe { &*entry };
-        // SAFETY: every slab of an owned superslab is this heap's to read as owner (H8).
-        let (_, carved) = unsafe { slab.class_and_carved_owned() };
-        // SAFETY: as above.
-        if unsafe { slab.block_index(p) } >= carved {
-            return None;
-        }
-        Some(slab)
+        // SAFETY: forwarded.
+        unsafe { Heap::owned_block(this, p) }.map(|(slab, _)| slab)
     }
 
     /// The owner's free of `p`, a block of its own `slab`, onto the thread list (H19: the

@@ -93,6 +93,24 @@ pub mod heap {
             }
             Some(used)
         }
+
+        /// Drops `[ptr, ptr + len)` from the live ranges, keeping the parts of each range
+        /// outside it (a trim); like munmap on Linux, the range may span mappings that lie end
+        /// to end. Panics with `missing` when some of it is not mapped.
+        fn forget(&self, ptr: usize, len: usize, missing: &str) {
+            let mut l = self.live.lock().unwrap();
+            let mut used = Self::cover(&l, ptr, len).expect(missing);
+            used.sort_unstable_by(|x, y| y.cmp(x));
+            for i in used {
+                let (p, n) = l.remove(i);
+                if p < ptr {
+                    l.push((p, ptr - p));
+                }
+                if ptr + len < p + n {
+                    l.push((ptr + len, p + n - ptr - len));
+                }
+            }
+        }
     }
 
     impl HeapOs {
@@ -154,23 +172,11 @@ pub mod heap {
         unsafe fn unmap(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) {
             let a = ptr.as_ptr() as usize;
             self.check_pages("unmap", a, len);
-            {
-                let mut l = self.live.lock().unwrap();
-                // Like munmap on Linux, one call may span mappings that lie end to end.
-                let mut used = Self::cover(&l, a, len)
-                    .expect("unmap of a range that is not mapped (released twice?)");
-                used.sort_unstable_by(|x, y| y.cmp(x));
-                for i in used {
-                    let (p, n) = l.remove(i);
-                    // Keep the parts outside the unmapped range (a trim).
-                    if p < a {
-                        l.push((p, a - p));
-                    }
-                    if a + len < p + n {
-                        l.push((a + len, p + n - a - len));
-                    }
-                }
-            }
+            self.forget(
+                a,
+                len,
+                "unmap of a range that is not mapped (released twice?)",
+            );
             self.unmaps.fetch_add(1, SeqCst);
             stats.event(Event::Munmap, len);
         }
@@ -197,21 +203,7 @@ pub mod heap {
             // in for moving the pages.
             unsafe { core::ptr::copy_nonoverlapping(from.as_ptr(), to.as_ptr(), len) };
             // The source is unmapped, as mremap leaves it (in the stats; not in `unmaps`).
-            {
-                let mut l = self.live.lock().unwrap();
-                let mut used =
-                    Self::cover(&l, a, len).expect("relocate of a range that is not mapped");
-                used.sort_unstable_by(|x, y| y.cmp(x));
-                for i in used {
-                    let (p, n) = l.remove(i);
-                    if p < a {
-                        l.push((p, a - p));
-                    }
-                    if a + len < p + n {
-                        l.push((a + len, p + n - a - len));
-                    }
-                }
-            }
+            self.forget(a, len, "relocate of a range that is not mapped");
             stats.event(Event::Mremap, 0);
             stats.event(Event::Munmap, len);
             hakmem_os::Relocation::Moved
