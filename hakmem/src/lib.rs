@@ -687,8 +687,9 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
             if slab.owner() == unsafe { HotHeap::id_of(h) } {
                 drop(section);
                 // SAFETY: this thread's live heap, whose superslabs only this thread releases;
-                // `p` is a block of its own `slab`, given up.
-                return unsafe { (*h).free_own(slab, p) };
+                // `p` is a block of its own `slab`, given up. Its free missed the owned cache
+                // (H8) on the fast path, so the slab takes the cache's entry.
+                return unsafe { (*h).free_own_recached(slab, p) };
             }
             // SAFETY: the section is open; `p` is a block start of `slab`.
             let state = unsafe { foreign_state(ss, slab, p) };
