@@ -391,7 +391,7 @@ pub mod raw {
         }
         // SAFETY: forwarded.
         match unsafe { lookup(p, "malloc_usable_size") } {
-            Some(Block::Small(_, usable)) => usable,
+            Some(Block::Small(usable)) => usable,
             Some(Block::Large(h)) => h.usable(),
             Some(Block::Medium(_, usable)) => usable,
             None => 0,
@@ -552,8 +552,8 @@ fn row<'a>() -> medium::Row<'a> {
 }
 
 enum Block {
-    /// A small block: its slab, and its usable bytes (the class's block size).
-    Small(&'static SlabMeta, usize),
+    /// A small block: its usable bytes (the class's block size).
+    Small(usize),
     Large(&'static hakmem_superslab::LargeHeader),
     /// A medium block: its region's base and its usable bytes.
     Medium(usize, usize),
@@ -627,7 +627,7 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
             // this thread releases them.
             // SAFETY: the section is open; `p` is a block start of `slab`.
             if own || matches!(unsafe { foreign_state(ss, slab, p) }, Foreign::Live) {
-                Some(Block::Small(slab, block_size_of(slab.class())))
+                Some(Block::Small(block_size_of(slab.class())))
             } else {
                 None
             }
@@ -687,8 +687,9 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
             if slab.owner() == unsafe { HotHeap::id_of(h) } {
                 drop(section);
                 // SAFETY: this thread's live heap, whose superslabs only this thread releases;
-                // `p` is a block of its own `slab`, given up.
-                return unsafe { (*h).free_own(slab, p) };
+                // `p` is a block of its own `slab`, given up. Its free missed the owned cache
+                // (H8) on the fast path, so the slab takes the cache's entry.
+                return unsafe { (*h).free_own_recached(slab, p) };
             }
             // SAFETY: the section is open; `p` is a block start of `slab`.
             let state = unsafe { foreign_state(ss, slab, p) };
@@ -848,60 +849,78 @@ unsafe fn free_small_slow(p: *mut u8) {
     unsafe { HotHeap::free_orphan(ctx, ss, slab, p) }
 }
 
+/// Whether a block of `usable` bytes serves a resize to `new_size` bytes where it is: the new
+/// size fits, and at most half the block goes unused (glibc and mimalloc also shrink in place
+/// down to half). Also the C lane's common case: a block resized within its own class.
+#[inline(always)]
+fn fits_in_place(usable: usize, new_size: usize) -> bool {
+    new_size <= usable && new_size >= usable / 2
+}
+
 /// Resizes the block `p` to `new_size` bytes at `align`, in place or by a move.
+///
+/// A small block stays where it is when [`fits_in_place`] (its address already has the
+/// alignment, and any size up to its block size routes to a slab, so `dealloc`'s mask and shift
+/// still find it). A block of this thread's own heap is found by the owned cache (hot_heap H8),
+/// as `free`'s fast path finds it, without the registry; a moved small block is freed by its
+/// slab, found once.
 ///
 /// # Safety
 /// The caller holds `p` if it is a block of ours (it may be any address otherwise, which is
 /// reported), and gives it up when the result is not null.
 unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    // SAFETY: the caller holds `p`.
-    let (old_usable, in_place) = match unsafe { lookup(p, "realloc") } {
-        Some(Block::Small(slab, _)) => {
-            let class = slab.class();
-            (
-                block_size_of(class),
-                matches!(route(new_size, align), Route::Small(c) if c.index() == class),
-            )
-        }
-        Some(Block::Large(h)) => {
-            let usable = h.usable();
-            // Growing a large block: move its pages rather than copy them. (A large block
-            // exists, so the context does too.)
-            // (A block aligned above 2 MiB is moved instead: its pages would move to an address
-            // aligned to 2 MiB only.)
-            if let (true, Some(ctx)) = (
-                new_size > usable && align <= SS_SIZE && route(new_size, align) == Route::Large,
-                ctx(),
-            ) {
-                // SAFETY: the caller holds the block.
-                if let Some(q) = unsafe { large::grow(ctx, h as *const _ as usize, new_size) } {
-                    if profile::active() {
-                        profile::on_free(p);
-                        profile::on_alloc(q, new_size);
-                    }
-                    return q;
-                }
-            }
-            (
-                usable,
-                new_size <= usable && new_size > MAX_SMALL && new_size >= usable / 2,
-            )
-        }
-        Some(Block::Medium(base, usable)) => {
-            // Resized over its own granules and the free ones after it, while it stays medium.
-            if let Some(ctx) = ctx() {
-                if medium::serves(ctx, new_size, align) {
-                    // SAFETY: the caller holds the block, a live block start of the region.
-                    if unsafe { medium::resize(ctx, base, p, new_size) } {
-                        return p;
+    // SAFETY: this thread's heap or an empty one (tls T2), on its own thread; any address is
+    // accepted (nothing is read through `p` before the cache proves it a block of ours).
+    let owned = unsafe { HotHeap::owned_slab(crate::tls::raw_free(), p) };
+    // In check mode the registry's lookup also proves the block held (its bitmap).
+    let owned = owned.filter(|_| ctx().is_some_and(|c| !c.check()));
+    let (old_usable, small) = if let Some(slab) = owned {
+        (block_size_of(slab.class()), true)
+    } else {
+        // SAFETY: the caller holds `p`.
+        match unsafe { lookup(p, "realloc") } {
+            Some(Block::Small(usable)) => (usable, true),
+            Some(Block::Large(h)) => {
+                let usable = h.usable();
+                // Growing a large block: move its pages rather than copy them. (A large block
+                // exists, so the context does too.)
+                // (A block aligned above 2 MiB is moved instead: its pages would move to an
+                // address aligned to 2 MiB only.)
+                if let (true, Some(ctx)) = (
+                    new_size > usable && align <= SS_SIZE && route(new_size, align) == Route::Large,
+                    ctx(),
+                ) {
+                    // SAFETY: the caller holds the block.
+                    if let Some(q) = unsafe { large::grow(ctx, h as *const _ as usize, new_size) } {
+                        if profile::active() {
+                            profile::on_free(p);
+                            profile::on_alloc(q, new_size);
+                        }
+                        return q;
                     }
                 }
+                if new_size > MAX_SMALL && fits_in_place(usable, new_size) {
+                    return p;
+                }
+                (usable, false)
             }
-            (usable, false)
+            Some(Block::Medium(base, usable)) => {
+                // Resized over its own granules and the free ones after it, while it stays
+                // medium.
+                if let Some(ctx) = ctx() {
+                    if medium::serves(ctx, new_size, align) {
+                        // SAFETY: the caller holds the block, a live block start of the region.
+                        if unsafe { medium::resize(ctx, base, p, new_size) } {
+                            return p;
+                        }
+                    }
+                }
+                (usable, false)
+            }
+            None => return null_mut(),
         }
-        None => return null_mut(),
     };
-    if in_place {
+    if small && fits_in_place(old_usable, new_size) {
         return p;
     }
     // SAFETY: forwarded.
@@ -910,9 +929,17 @@ unsafe fn realloc_impl(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         return null_mut();
     }
     // SAFETY: both blocks hold at least the bytes copied, and they are distinct live blocks.
-    unsafe {
-        core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
-        free_impl(p, "realloc");
+    unsafe { core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size)) };
+    if small {
+        // SAFETY: a small block of ours that the caller held until now (proved above, by the
+        // owned cache or the registry), so its superslab is live; given up.
+        unsafe {
+            let (ss, slab) = Superslab::slab_of_block(p);
+            free_small_in(ss, slab, p);
+        }
+    } else {
+        // SAFETY: the caller gives `p` up.
+        unsafe { free_impl(p, "realloc") };
     }
     q
 }

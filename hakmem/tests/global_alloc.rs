@@ -172,6 +172,43 @@ fn realloc_up_and_down_keeps_contents() {
     unsafe { dealloc(q, Layout::from_size_align(110, 8).unwrap()) };
 }
 
+/// A small block shrinks in place down to half its block, whichever thread allocated it (this
+/// thread's own blocks are found by the owned cache, another thread's by the registry), and
+/// moves below that; the shrunk block is freed with its new layout.
+#[test]
+fn realloc_shrinks_a_small_block_in_place_down_to_half() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sizes = [
+        (4096usize, 2100usize, true),
+        (4096, 2000, false),
+        (640, 330, true),
+    ];
+    for (old, new, kept) in sizes {
+        for foreign in [false, true] {
+            let l = Layout::from_size_align(old, 16).unwrap();
+            let make = move || {
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc(l) };
+                assert!(!p.is_null());
+                pattern(p, old, 3);
+                p as usize
+            };
+            let p = if foreign {
+                std::thread::spawn(make).join().unwrap()
+            } else {
+                make()
+            } as *mut u8;
+            // SAFETY: a live block of `old` bytes.
+            let q = unsafe { realloc(p, l, new) };
+            assert!(!q.is_null());
+            assert_eq!(p == q, kept, "{old} -> {new} (another thread's: {foreign})");
+            verify(q, new, 3);
+            // SAFETY: ours, with its new layout.
+            unsafe { dealloc(q, Layout::from_size_align(new, 16).unwrap()) };
+        }
+    }
+}
+
 #[test]
 fn eight_threads_free_each_others_blocks() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -60,6 +60,23 @@ impl Heap {
         unsafe { self.free_local_slow(class, p) }
     }
 
+    /// [`Heap::free_own`] for a block whose slab the owned cache (H8) did not hold (another
+    /// owned superslab's slab with the same low byte had the entry): the slab takes the entry
+    /// first, so the frees of its blocks that follow take the fast path (the last slab freed
+    /// into wins, not only the last superslab linked).
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`].
+    #[inline(always)]
+    pub unsafe fn free_own_recached(&mut self, slab: &'static SlabMeta, p: *mut u8) {
+        // SAFETY: a live slab's metadata, which starts with its number (SS13).
+        let n = unsafe { SlabMeta::number_at(slab) };
+        // H8: `slab` is in use by this heap, so its superslab is on the owned list.
+        self.owned_slabs[owned_slot(n)] = slab;
+        // SAFETY: forwarded.
+        unsafe { self.free_own(slab, p) }
+    }
+
     /// The C free's fast path (H8): frees `p` when it is a block this heap handed out of a
     /// superslab in its owned cache, its thread list for the class has room, and the block does
     /// not carry the free key. False, having changed nothing, for anything else: a pointer that

@@ -107,15 +107,18 @@
 //! - **H8 (owned cache).** `owned_slabs[(p >> SLAB_SHIFT) % OWNED_CACHE]` is either
 //!   `SlabMeta::NONE` or points to the metadata of a slab of a superslab on this heap's owned
 //!   list: a superslab's slabs are entered when it is linked and reset to `NONE` when it is
-//!   unlinked, before it can be abandoned or released. Every in-use slab of an owned superslab
-//!   has this heap's id as owner, and a free slab has carve mark 0. So when the entry's slab
-//!   number is `p >> SLAB_SHIFT` (superslab SS13; `NONE` matches no address), one load and
-//!   one compare prove both "ours" (the registry's answer) and "owned by this heap" (the owner
-//!   check), and the slab's metadata is already at hand: the C free's fast path,
+//!   unlinked, before it can be abandoned or released, and a slab in use by this heap is
+//!   entered again when a free of one of its blocks missed the cache
+//!   ([`Heap::free_own_recached`]). Every in-use slab of an owned superslab has this heap's
+//!   id as owner, and a free slab has carve mark 0. So when the entry's slab number is
+//!   `p >> SLAB_SHIFT` (superslab SS13; `NONE` matches no address), one load and one compare
+//!   prove both "ours" (the registry's answer) and "owned by this heap" (the owner check),
+//!   and the slab's metadata is already at hand: the C free's fast path,
 //!   [`Heap::try_free_owned`]. The index is the slab number's low byte, one instruction: 256
 //!   entries, 16 MiB of slabs whose numbers differ in their low byte. Two owned slabs whose
-//!   numbers agree in it take turns in the entry (the last linked wins), and the other's frees
-//!   take the full path, which decides the same through the registry.
+//!   numbers agree in it take turns in the entry (the last linked, or the last a missed free
+//!   went to, wins), and the other's frees take the full path, which decides the same through
+//!   the registry.
 //! - **H9 (empty heaps).** An [`EmptyHeap`] owns nothing and is never written: its lists are
 //!   empty with no room and its owned cache holds only `EMPTY_SLOT`, so [`Heap::alloc_fast`]
 //!   finds no block and [`Heap::try_free_owned`] no owned superslab, and both return without a

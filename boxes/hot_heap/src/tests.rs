@@ -831,6 +831,66 @@ fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
 }
 
 #[test]
+fn a_free_that_misses_the_owned_cache_puts_its_slab_back_in_it() {
+    // Nine superslabs of 16 KiB blocks (four to a slab), as above, so some slabs are not in
+    // the cache (H8). The facade frees a missed block of its own heap by `free_own_recached`:
+    // its slab takes the entry, so the next block of that slab hits, and the cache still
+    // names only slabs of owned superslabs.
+    let ctx = ctx(24, false);
+    let h = heap(ctx);
+    let c = class_of(16 * 1024).unwrap();
+    let mut blocks = Vec::new();
+    while ctx.snapshot().count(Event::SsCreated) < 9 || blocks.len() % 4 != 0 {
+        // SAFETY: the heap is this test thread's own.
+        let p = unsafe { h.alloc(c) };
+        assert!(!p.is_null());
+        blocks.push(p);
+    }
+    let slab_of = |p: *mut u8| p as usize >> SLAB_SHIFT;
+    // Two blocks of a slab the cache does not hold (the lookup reads only the cache).
+    let (a, b) = blocks
+        .iter()
+        .enumerate()
+        .find_map(|(i, &a)| {
+            let b = *blocks[i + 1..]
+                .iter()
+                .find(|&&b| slab_of(b) == slab_of(a))?;
+            // SAFETY: the heap is this thread's; any address may be looked up.
+            unsafe { Heap::owned_block(h, a) }
+                .is_none()
+                .then_some((a, b))
+        })
+        .expect("a slab outside the cache");
+    let slab: &'static SlabMeta = {
+        // SAFETY: `a` is a block of a live superslab of ours.
+        unsafe { &*Superslab::slab_meta_addr(a) }
+    };
+    // SAFETY: this heap's own block, given up once.
+    unsafe { h.free_own_recached(slab, a) };
+    assert_eq!(h.validate(), Ok(()), "H8 holds");
+    // SAFETY: ours, given up once.
+    let hit = unsafe { Heap::try_free_owned(h, b) };
+    assert!(hit, "the slab is cached again");
+    for &p in &blocks {
+        if p != a && p != b {
+            // SAFETY: ours, freed once.
+            unsafe { free(h, p) };
+            if h.sll.is_full(c.index()) {
+                h.spill(c);
+            }
+        }
+    }
+    assert_eq!(my_reports(), Vec::<Corrupt>::new());
+    // SAFETY: the heap is not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(
+        ctx.snapshot().held(c.index()),
+        0,
+        "every block came back once"
+    );
+}
+
+#[test]
 fn list_counts_show_in_snapshots_of_a_live_heap_and_survive_its_exit_exactly() {
     // H13: the fast paths are counted by the lists themselves; a snapshot adds a live heap's
     // list counts, and the exit folds them into the totals, each allocation and free once.
