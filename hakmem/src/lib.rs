@@ -788,18 +788,19 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     // Heap profiling: every small free of a profiling thread comes here (its free slot holds
-    // an empty heap, tls T5), and so does every other heap's: a sampled block's sample goes
-    // first, and a block of the thread's own heap goes by the profiler's own free at once.
+    // an empty heap, tls T5), and so does every other heap's: a block of the thread's own heap
+    // goes by the profiler's own free at once (which drops its sample, if any), any other's
+    // sample goes first.
     if profile::active() {
-        profile::on_free(p);
         // A counted thread's (tls T6) goes by `free_small_slow`.
         let h = crate::tls::raw();
         // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
         // H9): a match is this thread's live heap.
         if slab.owner() == unsafe { HotHeap::id_of(h) } {
-            // SAFETY: a block of its own slab, given up, its sample dropped.
-            return unsafe { profile::free_own(h, slab, p) };
+            // SAFETY: a block of its own slab, given up.
+            return unsafe { profile::free_own_sampling(h, slab, p) };
         }
+        profile::on_free(p);
     }
     let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.

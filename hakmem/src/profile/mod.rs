@@ -625,6 +625,35 @@ pub(crate) fn on_free(p: *mut u8) {
 }
 
 /// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
+/// profiling runs: its sample, if any, goes first ([`on_free`]), then [`free_own`]. Only the
+/// filter's first level (its slab's count, table PT2) is read inline; a slab that may hold a
+/// sample takes the rest out of line, so the common free saves no registers for a call.
+///
+/// # Safety
+/// As [`free_own`].
+#[inline(always)]
+pub(crate) unsafe fn free_own_sampling(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    if table::granule_may_hold_sample(p as usize) {
+        // SAFETY: forwarded.
+        return unsafe { free_own_sampled(h, slab, p) };
+    }
+    // SAFETY: forwarded; `p` has no sample (PT2).
+    unsafe { free_own(h, slab, p) }
+}
+
+/// [`free_own_sampling`] for a block whose slab may hold a sample.
+///
+/// # Safety
+/// As [`free_own`].
+#[cold]
+#[inline(never)]
+unsafe fn free_own_sampled(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    on_free(p);
+    // SAFETY: forwarded, its sample dropped.
+    unsafe { free_own(h, slab, p) }
+}
+
+/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
 /// profiling runs (its sample dropped already): onto the thread list when the credit allows
 /// its bytes (the credit falls by them), else to the cache or the slab (hot_heap H19).
 ///
@@ -657,7 +686,7 @@ unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
 }
 
 /// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
-/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`];
+/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own_sampling`];
 /// otherwise the registry's path, which decides (and drops a sample there).
 ///
 /// # Safety
@@ -673,9 +702,8 @@ pub(crate) unsafe fn free_owned(p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { free_owned_counted(p) };
     };
-    on_free(p);
     // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own(h, slab, p) }
+    unsafe { free_own_sampling(h, slab, p) }
 }
 
 /// [`free_owned`] past the allocation slot's heap: the same for a counted thread's heap (tls
@@ -691,9 +719,8 @@ unsafe fn free_owned_counted(p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { crate::free_registry(p) };
     };
-    on_free(p);
     // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own(h, slab, p) }
+    unsafe { free_own_sampling(h, slab, p) }
 }
 
 extern "C" fn fork_child() {
