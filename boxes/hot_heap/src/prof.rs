@@ -118,6 +118,11 @@ impl Heap {
     /// [`Heap::free_own_listed`]), else kept off the lists ([`Heap::free_own_unlisted`]).
     /// False, having done nothing, when the credit has not started ([`Heap::prof_start`]).
     ///
+    /// A push onto a non-empty list leaves the listed classes' mask alone: a class whose list
+    /// holds blocks is marked already (H19: the first block of an empty list is put there by
+    /// [`Heap::debit_add`]'s callers or by [`Heap::free_own_onto_empty`], which mark it, and
+    /// only a drain, which empties the list, takes the mark).
+    ///
     /// # Safety
     /// As [`Heap::free_own`].
     #[inline(always)]
@@ -134,6 +139,11 @@ impl Heap {
         };
         let size = c.size() as u64;
         if self.prof_base.wrapping_sub(self.debit) as i64 >= size as i64 {
+            if self.sll.is_empty(class) {
+                // SAFETY: forwarded.
+                unsafe { self.free_own_onto_empty(c, p) };
+                return true;
+            }
             let key = self.key;
             // SAFETY: `p` is a block of at least 16 bytes of our own slab, given up.
             let keyed = unsafe { key_word(p) } == key;
@@ -141,7 +151,6 @@ impl Heap {
             // free.
             if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
                 self.debit = self.debit.wrapping_add(size);
-                self.mark_listed(class);
                 return true;
             }
             // SAFETY: forwarded; its push adds to the debit.
@@ -151,6 +160,36 @@ impl Heap {
         // SAFETY: forwarded.
         unsafe { self.free_own_unlisted(slab, p) };
         true
+    }
+
+    /// [`Heap::free_own_profiled`] onto an empty list, whose credit covers `p`'s bytes: the
+    /// push marks the class listed (H19), and when the credit also takes half a list's worth
+    /// the list is refilled first ([`Heap::refill_short_list`]), so that the allocations after
+    /// it pop on the fast path instead of taking a lone block by the C fast path's cold call
+    /// (H16) at every `malloc` of a free-then-allocate loop.
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`], with `p` a block of class `c`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_own_onto_empty(&mut self, c: SizeClass, p: *mut u8) {
+        let i = c.index();
+        let refill = (u64::from(self.sll.cap(i) / 2) + 1) * c.size() as u64;
+        if self.prof_base.wrapping_sub(self.debit) as i64 >= refill as i64 {
+            // SAFETY: a real heap, its thread's alone (the caller's contract); the refill's
+            // splice or moves add to the debit.
+            unsafe { self.refill_short_list(c) };
+        }
+        let key = self.key;
+        // SAFETY: `p` is a block of at least 16 bytes of our own slab, given up.
+        let keyed = unsafe { key_word(p) } == key;
+        // SAFETY: as in `free_own`: the class is below CLASSES, `p` is ours and (FK3) not free.
+        if !keyed && unsafe { self.sll.try_push_unchecked(i, p, key) } {
+            self.debit_add(c, 1);
+            return;
+        }
+        // SAFETY: forwarded; its push adds to the debit.
+        unsafe { self.free_local_slow(i, p) }
     }
 
     /// The slab of `p` when it is a block this heap handed out of a superslab in its owned
