@@ -800,8 +800,32 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
             // SAFETY: a block of its own slab, given up.
             return unsafe { profile::free_own_sampling(h, slab, p) };
         }
-        profile::on_free(p);
+        // SAFETY: forwarded.
+        return unsafe { free_small_other_profiled(ss, slab, p) };
     }
+    // SAFETY: forwarded.
+    unsafe { free_small_other_rest(ss, slab, p) }
+}
+
+/// [`free_small_other`] while heap profiling runs, for a block of another heap's slab (or a
+/// counted thread's own, tls T6): its sample goes first. Out of line, so that the profiled
+/// owner's free in [`free_small_other`] saves no registers for the sample's call.
+///
+/// # Safety
+/// As [`free_small_other`].
+#[inline(never)]
+unsafe fn free_small_other_profiled(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    profile::on_free(p);
+    // SAFETY: forwarded.
+    unsafe { free_small_other_rest(ss, slab, p) }
+}
+
+/// [`free_small_other`] past the profiler.
+///
+/// # Safety
+/// As [`free_small_other`].
+#[inline(always)]
+unsafe fn free_small_other_rest(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {
