@@ -41,7 +41,8 @@
 //! pops after it are fast), else by a pop when its list has a block, else from the cache.
 //!
 //! Once the credit is below an allocation's size, the lists' bytes decide. While they are
-//! less than a quarter of the mean interval, the thread stays on this constrained path until
+//! less than a quarter of the mean interval (and less than 128 KiB, that quarter at the
+//! default rate), the thread stays on this constrained path until
 //! the sample: a negative credit trims the lists (by half their bytes at least), and the
 //! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
 //! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
@@ -495,10 +496,23 @@ unsafe fn count(
 /// short to pay for a switch of mode.
 const MIN_STRETCH: u64 = 8;
 
-/// A thread whose lists hold at least the mean interval over this is counted once its credit
-/// is short (tls T6); shorter lists keep the constrained stretch, which lasts as many bytes as
-/// they hold.
+/// A thread whose lists hold at least the mean interval over this, or [`LONG_LISTS_MAX`]
+/// bytes, is counted once its credit is short (tls T6); shorter lists keep the constrained
+/// stretch, which lasts as many bytes as they hold.
 const LONG_LISTS: u64 = 4;
+
+/// [`LONG_LISTS`]' bound in bytes (the default interval's quarter): the constrained stretch
+/// costs per byte the lists hold (their trims, the frees kept off them), not per byte of the
+/// interval, so lists of this many bytes are long at every rate (c/random-mixed/w400 at a
+/// 2 MiB interval, whose lists hold a few hundred KiB: 331 million instructions constrained,
+/// 286 million counted as at the default rate).
+const LONG_LISTS_MAX: u64 = 128 << 10;
+
+/// The bytes on a thread's lists from which it is counted ([`LONG_LISTS`]).
+#[inline(always)]
+fn long_lists_bytes() -> u64 {
+    (MEAN.load(Relaxed) / LONG_LISTS).min(LONG_LISTS_MAX)
+}
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
 /// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
@@ -568,6 +582,7 @@ pub(crate) unsafe fn alloc_small(
 /// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
 /// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
 /// the lists, is below `b`) or the lists hold at least the mean interval over [`LONG_LISTS`]
+/// (at most [`LONG_LISTS_MAX`])
 /// (so many bytes that keeping them within the countdown would take long stretches of frees
 /// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
 /// frees off the lists (the credit covers no free) and serves allocations by pops, which the
@@ -579,13 +594,14 @@ pub(crate) unsafe fn alloc_small(
 unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
     // SAFETY: the caller's contract.
     let listed = unsafe { (*h).listed_bytes() } as i64;
-    c + listed < b || listed >= (MEAN.load(Relaxed) / LONG_LISTS) as i64
+    c + listed < b || listed >= long_lists_bytes() as i64
 }
 
 /// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
 /// that no pop passes the sample point: trims them (by half their bytes at least, so that they
 /// are trimmed a few times rather than at every allocation) when they hold less than
-/// the mean interval over [`LONG_LISTS`], else counts every allocation of the thread (tls T6).
+/// the mean interval over [`LONG_LISTS`] (at most [`LONG_LISTS_MAX`]), else counts every
+/// allocation of the thread (tls T6).
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
@@ -609,7 +625,7 @@ unsafe fn short_credit(h: *mut HotHeap, need: u64) {
     // SAFETY: the caller's contract.
     unsafe {
         let listed = (*h).listed_bytes();
-        if listed >= MEAN.load(Relaxed) / LONG_LISTS {
+        if listed >= long_lists_bytes() {
             (*h).prof_enter_counted();
             crate::tls::ensure_counted(h);
         } else {
