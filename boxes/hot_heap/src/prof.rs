@@ -120,8 +120,9 @@ impl Heap {
     ///
     /// A push onto a non-empty list leaves the listed classes' mask alone: a class whose list
     /// holds blocks is marked already (H19: the first block of an empty list is put there by
-    /// [`Heap::debit_add`]'s callers or by [`Heap::free_own_onto_empty`], which mark it, and
-    /// only a drain, which empties the list, takes the mark).
+    /// a slow operation or by this free's push onto an empty list, which mark it (and refill
+    /// the list first when the credit takes half a list's worth), and only a drain, which
+    /// empties the list, takes the mark).
     ///
     /// # Safety
     /// As [`Heap::free_own`].
