@@ -789,19 +789,44 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     // Heap profiling: every small free of a profiling thread comes here (its free slot holds
-    // an empty heap, tls T5), and so does every other heap's: a sampled block's sample goes
-    // first, and a block of the thread's own heap goes by the profiler's own free at once.
+    // an empty heap, tls T5), and so does every other heap's: a block of the thread's own heap
+    // goes by the profiler's own free at once (which drops its sample, if any), any other's
+    // sample goes first.
     if profile::active() {
-        profile::on_free(p);
         // A counted thread's (tls T6) goes by `free_small_slow`.
         let h = crate::tls::raw();
         // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
         // H9): a match is this thread's live heap.
         if slab.owner() == unsafe { HotHeap::id_of(h) } {
-            // SAFETY: a block of its own slab, given up, its sample dropped.
-            return unsafe { profile::free_own(h, slab, p) };
+            // SAFETY: a block of its own slab, given up.
+            return unsafe { profile::free_own_sampling(h, slab, p) };
         }
+        // SAFETY: forwarded.
+        return unsafe { free_small_other_profiled(ss, slab, p) };
     }
+    // SAFETY: forwarded.
+    unsafe { free_small_other_rest(ss, slab, p) }
+}
+
+/// [`free_small_other`] while heap profiling runs, for a block of another heap's slab (or a
+/// counted thread's own, tls T6): its sample goes first. Out of line, so that the profiled
+/// owner's free in [`free_small_other`] saves no registers for the sample's call.
+///
+/// # Safety
+/// As [`free_small_other`].
+#[inline(never)]
+unsafe fn free_small_other_profiled(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+    profile::on_free(p);
+    // SAFETY: forwarded.
+    unsafe { free_small_other_rest(ss, slab, p) }
+}
+
+/// [`free_small_other`] past the profiler.
+///
+/// # Safety
+/// As [`free_small_other`].
+#[inline(always)]
+unsafe fn free_small_other_rest(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
     let h = crate::tls::raw_free();
     // SAFETY: this thread's heap or an empty one (tls T2); only empty heaps have EMPTY_ID.
     if unsafe { HotHeap::id_of(h) } != hakmem_hot_heap::EMPTY_ID {

@@ -48,12 +48,12 @@
 //!   H19). [`get`] reads the allocation slot.
 //! - **T6 (counted threads).** While the profiler counts every allocation of a thread itself
 //!   (its lists hold many bytes against the countdown, hot_heap H19), the thread's allocation
-//!   slot holds `PROF_HEAP` too, and its live heap is kept in `COUNTED`, which [`get`] and
-//!   [`owner`] return for it: both fast paths miss, as with profiling off they never do.
+//!   slot holds `PROF_HEAP` too, and its live heap is kept in a third word, `COUNTED` (null
+//!   otherwise; beside the two slots, read as they are), which [`get`] and [`owner`] return
+//!   for it: both fast paths miss, as with profiling off they never do.
 //!   [`set`] keeps that state for the heap `COUNTED` holds; a heap taken by another thread
 //!   in that state is put back in it at the thread's first slow path, which is its first
 //!   allocation.
-use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
@@ -73,11 +73,6 @@ static PROF_HEAP: EmptyHeap = EmptyHeap::new();
 
 /// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
 static PROFILING: AtomicBool = AtomicBool::new(false);
-
-std::thread_local! {
-    /// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6).
-    static COUNTED: Cell<*mut Heap> = const { Cell::new(null_mut()) };
-}
 
 /// True while heap profiling runs (T5): one relaxed load, for the slow paths.
 #[inline(always)]
@@ -112,12 +107,12 @@ pub fn get() -> *mut Heap {
     }
 }
 
-/// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6): out of line, so that
-/// [`get`] stays small where it is inlined.
+/// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6), kept in a third
+/// word beside the two slots: out of line, so that [`get`] stays small where it is inlined.
 #[cold]
 #[inline(never)]
 fn counted_heap() -> *mut Heap {
-    COUNTED.with(Cell::get)
+    imp::get_counted()
 }
 
 /// The allocation slot's heap for the profiler's owner tests (T6): this thread's live heap,
@@ -135,7 +130,7 @@ pub(crate) fn owner() -> *mut Heap {
 /// The profiler counts every allocation of this thread, whose live heap is `h` (T6): both
 /// slots hold `PROF_HEAP`.
 pub(crate) fn enter_counted(h: *mut Heap) {
-    COUNTED.with(|c| c.set(h));
+    imp::set_counted(h);
     imp::set(PROF_HEAP.as_ptr());
     imp::set_free(PROF_HEAP.as_ptr());
 }
@@ -151,7 +146,7 @@ pub(crate) fn ensure_counted(h: *mut Heap) {
 
 /// The profiler leaves [`enter_counted`]'s mode (T6): the allocation slot holds `h` again.
 pub(crate) fn leave_counted(h: *mut Heap) {
-    COUNTED.with(|c| c.set(null_mut()));
+    imp::set_counted(null_mut());
     imp::set(h);
 }
 
@@ -189,7 +184,7 @@ pub fn set(h: *mut Heap) {
         h
     };
     let live = !(NO_HEAP.is(h) || GONE_HEAP.is(h));
-    if live && profiling() && COUNTED.with(Cell::get) == h {
+    if live && profiling() && imp::get_counted() == h {
         // Set back while the profiler counts every allocation (T6).
         enter_counted(h);
         return;
@@ -219,6 +214,18 @@ mod imp {
         // allocation slot, then the free slot (T5), in one 16-byte variable.
         static HEAP: [Cell<*mut Heap>; 2] =
             const { [Cell::new(NO_HEAP.as_ptr()), Cell::new(NO_HEAP.as_ptr())] };
+        // A counted thread's live heap (T6).
+        static COUNTED: Cell<*mut Heap> = const { Cell::new(core::ptr::null_mut()) };
+    }
+
+    #[inline(always)]
+    pub fn get_counted() -> *mut Heap {
+        COUNTED.with(Cell::get)
+    }
+
+    #[inline(always)]
+    pub fn set_counted(h: *mut Heap) {
+        COUNTED.with(|c| c.set(h))
     }
 
     #[inline(always)]
@@ -274,14 +281,22 @@ mod imp {
         };
     }
 
+    /// A counted thread's live heap (T6): the 8 bytes after the free slot's, initially null.
+    macro_rules! counted_slot {
+        () => {
+            concat!(slot!(), "_counted")
+        };
+    }
+
     // Two 8-byte words per thread, the allocation slot then the free slot (T5), both initially
-    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair (one cache line): `.tdata` is the
+    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair, then a counted thread's heap (T6),
+    // initially null, all three in one 32-byte-aligned block (one cache line): `.tdata` is the
     // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
     // relocation). Global (the access may be in another codegen unit) but hidden: the
     // reference binds inside the linked object, never across shared objects.
     global_asm!(
         concat!(".pushsection .tdata,\"awT\",%progbits"),
-        ".p2align 4",
+        ".p2align 5",
         concat!(".globl ", slot!()),
         concat!(".hidden ", slot!()),
         concat!(".type ", slot!(), ",%object"),
@@ -294,6 +309,12 @@ mod imp {
         concat!(".size ", free_slot!(), ", 8"),
         concat!(free_slot!(), ":"),
         ".8byte {empty}",
+        concat!(".globl ", counted_slot!()),
+        concat!(".hidden ", counted_slot!()),
+        concat!(".type ", counted_slot!(), ",%object"),
+        concat!(".size ", counted_slot!(), ", 8"),
+        concat!(counted_slot!(), ":"),
+        ".8byte 0",
         ".popsection",
         empty = sym super::NO_HEAP,
     );
@@ -358,6 +379,38 @@ mod imp {
         unsafe {
             asm!(
                 concat!("mov {off}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
+                "mov qword ptr fs:[{off}], {h}",
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn get_counted() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: reads this thread's counted slot (defined above, 8 bytes, 8-aligned), as
+        // `get` reads the allocation slot.
+        unsafe {
+            asm!(
+                concat!("mov {h}, qword ptr [rip + ", counted_slot!(), "@GOTTPOFF]"),
+                "mov {h}, qword ptr fs:[{h}]",
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn set_counted(h: *mut Heap) {
+        // SAFETY: writes this thread's counted slot, as `set` writes the allocation slot.
+        unsafe {
+            asm!(
+                concat!("mov {off}, qword ptr [rip + ", counted_slot!(), "@GOTTPOFF]"),
                 "mov qword ptr fs:[{off}], {h}",
                 off = out(reg) _,
                 h = in(reg) h,
@@ -435,6 +488,44 @@ mod imp {
                 "mrs {tp}, tpidr_el0",
                 concat!("adrp {off}, :gottprel:", free_slot!()),
                 concat!("ldr {off}, [{off}, #:gottprel_lo12:", free_slot!(), "]"),
+                "str {h}, [{tp}, {off}]",
+                tp = out(reg) _,
+                off = out(reg) _,
+                h = in(reg) h,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn get_counted() -> *mut Heap {
+        let h: *mut Heap;
+        // SAFETY: as `get`, for the counted slot.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {h}, :gottprel:", counted_slot!()),
+                concat!("ldr {h}, [{h}, #:gottprel_lo12:", counted_slot!(), "]"),
+                "ldr {h}, [{tp}, {h}]",
+                tp = out(reg) _,
+                h = out(reg) h,
+                options(nostack, preserves_flags, readonly, pure),
+            )
+        };
+        h
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn set_counted(h: *mut Heap) {
+        // SAFETY: as `set`, for the counted slot; `tp` and `off` are early outputs, distinct
+        // from `h`.
+        unsafe {
+            asm!(
+                "mrs {tp}, tpidr_el0",
+                concat!("adrp {off}, :gottprel:", counted_slot!()),
+                concat!("ldr {off}, [{off}, #:gottprel_lo12:", counted_slot!(), "]"),
                 "str {h}, [{tp}, {off}]",
                 tp = out(reg) _,
                 off = out(reg) _,

@@ -265,9 +265,11 @@
 //!   [`Heap::free_own_unlisted`], [`Heap::alloc_unlisted`], [`Heap::trim_lists`] and
 //!   [`Heap::drain_lists`] keep blocks off the lists (to the cache, then the slabs), so that
 //!   the lists never hold more bytes than the countdown. Every slow operation that puts
-//!   blocks on a class's list marks the class (`prof_listed`), and after the profiler's
-//!   start ([`Heap::prof_start`], which drains every list) only those do, so
-//!   [`Heap::listed_bytes`] (the marked classes' bytes) is every byte on the lists.
+//!   blocks on a class's list marks the class (`prof_listed`), the profiler's push onto an
+//!   empty list too, and after the profiler's start ([`Heap::prof_start`], which drains every
+//!   list) only those put blocks on an empty list, and only a drain, which empties a list,
+//!   takes a mark: so a list holding blocks is marked, and [`Heap::listed_bytes`] (the marked
+//!   classes' bytes) is every byte on the lists.
 //!   While the profiler counts every allocation itself ([`Heap::prof_enter_counted`]: its
 //!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
 //!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every

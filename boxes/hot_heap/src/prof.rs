@@ -118,6 +118,12 @@ impl Heap {
     /// [`Heap::free_own_listed`]), else kept off the lists ([`Heap::free_own_unlisted`]).
     /// False, having done nothing, when the credit has not started ([`Heap::prof_start`]).
     ///
+    /// A push onto a non-empty list leaves the listed classes' mask alone: a class whose list
+    /// holds blocks is marked already (H19: the first block of an empty list is put there by
+    /// a slow operation or by this free's push onto an empty list, which mark it (and refill
+    /// the list first when the credit takes half a list's worth), and only a drain, which
+    /// empties the list, takes the mark).
+    ///
     /// # Safety
     /// As [`Heap::free_own`].
     #[inline(always)]
@@ -134,6 +140,11 @@ impl Heap {
         };
         let size = c.size() as u64;
         if self.prof_base.wrapping_sub(self.debit) as i64 >= size as i64 {
+            if self.sll.is_empty(class) {
+                // SAFETY: forwarded.
+                unsafe { self.free_own_onto_empty(c, p) };
+                return true;
+            }
             let key = self.key;
             // SAFETY: `p` is a block of at least 16 bytes of our own slab, given up.
             let keyed = unsafe { key_word(p) } == key;
@@ -141,7 +152,6 @@ impl Heap {
             // free.
             if !keyed && unsafe { self.sll.try_push_unchecked(class, p, key) } {
                 self.debit = self.debit.wrapping_add(size);
-                self.mark_listed(class);
                 return true;
             }
             // SAFETY: forwarded; its push adds to the debit.
@@ -151,6 +161,36 @@ impl Heap {
         // SAFETY: forwarded.
         unsafe { self.free_own_unlisted(slab, p) };
         true
+    }
+
+    /// [`Heap::free_own_profiled`] onto an empty list, whose credit covers `p`'s bytes: the
+    /// push marks the class listed (H19), and when the credit also takes half a list's worth
+    /// the list is refilled first ([`Heap::refill_short_list`]), so that the allocations after
+    /// it pop on the fast path instead of taking a lone block by the C fast path's cold call
+    /// (H16) at every `malloc` of a free-then-allocate loop.
+    ///
+    /// # Safety
+    /// As [`Heap::free_own`], with `p` a block of class `c`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_own_onto_empty(&mut self, c: SizeClass, p: *mut u8) {
+        let i = c.index();
+        let refill = (u64::from(self.sll.cap(i) / 2) + 1) * c.size() as u64;
+        if self.prof_base.wrapping_sub(self.debit) as i64 >= refill as i64 {
+            // SAFETY: a real heap, its thread's alone (the caller's contract); the refill's
+            // splice or moves add to the debit.
+            unsafe { self.refill_short_list(c) };
+        }
+        let key = self.key;
+        // SAFETY: `p` is a block of at least 16 bytes of our own slab, given up.
+        let keyed = unsafe { key_word(p) } == key;
+        // SAFETY: as in `free_own`: the class is below CLASSES, `p` is ours and (FK3) not free.
+        if !keyed && unsafe { self.sll.try_push_unchecked(i, p, key) } {
+            self.debit_add(c, 1);
+            return;
+        }
+        // SAFETY: forwarded; its push adds to the debit.
+        unsafe { self.free_local_slow(i, p) }
     }
 
     /// The slab of `p` when it is a block this heap handed out of a superslab in its owned
@@ -527,6 +567,71 @@ mod tests {
             for class in SizeClass::all() {
                 (*h).drain_list(class);
             }
+            ctx.retire_heap(NonNull::new_unchecked(h));
+        }
+    }
+
+    /// H19: the profiled free's push onto an empty list marks the class (so the listed bytes
+    /// count it) and refills the list first when the credit takes half a list's worth, the
+    /// debit counting both; a credit short of the refill pushes the block alone; a push onto a
+    /// list that holds blocks keeps them counted without a mark of its own.
+    #[test]
+    fn a_profiled_push_onto_an_empty_list_marks_and_refills_it() {
+        let ctx = crate::test_ctx(8, false, no_report);
+        let h = ctx.new_heap().unwrap().as_ptr();
+        let c = class_of(48).unwrap();
+        let i = c.index();
+        let size = c.size() as u64;
+        // SAFETY: a fresh heap, this test thread's alone, retired at the end; every block is
+        // freed once.
+        unsafe {
+            let a: Vec<*mut u8> = (0..8).map(|_| (*h).alloc(c)).collect();
+            // A credit that takes a refill: the first free refills, then pushes.
+            (*h).prof_start(1 << 30);
+            assert!((*h).sll.is_empty(i), "the start drains the lists");
+            let (d0, k0) = ((*h).debit(), (*h).prof_credit().unwrap());
+            let slab = Heap::owned_slab(h, a[0]).expect("a block of ours");
+            assert!((*h).free_own_profiled(slab, a[0]));
+            let n = (*h).sll.len(i);
+            assert!(n > 1, "refilled: {n} blocks");
+            assert_eq!((*h).debit().wrapping_sub(d0), u64::from(n) * size);
+            assert_eq!((*h).listed_bytes(), u64::from(n) * size, "marked");
+            assert_eq!(
+                (*h).prof_credit().unwrap(),
+                k0 - (u64::from(n) * size) as i64
+            );
+            // Onto a list with blocks: counted, and still every listed byte.
+            let slab = Heap::owned_slab(h, a[1]).expect("a block of ours");
+            assert!((*h).free_own_profiled(slab, a[1]));
+            assert_eq!((*h).sll.len(i), n + 1);
+            assert_eq!((*h).listed_bytes(), listed(&*h));
+            assert_eq!((*h).debit().wrapping_sub(d0), u64::from(n + 1) * size);
+            // A credit that covers one block but no refill: the block alone.
+            (*h).drain_lists();
+            assert_eq!((*h).listed_bytes(), 0);
+            let k = (*h).prof_credit().unwrap();
+            (*h).prof_add(size as i64 - k);
+            let d1 = (*h).debit();
+            let slab = Heap::owned_slab(h, a[2]).expect("a block of ours");
+            assert!((*h).free_own_profiled(slab, a[2]));
+            assert_eq!((*h).sll.len(i), 1, "no refill");
+            assert_eq!((*h).listed_bytes(), size, "marked");
+            assert_eq!((*h).debit().wrapping_sub(d1), size);
+            assert_eq!((*h).prof_credit(), Some(0));
+            // No credit left: off the lists.
+            let slab = Heap::owned_slab(h, a[3]).expect("a block of ours");
+            assert!((*h).free_own_profiled(slab, a[3]));
+            assert_eq!((*h).sll.len(i), 1);
+            for &p in &a[4..] {
+                let slab = Heap::owned_slab(h, p).expect("a block of ours");
+                (*h).free_own_unlisted(slab, p);
+            }
+            for class in SizeClass::all() {
+                (*h).drain_list(class);
+            }
+            let s = ctx.snapshot();
+            let live_count: i64 = (0..CLASSES).map(|c| s.live(c)).sum();
+            assert_eq!(live_count, 0, "every allocation freed once, counted once");
             ctx.retire_heap(NonNull::new_unchecked(h));
         }
     }

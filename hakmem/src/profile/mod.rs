@@ -41,7 +41,8 @@
 //! pops after it are fast), else by a pop when its list has a block, else from the cache.
 //!
 //! Once the credit is below an allocation's size, the lists' bytes decide. While they are
-//! less than a quarter of the mean interval, the thread stays on this constrained path until
+//! less than a quarter of the mean interval (and less than 128 KiB, that quarter at the
+//! default rate), the thread stays on this constrained path until
 //! the sample: a negative credit trims the lists (by half their bytes at least), and the
 //! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
 //! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
@@ -495,10 +496,23 @@ unsafe fn count(
 /// short to pay for a switch of mode.
 const MIN_STRETCH: u64 = 8;
 
-/// A thread whose lists hold at least the mean interval over this is counted once its credit
-/// is short (tls T6); shorter lists keep the constrained stretch, which lasts as many bytes as
-/// they hold.
+/// A thread whose lists hold at least the mean interval over this, or [`LONG_LISTS_MAX`]
+/// bytes, is counted once its credit is short (tls T6); shorter lists keep the constrained
+/// stretch, which lasts as many bytes as they hold.
 const LONG_LISTS: u64 = 4;
+
+/// [`LONG_LISTS`]' bound in bytes (the default interval's quarter): the constrained stretch
+/// costs per byte the lists hold (their trims, the frees kept off them), not per byte of the
+/// interval, so lists of this many bytes are long at every rate (c/random-mixed/w400 at a
+/// 2 MiB interval, whose lists hold a few hundred KiB: 331 million instructions constrained,
+/// 286 million counted as at the default rate).
+const LONG_LISTS_MAX: u64 = 128 << 10;
+
+/// The bytes on a thread's lists from which it is counted ([`LONG_LISTS`]).
+#[inline(always)]
+fn long_lists_bytes() -> u64 {
+    (MEAN.load(Relaxed) / LONG_LISTS).min(LONG_LISTS_MAX)
+}
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
 /// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
@@ -568,6 +582,7 @@ pub(crate) unsafe fn alloc_small(
 /// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
 /// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
 /// the lists, is below `b`) or the lists hold at least the mean interval over [`LONG_LISTS`]
+/// (at most [`LONG_LISTS_MAX`])
 /// (so many bytes that keeping them within the countdown would take long stretches of frees
 /// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
 /// frees off the lists (the credit covers no free) and serves allocations by pops, which the
@@ -579,13 +594,14 @@ pub(crate) unsafe fn alloc_small(
 unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
     // SAFETY: the caller's contract.
     let listed = unsafe { (*h).listed_bytes() } as i64;
-    c + listed < b || listed >= (MEAN.load(Relaxed) / LONG_LISTS) as i64
+    c + listed < b || listed >= long_lists_bytes() as i64
 }
 
 /// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
 /// that no pop passes the sample point: trims them (by half their bytes at least, so that they
 /// are trimmed a few times rather than at every allocation) when they hold less than
-/// the mean interval over [`LONG_LISTS`], else counts every allocation of the thread (tls T6).
+/// the mean interval over [`LONG_LISTS`] (at most [`LONG_LISTS_MAX`]), else counts every
+/// allocation of the thread (tls T6).
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose credit has started.
@@ -609,7 +625,7 @@ unsafe fn short_credit(h: *mut HotHeap, need: u64) {
     // SAFETY: the caller's contract.
     unsafe {
         let listed = (*h).listed_bytes();
-        if listed >= MEAN.load(Relaxed) / LONG_LISTS {
+        if listed >= long_lists_bytes() {
             (*h).prof_enter_counted();
             crate::tls::ensure_counted(h);
         } else {
@@ -622,6 +638,35 @@ unsafe fn short_credit(h: *mut HotHeap, need: u64) {
 #[inline(always)]
 pub(crate) fn on_free(p: *mut u8) {
     table::remove(p as usize);
+}
+
+/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
+/// profiling runs: its sample, if any, goes first ([`on_free`]), then [`free_own`]. Only the
+/// filter's first level (its slab's count, table PT2) is read inline; a slab that may hold a
+/// sample takes the rest out of line, so the common free saves no registers for a call.
+///
+/// # Safety
+/// As [`free_own`].
+#[inline(always)]
+pub(crate) unsafe fn free_own_sampling(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    if table::granule_may_hold_sample(p as usize) {
+        // SAFETY: forwarded.
+        return unsafe { free_own_sampled(h, slab, p) };
+    }
+    // SAFETY: forwarded; `p` has no sample (PT2).
+    unsafe { free_own(h, slab, p) }
+}
+
+/// [`free_own_sampling`] for a block whose slab may hold a sample.
+///
+/// # Safety
+/// As [`free_own`].
+#[cold]
+#[inline(never)]
+unsafe fn free_own_sampled(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
+    on_free(p);
+    // SAFETY: forwarded, its sample dropped.
+    unsafe { free_own(h, slab, p) }
 }
 
 /// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
@@ -657,7 +702,7 @@ unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
 }
 
 /// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
-/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own`];
+/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own_sampling`];
 /// otherwise the registry's path, which decides (and drops a sample there).
 ///
 /// # Safety
@@ -673,9 +718,8 @@ pub(crate) unsafe fn free_owned(p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { free_owned_counted(p) };
     };
-    on_free(p);
     // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own(h, slab, p) }
+    unsafe { free_own_sampling(h, slab, p) }
 }
 
 /// [`free_owned`] past the allocation slot's heap: the same for a counted thread's heap (tls
@@ -691,9 +735,8 @@ unsafe fn free_owned_counted(p: *mut u8) {
         // SAFETY: forwarded.
         return unsafe { crate::free_registry(p) };
     };
-    on_free(p);
     // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own(h, slab, p) }
+    unsafe { free_own_sampling(h, slab, p) }
 }
 
 extern "C" fn fork_child() {

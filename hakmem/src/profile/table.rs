@@ -5,10 +5,15 @@
 //! Invariants:
 //! - **PT1 (one lock).** Every table but the filter is read and written under [`LOCK`] only;
 //!   nothing allocates, frees or captures a stack while holding it.
-//! - **PT2 (filter).** `filter[h(a)]` counts the live samples whose address hashes to `h(a)`. It
-//!   is raised under the lock before the sampled block reaches its user, and lowered under the
-//!   lock when the sample goes, so a free of a sampled block (which happens after the user
-//!   got it) always reads a non-zero count: a zero means "not sampled" without the lock.
+//! - **PT2 (filter).** Two levels of counters, read without the lock: `SLAB_FILTER[s(a)]`
+//!   counts the live samples whose address lies in a 64 KiB granule (a small block's slab)
+//!   numbered `s(a)` modulo the table's length, and `filter[h(a)]` those whose address hashes
+//!   to `h(a)`. Both are raised under the lock before the sampled block reaches its user, and
+//!   lowered under the lock when the sample goes, so a free of a sampled block (which happens
+//!   after the user got it) always reads non-zero counts: a zero at either level means "not
+//!   sampled" without the lock. The first level costs a shift, a mask and a load (the granule
+//!   is the slab number the free paths compute anyway), and is zero for every slab but the
+//!   few that hold a live sample, so most frees skip the hash.
 //! - **PT3 (stacks).** A stack, once stored, keeps its id and frames for the process's life
 //!   (a fork's child keeps them and zeroes their counters); its live counters are the sums of
 //!   the weights of its live samples.
@@ -27,6 +32,12 @@ pub const MAX_FRAMES: usize = 64;
 const SLOTS: usize = 1 << 20;
 /// The filter's counters (PT2).
 const FILTER: usize = 1 << 18;
+/// The filter's first level (PT2): counters per 64 KiB granule of the address space, modulo
+/// this (2 GiB before two granules share one).
+const SLAB_FILTER_LEN: usize = 1 << 15;
+/// The granule of the filter's first level: a small block's slab (superslab `SLAB_SHIFT`).
+const GRANULE_SHIFT: u32 = 16;
+const _: () = assert!(GRANULE_SHIFT == hakmem_superslab::SLAB_SHIFT);
 /// Distinct stacks at most; stack 0 takes the samples of stacks that find the table full.
 const STACKS: usize = 1 << 16;
 /// The stack index's slots (ids by hash).
@@ -85,6 +96,9 @@ static T: Shared = Shared(UnsafeCell::new(Tables {
 static LOCK: AtomicBool = AtomicBool::new(false);
 /// The filter (PT2): published before profiling starts.
 static FILTER_P: AtomicPtr<AtomicU32> = AtomicPtr::new(core::ptr::null_mut());
+/// The filter's first level (PT2): zero-initialised data of the program (128 KiB of address
+/// space, pages touched only where a sample lands).
+static SLAB_FILTER: [AtomicU32; SLAB_FILTER_LEN] = [const { AtomicU32::new(0) }; SLAB_FILTER_LEN];
 /// Bytes the tables reserve from the OS.
 static MAPPED: AtomicU64 = AtomicU64::new(0);
 /// Samples dropped because the address table was full.
@@ -181,9 +195,25 @@ fn slot_of(addr: usize) -> usize {
     mix(addr as u64 >> 4) as usize & (SLOTS - 1)
 }
 
+#[inline(always)]
+fn granule(addr: usize) -> &'static AtomicU32 {
+    &SLAB_FILTER[(addr >> GRANULE_SHIFT) & (SLAB_FILTER_LEN - 1)]
+}
+
+/// True when the 64 KiB granule of `addr` (a small block's slab) may hold a sampled block:
+/// the filter's first level alone (PT2), for the profiled free's hot path; false means `addr`
+/// is not sampled.
+#[inline(always)]
+pub fn granule_may_hold_sample(addr: usize) -> bool {
+    granule(addr).load(Relaxed) != 0
+}
+
 /// True when `addr` may be a sampled block (PT2): false means it is not, without the lock.
 #[inline(always)]
 pub fn maybe_sampled(addr: usize) -> bool {
+    if !granule_may_hold_sample(addr) {
+        return false;
+    }
     let f = FILTER_P.load(Acquire);
     if f.is_null() {
         return false;
@@ -269,6 +299,7 @@ pub fn insert(addr: usize, frames: &[usize], objects: f64, bytes: f64) {
                     if s.addr == 0 {
                         t.live += 1;
                         filter(addr).fetch_add(1, Relaxed);
+                        granule(addr).fetch_add(1, Relaxed);
                     } else {
                         // A block freed without our seeing it (cannot happen through the
                         // allocator's paths): its old sample goes.
@@ -321,6 +352,7 @@ fn remove_locked(addr: usize) {
                 r.live_objects -= s.objects;
                 r.live_bytes -= s.bytes;
                 filter(addr).fetch_sub(1, Relaxed);
+                granule(addr).fetch_sub(1, Relaxed);
                 t.live -= 1;
                 // Backward-shift deletion: no tombstones, probes stay short.
                 let mut hole = i;
@@ -362,6 +394,12 @@ pub fn clear_locked() {
         libc::madvise(t.samples.cast(), s[0], libc::MADV_DONTNEED);
         let f = FILTER_P.load(Acquire);
         libc::madvise(f.cast(), s[1], libc::MADV_DONTNEED);
+        // Written only where non-zero: the pages no sample touched stay untouched.
+        for g in &SLAB_FILTER {
+            if g.load(Relaxed) != 0 {
+                g.store(0, Relaxed);
+            }
+        }
         for id in 0..t.n_stacks as usize {
             let r = &mut *t.stacks.add(id);
             r.live_objects = 0.0;
