@@ -41,6 +41,8 @@ pub(crate) struct Adapt {
     /// cache, a current slab): set by every slow-path event of the class, cleared when a decay
     /// finds nothing left. So a decay looks at the classes in use, not at every class.
     active: [u64; 2],
+    /// Per class: the overflowing frees still to go straight to their slabs (H20).
+    pub(crate) direct: [u16; CLASSES],
 }
 
 const _: () = assert!(CLASSES <= 128, "the active classes fit two words");
@@ -54,6 +56,7 @@ impl Adapt {
             last_overflow: [0; CLASSES],
             last: [0; CLASSES],
             active: [0; 2],
+            direct: [0; CLASSES],
         }
     }
 }

@@ -130,18 +130,42 @@ impl Heap {
         Some((slab, class))
     }
 
-    /// The owner's slow free of `p`: confirms a key match (FK3), returns it through the bitmap
-    /// in check mode (H6), else spills the full list and pushes it.
+    /// The owner's slow free of `p`: a free in a run of straight frees (H20) goes to its slab
+    /// here, with no slow-path event; anything else takes [`Heap::free_local_full`].
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
     /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
     /// `p` is the start of a block of a slab this heap owns (H1), of class index `class` (the
-    /// slab's), which the caller gives up (a block that is free already is told apart here by
-    /// the key's confirmation, FK3, and reported, not pushed).
+    /// slab's), which the caller gives up (a block that is free already is told apart by the
+    /// key's confirmation, FK3, and reported, not pushed).
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        if class < CLASSES {
+            let left = self.adapt.direct[class];
+            // A block carrying the key takes the full path, to its confirmation (FK3).
+            // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
+            if left != 0 && self.sll.is_full(class) && unsafe { key_word(p) } != self.key {
+                self.adapt.direct[class] = left - 1;
+                // SAFETY: forwarded from the caller; the class is the slab's.
+                unsafe { self.free_direct(class, p) };
+                return;
+            }
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_local_full(class, p) }
+    }
+
+    /// The owner's slow free of `p` that is not a straight one: confirms a key match (FK3),
+    /// returns it through the bitmap in check mode (H6), else counts the overflow (H11) and
+    /// spills the full list, or starts a run of straight frees (H20), and pushes it.
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_local_full(&mut self, class: usize, p: *mut u8) {
         // A slab's class is a class's index (`alloc_slab`): only a corrupted metadata word
         // fails this.
         let Some(class) = SizeClass::new(class) else {
@@ -160,11 +184,22 @@ impl Heap {
             return;
         }
         self.on_overflow(class);
-        if self.sll.is_full(class.index()) {
+        let i = class.index();
+        if self.sll.is_full(i) {
+            let n = self.spill_len(class);
+            if self.cache.room(i) < n.min(self.cache.cap(i)) {
+                // The spill would flush the cache's oldest blocks to their slabs: this block
+                // and the class's next `n - 1` overflowing frees go to their slabs instead,
+                // each once, while its line is warm (H20).
+                self.adapt.direct[i] = (n - 1).min(u32::from(u16::MAX)) as u16;
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_direct(i, p) };
+                return;
+            }
             self.spill(class);
         }
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll.push(class.index(), p, self.key) };
+        unsafe { self.sll.push(i, p, self.key) };
         self.debit_add(class, 1);
     }
 
@@ -187,11 +222,66 @@ impl Heap {
         }
     }
 
+    /// The blocks a spill of `class` moves: half its list's bound.
+    #[inline]
+    fn spill_len(&self, class: SizeClass) -> u32 {
+        (self.sll.cap(class.index()) / 2).max(1)
+    }
+
+    /// Frees `p` straight to its slab's free list (H20): the owner's free when the class's
+    /// list is full and a spill would send cached blocks to their slabs anyway. One write of
+    /// the block (its link and key, FK1) and one update of the slab's counts; a slab that
+    /// emptied or is off its ring takes [`Heap::after_direct`].
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`], and `p` is not free (it does not carry the key, or FK3
+    /// confirmed it is not on a free structure).
+    #[inline(always)]
+    unsafe fn free_direct(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: `p` lies in a live superslab we own (the caller's contract).
+        let (ss, slab) = unsafe { Superslab::slab_of_block(p) };
+        // SAFETY: ours, and the block is given up; the heap's keys are the process's (FK1,
+        // H16: its link key is the superslab box's, set when the heap was made).
+        match unsafe { slab.free_local_keyed(p, self.key, self.sll.link_key()) } {
+            Some(used) => {
+                // Not a push: the thread's counters count the free (H13).
+                self.stats.on_free(class);
+                self.ctx().stats.held_sub(class, 1);
+                if used == 0 || !Self::in_ring(slab) {
+                    self.after_direct(ss, class, slab, used == 0);
+                }
+            }
+            None => Self::report_double_free(self.ctx, p),
+        }
+    }
+
+    /// Reports the double free of `p` that a straight free found (H20), off its path.
+    #[cold]
+    #[inline(never)]
+    fn report_double_free(ctx: *const Ctx, p: *mut u8) {
+        // SAFETY: a real heap's context, which lives for the program.
+        unsafe { &*ctx }.report(Corrupt::DoubleFree(p as usize));
+    }
+
+    /// A straight free's rare ends (H20): its slab emptied (H4) or was off its ring (H3).
+    #[cold]
+    #[inline(never)]
+    fn after_direct(&mut self, ss: &'static Superslab, class: usize, slab: &SlabMeta, empty: bool) {
+        let Some(class) = SizeClass::new(class) else {
+            return;
+        };
+        if empty && !core::ptr::eq(self.current[class.index()], slab) {
+            self.free_slab(ss, class, slab);
+        } else if !Self::in_ring(slab) {
+            self.ring_insert(class, slab);
+        }
+    }
+
     /// Moves half a thread list out: into the cache while it has room (flushing the cache's
     /// oldest blocks to their slabs first if it has too little), the rest straight to their
     /// slabs, one run per slab ([`Heap::return_chain`]).
     pub(crate) fn spill(&mut self, class: SizeClass) {
-        let n = (self.sll.cap(class.index()) / 2).max(1);
+        let n = self.spill_len(class);
         let cache_cap = self.cache.cap(class.index());
         if self.cache.room(class.index()) < n.min(cache_cap) {
             self.flush_cache(class, n.max(cache_cap / 2).min(cache_cap));
