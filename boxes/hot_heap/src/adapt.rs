@@ -23,7 +23,10 @@ pub(crate) const ADAPT_BUDGET: usize = 256 * 1024;
 pub(crate) const DECAY_EVERY: u32 = 64;
 /// Slow-path events of the heap without one of a class after which the class is quiet: a grown
 /// bound is halved, and a class at its base bound gives its free blocks back to its slabs.
-pub(crate) const QUIET: u32 = 256;
+/// Large classes make many events (a refill of a 2-block list moves one block), so a small
+/// class in steady use can go a few hundred events without one: at 256, fragmentation's small
+/// classes were drained and refilled again and again (docs/results/2026-12-07-random-frees.md).
+pub(crate) const QUIET: u32 = 2048;
 
 /// The adaptive bounds' state, per heap.
 pub(crate) struct Adapt {

@@ -152,7 +152,7 @@
 //!   wants more takes it from the grown class that has been quiet longest, halving that one's
 //!   bound, but only from a quiet one (below), so classes in use never take budget from each other
 //!   back and forth. The clock is the heap's slow-path events (refills and overflows); every 64 of
-//!   them, each class with none for 256 (quiet) decays one step: a grown bound is halved (the
+//!   them, each class with none for 2048 (quiet) decays one step: a grown bound is halved (the
 //!   blocks beyond it spilled), and a class at its base bound gives every block on its list and in
 //!   the cache back to its slabs, and its current slab back to its superslab once empty (H4). So a
 //!   heap holds at most its base bounds plus 256 KiB of free blocks on its lists, and a class the
