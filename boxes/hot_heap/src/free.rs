@@ -61,10 +61,12 @@ impl Heap {
     }
 
     /// The C free's fast path (H8): frees `p` when it is a block this heap handed out of a
-    /// superslab in its owned cache, its thread list for the class has room, and the block does
-    /// not carry the free key. False, having changed nothing, for anything else: a pointer that
-    /// is not ours or not a block start, a block of another heap, a full list, a possible double
-    /// free, check mode. The caller then takes the full path, which decides.
+    /// superslab in its owned cache and the block does not carry the free key, onto its thread
+    /// list for the class if that has room, else straight to its slab if a run of straight
+    /// frees is under way (H20). False, having changed nothing, for anything else: a pointer
+    /// that is not ours or not a block start, a block of another heap, a full list outside a
+    /// run, a possible double free, check mode. The caller then takes the full path, which
+    /// decides.
     ///
     /// `this` may be an [`EmptyHeap`]'s pointer (H9): its owned cache holds no superslab, so
     /// the result is false and nothing is written.
@@ -89,7 +91,12 @@ impl Heap {
         // SAFETY: an in-use slab's class is a `SizeClass`'s index, below CLASSES (route RT5,
         // `alloc_slab`); a block of our own slab, given up by the caller, and (FK3) not free.
         // The lists count the push (H13).
-        unsafe { h.sll.try_push_unchecked(class, p, key) }
+        if unsafe { h.sll.try_push_unchecked(class, p, key) } {
+            return true;
+        }
+        // SAFETY: a block start of our own slab of this class (`owned_block`), given up, and
+        // not carrying the key.
+        unsafe { h.free_straight_cold(class, p) }
     }
 
     /// The slab of `p` and its class when `p` is a block this heap handed out of a superslab
@@ -142,19 +149,45 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
-        if class < CLASSES {
-            let left = self.adapt.direct[class];
-            // A block carrying the key takes the full path, to its confirmation (FK3).
-            // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
-            if left != 0 && self.sll.is_full(class) && unsafe { key_word(p) } != self.key {
-                self.adapt.direct[class] = left - 1;
-                // SAFETY: forwarded from the caller; the class is the slab's.
-                unsafe { self.free_direct(class, p) };
-                return;
-            }
+        // A block carrying the key takes the full path, to its confirmation (FK3).
+        // SAFETY: `p` is a block of at least 16 bytes the caller gives up; forwarded.
+        if unsafe { key_word(p) } != self.key && unsafe { self.free_straight(class, p) } {
+            return;
         }
         // SAFETY: forwarded.
         unsafe { self.free_local_full(class, p) }
+    }
+
+    /// Frees `p` straight to its slab when a run of straight frees is under way for its class
+    /// and the class's list is full (H20); false, having changed nothing, otherwise.
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`], and `p` does not carry the free key.
+    #[inline(always)]
+    unsafe fn free_straight(&mut self, class: usize, p: *mut u8) -> bool {
+        if class >= CLASSES {
+            return false;
+        }
+        let left = self.adapt.direct[class];
+        if left == 0 || !self.sll.is_full(class) {
+            return false;
+        }
+        self.adapt.direct[class] = left - 1;
+        // SAFETY: forwarded from the caller; the class is the slab's.
+        unsafe { self.free_direct(class, p) };
+        true
+    }
+
+    /// [`Heap::free_straight`] off the C free's fast path ([`Heap::try_free_owned`]), whose
+    /// list was full: a straight free there saves the full path's second look at the block.
+    ///
+    /// # Safety
+    /// As [`Heap::free_straight`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_straight_cold(&mut self, class: usize, p: *mut u8) -> bool {
+        // SAFETY: forwarded.
+        unsafe { self.free_straight(class, p) }
     }
 
     /// The owner's slow free of `p` that is not a straight one: confirms a key match (FK3),

@@ -276,7 +276,9 @@
 //!   to its slab's free list instead, and so do the class's next `n - 1` frees that find the
 //!   list full (`n` a spill's length: half the list's bound), without a slow-path event: the
 //!   overflow is counted once per `n` frees, as a spill counts it, so the clock of decay and
-//!   the growth of bounds (H11) see the same events. Each such free writes the block once
+//!   the growth of bounds (H11) see the same events. The C free's fast path
+//!   ([`Heap::try_free_owned`]) frees straight too when its push finds the list full during a
+//!   run, so such a free takes the full path only once per run. Each such free writes the block once
 //!   (its link and the free key, FK1) while its line is warm from the free's key check, and
 //!   updates its slab's counts, its ring place (H3) or, if the slab emptied, returns it (H4),
 //!   and the held count (stats S3); the thread's counters count it (H13). Blocks freed in
