@@ -22,11 +22,14 @@ pub(crate) const ADAPT_BUDGET: usize = 256 * 1024;
 /// Slow-path events between two looks for quiet classes.
 pub(crate) const DECAY_EVERY: u32 = 64;
 /// Slow-path events of the heap without one of a class after which the class is quiet: a grown
-/// bound is halved, and a class at its base bound gives its free blocks back to its slabs.
-/// Large classes make many events (a refill of a 2-block list moves one block), so a small
-/// class in steady use can go a few hundred events without one: at 256, fragmentation's small
-/// classes were drained and refilled again and again (docs/results/2026-12-07-random-frees.md).
-pub(crate) const QUIET: u32 = 2048;
+/// bound is halved, and another class may take its budget.
+pub(crate) const QUIET: u32 = 256;
+/// Slow-path events of the heap without one of a class at its base bound after which it gives
+/// its free blocks back to its slabs. Large classes make many events (a refill of a 2-block
+/// list moves one block), so a small class in steady use can go a few hundred events without
+/// one: at [`QUIET`], fragmentation's small classes were drained and refilled again and again
+/// (docs/results/2026-12-07-random-frees.md).
+pub(crate) const DRAIN_QUIET: u32 = 2048;
 
 /// The adaptive bounds' state, per heap.
 pub(crate) struct Adapt {
@@ -107,13 +110,17 @@ impl Heap {
                 let Some(c) = SizeClass::new(i) else {
                     continue;
                 };
-                if now.wrapping_sub(self.adapt.last[i]) < QUIET {
+                let age = now.wrapping_sub(self.adapt.last[i]);
+                if age < QUIET {
                     continue;
                 }
                 if self.is_grown(c) {
                     self.shrink(c);
                     // Wait another quiet period before the next step.
                     self.adapt.last[i] = now;
+                    continue;
+                }
+                if age < DRAIN_QUIET {
                     continue;
                 }
                 self.drain_class(c);

@@ -220,7 +220,10 @@ impl Heap {
         let i = class.index();
         if self.sll.is_full(i) {
             let n = self.spill_len(class);
-            if self.cache.room(i) < n.min(self.cache.cap(i)) {
+            // The list's head is the block freed before this one: in another slab, the frees
+            // come in no order, and a spill's runs would be single blocks.
+            let scattered = (self.sll.head(i) as usize ^ p as usize) >> SLAB_SHIFT != 0;
+            if scattered && self.cache.room(i) < n.min(self.cache.cap(i)) {
                 // The spill would flush the cache's oldest blocks to their slabs: this block
                 // and the class's next `n - 1` overflowing frees go to their slabs instead,
                 // each once, while its line is warm (H20).

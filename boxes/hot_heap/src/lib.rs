@@ -152,9 +152,10 @@
 //!   wants more takes it from the grown class that has been quiet longest, halving that one's
 //!   bound, but only from a quiet one (below), so classes in use never take budget from each other
 //!   back and forth. The clock is the heap's slow-path events (refills and overflows); every 64 of
-//!   them, each class with none for 2048 (quiet) decays one step: a grown bound is halved (the
-//!   blocks beyond it spilled), and a class at its base bound gives every block on its list and in
-//!   the cache back to its slabs, and its current slab back to its superslab once empty (H4). So a
+//!   them, each class with none for 256 (quiet) decays one step: a grown bound is halved (the
+//!   blocks beyond it spilled), and a class at its base bound, once it has had none for 2048,
+//!   gives every block on its list and in the cache back to its slabs, and its current slab
+//!   back to its superslab once empty (H4). So a
 //!   heap holds at most its base bounds plus 256 KiB of free blocks on its lists, and a class the
 //!   program has moved away from gives its memory back to the heap's other classes. Spills and
 //!   refills move whole runs: blocks going back to slabs are spliced one run per slab
@@ -271,8 +272,10 @@
 //!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
 //!   block, and the countdown is kept apart (`prof_left`).
 //! - **H20 (straight frees).** When the owner's free finds its class's list full, still full
-//!   after the overflow is counted (H11), and the cache without room for a spill's half list
-//!   (so a spill would send the cache's oldest blocks to their slabs), the block goes straight
+//!   after the overflow is counted (H11), the cache without room for a spill's half list (so a
+//!   spill would send the cache's oldest blocks to their slabs), and the list's head (the block
+//!   freed before) in another slab than the block (frees in no order, whose spill would move
+//!   single-block runs; frees in address order are spilled in long runs), the block goes straight
 //!   to its slab's free list instead, and so do the class's next `n - 1` frees that find the
 //!   list full (`n` a spill's length: half the list's bound), without a slow-path event: the
 //!   overflow is counted once per `n` frees, as a spill counts it, so the clock of decay and
