@@ -22,8 +22,14 @@ pub(crate) const ADAPT_BUDGET: usize = 256 * 1024;
 /// Slow-path events between two looks for quiet classes.
 pub(crate) const DECAY_EVERY: u32 = 64;
 /// Slow-path events of the heap without one of a class after which the class is quiet: a grown
-/// bound is halved, and a class at its base bound gives its free blocks back to its slabs.
+/// bound is halved, and another class may take its budget.
 pub(crate) const QUIET: u32 = 256;
+/// Slow-path events of the heap without one of a class at its base bound after which it gives
+/// its free blocks back to its slabs. Large classes make many events (a refill of a 2-block
+/// list moves one block), so a small class in steady use can go a few hundred events without
+/// one: at [`QUIET`], fragmentation's small classes were drained and refilled again and again
+/// (docs/results/2026-12-07-random-frees.md).
+pub(crate) const DRAIN_QUIET: u32 = 2048;
 
 /// The adaptive bounds' state, per heap.
 pub(crate) struct Adapt {
@@ -41,6 +47,8 @@ pub(crate) struct Adapt {
     /// cache, a current slab): set by every slow-path event of the class, cleared when a decay
     /// finds nothing left. So a decay looks at the classes in use, not at every class.
     active: [u64; 2],
+    /// Per class: the overflowing frees still to go straight to their slabs (H20).
+    pub(crate) direct: [u16; CLASSES],
 }
 
 const _: () = assert!(CLASSES <= 128, "the active classes fit two words");
@@ -54,6 +62,7 @@ impl Adapt {
             last_overflow: [0; CLASSES],
             last: [0; CLASSES],
             active: [0; 2],
+            direct: [0; CLASSES],
         }
     }
 }
@@ -101,13 +110,17 @@ impl Heap {
                 let Some(c) = SizeClass::new(i) else {
                     continue;
                 };
-                if now.wrapping_sub(self.adapt.last[i]) < QUIET {
+                let age = now.wrapping_sub(self.adapt.last[i]);
+                if age < QUIET {
                     continue;
                 }
                 if self.is_grown(c) {
                     self.shrink(c);
                     // Wait another quiet period before the next step.
                     self.adapt.last[i] = now;
+                    continue;
+                }
+                if age < DRAIN_QUIET {
                     continue;
                 }
                 self.drain_class(c);

@@ -78,10 +78,12 @@ impl Heap {
     }
 
     /// The C free's fast path (H8): frees `p` when it is a block this heap handed out of a
-    /// superslab in its owned cache, its thread list for the class has room, and the block does
-    /// not carry the free key. False, having changed nothing, for anything else: a pointer that
-    /// is not ours or not a block start, a block of another heap, a full list, a possible double
-    /// free, check mode. The caller then takes the full path, which decides.
+    /// superslab in its owned cache and the block does not carry the free key, onto its thread
+    /// list for the class if that has room, else straight to its slab if a run of straight
+    /// frees is under way (H20). False, having changed nothing, for anything else: a pointer
+    /// that is not ours or not a block start, a block of another heap, a full list outside a
+    /// run, a possible double free, check mode. The caller then takes the full path, which
+    /// decides.
     ///
     /// `this` may be an [`EmptyHeap`]'s pointer (H9): its owned cache holds no superslab, so
     /// the result is false and nothing is written.
@@ -106,7 +108,12 @@ impl Heap {
         // SAFETY: an in-use slab's class is a `SizeClass`'s index, below CLASSES (route RT5,
         // `alloc_slab`); a block of our own slab, given up by the caller, and (FK3) not free.
         // The lists count the push (H13).
-        unsafe { h.sll.try_push_unchecked(class, p, key) }
+        if unsafe { h.sll.try_push_unchecked(class, p, key) } {
+            return true;
+        }
+        // SAFETY: a block start of our own slab of this class (`owned_block`), given up, and
+        // not carrying the key.
+        unsafe { h.free_straight_cold(class, p) }
     }
 
     /// The slab of `p` and its class when `p` is a block this heap handed out of a superslab
@@ -147,18 +154,68 @@ impl Heap {
         Some((slab, class))
     }
 
-    /// The owner's slow free of `p`: confirms a key match (FK3), returns it through the bitmap
-    /// in check mode (H6), else spills the full list and pushes it.
+    /// The owner's slow free of `p`: a free in a run of straight frees (H20) goes to its slab
+    /// here, with no slow-path event; anything else takes [`Heap::free_local_full`].
     ///
     /// # Safety
     /// This is a real heap (not an [`EmptyHeap`], H9) whose only user is the calling thread
     /// (its own thread, the holder of the late heap's lock, or the one retiring it), and
     /// `p` is the start of a block of a slab this heap owns (H1), of class index `class` (the
-    /// slab's), which the caller gives up (a block that is free already is told apart here by
-    /// the key's confirmation, FK3, and reported, not pushed).
+    /// slab's), which the caller gives up (a block that is free already is told apart by the
+    /// key's confirmation, FK3, and reported, not pushed).
     #[cold]
     #[inline(never)]
     pub(crate) unsafe fn free_local_slow(&mut self, class: usize, p: *mut u8) {
+        // A block carrying the key takes the full path, to its confirmation (FK3).
+        // SAFETY: `p` is a block of at least 16 bytes the caller gives up; forwarded.
+        if unsafe { key_word(p) } != self.key && unsafe { self.free_straight(class, p) } {
+            return;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.free_local_full(class, p) }
+    }
+
+    /// Frees `p` straight to its slab when a run of straight frees is under way for its class
+    /// and the class's list is full (H20); false, having changed nothing, otherwise.
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`], and `p` does not carry the free key.
+    #[inline(always)]
+    unsafe fn free_straight(&mut self, class: usize, p: *mut u8) -> bool {
+        if class >= CLASSES {
+            return false;
+        }
+        let left = self.adapt.direct[class];
+        if left == 0 || !self.sll.is_full(class) {
+            return false;
+        }
+        self.adapt.direct[class] = left - 1;
+        // SAFETY: forwarded from the caller; the class is the slab's.
+        unsafe { self.free_direct(class, p) };
+        true
+    }
+
+    /// [`Heap::free_straight`] off the C free's fast path ([`Heap::try_free_owned`]), whose
+    /// list was full: a straight free there saves the full path's second look at the block.
+    ///
+    /// # Safety
+    /// As [`Heap::free_straight`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_straight_cold(&mut self, class: usize, p: *mut u8) -> bool {
+        // SAFETY: forwarded.
+        unsafe { self.free_straight(class, p) }
+    }
+
+    /// The owner's slow free of `p` that is not a straight one: confirms a key match (FK3),
+    /// returns it through the bitmap in check mode (H6), else counts the overflow (H11) and
+    /// spills the full list, or starts a run of straight frees (H20), and pushes it.
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_local_full(&mut self, class: usize, p: *mut u8) {
         // A slab's class is a class's index (`alloc_slab`): only a corrupted metadata word
         // fails this.
         let Some(class) = SizeClass::new(class) else {
@@ -177,11 +234,25 @@ impl Heap {
             return;
         }
         self.on_overflow(class);
-        if self.sll.is_full(class.index()) {
+        let i = class.index();
+        if self.sll.is_full(i) {
+            let n = self.spill_len(class);
+            // The list's head is the block freed before this one: in another slab, the frees
+            // come in no order, and a spill's runs would be single blocks.
+            let scattered = (self.sll.head(i) as usize ^ p as usize) >> SLAB_SHIFT != 0;
+            if scattered && self.cache.room(i) < n.min(self.cache.cap(i)) {
+                // The spill would flush the cache's oldest blocks to their slabs: this block
+                // and the class's next `n - 1` overflowing frees go to their slabs instead,
+                // each once, while its line is warm (H20).
+                self.adapt.direct[i] = (n - 1).min(u32::from(u16::MAX)) as u16;
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_direct(i, p) };
+                return;
+            }
             self.spill(class);
         }
         // SAFETY: the list has room now; `p` is ours and given up.
-        unsafe { self.sll.push(class.index(), p, self.key) };
+        unsafe { self.sll.push(i, p, self.key) };
         self.debit_add(class, 1);
     }
 
@@ -204,11 +275,66 @@ impl Heap {
         }
     }
 
+    /// The blocks a spill of `class` moves: half its list's bound.
+    #[inline]
+    fn spill_len(&self, class: SizeClass) -> u32 {
+        (self.sll.cap(class.index()) / 2).max(1)
+    }
+
+    /// Frees `p` straight to its slab's free list (H20): the owner's free when the class's
+    /// list is full and a spill would send cached blocks to their slabs anyway. One write of
+    /// the block (its link and key, FK1) and one update of the slab's counts; a slab that
+    /// emptied or is off its ring takes [`Heap::after_direct`].
+    ///
+    /// # Safety
+    /// As [`Heap::free_local_slow`], and `p` is not free (it does not carry the key, or FK3
+    /// confirmed it is not on a free structure).
+    #[inline(always)]
+    unsafe fn free_direct(&mut self, class: usize, p: *mut u8) {
+        // SAFETY: `p` lies in a live superslab we own (the caller's contract).
+        let (ss, slab) = unsafe { Superslab::slab_of_block(p) };
+        // SAFETY: ours, and the block is given up; the heap's keys are the process's (FK1,
+        // H16: its link key is the superslab box's, set when the heap was made).
+        match unsafe { slab.free_local_keyed(p, self.key, self.sll.link_key()) } {
+            Some(used) => {
+                // Not a push: the thread's counters count the free (H13).
+                self.stats.on_free(class);
+                self.ctx().stats.held_sub(class, 1);
+                if used == 0 || !Self::in_ring(slab) {
+                    self.after_direct(ss, class, slab, used == 0);
+                }
+            }
+            None => Self::report_double_free(self.ctx, p),
+        }
+    }
+
+    /// Reports the double free of `p` that a straight free found (H20), off its path.
+    #[cold]
+    #[inline(never)]
+    fn report_double_free(ctx: *const Ctx, p: *mut u8) {
+        // SAFETY: a real heap's context, which lives for the program.
+        unsafe { &*ctx }.report(Corrupt::DoubleFree(p as usize));
+    }
+
+    /// A straight free's rare ends (H20): its slab emptied (H4) or was off its ring (H3).
+    #[cold]
+    #[inline(never)]
+    fn after_direct(&mut self, ss: &'static Superslab, class: usize, slab: &SlabMeta, empty: bool) {
+        let Some(class) = SizeClass::new(class) else {
+            return;
+        };
+        if empty && !core::ptr::eq(self.current[class.index()], slab) {
+            self.free_slab(ss, class, slab);
+        } else if !Self::in_ring(slab) {
+            self.ring_insert(class, slab);
+        }
+    }
+
     /// Moves half a thread list out: into the cache while it has room (flushing the cache's
     /// oldest blocks to their slabs first if it has too little), the rest straight to their
     /// slabs, one run per slab ([`Heap::return_chain`]).
     pub(crate) fn spill(&mut self, class: SizeClass) {
-        let n = (self.sll.cap(class.index()) / 2).max(1);
+        let n = self.spill_len(class);
         let cache_cap = self.cache.cap(class.index());
         if self.cache.room(class.index()) < n.min(cache_cap) {
             self.flush_cache(class, n.max(cache_cap / 2).min(cache_cap));

@@ -11,7 +11,8 @@
 //!        -> adopted abandoned superslabs -> new slab in an own superslab -> lru
 //!        -> a parked heap no thread came for, retired (H18), then adoption again -> OS
 //! free (owner):     thread list --(full: grows, H11)--> unified cache --(full)--> slab free lists
-//!                   (runs of one slab spliced at once)
+//!                   (runs of one slab spliced at once; with list and cache full, a run of
+//!                   frees goes straight to the slabs, H20)
 //! free (non-owner): one CAS onto the slab's remote stack; into an abandoned superslab:
 //!                   claim it (H10), then the owner's free
 //! ```
@@ -155,8 +156,9 @@
 //!   bound, but only from a quiet one (below), so classes in use never take budget from each other
 //!   back and forth. The clock is the heap's slow-path events (refills and overflows); every 64 of
 //!   them, each class with none for 256 (quiet) decays one step: a grown bound is halved (the
-//!   blocks beyond it spilled), and a class at its base bound gives every block on its list and in
-//!   the cache back to its slabs, and its current slab back to its superslab once empty (H4). So a
+//!   blocks beyond it spilled), and a class at its base bound, once it has had none for 2048,
+//!   gives every block on its list and in the cache back to its slabs, and its current slab
+//!   back to its superslab once empty (H4). So a
 //!   heap holds at most its base bounds plus 256 KiB of free blocks on its lists, and a class the
 //!   program has moved away from gives its memory back to the heap's other classes. Spills and
 //!   refills move whole runs: blocks going back to slabs are spliced one run per slab
@@ -274,6 +276,24 @@
 //!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
 //!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
 //!   block, and the countdown is kept apart (`prof_left`).
+//! - **H20 (straight frees).** When the owner's free finds its class's list full, still full
+//!   after the overflow is counted (H11), the cache without room for a spill's half list (so a
+//!   spill would send the cache's oldest blocks to their slabs), and the list's head (the block
+//!   freed before) in another slab than the block (frees in no order, whose spill would move
+//!   single-block runs; frees in address order are spilled in long runs), the block goes straight
+//!   to its slab's free list instead, and so do the class's next `n - 1` frees that find the
+//!   list full (`n` a spill's length: half the list's bound), without a slow-path event: the
+//!   overflow is counted once per `n` frees, as a spill counts it, so the clock of decay and
+//!   the growth of bounds (H11) see the same events. The C free's fast path
+//!   ([`Heap::try_free_owned`]) frees straight too when its push finds the list full during a
+//!   run, so such a free takes the full path only once per run. Each such free writes the block once
+//!   (its link and the free key, FK1) while its line is warm from the free's key check, and
+//!   updates its slab's counts, its ring place (H3) or, if the slab emptied, returns it (H4),
+//!   and the held count (stats S3); the thread's counters count it (H13). Blocks freed in
+//!   random order land in random slabs, so the spill's runs are single blocks: a straight
+//!   free does that work once instead of pushing, taking, caching and flushing each block. A
+//!   free whose block carries the free key takes the full slow path, to its confirmation
+//!   (FK3), and a block freed straight and freed again is found on its slab's free list.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.

@@ -745,6 +745,75 @@ fn a_list_that_keeps_overflowing_grows_within_its_budget_and_decays_when_quiet()
 }
 
 #[test]
+fn frees_past_a_full_list_and_cache_go_straight_to_their_slabs_each_once() {
+    // H20: once the list and the cache are full, a run of overflowing frees goes straight to
+    // the slabs; every free is counted once (H13), every block is out of its slab only while
+    // a user, the list or the cache holds it (stats S3), and a second free of a block that went
+    // straight to its slab is caught (FK3).
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    let i = c.index();
+    let n = 4 * (h.list_cap(c) + h.cache.cap(i)) as usize;
+    // SAFETY: this thread's heap.
+    let mut v: Vec<*mut u8> = (0..n).map(|_| unsafe { h.alloc(c) }).collect();
+    // A fixed shuffle, so that the frees land in their slabs in no order.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for k in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(k, (x % (k as u64 + 1)) as usize);
+    }
+    let before = ctx.snapshot().class(i);
+    let mut straight = Vec::new();
+    for (k, &p) in v.iter().enumerate() {
+        let was_straight = h.adapt.direct[i] != 0 && h.sll.is_full(i);
+        // Every other free by the C free's fast path, which frees straight too, then by the
+        // full path when that refuses.
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+        if k % 2 == 1 || !unsafe { Heap::try_free_owned(h, p) } {
+            // SAFETY: as above.
+            unsafe { free(h, p) };
+        }
+        if was_straight {
+            straight.push(p);
+        }
+    }
+    assert!(
+        !straight.is_empty(),
+        "some frees went straight to their slabs"
+    );
+    let after = ctx.snapshot().class(i);
+    assert_eq!(
+        after.frees - before.frees,
+        n as u64,
+        "every free counted once"
+    );
+    let on_heap = (h.sll.len(i) + h.cache.len(i)) as i64;
+    assert_eq!(after.held, on_heap, "held by the list and the cache only");
+    assert!(my_reports().is_empty());
+    // A block freed straight to its slab, freed again: reported, and nothing changes.
+    let p = straight[straight.len() / 2];
+    // SAFETY: the test frees a free block on purpose; the slow path confirms it (FK3).
+    unsafe { free(h, p) };
+    assert_eq!(my_reports(), [Corrupt::DoubleFree(p as usize)]);
+    assert_eq!(ctx.snapshot().class(i).held, on_heap);
+    // No block comes back twice.
+    // SAFETY: this thread's heap.
+    let again: HashSet<usize> = (0..n).map(|_| unsafe { h.alloc(c) } as usize).collect();
+    assert_eq!(again.len(), n, "every block handed out once");
+    for p in again {
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+        unsafe { free(h, p as *mut u8) };
+    }
+    assert!(my_reports().is_empty());
+    // SAFETY: this thread's heap, not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(i), 0);
+}
+
+#[test]
 fn check_mode_lists_never_grow() {
     let ctx = ctx(16, true);
     let h = heap(ctx);

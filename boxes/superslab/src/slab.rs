@@ -502,6 +502,37 @@ impl SlabMeta {
         }
     }
 
+    /// [`Self::free_local`] with the keys the caller holds (the per-process free key and link
+    /// key, as [`crate::free_key`] and [`crate::link_key`] give them): the same, without
+    /// reading them. False in place of the double free's report: the block is the head of
+    /// the free list or no block is out, and nothing changed. Otherwise true, and the slab's
+    /// blocks out (0 when it is now empty).
+    ///
+    /// # Safety
+    /// As [`Self::free_local`], and `free_key` and `link` are the process's keys.
+    #[inline(always)]
+    pub unsafe fn free_local_keyed(
+        &self,
+        block: *mut u8,
+        free_key: usize,
+        link: LinkKey,
+    ) -> Option<u32> {
+        // SAFETY: the caller owns the slab and hands over `block`.
+        unsafe {
+            self.with_local(|l| {
+                if l.used == 0 || block == l.free {
+                    return None;
+                }
+                crate::set_key_word(block, free_key);
+                link.set_next(block, l.free);
+                l.free = block;
+                l.free_len += 1;
+                l.used -= 1;
+                Some(l.used)
+            })
+        }
+    }
+
     /// Takes back a run of `n` blocks from the owner at once, `head ..= tail` linked through
     /// their first words (the tail's link is overwritten), each already keyed as free (SS9):
     /// one update of the slab's counts for the whole run. Returns true when the slab is now
