@@ -475,11 +475,15 @@ impl Ctx {
     }
 
     /// A superslab for heap `owner` from the lru, if it holds one.
-    pub(crate) fn superslab_from_lru(&'static self, owner: usize) -> Option<&'static Superslab> {
+    pub(crate) fn superslab_from_lru(
+        &'static self,
+        owner: usize,
+        huge: bool,
+    ) -> Option<&'static Superslab> {
         let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
-        // SAFETY: a cached region is ours, whole and unused (lru C2).
-        match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
+        // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
+        match unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) } {
             Ok(ss) => Some(ss),
             Err(region) => {
                 // SAFETY: never published.
@@ -490,8 +494,12 @@ impl Ctx {
     }
 
     /// A superslab for heap `owner` fresh from the OS.
-    pub(crate) fn superslab_from_os(&'static self, owner: usize) -> Option<&'static Superslab> {
-        Superslab::create(&self.env(), owner)
+    pub(crate) fn superslab_from_os(
+        &'static self,
+        owner: usize,
+        huge: bool,
+    ) -> Option<&'static Superslab> {
+        Superslab::create_advised(&self.env(), owner, huge)
     }
 
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).

@@ -269,6 +269,18 @@
 //!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
 //!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
 //!   block, and the countdown is kept apart (`prof_left`).
+//! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
+//!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
+//!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
+//!   2 MiB instead of 512 faults) when it owns at least [`HUGE_AFTER`] superslabs (a private
+//!   heap: [`HUGE_AFTER_PRIVATE`]) and the most recently filled of them (at most
+//!   [`HUGE_SAMPLE`]) have at least 7/8 of their bytes carved: a heap that fills what it maps
+//!   grows on, and a huge page then holds about as much untouched memory as base pages would.
+//!   A heap whose superslabs are sparse (larson's and churn's threads, hand-offs whose blocks
+//!   come back late) maps base pages as before. The advice is taken back when a purge tick
+//!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the
+//!   superslab is served in base pages after it) and when the superslab is retired (SS20),
+//!   so a region the lru hands on carries no advice its next owner did not ask for.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -503,6 +515,16 @@ const CLAIM_BELOW: usize = 4;
 
 /// Heaps parked at most, waiting for a thread to take them (H18).
 const PARK_MAX: usize = 4;
+
+/// A thread's heap that grows past this many filled superslabs (8 MiB) has its next ones
+/// advised for huge pages (HG1). Below it, a thread's superslabs are the few, partly used ones
+/// that larson and churn keep per thread (with 1, larson's peak RSS nearly doubled).
+const HUGE_AFTER: usize = 4;
+/// The same for a private heap (H17): an arena that filled one superslab grows on.
+const HUGE_AFTER_PRIVATE: usize = 1;
+/// The most recently filled superslabs that HG1's density test reads (32 slabs each): a bound
+/// on its cost, once per 2 MiB a heap grows by.
+const HUGE_SAMPLE: usize = 64;
 
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.

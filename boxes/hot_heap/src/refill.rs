@@ -183,12 +183,13 @@ impl Heap {
                     return Some(slab);
                 }
             }
-            if let Some(s) = self.ctx().superslab_from_lru(self.id) {
+            let huge = self.fills_its_memory();
+            if let Some(s) = self.ctx().superslab_from_lru(self.id, huge) {
                 break s;
             }
             // A private heap adopts nothing (H17): a retirement would not serve it.
             if self.private || !self.ctx().retire_unclaimed_parked() {
-                break self.ctx().superslab_from_os(self.id)?;
+                break self.ctx().superslab_from_os(self.id, huge)?;
             }
         };
         self.link_owned(s, true);
@@ -196,6 +197,35 @@ impl Heap {
         let slab = unsafe { s.alloc_slab(class.index() as u32, bs) }?;
         self.ring_insert(class, slab);
         Some(slab)
+    }
+
+    /// True when the heap's next superslab is to be advised for huge pages (HG1): it owns at
+    /// least [`HUGE_AFTER`] superslabs ([`HUGE_AFTER_PRIVATE`] for a private heap), and the
+    /// most recently filled of them (at most [`HUGE_SAMPLE`], from the back of the owned list,
+    /// where a superslab goes when it fills, H7) have at least 7/8 of their bytes carved.
+    pub(crate) fn fills_its_memory(&self) -> bool {
+        let after = if self.private {
+            HUGE_AFTER_PRIVATE
+        } else {
+            HUGE_AFTER
+        };
+        if self.owned_count < after {
+            return false;
+        }
+        let (mut carved, mut n, mut ss) = (0, 0, self.owned_tail);
+        while n < HUGE_SAMPLE {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { ss.as_ref() }) else {
+                break;
+            };
+            // SAFETY: ours.
+            unsafe {
+                carved += s.carved_bytes();
+                ss = s.heap_links().1;
+            }
+            n += 1;
+        }
+        n != 0 && carved * 8 >= n * SS_SIZE * 7
     }
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.

@@ -1430,3 +1430,73 @@ fn a_growing_heap_retires_a_parked_heap_no_thread_came_for() {
     assert_eq!(ctx.snapshot().held(c.index()), 0);
     assert!(my_reports().is_empty());
 }
+
+/// The superslabs a heap has taken, in order, while it allocates `class` until it has
+/// `n` of them; the blocks allocated.
+fn alloc_until_superslabs(h: &mut Heap, class: SizeClass, n: usize) -> (Vec<usize>, Vec<*mut u8>) {
+    let (mut bases, mut blocks) = (Vec::new(), Vec::new());
+    while bases.len() < n {
+        // SAFETY: the heap is this thread's own.
+        let p = unsafe { h.alloc(class) };
+        assert!(!p.is_null(), "the arena holds {n} superslabs");
+        let base = p as usize & !(SS_SIZE - 1);
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+        blocks.push(p);
+    }
+    (bases, blocks)
+}
+
+/// HG1: a thread's heap that fills its superslabs has each one after its fourth advised for
+/// huge pages before its first touch; one whose slabs are carved sparsely (one 36 KiB block per
+/// 64 KiB slab) is not; a private heap's second one is. Freed and retired, their advice is gone.
+#[test]
+fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() {
+    for (size, private) in [(1024, false), (36 << 10, false), (1024, true)] {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+        let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(
+            os,
+            os.registry(),
+            LruConfig::default(),
+            false,
+            count_report,
+        )));
+        let heap = if private {
+            ctx.new_private_heap().unwrap()
+        } else {
+            ctx.new_heap().unwrap()
+        };
+        // SAFETY: a fresh heap, used by this thread only.
+        let h = unsafe { &mut *heap.as_ptr() };
+        let c = class_of(size).unwrap();
+        let (bases, blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + 2);
+        let advised: Vec<bool> = bases.iter().map(|&b| os.is_huge(b)).collect();
+        let want: Vec<bool> = (0..bases.len())
+            .map(|i| match (size, private) {
+                (1024, false) => i >= HUGE_AFTER,
+                (1024, true) => i >= HUGE_AFTER_PRIVATE,
+                _ => false,
+            })
+            .collect();
+        assert_eq!(advised, want, "{size}-byte blocks, private: {private}");
+        assert_eq!(os.late_advice(), 0, "advice after the first touch");
+        for b in blocks {
+            // SAFETY: ours, freed once.
+            unsafe { free(h, b) };
+        }
+        // SAFETY: not used again.
+        unsafe {
+            if private {
+                ctx.destroy_heap(heap);
+            } else {
+                ctx.retire_heap(heap);
+            }
+        }
+        assert!(
+            bases.iter().all(|&b| !os.is_huge(b)),
+            "a released superslab keeps its advice"
+        );
+        assert_eq!(my_reports(), []);
+    }
+}

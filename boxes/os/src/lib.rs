@@ -219,6 +219,19 @@ pub unsafe trait Os: Sync {
     unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
         let _ = (ptr, len);
     }
+
+    /// Takes [`Os::advise_huge`]'s advice back: later faults in `[ptr, ptr + len)` are served
+    /// in base pages, and the OS does not gather the range's pages into huge ones behind the
+    /// caller's back (Linux: `MADV_NOHUGEPAGE`; khugepaged would otherwise collapse a range that
+    /// was partly purged, making its purged pages resident again). Huge pages already there stay
+    /// until they are purged or unmapped. A hint that never changes the contents; the default
+    /// does nothing.
+    ///
+    /// # Safety
+    /// As for [`Os::advise_huge`].
+    unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
+        let _ = (ptr, len);
+    }
 }
 
 #[cfg(doctest)]

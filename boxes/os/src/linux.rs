@@ -298,6 +298,11 @@ unsafe impl Os for LibcOs {
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
     }
 
+    unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: as for `advise_huge`: MADV_NOHUGEPAGE changes how later faults are served.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+    }
+
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
         // SAFETY: the caller guarantees the range is ours and its contents are dead. On private
         // anonymous memory MADV_DONTNEED frees the pages at once and later reads see zeros.
