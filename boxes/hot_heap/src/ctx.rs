@@ -43,6 +43,8 @@ impl Ctx {
             } else {
                 u64::MAX
             },
+            huge_skip: AtomicUsize::new(0),
+            huge_slow_ns: HUGE_SLOW_NS,
         }
     }
 
@@ -482,8 +484,14 @@ impl Ctx {
     ) -> Option<&'static Superslab> {
         let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
+        let huge = huge && self.huge_allowed();
+        let t = if huge { hakmem_os::monotonic_ns() } else { 0 };
         // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
-        match unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) } {
+        let ss = unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) };
+        if huge {
+            self.huge_touched(hakmem_os::monotonic_ns().saturating_sub(t));
+        }
+        match ss {
             Ok(ss) => Some(ss),
             Err(region) => {
                 // SAFETY: never published.
@@ -499,7 +507,29 @@ impl Ctx {
         owner: usize,
         huge: bool,
     ) -> Option<&'static Superslab> {
-        Superslab::create_advised(&self.env(), owner, huge)
+        let huge = huge && self.huge_allowed();
+        let t = if huge { hakmem_os::monotonic_ns() } else { 0 };
+        let ss = Superslab::create_advised(&self.env(), owner, huge);
+        if huge {
+            self.huge_touched(hakmem_os::monotonic_ns().saturating_sub(t));
+        }
+        ss
+    }
+
+    /// False while superslabs go without huge-page advice after a slow first touch (HG1),
+    /// counting this one.
+    fn huge_allowed(&self) -> bool {
+        self.huge_skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// Hears how long an advised superslab's first touch took (HG1): a slow one stops the
+    /// advice for the next [`HUGE_BACKOFF`] superslabs.
+    pub(crate) fn huge_touched(&self, ns: u64) {
+        if ns > self.huge_slow_ns {
+            self.huge_skip.store(HUGE_BACKOFF, Ordering::Relaxed);
+        }
     }
 
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).

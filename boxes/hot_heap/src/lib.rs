@@ -280,7 +280,11 @@
 //!   come back late) maps base pages as before. The advice is taken back when a purge tick
 //!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the
 //!   superslab is served in base pages after it) and when the superslab is retired (SS20),
-//!   so a region the lru hands on carries no advice its next owner did not ask for.
+//!   so a region the lru hands on carries no advice its next owner did not ask for. The first
+//!   touch of an advised superslab is timed: one slower than [`HUGE_SLOW_NS`] (longer than
+//!   512 base-page faults take; a VM whose host must supply the huge page's memory, as with
+//!   free page reporting, takes 4 to 10 ms) makes the next [`HUGE_BACKOFF`] superslabs that
+//!   any heap of the context would advise go without, and then the advice is tried again.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -525,6 +529,13 @@ const HUGE_AFTER_PRIVATE: usize = 1;
 /// The most recently filled superslabs that HG1's density test reads (32 slabs each): a bound
 /// on its cost, once per 2 MiB a heap grows by.
 const HUGE_SAMPLE: usize = 64;
+/// An advised superslab whose first touch (its header's write, which faults its huge page in)
+/// takes longer than this (1 ms) says that the OS serves huge pages slowly now (HG1): 512 base
+/// page faults took about 1.3 ms on the development machine, a huge page 0.4 ms when its
+/// memory was recently used, 4 to 10 ms when the VM's host had to supply it.
+const HUGE_SLOW_NS: u64 = 1_000_000;
+/// The superslabs that go without advice after a slow first touch (HG1): 128 MiB.
+const HUGE_BACKOFF: usize = 64;
 
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
@@ -572,6 +583,11 @@ pub struct Ctx {
     /// How long a free slab keeps its pages before its heap's purge tick gives them back
     /// (H14): the lru's purge delay, or `u64::MAX` when purging is off.
     slab_purge_delay: u64,
+    /// Superslabs still to go without huge-page advice after a slow first touch (HG1).
+    huge_skip: AtomicUsize,
+    /// A first touch of an advised superslab slower than this many ns is slow (HG1):
+    /// [`HUGE_SLOW_NS`]; tests set it to make the outcome independent of the clock.
+    pub(crate) huge_slow_ns: u64,
 }
 
 /// One thread's heap.

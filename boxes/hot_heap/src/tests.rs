@@ -1455,13 +1455,10 @@ fn alloc_until_superslabs(h: &mut Heap, class: SizeClass, n: usize) -> (Vec<usiz
 fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() {
     for (size, private) in [(1024, false), (36 << 10, false), (1024, true)] {
         let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
-        let ctx: &'static Ctx = Box::leak(Box::new(Ctx::new(
-            os,
-            os.registry(),
-            LruConfig::default(),
-            false,
-            count_report,
-        )));
+        let mut ctx = Ctx::new(os, os.registry(), LruConfig::default(), false, count_report);
+        // No first touch counts as slow: the outcome does not depend on the clock.
+        ctx.huge_slow_ns = u64::MAX;
+        let ctx: &'static Ctx = Box::leak(Box::new(ctx));
         let heap = if private {
             ctx.new_private_heap().unwrap()
         } else {
@@ -1499,4 +1496,42 @@ fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() 
         );
         assert_eq!(my_reports(), []);
     }
+}
+
+/// HG1: after a slow first touch of an advised superslab, the next `HUGE_BACKOFF` superslabs
+/// go without advice (every first touch counts as slow here: the clock does not decide).
+#[test]
+fn a_slow_huge_first_touch_stops_the_advice_for_a_while() {
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+    let mut ctx = Ctx::new(os, os.registry(), LruConfig::default(), false, count_report);
+    ctx.huge_slow_ns = 0;
+    let ctx: &'static Ctx = Box::leak(Box::new(ctx));
+    let h = heap(ctx);
+    let c = class_of(1024).unwrap();
+    let (mut bases, mut blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + 3);
+    let advised: Vec<bool> = bases.iter().map(|&b| os.is_huge(b)).collect();
+    let mut want = [false; HUGE_AFTER + 3];
+    want[HUGE_AFTER] = true;
+    assert_eq!(advised, want);
+    // The back-off counts only superslabs a heap would have advised.
+    assert_eq!(ctx.huge_skip.load(Ordering::Relaxed), HUGE_BACKOFF - 2);
+    // Once it has run out, the advice comes back.
+    ctx.huge_skip.store(0, Ordering::Relaxed);
+    while bases.len() < HUGE_AFTER + 4 {
+        // SAFETY: the heap is this thread's own.
+        let p = unsafe { h.alloc(c) };
+        let base = p as usize & !(SS_SIZE - 1);
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+        blocks.push(p);
+    }
+    assert!(os.is_huge(bases[HUGE_AFTER + 3]), "the advice is back");
+    for b in blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(my_reports(), []);
 }
