@@ -485,11 +485,15 @@ impl Ctx {
         let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
         let huge = huge && self.huge_allowed();
-        let t = if huge { hakmem_os::monotonic_ns() } else { 0 };
+        let t = if huge {
+            FirstTouch::start()
+        } else {
+            FirstTouch::NONE
+        };
         // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
         let ss = unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) };
         if huge {
-            self.huge_touched(hakmem_os::monotonic_ns().saturating_sub(t));
+            self.huge_touched(t.ns());
         }
         match ss {
             Ok(ss) => Some(ss),
@@ -508,10 +512,14 @@ impl Ctx {
         huge: bool,
     ) -> Option<&'static Superslab> {
         let huge = huge && self.huge_allowed();
-        let t = if huge { hakmem_os::monotonic_ns() } else { 0 };
+        let t = if huge {
+            FirstTouch::start()
+        } else {
+            FirstTouch::NONE
+        };
         let ss = Superslab::create_advised(&self.env(), owner, huge);
         if huge {
-            self.huge_touched(hakmem_os::monotonic_ns().saturating_sub(t));
+            self.huge_touched(t.ns());
         }
         ss
     }
@@ -524,10 +532,11 @@ impl Ctx {
             .is_err()
     }
 
-    /// Hears how long an advised superslab's first touch took (HG1): a slow one stops the
-    /// advice for the next [`HUGE_BACKOFF`] superslabs.
-    pub(crate) fn huge_touched(&self, ns: u64) {
-        if ns > self.huge_slow_ns {
+    /// Hears how long an advised superslab's first touch took (HG1, in the thread's CPU time;
+    /// `None`: not known): a slow one stops the advice for the next [`HUGE_BACKOFF`]
+    /// superslabs.
+    pub(crate) fn huge_touched(&self, ns: Option<u64>) {
+        if ns.is_some_and(|ns| ns > self.huge_slow_ns) {
             self.huge_skip.store(HUGE_BACKOFF, Ordering::Relaxed);
         }
     }
@@ -575,5 +584,29 @@ impl Ctx {
             self.abandoned.force_unlock();
             self.heaps.force_unlock();
         }
+    }
+}
+
+/// The timing of an advised superslab's first touch (HG1), in the thread's CPU time: a wait for
+/// a core (most slow touches on a busy machine) does not count; the fault's work, and a VM's
+/// host supplying the memory under it, do.
+struct FirstTouch {
+    at: u64,
+}
+
+impl FirstTouch {
+    /// No timing.
+    const NONE: Self = Self { at: 0 };
+
+    fn start() -> Self {
+        Self {
+            at: hakmem_os::thread_cpu_ns(),
+        }
+    }
+
+    /// The thread's CPU ns since [`FirstTouch::start`]; `None` when the clock cannot be read.
+    fn ns(&self) -> Option<u64> {
+        let now = hakmem_os::thread_cpu_ns();
+        (now != 0).then(|| now.saturating_sub(self.at))
     }
 }

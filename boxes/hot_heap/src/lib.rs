@@ -284,7 +284,8 @@
 //!   touch of an advised superslab is timed: one slower than [`HUGE_SLOW_NS`] (longer than
 //!   512 base-page faults take; a VM whose host must supply the huge page's memory, as with
 //!   free page reporting, takes 4 to 10 ms) makes the next [`HUGE_BACKOFF`] superslabs that
-//!   any heap of the context would advise go without, and then the advice is tried again.
+//!   any heap of the context would advise go without, and then the advice is tried again. The
+//!   touch is timed in the thread's CPU time, which a wait for a core does not advance.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -530,9 +531,10 @@ const HUGE_AFTER_PRIVATE: usize = 1;
 /// on its cost, once per 2 MiB a heap grows by.
 const HUGE_SAMPLE: usize = 64;
 /// An advised superslab whose first touch (its header's write, which faults its huge page in)
-/// takes longer than this (1 ms) says that the OS serves huge pages slowly now (HG1): 512 base
-/// page faults took about 1.3 ms on the development machine, a huge page 0.4 ms when its
-/// memory was recently used, 4 to 10 ms when the VM's host had to supply it.
+/// takes more than this much of its thread's CPU time (1 ms) says that the OS serves huge pages
+/// slowly now (HG1): 512 base page faults took about 1.3 ms on the development machine, a huge
+/// page 0.2 to 0.4 ms when its memory was recently used, 4 to 10 ms when the VM's host had to
+/// supply it.
 const HUGE_SLOW_NS: u64 = 1_000_000;
 /// The superslabs that go without advice after a slow first touch (HG1): 128 MiB.
 const HUGE_BACKOFF: usize = 64;

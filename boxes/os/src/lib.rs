@@ -8,7 +8,7 @@
 //! |---|---|
 //! | mappings, purges, huge-page hints | [`Os`], [`LibcOs`] |
 //! | the page size, read once | [`page_size`] |
-//! | one monotonic clock (a precise and a cheap read of it) | [`monotonic_ns`], [`monotonic_coarse_ns`] |
+//! | one monotonic clock (a precise and a cheap read of it), and the thread's CPU time | [`monotonic_ns`], [`monotonic_coarse_ns`], [`thread_cpu_ns`] |
 //! | the random secret source | [`secret`] |
 //! | the environment, without allocating | [`getenv`] |
 //! | thread identity | [`pid`], [`thread_id`], [`thread_gone`] |
@@ -54,7 +54,8 @@ pub use hakmem_stats::{Event, GlobalStats};
 
 pub use linux::{
     abort, getenv, monotonic_coarse_ns, monotonic_ns, page_size, peak_resident_bytes, pid,
-    resident_bytes, secret, thread_gone, thread_id, write_fd, write_stderr, yield_now, LibcOs,
+    resident_bytes, secret, thread_cpu_ns, thread_gone, thread_id, write_fd, write_stderr,
+    yield_now, LibcOs,
 };
 
 /// The smallest page size there is (4 KiB): the granularity of the superslab header's layout.
