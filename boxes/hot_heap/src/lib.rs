@@ -274,8 +274,12 @@
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
 //!   2 MiB instead of 512 faults) when it owns at least [`HUGE_AFTER`] superslabs (a private
 //!   heap: [`HUGE_AFTER_PRIVATE`]) and the most recently filled of them (at most
-//!   [`HUGE_SAMPLE`]) have at least 7/8 of their bytes carved: a heap that fills what it maps
-//!   grows on, and a huge page then holds about as much untouched memory as base pages would.
+//!   [`HUGE_SAMPLE`]) have at least 7/8 of their bytes touched: resident, as the OS says
+//!   ([`Os::resident`]), for a superslab served in base pages; for an advised one (resident
+//!   whole), or where the OS does not say, what its carved blocks are known to have touched
+//!   (superslab `carved_bytes`: a block's key word, so up to a page per block). A heap that
+//!   fills what it maps grows on, and a huge page then holds about as much untouched memory as
+//!   base pages would.
 //!   A heap whose superslabs are sparse (larson's and churn's threads, hand-offs whose blocks
 //!   come back late) maps base pages as before. The advice is taken back when a purge tick
 //!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the

@@ -202,7 +202,7 @@ impl Heap {
     /// True when the heap's next superslab is to be advised for huge pages (HG1): it owns at
     /// least [`HUGE_AFTER`] superslabs ([`HUGE_AFTER_PRIVATE`] for a private heap), and the
     /// most recently filled of them (at most [`HUGE_SAMPLE`], from the back of the owned list,
-    /// where a superslab goes when it fills, H7) have at least 7/8 of their bytes carved.
+    /// where a superslab goes when it fills, H7) have at least 7/8 of their bytes touched.
     pub(crate) fn fills_its_memory(&self) -> bool {
         let after = if self.private {
             HUGE_AFTER_PRIVATE
@@ -212,20 +212,28 @@ impl Heap {
         if self.owned_count < after {
             return false;
         }
-        let (mut carved, mut n, mut ss) = (0, 0, self.owned_tail);
+        let os = self.ctx().os;
+        let (mut touched, mut n, mut ss) = (0, 0, self.owned_tail);
         while n < HUGE_SAMPLE {
             // SAFETY: owned superslabs are live and ours.
             let Some(s) = (unsafe { ss.as_ref() }) else {
                 break;
             };
-            // SAFETY: ours.
+            let base = NonNull::new(s.base() as *mut u8).expect("never at 0");
+            // SAFETY: ours; the region is a mapping of the context's `Os`. An advised
+            // superslab is resident whole, so only what its blocks are known to have touched
+            // counts for it.
             unsafe {
-                carved += s.carved_bytes();
+                touched += match s.is_huge() {
+                    false => os.resident(base, SS_SIZE),
+                    true => None,
+                }
+                .unwrap_or_else(|| s.carved_bytes());
                 ss = s.heap_links().1;
             }
             n += 1;
         }
-        n != 0 && carved * 8 >= n * SS_SIZE * 7
+        n != 0 && touched * 8 >= n * SS_SIZE * 7
     }
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.

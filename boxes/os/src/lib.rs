@@ -233,6 +233,17 @@ pub unsafe trait Os: Sync {
     unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
         let _ = (ptr, len);
     }
+
+    /// How many bytes of `[ptr, ptr + len)` are resident (Linux: `mincore`, in pages of
+    /// [`Os::page_size`]): pages touched and not purged since. `None` when the OS does not say
+    /// (the default).
+    ///
+    /// # Safety
+    /// As for [`Os::advise_huge`].
+    unsafe fn resident(&self, ptr: NonNull<u8>, len: usize) -> Option<usize> {
+        let _ = (ptr, len);
+        None
+    }
 }
 
 #[cfg(doctest)]

@@ -298,6 +298,31 @@ unsafe impl Os for LibcOs {
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
     }
 
+    unsafe fn resident(&self, ptr: NonNull<u8>, len: usize) -> Option<usize> {
+        const CHUNK: usize = 512;
+        let page = page_size();
+        let mut v = [0u8; CHUNK];
+        let (mut at, mut pages) = (0, 0);
+        while at < len {
+            let n = (len - at).div_ceil(page).min(CHUNK);
+            // SAFETY: the caller's own mapping, page-aligned; `v` holds `n` bytes; mincore
+            // only reads the page tables.
+            let rc = unsafe {
+                libc::mincore(
+                    ptr.as_ptr().add(at).cast(),
+                    (n * page).min(len - at),
+                    v.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+            pages += v[..n].iter().filter(|&&b| b & 1 != 0).count();
+            at += n * page;
+        }
+        Some(pages * page)
+    }
+
     unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
         // SAFETY: as for `advise_huge`: MADV_NOHUGEPAGE changes how later faults are served.
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };

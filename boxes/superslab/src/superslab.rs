@@ -359,9 +359,10 @@ impl Superslab {
         region
     }
 
-    /// The bytes of blocks its in-use slabs have carved (handed out at some time in their
-    /// current lives, so written at least once): what its slabs touched, a lower bound of its
-    /// resident bytes.
+    /// The bytes its in-use slabs are known to have touched: each block carved (handed out at
+    /// some time in the slab's current life) had its key word written, so the pages of carved
+    /// blocks up to a page each ([`PAGE`]; a larger block's further pages are the user's to
+    /// touch or not). A lower bound of the superslab's resident bytes, apart from purges.
     ///
     /// # Safety
     /// The caller owns the superslab.
@@ -371,7 +372,7 @@ impl Superslab {
             .map(|s| {
                 // SAFETY: as above.
                 let l = unsafe { s.local() };
-                l.carve as usize * l.block_size as usize
+                l.carve as usize * (l.block_size as usize).min(PAGE)
             })
             .sum()
     }
