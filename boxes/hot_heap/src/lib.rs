@@ -274,12 +274,14 @@
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
 //!   2 MiB instead of 512 faults) when it owns at least [`HUGE_AFTER`] superslabs (a private
 //!   heap: [`HUGE_AFTER_PRIVATE`]) and the most recently filled of them (at most
-//!   [`HUGE_SAMPLE`]) have at least 7/8 of their bytes touched: resident, as the OS says
-//!   ([`Os::resident`]), for a superslab served in base pages; for an advised one (resident
-//!   whole), or where the OS does not say, what its carved blocks are known to have touched
-//!   (superslab `carved_bytes`: a block's key word, so up to a page per block). A heap that
-//!   fills what it maps grows on, and a huge page then holds about as much untouched memory as
-//!   base pages would.
+//!   [`HUGE_SAMPLE`]) that are served in base pages have at least 7/8 of their bytes touched:
+//!   resident, as the OS says ([`Os::resident`]), or where it does not say, what their carved
+//!   blocks are known to have touched (superslab `carved_bytes`: a block's key word, so up to a
+//!   page per block). An advised superslab is resident whole and says nothing, so after
+//!   [`HUGE_RUN`] advised in a row the next one goes without: the test keeps reading fresh
+//!   evidence, and a heap that stops touching what it maps loses the advice within a few
+//!   superslabs. A heap that fills what it maps grows on, and a huge page then holds about as
+//!   much untouched memory as base pages would.
 //!   A heap whose superslabs are sparse (larson's and churn's threads, hand-offs whose blocks
 //!   come back late) maps base pages as before. The advice is taken back when a purge tick
 //!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the
@@ -542,6 +544,9 @@ const HUGE_SAMPLE: usize = 64;
 const HUGE_SLOW_NS: u64 = 1_000_000;
 /// The superslabs that go without advice after a slow first touch (HG1): 128 MiB.
 const HUGE_BACKOFF: usize = 64;
+/// A heap's superslabs advised in a row at most (HG1); the next one goes without, so that the
+/// density test keeps reading what the heap touches (an advised superslab is resident whole).
+const HUGE_RUN: usize = 7;
 
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
@@ -620,6 +625,8 @@ pub struct Heap {
     kept_empty: *const Superslab,
     /// A private heap (H17): it adopts no abandoned superslab.
     private: bool,
+    /// Superslabs advised for huge pages in a row since the last one that was not (HG1).
+    huge_run: usize,
     /// When the next purge tick of the owned superslabs' free slabs is due (H14, as
     /// [`hakmem_lru::now_ns`]); `u64::MAX` when none waits.
     purge_due: u64,
@@ -730,6 +737,7 @@ impl Heap {
         h.cursor = null();
         h.kept_empty = null();
         h.private = false;
+        h.huge_run = 0;
         h.purge_due = u64::MAX;
         h.prof_started = false;
         h.adapt = adapt::Adapt::new();

@@ -183,7 +183,8 @@ impl Heap {
                     return Some(slab);
                 }
             }
-            let huge = self.fills_its_memory();
+            let huge = self.huge_run < HUGE_RUN && self.fills_its_memory();
+            self.huge_run = if huge { self.huge_run + 1 } else { 0 };
             if let Some(s) = self.ctx().superslab_from_lru(self.id, huge) {
                 break s;
             }
@@ -202,7 +203,8 @@ impl Heap {
     /// True when the heap's next superslab is to be advised for huge pages (HG1): it owns at
     /// least [`HUGE_AFTER`] superslabs ([`HUGE_AFTER_PRIVATE`] for a private heap), and the
     /// most recently filled of them (at most [`HUGE_SAMPLE`], from the back of the owned list,
-    /// where a superslab goes when it fills, H7) have at least 7/8 of their bytes touched.
+    /// where a superslab goes when it fills, H7) that are served in base pages have at least 7/8
+    /// of their bytes touched; false when none of them is.
     pub(crate) fn fills_its_memory(&self) -> bool {
         let after = if self.private {
             HUGE_AFTER_PRIVATE
@@ -213,23 +215,24 @@ impl Heap {
             return false;
         }
         let os = self.ctx().os;
-        let (mut touched, mut n, mut ss) = (0, 0, self.owned_tail);
-        while n < HUGE_SAMPLE {
+        let (mut touched, mut n, mut read, mut ss) = (0, 0, 0, self.owned_tail);
+        while read < HUGE_SAMPLE {
             // SAFETY: owned superslabs are live and ours.
             let Some(s) = (unsafe { ss.as_ref() }) else {
                 break;
             };
-            let base = NonNull::new(s.base() as *mut u8).expect("never at 0");
+            read += 1;
             // SAFETY: ours; the region is a mapping of the context's `Os`. An advised
-            // superslab is resident whole, so only what its blocks are known to have touched
-            // counts for it.
+            // superslab is resident whole: it says nothing.
             unsafe {
-                touched += match s.is_huge() {
-                    false => os.resident(base, SS_SIZE),
-                    true => None,
-                }
-                .unwrap_or_else(|| s.carved_bytes());
                 ss = s.heap_links().1;
+                if s.is_huge() {
+                    continue;
+                }
+                let base = NonNull::new(s.base() as *mut u8).expect("never at 0");
+                touched += os
+                    .resident(base, SS_SIZE)
+                    .unwrap_or_else(|| s.carved_bytes());
             }
             n += 1;
         }

@@ -1449,12 +1449,13 @@ fn alloc_until_superslabs(h: &mut Heap, class: SizeClass, n: usize) -> (Vec<usiz
 }
 
 /// HG1: a thread's heap that fills its superslabs has each one after its fourth advised for
-/// huge pages before its first touch; one whose slabs are carved sparsely (one 36 KiB block per
-/// 64 KiB slab) is not; a private heap's second one is. Freed and retired, their advice is gone.
+/// huge pages before its first touch, but for one in every `HUGE_RUN + 1`, which goes without;
+/// one whose slabs are carved sparsely (one 36 KiB block per 64 KiB slab) is not; a private
+/// heap's are from its second one on. Freed and retired, their advice is gone.
 #[test]
 fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() {
     for (size, private) in [(1024, false), (36 << 10, false), (1024, true)] {
-        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(24)));
         let mut ctx = Ctx::new(os, os.registry(), LruConfig::default(), false, count_report);
         // No first touch counts as slow: the outcome does not depend on the clock.
         ctx.huge_slow_ns = u64::MAX;
@@ -1467,14 +1468,15 @@ fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() 
         // SAFETY: a fresh heap, used by this thread only.
         let h = unsafe { &mut *heap.as_ptr() };
         let c = class_of(size).unwrap();
-        let (bases, blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + 2);
+        let (bases, blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + HUGE_RUN + 2);
         let advised: Vec<bool> = bases.iter().map(|&b| os.is_huge(b)).collect();
+        let after = match (size, private) {
+            (1024, false) => HUGE_AFTER,
+            (1024, true) => HUGE_AFTER_PRIVATE,
+            _ => usize::MAX,
+        };
         let want: Vec<bool> = (0..bases.len())
-            .map(|i| match (size, private) {
-                (1024, false) => i >= HUGE_AFTER,
-                (1024, true) => i >= HUGE_AFTER_PRIVATE,
-                _ => false,
-            })
+            .map(|i| i >= after && (i - after) % (HUGE_RUN + 1) != HUGE_RUN)
             .collect();
         assert_eq!(advised, want, "{size}-byte blocks, private: {private}");
         assert_eq!(os.late_advice(), 0, "advice after the first touch");
