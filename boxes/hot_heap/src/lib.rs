@@ -533,9 +533,10 @@ const PARK_MAX: usize = 4;
 const HUGE_AFTER: usize = 4;
 /// The same for a private heap (H17): an arena that filled one superslab grows on.
 const HUGE_AFTER_PRIVATE: usize = 1;
-/// The most recently filled superslabs that HG1's density test reads (32 slabs each): a bound
-/// on its cost, once per 2 MiB a heap grows by.
-const HUGE_SAMPLE: usize = 64;
+/// The most recently filled superslabs that HG1's density test reads (a `mincore` of 2 MiB
+/// each, about 1.4 µs): a bound on its cost, once per 2 MiB a heap grows by (whose 512 base
+/// page faults take about 1.3 ms).
+const HUGE_SAMPLE: usize = 16;
 /// An advised superslab whose first touch (its header's write, which faults its huge page in)
 /// takes more than this much of its thread's CPU time (1 ms) says that the OS serves huge pages
 /// slowly now (HG1): 512 base page faults took about 1.3 ms on the development machine, a huge
