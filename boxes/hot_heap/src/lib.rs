@@ -272,13 +272,13 @@
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
-//!   2 MiB instead of 512 faults) when it owns at least [`HUGE_AFTER`] superslabs (a private
-//!   heap: [`HUGE_AFTER_PRIVATE`]) and the most recently filled of them (at most
-//!   [`HUGE_SAMPLE`]) that are served in base pages have at least 7/8 of their bytes touched:
+//!   2 MiB instead of 512 faults) when it owns at least `HUGE_AFTER` (4) superslabs (a private
+//!   heap: `HUGE_AFTER_PRIVATE` (1)) and the most recently filled of them (at most
+//!   `HUGE_SAMPLE` (16)) that are served in base pages have at least 7/8 of their bytes touched:
 //!   resident, as the OS says ([`Os::resident`]), or where it does not say, what their carved
 //!   blocks are known to have touched (superslab `carved_bytes`: a block's key word, so up to a
 //!   page per block). An advised superslab is resident whole and says nothing, so after
-//!   [`HUGE_RUN`] advised in a row the next one goes without: the test keeps reading fresh
+//!   `HUGE_RUN` (7) advised in a row the next one goes without: the test keeps reading fresh
 //!   evidence, and a heap that stops touching what it maps loses the advice within a few
 //!   superslabs. A heap that fills what it maps grows on, and a huge page then holds about as
 //!   much untouched memory as base pages would.
@@ -287,9 +287,9 @@
 //!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the
 //!   superslab is served in base pages after it) and when the superslab is retired (SS20),
 //!   so a region the lru hands on carries no advice its next owner did not ask for. The first
-//!   touch of an advised superslab is timed: one slower than [`HUGE_SLOW_NS`] (longer than
+//!   touch of an advised superslab is timed: one slower than `HUGE_SLOW_NS` (1 ms: longer than
 //!   512 base-page faults take; a VM whose host must supply the huge page's memory, as with
-//!   free page reporting, takes 4 to 10 ms) makes the next [`HUGE_BACKOFF`] superslabs that
+//!   free page reporting, takes 4 to 10 ms) makes the next `HUGE_BACKOFF` (64) superslabs that
 //!   any heap of the context would advise go without, and then the advice is tried again. The
 //!   touch is timed in the thread's CPU time, which a wait for a core does not advance.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
