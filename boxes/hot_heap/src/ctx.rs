@@ -43,6 +43,8 @@ impl Ctx {
             } else {
                 u64::MAX
             },
+            huge_skip: AtomicUsize::new(0),
+            huge_slow_ns: HUGE_SLOW_NS,
         }
     }
 
@@ -475,11 +477,25 @@ impl Ctx {
     }
 
     /// A superslab for heap `owner` from the lru, if it holds one.
-    pub(crate) fn superslab_from_lru(&'static self, owner: usize) -> Option<&'static Superslab> {
+    pub(crate) fn superslab_from_lru(
+        &'static self,
+        owner: usize,
+        huge: bool,
+    ) -> Option<&'static Superslab> {
         let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
-        // SAFETY: a cached region is ours, whole and unused (lru C2).
-        match unsafe { Superslab::init(&env, r.base, r.zeroed, owner) } {
+        let huge = huge && self.huge_allowed();
+        let t = if huge {
+            FirstTouch::start()
+        } else {
+            FirstTouch::NONE
+        };
+        // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
+        let ss = unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) };
+        if huge {
+            self.huge_touched(t.ns());
+        }
+        match ss {
             Ok(ss) => Some(ss),
             Err(region) => {
                 // SAFETY: never published.
@@ -490,8 +506,39 @@ impl Ctx {
     }
 
     /// A superslab for heap `owner` fresh from the OS.
-    pub(crate) fn superslab_from_os(&'static self, owner: usize) -> Option<&'static Superslab> {
-        Superslab::create(&self.env(), owner)
+    pub(crate) fn superslab_from_os(
+        &'static self,
+        owner: usize,
+        huge: bool,
+    ) -> Option<&'static Superslab> {
+        let huge = huge && self.huge_allowed();
+        let t = if huge {
+            FirstTouch::start()
+        } else {
+            FirstTouch::NONE
+        };
+        let ss = Superslab::create_advised(&self.env(), owner, huge);
+        if huge {
+            self.huge_touched(t.ns());
+        }
+        ss
+    }
+
+    /// False while superslabs go without huge-page advice after a slow first touch (HG1),
+    /// counting this one.
+    fn huge_allowed(&self) -> bool {
+        self.huge_skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// Hears how long an advised superslab's first touch took (HG1, in the thread's CPU time;
+    /// `None`: not known): a slow one stops the advice for the next [`HUGE_BACKOFF`]
+    /// superslabs.
+    pub(crate) fn huge_touched(&self, ns: Option<u64>) {
+        if ns.is_some_and(|ns| ns > self.huge_slow_ns) {
+            self.huge_skip.store(HUGE_BACKOFF, Ordering::Relaxed);
+        }
     }
 
     /// Takes every lock a forking thread must not leave held (fork's `prepare`).
@@ -537,5 +584,29 @@ impl Ctx {
             self.abandoned.force_unlock();
             self.heaps.force_unlock();
         }
+    }
+}
+
+/// The timing of an advised superslab's first touch (HG1), in the thread's CPU time: a wait for
+/// a core (most slow touches on a busy machine) does not count; the fault's work, and a VM's
+/// host supplying the memory under it, do.
+struct FirstTouch {
+    at: u64,
+}
+
+impl FirstTouch {
+    /// No timing.
+    const NONE: Self = Self { at: 0 };
+
+    fn start() -> Self {
+        Self {
+            at: hakmem_os::thread_cpu_ns(),
+        }
+    }
+
+    /// The thread's CPU ns since [`FirstTouch::start`]; `None` when the clock cannot be read.
+    fn ns(&self) -> Option<u64> {
+        let now = hakmem_os::thread_cpu_ns();
+        (now != 0).then(|| now.saturating_sub(self.at))
     }
 }

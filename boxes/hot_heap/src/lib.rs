@@ -294,6 +294,29 @@
 //!   free does that work once instead of pushing, taking, caching and flushing each block. A
 //!   free whose block carries the free key takes the full slow path, to its confirmation
 //!   (FK3), and a block freed straight and freed again is found on its slab's free list.
+//! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
+//!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
+//!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
+//!   2 MiB instead of 512 faults) when it owns at least `HUGE_AFTER` (4) superslabs (a private
+//!   heap: `HUGE_AFTER_PRIVATE` (1)) and the most recently filled of them (at most
+//!   `HUGE_SAMPLE` (16)) that are served in base pages have at least 7/8 of their bytes touched:
+//!   resident, as the OS says ([`Os::resident`]), or where it does not say, what their carved
+//!   blocks are known to have touched (superslab `carved_bytes`: a block's key word, so up to a
+//!   page per block). An advised superslab is resident whole and says nothing, so after
+//!   `HUGE_RUN` (7) advised in a row the next one goes without: the test keeps reading fresh
+//!   evidence, and a heap that stops touching what it maps loses the advice within a few
+//!   superslabs. A heap that fills what it maps grows on, and a huge page then holds about as
+//!   much untouched memory as base pages would.
+//!   A heap whose superslabs are sparse (larson's and churn's threads, hand-offs whose blocks
+//!   come back late) maps base pages as before. The advice is taken back when a purge tick
+//!   purges any of a superslab's free slabs (H14: the purge splits the huge page, and the
+//!   superslab is served in base pages after it) and when the superslab is retired (SS20),
+//!   so a region the lru hands on carries no advice its next owner did not ask for. The first
+//!   touch of an advised superslab is timed: one slower than `HUGE_SLOW_NS` (1 ms: longer than
+//!   512 base-page faults take; a VM whose host must supply the huge page's memory, as with
+//!   free page reporting, takes 4 to 10 ms) makes the next `HUGE_BACKOFF` (64) superslabs that
+//!   any heap of the context would advise go without, and then the advice is tried again. The
+//!   touch is timed in the thread's CPU time, which a wait for a core does not advance.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.
@@ -529,6 +552,28 @@ const CLAIM_BELOW: usize = 4;
 /// Heaps parked at most, waiting for a thread to take them (H18).
 const PARK_MAX: usize = 4;
 
+/// A thread's heap that grows past this many filled superslabs (8 MiB) has its next ones
+/// advised for huge pages (HG1). Below it, a thread's superslabs are the few, partly used ones
+/// that larson and churn keep per thread (with 1, larson's peak RSS nearly doubled).
+const HUGE_AFTER: usize = 4;
+/// The same for a private heap (H17): an arena that filled one superslab grows on.
+const HUGE_AFTER_PRIVATE: usize = 1;
+/// The most recently filled superslabs that HG1's density test reads (a `mincore` of 2 MiB
+/// each, about 1.4 µs): a bound on its cost, once per 2 MiB a heap grows by (whose 512 base
+/// page faults take about 1.3 ms).
+const HUGE_SAMPLE: usize = 16;
+/// An advised superslab whose first touch (its header's write, which faults its huge page in)
+/// takes more than this much of its thread's CPU time (1 ms) says that the OS serves huge pages
+/// slowly now (HG1): 512 base page faults took about 1.3 ms on the development machine, a huge
+/// page 0.2 to 0.4 ms when its memory was recently used, 4 to 10 ms when the VM's host had to
+/// supply it.
+const HUGE_SLOW_NS: u64 = 1_000_000;
+/// The superslabs that go without advice after a slow first touch (HG1): 128 MiB.
+const HUGE_BACKOFF: usize = 64;
+/// A heap's superslabs advised in a row at most (HG1); the next one goes without, so that the
+/// density test keeps reading what the heap touches (an advised superslab is resident whole).
+const HUGE_RUN: usize = 7;
+
 struct Heaps {
     /// Live heaps, most recently made (or checked by [`Ctx::reap_one`]) first.
     live: *mut Heap,
@@ -575,6 +620,11 @@ pub struct Ctx {
     /// How long a free slab keeps its pages before its heap's purge tick gives them back
     /// (H14): the lru's purge delay, or `u64::MAX` when purging is off.
     slab_purge_delay: u64,
+    /// Superslabs still to go without huge-page advice after a slow first touch (HG1).
+    huge_skip: AtomicUsize,
+    /// A first touch of an advised superslab slower than this many ns is slow (HG1):
+    /// [`HUGE_SLOW_NS`]; tests set it to make the outcome independent of the clock.
+    pub(crate) huge_slow_ns: u64,
 }
 
 /// One thread's heap.
@@ -601,6 +651,8 @@ pub struct Heap {
     kept_empty: *const Superslab,
     /// A private heap (H17): it adopts no abandoned superslab.
     private: bool,
+    /// Superslabs advised for huge pages in a row since the last one that was not (HG1).
+    huge_run: usize,
     /// When the next purge tick of the owned superslabs' free slabs is due (H14, as
     /// [`hakmem_lru::now_ns`]); `u64::MAX` when none waits.
     purge_due: u64,
@@ -711,6 +763,7 @@ impl Heap {
         h.cursor = null();
         h.kept_empty = null();
         h.private = false;
+        h.huge_run = 0;
         h.purge_due = u64::MAX;
         h.prof_started = false;
         h.adapt = adapt::Adapt::new();

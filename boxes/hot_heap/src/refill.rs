@@ -183,12 +183,14 @@ impl Heap {
                     return Some(slab);
                 }
             }
-            if let Some(s) = self.ctx().superslab_from_lru(self.id) {
+            let huge = self.huge_run < HUGE_RUN && self.fills_its_memory();
+            self.huge_run = if huge { self.huge_run + 1 } else { 0 };
+            if let Some(s) = self.ctx().superslab_from_lru(self.id, huge) {
                 break s;
             }
             // A private heap adopts nothing (H17): a retirement would not serve it.
             if self.private || !self.ctx().retire_unclaimed_parked() {
-                break self.ctx().superslab_from_os(self.id)?;
+                break self.ctx().superslab_from_os(self.id, huge)?;
             }
         };
         self.link_owned(s, true);
@@ -196,6 +198,45 @@ impl Heap {
         let slab = unsafe { s.alloc_slab(class.index() as u32, bs) }?;
         self.ring_insert(class, slab);
         Some(slab)
+    }
+
+    /// True when the heap's next superslab is to be advised for huge pages (HG1): it owns at
+    /// least [`HUGE_AFTER`] superslabs ([`HUGE_AFTER_PRIVATE`] for a private heap), and the
+    /// most recently filled of them (at most [`HUGE_SAMPLE`], from the back of the owned list,
+    /// where a superslab goes when it fills, H7) that are served in base pages have at least 7/8
+    /// of their bytes touched; false when none of them is.
+    pub(crate) fn fills_its_memory(&self) -> bool {
+        let after = if self.private {
+            HUGE_AFTER_PRIVATE
+        } else {
+            HUGE_AFTER
+        };
+        if self.owned_count < after {
+            return false;
+        }
+        let os = self.ctx().os;
+        let (mut touched, mut n, mut read, mut ss) = (0, 0, 0, self.owned_tail);
+        while read < HUGE_SAMPLE {
+            // SAFETY: owned superslabs are live and ours.
+            let Some(s) = (unsafe { ss.as_ref() }) else {
+                break;
+            };
+            read += 1;
+            // SAFETY: ours; the region is a mapping of the context's `Os`. An advised
+            // superslab is resident whole: it says nothing.
+            unsafe {
+                ss = s.heap_links().1;
+                if s.is_huge() {
+                    continue;
+                }
+                let base = NonNull::new(s.base() as *mut u8).expect("never at 0");
+                touched += os
+                    .resident(base, SS_SIZE)
+                    .unwrap_or_else(|| s.carved_bytes());
+            }
+            n += 1;
+        }
+        n != 0 && touched * 8 >= n * SS_SIZE * 7
     }
 
     /// Drains remote frees from up to `n` own superslabs, rotating, so every one is visited.

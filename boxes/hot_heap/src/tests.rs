@@ -1559,3 +1559,119 @@ fn a_growing_heap_retires_a_parked_heap_no_thread_came_for() {
     assert_eq!(ctx.snapshot().held(c.index()), 0);
     assert!(my_reports().is_empty());
 }
+
+/// The superslabs a heap has taken, in order, while it allocates `class` until it has
+/// `n` of them; the blocks allocated.
+fn alloc_until_superslabs(h: &mut Heap, class: SizeClass, n: usize) -> (Vec<usize>, Vec<*mut u8>) {
+    let (mut bases, mut blocks) = (Vec::new(), Vec::new());
+    while bases.len() < n {
+        // SAFETY: the heap is this thread's own.
+        let p = unsafe { h.alloc(class) };
+        assert!(!p.is_null(), "the arena holds {n} superslabs");
+        let base = p as usize & !(SS_SIZE - 1);
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+        blocks.push(p);
+    }
+    (bases, blocks)
+}
+
+/// HG1: a thread's heap that fills its superslabs has each one after its fourth advised for
+/// huge pages before its first touch, but for one in every `HUGE_RUN + 1`, which goes without;
+/// one whose slabs are carved sparsely (one 36 KiB block per 64 KiB slab) is not; a private
+/// heap's are from its second one on. Freed and retired, their advice is gone.
+#[test]
+fn a_heap_that_fills_its_superslabs_gets_huge_pages_and_a_sparse_one_does_not() {
+    for (size, private) in [(1024, false), (36 << 10, false), (1024, true)] {
+        let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(24)));
+        let mut ctx = Ctx::new(os, os.registry(), LruConfig::default(), false, count_report);
+        // No first touch counts as slow: the outcome does not depend on the clock.
+        ctx.huge_slow_ns = u64::MAX;
+        let ctx: &'static Ctx = Box::leak(Box::new(ctx));
+        let heap = if private {
+            ctx.new_private_heap().unwrap()
+        } else {
+            ctx.new_heap().unwrap()
+        };
+        // SAFETY: a fresh heap, used by this thread only.
+        let h = unsafe { &mut *heap.as_ptr() };
+        let c = class_of(size).unwrap();
+        let (bases, blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + HUGE_RUN + 2);
+        let advised: Vec<bool> = bases.iter().map(|&b| os.is_huge(b)).collect();
+        let after = match (size, private) {
+            (1024, false) => HUGE_AFTER,
+            (1024, true) => HUGE_AFTER_PRIVATE,
+            _ => usize::MAX,
+        };
+        let want: Vec<bool> = (0..bases.len())
+            .map(|i| i >= after && (i - after) % (HUGE_RUN + 1) != HUGE_RUN)
+            .collect();
+        assert_eq!(advised, want, "{size}-byte blocks, private: {private}");
+        assert_eq!(os.late_advice(), 0, "advice after the first touch");
+        for b in blocks {
+            // SAFETY: ours, freed once.
+            unsafe { free(h, b) };
+        }
+        // SAFETY: not used again.
+        unsafe {
+            if private {
+                ctx.destroy_heap(heap);
+            } else {
+                ctx.retire_heap(heap);
+            }
+        }
+        assert!(
+            bases.iter().all(|&b| !os.is_huge(b)),
+            "a released superslab keeps its advice"
+        );
+        assert_eq!(my_reports(), []);
+    }
+}
+
+/// HG1: after a slow first touch of an advised superslab, the next `HUGE_BACKOFF` superslabs a
+/// heap would advise go without; an unknown time counts for nothing. (The growth path's own
+/// timings count as fast here: the clock does not decide the outcome.)
+#[test]
+fn a_slow_huge_first_touch_stops_the_advice_for_a_while() {
+    let os: &'static HeapOs = Box::leak(Box::new(HeapOs::new(16)));
+    let mut ctx = Ctx::new(os, os.registry(), LruConfig::default(), false, count_report);
+    ctx.huge_slow_ns = u64::MAX - 1;
+    let ctx: &'static Ctx = Box::leak(Box::new(ctx));
+    ctx.huge_touched(None);
+    assert_eq!(ctx.huge_skip.load(Ordering::Relaxed), 0);
+    ctx.huge_touched(Some(u64::MAX));
+    assert_eq!(ctx.huge_skip.load(Ordering::Relaxed), HUGE_BACKOFF);
+    let h = heap(ctx);
+    let c = class_of(1024).unwrap();
+    let (mut bases, mut blocks) = alloc_until_superslabs(h, c, HUGE_AFTER + 2);
+    assert!(
+        bases.iter().all(|&b| !os.is_huge(b)),
+        "advised while backing off"
+    );
+    // Only the superslabs a heap would have advised count.
+    assert_eq!(ctx.huge_skip.load(Ordering::Relaxed), HUGE_BACKOFF - 2);
+    // Once the back-off has run out, the advice comes back.
+    ctx.huge_skip.store(1, Ordering::Relaxed);
+    while bases.len() < HUGE_AFTER + 4 {
+        // SAFETY: the heap is this thread's own.
+        let p = unsafe { h.alloc(c) };
+        let base = p as usize & !(SS_SIZE - 1);
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+        blocks.push(p);
+    }
+    assert!(
+        !os.is_huge(bases[HUGE_AFTER + 2]),
+        "the back-off's last superslab"
+    );
+    assert!(os.is_huge(bases[HUGE_AFTER + 3]), "the advice is back");
+    for b in blocks {
+        // SAFETY: ours, freed once.
+        unsafe { free(h, b) };
+    }
+    // SAFETY: not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(my_reports(), []);
+}

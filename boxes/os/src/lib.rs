@@ -8,7 +8,7 @@
 //! |---|---|
 //! | mappings, purges, huge-page hints | [`Os`], [`LibcOs`] |
 //! | the page size, read once | [`page_size`] |
-//! | one monotonic clock (a precise and a cheap read of it) | [`monotonic_ns`], [`monotonic_coarse_ns`] |
+//! | one monotonic clock (a precise and a cheap read of it), and the thread's CPU time | [`monotonic_ns`], [`monotonic_coarse_ns`], [`thread_cpu_ns`] |
 //! | the random secret source | [`secret`] |
 //! | the environment, without allocating | [`getenv`] |
 //! | thread identity | [`pid`], [`thread_id`], [`thread_gone`] |
@@ -54,7 +54,8 @@ pub use hakmem_stats::{Event, GlobalStats};
 
 pub use linux::{
     abort, getenv, monotonic_coarse_ns, monotonic_ns, page_size, peak_resident_bytes, pid,
-    resident_bytes, secret, thread_gone, thread_id, write_fd, write_stderr, yield_now, LibcOs,
+    resident_bytes, secret, thread_cpu_ns, thread_gone, thread_id, write_fd, write_stderr,
+    yield_now, LibcOs,
 };
 
 /// The smallest page size there is (4 KiB): the granularity of the superslab header's layout.
@@ -218,6 +219,30 @@ pub unsafe trait Os: Sync {
     /// belongs to the caller.
     unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
         let _ = (ptr, len);
+    }
+
+    /// Takes [`Os::advise_huge`]'s advice back: later faults in `[ptr, ptr + len)` are served
+    /// in base pages, and the OS does not gather the range's pages into huge ones behind the
+    /// caller's back (Linux: `MADV_NOHUGEPAGE`; khugepaged would otherwise collapse a range that
+    /// was partly purged, making its purged pages resident again). Huge pages already there stay
+    /// until they are purged or unmapped. A hint that never changes the contents; the default
+    /// does nothing.
+    ///
+    /// # Safety
+    /// As for [`Os::advise_huge`].
+    unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
+        let _ = (ptr, len);
+    }
+
+    /// How many bytes of `[ptr, ptr + len)` are resident (Linux: `mincore`, in pages of
+    /// [`Os::page_size`]): pages touched and not purged since. `None` when the OS does not say
+    /// (the default).
+    ///
+    /// # Safety
+    /// As for [`Os::advise_huge`].
+    unsafe fn resident(&self, ptr: NonNull<u8>, len: usize) -> Option<usize> {
+        let _ = (ptr, len);
+        None
     }
 }
 

@@ -298,6 +298,36 @@ unsafe impl Os for LibcOs {
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
     }
 
+    unsafe fn resident(&self, ptr: NonNull<u8>, len: usize) -> Option<usize> {
+        const CHUNK: usize = 512;
+        let page = page_size();
+        let mut v = [0u8; CHUNK];
+        let (mut at, mut pages) = (0, 0);
+        while at < len {
+            let n = (len - at).div_ceil(page).min(CHUNK);
+            // SAFETY: the caller's own mapping, page-aligned; `v` holds `n` bytes; mincore
+            // only reads the page tables.
+            let rc = unsafe {
+                libc::mincore(
+                    ptr.as_ptr().add(at).cast(),
+                    (n * page).min(len - at),
+                    v.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+            pages += v[..n].iter().filter(|&&b| b & 1 != 0).count();
+            at += n * page;
+        }
+        Some(pages * page)
+    }
+
+    unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: as for `advise_huge`: MADV_NOHUGEPAGE changes how later faults are served.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+    }
+
     unsafe fn purge(&self, ptr: NonNull<u8>, len: usize, stats: &GlobalStats) -> bool {
         // SAFETY: the caller guarantees the range is ours and its contents are dead. On private
         // anonymous memory MADV_DONTNEED frees the pages at once and later reads see zeros.
@@ -415,6 +445,23 @@ pub fn pid() -> u32 {
 pub fn thread_id() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// The CPU time the calling thread has used, user and system, in nanoseconds
+/// (`CLOCK_THREAD_CPUTIME_ID`): unlike [`monotonic_ns`], it does not run while the thread waits
+/// for a core. Never runs backwards for one thread; 0 when the clock cannot be read.
+pub fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
 }
 
 /// True when thread `tid` of process `pid` has ended: the kernel answers "no such thread"

@@ -215,3 +215,18 @@ fn abort_ends_the_process_with_sigabrt() {
     assert!(libc::WIFSIGNALED(status));
     assert_eq!(libc::WTERMSIG(status), libc::SIGABRT);
 }
+
+#[test]
+fn the_threads_cpu_clock_runs_with_its_work() {
+    let a = crate::thread_cpu_ns();
+    assert_ne!(a, 0, "the thread's CPU clock reads");
+    // Work until the clock moves (a few ms at most; bounded, so a stuck clock fails).
+    let mut x = 0u64;
+    for _ in 0..1u64 << 32 {
+        x = core::hint::black_box(x.wrapping_add(1));
+        if x.is_multiple_of(1024) && crate::thread_cpu_ns() != a {
+            break;
+        }
+    }
+    assert!(crate::thread_cpu_ns() > a);
+}

@@ -198,6 +198,15 @@
 //!   `used`, and the slab is freed. This is SS4 with "no block held anywhere" true by the
 //!   owner's word rather than by counting: its caller guarantees that no user, list or cache
 //!   holds a block and that every non-owner's free of one has returned.
+//! - **SS20 (huge pages).** A superslab made with `huge` ([`Superslab::create_advised`],
+//!   [`Superslab::init_advised`]) has its whole region advised for huge pages
+//!   ([`Os::advise_huge`]) before its header is written, and remembers it (an owner's word).
+//!   The first purge tick that purges any of its free slabs (SS16) takes the advice back
+//!   ([`Os::advise_no_huge`]) before it purges: the purge splits the huge page, and the
+//!   superslab is served in base pages from then on, so the OS never gathers purged pages
+//!   back into a huge one. [`Superslab::retire`] takes the advice back too, so a region
+//!   goes to its next user (the lru's next taker) without it. The advice changes no
+//!   contents: SS4 and SS8 hold as for any superslab.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![no_std]
 

@@ -32,6 +32,11 @@ pub mod heap {
         next: Mutex<usize>,
         live: Mutex<Vec<(usize, usize)>>,
         unmaps: AtomicUsize,
+        /// The ranges advised for huge pages and not taken back since.
+        huge: Mutex<Vec<(usize, usize)>>,
+        /// Advice given to a superslab-aligned chunk whose header word was already written:
+        /// advice that came too late for the chunk's first touch.
+        late_advice: AtomicUsize,
     }
 
     impl HeapOs {
@@ -57,6 +62,8 @@ pub mod heap {
                 next: Mutex::new(arena),
                 live: Mutex::new(Vec::new()),
                 unmaps: AtomicUsize::new(0),
+                huge: Mutex::new(Vec::new()),
+                late_advice: AtomicUsize::new(0),
             }
         }
 
@@ -74,6 +81,37 @@ pub mod heap {
         /// How many ranges were unmapped so far.
         pub fn unmaps(&self) -> usize {
             self.unmaps.load(SeqCst)
+        }
+
+        /// True while the byte at `addr` is advised for huge pages ([`Os::advise_huge`], not
+        /// taken back by [`Os::advise_no_huge`] or an unmap since).
+        pub fn is_huge(&self, addr: usize) -> bool {
+            let huge = self.huge.lock().unwrap();
+            huge.iter().any(|&(p, n)| p <= addr && addr < p + n)
+        }
+
+        /// How many times a 2 MiB-aligned chunk was advised for huge pages after its superslab
+        /// header's first word had been written (too late to serve its first touch).
+        pub fn late_advice(&self) -> usize {
+            self.late_advice.load(SeqCst)
+        }
+
+        /// Takes `[ptr, ptr + len)` out of the advised ranges, keeping the parts of each outside.
+        fn unadvise(&self, ptr: usize, len: usize) {
+            let mut huge = self.huge.lock().unwrap();
+            let old = core::mem::take(&mut *huge);
+            for (p, n) in old {
+                if p + n <= ptr || ptr + len <= p {
+                    huge.push((p, n));
+                    continue;
+                }
+                if p < ptr {
+                    huge.push((p, ptr - p));
+                }
+                if ptr + len < p + n {
+                    huge.push((ptr + len, p + n - ptr - len));
+                }
+            }
         }
 
         /// True while `[ptr, ptr + len)` lies in mapped ranges (one, or several end to end).
@@ -178,7 +216,40 @@ pub mod heap {
                 "unmap of a range that is not mapped (released twice?)",
             );
             self.unmaps.fetch_add(1, SeqCst);
+            self.unadvise(a, len);
             stats.event(Event::Munmap, len);
+        }
+
+        unsafe fn advise_huge(&self, ptr: NonNull<u8>, len: usize) {
+            let a = ptr.as_ptr() as usize;
+            self.check_pages("advise_huge", a, len);
+            assert!(
+                self.is_mapped(a, len),
+                "advice for a range that is not mapped"
+            );
+            let first = a.next_multiple_of(crate::SS_SIZE);
+            for chunk in
+                (first..(a + len).saturating_sub(crate::SS_SIZE - 1)).step_by(crate::SS_SIZE)
+            {
+                // SAFETY: a whole chunk inside the mapped range (checked above): the word where
+                // a superslab at `chunk` keeps its magic.
+                let magic = unsafe { *((chunk + crate::superslab::HEADER_OFFSET) as *const usize) };
+                if magic != 0 {
+                    self.late_advice.fetch_add(1, SeqCst);
+                }
+            }
+            self.unadvise(a, len);
+            self.huge.lock().unwrap().push((a, len));
+        }
+
+        unsafe fn advise_no_huge(&self, ptr: NonNull<u8>, len: usize) {
+            let a = ptr.as_ptr() as usize;
+            self.check_pages("advise_no_huge", a, len);
+            assert!(
+                self.is_mapped(a, len),
+                "advice for a range that is not mapped"
+            );
+            self.unadvise(a, len);
         }
 
         unsafe fn relocate(

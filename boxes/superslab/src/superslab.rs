@@ -34,6 +34,8 @@ struct SsLocal {
     aged_slabs: u32,
     /// When that tick ran (the caller's clock, in ns): the age of `aged_slabs`.
     aged_at: u64,
+    /// The region is advised for huge pages (SS20).
+    huge: bool,
     /// The owning heap's list of superslabs.
     next: *const Superslab,
     prev: *const Superslab,
@@ -78,7 +80,7 @@ unsafe impl Sync for Superslab {}
 /// 0's blocks fill the `SLAB_SIZE - HEADER_SIZE` bytes below it.
 pub const HEADER_SIZE: usize = (core::mem::size_of::<Superslab>() + PAGE - 1) & !(PAGE - 1);
 /// The header's offset from the superslab's base: the top of slab 0 (SS14).
-const HEADER_OFFSET: usize = SLAB_SIZE - HEADER_SIZE;
+pub(crate) const HEADER_OFFSET: usize = SLAB_SIZE - HEADER_SIZE;
 
 impl Superslab {
     /// Writes a fresh header into `region` (one superslab of memory, the header at the top of
@@ -94,6 +96,27 @@ impl Superslab {
         zeroed: bool,
         owner: usize,
     ) -> Result<&'a Self, NonNull<u8>> {
+        // SAFETY: forwarded.
+        unsafe { Self::init_advised(env, region, zeroed, owner, false) }
+    }
+
+    /// [`Superslab::init`], with the region advised for huge pages ([`crate::Os::advise_huge`])
+    /// before the header is written when `huge` (SS20): where the OS grants one, the header's
+    /// write faults in a whole 2 MiB page, and the blocks carved later fault nothing.
+    ///
+    /// # Safety
+    /// As for [`Superslab::init`]; the region is a mapping (or part of one) of `env`'s `Os`.
+    pub unsafe fn init_advised<'a>(
+        env: &Env<'_>,
+        region: NonNull<u8>,
+        zeroed: bool,
+        owner: usize,
+        huge: bool,
+    ) -> Result<&'a Self, NonNull<u8>> {
+        if huge {
+            // SAFETY: the caller's region of `env.os`, unused; the advice changes no contents.
+            unsafe { env.os.advise_huge(region, SS_SIZE) };
+        }
         // SAFETY: within the region (HEADER_OFFSET + HEADER_SIZE = SLAB_SIZE < SS_SIZE).
         let ss = unsafe { region.as_ptr().add(HEADER_OFFSET) }.cast::<Superslab>();
         let base = region.as_ptr() as usize;
@@ -112,6 +135,7 @@ impl Superslab {
                 zero_slabs: if zeroed { u32::MAX >> (32 - SLABS) } else { 0 },
                 aged_slabs: 0,
                 aged_at: 0,
+                huge,
                 next: core::ptr::null(),
                 prev: core::ptr::null(),
             }));
@@ -160,11 +184,17 @@ impl Superslab {
     /// ss.owner(); // error: `registry` and `os` do not live long enough
     /// ```
     pub fn create<'e>(env: &Env<'e>, owner: usize) -> Option<&'e Self> {
+        Self::create_advised(env, owner, false)
+    }
+
+    /// [`Superslab::create`], with the new region advised for huge pages before its first
+    /// touch when `huge` (SS20, [`Superslab::init_advised`]).
+    pub fn create_advised<'e>(env: &Env<'e>, owner: usize, huge: bool) -> Option<&'e Self> {
         // The link key exists before any block does (SS18).
         crate::link_key();
         let region = env.os.map(SS_SIZE, SS_SIZE, env.stats)?;
         // SAFETY: a fresh mapping of the right size and alignment, read as zero.
-        match unsafe { Self::init(env, region, true, owner) } {
+        match unsafe { Self::init_advised(env, region, true, owner, huge) } {
             Ok(ss) => {
                 env.stats.event(Event::SsCreated, 0);
                 Some(ss)
@@ -319,7 +349,41 @@ impl Superslab {
         );
         self.state.store(RELEASED, Ordering::Release);
         env.registry.unregister(self.base(), SS_SIZE);
-        NonNull::new(self.base() as *mut u8).expect("a superslab is never at 0")
+        let region = NonNull::new(self.base() as *mut u8).expect("a superslab is never at 0");
+        // SAFETY: no reference is left (the caller's contract), so `local` is ours.
+        if self.local.with(|l| unsafe { (*l).huge }) {
+            // SAFETY: the region is ours (withdrawn above) and a mapping of `env.os`; the
+            // advice changes no contents.
+            unsafe { env.os.advise_no_huge(region, SS_SIZE) };
+        }
+        region
+    }
+
+    /// The bytes its in-use slabs are known to have touched: each block carved (handed out at
+    /// some time in the slab's current life) had its key word written, so the pages of carved
+    /// blocks up to a page each ([`PAGE`]; a larger block's further pages are the user's to
+    /// touch or not). A lower bound of the superslab's resident bytes, apart from purges.
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn carved_bytes(&self) -> usize {
+        // SAFETY: forwarded: the owner reads its slabs' owner-only words.
+        unsafe { self.slabs_in_use() }
+            .map(|s| {
+                // SAFETY: as above.
+                let l = unsafe { s.local() };
+                l.carve as usize * (l.block_size as usize).min(PAGE)
+            })
+            .sum()
+    }
+
+    /// True while the region is advised for huge pages (SS20).
+    ///
+    /// # Safety
+    /// The caller owns the superslab.
+    pub unsafe fn is_huge(&self) -> bool {
+        // SAFETY: forwarded.
+        self.local.with(|l| unsafe { (*l).huge })
     }
 
     /// Takes a free slab for blocks of `block_size` bytes of `class`, for the owner.
@@ -417,6 +481,19 @@ impl Superslab {
         }
         let mut purged = 0;
         let mut zeroed = 0u32;
+        // A purge of part of a huge page splits it: the superslab is served in base pages from
+        // here on (SS20), so that the OS does not gather the purged pages back into one.
+        let take_huge = || {
+            self.local.with_mut(|l| {
+                // SAFETY: the caller owns the superslab.
+                unsafe { core::mem::take(&mut (*l).huge) }
+            })
+        };
+        if todo != 0 && take_huge() {
+            let base = NonNull::new(self.base() as *mut u8).expect("never at 0");
+            // SAFETY: the superslab's own region, a mapping of `env.os`; no contents change.
+            unsafe { env.os.advise_no_huge(base, SS_SIZE) };
+        }
         while todo != 0 {
             let i = todo.trailing_zeros() as usize;
             // The run of slabs i..i+n; slab 0 is a run of its own (the header ends it).

@@ -1015,3 +1015,61 @@ fn validate_names_the_invariant_a_corrupted_header_or_slab_breaks() {
         assert_eq!(broken(ss.validate(1)), None, "every change undone");
     }
 }
+
+/// SS20: a superslab made with `huge` is advised before its header is written; the purge tick
+/// that purges one of its free slabs takes the advice back first, and so does its retirement;
+/// one made without is never advised.
+#[test]
+fn huge_advice_comes_before_the_first_touch_and_goes_with_the_first_purge_or_the_retirement() {
+    let w = World::new();
+    let env = w.env();
+    let plain = Superslab::create(&env, 1).unwrap();
+    let huge = Superslab::create_advised(&env, 1, true).unwrap();
+    let kept = Superslab::create_advised(&env, 1, true).unwrap();
+    assert!(!w.os.is_huge(plain.base()));
+    assert!(w.os.is_huge(huge.base()) && w.os.is_huge(huge.base() + SS_SIZE - 1));
+    assert_eq!(
+        w.os.late_advice(),
+        0,
+        "advised after the header was written"
+    );
+    // SAFETY: this thread owns the superslabs; every block is freed once.
+    unsafe {
+        assert!(!plain.is_huge() && huge.is_huge() && kept.is_huge());
+        // A slab used and freed: the tick that ages it purges nothing and keeps the advice;
+        // the next one purges it, and takes the advice back first.
+        let slab = huge.alloc_slab(0, 1024).unwrap();
+        let mut blocks = Vec::new();
+        slab.alloc_batch(u32::MAX, |b| blocks.push(b));
+        for &b in &blocks {
+            b.write_bytes(0xAB, 1024);
+            slab.free_local(b).unwrap();
+        }
+        assert!(huge.free_slab(slab), "every slab is free");
+        assert_eq!(huge.purge_free_slabs(&env, 1000, 100), (0, true));
+        assert!(huge.is_huge() && w.os.is_huge(huge.base()));
+        let (purged, _) = huge.purge_free_slabs(&env, 2000, 100);
+        assert!(purged > 0);
+        assert!(!huge.is_huge() && !w.os.is_huge(huge.base()));
+        // A tick with nothing to purge leaves the advice alone.
+        assert_eq!(kept.purge_free_slabs(&env, 3000, 100), (0, false));
+        assert!(kept.is_huge() && w.os.is_huge(kept.base()));
+        // The retirement of an advised superslab takes the advice back.
+        assert!(kept.unpin());
+        let region = kept.retire(&env);
+        assert!(!w.os.is_huge(region.as_ptr() as usize));
+        w.os.unmap(region, SS_SIZE, &w.stats);
+        // A region reused with advice (as the lru's) gets it again before its header.
+        let plain_base = plain.base();
+        assert!(plain.unpin());
+        let region = plain.retire(&env);
+        let again = Superslab::init_advised(&env, region, false, 2, true).unwrap();
+        assert!(again.is_huge() && w.os.is_huge(plain_base));
+        assert!(again.unpin());
+        let region = again.retire(&env);
+        w.os.unmap(region, SS_SIZE, &w.stats);
+        assert!(huge.unpin());
+        let region = huge.retire(&env);
+        w.os.unmap(region, SS_SIZE, &w.stats);
+    }
+}
