@@ -319,221 +319,91 @@ mod imp {
         empty = sym super::NO_HEAP,
     );
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn get() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: reads this thread's slot (defined above, 8 bytes, 8-aligned) at the thread
-        // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
-        // result depends only on memory (`readonly`), so equal reads may be merged.
-        unsafe {
-            asm!(
-                concat!("mov {h}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
-                "mov {h}, qword ptr fs:[{h}]",
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
+    /// A slot's two accessors: `$get` reads this thread's word at symbol `$sym!()`, `$set`
+    /// writes it, each with the initial-exec model's one load of the slot's offset from its GOT
+    /// entry and one access at the thread pointer plus that offset.
+    macro_rules! accessors {
+        ($get:ident, $set:ident, $sym:ident) => {
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            pub fn $get() -> *mut Heap {
+                let h: *mut Heap;
+                // SAFETY: reads this thread's slot (defined above, 8 bytes, 8-aligned) at the
+                // thread pointer plus the slot's offset, which the GOT entry holds. No stack, no
+                // flags; the result depends only on memory (`readonly`), so equal reads may be
+                // merged.
+                unsafe {
+                    asm!(
+                        concat!("mov {h}, qword ptr [rip + ", $sym!(), "@GOTTPOFF]"),
+                        "mov {h}, qword ptr fs:[{h}]",
+                        h = out(reg) h,
+                        options(nostack, preserves_flags, readonly, pure),
+                    )
+                };
+                h
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn get_free() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: reads this thread's free slot (defined above, 8 bytes, 8-aligned) at the thread
-        // pointer plus the slot's offset, which the GOT entry holds. No stack, no flags; the
-        // result depends only on memory (`readonly`), so equal reads may be merged.
-        unsafe {
-            asm!(
-                concat!("mov {h}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
-                "mov {h}, qword ptr fs:[{h}]",
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            pub fn $set(h: *mut Heap) {
+                // SAFETY: writes this thread's slot, as the reader above reads it. `off` is an
+                // early output, so it never shares a register with `h`.
+                unsafe {
+                    asm!(
+                        concat!("mov {off}, qword ptr [rip + ", $sym!(), "@GOTTPOFF]"),
+                        "mov qword ptr fs:[{off}], {h}",
+                        off = out(reg) _,
+                        h = in(reg) h,
+                        options(nostack, preserves_flags),
+                    )
+                };
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn set(h: *mut Heap) {
-        // SAFETY: writes this thread's slot, as `get` reads it. `off` is an early output, so it
-        // never shares a register with `h`.
-        unsafe {
-            asm!(
-                concat!("mov {off}, qword ptr [rip + ", slot!(), "@GOTTPOFF]"),
-                "mov qword ptr fs:[{off}], {h}",
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
+            #[cfg(target_arch = "aarch64")]
+            #[inline(always)]
+            pub fn $get() -> *mut Heap {
+                let h: *mut Heap;
+                // SAFETY: as on x86_64: the thread pointer (tpidr_el0) plus the slot's offset,
+                // loaded from its GOT entry.
+                unsafe {
+                    asm!(
+                        "mrs {tp}, tpidr_el0",
+                        concat!("adrp {h}, :gottprel:", $sym!()),
+                        concat!("ldr {h}, [{h}, #:gottprel_lo12:", $sym!(), "]"),
+                        "ldr {h}, [{tp}, {h}]",
+                        tp = out(reg) _,
+                        h = out(reg) h,
+                        options(nostack, preserves_flags, readonly, pure),
+                    )
+                };
+                h
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn set_free(h: *mut Heap) {
-        // SAFETY: writes this thread's free slot, as `get_free` reads it. `off` is an early output, so it
-        // never shares a register with `h`.
-        unsafe {
-            asm!(
-                concat!("mov {off}, qword ptr [rip + ", free_slot!(), "@GOTTPOFF]"),
-                "mov qword ptr fs:[{off}], {h}",
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn get_counted() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: reads this thread's counted slot (defined above, 8 bytes, 8-aligned), as
-        // `get` reads the allocation slot.
-        unsafe {
-            asm!(
-                concat!("mov {h}, qword ptr [rip + ", counted_slot!(), "@GOTTPOFF]"),
-                "mov {h}, qword ptr fs:[{h}]",
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    pub fn set_counted(h: *mut Heap) {
-        // SAFETY: writes this thread's counted slot, as `set` writes the allocation slot.
-        unsafe {
-            asm!(
-                concat!("mov {off}, qword ptr [rip + ", counted_slot!(), "@GOTTPOFF]"),
-                "mov qword ptr fs:[{off}], {h}",
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
+            #[cfg(target_arch = "aarch64")]
+            #[inline(always)]
+            pub fn $set(h: *mut Heap) {
+                // SAFETY: writes this thread's slot, as the reader above reads it; `tp` and
+                // `off` are early outputs, distinct from `h`.
+                unsafe {
+                    asm!(
+                        "mrs {tp}, tpidr_el0",
+                        concat!("adrp {off}, :gottprel:", $sym!()),
+                        concat!("ldr {off}, [{off}, #:gottprel_lo12:", $sym!(), "]"),
+                        "str {h}, [{tp}, {off}]",
+                        tp = out(reg) _,
+                        off = out(reg) _,
+                        h = in(reg) h,
+                        options(nostack, preserves_flags),
+                    )
+                };
+            }
         };
     }
 
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn get() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: as on x86_64: the thread pointer (tpidr_el0) plus the slot's offset, loaded
-        // from its GOT entry.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {h}, :gottprel:", slot!()),
-                concat!("ldr {h}, [{h}, #:gottprel_lo12:", slot!(), "]"),
-                "ldr {h}, [{tp}, {h}]",
-                tp = out(reg) _,
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn get_free() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: as on x86_64, for the free slot: the thread pointer (tpidr_el0) plus the slot's offset, loaded
-        // from its GOT entry.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {h}, :gottprel:", free_slot!()),
-                concat!("ldr {h}, [{h}, #:gottprel_lo12:", free_slot!(), "]"),
-                "ldr {h}, [{tp}, {h}]",
-                tp = out(reg) _,
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn set(h: *mut Heap) {
-        // SAFETY: writes this thread's slot, as `get` reads it; `tp` and `off` are early
-        // outputs, distinct from `h`.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {off}, :gottprel:", slot!()),
-                concat!("ldr {off}, [{off}, #:gottprel_lo12:", slot!(), "]"),
-                "str {h}, [{tp}, {off}]",
-                tp = out(reg) _,
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn set_free(h: *mut Heap) {
-        // SAFETY: writes this thread's free slot, as `get_free` reads it; `tp` and `off` are early
-        // outputs, distinct from `h`.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {off}, :gottprel:", free_slot!()),
-                concat!("ldr {off}, [{off}, #:gottprel_lo12:", free_slot!(), "]"),
-                "str {h}, [{tp}, {off}]",
-                tp = out(reg) _,
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn get_counted() -> *mut Heap {
-        let h: *mut Heap;
-        // SAFETY: as `get`, for the counted slot.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {h}, :gottprel:", counted_slot!()),
-                concat!("ldr {h}, [{h}, #:gottprel_lo12:", counted_slot!(), "]"),
-                "ldr {h}, [{tp}, {h}]",
-                tp = out(reg) _,
-                h = out(reg) h,
-                options(nostack, preserves_flags, readonly, pure),
-            )
-        };
-        h
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    pub fn set_counted(h: *mut Heap) {
-        // SAFETY: as `set`, for the counted slot; `tp` and `off` are early outputs, distinct
-        // from `h`.
-        unsafe {
-            asm!(
-                "mrs {tp}, tpidr_el0",
-                concat!("adrp {off}, :gottprel:", counted_slot!()),
-                concat!("ldr {off}, [{off}, #:gottprel_lo12:", counted_slot!(), "]"),
-                "str {h}, [{tp}, {off}]",
-                tp = out(reg) _,
-                off = out(reg) _,
-                h = in(reg) h,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
+    // The allocation slot, the free slot (T5) and a counted thread's heap (T6).
+    accessors!(get, set, slot);
+    accessors!(get_free, set_free, free_slot);
+    accessors!(get_counted, set_counted, counted_slot);
 }
 
 #[cfg(test)]
