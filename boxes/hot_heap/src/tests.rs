@@ -851,14 +851,9 @@ fn classes_in_use_do_not_take_each_others_budget() {
     assert!(my_reports().is_empty());
 }
 
-#[test]
-fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
-    // Nine superslabs of 16 KiB blocks: 288 slabs for the cache's 256 entries, so (pigeonhole)
-    // at least 32 slabs are not in it (H8). Every block is freed the C way: the owned cache's
-    // fast path first, the full path (the registry) when it says no. Both must free each block
-    // exactly once, and the misses must be there.
-    let ctx = ctx(24, false);
-    let h = heap(ctx);
+/// Allocates 16 KiB blocks (four to a slab) from `h` until `ctx` has made nine superslabs and
+/// the last slab is full: 288 slabs or more for the owned cache's 256 entries (H8).
+fn nine_superslabs_of_16_kib_blocks(ctx: &Ctx, h: &mut Heap) -> (SizeClass, Vec<*mut u8>) {
     let c = class_of(16 * 1024).unwrap();
     let mut blocks = Vec::new();
     while ctx.snapshot().count(Event::SsCreated) < 9 || blocks.len() % 4 != 0 {
@@ -867,6 +862,18 @@ fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
         assert!(!p.is_null());
         blocks.push(p);
     }
+    (c, blocks)
+}
+
+#[test]
+fn the_owned_cache_serves_what_it_holds_and_sends_the_rest_to_the_full_path() {
+    // Nine superslabs of 16 KiB blocks: 288 slabs for the cache's 256 entries, so (pigeonhole)
+    // at least 32 slabs are not in it (H8). Every block is freed the C way: the owned cache's
+    // fast path first, the full path (the registry) when it says no. Both must free each block
+    // exactly once, and the misses must be there.
+    let ctx = ctx(24, false);
+    let h = heap(ctx);
+    let (c, blocks) = nine_superslabs_of_16_kib_blocks(ctx, h);
     // A pointer that is not a block start, and one that is not ours: refused, nothing written.
     let mut local = [0u64; 4];
     // SAFETY: any address may be offered; neither is freed.
@@ -907,14 +914,7 @@ fn a_free_that_misses_the_owned_cache_puts_its_slab_back_in_it() {
     // names only slabs of owned superslabs.
     let ctx = ctx(24, false);
     let h = heap(ctx);
-    let c = class_of(16 * 1024).unwrap();
-    let mut blocks = Vec::new();
-    while ctx.snapshot().count(Event::SsCreated) < 9 || blocks.len() % 4 != 0 {
-        // SAFETY: the heap is this test thread's own.
-        let p = unsafe { h.alloc(c) };
-        assert!(!p.is_null());
-        blocks.push(p);
-    }
+    let (c, blocks) = nine_superslabs_of_16_kib_blocks(ctx, h);
     let slab_of = |p: *mut u8| p as usize >> SLAB_SHIFT;
     // Two blocks of a slab the cache does not hold (the lookup reads only the cache).
     let (a, b) = blocks
