@@ -211,22 +211,35 @@ impl Heap {
     /// returns it through the bitmap in check mode (H6), else counts the overflow (H11) and
     /// spills the full list, or starts a run of straight frees (H20), and pushes it.
     ///
+    /// The class of an owned slab's block `p` that is being freed, or `None` once `p` is
+    /// reported: the slab's class word names no class (a slab's class is a class's index,
+    /// `alloc_slab`, so only corrupted metadata fails this), or `p` carries the free key and is
+    /// free here already (FK3: a double free).
+    ///
+    /// # Safety
+    /// `p` is a block of at least 16 bytes of a slab of this heap, given up by the caller.
+    pub(crate) unsafe fn class_of_freed(&self, class: usize, p: *mut u8) -> Option<SizeClass> {
+        let Some(class) = SizeClass::new(class) else {
+            self.ctx().report(Corrupt::NotABlock(p as usize));
+            return None;
+        };
+        // SAFETY: `p` is a block of at least 16 bytes (the caller's contract).
+        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
+            self.ctx().report(Corrupt::DoubleFree(p as usize));
+            return None;
+        }
+        Some(class)
+    }
+
     /// # Safety
     /// As [`Heap::free_local_slow`].
     #[cold]
     #[inline(never)]
     unsafe fn free_local_full(&mut self, class: usize, p: *mut u8) {
-        // A slab's class is a class's index (`alloc_slab`): only a corrupted metadata word
-        // fails this.
-        let Some(class) = SizeClass::new(class) else {
-            self.ctx().report(Corrupt::NotABlock(p as usize));
+        // SAFETY: as this function's.
+        let Some(class) = (unsafe { self.class_of_freed(class, p) }) else {
             return;
         };
-        // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
-        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
-            self.ctx().report(Corrupt::DoubleFree(p as usize));
-            return;
-        }
         self.purge_if_due();
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.

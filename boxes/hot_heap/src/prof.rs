@@ -238,15 +238,10 @@ impl Heap {
     pub unsafe fn free_own_unlisted(&mut self, slab: &SlabMeta, p: *mut u8) {
         // SAFETY: our own slab.
         let (class, _) = unsafe { slab.class_and_carved_owned() };
-        let Some(class) = SizeClass::new(class) else {
-            self.ctx().report(Corrupt::NotABlock(p as usize));
+        // SAFETY: `p` is a block of our own slab that the caller gives up.
+        let Some(class) = (unsafe { self.class_of_freed(class, p) }) else {
             return;
         };
-        // SAFETY: `p` is a block of at least 16 bytes the caller gives up.
-        if unsafe { key_word(p) } == self.key && self.is_free_here(class, p) {
-            self.ctx().report(Corrupt::DoubleFree(p as usize));
-            return;
-        }
         if self.ctx().check {
             // SAFETY: the caller gives `p` up; it lies in a live superslab of ours.
             unsafe { self.return_checked(class, p) };

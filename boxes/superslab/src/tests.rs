@@ -804,17 +804,23 @@ fn a_list_leaves_another_lists_superslab_alone() {
     assert!(!a.try_remove(on_a) && !b.try_remove(on_b));
 }
 
+/// A slab's owner-side counts: blocks out, blocks on the free list, and whether the list is
+/// empty.
+///
+/// # Safety
+/// The calling thread owns the slab.
+unsafe fn local_counts(slab: &SlabMeta) -> (u32, u32, bool) {
+    // SAFETY: the caller owns the slab.
+    let l = unsafe { slab.local() };
+    (l.used, l.free_len, l.free.is_null())
+}
+
 #[test]
 fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() {
     // Memory outside the slab, which a forged link names.
     static OUTSIDE: [u64; 8] = [0; 8];
     let w = World::new();
     let ss = Superslab::create(&w.env(), 1).unwrap();
-    let counts = |slab: &SlabMeta| {
-        // SAFETY: this thread owns the slab.
-        let l = unsafe { slab.local() };
-        (l.used, l.free_len, l.free.is_null())
-    };
     // SAFETY: this thread owns the superslab; each block is freed once (the test writes into
     // free blocks only to play the user's overflow).
     unsafe {
@@ -831,7 +837,7 @@ fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() 
             slab.take_free_chain(8),
             Err(Corrupt::FreeList(b[2] as usize))
         );
-        assert_eq!(counts(slab), (8, 0, true));
+        assert_eq!(local_counts(slab), (8, 0, true));
         assert!(!slab.free_list_contains(b[1]));
         // A link to memory outside the slab: the block holding it is handed out, the rest
         // dropped, and the batch carves on.
@@ -843,7 +849,7 @@ fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() 
         assert_eq!((n, bad), (2, Some(Corrupt::FreeList(b[4] as usize))));
         assert_eq!(got[0], b[4]);
         assert_eq!(slab.block_index(got[1]), 8, "carved, not the forged link");
-        assert_eq!(counts(slab), (9, 0, true));
+        assert_eq!(local_counts(slab), (9, 0, true));
         // A remote chain that becomes the free list as it is: its link is checked when used.
         slab.remote.push(b[5]);
         b[5].cast::<u64>().write(b[5].cast::<u64>().read() ^ 0x40);
@@ -852,14 +858,14 @@ fn a_bad_link_on_a_free_list_or_a_remote_chain_is_caught_and_its_list_dropped() 
             slab.take_free_chain(4),
             Err(Corrupt::FreeList(b[5] as usize))
         );
-        assert_eq!(counts(slab), (9, 0, true));
+        assert_eq!(local_counts(slab), (9, 0, true));
         // A remote chain the drain walks (the free list is longer): the chain is dropped.
         slab.free_local(b[6]).unwrap();
         slab.free_local(got[1]).unwrap();
         slab.remote.push(b[7]);
         b[7].cast::<u64>().write(0x4141_4141_4141_4141);
         assert_eq!(slab.drain_remote(), Err(Corrupt::FreeList(b[7] as usize)));
-        assert_eq!(counts(slab), (7, 2, false));
+        assert_eq!(local_counts(slab), (7, 2, false));
         assert!(slab.free_list_contains(b[6]) && slab.free_list_contains(got[1]));
     }
 }
@@ -873,11 +879,6 @@ fn a_zeroed_or_self_addressed_link_on_a_free_list_never_hands_a_block_out_twice(
     // twice.
     let w = World::new();
     let ss = Superslab::create(&w.env(), 1).unwrap();
-    let counts = |slab: &SlabMeta| {
-        // SAFETY: this thread owns the slab.
-        let l = unsafe { slab.local() };
-        (l.used, l.free_len, l.free.is_null())
-    };
     // SAFETY: this thread owns the superslab; each block is freed once (the test writes into
     // free blocks only to play the user's write after free).
     unsafe {
@@ -892,7 +893,7 @@ fn a_zeroed_or_self_addressed_link_on_a_free_list_never_hands_a_block_out_twice(
             let top = b[i + 2];
             top.cast::<usize>()
                 .write(if zero { 0 } else { top as usize });
-            let used = counts(slab).0;
+            let used = local_counts(slab).0;
             let mut got = Vec::new();
             let (n, bad) = slab.alloc_batch(3, |x| got.push(x));
             assert_eq!((n, bad), (3, Some(Corrupt::FreeList(top as usize))));
@@ -901,7 +902,7 @@ fn a_zeroed_or_self_addressed_link_on_a_free_list_never_hands_a_block_out_twice(
                 got[1..].iter().all(|x| !b.contains(x)),
                 "carved, new blocks"
             );
-            assert_eq!(counts(slab), (used + 3 + 2, 0, true));
+            assert_eq!(local_counts(slab), (used + 3 + 2, 0, true));
         }
         // The chain take reports the same, and hands nothing out.
         for (i, zero) in [(6, true), (9, false)] {
@@ -911,12 +912,12 @@ fn a_zeroed_or_self_addressed_link_on_a_free_list_never_hands_a_block_out_twice(
             let top = b[i + 2];
             top.cast::<usize>()
                 .write(if zero { 0 } else { top as usize });
-            let used = counts(slab).0;
+            let used = local_counts(slab).0;
             assert_eq!(
                 slab.take_free_chain(8),
                 Err(Corrupt::FreeList(top as usize))
             );
-            assert_eq!(counts(slab), (used + 3, 0, true));
+            assert_eq!(local_counts(slab), (used + 3, 0, true));
         }
     }
 }
