@@ -512,8 +512,8 @@ impl Ctx {
     /// Runs `touch`, the first touch of a 2 MiB region that `want`s huge-page advice (HG1: a
     /// superslab, or a medium region), telling it whether to advise the region first: `want`,
     /// unless a slow first touch stopped the advice for a while (this region counts as one of
-    /// the [`HUGE_BACKOFF`]). An advised touch is timed in the thread's CPU time, and a slow
-    /// one stops the advice for the next [`HUGE_BACKOFF`] regions that want it.
+    /// the 64 that then go without). An advised touch is timed in the thread's CPU time, and a
+    /// slow one (over 1 ms) stops the advice for the next 64 regions that want it.
     pub fn first_touch<T>(&self, want: bool, touch: impl FnOnce(bool) -> T) -> T {
         let huge = want && self.huge_allowed();
         let t = if huge {
