@@ -208,8 +208,21 @@ fn prev_set(b: &Bits, before: usize) -> Option<usize> {
 
 /// The span map of one region: which granules are blocks, which are free, which may hold
 /// data. Plain data: the caller serialises access (the tier's lock).
+///
+/// The counts come first: with the region header's list link they share its first cache line,
+/// so a search that skips a region (too few free granules, or too short a longest run, M6)
+/// reads one line of it.
 #[repr(C)]
 pub struct SpanMap {
+    /// Granules neither used nor reserved.
+    free: u32,
+    /// Live blocks.
+    live: u32,
+    /// Purge reservations in flight.
+    reserved: u32,
+    /// At least the longest free run (M6): exact after a search that found no fit, raised to
+    /// the coalesced run by every free, so a region it rules out is skipped without a search.
+    max_run: u32,
     /// Granules in a block, in the header, or reserved by a purge in flight.
     used: Bits,
     /// Granules that may be nonzero (handed out since the OS last zeroed them).
@@ -220,15 +233,6 @@ pub struct SpanMap {
     freed: Bits,
     /// At a live block's first granule, its length in granules; 0 everywhere else.
     len: [u16; GRANULES],
-    /// Granules neither used nor reserved.
-    free: u32,
-    /// Live blocks.
-    live: u32,
-    /// Purge reservations in flight.
-    reserved: u32,
-    /// At least the longest free run (M6): exact after a search that found no fit, raised to
-    /// the coalesced run by every free, so a region it rules out is skipped without a search.
-    max_run: u32,
 }
 
 impl SpanMap {
