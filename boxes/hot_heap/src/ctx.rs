@@ -484,17 +484,10 @@ impl Ctx {
     ) -> Option<&'static Superslab> {
         let r = self.lru.take(&self.stats, SS_SIZE, true, now_ns())?;
         let env = self.env();
-        let huge = huge && self.huge_allowed();
-        let t = if huge {
-            FirstTouch::start()
-        } else {
-            FirstTouch::NONE
-        };
-        // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
-        let ss = unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) };
-        if huge {
-            self.huge_touched(t.ns());
-        }
+        let ss = self.first_touch(huge, |huge| {
+            // SAFETY: a cached region is ours, whole and unused (lru C2), a mapping of our `Os`.
+            unsafe { Superslab::init_advised(&env, r.base, r.zeroed, owner, huge) }
+        });
         match ss {
             Ok(ss) => Some(ss),
             Err(region) => {
@@ -511,17 +504,28 @@ impl Ctx {
         owner: usize,
         huge: bool,
     ) -> Option<&'static Superslab> {
-        let huge = huge && self.huge_allowed();
+        self.first_touch(huge, |huge| {
+            Superslab::create_advised(&self.env(), owner, huge)
+        })
+    }
+
+    /// Runs `touch`, the first touch of a 2 MiB region that `want`s huge-page advice (HG1: a
+    /// superslab, or a medium region), telling it whether to advise the region first: `want`,
+    /// unless a slow first touch stopped the advice for a while (this region counts as one of
+    /// the 64 that then go without). An advised touch is timed in the thread's CPU time, and a
+    /// slow one (over 1 ms) stops the advice for the next 64 regions that want it.
+    pub fn first_touch<T>(&self, want: bool, touch: impl FnOnce(bool) -> T) -> T {
+        let huge = want && self.huge_allowed();
         let t = if huge {
             FirstTouch::start()
         } else {
             FirstTouch::NONE
         };
-        let ss = Superslab::create_advised(&self.env(), owner, huge);
+        let out = touch(huge);
         if huge {
             self.huge_touched(t.ns());
         }
-        ss
+        out
     }
 
     /// False while superslabs go without huge-page advice after a slow first touch (HG1),

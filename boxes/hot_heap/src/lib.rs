@@ -316,7 +316,9 @@
 //!   512 base-page faults take; a VM whose host must supply the huge page's memory, as with
 //!   free page reporting, takes 4 to 10 ms) makes the next `HUGE_BACKOFF` (64) superslabs that
 //!   any heap of the context would advise go without, and then the advice is tried again. The
-//!   touch is timed in the thread's CPU time, which a wait for a core does not advance.
+//!   touch is timed in the thread's CPU time, which a wait for a core does not advance. The
+//!   timing and the back-off are [`Ctx::first_touch`]'s, which the medium tier's regions go
+//!   through too (medium M7): their slow touches and skipped advice count alike.
 //! - **FK1 (keyed while free).** Every block on this heap's thread lists or cache (and, by SS9,
 //!   on a slab's free list or remote stack) carries the per-process free key in its second word:
 //!   a refill keys the blocks it carves, and every push writes it.

@@ -41,6 +41,17 @@
 //!   a region with a fitting run is never skipped.
 //! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
 //!   zeroed request whose granules are all clean is not written again.
+//! - **M7 (huge pages for a dense tier).** A new region is advised for huge pages before its
+//!   header's write, its first touch, so that one fault serves its 2 MiB instead of 512
+//!   (through the context's `first_touch`, hot_heap HG1, which times it and stops the advice
+//!   for a while after a slow one), when the tier holds at least [`HUGE_AFTER`] regions and at
+//!   least 7/8 of their granules have been touched: in a block, or free and dirty. An advised
+//!   region is resident whole, so a tier whose regions hold little stays in base pages. The
+//!   advice is taken back (the region is served in base pages after it) before the first purge
+//!   of any of the region's runs, which splits the huge page, and before the region goes back
+//!   to the lru, so a region the lru hands on carries no advice its next owner did not ask
+//!   for. A region's `huge` flag is read and written under the lock, or by the one thread that
+//!   holds the region once it is unlinked and unregistered.
 //!
 //! The tier owns its lock and list ([`lock_for_fork`] and [`force_unlock`] are for the
 //! facade's fork handlers) and reports nothing itself: what the caller passes in (the context,
@@ -100,6 +111,8 @@ pub const MEDIUM_ALIGN: usize = 64 * 1024;
 const _: () = assert!(MEDIUM_ALIGN / GRANULE + MAX_GRANULES <= GRANULES);
 /// Most runs one purge pass reserves before it releases the lock.
 const BATCH: usize = 64;
+/// Regions the tier holds before a new one may be advised for huge pages (M7): 8 MiB.
+pub const HUGE_AFTER: usize = 4;
 
 const MAGIC: usize = 0x4841_4b4d_4d45_0001; // "HAKMME" v1
 
@@ -195,8 +208,21 @@ fn prev_set(b: &Bits, before: usize) -> Option<usize> {
 
 /// The span map of one region: which granules are blocks, which are free, which may hold
 /// data. Plain data: the caller serialises access (the tier's lock).
+///
+/// The counts come first: with the region header's list link they share its first cache line,
+/// so a search that skips a region (too few free granules, or too short a longest run, M6)
+/// reads one line of it.
 #[repr(C)]
 pub struct SpanMap {
+    /// Granules neither used nor reserved.
+    free: u32,
+    /// Live blocks.
+    live: u32,
+    /// Purge reservations in flight.
+    reserved: u32,
+    /// At least the longest free run (M6): exact after a search that found no fit, raised to
+    /// the coalesced run by every free, so a region it rules out is skipped without a search.
+    max_run: u32,
     /// Granules in a block, in the header, or reserved by a purge in flight.
     used: Bits,
     /// Granules that may be nonzero (handed out since the OS last zeroed them).
@@ -207,15 +233,6 @@ pub struct SpanMap {
     freed: Bits,
     /// At a live block's first granule, its length in granules; 0 everywhere else.
     len: [u16; GRANULES],
-    /// Granules neither used nor reserved.
-    free: u32,
-    /// Live blocks.
-    live: u32,
-    /// Purge reservations in flight.
-    reserved: u32,
-    /// At least the longest free run (M6): exact after a search that found no fit, raised to
-    /// the coalesced run by every free, so a region it rules out is skipped without a search.
-    max_run: u32,
 }
 
 impl SpanMap {
@@ -413,6 +430,13 @@ impl SpanMap {
         (0..WORDS).any(|w| self.dirty[w] & !self.used[w] != 0)
     }
 
+    /// Granules touched: in a block, the header or a purge in flight, or free and dirty (M7).
+    pub fn touched(&self) -> usize {
+        (0..WORDS)
+            .map(|w| (self.used[w] | self.dirty[w]).count_ones() as usize)
+            .sum()
+    }
+
     /// True when no block is held and no purge is in flight (M4).
     fn releasable(&self) -> bool {
         self.live == 0 && self.reserved == 0
@@ -427,6 +451,8 @@ struct Region {
     next: *mut Region,
     /// The last purge tick that visited this region.
     ticked: u64,
+    /// Advised for huge pages, and the advice not taken back since (M7).
+    huge: bool,
     map: SpanMap,
 }
 
@@ -525,6 +551,21 @@ impl State {
         }
         None
     }
+
+    /// True when a new region is to be advised for huge pages (M7): the tier holds at least
+    /// [`HUGE_AFTER`] regions and at least 7/8 of their granules have been touched.
+    fn dense(&self) -> bool {
+        let (mut regions, mut touched) = (0, 0);
+        let mut r = self.head;
+        while !r.is_null() {
+            // SAFETY: a live region of the list, under the lock.
+            let region = unsafe { &*r };
+            touched += region.map.touched();
+            regions += 1;
+            r = region.next;
+        }
+        regions >= HUGE_AFTER && touched * 8 >= regions * GRANULES * 7
+    }
 }
 
 /// The region at `base` and the granule of `p` in it, if `p` is on a granule boundary past the
@@ -551,10 +592,10 @@ fn arm(ctx: &Ctx) {
 pub fn alloc(ctx: &Ctx, row: Row<'_>, size: usize, align: usize, zero: bool) -> *mut u8 {
     let n = size.div_ceil(GRANULE);
     let step = align.div_ceil(GRANULE);
-    let got = match MEDIUM.with(|s| s.alloc(n, step)) {
-        Some(got) => got,
-        None => {
-            let Some(r) = new_region(ctx) else {
+    let got = match MEDIUM.with(|s| s.alloc(n, step).ok_or_else(|| s.dense())) {
+        Ok(got) => got,
+        Err(dense) => {
+            let Some(r) = new_region(ctx, dense) else {
                 return null_mut();
             };
             // A fresh region's data is free, and the largest block fits it at any alignment
@@ -580,9 +621,10 @@ pub fn alloc(ctx: &Ctx, row: Row<'_>, size: usize, align: usize, zero: bool) -> 
     user
 }
 
-/// A new region, registered, from the lru or the OS; `None` when the OS refuses.
+/// A new region, registered, from the lru or the OS, advised for huge pages when the tier is
+/// `dense` (M7); `None` when the OS refuses.
 #[cold]
-fn new_region(ctx: &Ctx) -> Option<*mut Region> {
+fn new_region(ctx: &Ctx, dense: bool) -> Option<*mut Region> {
     if !owned_by(ctx, true) {
         return None;
     }
@@ -592,14 +634,21 @@ fn new_region(ctx: &Ctx) -> Option<*mut Region> {
         None => (map_or_collect(ctx, SS_SIZE, SS_SIZE, 0)?, true),
     };
     let r = base.as_ptr().cast::<Region>();
-    // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule. Written
-    // before the region is published (R1).
-    unsafe {
-        addr_of_mut!((*r).magic).write(MAGIC);
-        addr_of_mut!((*r).next).write(null_mut());
-        addr_of_mut!((*r).ticked).write(0);
-        addr_of_mut!((*r).map).write(SpanMap::new(zeroed));
-    }
+    ctx.first_touch(dense, |huge| {
+        if huge {
+            // SAFETY: a whole unused region of our `Os`; the advice changes no contents.
+            unsafe { env.os.advise_huge(base, SS_SIZE) };
+        }
+        // SAFETY: a whole unused region of ours, 2 MiB; the header fits its first granule.
+        // Written before the region is published (R1).
+        unsafe {
+            addr_of_mut!((*r).magic).write(MAGIC);
+            addr_of_mut!((*r).next).write(null_mut());
+            addr_of_mut!((*r).ticked).write(0);
+            addr_of_mut!((*r).huge).write(huge);
+            addr_of_mut!((*r).map).write(SpanMap::new(zeroed));
+        }
+    });
     // SAFETY: the region is ours until released (which unregisters it first), with its header
     // written above; `classify` reads no medium header.
     if unsafe {
@@ -615,10 +664,16 @@ fn new_region(ctx: &Ctx) -> Option<*mut Region> {
     Some(r)
 }
 
-/// Gives an unlinked region, unregistered under the lock (M4), back to the lru.
+/// Gives an unlinked region, unregistered under the lock (M4), back to the lru, its huge-page
+/// advice taken back first (M7).
 fn release(ctx: &Ctx, r: *mut Region) {
     let env = ctx.env();
     let base = NonNull::new(r.cast::<u8>()).expect("never at 0");
+    // SAFETY: unlinked and unregistered: this thread is the region's only user.
+    if unsafe { (*r).huge } {
+        // SAFETY: a whole region of our `Os`; the advice changes no contents.
+        unsafe { env.os.advise_no_huge(base, SS_SIZE) };
+    }
     // SAFETY: retired: unregistered, no block held, unlinked, so nothing refers to it.
     unsafe { ctx.lru.put(env.stats, base, SS_SIZE, now_ns()) };
 }
@@ -767,6 +822,8 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
     });
     loop {
         let mut runs = [(null_mut::<Region>(), 0usize, 0usize); BATCH];
+        // The runs before whose purge their region's huge-page advice is taken back (M7).
+        let mut unadvise = [false; BATCH];
         let mut k = 0;
         let mut more = false;
         let mut gone: *mut Region = null_mut();
@@ -791,6 +848,10 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
                 }
                 let room = BATCH - k;
                 let got = region.map.reserve_purge(all, &mut buf[..room]);
+                if got > 0 && region.huge {
+                    region.huge = false;
+                    unadvise[k] = true;
+                }
                 for &(g, n) in &buf[..got] {
                     runs[k] = (r, g, n);
                     k += 1;
@@ -807,6 +868,12 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
         let mut failed = false;
         let mut done = [false; BATCH];
         for (i, &(r, g, n)) in runs[..k].iter().enumerate() {
+            if unadvise[i] {
+                let base = NonNull::new(r.cast::<u8>()).expect("never at 0");
+                // SAFETY: a live region of our `Os` (its reservations keep it, M4); the advice
+                // changes no contents.
+                unsafe { env.os.advise_no_huge(base, SS_SIZE) };
+            }
             let at = NonNull::new((r as usize + g * GRANULE) as *mut u8).expect("never at 0");
             // SAFETY: reserved above: free granules of ours that nothing hands out meanwhile.
             done[i] = unsafe { env.os.purge(at, n * GRANULE, env.stats) };
