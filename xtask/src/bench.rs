@@ -34,6 +34,11 @@ use std::time::Duration;
 
 /// Every allocator the suite knows, in table order.
 pub const ALLOCATORS: &[&str] = &["hakmem", "system", "mimalloc", "jemalloc"];
+/// hakmem with heap profiling on at its default rate: hakmem's own builds, each run with
+/// `HAKMEM_PROF=1` and `HAKMEM_PROF_FILE=` (no dump), so `--allocators hakmem,hakmem-prof`
+/// gives profiling's on-cost side by side in one run (hakmem is then the baseline). Never
+/// selected by default.
+pub const PROFILED: &str = "hakmem-prof";
 /// Ratios are taken against this allocator when it is selected.
 const BASELINE: &str = "mimalloc";
 /// Iteration counts for the callgrind difference (two loop lengths).
@@ -84,7 +89,8 @@ pub struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Allocators to compare, comma-separated: hakmem, system, mimalloc, jemalloc (default:
-    /// all four; with --quick, hakmem and mimalloc).
+    /// all four; with --quick, hakmem and mimalloc), and hakmem-prof (hakmem with heap
+    /// profiling on; the first allocator named is the baseline when mimalloc is not).
     #[arg(long, value_delimiter = ',')]
     allocators: Option<Vec<String>>,
     /// Runs per workload and allocator (default 5, or 3 with --quick).
@@ -318,9 +324,9 @@ fn allocators(a: &Args) -> Result<Vec<String>, String> {
     let mut allocs: Vec<String> = Vec::new();
     for name in &names {
         let n = name.trim().to_lowercase();
-        if !ALLOCATORS.contains(&n.as_str()) {
+        if !ALLOCATORS.contains(&n.as_str()) && n != PROFILED {
             return Err(format!(
-                "unknown allocator {name:?}; choose from {}",
+                "unknown allocator {name:?}; choose from {}, {PROFILED}",
                 ALLOCATORS.join(", ")
             ));
         }
@@ -402,11 +408,14 @@ pub fn run(a: Args) -> Result<(), String> {
         .into_iter()
         .filter(|l| entries.iter().any(|e| e.lane == *l) || cg_lanes.contains(l))
         .collect();
+    let mut distinct: Vec<&str> = allocs.iter().map(|al| build::build_of(al)).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
     let builds = lanes
         .iter()
         .map(|l| match l {
-            Lane::Rust => allocs.len(),
-            Lane::C => 1 + allocs.len(),
+            Lane::Rust => distinct.len(),
+            Lane::C => 1 + distinct.len(),
         })
         .sum::<usize>();
     let total = builds + unique.len() * runs * allocs.len() + cg_lanes.len() * 2 * allocs.len();
@@ -499,9 +508,10 @@ fn run_entries(
                         .command(e.lane, al, &e.args, quick)
                         .expect("it worked for the cell");
                     match exec::sample(c, timeout) {
-                        Ok(s) if s.allocator != *al => cell.fail(format!(
-                            "the process reports allocator {:?}, expected {al:?}{}",
+                        Ok(s) if s.allocator != build::build_of(al) => cell.fail(format!(
+                            "the process reports allocator {:?}, expected {:?}{}",
                             s.allocator,
+                            build::build_of(al),
                             if e.lane == Lane::C {
                                 " (the preload did not take)"
                             } else {
@@ -667,6 +677,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hakmem_prof_is_chosen_by_name_and_runs_hakmem_with_profiling_on() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        let parse = |v: &[&str]| Cli::parse_from([&["bench"], v].concat()).a;
+        assert_eq!(
+            allocators(&parse(&["--quick"])).unwrap(),
+            ["hakmem", "mimalloc"]
+        );
+        assert!(!allocators(&parse(&[]))
+            .unwrap()
+            .contains(&PROFILED.to_string()));
+        assert_eq!(
+            allocators(&parse(&["--allocators", "hakmem,hakmem-prof"])).unwrap(),
+            ["hakmem", PROFILED]
+        );
+        assert!(allocators(&parse(&["--allocators", "hakmem-profile"])).is_err());
+        assert_eq!(build::build_of(PROFILED), "hakmem");
+        assert_eq!(build::build_of("mimalloc"), "mimalloc");
+        let progs = build::Programs::for_tests("/bin/true");
+        let env = |al| {
+            let c = progs.command(Lane::Rust, al, &[], false).unwrap();
+            let mut v: Vec<(String, String)> = c
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.into(), v?.to_str()?.into())))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            env(PROFILED),
+            [
+                ("HAKMEM_PROF".into(), "1".into()),
+                ("HAKMEM_PROF_FILE".into(), String::new())
+            ]
+        );
+        assert_eq!(env("hakmem"), []);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! with fat LTO and one codegen unit, so a build spends most of its time on one core: the
 //! builds run side by side, each reported as it ends (on the progress bar, or as a line when
 //! stderr is not a terminal).
-use super::{baselines, cargo, Lane};
+use super::{baselines, cargo, Lane, PROFILED};
 use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,15 @@ fn build_workloads(root: &Path, alloc: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The allocator whose builds `al` runs: hakmem's for [`PROFILED`], else its own.
+pub(crate) fn build_of(al: &str) -> &str {
+    if al == PROFILED {
+        "hakmem"
+    } else {
+        al
+    }
+}
+
 /// Where a cell's runs come from: the lane's program for this allocator, or why there is none.
 pub struct Programs {
     /// Rust lane: the workload binary per allocator (missing: not built).
@@ -106,13 +115,21 @@ pub fn build_all(
     lanes: &[Lane],
     pb: &ProgressBar,
 ) -> Programs {
+    // Each build once: hakmem-prof runs hakmem's.
+    let mut builds: Vec<String> = Vec::new();
+    for al in allocs {
+        let b = build_of(al).to_string();
+        if !builds.contains(&b) {
+            builds.push(b);
+        }
+    }
     let mut jobs = Vec::new();
     if lanes.contains(&Lane::Rust) {
-        jobs.extend(allocs.iter().map(|al| Job::Workloads(al.clone())));
+        jobs.extend(builds.iter().map(|al| Job::Workloads(al.clone())));
     }
     if lanes.contains(&Lane::C) {
         jobs.push(Job::CWorkloads);
-        jobs.extend(allocs.iter().map(|al| Job::Library(al.clone())));
+        jobs.extend(builds.iter().map(|al| Job::Library(al.clone())));
     }
     pb.set_message(format!("building {} things side by side", jobs.len()));
     let done = Mutex::new(Vec::new());
@@ -179,10 +196,38 @@ pub fn build_all(
             }
         }
     }
+    for al in allocs.iter().filter(|al| build_of(al) != al.as_str()) {
+        let b = build_of(al);
+        if let Some(bin) = progs.bins.get(b).cloned() {
+            progs.bins.insert(al.clone(), bin);
+        }
+        if let Some(r) = progs.builds.get(b).cloned() {
+            progs.builds.insert(al.clone(), r);
+        }
+        if let Some(r) = progs.libs.get(b).cloned() {
+            progs.libs.insert(al.clone(), r);
+        }
+    }
     progs
 }
 
 impl Programs {
+    /// Programs whose Rust-lane binary is `bin` for hakmem and hakmem-prof alike, as
+    /// [`build_all`] leaves them after building hakmem once.
+    #[cfg(test)]
+    pub fn for_tests(bin: &str) -> Self {
+        let mut p = Programs {
+            bins: BTreeMap::new(),
+            builds: BTreeMap::new(),
+            cbin: None,
+            libs: BTreeMap::new(),
+        };
+        for al in ["hakmem", PROFILED] {
+            p.bins.insert(al.into(), bin.into());
+        }
+        p
+    }
+
     /// The command for `args` in `lane` on allocator `al`, or why it cannot run.
     pub fn command(
         &self,
@@ -223,6 +268,9 @@ impl Programs {
                 c
             }
         };
+        if al == PROFILED {
+            c.env("HAKMEM_PROF", "1").env("HAKMEM_PROF_FILE", "");
+        }
         c.args(args);
         if quick {
             c.arg("--quick");

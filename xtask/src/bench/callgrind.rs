@@ -99,12 +99,13 @@ pub fn run(
                 // The program's own result line says which allocator it ran on: a
                 // preload that did not take under valgrind is an error, not a count.
                 let r = exec::sample(c, Duration::from_secs(600)).and_then(|s| {
-                    if s.allocator == *al {
+                    if s.allocator == super::build::build_of(al) {
                         callgrind_total(&out)
                     } else {
                         Err(format!(
-                            "the process reports allocator {:?}, expected {al:?}",
-                            s.allocator
+                            "the process reports allocator {:?}, expected {:?}",
+                            s.allocator,
+                            super::build::build_of(al)
                         ))
                     }
                 });

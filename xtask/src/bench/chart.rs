@@ -9,11 +9,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(214, 39, 40),   // hakmem
     RGBColor(127, 127, 127), // system
     RGBColor(31, 119, 180),  // mimalloc
     RGBColor(44, 160, 44),   // jemalloc
+    RGBColor(255, 127, 14),  // hakmem-prof
 ];
 
 /// Ratios above this are drawn clipped, with their value written at the edge.
@@ -24,6 +25,7 @@ const ROW: u32 = 30;
 fn color(allocator: &str) -> RGBColor {
     let i = super::ALLOCATORS
         .iter()
+        .chain([&super::PROFILED])
         .position(|a| *a == allocator)
         .unwrap_or(0);
     COLORS[i]
