@@ -41,6 +41,17 @@
 //!   a region with a fitting run is never skipped.
 //! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
 //!   zeroed request whose granules are all clean is not written again.
+//! - **M8 (search hints).** A request of `n` granules searches the region list from the hint
+//!   of its size bucket (`n` from 2^b to 2^(b+1) - 1 granules is bucket b), not from its
+//!   head: every region before the hint has fewer free granules than 2^b or a longest-run
+//!   bound (M6) below it, so it holds no request of the bucket, and the search skips no region
+//!   with a fitting run (it picks the region a search from the head would). A search moves
+//!   the hint past the regions at its front that it finds cannot hold the bucket; a free, a
+//!   shrink or a purge's end that raises a region's bound above 2^b moves the bucket's hint
+//!   back to that region when it comes earlier in the list (regions keep the order they were
+//!   pushed in: a push order number says which comes first); a new region becomes the hint of
+//!   each bucket that had none, and an unlinked one passes its hints to the next region. So a
+//!   tier of many full regions serves a block without reading each of them.
 //! - **M7 (huge pages for a dense tier).** A new region is advised for huge pages before its
 //!   header's write, its first touch, so that one fault serves its 2 MiB instead of 512
 //!   (through the context's `first_touch`, hot_heap HG1, which times it and stops the advice
@@ -113,6 +124,14 @@ const _: () = assert!(MEDIUM_ALIGN / GRANULE + MAX_GRANULES <= GRANULES);
 const BATCH: usize = 64;
 /// Regions the tier holds before a new one may be advised for huge pages (M7): 8 MiB.
 pub const HUGE_AFTER: usize = 4;
+/// Size buckets of the search hints (M8): a block is at most `MAX_GRANULES` (255) granules.
+const BUCKETS: usize = 8;
+const _: () = assert!(MAX_GRANULES < 1 << BUCKETS);
+
+/// The search-hint bucket of a request of `n` granules (`1..=MAX_GRANULES`, M8).
+fn bucket(n: usize) -> usize {
+    (usize::BITS - 1 - n.max(1).leading_zeros()) as usize
+}
 
 const MAGIC: usize = 0x4841_4b4d_4d45_0001; // "HAKMME" v1
 
@@ -430,6 +449,12 @@ impl SpanMap {
         (0..WORDS).any(|w| self.dirty[w] & !self.used[w] != 0)
     }
 
+    /// False when no block of `n` granules fits: fewer free granules, or a longest-run bound
+    /// below `n` (M6).
+    fn may_hold(&self, n: usize) -> bool {
+        self.free as usize >= n && self.max_run as usize >= n
+    }
+
     /// Granules touched: in a block, the header or a purge in flight, or free and dirty (M7).
     pub fn touched(&self) -> usize {
         (0..WORDS)
@@ -453,6 +478,8 @@ struct Region {
     ticked: u64,
     /// Advised for huge pages, and the advice not taken back since (M7).
     huge: bool,
+    /// Its push order (M8): a region earlier in the list has a smaller number.
+    seq: u64,
     map: SpanMap,
 }
 
@@ -463,6 +490,11 @@ struct State {
     empty: usize,
     /// Purge ticks so far.
     tick: u64,
+    /// The next region's push order number (M8).
+    seq: u64,
+    /// Per size bucket, the region the search starts at (M8); null when no region can hold a
+    /// request of the bucket.
+    hint: [*mut Region; BUCKETS],
 }
 
 // SAFETY: the regions the list points to are reached only under the lock.
@@ -472,6 +504,8 @@ static MEDIUM: SpinLock<State> = SpinLock::new(State {
     head: null_mut(),
     empty: 0,
     tick: 0,
+    seq: 0,
+    hint: [null_mut(); BUCKETS],
 });
 
 /// How often the medium tier's lock was taken and found held.
@@ -504,26 +538,38 @@ fn owned_by(ctx: &Ctx, claim: bool) -> bool {
 }
 
 impl State {
-    /// Appends `r` (last: older regions are asked first, so a new one empties first).
+    /// Appends `r` (last: older regions are asked first, so a new one empties first); it
+    /// becomes the hint of every bucket that had none (M8).
     fn push(&mut self, r: *mut Region) {
         let mut at: *mut *mut Region = &mut self.head;
-        // SAFETY: every region in the list is live and reached under the lock.
+        // SAFETY: every region in the list is live and reached under the lock; `r` is a live
+        // region the caller hands over.
         unsafe {
+            (*r).seq = self.seq;
             while !(*at).is_null() {
                 at = addr_of_mut!((**at).next);
             }
             *at = r;
         }
+        self.seq += 1;
         self.empty += 1;
+        for h in self.hint.iter_mut().filter(|h| h.is_null()) {
+            *h = r;
+        }
     }
 
     fn unlink(&mut self, r: *mut Region) {
+        // SAFETY: a region of the list, under the lock.
+        let next = unsafe { (*r).next };
+        for h in self.hint.iter_mut().filter(|h| **h == r) {
+            *h = next;
+        }
         let mut at: *mut *mut Region = &mut self.head;
         // SAFETY: as in `push`.
         unsafe {
             while !(*at).is_null() {
                 if *at == r {
-                    *at = (*r).next;
+                    *at = next;
                     return;
                 }
                 at = addr_of_mut!((**at).next);
@@ -531,13 +577,30 @@ impl State {
         }
     }
 
+    /// After `r`'s longest-run bound may have risen (a free, a shrink, a purge's end): it
+    /// becomes the hint of each bucket it may now hold and comes before the bucket's hint in
+    /// the list (M8).
+    fn note_room(&mut self, r: *mut Region) {
+        // SAFETY: a live region of the list, under the lock.
+        let (seq, map) = unsafe { ((*r).seq, &(*r).map) };
+        for (b, h) in self.hint.iter_mut().enumerate() {
+            // SAFETY: a hint is null or a live region of the list.
+            if map.may_hold(1 << b) && (h.is_null() || seq < unsafe { (**h).seq }) {
+                *h = r;
+            }
+        }
+    }
+
     /// A block of `n` granules at a multiple of `step` granules from the first region with
-    /// room: (region, granule, dirty).
+    /// room: (region, granule, dirty). The search starts at the hint of `n`'s bucket (M8).
     fn alloc(&mut self, n: usize, step: usize) -> Option<(*mut Region, usize, bool)> {
-        let mut r = self.head;
+        let b = bucket(n);
+        let mut r = self.hint[b];
+        let mut front = true;
         while !r.is_null() {
             // SAFETY: a live region of the list, under the lock.
-            let map = unsafe { &mut (*r).map };
+            let region = unsafe { &mut *r };
+            let map = &mut region.map;
             if map.free_granules() >= n {
                 if let Some((g, dirty)) = map.alloc_aligned(n, step) {
                     if map.live() == 1 {
@@ -546,8 +609,13 @@ impl State {
                     return Some((r, g, dirty));
                 }
             }
-            // SAFETY: as above.
-            r = unsafe { (*r).next };
+            // The regions at the front of the search that hold no request of the bucket are
+            // passed over for good (a failed search made the bound exact).
+            front &= !map.may_hold(1 << b);
+            r = region.next;
+            if front {
+                self.hint[b] = r;
+            }
         }
         None
     }
@@ -646,6 +714,7 @@ fn new_region(ctx: &Ctx, dense: bool) -> Option<*mut Region> {
             addr_of_mut!((*r).next).write(null_mut());
             addr_of_mut!((*r).ticked).write(0);
             addr_of_mut!((*r).huge).write(huge);
+            addr_of_mut!((*r).seq).write(0);
             addr_of_mut!((*r).map).write(SpanMap::new(zeroed));
         }
     });
@@ -714,9 +783,11 @@ pub unsafe fn free(ctx: &Ctx, row: Row<'_>, base: usize, p: *mut u8) -> Result<(
         debug_assert_eq!(region.magic, MAGIC);
         let map = &mut region.map;
         let n = map.free(g)?;
-        if map.live() == 0 {
+        let (empty, releasable) = (map.live() == 0, map.releasable());
+        s.note_room(r);
+        if empty {
             s.empty += 1;
-            if s.empty > 1 && map.releasable() {
+            if s.empty > 1 && releasable {
                 s.empty -= 1;
                 unlink_and_unregister(ctx, s, r);
                 gone = r;
@@ -766,11 +837,16 @@ pub unsafe fn resize(ctx: &Ctx, base: usize, p: *mut u8, size: usize) -> bool {
         return false;
     };
     let n = size.div_ceil(GRANULE);
-    let old = MEDIUM.with(|_| {
+    let old = MEDIUM.with(|s| {
+        let r = base as *mut Region;
         // SAFETY: a live region (the caller's contract), under the lock.
-        let map = unsafe { &mut (*(base as *mut Region)).map };
+        let map = unsafe { &mut (*r).map };
         let old = map.block(g).ok()?;
-        map.resize(g, n).then_some(old)
+        let done = map.resize(g, n);
+        if done && n < old {
+            s.note_room(r);
+        }
+        done.then_some(old)
     });
     let Some(old) = old else {
         return false;
@@ -884,10 +960,11 @@ fn purge(ctx: &Ctx, all: bool, now: u64) -> usize {
             }
         }
         if k > 0 {
-            MEDIUM.with(|_| {
+            MEDIUM.with(|s| {
                 for (i, &(r, g, n)) in runs[..k].iter().enumerate() {
                     // SAFETY: live (its reservation keeps it), under the lock.
                     unsafe { (*r).map.end_purge(g, n, done[i]) };
+                    s.note_room(r);
                 }
             });
         }

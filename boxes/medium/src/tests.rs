@@ -382,3 +382,186 @@ fn blocks_come_and_go_and_a_second_context_releases_nothing() {
     assert!(collect(a) >= SS_SIZE);
     assert_eq!(a.registry.lookup(p as usize), None);
 }
+
+/// A region header of its own, for the search hints' test (its data granules are never
+/// touched: the span map only counts them).
+fn test_region() -> *mut Region {
+    Box::into_raw(Box::new(Region {
+        magic: MAGIC,
+        next: null_mut(),
+        ticked: 0,
+        huge: false,
+        seq: 0,
+        map: SpanMap::new(true),
+    }))
+}
+
+/// The push order of `r`, a live region of a test's list.
+fn seq_of(r: *mut Region) -> u64 {
+    // SAFETY: the test's regions live until they are unlinked and dropped.
+    unsafe { (*r).seq }
+}
+
+/// The region after `r`, a live region of a test's list.
+fn next_of(r: *mut Region) -> *mut Region {
+    // SAFETY: as for `seq_of`.
+    unsafe { (*r).next }
+}
+
+/// The search without hints: the first region of the list, from its head, that fits.
+fn first_fit(s: &mut State, n: usize, step: usize) -> Option<(*mut Region, usize, bool)> {
+    let mut r = s.head;
+    while !r.is_null() {
+        // SAFETY: a live region of the test's list.
+        let map = unsafe { &mut (*r).map };
+        if map.free_granules() >= n {
+            if let Some((g, dirty)) = map.alloc_aligned(n, step) {
+                return Some((r, g, dirty));
+            }
+        }
+        // SAFETY: as above.
+        r = next_of(r);
+    }
+    None
+}
+
+fn new_state() -> State {
+    State {
+        head: null_mut(),
+        empty: 0,
+        tick: 0,
+        seq: 0,
+        hint: [null_mut(); BUCKETS],
+    }
+}
+
+/// M8: a search from the hints picks the region and granule a search from the head picks, over
+/// random allocations (sizes and alignments), frees, shrinks, purges and unlinks of empty
+/// regions; and every region before a bucket's hint holds no request of the bucket.
+#[test]
+fn the_search_hints_skip_no_region_that_fits() {
+    for seed in 1..=40u64 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rnd = move |k: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % k as u64) as usize
+        };
+        let (mut hinted, mut plain) = (new_state(), new_state());
+        // Live blocks: (push order of the region, granule).
+        let mut live: Vec<(u64, usize)> = Vec::new();
+        let region_of = |s: &State, seq: u64| {
+            let mut r = s.head;
+            while seq_of(r) != seq {
+                r = next_of(r);
+            }
+            r
+        };
+        for _ in 0..3000 {
+            match rnd(10) {
+                0..=4 => {
+                    let most = if rnd(4) == 0 { MAX_GRANULES } else { 64 };
+                    let n = 1 + rnd(most);
+                    let step = [1, 2, 4, 16][rnd(4)];
+                    let (a, b) = (hinted.alloc(n, step), first_fit(&mut plain, n, step));
+                    let seqs = |g: Option<(*mut Region, usize, bool)>| {
+                        g.map(|(r, g, d)| (seq_of(r), g, d))
+                    };
+                    assert_eq!(seqs(a), seqs(b), "seed {seed}: {n} granules at {step}");
+                    match a {
+                        Some((r, g, _)) => live.push((seq_of(r), g)),
+                        None => {
+                            for s in [&mut hinted, &mut plain] {
+                                s.push(test_region());
+                            }
+                            let (r, g, _) = hinted.alloc(n, step).expect("a fresh region fits");
+                            let (q, h, _) = first_fit(&mut plain, n, step).unwrap();
+                            // SAFETY: as above.
+                            assert_eq!((seq_of(r), seq_of(q)), (hinted.seq - 1, plain.seq - 1));
+                            assert_eq!(g, h);
+                            live.push((hinted.seq - 1, g));
+                        }
+                    }
+                }
+                5..=7 if !live.is_empty() => {
+                    let (seq, g) = live.swap_remove(rnd(live.len()));
+                    for (s, hint) in [(&mut hinted, true), (&mut plain, false)] {
+                        let r = region_of(s, seq);
+                        // SAFETY: a live region of the list.
+                        unsafe { (*r).map.free(g) }.unwrap();
+                        // SAFETY: as above.
+                        if unsafe { (*r).map.live() } == 0 {
+                            s.empty += 1;
+                        }
+                        if hint {
+                            s.note_room(r);
+                        }
+                    }
+                }
+                8 if !live.is_empty() => {
+                    let (seq, g) = live[rnd(live.len())];
+                    for (s, hint) in [(&mut hinted, true), (&mut plain, false)] {
+                        let r = region_of(s, seq);
+                        // SAFETY: as above.
+                        let map = unsafe { &mut (*r).map };
+                        let n = map.block(g).unwrap();
+                        assert!(map.resize(g, n.div_ceil(2)));
+                        if hint {
+                            s.note_room(r);
+                        }
+                    }
+                }
+                _ => {
+                    // A purge of every region's free dirty runs, and the unlink of an empty one.
+                    for (s, hint) in [(&mut hinted, true), (&mut plain, false)] {
+                        let mut r = s.head;
+                        let mut empty = null_mut();
+                        while !r.is_null() {
+                            // SAFETY: as above.
+                            let map = unsafe { &mut (*r).map };
+                            let mut runs = [(0, 0); 8];
+                            let k = map.reserve_purge(true, &mut runs);
+                            for &(g, n) in &runs[..k] {
+                                map.end_purge(g, n, true);
+                            }
+                            if hint {
+                                s.note_room(r);
+                            }
+                            if map.live() == 0 && map.releasable() {
+                                empty = r;
+                            }
+                            // SAFETY: as above.
+                            r = next_of(r);
+                        }
+                        if !empty.is_null() {
+                            s.empty -= 1;
+                            s.unlink(empty);
+                            // SAFETY: unlinked: not reached again.
+                            drop(unsafe { Box::from_raw(empty) });
+                        }
+                    }
+                }
+            }
+            // Every region before a bucket's hint holds no request of the bucket.
+            for (b, &h) in hinted.hint.iter().enumerate() {
+                let mut r = hinted.head;
+                while r != h {
+                    // SAFETY: a live region of the test's list (a hint is null or in it).
+                    let map = unsafe { &(*r).map };
+                    assert!(!map.may_hold(1 << b), "seed {seed}: bucket {b}");
+                    r = next_of(r);
+                }
+            }
+        }
+        for s in [hinted, plain] {
+            let mut r = s.head;
+            while !r.is_null() {
+                let next = next_of(r);
+                // SAFETY: the test's region, made by `test_region`, dropped once.
+                drop(unsafe { Box::from_raw(r) });
+                r = next;
+            }
+        }
+    }
+}
