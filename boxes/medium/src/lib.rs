@@ -41,17 +41,6 @@
 //!   a region with a fitting run is never skipped.
 //! - **M5 (zeroed).** A granule is clean (reads as zero) when fresh from the OS or purged; a
 //!   zeroed request whose granules are all clean is not written again.
-//! - **M8 (search hints).** A request of `n` granules searches the region list from the hint
-//!   of its size bucket (`n` from 2^b to 2^(b+1) - 1 granules is bucket b), not from its
-//!   head: every region before the hint has fewer free granules than 2^b or a longest-run
-//!   bound (M6) below it, so it holds no request of the bucket, and the search skips no region
-//!   with a fitting run (it picks the region a search from the head would). A search moves
-//!   the hint past the regions at its front that it finds cannot hold the bucket; a free, a
-//!   shrink or a purge's end that raises a region's bound above 2^b moves the bucket's hint
-//!   back to that region when it comes earlier in the list (regions keep the order they were
-//!   pushed in: a push order number says which comes first); a new region becomes the hint of
-//!   each bucket that had none, and an unlinked one passes its hints to the next region. So a
-//!   tier of many full regions serves a block without reading each of them.
 //! - **M7 (huge pages for a dense tier).** A new region is advised for huge pages before its
 //!   header's write, its first touch, so that one fault serves its 2 MiB instead of 512
 //!   (through the context's `first_touch`, hot_heap HG1, which times it and stops the advice
@@ -63,6 +52,17 @@
 //!   to the lru, so a region the lru hands on carries no advice its next owner did not ask
 //!   for. A region's `huge` flag is read and written under the lock, or by the one thread that
 //!   holds the region once it is unlinked and unregistered.
+//! - **M8 (search hints).** A request of `n` granules searches the region list from the hint
+//!   of its size bucket (`n` from 2^b to 2^(b+1) - 1 granules is bucket b), not from its
+//!   head: every region before the hint has fewer free granules than 2^b or a longest-run
+//!   bound (M6) below it, so it holds no request of the bucket, and the search skips no region
+//!   with a fitting run (it picks the region a search from the head would). A search moves
+//!   the hint past the regions at its front that it finds cannot hold the bucket; a free, a
+//!   shrink or a purge's end that raises a region's bound above 2^b moves the bucket's hint
+//!   back to that region when it comes earlier in the list (regions keep the order they were
+//!   pushed in: a push order number says which comes first); a new region becomes the hint of
+//!   each bucket that had none, and an unlinked one passes its hints to the next region. So a
+//!   tier of many full regions serves a block without reading each of them.
 //!
 //! The tier owns its lock and list ([`lock_for_fork`] and [`force_unlock`] are for the
 //! facade's fork handlers) and reports nothing itself: what the caller passes in (the context,
