@@ -21,6 +21,11 @@
 //!   child clears the samples, the filter and every counter; a stack insert cut short leaves at
 //!   most a record past `n_stacks` (overwritten by the next insert) or an index slot naming
 //!   it, whose hash or frames then differ from the new record's, so lookups skip it.
+//! - **PT5 (a table that grows).** The address table starts at `SLOTS_FIRST` slots and
+//!   doubles, up to `SLOTS`, when an insert would fill more than 7/8 of it: the live samples
+//!   are moved, under the lock, into the other of two reservations, and the pages of the one
+//!   left are given back. Samples land at hashed slots, so a table sized for the most samples
+//!   ever live touches a page per sample; one sized to what is live touches about that.
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 use hakmem_os::LibcOs;
@@ -30,6 +35,9 @@ pub const MAX_FRAMES: usize = 64;
 /// Live samples the address table holds at most (at 7/8 of its slots; more are dropped and
 /// counted).
 const SLOTS: usize = 1 << 20;
+/// The address table's first size (PT5): 128 KiB, 3584 live samples (1.75 GiB live at the
+/// default rate).
+const SLOTS_FIRST: usize = 1 << 12;
 /// The filter's counters (PT2).
 const FILTER: usize = 1 << 18;
 /// The filter's first level (PT2): counters per 64 KiB granule of the address space, modulo
@@ -71,7 +79,11 @@ pub struct StackRec {
 }
 
 struct Tables {
+    /// The address table: `mask + 1` slots in one of the two reservations (PT5).
     samples: *mut Sample,
+    /// The other reservation, where the table moves when it grows.
+    spare: *mut Sample,
+    mask: usize,
     stacks: *mut StackRec,
     index: *mut u32,
     frames: *mut usize,
@@ -86,6 +98,8 @@ unsafe impl Sync for Shared {}
 
 static T: Shared = Shared(UnsafeCell::new(Tables {
     samples: core::ptr::null_mut(),
+    spare: core::ptr::null_mut(),
+    mask: SLOTS_FIRST - 1,
     stacks: core::ptr::null_mut(),
     index: core::ptr::null_mut(),
     frames: core::ptr::null_mut(),
@@ -104,13 +118,14 @@ static MAPPED: AtomicU64 = AtomicU64::new(0);
 /// Samples dropped because the address table was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-const fn sizes() -> [usize; 5] {
+const fn sizes() -> [usize; 6] {
     [
         SLOTS * core::mem::size_of::<Sample>(),
         FILTER * 4,
         STACKS * core::mem::size_of::<StackRec>(),
         INDEX * 4,
         FRAMES * 8,
+        SLOTS * core::mem::size_of::<Sample>(),
     ]
 }
 
@@ -118,7 +133,7 @@ const fn sizes() -> [usize; 5] {
 pub fn map() -> bool {
     let os = LibcOs;
     let s = sizes();
-    let mut ptrs = [core::ptr::null_mut::<u8>(); 5];
+    let mut ptrs = [core::ptr::null_mut::<u8>(); 6];
     for (i, len) in s.iter().enumerate() {
         match os.map_reserved(*len) {
             Some(p) => ptrs[i] = p.as_ptr(),
@@ -130,6 +145,8 @@ pub fn map() -> bool {
     unsafe {
         let t = &mut *T.0.get();
         t.samples = ptrs[0].cast();
+        t.spare = ptrs[5].cast();
+        t.mask = SLOTS_FIRST - 1;
         t.stacks = ptrs[2].cast();
         t.index = ptrs[3].cast();
         t.frames = ptrs[4].cast();
@@ -190,9 +207,48 @@ fn filter_slot(addr: usize) -> usize {
     (mix(addr as u64 >> 4) >> 20) as usize & (FILTER - 1)
 }
 
+/// The home slot of `addr` in an address table of `mask + 1` slots.
 #[inline(always)]
-fn slot_of(addr: usize) -> usize {
-    mix(addr as u64 >> 4) as usize & (SLOTS - 1)
+fn slot_of(addr: usize, mask: usize) -> usize {
+    mix(addr as u64 >> 4) as usize & mask
+}
+
+/// Doubles the address table (PT5): its samples move into the spare reservation, whose pages
+/// are zero (fresh, or given back when it was left), and the old one's pages go back.
+///
+/// # Safety
+/// The caller holds the lock, `map` succeeded, and the table has fewer than `SLOTS` slots.
+unsafe fn grow(t: &mut Tables) {
+    let (old, old_mask) = (t.samples, t.mask);
+    let mask = 2 * old_mask + 1;
+    for k in 0..=old_mask {
+        // SAFETY: `k` is a slot of the old table.
+        let s = unsafe { *old.add(k) };
+        if s.addr == 0 {
+            continue;
+        }
+        let mut i = slot_of(s.addr, mask);
+        // SAFETY: slots below `mask + 1 <= SLOTS` of the spare reservation; the new table has
+        // room (it is at most half full).
+        unsafe {
+            while (*t.spare.add(i)).addr != 0 {
+                i = (i + 1) & mask;
+            }
+            *t.spare.add(i) = s;
+        }
+    }
+    // SAFETY: the old table's own reservation; its samples moved above, and zero pages are
+    // what the next growth into it expects.
+    unsafe {
+        libc::madvise(
+            old.cast(),
+            (old_mask + 1) * core::mem::size_of::<Sample>(),
+            libc::MADV_DONTNEED,
+        )
+    };
+    t.samples = t.spare;
+    t.spare = old;
+    t.mask = mask;
 }
 
 #[inline(always)]
@@ -289,10 +345,13 @@ pub fn insert(addr: usize, frames: &[usize], objects: f64, bytes: f64) {
         let r = &mut *t.stacks.add(id as usize);
         r.alloc_objects += objects;
         r.alloc_bytes += bytes;
-        if t.live >= SLOTS / 8 * 7 {
+        if t.live >= (t.mask + 1) / 8 * 7 && t.mask + 1 < SLOTS {
+            grow(t);
+        }
+        if t.live >= (t.mask + 1) / 8 * 7 {
             DROPPED.fetch_add(1, Relaxed);
         } else {
-            let mut i = slot_of(addr);
+            let mut i = slot_of(addr, t.mask);
             loop {
                 let s = &mut *t.samples.add(i);
                 if s.addr == 0 || s.addr == addr {
@@ -317,7 +376,7 @@ pub fn insert(addr: usize, frames: &[usize], objects: f64, bytes: f64) {
                     r.live_bytes += bytes;
                     break;
                 }
-                i = (i + 1) & (SLOTS - 1);
+                i = (i + 1) & t.mask;
             }
         }
     }
@@ -341,7 +400,8 @@ fn remove_locked(addr: usize) {
     // SAFETY: under the lock (PT1); the filter is published, so `map` succeeded.
     unsafe {
         let t = &mut *T.0.get();
-        let mut i = slot_of(addr);
+        let mask = t.mask;
+        let mut i = slot_of(addr, mask);
         loop {
             let s = *t.samples.add(i);
             if s.addr == 0 {
@@ -356,26 +416,26 @@ fn remove_locked(addr: usize) {
                 t.live -= 1;
                 // Backward-shift deletion: no tombstones, probes stay short.
                 let mut hole = i;
-                let mut j = (i + 1) & (SLOTS - 1);
+                let mut j = (i + 1) & mask;
                 loop {
                     let n = *t.samples.add(j);
                     if n.addr == 0 {
                         break;
                     }
-                    let home = slot_of(n.addr);
+                    let home = slot_of(n.addr, mask);
                     // `n` may move to the hole when its home is not within (hole, j].
-                    let dist_hole = hole.wrapping_sub(home) & (SLOTS - 1);
-                    let dist_j = j.wrapping_sub(home) & (SLOTS - 1);
+                    let dist_hole = hole.wrapping_sub(home) & mask;
+                    let dist_j = j.wrapping_sub(home) & mask;
                     if dist_hole <= dist_j {
                         *t.samples.add(hole) = n;
                         hole = j;
                     }
-                    j = (j + 1) & (SLOTS - 1);
+                    j = (j + 1) & mask;
                 }
                 (*t.samples.add(hole)).addr = 0;
                 break;
             }
-            i = (i + 1) & (SLOTS - 1);
+            i = (i + 1) & mask;
         }
     }
     unlock();
@@ -392,6 +452,7 @@ pub fn clear_locked() {
         }
         let s = sizes();
         libc::madvise(t.samples.cast(), s[0], libc::MADV_DONTNEED);
+        libc::madvise(t.spare.cast(), s[5], libc::MADV_DONTNEED);
         let f = FILTER_P.load(Acquire);
         libc::madvise(f.cast(), s[1], libc::MADV_DONTNEED);
         // Written only where non-zero: the pages no sample touched stay untouched.
@@ -451,5 +512,62 @@ impl StackRec {
     /// This stack's frames within the pool copied by [`copy_into`].
     pub fn frames<'a>(&self, pool: &'a [usize]) -> &'a [usize] {
         &pool[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn live_and_slots() -> (usize, usize) {
+        lock();
+        // SAFETY: under the lock.
+        let c = unsafe {
+            let t = &*T.0.get();
+            (t.live, t.mask + 1)
+        };
+        unlock();
+        c
+    }
+
+    fn stack_live() -> f64 {
+        let (n, f, _) = counts();
+        let (mut recs, mut frames) = (Vec::with_capacity(n), Vec::with_capacity(f));
+        assert!(copy_into(&mut recs, &mut frames));
+        recs.iter().map(|r| r.live_objects).sum()
+    }
+
+    /// PT5: the address table starts small, doubles as samples come (keeping every one: each
+    /// is found and removed again), and holds them at most 7/8 full.
+    #[test]
+    fn the_address_table_grows_and_keeps_every_sample() {
+        assert!(map());
+        assert_eq!(live_and_slots(), (0, SLOTS_FIRST));
+        // Addresses spread like blocks' (48 bytes apart, over several slabs).
+        let addr = |k: usize| 0x7000_0000_0000usize + k * 48;
+        let n = 20_000;
+        for k in 0..n {
+            insert(addr(k), &[1, 2, 3], 1.0, 48.0);
+        }
+        let (live, slots) = live_and_slots();
+        assert_eq!(live, n);
+        assert_eq!(slots, 32_768, "grown three times, at most 7/8 full");
+        assert_eq!(stack_live(), n as f64);
+        assert_eq!(dropped(), 0);
+        for k in (0..n).step_by(2) {
+            assert!(maybe_sampled(addr(k)));
+            remove(addr(k));
+        }
+        remove(addr(n) + 16);
+        assert_eq!(live_and_slots(), (n / 2, 32_768));
+        for k in (1..n).step_by(2) {
+            remove(addr(k));
+        }
+        assert_eq!(live_and_slots().0, 0);
+        assert_eq!(stack_live(), 0.0);
+        assert!(
+            (0..n).all(|k| !maybe_sampled(addr(k))),
+            "the filter is back to zero"
+        );
     }
 }
