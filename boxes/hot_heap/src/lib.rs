@@ -301,9 +301,9 @@
 //!   chains in ring order. A free list whose blocks came back in no order (H20's straight
 //!   frees) is a chain of cache misses, each link known only once the block before it is read;
 //!   four walks in step keep four misses in flight instead of one. Each walk checks every link
-//!   it follows as a single walk does (superslab SS18), a slab whose list is left empty leaves
+//!   it follows as a single walk does (superslab SS18), a slab left without a free block leaves
 //!   the ring (H3), and the held count grows by the blocks taken (stats S3). Otherwise a refill
-//!   takes its slabs one after another, as before.
+//!   takes its slabs one after another.
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
