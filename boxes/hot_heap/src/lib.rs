@@ -294,7 +294,7 @@
 //!   free does that work once instead of pushing, taking, caching and flushing each block. A
 //!   free whose block carries the free key takes the full slow path, to its confirmation
 //!   (FK3), and a block freed straight and freed again is found on its slab's free list.
-//! - **H21 (free lists walked in step).** A refill of the thread list that wants at least
+//! - **H23 (free lists walked in step).** A refill of the thread list that wants at least
 //!   `SPREAD_MIN` (16) blocks, whose first slab in the refill order and the next `WALKS - 1` (3)
 //!   on its ring each hold an equal share of them on their free lists, takes the shares from
 //!   those slabs at once ([`SlabMeta::take_free_chains`]), their walks interleaved, and links the
@@ -549,9 +549,9 @@ const RUN_BATCH: usize = 256;
 /// Owned superslabs scanned for remote frees per refill.
 const SCAN_PER_REFILL: usize = 4;
 /// A refill of the thread list of at least this many blocks walks several slabs' free lists in
-/// step (H21), so that each gives at least 4.
+/// step (H23), so that each gives at least 4.
 const SPREAD_MIN: u32 = 16;
-/// The free lists such a refill walks in step (H21): the cache misses of 4 walks are in flight at
+/// The free lists such a refill walks in step (H23): the cache misses of 4 walks are in flight at
 /// once.
 const WALKS: usize = 4;
 /// Owned superslabs scanned for remote frees before a new superslab is taken. Bounded, so a heap

@@ -55,7 +55,7 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
-            // Several slabs' free lists walked at once when each holds its share (H21).
+            // Several slabs' free lists walked at once when each holds its share (H23).
             if want - got >= SPREAD_MIN {
                 // SAFETY: as this function's; the slab is one of `class` we own (H3).
                 let spread =
@@ -125,7 +125,7 @@ impl Heap {
         }
     }
 
-    /// [`Heap::refill_list`]'s walk of [`WALKS`] free lists in step (H21): `slab`, the first in
+    /// [`Heap::refill_list`]'s walk of [`WALKS`] free lists in step (H23): `slab`, the first in
     /// the refill order, and the slabs after it on its ring give `left` blocks in equal shares
     /// when each free list holds its share; their chains are linked after `tail` (or start it,
     /// at `head`), in ring order. Returns how many blocks it took, or `None` (having changed

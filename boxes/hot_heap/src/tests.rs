@@ -815,7 +815,7 @@ fn frees_past_a_full_list_and_cache_go_straight_to_their_slabs_each_once() {
 
 #[test]
 fn a_refill_walks_several_scattered_free_lists_in_step() {
-    // H21: with several slabs of the class holding long free lists, a refill takes equal
+    // H23: with several slabs of the class holding long free lists, a refill takes equal
     // shares from the first four on the ring, chained in ring order; every block is handed
     // out once and the held count follows (stats S3).
     let ctx = ctx(16, false);
