@@ -294,6 +294,16 @@
 //!   free does that work once instead of pushing, taking, caching and flushing each block. A
 //!   free whose block carries the free key takes the full slow path, to its confirmation
 //!   (FK3), and a block freed straight and freed again is found on its slab's free list.
+//! - **H23 (free lists walked in step).** A refill of the thread list that wants at least
+//!   `SPREAD_MIN` (16) blocks, whose first slab in the refill order and the next `WALKS - 1` (3)
+//!   on its ring each hold an equal share of them on their free lists, takes the shares from
+//!   those slabs at once ([`SlabMeta::take_free_chains`]), their walks interleaved, and links the
+//!   chains in ring order. A free list whose blocks came back in no order (H20's straight
+//!   frees) is a chain of cache misses, each link known only once the block before it is read;
+//!   four walks in step keep four misses in flight instead of one. Each walk checks every link
+//!   it follows as a single walk does (superslab SS18), a slab left without a free block leaves
+//!   the ring (H3), and the held count grows by the blocks taken (stats S3). Otherwise a refill
+//!   takes its slabs one after another.
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
@@ -540,6 +550,12 @@ const RUN_BATCH: usize = 256;
 
 /// Owned superslabs scanned for remote frees per refill.
 const SCAN_PER_REFILL: usize = 4;
+/// A refill of the thread list of at least this many blocks walks several slabs' free lists in
+/// step (H23), so that each gives at least 4.
+const SPREAD_MIN: u32 = 16;
+/// The free lists such a refill walks in step (H23): the cache misses of 4 walks are in flight at
+/// once.
+const WALKS: usize = 4;
 /// Owned superslabs scanned for remote frees before a new superslab is taken. Bounded, so a heap
 /// with hundreds of superslabs does not walk them all every 2 MiB; the rotating cursor still
 /// visits every one in turn.

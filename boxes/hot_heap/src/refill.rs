@@ -55,6 +55,18 @@ impl Heap {
             let Some(slab) = (unsafe { self.slab_with_free(class) }) else {
                 break;
             };
+            // Several slabs' free lists walked at once when each holds its share (H23).
+            if want - got >= SPREAD_MIN {
+                // SAFETY: as this function's; the slab is one of `class` we own (H3).
+                let spread =
+                    unsafe { self.refill_spread(class, slab, want - got, &mut head, &mut tail) };
+                if let Some(n) = spread {
+                    got += n;
+                    if n != 0 {
+                        continue;
+                    }
+                }
+            }
             // The free list's front first, as it is linked and keyed (SS9, FK1): nothing is
             // written to its blocks.
             let mut n = 0;
@@ -111,6 +123,66 @@ impl Heap {
             unsafe { self.sll.splice(class.index(), chain) };
             self.debit_add(class, i64::from(got));
         }
+    }
+
+    /// [`Heap::refill_list`]'s walk of [`WALKS`] free lists in step (H23): `slab`, the first in
+    /// the refill order, and the slabs after it on its ring give `left` blocks in equal shares
+    /// when each free list holds its share; their chains are linked after `tail` (or start it,
+    /// at `head`), in ring order. Returns how many blocks it took, or `None` (having changed
+    /// nothing) when the ring has fewer such slabs.
+    ///
+    /// # Safety
+    /// As [`Heap::refill_list`], and `slab` is a slab of `class` this heap owns.
+    unsafe fn refill_spread(
+        &mut self,
+        class: SizeClass,
+        slab: &'static SlabMeta,
+        left: u32,
+        head: &mut *mut u8,
+        tail: &mut *mut u8,
+    ) -> Option<u32> {
+        let mut slabs = [slab; WALKS];
+        let mut want = [0u32; WALKS];
+        for i in 0..WALKS {
+            want[i] = (left + i as u32) / WALKS as u32;
+            if i > 0 {
+                // SAFETY: ours (H3); ring members are slabs this heap owns.
+                slabs[i] = unsafe { slabs[i - 1].local().next.as_ref()? };
+                if core::ptr::eq(slabs[i], slab) {
+                    return None;
+                }
+            }
+            // SAFETY: as above.
+            if unsafe { slabs[i].local().free_len } < want[i] {
+                return None;
+            }
+        }
+        let link = self.sll.link_key();
+        // SAFETY: different slabs (the ring's next ones, before it closes), ours.
+        let chains = unsafe { SlabMeta::take_free_chains(slabs, want) };
+        let mut got = 0;
+        for (s, chain) in slabs.into_iter().zip(chains) {
+            match chain {
+                Ok(Some((h, t, k))) => {
+                    if head.is_null() {
+                        *head = h;
+                    } else {
+                        // SAFETY: `tail` is a free block of the chain, ours.
+                        unsafe { link.set_next(*tail, h) };
+                    }
+                    *tail = t;
+                    got += k;
+                }
+                Ok(None) => {}
+                Err(e) => self.ctx().report(e),
+            }
+            // SAFETY: as above.
+            if unsafe { !s.has_free() } {
+                self.ring_remove(class, s);
+            }
+        }
+        self.ctx().stats.held_add(class.index(), got as usize);
+        Some(got)
     }
 
     /// A slab of `class` with a free block, in the refill order (module docs).

@@ -814,6 +814,75 @@ fn frees_past_a_full_list_and_cache_go_straight_to_their_slabs_each_once() {
 }
 
 #[test]
+fn a_refill_walks_several_scattered_free_lists_in_step() {
+    // H23: with several slabs of the class holding long free lists, a refill takes equal
+    // shares from the first four on the ring, chained in ring order; every block is handed
+    // out once and the held count follows (stats S3).
+    let ctx = ctx(16, false);
+    let h = heap(ctx);
+    let c = class_of(64).unwrap();
+    let i = c.index();
+    let per_slab = hakmem_superslab::SLAB_SIZE / 64;
+    let n = 6 * per_slab;
+    // SAFETY: this thread's heap.
+    let mut v: Vec<*mut u8> = (0..n).map(|_| unsafe { h.alloc(c) }).collect();
+    // One block in ten stays out, so that no slab empties and each stays on the ring.
+    let kept: Vec<*mut u8> = v.iter().copied().step_by(10).collect();
+    v.retain(|p| !kept.contains(p));
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for k in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(k, (x % (k as u64 + 1)) as usize);
+    }
+    for &p in &v {
+        // SAFETY: the heap is this test thread's own, and every block is ours, freed once.
+        unsafe { free(h, p) };
+    }
+    h.drain_class(c);
+    assert_eq!((h.sll.len(i), h.cache.len(i)), (0, 0));
+    let out = kept.len() as i64;
+    assert_eq!(ctx.snapshot().held(i), out, "only the kept blocks are out");
+    let want = 4 * SPREAD_MIN;
+    // SAFETY: this thread's heap.
+    unsafe { h.refill_list(c, want) };
+    assert_eq!(h.sll.len(i), want);
+    assert_eq!(ctx.snapshot().held(i), out + i64::from(want));
+    // SAFETY: this thread's heap; the list holds `want` blocks.
+    let first: Vec<*mut u8> = (0..want).map(|_| unsafe { h.alloc(c) }).collect();
+    let slab_of = |p: &*mut u8| *p as usize >> hakmem_superslab::SLAB_SHIFT;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for s in first.iter().map(slab_of) {
+        match runs.last_mut() {
+            Some((last, len)) if *last == s => *len += 1,
+            _ => runs.push((s, 1)),
+        }
+    }
+    let share = want as usize / WALKS;
+    assert_eq!(runs.len(), WALKS, "one run per slab walked: {runs:?}");
+    assert!(runs.iter().all(|&(_, len)| len == share), "{runs:?}");
+    let slabs: HashSet<usize> = runs.iter().map(|&(s, _)| s).collect();
+    assert_eq!(slabs.len(), WALKS, "four different slabs");
+    // No block is handed out twice, nor one still out, the first ones included.
+    // SAFETY: this thread's heap.
+    let rest: Vec<*mut u8> = (0..v.len() - first.len())
+        .map(|_| unsafe { h.alloc(c) })
+        .collect();
+    let again: HashSet<usize> = first.iter().chain(&rest).map(|&p| p as usize).collect();
+    assert_eq!(again.len(), v.len(), "every block handed out once");
+    assert!(kept.iter().all(|&p| !again.contains(&(p as usize))));
+    assert!(my_reports().is_empty());
+    for &p in first.iter().chain(&rest).chain(&kept) {
+        // SAFETY: as above.
+        unsafe { free(h, p) };
+    }
+    // SAFETY: this thread's heap, not used again.
+    unsafe { ctx.retire_heap(NonNull::from(h)) };
+    assert_eq!(ctx.snapshot().held(i), 0);
+}
+
+#[test]
 fn check_mode_lists_never_grow() {
     let ctx = ctx(16, true);
     let h = heap(ctx);

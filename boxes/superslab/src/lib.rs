@@ -180,8 +180,9 @@
 //!   ([`LinkKey`]), `K` the per-process [`link_key`], drawn before the first superslab exists;
 //!   so chains move between the three as they lie. A slab's free list and a remote stack end
 //!   at null, stored as the block's own address. Every walk of a slab's free list or of a chain
-//!   taken off its remote stack ([`SlabMeta::take_free_chain`], [`SlabMeta::alloc_batch`], the
-//!   drain's join, [`SlabMeta::free_list_contains`]) decodes a link and follows it only when it
+//!   taken off its remote stack ([`SlabMeta::take_free_chain`], [`SlabMeta::take_free_chains`],
+//!   [`SlabMeta::alloc_batch`], the drain's join, [`SlabMeta::free_list_contains`]) decodes a
+//!   link and follows it only when it
 //!   is a block start of the same slab below its carve mark, or the list's end where the list's
 //!   count ends it (a word the user set to its block's own address reads as an end too soon, a
 //!   bad link; a word set to 0 reads as a scattered address). At a link that fails, the walk

@@ -756,6 +756,83 @@ fn the_free_lists_front_comes_off_as_one_keyed_chain() {
     }
 }
 
+/// The blocks of a chain `head ..= tail` of `n` blocks, front first.
+///
+/// # Safety
+/// The chain's blocks are free and linked through first words.
+unsafe fn chain(head: *mut u8, tail: *mut u8, n: u32) -> Vec<*mut u8> {
+    let mut got = Vec::from([head]);
+    while got.len() < n as usize {
+        // SAFETY: forwarded.
+        got.push(unsafe { crate::link_key().next(*got.last().unwrap()) });
+    }
+    assert_eq!(*got.last().unwrap(), tail);
+    got
+}
+
+/// SS18: walks in step cut the same chains as walks one after another, each with its own
+/// checks: a bad link drops its own slab's list only.
+#[test]
+fn free_lists_walked_in_step_give_what_single_walks_give_and_catch_bad_links_alone() {
+    let w = World::new();
+    let ss = Superslab::create(&w.env(), 1).unwrap();
+    // SAFETY: this thread owns the superslab; each block is freed once and taken once (the
+    // test writes into one free block only to play the user's overflow).
+    unsafe {
+        let slabs: Vec<&SlabMeta> = (0..3).map(|_| ss.alloc_slab(2, 48).unwrap()).collect();
+        let mut blocks: Vec<Vec<*mut u8>> = Vec::new();
+        for (i, s) in slabs.iter().enumerate() {
+            let mut b = Vec::new();
+            s.alloc_batch(12, |x| b.push(x));
+            // Freed in a scattered order: 3 + 2i blocks on each list.
+            for j in (0..3 + 2 * i).rev() {
+                s.free_local(b[(j * 5) % 12]).unwrap();
+            }
+            blocks.push(b);
+        }
+        let lists: Vec<Vec<usize>> = slabs.iter().map(|&s| free_list(s)).collect();
+        // Shares that stop short of a list's end, at it, and past it (the list's length).
+        let got = SlabMeta::take_free_chains([slabs[0], slabs[1], slabs[2]], [2, 5, 9]);
+        for (i, r) in got.into_iter().enumerate() {
+            let (h, t, n) = r.unwrap().unwrap();
+            let want = [2, 5, 7][i];
+            assert_eq!(n, want);
+            let c: Vec<usize> = chain(h, t, n).into_iter().map(|b| b as usize).collect();
+            assert_eq!(
+                c,
+                lists[i][..want as usize],
+                "slab {i}: the list's front, as it lay"
+            );
+            assert!(c
+                .iter()
+                .all(|&b| crate::key_word(b as *mut u8) == crate::free_key()));
+            assert_eq!(free_list(slabs[i]), lists[i][want as usize..]);
+            assert_eq!(local_counts(slabs[i]).0, 12 - lists[i].len() as u32 + want);
+        }
+        // Empty lists and zero shares give nothing and change nothing.
+        let got = SlabMeta::take_free_chains([slabs[0], slabs[2]], [0, 3]);
+        assert!(got.iter().all(|r| matches!(r, Ok(None))));
+        assert_eq!(local_counts(slabs[0]), (11, 1, false));
+        // A bad link in the second list: that list is dropped, the first is cut as asked.
+        let mut more = Vec::new();
+        slabs[1].alloc_batch(3, |x| more.push(x));
+        for &x in &more {
+            slabs[1].free_local(x).unwrap();
+        }
+        more[1].cast::<u64>().write(0x4141_4141_4141_4141);
+        let before = local_counts(slabs[1]);
+        let got = SlabMeta::take_free_chains([slabs[0], slabs[1]], [1, 3]);
+        assert_eq!(got[1], Err(Corrupt::FreeList(more[1] as usize)));
+        assert_eq!(local_counts(slabs[1]), (before.0 + before.1, 0, true));
+        let (h, t, n) = got[0].unwrap().unwrap();
+        assert_eq!(
+            (h, t, n),
+            (lists[0][2] as *mut u8, lists[0][2] as *mut u8, 1)
+        );
+        assert_eq!(local_counts(slabs[0]), (12, 0, true));
+    }
+}
+
 /// SS17: a list takes off only the superslabs on it. Safe code that hands one list another
 /// list's superslab gets false and changes neither list; a remote free given the wrong list
 /// leaves both alone; each list's superslab is adopted once, from its own list.
