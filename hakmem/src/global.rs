@@ -68,6 +68,26 @@ pub fn with_late_heap<R>(ctx: &'static Ctx, f: impl FnOnce(&mut Heap) -> R) -> O
     Some(f(unsafe { &mut *late.0 }))
 }
 
+/// [`with_late_heap`] for the heap profiler's sampled small blocks (`crate::profile`): waits
+/// for the lock while another thread holds it, up to a bound (a holder that is this thread
+/// would never let go), then gives up (`None`), as `with_late_heap` does when the heap cannot
+/// be made.
+pub fn with_late_heap_waiting<R>(ctx: &'static Ctx, f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+    let mut f = Some(f);
+    for _ in 0..LATE_WAIT_TRIES {
+        // `f` is taken only when the lock was, which ends the loop.
+        if let Some(r) = with_late_heap(ctx, |h| f.take().map(|f| f(h))) {
+            return r;
+        }
+        // The lock is held, or the heap could not be made (then every try fails).
+        hakmem_os::yield_now();
+    }
+    None
+}
+
+/// How many times [`with_late_heap_waiting`] tries the lock, yielding between tries.
+const LATE_WAIT_TRIES: usize = 1000;
+
 /// True once the late heap exists (it is never retired).
 pub fn late_heap_made() -> bool {
     LATE_MADE.load(Ordering::Relaxed)

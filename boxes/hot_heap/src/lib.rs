@@ -378,7 +378,6 @@ pub use hakmem_stats::{Event, Snapshot};
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
 /// What a private heap holds (H17).
 pub use private::Usage;
-pub use prof::PROF_COUNTED;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -666,18 +665,19 @@ pub struct Heap {
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
-    /// The heap profiler's debit (H19), wrapping: bytes moved onto the thread lists as chains,
-    /// less those taken off as chains, plus the bytes pushed by the slow free and the bytes
-    /// handed out other than by a pop.
-    debit: u64,
-    /// The profiler's credit is `prof_base - debit` (wrapping, H19), once `prof_started`.
-    prof_base: u64,
+    /// The heap profiler's holder (H21): a heap-shaped second set of thread lists, mapped at
+    /// the profiler's first start on this heap and kept for the heap's later lives (written
+    /// under the heap list's lock, which the snapshot reads it under); null before, and on a
+    /// holder.
+    prof_holder: *mut Heap,
+    /// On a holder: the heap whose blocks it holds (H21); null on every other heap.
+    prof_owner: *mut Heap,
+    /// The profiler's credit (H19): the countdown to the next sample less the bytes on the
+    /// holder's lists, once `prof_started`.
+    prof_credit: i64,
     prof_started: bool,
-    /// The classes whose lists a slow operation put blocks on since the last drain (H19).
+    /// The classes whose holder lists may hold blocks (H19, H22).
     prof_listed: [u64; 2],
-    /// The countdown while the profiler counts every allocation itself (H19:
-    /// [`Heap::prof_enter_counted`]).
-    prof_left: i64,
 }
 
 impl Heap {
@@ -690,6 +690,13 @@ impl Heap {
             if pushes != 0 || pops != 0 {
                 self.stats.add_counts(c, pops, pushes);
             }
+            // SAFETY: the holder (H21), mapped for good once made, this heap's alone.
+            if let Some(hold) = unsafe { self.prof_holder.as_mut() } {
+                let (pushes, pops) = hold.sll.take_counts(c);
+                if pushes != 0 || pops != 0 {
+                    self.stats.add_counts(c, pops, pushes);
+                }
+            }
         }
     }
 
@@ -699,11 +706,19 @@ impl Heap {
     /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
     pub(crate) fn pop_list(&mut self, class: SizeClass) -> *mut u8 {
         let registry = &self.ctx().registry;
+        // A holder's far links are checked against the heap whose blocks it holds (H21).
+        let owner: *const Heap = if self.prof_owner.is_null() {
+            self
+        } else {
+            self.prof_owner
+        };
+        // SAFETY: this heap, or the live heap whose holder it is (H21), of the same thread;
+        // only its owned cache and id are read, which nothing changes meanwhile.
+        let (slabs, id) = unsafe { (&(*owner).owned_slabs, (*owner).id) };
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (p, bad) = unsafe {
-            self.sll.pop_checked(class.index(), |n| {
-                far_block_ok(&self.owned_slabs, registry, self.id, class, n)
-            })
+            self.sll
+                .pop_checked(class.index(), |n| far_block_ok(slabs, registry, id, class, n))
         };
         if bad {
             self.ctx().report(Corrupt::FreeList(p as usize));
@@ -729,7 +744,6 @@ impl Heap {
         if let Some(b) = bad {
             self.ctx().report(Corrupt::FreeList(b as usize));
         }
-        self.debit_add(class, -i64::from(chain.len));
         chain
     }
 
