@@ -345,6 +345,10 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     // A heap an exited thread parked, whole, if any (hot_heap H18).
     let heap = ctx.take_or_new_heap()?;
     crate::tls::set(heap.as_ptr());
+    if crate::profile::active() {
+        // SAFETY: this thread's live heap, just set.
+        unsafe { crate::profile::start_thread(heap.as_ptr()) };
+    }
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
     // A heap made during glibc's last pass over the TSD destructors is never handed to

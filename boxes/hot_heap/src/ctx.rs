@@ -448,7 +448,8 @@ impl Ctx {
                     let hold = unsafe { (*h).prof_holder };
                     if !hold.is_null() {
                         // SAFETY: as above.
-                        let (frees, allocs) = unsafe { Lists::counts_of(&raw const (*hold).sll, c) };
+                        let (frees, allocs) =
+                            unsafe { Lists::counts_of(&raw const (*hold).sll, c) };
                         s.add_counts(c, allocs, frees);
                     }
                 }

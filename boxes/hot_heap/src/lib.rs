@@ -717,8 +717,9 @@ impl Heap {
         let (slabs, id) = unsafe { (&(*owner).owned_slabs, (*owner).id) };
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (p, bad) = unsafe {
-            self.sll
-                .pop_checked(class.index(), |n| far_block_ok(slabs, registry, id, class, n))
+            self.sll.pop_checked(class.index(), |n| {
+                far_block_ok(slabs, registry, id, class, n)
+            })
         };
         if bad {
             self.ctx().report(Corrupt::FreeList(p as usize));

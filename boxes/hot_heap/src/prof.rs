@@ -20,7 +20,8 @@ impl Heap {
                 return false;
             };
             // Under the heap list's lock: a snapshot reads the pointer under it (H21).
-            ctx.heaps.with(|_| self.prof_holder = m.cast::<Heap>().as_ptr());
+            ctx.heaps
+                .with(|_| self.prof_holder = m.cast::<Heap>().as_ptr());
         }
         let check = self.ctx().check;
         let this: *mut Heap = self;
@@ -29,7 +30,11 @@ impl Heap {
         // read by a snapshot under the heap list's lock, which is held while they are made.
         self.ctx().heaps.with(|_| unsafe {
             let hold = &mut *(*this).prof_holder;
-            hold.sll = Lists::new(if check { [0; CLASSES] } else { [MAX_CAP; CLASSES] });
+            hold.sll = Lists::new(if check {
+                [0; CLASSES]
+            } else {
+                [MAX_CAP; CLASSES]
+            });
             let linked = hold.sll.set_link_key((*this).sll.link_key());
             debug_assert!(linked, "new lists are empty");
             hold.key = (*this).key;
@@ -102,12 +107,13 @@ impl Heap {
     }
 
     /// Fills the holder's list of `class` when it holds at most one block (the fast pop never
-    /// takes a list's last block, H16) and the credit covers two blocks or more (H19, H21): a
-    /// lone block goes back first, then this heap's list, made at least half its bound long
-    /// from the cache or the slabs, moves over whole by one [`Lists::exchange`] when the credit
-    /// covers it, else a chain of what the credit covers moves from its top. The credit falls
-    /// by the bytes moved, and stays at least 0. Returns the blocks moved; 0 in check mode,
-    /// whose lists have no room (H6), and when the OS refuses memory.
+    /// takes a list's last block, H16) and the credit covers two blocks or more (H19, H21):
+    /// this heap's list, made as long as its bound from the cache or the slabs when it holds
+    /// half its bound or less, changes places with the holder's by one [`Lists::exchange`] when the
+    /// credit covers it (the holder's lone block, if any, comes to this heap's list), else a
+    /// chain of what the credit covers moves from its top. The credit falls by the bytes the
+    /// holder gains, and stays at least 0. Returns the blocks moved; 0 in check
+    /// mode, whose lists have no room (H6), and when the OS refuses memory.
     ///
     /// # Safety
     /// This is a real heap whose only user is the calling thread.
@@ -120,19 +126,18 @@ impl Heap {
         let cap = self.sll.cap(i);
         // SAFETY: this heap's holder, used by its thread alone.
         let held = unsafe { (*hold).sll.len(i) };
-        if cap < 2 || held > 1 || self.prof_credit + i64::from(held) * b < 2 * b {
+        // The blocks the holder may hold after the fill (the credit covers all but `held`).
+        let most = (self.prof_credit / b + i64::from(held)).min(i64::from(MAX_CAP)) as u32;
+        if cap < 2 || held > 1 || most < 2 {
             return 0;
         }
-        if held == 1 {
-            self.prof_give_back_class(class);
-        }
-        let most = (self.prof_credit / b).min(i64::from(MAX_CAP)) as u32;
-        self.purge_if_due();
-        let now = self.adapt_tick();
-        self.mark_active(class, now);
-        let want = (cap / 2).max(2).min(most);
+        let want = cap.min(most);
         let len = self.sll.len(i);
-        if len < want {
+        if len < want / 2 + 1 {
+            // A slow-path event of the class's, as `alloc_slow`'s refill is (H11, H14).
+            self.purge_if_due();
+            let now = self.adapt_tick();
+            self.mark_active(class, now);
             let batch = (want - len).min(self.cache.len(i));
             for _ in 0..batch {
                 let Some(p) = self.cache.pop(i) else {
@@ -149,23 +154,30 @@ impl Heap {
             }
         }
         let len = self.sll.len(i);
-        let moved = if len <= most {
+        if len <= held {
+            return 0;
+        }
+        let gained = if len <= most {
             // SAFETY: both lists are this thread's and share the link key (`prof_start`); the
-            // holder's list is empty (its lone block went back) and its bound is MAX_CAP, at
-            // least any list's length; this list receives nothing.
-            unsafe { (*hold).sll.exchange(&mut self.sll, i) }
+            // holder's bound is MAX_CAP, at least any list's length, and this list's takes the
+            // holder's one block at most, as it held more.
+            unsafe { (*hold).sll.exchange(&mut self.sll, i) };
+            len - held
         } else {
+            // The lone block goes back first (the credit rises by it), then the holder gains
+            // the whole chain.
+            if held == 1 {
+                self.prof_give_back_class(class);
+            }
             let chain = self.take_list(class, most);
             // SAFETY: free blocks of ours, keyed, linked head..=tail, on no list; the holder's
             // list is empty and its bound is MAX_CAP.
             unsafe { (*hold).sll.splice(i, chain) };
             chain.len
         };
-        if moved > 0 {
-            self.prof_credit -= i64::from(moved) * b;
-            self.prof_listed[i / 64] |= 1 << (i % 64);
-        }
-        moved
+        self.prof_credit -= i64::from(gained) * b;
+        self.prof_listed[i / 64] |= 1 << (i % 64);
+        gained
     }
 
     /// A block of `class` from the holder's list with every link checked (H16, H21), or null
@@ -338,15 +350,24 @@ mod tests {
                     }
                     countdown -= b;
                     out.push(p);
-                    assert_eq!((*h).prof_credit() + (*h).prof_held_bytes() as i64, countdown);
+                    assert_eq!(
+                        (*h).prof_credit() + (*h).prof_held_bytes() as i64,
+                        countdown
+                    );
                 }
                 // Frees go to the heap's own lists, outside the credit.
                 for p in out.drain(..out.len() / 2) {
                     free(h, p);
                 }
-                assert_eq!((*h).prof_credit() + (*h).prof_held_bytes() as i64, countdown);
+                assert_eq!(
+                    (*h).prof_credit() + (*h).prof_held_bytes() as i64,
+                    countdown
+                );
             }
-            assert!(countdown < 2 * b, "filled until the credit ran out: {countdown}");
+            assert!(
+                countdown < 2 * b,
+                "filled until the credit ran out: {countdown}"
+            );
             (*h).prof_fill(c);
             let before = (*h).prof_credit();
             let given = (*h).prof_trim(u64::MAX);
@@ -441,7 +462,11 @@ mod tests {
                 }
             }
             let s = ctx.snapshot();
-            assert_eq!(s.count(Event::Abandon), 0, "nothing held, nothing abandoned");
+            assert_eq!(
+                s.count(Event::Abandon),
+                0,
+                "nothing held, nothing abandoned"
+            );
             let held: i64 = (0..CLASSES).map(|c| s.held(c)).sum();
             assert_eq!(held, 0, "no block held anywhere");
         }

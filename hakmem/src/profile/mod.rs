@@ -52,8 +52,9 @@
 //! blocks never look at the sample table. Medium and large blocks are freed through the
 //! registry as always, which drops their samples.
 //!
-//! A heap's credit starts at its thread's first slow allocation once profiling runs (a fresh
-//! interval: the sampling process is memoryless), and stays with the heap (a heap parked at a
+//! A heap's credit starts when its thread's heap is made, or, for a thread whose heap was made
+//! before profiling started, at its first slow allocation (a fresh interval: the sampling
+//! process is memoryless), and stays with the heap (a heap parked at a
 //! thread's exit and taken by another thread goes on counting; its holder's blocks go back to
 //! it at the park, hot_heap H22). Allocations made before are not in the profile. A private
 //! heap's allocations ([`crate::Heap`]) are not sampled. With profiling off, the only additions
@@ -155,6 +156,17 @@ unsafe fn ensure_started(h: *mut HotHeap) {
     }
 }
 
+/// A thread's heap set while profiling runs ([`crate::global::heap_slow`]): its profiler starts
+/// now, so that its allocations are counted from the first (a thread whose allocations never
+/// miss their fast path, a free-then-allocate loop, would otherwise never reach the profiler).
+///
+/// # Safety
+/// `h` is this thread's live heap, set in its slots.
+pub(crate) unsafe fn start_thread(h: *mut HotHeap) {
+    // SAFETY: forwarded.
+    unsafe { ensure_started(h) };
+}
+
 /// [`ensure_started`]'s start.
 ///
 /// # Safety
@@ -203,9 +215,8 @@ fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
 }
 
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
-/// sampling at their next slow path (an allocation that misses its fast path, or a free that
-/// misses its own; at once for threads whose heap is made later); allocations made before are
-/// not in the profile. Returns false when the profiler's
+/// sampling at their next allocation that misses its fast path (at once for threads whose heap
+/// is made later); allocations made before are not in the profile. Returns false when the profiler's
 /// tables could not be mapped. Starting again changes nothing (the first interval stays).
 pub fn start(sample_bytes: u64) -> bool {
     if active() {
@@ -478,7 +489,10 @@ unsafe fn settle(
         unsafe {
             let held = (*h).prof_held_bytes();
             (*h).prof_trim(k.unsigned_abs().max(held / 2));
-            debug_assert!((*h).prof_credit() >= 0, "the credit is never negative (H19)");
+            debug_assert!(
+                (*h).prof_credit() >= 0,
+                "the credit is never negative (H19)"
+            );
         }
     }
 }
