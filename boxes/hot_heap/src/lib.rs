@@ -252,30 +252,20 @@
 //!   abandons what holds blocks, H5). Its held blocks (lists, cache) count as held (stats S3),
 //!   as a live idle thread's do. In a forked child the parked heaps stay parked and can be
 //!   taken: they are whole, as nothing but the lock's holder changes them.
-//! - **H19 (the profiler's debit).** A heap's `debit` (wrapping, [`Heap::debit`]) grows by
-//!   the bytes of every block moved onto its thread lists as part of a chain (a refill's
-//!   splice, the cache's batch) or pushed by the owner's slow free, and of every block handed
-//!   out other than by a pop (from the cache, or carved zeroed), and shrinks by the bytes of
-//!   every chain taken off the lists (a spill, a decay, a drain, a trim, exit). The fast
-//!   paths do not touch it: a pop changes the bytes on the lists and the bytes allocated by
-//!   the same amount, and the pushes the profiler makes count themselves
-//!   ([`Heap::free_own_listed`], [`Heap::free_own_profiled`]). So for a thread whose frees
-//!   all go through the profiler (the facade's heap profiler: `hakmem/src/profile`),
-//!   `countdown - bytes on the lists` changes by minus the debit's change and by nothing
-//!   else: the profiler keeps that credit (`prof_base - debit`, [`Heap::prof_credit`]) from
-//!   the debit alone, on slow paths, and the fast pops never see it.
-//!   [`Heap::free_own_unlisted`], [`Heap::alloc_unlisted`], [`Heap::trim_lists`] and
-//!   [`Heap::drain_lists`] keep blocks off the lists (to the cache, then the slabs), so that
-//!   the lists never hold more bytes than the countdown. Every slow operation that puts
-//!   blocks on a class's list marks the class (`prof_listed`), the profiler's push onto an
-//!   empty list too, and after the profiler's start ([`Heap::prof_start`], which drains every
-//!   list) only those put blocks on an empty list, and only a drain, which empties a list,
-//!   takes a mark: so a list holding blocks is marked, and [`Heap::listed_bytes`] (the marked
-//!   classes' bytes) is every byte on the lists.
-//!   While the profiler counts every allocation itself ([`Heap::prof_enter_counted`]: its
-//!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
-//!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
-//!   block, and the countdown is kept apart (`prof_left`).
+//! - **H19 (the profiler's credit).** Once the facade's heap profiler (`hakmem/src/profile`)
+//!   starts on a heap ([`Heap::prof_start`]), the heap keeps its credit (`prof_credit`): the
+//!   countdown to the next sample less the bytes on its holder's lists (H21). A pop from the
+//!   holder lowers the countdown and those bytes together, and a free never touches either (it
+//!   goes to the heap's own lists), so neither fast path changes the credit. It changes only
+//!   on the profiler's slow paths: a fill ([`Heap::prof_fill`]) lowers it by the bytes the
+//!   holder gains, and moves only what it covers, so a fill leaves it at least 0; a give-back
+//!   (H22) raises it by the bytes taken back; the profiler lowers it by each allocation it
+//!   counts itself and raises it by each sample's next interval ([`Heap::prof_add`]), and
+//!   gives the holder's lists back while it is negative. So between slow paths the credit is
+//!   at least 0: the holder's lists never hold more bytes than the countdown, and no pop can
+//!   pass the sample point. Every class that a fill put blocks on is marked (`prof_listed`)
+//!   until a give-back empties it, so [`Heap::prof_held_bytes`] (the marked classes' bytes)
+//!   is every byte on the holder's lists, and the countdown is the credit plus it.
 //! - **H20 (straight frees).** When the owner's free finds its class's list full, still full
 //!   after the overflow is counted (H11), the cache without room for a spill's half list (so a
 //!   spill would send the cache's oldest blocks to their slabs), and the list's head (the block
@@ -294,6 +284,31 @@
 //!   free does that work once instead of pushing, taking, caching and flushing each block. A
 //!   free whose block carries the free key takes the full slow path, to its confirmation
 //!   (FK3), and a block freed straight and freed again is found on its slab's free list.
+//! - **H21 (the profiler's holder: a second set of lists).** While the profiler runs on a
+//!   heap `h`, its thread's allocation slot holds `h`'s holder (`prof_holder`, mapped at the
+//!   first [`Heap::prof_start`] on `h` and kept for its later lives), and its free slot `h`
+//!   (the facade's tls T5). The holder is heap-shaped, so the allocation fast paths read it as
+//!   they read a heap, and only [`Heap::prof_fill`] puts blocks on its lists: blocks of `h`,
+//!   from `h`'s list (one [`Lists::exchange`] of the whole list, nothing walked, or a chain
+//!   when the credit is short of it), which it first refills from `h`'s cache or slabs. Its
+//!   lists use `h`'s link key, and its owned-superslab table is a copy of `h`'s, which
+//!   `link_owned` and `unlink_owned` keep equal (H16: a link the fast pop follows on the
+//!   holder names a superslab `h` owns); its checked pop and the takes off its lists check far
+//!   links against `h`'s owned cache and id (`prof_owner`). Its id is [`EMPTY_ID`] and its
+//!   owned cache empty, so no free takes it for an owner. Its pops are `h`'s allocations,
+//!   counted by its lists (H13), which [`Ctx::snapshot`] and the fold at exit add to `h`'s
+//!   (the snapshot reads `prof_holder` under the heap list's lock, under which it is written).
+//! - **H22 (the holder's blocks go back).** Blocks on the holder's lists are held by `h`'s
+//!   thread, out of their slabs as blocks on `h`'s own lists are (no superslab holding one is
+//!   released or abandoned). [`Heap::prof_give_back`] returns them to `h` (by one exchange
+//!   onto `h`'s empty list, else as a chain onto it when it has room, else to the cache and
+//!   the slabs), raising the credit by their bytes (H19), and runs when `h` is parked (H18),
+//!   when it is torn down (H5: a thread's retirement, a reaper's, a parked heap's expiry, and
+//!   so a forked child's heaps of threads that did not survive the fork) and at each
+//!   [`Heap::prof_start`]. So a parked or retired heap holds nothing on its holder, and a
+//!   parked heap taken by a new thread goes on with its credit and an empty holder. In check
+//!   mode (H6) the lists have no room and a fill moves nothing, so the holder stays empty and
+//!   every allocation is counted by the profiler one by one.
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
