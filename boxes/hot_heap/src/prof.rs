@@ -4,6 +4,11 @@
 use super::*;
 use hakmem_tls_sll::MAX_CAP;
 
+/// A fill takes at most the credit over this (H19): the holder's lists then hold a few times
+/// the credit at most, shared over the classes in use, and the credit shrinks with the
+/// countdown instead of running out while the holder still holds much of it.
+const FILL_SHARE: i64 = 8;
+
 impl Heap {
     /// Starts the profiler's credit at `credit` bytes (H19) with an empty holder (H21),
     /// mapped at the first start on this heap. False when the holder could not be mapped: the
@@ -126,8 +131,12 @@ impl Heap {
         let cap = self.sll.cap(i);
         // SAFETY: this heap's holder, used by its thread alone.
         let held = unsafe { (*hold).sll.len(i) };
-        // The blocks the holder may hold after the fill (the credit covers all but `held`).
-        let most = (self.prof_credit / b + i64::from(held)).min(i64::from(MAX_CAP)) as u32;
+        // The blocks the holder may hold after the fill: what the credit covers (beyond
+        // `held`), but a quarter of the credit at most (at least two blocks), so that the
+        // credit runs short only near the sample point however many classes the holder holds.
+        let cover = self.prof_credit / b + i64::from(held);
+        let share = (self.prof_credit / (FILL_SHARE * b)).max(2) + i64::from(held);
+        let most = cover.min(share).min(i64::from(MAX_CAP)) as u32;
         if cap < 2 || held > 1 || most < 2 {
             return 0;
         }
@@ -197,16 +206,50 @@ impl Heap {
         }
     }
 
-    /// Gives the holder's blocks back to this heap (H22), whole classes at a time, until at
-    /// least `bytes` bytes went back or the holder is empty; the credit rises by them (H19).
-    /// Returns the bytes given back.
+    /// Gives the holder's blocks back to this heap (H22) until at least `bytes` bytes went
+    /// back or the holder is empty; the credit rises by them (H19). First by exchanges, one
+    /// step per class whatever its length: a holder list longer than this heap's list of its
+    /// class changes places with it (the holder keeps the shorter list), then from the tops of
+    /// the holder's lists. Returns the bytes given back.
     pub fn prof_trim(&mut self, bytes: u64) -> u64 {
         let mut moved = 0;
+        let hold = self.prof_holder;
+        if hold.is_null() {
+            return 0;
+        }
+        for w in 0..2 {
+            let mut m = self.prof_listed[w];
+            while m != 0 && moved < bytes {
+                let i = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                // SAFETY: this heap's holder, used by its thread alone.
+                let (h, r) = unsafe { ((*hold).sll.len(i), self.sll.len(i)) };
+                if h > r && self.sll.cap(i) >= h {
+                    if let Some(class) = SizeClass::new(i) {
+                        // SAFETY: both lists are this thread's and share the link key; each
+                        // bound takes the other's blocks (the holder's is MAX_CAP).
+                        unsafe { self.sll.exchange(&mut (*hold).sll, i) };
+                        let gone = u64::from(h - r) * class.size() as u64;
+                        self.prof_credit += gone as i64;
+                        moved += gone;
+                        if r == 0 {
+                            self.prof_listed[w] &= !(1 << (i % 64));
+                        }
+                    }
+                }
+            }
+        }
         for w in 0..2 {
             while self.prof_listed[w] != 0 && moved < bytes {
                 let i = w * 64 + self.prof_listed[w].trailing_zeros() as usize;
                 if let Some(class) = SizeClass::new(i) {
-                    moved += self.prof_give_back_class(class);
+                    let size = class.size() as u64;
+                    let n = (bytes - moved).div_ceil(size).min(u64::from(u32::MAX)) as u32;
+                    moved += self.prof_give_back_blocks(class, n);
+                    if self.prof_held(class) != 0 {
+                        // The class keeps blocks (and its mark), and `bytes` went back.
+                        break;
+                    }
                 }
                 self.prof_listed[w] &= !(1 << (i % 64));
             }
@@ -220,22 +263,28 @@ impl Heap {
         self.prof_trim(u64::MAX);
     }
 
-    /// Gives the holder's list of `class` back (H22): by one exchange onto this heap's list
-    /// when that is empty and its bound takes them, else onto it as a chain when it has room,
-    /// else to the cache while it has room and the rest to their slabs. The credit rises by
-    /// their bytes (H19); returns them.
+    /// Gives the holder's list of `class` back (H22) ([`Heap::prof_give_back_blocks`]).
     fn prof_give_back_class(&mut self, class: SizeClass) -> u64 {
+        self.prof_give_back_blocks(class, u32::MAX)
+    }
+
+    /// Gives up to `max` blocks from the top of the holder's list of `class` back (H22): the
+    /// whole list by one exchange onto this heap's list when that is empty and its bound takes
+    /// them, else onto it as a chain when it has room, else to the cache while it has room and
+    /// the rest to their slabs. The credit rises by their bytes (H19); returns them.
+    fn prof_give_back_blocks(&mut self, class: SizeClass, max: u32) -> u64 {
         let hold = self.prof_holder;
         if hold.is_null() {
             return 0;
         }
         let i = class.index();
         // SAFETY: this heap's holder, used by its thread alone.
-        let n = unsafe { (*hold).sll.len(i) };
+        let before = unsafe { (*hold).sll.len(i) };
+        let n = before.min(max);
         if n == 0 {
             return 0;
         }
-        if self.sll.is_empty(i) && self.sll.cap(i) >= n {
+        if n == before && self.sll.is_empty(i) && self.sll.cap(i) >= n {
             // SAFETY: both lists are this thread's and share the link key; this list is empty
             // and its bound takes the holder's blocks; the holder's bound takes nothing.
             unsafe { self.sll.exchange(&mut (*hold).sll, i) };
@@ -244,7 +293,7 @@ impl Heap {
             // SAFETY: the holder's list holds free blocks of ours (H21); every link followed
             // is checked against this heap, as `take_list` checks its own.
             let (chain, bad) = unsafe {
-                (*hold).sll.take(i, u32::MAX, |b| {
+                (*hold).sll.take(i, n, |b| {
                     in_owned_superslab(&self.owned_bases, b)
                         || far_block_ok(&self.owned_slabs, registry, self.id, class, b)
                 })
@@ -260,7 +309,10 @@ impl Heap {
                 self.dispose_chain(class, chain, true);
             }
         }
-        let bytes = u64::from(n) * class.size() as u64;
+        // What left the holder (a bad link drops the rest of its list, tls_sll L8).
+        // SAFETY: as above.
+        let gone = before - unsafe { (*hold).sll.len(i) };
+        let bytes = u64::from(gone) * class.size() as u64;
         self.prof_credit += bytes as i64;
         bytes
     }

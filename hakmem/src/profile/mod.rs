@@ -454,11 +454,11 @@ unsafe fn countdown(h: *mut HotHeap) -> i64 {
 /// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, that the
 /// holder did not serve, of `h`, this thread's live heap: sampled when `sampled` holds the
 /// countdown before it (below `counted`), and recorded when `record`. The credit falls by `counted` and rises by a
-/// sample's next interval; a credit left negative gives the holder's lists back (whole
-/// classes, at least half the holder's bytes, so that the stretch before the sample point
-/// gives them back a few times rather than at every allocation), so that it is at least 0
-/// again (hot_heap H19): the countdown after the allocation is at least 0, and the holder's
-/// bytes are part of it.
+/// sample's next interval; a credit left negative takes as many bytes back from the tops of
+/// the holder's lists, and at least half their bytes, so that it is at least 0 again (hot_heap
+/// H19: the countdown after the allocation is at least 0, and the holder's bytes are part of
+/// it) and stays so for a while: a credit left at 0 would have every allocation whose class
+/// the holder lacks counted until the sample point, with a give-back each.
 ///
 /// # Safety
 /// `h` is this thread's live heap, whose profiler runs.
