@@ -381,7 +381,7 @@ mod tests {
             let hold = (*h).prof_holder().unwrap();
             let mut countdown = 100 * b;
             let mut out = Vec::new();
-            for round in 0..20 {
+            for round in 0..1000 {
                 let moved = (*h).prof_fill(c);
                 assert!((*h).prof_credit() >= 0, "round {round}");
                 assert_eq!(
