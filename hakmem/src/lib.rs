@@ -132,6 +132,7 @@
 //   block comes from the late heap, so its free misses the owner's fast free and reaches the
 //   foreign free; a block's sample is dropped before the block goes back, so an address
 //   reused by another allocation never carries an old sample.
+//
 
 mod context;
 mod global;

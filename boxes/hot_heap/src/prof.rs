@@ -116,7 +116,7 @@ impl Heap {
     /// Fills the holder's list of `class` when it holds at most one block (the fast pop never
     /// takes a list's last block, H16) and the credit covers two blocks or more (H19, H21):
     /// this heap's list, refilled from the cache or the slabs when it holds half its bound or
-    /// less (up to its bound, or [`FILL_SHARE`]'s share of the credit), changes places with
+    /// less (up to its bound, or an eighth of the credit: `FILL_SHARE`), changes places with
     /// the holder's by one [`Lists::exchange`] when the credit covers it (the holder's lone
     /// block, if any, comes to this heap's list), else a chain of that share moves from its
     /// top. The credit falls by the bytes the holder gains, and stays at least 0. Returns the
