@@ -68,6 +68,26 @@ pub fn with_late_heap<R>(ctx: &'static Ctx, f: impl FnOnce(&mut Heap) -> R) -> O
     Some(f(unsafe { &mut *late.0 }))
 }
 
+/// [`with_late_heap`] for the heap profiler's sampled small blocks (`crate::profile`): waits
+/// for the lock while another thread holds it, up to a bound (a holder that is this thread
+/// would never let go), then gives up (`None`), as `with_late_heap` does when the heap cannot
+/// be made.
+pub fn with_late_heap_waiting<R>(ctx: &'static Ctx, f: impl FnOnce(&mut Heap) -> R) -> Option<R> {
+    let mut f = Some(f);
+    for _ in 0..LATE_WAIT_TRIES {
+        // `f` is taken only when the lock was, which ends the loop.
+        if let Some(r) = with_late_heap(ctx, |h| f.take().map(|f| f(h))) {
+            return r;
+        }
+        // The lock is held, or the heap could not be made (then every try fails).
+        hakmem_os::yield_now();
+    }
+    None
+}
+
+/// How many times [`with_late_heap_waiting`] tries the lock, yielding between tries.
+const LATE_WAIT_TRIES: usize = 1000;
+
 /// True once the late heap exists (it is never retired).
 pub fn late_heap_made() -> bool {
     LATE_MADE.load(Ordering::Relaxed)
@@ -325,6 +345,10 @@ pub fn heap_slow() -> Option<NonNull<Heap>> {
     // A heap an exited thread parked, whole, if any (hot_heap H18).
     let heap = ctx.take_or_new_heap()?;
     crate::tls::set(heap.as_ptr());
+    if crate::profile::active() {
+        // SAFETY: this thread's live heap, just set.
+        unsafe { crate::profile::start_thread(heap.as_ptr()) };
+    }
     // SAFETY: the key was created at init; a key below 32 needs no allocation to set.
     unsafe { libc::pthread_setspecific(KEY, heap.as_ptr().cast()) };
     // A heap made during glibc's last pass over the TSD destructors is never handed to

@@ -124,13 +124,14 @@
 //   process's id, so a child forked from another thread during start-up claims start-up
 //   afresh instead of waiting for a thread its process does not have (`global.rs`).
 // - **F9 (profiling off the fast paths).** The heap profiler (`profile/`) is reached only from
-//   slow paths: a fast path's miss, the foreign and orphan frees, the full free path, the medium
-//   and large tiers, a moving realloc. While it runs, every thread's free slot holds an empty
-//   heap (tls T5), so every free misses and is seen, and allocations pop from lists that never
-//   hold more bytes than the countdown to the next sample (hot_heap H19), or, near a sample
-//   point, its allocation slot holds an empty heap too and every allocation is counted (tls
-//   T6); a block's sample is dropped before the block goes back, so an address reused by
-//   another allocation never carries an old sample.
+//   slow paths: an allocation fast path's miss, the foreign and orphan frees, the medium and
+//   large tiers, a moving realloc. While it runs, every thread's allocation slot holds its
+//   heap's holder (tls T5, hot_heap H21), a second set of lists that the profiler fills on
+//   the allocation slow path with no more bytes than the countdown to the next sample (hot_heap
+//   H19), and its free slot its heap, so the free fast paths are unchanged. A sampled small
+//   block comes from the late heap, so its free misses the owner's fast free and reaches the
+//   foreign free; a block's sample is dropped before the block goes back, so an address
+//   reused by another allocation never carries an old sample.
 //
 
 mod context;
@@ -610,7 +611,7 @@ unsafe fn lookup(p: *mut u8, op: &str) -> Option<Block> {
         invalid_pointer(op, p);
         return None;
     };
-    let h = crate::tls::raw();
+    let h = crate::tls::raw_free();
     let section = ctx.registry.section(stripe(h));
     // SAFETY: the open section keeps whatever the registry reports mapped; for a pointer that
     // is not ours nothing is dereferenced.
@@ -744,10 +745,6 @@ unsafe fn free_impl(p: *mut u8, op: &str) {
 unsafe fn free_full(p: *mut u8) {
     // Heap profiling: a profiling thread's own blocks by the profiler's free, found by the
     // owned cache (H8) without the registry; both calls are tail calls.
-    if profile::active() {
-        // SAFETY: forwarded.
-        return unsafe { profile::free_owned(p) };
-    }
     // SAFETY: forwarded.
     unsafe { free_registry(p) }
 }
@@ -788,19 +785,9 @@ unsafe fn free_small_in(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
 /// As [`free_small_in`], and this thread's heap does not own `slab`.
 #[inline(never)]
 unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
-    // Heap profiling: every small free of a profiling thread comes here (its free slot holds
-    // an empty heap, tls T5), and so does every other heap's: a block of the thread's own heap
-    // goes by the profiler's own free at once (which drops its sample, if any), any other's
-    // sample goes first.
+    // Heap profiling: a sampled small block is another heap's (the late heap's, `profile`
+    // module docs), so its free comes here, and its sample goes first.
     if profile::active() {
-        // A counted thread's (tls T6) goes by `free_small_slow`.
-        let h = crate::tls::raw();
-        // SAFETY: this thread's heap or an empty one (tls T2), whose id no slab has (hot_heap
-        // H9): a match is this thread's live heap.
-        if slab.owner() == unsafe { HotHeap::id_of(h) } {
-            // SAFETY: a block of its own slab, given up.
-            return unsafe { profile::free_own_sampling(h, slab, p) };
-        }
         // SAFETY: forwarded.
         return unsafe { free_small_other_profiled(ss, slab, p) };
     }
@@ -808,9 +795,8 @@ unsafe fn free_small_other(ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) 
     unsafe { free_small_other_rest(ss, slab, p) }
 }
 
-/// [`free_small_other`] while heap profiling runs, for a block of another heap's slab (or a
-/// counted thread's own, tls T6): its sample goes first. Out of line, so that the profiled
-/// owner's free in [`free_small_other`] saves no registers for the sample's call.
+/// [`free_small_other`] while heap profiling runs: the block's sample goes first. Out of
+/// line, so that [`free_small_other`] saves no registers for the sample's call.
 ///
 /// # Safety
 /// As [`free_small_other`].
@@ -853,17 +839,6 @@ unsafe fn free_small_slow(p: *mut u8) {
         return invalid_pointer("free", p);
     };
     let h = heap_ptr();
-    if h as usize > DEAD as usize {
-        // A profiling thread (its free slot holds `tls::PROF_HEAP`, tls T5, and its allocation
-        // slot too when counted, T6).
-        // SAFETY: this thread's live heap, on its own thread.
-        if slab.owner() == unsafe { HotHeap::id_of(h) } {
-            // SAFETY: a block of its own slab, given up (its sample dropped by the caller).
-            return unsafe { profile::free_own(h, slab, p) };
-        }
-        // SAFETY: this thread's live heap; `p` is given up.
-        return unsafe { (*h).free_small(ss, slab, p) };
-    }
     if h.is_null() {
         if let Some(h) = heap_slow() {
             // SAFETY: this thread's new heap; `p` is given up.

@@ -38,22 +38,14 @@
 //!   cleanly with glibc's "cannot allocate memory in static TLS block". Nothing of hakmem runs
 //!   in that case (relocation fails before any constructor), so nothing can crash.
 //! - **T5 (two slots).** [`set`] writes the heap (or the empty heap standing for null or
-//!   [`DEAD`]) to the allocation slot, and the same to the free slot, except that while heap
-//!   profiling runs (`crate::profile`) the free slot of a thread with a live heap holds a third
-//!   empty heap, `PROF_HEAP` (also written by [`enter_profiling`], at a thread's first slow
-//!   path once profiling runs). So with profiling off both slots hold the same heap, and
-//!   while it runs every free of a live thread misses its fast path (hot_heap H9) and reaches
-//!   the profiler on the facade's slow paths, while allocations pop from the thread lists on
-//!   their fast paths (the profiler keeps the lists' bytes within its countdown, hot_heap
-//!   H19). [`get`] reads the allocation slot.
-//! - **T6 (counted threads).** While the profiler counts every allocation of a thread itself
-//!   (its lists hold many bytes against the countdown, hot_heap H19), the thread's allocation
-//!   slot holds `PROF_HEAP` too, and its live heap is kept in a third word, `COUNTED` (null
-//!   otherwise; beside the two slots, read as they are), which [`get`] and [`owner`] return
-//!   for it: both fast paths miss, as with profiling off they never do.
-//!   [`set`] keeps that state for the heap `COUNTED` holds; a heap taken by another thread
-//!   in that state is put back in it at the thread's first slow path, which is its first
-//!   allocation.
+//!   [`DEAD`]) to both slots, except that while heap profiling runs (`crate::profile`) the
+//!   allocation slot of a thread whose heap's profiler has started (hot_heap H19) holds that
+//!   heap's holder (hot_heap H21: a second set of thread lists that only the profiler fills,
+//!   under its credit), or, when no holder could be mapped, a third empty heap, `PROF_HEAP`,
+//!   so that every allocation reaches the profiler; [`use_holder`] makes the same switch at a
+//!   thread's first slow allocation once profiling runs. The free slot always holds the
+//!   thread's heap, so the free fast paths do the same with profiling on and off, and
+//!   [`get`] reads it.
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hakmem_hot_heap::{EmptyHeap, Heap};
@@ -66,9 +58,9 @@ pub const DEAD: *mut Heap = core::ptr::dangling_mut::<Heap>();
 pub(crate) static NO_HEAP: EmptyHeap = EmptyHeap::new();
 /// What the slots hold for "heap gone" ([`DEAD`]): another empty heap.
 static GONE_HEAP: EmptyHeap = EmptyHeap::new();
-/// What the free slot holds while heap profiling runs (T5): a third empty heap, so that every
-/// free misses its fast path and reaches the profiler; the allocation slot keeps the thread's
-/// heap.
+/// What the allocation slot holds while heap profiling runs on a thread whose holder could not
+/// be mapped (T5): a third empty heap, so that every allocation misses its fast path and
+/// reaches the profiler.
 static PROF_HEAP: EmptyHeap = EmptyHeap::new();
 
 /// Set once heap profiling runs (T5), by `crate::profile`; never cleared.
@@ -85,89 +77,54 @@ pub(crate) fn profiling() -> bool {
     PROFILING.load(Ordering::Relaxed)
 }
 
-/// Heap profiling starts (T5): threads switch their free slots at their next slow path, and
-/// heaps set from now on are switched as they are set.
+/// Heap profiling starts (T5): threads switch their allocation slots at their next slow
+/// allocation, and heaps set from now on are switched as they are set.
 pub(crate) fn start_profiling() {
     PROFILING.store(true, Ordering::Release);
 }
 
 /// This thread's heap pointer: null until [`set`] is called on this thread, [`DEAD`] after its
-/// heap is gone.
+/// heap is gone. Read from the free slot, which holds the heap itself (T5).
 #[inline(always)]
 pub fn get() -> *mut Heap {
-    let h = imp::get();
+    let h = imp::get_free();
     if NO_HEAP.is(h) {
         null_mut()
     } else if GONE_HEAP.is(h) {
         DEAD
-    } else if PROF_HEAP.is(h) {
-        counted_heap()
     } else {
         h
     }
 }
 
-/// The live heap of a thread whose allocation slot holds `PROF_HEAP` (T6), kept in a third
-/// word beside the two slots: out of line, so that [`get`] stays small where it is inlined.
-#[cold]
-#[inline(never)]
-fn counted_heap() -> *mut Heap {
-    imp::get_counted()
-}
-
-/// The allocation slot's heap for the profiler's owner tests (T6): this thread's live heap,
-/// whichever slot holds it, or an empty heap (T2).
+/// What the allocation slot holds for `h`, a live heap, while heap profiling runs (T5): its
+/// holder once its profiler has started, `PROF_HEAP` when it has no holder, else `h`.
 #[inline(always)]
-pub(crate) fn owner() -> *mut Heap {
-    let h = imp::get();
-    if PROF_HEAP.is(h) {
-        counted_heap()
-    } else {
-        h
+fn allocation_slot(h: *mut Heap) -> *mut Heap {
+    // SAFETY: a live heap of this thread.
+    match unsafe { ((*h).prof_started(), (*h).prof_holder()) } {
+        (false, _) => h,
+        (true, Some(hold)) => hold,
+        (true, None) => PROF_HEAP.as_ptr(),
     }
 }
 
-/// The profiler counts every allocation of this thread, whose live heap is `h` (T6): both
-/// slots hold `PROF_HEAP`.
-pub(crate) fn enter_counted(h: *mut Heap) {
-    imp::set_counted(h);
-    imp::set(PROF_HEAP.as_ptr());
-    imp::set_free(PROF_HEAP.as_ptr());
-}
-
-/// [`enter_counted`] unless the allocation slot holds `PROF_HEAP` already (a heap taken in
-/// that mode is set as any other, T6).
-#[inline(always)]
-pub(crate) fn ensure_counted(h: *mut Heap) {
-    if imp::get() == h {
-        enter_counted(h);
-    }
-}
-
-/// The profiler leaves [`enter_counted`]'s mode (T6): the allocation slot holds `h` again.
-pub(crate) fn leave_counted(h: *mut Heap) {
-    imp::set_counted(null_mut());
-    imp::set(h);
-}
-
-/// Heap profiling (T5): switches this thread's free slot to the profiling empty heap; nothing
-/// for a thread without a live heap or already switched.
-pub(crate) fn enter_profiling() {
-    let h = imp::get();
-    if !(NO_HEAP.is(h) || GONE_HEAP.is(h)) {
-        imp::set_free(PROF_HEAP.as_ptr());
-    }
+/// Heap profiling (T5): the allocation slot of this thread, whose live heap is `h` and whose
+/// profiler has started on it, holds its holder (or `PROF_HEAP`).
+pub(crate) fn use_holder(h: *mut Heap) {
+    imp::set(allocation_slot(h));
 }
 
 /// The allocation slot as it is, for the allocation fast paths ([`Heap::alloc_fast`],
-/// [`Heap::alloc_tiny_fast`]): a live heap of this thread, or one of the empty heaps (T2).
+/// [`Heap::alloc_tiny_fast`]): a live heap of this thread, its holder, or one of the empty
+/// heaps (T2, T5).
 #[inline(always)]
 pub fn raw() -> *mut Heap {
     imp::get()
 }
 
 /// The free slot as it is, for the free paths ([`Heap::try_free_owned`], the owner test of
-/// the full paths): the allocation slot's heap, or `PROF_HEAP` while profiling runs (T5).
+/// the full paths): this thread's heap, or an empty heap (T2, T5).
 #[inline(always)]
 pub fn raw_free() -> *mut Heap {
     imp::get_free()
@@ -184,17 +141,12 @@ pub fn set(h: *mut Heap) {
         h
     };
     let live = !(NO_HEAP.is(h) || GONE_HEAP.is(h));
-    if live && profiling() && imp::get_counted() == h {
-        // Set back while the profiler counts every allocation (T6).
-        enter_counted(h);
-        return;
-    }
-    imp::set(h);
-    imp::set_free(if live && profiling() {
-        PROF_HEAP.as_ptr()
+    imp::set(if live && profiling() {
+        allocation_slot(h)
     } else {
         h
     });
+    imp::set_free(h);
 }
 
 #[cfg(not(all(
@@ -214,18 +166,6 @@ mod imp {
         // allocation slot, then the free slot (T5), in one 16-byte variable.
         static HEAP: [Cell<*mut Heap>; 2] =
             const { [Cell::new(NO_HEAP.as_ptr()), Cell::new(NO_HEAP.as_ptr())] };
-        // A counted thread's live heap (T6).
-        static COUNTED: Cell<*mut Heap> = const { Cell::new(core::ptr::null_mut()) };
-    }
-
-    #[inline(always)]
-    pub fn get_counted() -> *mut Heap {
-        COUNTED.with(Cell::get)
-    }
-
-    #[inline(always)]
-    pub fn set_counted(h: *mut Heap) {
-        COUNTED.with(|c| c.set(h))
     }
 
     #[inline(always)]
@@ -281,22 +221,14 @@ mod imp {
         };
     }
 
-    /// A counted thread's live heap (T6): the 8 bytes after the free slot's, initially null.
-    macro_rules! counted_slot {
-        () => {
-            concat!(slot!(), "_counted")
-        };
-    }
-
     // Two 8-byte words per thread, the allocation slot then the free slot (T5), both initially
-    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair, then a counted thread's heap (T6),
-    // initially null, all three in one 32-byte-aligned block (one cache line): `.tdata` is the
+    // `NO_HEAP`'s address (T2), in one 16-byte-aligned pair (one cache line): `.tdata` is the
     // thread-local `.data` ("T": TLS; each thread's block starts as a copy of it, taken after
     // relocation). Global (the access may be in another codegen unit) but hidden: the
     // reference binds inside the linked object, never across shared objects.
     global_asm!(
         concat!(".pushsection .tdata,\"awT\",%progbits"),
-        ".p2align 5",
+        ".p2align 4",
         concat!(".globl ", slot!()),
         concat!(".hidden ", slot!()),
         concat!(".type ", slot!(), ",%object"),
@@ -309,12 +241,6 @@ mod imp {
         concat!(".size ", free_slot!(), ", 8"),
         concat!(free_slot!(), ":"),
         ".8byte {empty}",
-        concat!(".globl ", counted_slot!()),
-        concat!(".hidden ", counted_slot!()),
-        concat!(".type ", counted_slot!(), ",%object"),
-        concat!(".size ", counted_slot!(), ", 8"),
-        concat!(counted_slot!(), ":"),
-        ".8byte 0",
         ".popsection",
         empty = sym super::NO_HEAP,
     );
@@ -400,10 +326,9 @@ mod imp {
         };
     }
 
-    // The allocation slot, the free slot (T5) and a counted thread's heap (T6).
+    // The allocation slot and the free slot (T5).
     accessors!(get, set, slot);
     accessors!(get_free, set_free, free_slot);
-    accessors!(get_counted, set_counted, counted_slot);
 }
 
 #[cfg(test)]

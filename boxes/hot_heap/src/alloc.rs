@@ -119,7 +119,6 @@ impl Heap {
     /// counted, unkeyed (FK2) and, in check mode, marked held.
     pub(crate) fn on_handed_out(&mut self, class: SizeClass, p: *mut u8) {
         self.stats.on_alloc(class.index());
-        self.debit_add(class, 1);
         self.on_popped(p);
     }
 
@@ -184,7 +183,6 @@ impl Heap {
             };
             // SAFETY: a free block this heap owns, on no list; a move, not a free (H13).
             unsafe { self.sll.put(class.index(), b, self.key) };
-            self.debit_add(class, 1);
         }
         self.on_handed_out(class, p);
         p

@@ -121,6 +121,8 @@ impl Ctx {
     /// heap), its thread will not use it again, and nobody else does.
     pub unsafe fn park_heap(&'static self, heap: NonNull<Heap>) {
         let h = heap.as_ptr();
+        // SAFETY: handed over by the caller. Nothing stays on the holder (H22).
+        unsafe { (*h).prof_give_back() };
         let now = now_ns();
         let parked = self.heaps.with(|l| {
             if l.parked_count == PARK_MAX {
@@ -440,6 +442,16 @@ impl Ctx {
                     // the atomics of their counts, under their sequence lock (tls_sll L7).
                     let (frees, allocs) = unsafe { Lists::counts_of(&raw const (*h).sll, c) };
                     s.add_counts(c, allocs, frees);
+                    // The holder's pops are the heap's allocations too (H21); its pointer is
+                    // written under this lock.
+                    // SAFETY: as above; a holder, once mapped, stays.
+                    let hold = unsafe { (*h).prof_holder };
+                    if !hold.is_null() {
+                        // SAFETY: as above.
+                        let (frees, allocs) =
+                            unsafe { Lists::counts_of(&raw const (*hold).sll, c) };
+                        s.add_counts(c, allocs, frees);
+                    }
                 }
                 // SAFETY: `next` is written only under the lock, which is held.
                 h = unsafe { (*h).next };
@@ -571,6 +583,10 @@ impl Ctx {
             // SAFETY: a live heap's lists; their owner did not survive the fork (or is this
             // thread, which is not inside a list operation during the fork).
             unsafe { Lists::end_write_after_fork(&raw mut heap.sll) };
+            if !heap.prof_holder.is_null() {
+                // SAFETY: as above, the heap's holder's lists (H21).
+                unsafe { Lists::end_write_after_fork(&raw mut (*heap.prof_holder).sll) };
+            }
             h = heap.next;
         }
     }

@@ -27,6 +27,8 @@ impl Heap {
     /// by [`Heap::init`] again.
     pub(crate) unsafe fn teardown(&mut self) {
         self.validate_if_checking();
+        // Nothing stays on the profiler's holder (H22).
+        self.prof_give_back();
         // Everything owned is released or abandoned below, the kept superslab too (H4, H5).
         self.kept_empty = null();
         self.return_lists_and_cache();

@@ -266,7 +266,6 @@ impl Heap {
         }
         // SAFETY: the list has room now; `p` is ours and given up.
         unsafe { self.sll.push(i, p, self.key) };
-        self.debit_add(class, 1);
     }
 
     /// The cold confirmation of a key match (FK3): true when `p`, a block of our own `slab`, is

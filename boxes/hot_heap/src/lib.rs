@@ -252,30 +252,20 @@
 //!   abandons what holds blocks, H5). Its held blocks (lists, cache) count as held (stats S3),
 //!   as a live idle thread's do. In a forked child the parked heaps stay parked and can be
 //!   taken: they are whole, as nothing but the lock's holder changes them.
-//! - **H19 (the profiler's debit).** A heap's `debit` (wrapping, [`Heap::debit`]) grows by
-//!   the bytes of every block moved onto its thread lists as part of a chain (a refill's
-//!   splice, the cache's batch) or pushed by the owner's slow free, and of every block handed
-//!   out other than by a pop (from the cache, or carved zeroed), and shrinks by the bytes of
-//!   every chain taken off the lists (a spill, a decay, a drain, a trim, exit). The fast
-//!   paths do not touch it: a pop changes the bytes on the lists and the bytes allocated by
-//!   the same amount, and the pushes the profiler makes count themselves
-//!   ([`Heap::free_own_listed`], [`Heap::free_own_profiled`]). So for a thread whose frees
-//!   all go through the profiler (the facade's heap profiler: `hakmem/src/profile`),
-//!   `countdown - bytes on the lists` changes by minus the debit's change and by nothing
-//!   else: the profiler keeps that credit (`prof_base - debit`, [`Heap::prof_credit`]) from
-//!   the debit alone, on slow paths, and the fast pops never see it.
-//!   [`Heap::free_own_unlisted`], [`Heap::alloc_unlisted`], [`Heap::trim_lists`] and
-//!   [`Heap::drain_lists`] keep blocks off the lists (to the cache, then the slabs), so that
-//!   the lists never hold more bytes than the countdown. Every slow operation that puts
-//!   blocks on a class's list marks the class (`prof_listed`), the profiler's push onto an
-//!   empty list too, and after the profiler's start ([`Heap::prof_start`], which drains every
-//!   list) only those put blocks on an empty list, and only a drain, which empties a list,
-//!   takes a mark: so a list holding blocks is marked, and [`Heap::listed_bytes`] (the marked
-//!   classes' bytes) is every byte on the lists.
-//!   While the profiler counts every allocation itself ([`Heap::prof_enter_counted`]: its
-//!   thread's allocation slot holds an empty heap too, so no pop is uncounted), the credit is
-//!   kept the same way with [`PROF_COUNTED`] added, so that the profiler's frees list every
-//!   block, and the countdown is kept apart (`prof_left`).
+//! - **H19 (the profiler's credit).** Once the facade's heap profiler (`hakmem/src/profile`)
+//!   starts on a heap ([`Heap::prof_start`]), the heap keeps its credit (`prof_credit`): the
+//!   countdown to the next sample less the bytes on its holder's lists (H21). A pop from the
+//!   holder lowers the countdown and those bytes together, and a free never touches either (it
+//!   goes to the heap's own lists), so neither fast path changes the credit. It changes only
+//!   on the profiler's slow paths: a fill ([`Heap::prof_fill`]) lowers it by the bytes the
+//!   holder gains, and moves only what it covers, so a fill leaves it at least 0; a give-back
+//!   (H22) raises it by the bytes taken back; the profiler lowers it by each allocation it
+//!   counts itself and raises it by each sample's next interval ([`Heap::prof_add`]), and
+//!   gives the holder's lists back while it is negative. So between slow paths the credit is
+//!   at least 0: the holder's lists never hold more bytes than the countdown, and no pop can
+//!   pass the sample point. Every class that a fill put blocks on is marked (`prof_listed`)
+//!   until a give-back empties it, so [`Heap::prof_held_bytes`] (the marked classes' bytes)
+//!   is every byte on the holder's lists, and the countdown is the credit plus it.
 //! - **H20 (straight frees).** When the owner's free finds its class's list full, still full
 //!   after the overflow is counted (H11), the cache without room for a spill's half list (so a
 //!   spill would send the cache's oldest blocks to their slabs), and the list's head (the block
@@ -294,6 +284,31 @@
 //!   free does that work once instead of pushing, taking, caching and flushing each block. A
 //!   free whose block carries the free key takes the full slow path, to its confirmation
 //!   (FK3), and a block freed straight and freed again is found on its slab's free list.
+//! - **H21 (the profiler's holder: a second set of lists).** While the profiler runs on a
+//!   heap `h`, its thread's allocation slot holds `h`'s holder (`prof_holder`, mapped at the
+//!   first [`Heap::prof_start`] on `h` and kept for its later lives), and its free slot `h`
+//!   (the facade's tls T5). The holder is heap-shaped, so the allocation fast paths read it as
+//!   they read a heap, and only [`Heap::prof_fill`] puts blocks on its lists: blocks of `h`,
+//!   from `h`'s list (one [`Lists::exchange`] of the whole list, nothing walked, or a chain
+//!   when the credit is short of it), which it first refills from `h`'s cache or slabs. Its
+//!   lists use `h`'s link key, and its owned-superslab table is a copy of `h`'s, which
+//!   `link_owned` and `unlink_owned` keep equal (H16: a link the fast pop follows on the
+//!   holder names a superslab `h` owns); its checked pop and the takes off its lists check far
+//!   links against `h`'s owned cache and id (`prof_owner`). Its id is [`EMPTY_ID`] and its
+//!   owned cache empty, so no free takes it for an owner. Its pops are `h`'s allocations,
+//!   counted by its lists (H13), which [`Ctx::snapshot`] and the fold at exit add to `h`'s
+//!   (the snapshot reads `prof_holder` under the heap list's lock, under which it is written).
+//! - **H22 (the holder's blocks go back).** Blocks on the holder's lists are held by `h`'s
+//!   thread, out of their slabs as blocks on `h`'s own lists are (no superslab holding one is
+//!   released or abandoned). [`Heap::prof_give_back`] returns them to `h` (by one exchange
+//!   onto `h`'s empty list, else as a chain onto it when it has room, else to the cache and
+//!   the slabs), raising the credit by their bytes (H19), and runs when `h` is parked (H18),
+//!   when it is torn down (H5: a thread's retirement, a reaper's, a parked heap's expiry, and
+//!   so a forked child's heaps of threads that did not survive the fork) and at each
+//!   [`Heap::prof_start`]. So a parked or retired heap holds nothing on its holder, and a
+//!   parked heap taken by a new thread goes on with its credit and an empty holder. In check
+//!   mode (H6) the lists have no room and a fill moves nothing, so the holder stays empty and
+//!   every allocation is counted by the profiler one by one.
 //! - **H23 (free lists walked in step).** A refill of the thread list that wants at least
 //!   `SPREAD_MIN` (16) blocks, whose first slab in the refill order and the next `WALKS - 1` (3)
 //!   on its ring each hold an equal share of them on their free lists, takes the shares from
@@ -390,7 +405,6 @@ pub use hakmem_stats::{Event, Snapshot};
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
 /// What a private heap holds (H17).
 pub use private::Usage;
-pub use prof::PROF_COUNTED;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -684,18 +698,19 @@ pub struct Heap {
     /// (H16): entered when a superslab is linked, cleared when it is unlinked.
     owned_bases: [usize; OWNED_SS],
     cache: Cache,
-    /// The heap profiler's debit (H19), wrapping: bytes moved onto the thread lists as chains,
-    /// less those taken off as chains, plus the bytes pushed by the slow free and the bytes
-    /// handed out other than by a pop.
-    debit: u64,
-    /// The profiler's credit is `prof_base - debit` (wrapping, H19), once `prof_started`.
-    prof_base: u64,
+    /// The heap profiler's holder (H21): a heap-shaped second set of thread lists, mapped at
+    /// the profiler's first start on this heap and kept for the heap's later lives (written
+    /// under the heap list's lock, which the snapshot reads it under); null before, and on a
+    /// holder.
+    prof_holder: *mut Heap,
+    /// On a holder: the heap whose blocks it holds (H21); null on every other heap.
+    prof_owner: *mut Heap,
+    /// The profiler's credit (H19): the countdown to the next sample less the bytes on the
+    /// holder's lists, once `prof_started`.
+    prof_credit: i64,
     prof_started: bool,
-    /// The classes whose lists a slow operation put blocks on since the last drain (H19).
+    /// The classes whose holder lists may hold blocks (H19, H22).
     prof_listed: [u64; 2],
-    /// The countdown while the profiler counts every allocation itself (H19:
-    /// [`Heap::prof_enter_counted`]).
-    prof_left: i64,
 }
 
 impl Heap {
@@ -708,6 +723,13 @@ impl Heap {
             if pushes != 0 || pops != 0 {
                 self.stats.add_counts(c, pops, pushes);
             }
+            // SAFETY: the holder (H21), mapped for good once made, this heap's alone.
+            if let Some(hold) = unsafe { self.prof_holder.as_mut() } {
+                let (pushes, pops) = hold.sll.take_counts(c);
+                if pushes != 0 || pops != 0 {
+                    self.stats.add_counts(c, pops, pushes);
+                }
+            }
         }
     }
 
@@ -717,10 +739,19 @@ impl Heap {
     /// the list dropped (tls_sll L8); the head itself is a checked block and is handed out.
     pub(crate) fn pop_list(&mut self, class: SizeClass) -> *mut u8 {
         let registry = &self.ctx().registry;
+        // A holder's far links are checked against the heap whose blocks it holds (H21).
+        let owner: *const Heap = if self.prof_owner.is_null() {
+            self
+        } else {
+            self.prof_owner
+        };
+        // SAFETY: this heap, or the live heap whose holder it is (H21), of the same thread;
+        // only its owned cache and id are read, which nothing changes meanwhile.
+        let (slabs, id) = unsafe { (&(*owner).owned_slabs, (*owner).id) };
         // SAFETY: the list holds free blocks of ours (H1); every link followed is checked.
         let (p, bad) = unsafe {
             self.sll.pop_checked(class.index(), |n| {
-                far_block_ok(&self.owned_slabs, registry, self.id, class, n)
+                far_block_ok(slabs, registry, id, class, n)
             })
         };
         if bad {
@@ -747,7 +778,6 @@ impl Heap {
         if let Some(b) = bad {
             self.ctx().report(Corrupt::FreeList(b as usize));
         }
-        self.debit_add(class, -i64::from(chain.len));
         chain
     }
 

@@ -9,6 +9,7 @@ impl Heap {
         self.list_link(ss, front);
         self.owned_count += 1;
         self.owned_bases[owned_ss_slot(ss.base())] = ss.base();
+        self.prof_mirror_base(owned_ss_slot(ss.base()), ss.base());
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;
             self.owned_slabs[owned_slot(slab_number(base))] = ss.slab_of(base as *const u8);
@@ -52,6 +53,7 @@ impl Heap {
         let slot = owned_ss_slot(ss.base());
         if self.owned_bases[slot] == ss.base() {
             self.owned_bases[slot] = NO_SS;
+            self.prof_mirror_base(slot, NO_SS);
         }
         for i in 0..SLABS {
             let base = ss.base() + i * SLAB_SIZE;

@@ -121,7 +121,6 @@ impl Heap {
             // SAFETY: free blocks of ours, keyed, linked head..=tail, on no list; the list has
             // room for them (L2: `want` was bounded by it).
             unsafe { self.sll.splice(class.index(), chain) };
-            self.debit_add(class, i64::from(got));
         }
     }
 

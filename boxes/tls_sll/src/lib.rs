@@ -62,7 +62,7 @@
 //! - **L6 (counts).** For each class, `pushes(c)` counts the blocks pushed one by one
 //!   ([`Lists::try_push`], [`Lists::push`]) and `pops(c)` the blocks popped, since the lists were
 //!   made or their counts last handed over ([`Lists::take_counts`]). Moves of whole chains
-//!   ([`Lists::splice`], [`Lists::take`], [`Lists::put`]) and bound changes count as neither:
+//!   ([`Lists::splice`], [`Lists::take`], [`Lists::put`], [`Lists::exchange`]) and bound changes count as neither:
 //!   they add to `moved(c)`, so that `pops = pushes + moved + room` at every moment no slow
 //!   operation is under way. `pushes` is the low 50 bits of the word, plus 2^50 for a set guard
 //!   bit (bit 50, which a wrap of the low bits sets), plus what earlier slow operations folded
@@ -867,6 +867,29 @@ impl<const N: usize> Lists<N> {
         self.write(|l| l.adjust(c, -n, n));
     }
 
+    /// Exchanges class `c`'s whole list with `other`'s, in one step whatever their lengths
+    /// (nothing is read through a link): both sides count it as a move (L6). For a thread that
+    /// keeps two sets of lists (hot_heap H21). Returns the blocks `self` received.
+    ///
+    /// # Safety
+    /// Both lists belong to the calling thread, use the same [`LinkKey`] (L8), and each has
+    /// room for the other's blocks (L2).
+    pub unsafe fn exchange(&mut self, other: &mut Self, c: usize) -> u32 {
+        assert!(c < N, "class out of range");
+        debug_assert!(self.key.mul == other.key.mul, "L8: one link key");
+        let (a, b) = (self.len(c), other.len(c));
+        debug_assert!(
+            self.room(c) + i64::from(a) >= i64::from(b)
+                && other.room(c) + i64::from(b) >= i64::from(a),
+            "L2: an exchange past a bound"
+        );
+        core::mem::swap(&mut self.heads[c], &mut other.heads[c]);
+        let d = i64::from(b) - i64::from(a);
+        self.write(|l| l.adjust(c, -d, d));
+        other.write(|l| l.adjust(c, d, -d));
+        b
+    }
+
     /// Puts one block on class `c`'s list as a move, not a push (L6): a block that comes from
     /// elsewhere in the thread (its cache), not from a free.
     ///
@@ -947,6 +970,35 @@ mod tests {
 
     fn blocks(n: usize) -> Vec<[u64; 2]> {
         std::vec![[0u64; 2]; n]
+    }
+
+    /// L1, L6: an exchange moves whole lists both ways, and counts as a move on both sides
+    /// (the pops after it are counted where they happen).
+    #[test]
+    fn exchange_moves_whole_lists_and_counts_as_a_move() {
+        let mut mem = blocks(5);
+        let ptrs: Vec<*mut u8> = mem.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut a = Lists::<2>::new([4, 4]);
+        let mut b = Lists::<2>::new([8, 8]);
+        // SAFETY: the test's blocks are free, aligned and owned by this thread; both lists
+        // share the default link key and have room for each other's blocks.
+        unsafe {
+            for &p in &ptrs[..3] {
+                assert!(a.try_push(1, p, 7));
+            }
+            assert!(b.try_push(1, ptrs[3], 7));
+            assert_eq!(a.exchange(&mut b, 1), 1);
+            assert_eq!((a.len(1), b.len(1)), (1, 3));
+            assert_eq!(a.pop(1), ptrs[3]);
+            assert_eq!(b.pop(1), ptrs[2], "LIFO order kept across the exchange");
+            assert_eq!(b.pop(1), ptrs[1]);
+            assert_eq!(b.pop(1), ptrs[0]);
+            assert!(a.is_empty(1) && b.is_empty(1));
+        }
+        // L6: pops = pushes + moved + room - cap, per side: a pushed 3 and popped 1, b pushed
+        // 1 and popped 3.
+        assert_eq!(a.counts(1), (3, 1));
+        assert_eq!(b.counts(1), (1, 3));
     }
 
     #[test]

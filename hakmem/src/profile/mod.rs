@@ -25,47 +25,41 @@
 //! ## How it hooks in (nothing on the fast paths)
 //! The fast paths stay as they are. Each thread has two heap slots (tls T5): the allocation
 //! fast paths read one, the free fast paths the other. While profiling runs, the free slot
-//! holds an empty heap (hot_heap H9), so every free misses its fast path and reaches the
-//! profiler, which drops the block's sample if it has one (a lock-free filter first, table
-//! PT2, so only frees of almost surely sampled blocks take the profiler's lock), while
-//! allocations keep popping from the thread lists on their fast path, uncounted.
+//! holds the thread's heap, as with profiling off, so every free takes its usual path, and the
+//! allocation slot holds the heap's holder (hot_heap H21): a second set of thread lists, which
+//! only this module fills, from the heap's own lists (one exchange of a whole list) or its
+//! cache and slabs, on the allocation slow path. Frees go onto the heap's own lists and never
+//! onto the holder's, so a free-then-allocate loop runs through both sets in turn: the
+//! allocations pop from the holder until its list is empty, the frees push onto the heap's,
+//! and the next slow allocation exchanges the two.
 //!
-//! That is exact because of a per-thread credit: the countdown to the next sample less the
-//! bytes on the thread's lists, kept on slow paths from the hot heap's debit (hot_heap H19).
-//! A pop lowers the countdown and the lists' bytes together, so it leaves the credit alone,
-//! and a credit that is never negative means the lists never hold more bytes than the
-//! countdown: no pop can pass the sample point. The credit falls only on slow paths: a free
-//! puts its block on the list only while the credit covers its bytes (else the block goes to
-//! the cache or its slab), and a slow allocation is served as with profiling off while the
-//! credit can take a refill of its list (a list left at one block is refilled then, so the
-//! pops after it are fast), else by a pop when its list has a block, else from the cache.
+//! That is exact because of a per-heap credit (hot_heap H19): the countdown to the next
+//! sample less the bytes on the holder's lists. A pop lowers the countdown and the holder's
+//! bytes together, so it leaves the credit alone, and a fill moves no more bytes onto the
+//! holder than the credit covers: no pop can pass the sample point. An allocation the holder
+//! cannot serve and the credit cannot cover (the last bytes before the sample point) is
+//! counted one by one, served by the heap's own lists: it is the sampled one exactly when the
+//! countdown (the credit plus the holder's bytes) is below its size; after it a credit left
+//! negative gives the holder's lists back (whole classes, half their bytes at least). So the
+//! sample lands on the allocation the countdown picks, as if every allocation were counted.
+//! Small blocks are counted by their block size (what a pop takes off the lists); medium and
+//! large ones, and a thread's allocations without a heap of its own, by the size asked for.
 //!
-//! Once the credit is below an allocation's size, the lists' bytes decide. While they are
-//! less than a quarter of the mean interval (and less than 128 KiB, that quarter at the
-//! default rate), the thread stays on this constrained path until
-//! the sample: a negative credit trims the lists (by half their bytes at least), and the
-//! allocation that finds the countdown (the credit plus the lists' bytes) below its size is
-//! the sampled one. When they are more (many classes, whose lists hold about as many bytes as
-//! the interval: that path would trim them and keep frees off them for most of it), or at
-//! the sampled allocation, the thread is counted instead (tls T6): its allocation slot holds
-//! the empty heap too, so every allocation reaches the profiler on the slow paths, which keeps
-//! the countdown itself and samples the allocation within which it crosses zero, while frees
-//! go onto the lists freely. After the sample the thread goes back to the fast pops when the
-//! new credit (the new countdown less the lists' bytes) is at least an eighth of the mean
-//! interval, else it stays counted until the next sample. So a thread whose lists hold few
-//! bytes against the interval pops on the fast path but for the last few kilobytes before
-//! each sample, and one whose lists hold about the interval is counted for much of it, as if
-//! every call were slow, with its lists left alone. Either way the sample lands on the
-//! allocation the countdown picks, as if every allocation
-//! were counted. Small blocks are counted by their block size (what a
-//! pop takes off the lists); medium and large ones, and a thread's allocations without a
-//! heap of its own, by the size asked for. A heap's credit starts at its thread's first slow
-//! path once profiling runs (its lists are drained then, so a fresh interval starts), and
-//! stays with the heap (a heap parked at a thread's exit and taken by another thread goes on
-//! counting); allocations made before are not in the profile. A private heap's allocations ([`crate::Heap`]) are
-//! not sampled. With profiling off, the only additions are one load and branch on paths that
-//! are slow already (a fast path's miss, a foreign or orphan free, the medium and large
-//! tiers).
+//! A sampled small block comes from the process's late heap (under its lock; samples are
+//! rare) instead of the thread's heap, so its free misses the owner's fast free in both lanes
+//! (no thread's owned cache or owner test matches the late heap) and reaches the full free,
+//! which drops its sample (a lock-free filter first, table PT2); the frees of the thread's own
+//! blocks never look at the sample table. Medium and large blocks are freed through the
+//! registry as always, which drops their samples.
+//!
+//! A heap's credit starts when its thread's heap is made, or, for a thread whose heap was made
+//! before profiling started, at its first slow allocation (a fresh interval: the sampling
+//! process is memoryless), and stays with the heap (a heap parked at a
+//! thread's exit and taken by another thread goes on counting; its holder's blocks go back to
+//! it at the park, hot_heap H22). Allocations made before are not in the profile. A private
+//! heap's allocations ([`crate::Heap`]) are not sampled. With profiling off, the only additions
+//! are one load and branch on paths that are slow already (a fast path's miss, a foreign or
+//! orphan free, the medium and large tiers).
 //!
 //! ## Settings
 //! `HAKMEM_PROF` (0/1), `HAKMEM_PROF_SAMPLE` (bytes, mean interval), `HAKMEM_PROF_FILE`
@@ -84,7 +78,7 @@ pub use output::{Frame, Profile, Site};
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use hakmem_hot_heap::{Heap as HotHeap, SlabMeta};
+use hakmem_hot_heap::Heap as HotHeap;
 
 /// The profiler's environment variables (for the settings' unknown-name check).
 pub const NAMES: [&str; 4] = [
@@ -147,38 +141,47 @@ fn seed(s: &Sampler) {
     }
 }
 
-/// The credit of `h` (hot_heap H19), started at this thread's first slow path with it: its
-/// free slot is switched then (tls T5) and its lists drained, so the credit starts as a fresh
-/// interval (the sampling process is memoryless, so a fresh start is unbiased). A heap keeps
-/// its credit when a thread's exit parks it and another thread takes it.
+/// Starts the profiler on `h` at this thread's first slow allocation with it once profiling
+/// runs (hot_heap H19): a fresh interval, and the allocation slot switched to the holder (tls
+/// T5). A heap keeps its credit when a thread's exit parks it and another thread takes it.
 ///
 /// # Safety
 /// `h` is this thread's live heap.
 #[inline(always)]
-unsafe fn credit(h: *mut HotHeap) -> i64 {
+unsafe fn ensure_started(h: *mut HotHeap) {
     // SAFETY: this thread's live heap, on its own thread.
-    match unsafe { (*h).prof_credit() } {
-        Some(c) => c,
+    if !unsafe { (*h).prof_started() } {
         // SAFETY: as above.
-        None => unsafe { start_credit(h) },
+        unsafe { start_heap(h) };
     }
 }
 
-/// [`credit`]'s start.
+/// A thread's heap set while profiling runs ([`crate::global::heap_slow`]): its profiler starts
+/// now, so that its allocations are counted from the first (a thread whose allocations never
+/// miss their fast path, a free-then-allocate loop, would otherwise never reach the profiler).
 ///
 /// # Safety
-/// As [`credit`].
+/// `h` is this thread's live heap, set in its slots.
+pub(crate) unsafe fn start_thread(h: *mut HotHeap) {
+    // SAFETY: forwarded.
+    unsafe { ensure_started(h) };
+}
+
+/// [`ensure_started`]'s start.
+///
+/// # Safety
+/// As [`ensure_started`].
 #[cold]
 #[inline(never)]
-unsafe fn start_credit(h: *mut HotHeap) -> i64 {
-    crate::tls::enter_profiling();
+unsafe fn start_heap(h: *mut HotHeap) {
     let interval = SAMPLER.with(|s| {
         seed(s);
         next_interval(&s.rng)
     });
-    // SAFETY: this thread's live heap (the caller's contract), on its own thread.
+    // SAFETY: this thread's live heap (the caller's contract), on its own thread. Without a
+    // holder every allocation is counted here (tls T5).
     unsafe { (*h).prof_start(interval) };
-    interval
+    crate::tls::use_holder(h);
 }
 
 /// The countdown for an allocation of `counted` bytes whose countdown before it is `c` (it
@@ -212,9 +215,8 @@ fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
 }
 
 /// Starts profiling with a mean interval of `sample_bytes` (0: the default). Threads start
-/// sampling at their next slow path (an allocation that misses its fast path, or a free that
-/// misses its own; at once for threads whose heap is made later); allocations made before are
-/// not in the profile. Returns false when the profiler's
+/// sampling at their next allocation that misses its fast path (at once for threads whose heap
+/// is made later); allocations made before are not in the profile. Returns false when the profiler's
 /// tables could not be mapped. Starting again changes nothing (the first interval stays).
 pub fn start(sample_bytes: u64) -> bool {
     if active() {
@@ -407,7 +409,7 @@ pub fn stats() -> ProfilerStats {
 /// An allocation of `size` bytes at `p` (not null) that no thread list serves (medium, large,
 /// a small one of a thread without a heap), while profiling runs: counted down, and sampled
 /// when the countdown crosses zero within it. With a heap, the countdown is the credit plus
-/// the bytes on the lists, counted when the credit is short (hot_heap H19).
+/// the bytes on the holder's lists (hot_heap H19).
 #[inline(never)]
 pub(crate) fn on_alloc(p: *mut u8, size: usize) {
     let n = size as i64;
@@ -425,102 +427,80 @@ pub(crate) fn on_alloc(p: *mut u8, size: usize) {
         });
     }
     // SAFETY: this thread's live heap, here and below.
-    let c = unsafe { credit(h) };
+    unsafe { ensure_started(h) };
     // SAFETY: as above.
-    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < n && unsafe { long_lists(h, c, n) }) {
+    if unsafe { (*h).prof_credit() } >= n {
         // SAFETY: as above.
-        unsafe { count(h, p, size, n, n, None) };
+        unsafe { (*h).prof_add(-n) };
         return;
     }
-    // SAFETY: as above; a negative credit trims the lists or makes the thread counted.
-    unsafe {
-        (*h).prof_add(-n);
-        keep_credit(h);
-    }
+    // SAFETY: as above.
+    let c = unsafe { countdown(h) };
+    // SAFETY: as above; `p` is the allocation, not from the holder.
+    unsafe { settle(h, p, size, n, (c < n).then_some(c), true) };
 }
 
-/// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, of `h`, this
-/// thread's live heap, while the profiler counts every allocation of it (tls T6, hot_heap
-/// H19; entered here when it does not yet): sampled when the countdown crosses zero within it.
-/// `listed` is what the allocation takes off the credit (`counted` for one no list serves, 0
-/// for one a list or a refill of it served, whose debit the heap keeps). After a sample, the
-/// thread's allocations go back to the fast path when the new credit (the countdown less the
-/// bytes on the lists) is at least [`MIN_STRETCH`] of the mean interval.
+/// The countdown of `h`, this thread's live heap whose profiler runs: the credit plus the
+/// bytes on the holder's lists (hot_heap H19).
 ///
 /// # Safety
-/// `h` is this thread's live heap, whose credit has started.
+/// `h` is this thread's live heap.
 #[inline(never)]
-unsafe fn count(
+unsafe fn countdown(h: *mut HotHeap) -> i64 {
+    // SAFETY: the caller's contract.
+    unsafe { (*h).prof_credit() + (*h).prof_held_bytes() as i64 }
+}
+
+/// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, that the
+/// holder did not serve, of `h`, this thread's live heap: sampled when `sampled` holds the
+/// countdown before it (below `counted`), and recorded when `record`. The credit falls by `counted` and rises by a
+/// sample's next interval; a credit left negative takes as many bytes back from the tops of
+/// the holder's lists, and at least half their bytes, so that it is at least 0 again (hot_heap
+/// H19: the countdown after the allocation is at least 0, and the holder's bytes are part of
+/// it) and stays so for a while: a credit left at 0 would have every allocation whose class
+/// the holder lacks counted until the sample point, with a give-back each.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose profiler runs.
+#[inline(never)]
+unsafe fn settle(
     h: *mut HotHeap,
     p: *mut u8,
     size: usize,
     counted: i64,
-    listed: i64,
-    class: Option<hakmem_route::SizeClass>,
+    sampled: Option<i64>,
+    record: bool,
 ) {
-    // SAFETY: this thread's live heap (the caller's contract), here and below.
-    unsafe { (*h).prof_enter_counted() };
-    crate::tls::ensure_counted(h);
+    let up = match sampled {
+        Some(c) if record => sample(p, size, counted, c),
+        // The countdown starts again all the same.
+        Some(c) => SAMPLER.with(|s| {
+            seed(s);
+            next_interval(&s.rng) - (c - counted)
+        }),
+        None => 0,
+    };
+    // SAFETY: the caller's contract, here and below.
+    unsafe { (*h).prof_add(up - counted) };
     // SAFETY: as above.
-    let left = unsafe { (*h).prof_left() };
-    if left >= counted {
+    let k = unsafe { (*h).prof_credit() };
+    if k < 0 {
         // SAFETY: as above.
         unsafe {
-            (*h).set_prof_left(left - counted);
-            (*h).prof_add(-listed);
-        }
-        return;
-    }
-    let up = sample(p, size, counted, left);
-    // SAFETY: as above.
-    unsafe {
-        (*h).set_prof_left(left - counted + up);
-        (*h).prof_add(up - listed);
-        let min = (MEAN.load(Relaxed) / MIN_STRETCH) as i64;
-        if (*h).prof_leave_counted(min) {
-            crate::tls::leave_counted(h);
-            // A list left at one block is refilled, so that the pops after it are fast (the
-            // C lane's fast path pops such a block by a cold call, never reaching this module).
-            if let Some(class) = class {
-                let refill = i64::from((*h).list_cap(class) / 2) * class.size() as i64;
-                if (*h).prof_credit().is_some_and(|k| k >= refill) {
-                    (*h).refill_short_list(class);
-                }
-            }
+            let held = (*h).prof_held_bytes();
+            (*h).prof_trim(k.unsigned_abs().max(held / 2));
+            debug_assert!(
+                (*h).prof_credit() >= 0,
+                "the credit is never negative (H19)"
+            );
         }
     }
-}
-
-/// A thread's allocations go back to the fast path after a sample when the credit gives them a
-/// stretch of at least the mean interval over this (tls T6): below that, the stretch is too
-/// short to pay for a switch of mode.
-const MIN_STRETCH: u64 = 8;
-
-/// A thread whose lists hold at least the mean interval over this, or [`LONG_LISTS_MAX`]
-/// bytes, is counted once its credit is short (tls T6); shorter lists keep the constrained
-/// stretch, which lasts as many bytes as they hold.
-const LONG_LISTS: u64 = 4;
-
-/// [`LONG_LISTS`]' bound in bytes (the default interval's quarter): the constrained stretch
-/// costs per byte the lists hold (their trims, the frees kept off them), not per byte of the
-/// interval, so lists of this many bytes are long at every rate (c/random-mixed/w400 at a
-/// 2 MiB interval, whose lists hold a few hundred KiB: 331 million instructions constrained,
-/// 286 million counted as at the default rate).
-const LONG_LISTS_MAX: u64 = 128 << 10;
-
-/// The bytes on a thread's lists from which it is counted ([`LONG_LISTS`]).
-#[inline(always)]
-fn long_lists_bytes() -> u64 {
-    (MEAN.load(Relaxed) / LONG_LISTS).min(LONG_LISTS_MAX)
 }
 
 /// A small allocation of `size` bytes, class `class` (zeroed if `zero`), past the fast path's
-/// miss, from `h`, this thread's live heap, while profiling runs: the credit (hot_heap H19)
-/// decides. While it covers the block, the allocation needs no count (the lists hold no more
-/// bytes than the countdown, so no pop passes the sample point): served as with profiling off
-/// when the credit can take a refill of the list, else by a pop or from the cache; once it does
-/// not, every allocation of the thread is counted ([`count`]) until the lists are short
-/// against the countdown again.
+/// miss, from `h`, this thread's live heap, while profiling runs: a fill of the holder's list
+/// when the credit covers it (hot_heap H19, H21), then a pop from it; the block the holder's
+/// fast pop leaves; else the allocation is counted ([`alloc_counted`]).
 ///
 /// # Safety
 /// `h` is this thread's live heap.
@@ -531,212 +511,83 @@ pub(crate) unsafe fn alloc_small(
     size: usize,
     zero: bool,
 ) -> *mut u8 {
-    let b = class.size() as i64;
     // SAFETY: this thread's live heap (the caller's contract), here and below.
-    let c = unsafe { credit(h) };
+    unsafe { ensure_started(h) };
     // SAFETY: as above.
-    if c > hakmem_hot_heap::PROF_COUNTED / 2 || (c < b && unsafe { long_lists(h, c, b) }) {
-        // Counted, from the countdown before this allocation.
-        // SAFETY: as above.
-        unsafe { (*h).prof_enter_counted() };
-        // SAFETY: as above.
-        let p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
-        if !p.is_null() {
-            // SAFETY: as above; the list, its refill or the cache served the block.
-            unsafe { count(h, p, size, b, 0, Some(class)) };
-        }
-        return p;
-    }
-    // SAFETY: as above.
-    let refill = i64::from(unsafe { (*h).list_cap(class) } / 2 + 1) * b;
-    // SAFETY: as above.
-    let has_block = unsafe { (*h).list_len(class) } > 0;
-    let p = if c - b >= refill {
-        // The credit takes a refill: one now if the list is short, so the next pops are fast.
-        // SAFETY: as above.
-        unsafe {
-            (*h).refill_short_list(class);
-            crate::heap_alloc(&mut *h, class, zero)
-        }
-    } else if has_block {
-        // A pop (of a head the fast pop left, hot_heap H16).
-        // SAFETY: as above.
-        unsafe { crate::heap_alloc(&mut *h, class, zero) }
+    let mut p = if unsafe { (*h).prof_fill(class) } > 0 {
+        // SAFETY: as above: the fill set the holder up.
+        let hold = unsafe { (*h).prof_holder() }.unwrap_or(h);
+        // SAFETY: this thread's holder, on its own thread.
+        unsafe { HotHeap::alloc_fast(hold, class) }
     } else {
-        // A block from the cache, the list left alone.
-        // SAFETY: as above.
-        let p = unsafe { (*h).alloc_unlisted(class) };
-        if zero && !p.is_null() {
-            // SAFETY: a block of at least the class's size, ours.
-            unsafe { p.write_bytes(0, class.size()) };
-        }
-        p
+        core::ptr::null_mut()
     };
-    if !p.is_null() {
+    if p.is_null() {
         // SAFETY: as above.
-        unsafe { keep_credit(h) };
+        p = unsafe { (*h).prof_pop(class) };
+    }
+    if p.is_null() {
+        // SAFETY: as above.
+        return unsafe { alloc_counted(h, class, size, zero) };
+    }
+    if zero {
+        // SAFETY: a block of at least the class's size, handed out.
+        unsafe { p.write_bytes(0, class.size()) };
     }
     p
 }
 
-/// For a credit `c` below an allocation of `b` bytes: whether the thread is counted from now
-/// on (tls T6), because the allocation is the sampled one (the countdown, `c` plus the bytes on
-/// the lists, is below `b`) or the lists hold at least the mean interval over [`LONG_LISTS`]
-/// (at most [`LONG_LISTS_MAX`])
-/// (so many bytes that keeping them within the countdown would take long stretches of frees
-/// kept off the lists). Else the lists are few bytes, and the stretch until the sample keeps
-/// frees off the lists (the credit covers no free) and serves allocations by pops, which the
-/// countdown covers, or from the cache.
+/// [`alloc_small`] when the holder cannot serve: counted one by one. The sampled allocation
+/// (the countdown below the block's size) is served by the late heap, so that its free misses
+/// the fast free and drops its sample; any other by the heap's own lists.
 ///
 /// # Safety
-/// `h` is this thread's live heap, whose credit has started.
-#[inline(never)]
-unsafe fn long_lists(h: *mut HotHeap, c: i64, b: i64) -> bool {
-    // SAFETY: the caller's contract.
-    let listed = unsafe { (*h).listed_bytes() } as i64;
-    c + listed < b || listed >= long_lists_bytes() as i64
-}
-
-/// Keeps the lists of `h` within the countdown when its credit is negative (hot_heap H19), so
-/// that no pop passes the sample point: trims them (by half their bytes at least, so that they
-/// are trimmed a few times rather than at every allocation) when they hold less than
-/// the mean interval over [`LONG_LISTS`] (at most [`LONG_LISTS_MAX`]), else counts every
-/// allocation of the thread (tls T6).
-///
-/// # Safety
-/// `h` is this thread's live heap, whose credit has started.
-#[inline(always)]
-unsafe fn keep_credit(h: *mut HotHeap) {
-    // SAFETY: the caller's contract.
-    let k = unsafe { credit(h) };
-    if k < 0 {
-        // SAFETY: as above.
-        unsafe { short_credit(h, k.unsigned_abs()) };
-    }
-}
-
-/// [`keep_credit`]'s trim or switch.
-///
-/// # Safety
-/// As [`keep_credit`].
+/// As [`alloc_small`].
 #[cold]
 #[inline(never)]
-unsafe fn short_credit(h: *mut HotHeap, need: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let listed = (*h).listed_bytes();
-        if listed >= long_lists_bytes() {
-            (*h).prof_enter_counted();
-            crate::tls::ensure_counted(h);
-        } else {
-            (*h).trim_lists(need.max(listed / 2));
+unsafe fn alloc_counted(
+    h: *mut HotHeap,
+    class: hakmem_route::SizeClass,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    let b = class.size() as i64;
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    let k = unsafe { (*h).prof_credit() };
+    let sampled = if k >= b {
+        None
+    } else {
+        // SAFETY: as above.
+        let c = unsafe { countdown(h) };
+        (c < b).then_some(c)
+    };
+    let late = match (sampled, crate::context::ctx()) {
+        (Some(_), Some(ctx)) => {
+            // SAFETY: the late heap's thread-only methods run under its lock.
+            crate::global::with_late_heap_waiting(ctx, |l| unsafe {
+                crate::heap_alloc(l, class, zero)
+            })
         }
+        _ => None,
+    };
+    let (p, record) = match late {
+        Some(p) => (p, true),
+        // SAFETY: as above. Not from the late heap (not sampled, or the late heap's lock
+        // stayed held): the allocation is counted, but a block of the thread's heap is never
+        // recorded, as its free would not drop the sample.
+        None => (unsafe { crate::heap_alloc(&mut *h, class, zero) }, false),
+    };
+    if !p.is_null() {
+        // SAFETY: as above.
+        unsafe { settle(h, p, size, b, sampled, record) };
     }
+    p
 }
 
 /// A free of `p` while profiling runs, before the block goes back: its sample, if any, goes.
 #[inline(always)]
 pub(crate) fn on_free(p: *mut u8) {
     table::remove(p as usize);
-}
-
-/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
-/// profiling runs: its sample, if any, goes first ([`on_free`]), then [`free_own`]. Only the
-/// filter's first level (its slab's count, table PT2) is read inline; a slab that may hold a
-/// sample takes the rest out of line, so the common free saves no registers for a call.
-///
-/// # Safety
-/// As [`free_own`].
-#[inline(always)]
-pub(crate) unsafe fn free_own_sampling(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
-    if table::granule_may_hold_sample(p as usize) {
-        // SAFETY: forwarded.
-        return unsafe { free_own_sampled(h, slab, p) };
-    }
-    // SAFETY: forwarded; `p` has no sample (PT2).
-    unsafe { free_own(h, slab, p) }
-}
-
-/// [`free_own_sampling`] for a block whose slab may hold a sample.
-///
-/// # Safety
-/// As [`free_own`].
-#[cold]
-#[inline(never)]
-unsafe fn free_own_sampled(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
-    on_free(p);
-    // SAFETY: forwarded, its sample dropped.
-    unsafe { free_own(h, slab, p) }
-}
-
-/// The owner's free of `p`, a block of `slab` of `h`, this thread's live heap, while
-/// profiling runs (its sample dropped already): onto the thread list when the credit allows
-/// its bytes (the credit falls by them), else to the cache or the slab (hot_heap H19).
-///
-/// # Safety
-/// `h` is this thread's live heap, `slab` one of its in-use slabs, and `p` a block of it that
-/// the caller gives up.
-#[inline(always)]
-pub(crate) unsafe fn free_own(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
-    // SAFETY: this thread's live heap (the caller's contract); `p` is a block of its own
-    // slab, given up.
-    if !unsafe { (*h).free_own_profiled(slab, p) } {
-        // SAFETY: as above.
-        unsafe { free_own_first(h, slab, p) }
-    }
-}
-
-/// [`free_own`] on a heap whose credit has not started.
-///
-/// # Safety
-/// As [`free_own`].
-#[cold]
-#[inline(never)]
-unsafe fn free_own_first(h: *mut HotHeap, slab: &SlabMeta, p: *mut u8) {
-    // SAFETY: as the caller's.
-    unsafe {
-        start_credit(h);
-        let freed = (*h).free_own_profiled(slab, p);
-        debug_assert!(freed, "the credit runs");
-    }
-}
-
-/// `free`'s full path while profiling runs: when `p` is a block of this thread's heap (found
-/// by its owned cache, hot_heap H8), drops its sample and frees it by [`free_own_sampling`];
-/// otherwise the registry's path, which decides (and drops a sample there).
-///
-/// # Safety
-/// As `raw::free`: `p` is null or a block the caller gives up, or any address (reported by
-/// the full path).
-#[inline(never)]
-pub(crate) unsafe fn free_owned(p: *mut u8) {
-    // The allocation slot: this thread's heap or an empty one (tls T2), whose owned cache
-    // holds no slab (hot_heap H9).
-    let h = crate::tls::raw();
-    // SAFETY: as above; any address is accepted (nothing is read through it).
-    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
-        // SAFETY: forwarded.
-        return unsafe { free_owned_counted(p) };
-    };
-    // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own_sampling(h, slab, p) }
-}
-
-/// [`free_owned`] past the allocation slot's heap: the same for a counted thread's heap (tls
-/// T6), else the registry's path.
-///
-/// # Safety
-/// As [`free_owned`].
-#[inline(never)]
-unsafe fn free_owned_counted(p: *mut u8) {
-    let h = crate::tls::owner();
-    // SAFETY: this thread's heap or an empty one (tls T2, T6); any address is accepted.
-    let Some(slab) = (unsafe { HotHeap::owned_slab(h, p) }) else {
-        // SAFETY: forwarded.
-        return unsafe { crate::free_registry(p) };
-    };
-    // SAFETY: a block of this thread's heap's own slab, given up.
-    unsafe { free_own_sampling(h, slab, p) }
 }
 
 extern "C" fn fork_child() {
