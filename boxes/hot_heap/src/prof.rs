@@ -368,6 +368,23 @@ mod tests {
         }
     }
 
+    /// A block of `c` from `h`'s holder `hold`: its fast pop, or when that declines its checked
+    /// pop; null when the holder's list is empty.
+    ///
+    /// # Safety
+    /// `h` is this thread's heap and `hold` its holder.
+    unsafe fn pop_held(h: *mut Heap, hold: *mut Heap, c: SizeClass) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let p = Heap::alloc_fast(hold, c);
+            if p.is_null() {
+                (*h).prof_pop(c)
+            } else {
+                p
+            }
+        }
+    }
+
     /// H19: fills lower the credit by the bytes they move and never below 0, pops from the
     /// holder (fast or checked) leave it alone, frees onto the heap's own lists do not touch
     /// it, and a give-back raises it by the bytes it moves: so the credit plus the holder's
@@ -397,10 +414,7 @@ mod tests {
                     break;
                 }
                 loop {
-                    let mut p = Heap::alloc_fast(hold, c);
-                    if p.is_null() {
-                        p = (*h).prof_pop(c);
-                    }
+                    let p = pop_held(h, hold, c);
                     if p.is_null() {
                         break;
                     }
@@ -456,23 +470,18 @@ mod tests {
             assert!((*h).owned_count > 2);
             assert_eq!((*hold).owned_bases, (*h).owned_bases, "mirrored");
             // Frees in an order that interleaves superslabs, so links cross them.
-            for (k, &p) in blocks.iter().enumerate().filter(|(k, _)| k % 2 == 0) {
-                let _ = k;
-                let slab = Heap::owned_slab(h, p).unwrap();
-                (*h).free_own(slab, p);
-            }
-            for (k, &p) in blocks.iter().enumerate().filter(|(k, _)| k % 2 == 1) {
-                let _ = k;
+            for &p in blocks
+                .iter()
+                .step_by(2)
+                .chain(blocks.iter().skip(1).step_by(2))
+            {
                 let slab = Heap::owned_slab(h, p).unwrap();
                 (*h).free_own(slab, p);
             }
             let mut got = 0;
             while (*h).prof_fill(c) > 0 {
                 loop {
-                    let mut p = Heap::alloc_fast(hold, c);
-                    if p.is_null() {
-                        p = (*h).prof_pop(c);
-                    }
+                    let p = pop_held(h, hold, c);
                     if p.is_null() {
                         break;
                     }
