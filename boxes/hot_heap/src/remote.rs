@@ -69,13 +69,29 @@ impl Heap {
         }
         self.stats.on_free(class);
         self.stats.on_remote_free();
-        // SAFETY: the caller gives up `p`, a block of `slab` in `ss`.
-        if unsafe { ss.try_free_remote(slab, p) } {
-            return;
+        // The key was drawn before any block was linked, so `p`'s heap drew it; its draw stays
+        // out of this path, which then makes no call but a tail call and saves no registers.
+        if let Some(key) = hakmem_superslab::link_key_drawn() {
+            // SAFETY: the caller gives up `p`, a block of `slab` in `ss`; the process's key.
+            if unsafe { ss.try_free_remote_keyed(slab, p, key) } {
+                return;
+            }
         }
         // Flagged abandoned since the owner check: the full push pins and collects.
         // SAFETY: as above; the block was not pushed.
-        unsafe { Self::push_remote(self.ctx(), ss, slab, p) }
+        unsafe { Self::push_remote_cold(self.ctx(), ss, slab, p) }
+    }
+
+    /// [`Heap::push_remote`] out of line, for [`Heap::free_remote`]'s rare case: a tail call,
+    /// so that the common case (one CAS) saves no registers for it.
+    ///
+    /// # Safety
+    /// As [`Heap::push_remote`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn push_remote_cold(ctx: &Ctx, ss: &'static Superslab, slab: &SlabMeta, p: *mut u8) {
+        // SAFETY: forwarded.
+        unsafe { Self::push_remote(ctx, ss, slab, p) }
     }
 
     /// [`Heap::free_remote`]'s rare cases: an abandoned superslab (claimed, H10, or pushed to

@@ -319,14 +319,22 @@ static LINK_INV: sync::StaticAtomicUsize = sync::StaticAtomicUsize::new(0);
 /// superslab is made, before any block exists); every call returns the same key.
 #[inline(always)]
 pub fn link_key() -> LinkKey {
-    use core::sync::atomic::Ordering::{Acquire, Relaxed};
-    // Both words set (the multiplier first, its inverse published after): a pair that is each
-    // other's inverse. Before that, the draw.
-    let inv = LINK_INV.load(Acquire) as u64;
-    match LinkKey::from_parts(LINK_MUL.load(Relaxed) as u64, inv) {
+    match link_key_drawn() {
         Some(key) => key,
         None => draw_link_key(),
     }
+}
+
+/// The link key (SS18) when it has been drawn, without drawing it: a caller that holds a block
+/// some list has linked (so the key was drawn before it) gets `Some`, and can keep the rare
+/// draw out of its hot path.
+#[inline(always)]
+pub fn link_key_drawn() -> Option<LinkKey> {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed};
+    // Both words set (the multiplier first, its inverse published after): a pair that is each
+    // other's inverse. Before that, none.
+    let inv = LINK_INV.load(Acquire) as u64;
+    LinkKey::from_parts(LINK_MUL.load(Relaxed) as u64, inv)
 }
 
 #[cold]

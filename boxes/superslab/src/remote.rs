@@ -10,6 +10,7 @@
 //! one CAS sees either "owned, and my block will be drained by the owner" or "abandoned, and I
 //! must pin and collect": there is no window between the check and the push (SS7).
 use crate::sync::{AtomicUsize, Ordering, StaticAtomicUsize};
+use crate::LinkKey;
 use core::ptr::null_mut;
 use hakmem_registry::ADDRESS_BITS;
 
@@ -93,7 +94,19 @@ impl RemoteStack {
     #[inline]
     pub unsafe fn try_push(&self, block: *mut u8) -> Result<bool, Abandoned> {
         // SAFETY: forwarded.
-        unsafe { self.push_inner(block, true) }
+        unsafe { self.push_inner(block, true, crate::link_key()) }
+    }
+
+    /// [`Self::try_push`] with the link key given: `key` is [`crate::link_key`]'s.
+    ///
+    /// # Safety
+    /// As for [`Self::try_push`], and `key` is the process's link key (from
+    /// [`crate::link_key`] or [`crate::link_key_drawn`]): with another the owner would follow
+    /// a wrong link.
+    #[inline]
+    pub unsafe fn try_push_keyed(&self, block: *mut u8, key: LinkKey) -> Result<bool, Abandoned> {
+        // SAFETY: forwarded.
+        unsafe { self.push_inner(block, true, key) }
     }
 
     /// Pushes `block` whether or not the stack is flagged (the flag is kept).
@@ -103,7 +116,7 @@ impl RemoteStack {
     #[inline]
     pub unsafe fn push(&self, block: *mut u8) {
         // SAFETY: forwarded.
-        let r = unsafe { self.push_inner(block, false) };
+        let r = unsafe { self.push_inner(block, false, crate::link_key()) };
         debug_assert!(r.is_ok());
     }
 
@@ -112,13 +125,17 @@ impl RemoteStack {
     /// the stack is flagged, having linked nothing.
     ///
     /// # Safety
-    /// As for [`Self::try_push`].
+    /// As for [`Self::try_push_keyed`].
     #[inline]
-    unsafe fn push_inner(&self, block: *mut u8, refuse_flagged: bool) -> Result<bool, Abandoned> {
+    unsafe fn push_inner(
+        &self,
+        block: *mut u8,
+        refuse_flagged: bool,
+        key: LinkKey,
+    ) -> Result<bool, Abandoned> {
         debug_assert_eq!(block as usize & (15 | !ADDRESS), 0);
         // SAFETY: the caller gave `block` up; its second word is the key while it is free.
         unsafe { crate::set_key_word(block, crate::free_key()) };
-        let key = crate::link_key();
         #[cfg(not(hakmem_seeded_bug = "plain_store"))]
         {
             let mut head = self.head.load(Ordering::Relaxed);

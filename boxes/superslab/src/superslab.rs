@@ -725,14 +725,31 @@ impl Superslab {
     /// # Safety
     /// As [`Superslab::free_remote`]: `block` is a block of `slab` (in this superslab) that the
     /// caller holds and gives up.
-    #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
     #[inline(always)]
     pub unsafe fn try_free_remote(&self, slab: &SlabMeta, block: *mut u8) -> bool {
+        // SAFETY: forwarded; the key is the process's.
+        unsafe { self.try_free_remote_keyed(slab, block, crate::link_key()) }
+    }
+
+    /// [`Superslab::try_free_remote`] with the link key given, so that a caller whose hot path
+    /// must not draw it ([`crate::link_key_drawn`]) keeps the draw out of line.
+    ///
+    /// # Safety
+    /// As [`Superslab::try_free_remote`], and `key` is the process's link key (from
+    /// [`crate::link_key`] or [`crate::link_key_drawn`]).
+    #[cfg(not(hakmem_seeded_bug = "check_then_push"))]
+    #[inline(always)]
+    pub unsafe fn try_free_remote_keyed(
+        &self,
+        slab: &SlabMeta,
+        block: *mut u8,
+        key: crate::LinkKey,
+    ) -> bool {
         // Seeded bug: the hint before the push; the owner may take it and drain in between.
         #[cfg(hakmem_seeded_bug = "hint_before_push")]
         self.hint_owner();
         // SAFETY: forwarded from the caller.
-        match unsafe { slab.remote.try_push(block) } {
+        match unsafe { slab.remote.try_push_keyed(block, key) } {
             Ok(was_empty) => {
                 #[cfg(not(hakmem_seeded_bug = "hint_before_push"))]
                 if was_empty {
@@ -777,7 +794,12 @@ impl Superslab {
     /// As the plain build's.
     #[cfg(hakmem_seeded_bug = "check_then_push")]
     #[inline(always)]
-    pub unsafe fn try_free_remote(&self, _slab: &SlabMeta, _block: *mut u8) -> bool {
+    pub unsafe fn try_free_remote_keyed(
+        &self,
+        _slab: &SlabMeta,
+        _block: *mut u8,
+        _key: crate::LinkKey,
+    ) -> bool {
         false
     }
 
