@@ -1,9 +1,10 @@
 //! Stack capture without allocating: the cached-rule unwinder ([`super::cfi`], PT6) on x86_64,
 //! and for the stacks it gives up (and on other targets) libgcc's DWARF unwinder
-//! (`_Unwind_Backtrace`), which Rust's std links on every Linux target. It reads the `.eh_frame` unwind tables that every
-//! Rust binary and every C program built by a distribution carries, so it needs no frame
-//! pointers; it finds each object's tables through `dl_iterate_phdr` and allocates nothing on
-//! that path (were it to, the sampler's re-entry guard serves the allocation unsampled).
+//! (`_Unwind_Backtrace`), which Rust's std links on every Linux target. Both read the
+//! `.eh_frame` unwind tables that every Rust binary and every C program built by a
+//! distribution carries, so they need no frame pointers; both find each object's tables
+//! through `dl_iterate_phdr` and allocate nothing on that path (were they to, the sampler's
+//! re-entry guard serves the allocation unsampled).
 use core::ffi::{c_int, c_void};
 
 use super::table::MAX_FRAMES;
