@@ -6,27 +6,32 @@
 //! almost every frame's rule at a return address is "the CFA is `rsp` or `rbp` plus a
 //! constant, the return address and perhaps the caller's `rbp` are saved at constant offsets
 //! from it". So the rule is worked out once per return address (gimli reads the `.eh_frame`
-//! tables that `dl_iterate_phdr` names) and kept in a fixed table; a walk then costs a lookup
-//! and two or three loads a frame. A frame this unwinder does not step (a CFA by expression,
-//! as signal trampolines and realigned frames have, a register rule other than the plain
-//! ones, code in no loaded object, the rule table busy) gives the whole stack to libgcc's
-//! unwinder, which takes the same frames: the two agree frame for frame (a test compares them).
+//! tables that glibc's `_dl_find_object` names) and kept in a fixed table; a walk then costs,
+//! a frame, the loader's lock-free lookup of the object, a table lookup and two or three
+//! loads. A frame this unwinder does not step (a CFA by expression, as signal trampolines and
+//! realigned frames have, a register rule other than the plain ones, code in no loaded object,
+//! the rule context busy) gives the whole stack to libgcc's unwinder, which takes the same
+//! frames: the two agree frame for frame (a test compares them). Without `_dl_find_object`
+//! (glibc before 2.35) every stack goes to libgcc.
 //!
 //! Invariants:
-//! - **PT6 (cached rules).** A slot holds a return address, the `dl_iterate_phdr` unload count
-//!   it was worked out under and its rule, published by a sequence lock (odd while written):
-//!   a reader takes a rule only if the sequence is even and the same before and after it
-//!   read the three words. An object unloaded (the count grows) voids every slot, so code
-//!   loaded later at the same address never meets an old rule. Rules are worked out under a
+//! - **PT6 (cached rules).** A slot holds a return address, the identity of the object that
+//!   held it (its link map and mapped range, as `_dl_find_object` reports them) and its rule,
+//!   published by a sequence lock (odd while written): a reader takes a rule only if the
+//!   sequence is even and the same before and after it read the three words, and the object
+//!   that holds the address now is the one the rule was worked out in, so code loaded later
+//!   where an unloaded object was never meets an old rule. Rules are worked out under a
 //!   try-lock over one static gimli context; a thread that finds it held gives its stack to
-//!   libgcc instead of waiting. Nothing here allocates.
+//!   libgcc instead of waiting. Nothing here allocates or takes a lock that a fork could leave
+//!   held (`_dl_find_object` takes none; `dl_iterate_phdr` would, and glibc's fork does not
+//!   reset that one).
 //! - **PT7 (walk).** Each step moves the stack pointer up (a CFA at or below it ends the
 //!   walk), so a walk ends; it reads only the saved words the rules name, in frames the
 //!   stack's own unwind tables describe, as libgcc's unwinder does.
 use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering::*};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, EndianSlice, NativeEndian, Pointer, Register,
@@ -123,7 +128,7 @@ impl Rule {
 struct Slot {
     seq: AtomicU64,
     pc: AtomicU64,
-    gen: AtomicU64,
+    obj: AtomicU64,
     rule: AtomicU64,
 }
 
@@ -131,7 +136,7 @@ static RULES: [Slot; SLOTS] = [const {
     Slot {
         seq: AtomicU64::new(0),
         pc: AtomicU64::new(0),
-        gen: AtomicU64::new(0),
+        obj: AtomicU64::new(0),
         rule: AtomicU64::new(0),
     }
 }; SLOTS];
@@ -141,24 +146,25 @@ fn slot_of(pc: usize) -> &'static Slot {
     &RULES[h as usize % SLOTS]
 }
 
-/// The cached rule of return address `pc` under unload count `gen`, if a slot holds it.
-fn cached(pc: usize, gen: u64) -> Option<Rule> {
+/// The cached rule of return address `pc` in the object identified by `obj`, if a slot
+/// holds it.
+fn cached(pc: usize, obj: u64) -> Option<Rule> {
     let s = slot_of(pc);
     let seq = s.seq.load(Acquire);
     if seq & 1 != 0 {
         return None;
     }
-    let (p, g, r) = (
+    let (p, o, r) = (
         s.pc.load(Relaxed),
-        s.gen.load(Relaxed),
+        s.obj.load(Relaxed),
         s.rule.load(Relaxed),
     );
     fence(Acquire);
-    (s.seq.load(Relaxed) == seq && p == pc as u64 && g == gen && r != 0).then(|| Rule::unpack(r))
+    (s.seq.load(Relaxed) == seq && p == pc as u64 && o == obj && r != 0).then(|| Rule::unpack(r))
 }
 
-/// Keeps `rule` for `pc` under `gen`, unless another thread is writing the slot.
-fn keep(pc: usize, gen: u64, rule: Rule) {
+/// Keeps `rule` for `pc` in object `obj`, unless another thread is writing the slot.
+fn keep(pc: usize, obj: u64, rule: Rule) {
     let s = slot_of(pc);
     let seq = s.seq.load(Relaxed);
     if seq & 1 != 0
@@ -169,7 +175,7 @@ fn keep(pc: usize, gen: u64, rule: Rule) {
         return;
     }
     s.pc.store(pc as u64, Relaxed);
-    s.gen.store(gen, Relaxed);
+    s.obj.store(obj, Relaxed);
     s.rule.store(rule.pack(), Relaxed);
     s.seq.store(seq + 2, Release);
 }
@@ -199,9 +205,9 @@ pub fn after_fork_child() {
     CTX_BUSY.store(false, Release);
 }
 
-/// Works out the rule of return address `pc` (looked up at `pc - 1`, inside its call), or
-/// `None` when the context is busy.
-fn work_out(pc: usize) -> Option<Rule> {
+/// Works out the rule of return address `pc` (looked up at `pc - 1`, inside its call) in
+/// object `o`, or `None` when the context is busy.
+fn work_out(pc: usize, o: &Object) -> Option<Rule> {
     if CTX_BUSY.swap(true, Acquire) {
         return None;
     }
@@ -215,75 +221,79 @@ fn work_out(pc: usize) -> Option<Rule> {
         }
         c.assume_init_mut()
     };
-    let rule = find_object(pc).map_or(Rule::Other, |o| rule_in(&o, pc - 1, ctx));
+    let rule = rule_in(o, pc - 1, ctx);
     CTX_BUSY.store(false, Release);
     Some(rule)
 }
 
-/// What `dl_iterate_phdr` tells of the object holding an address.
+/// glibc's `struct dl_find_object` (`<dlfcn.h>`, 2.35).
+#[repr(C)]
+struct DlFindObject {
+    flags: u64,
+    map_start: usize,
+    map_end: usize,
+    link_map: usize,
+    eh_frame: usize,
+    reserved: [u64; 7],
+}
+
+type FindFn = unsafe extern "C" fn(*mut c_void, *mut DlFindObject) -> c_int;
+
+/// `_dl_find_object`, looked up once by [`init`]; 0 when this glibc has none.
+static FIND: AtomicUsize = AtomicUsize::new(0);
+
+/// Looks up glibc's `_dl_find_object` (lock-free and async-signal-safe): the cached-rule
+/// unwinder runs only with it. Called when profiling starts, outside the allocation paths
+/// (`dlsym` may allocate).
+pub fn init() {
+    if FIND.load(Relaxed) == 0 {
+        // SAFETY: a symbol lookup by a NUL-terminated name.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+        FIND.store(f as usize, Relaxed);
+    }
+}
+
+/// The loaded object that holds `pc`: where it is mapped, its `.eh_frame_hdr` and an
+/// identity for the rule table (PT6).
 struct Object {
-    /// The address asked about.
-    pc: usize,
-    found: bool,
-    /// `.eh_frame_hdr` (`PT_GNU_EH_FRAME`): address and length; 0 when it has none.
+    map_end: usize,
     hdr: usize,
-    hdr_len: usize,
-    /// The object's loaded segments, start and end.
-    loads: [(usize, usize); 16],
-    n_loads: usize,
+    id: u64,
 }
 
-unsafe extern "C" fn find_cb(info: *mut libc::dl_phdr_info, _: usize, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the `Object` that `find_object` passed; `info` is the loader's record
-    // of one object, valid for the call, with `dlpi_phnum` program headers.
-    let (o, info) = unsafe { (&mut *data.cast::<Object>(), &*info) };
-    // SAFETY: as above.
-    let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
-    let base = info.dlpi_addr as usize;
-    let seg = |p: &libc::Elf64_Phdr| {
-        let s = base.wrapping_add(p.p_vaddr as usize);
-        (s, s.wrapping_add(p.p_memsz as usize))
+#[inline(always)]
+fn find_object(find: usize, pc: usize) -> Option<Object> {
+    let mut r = MaybeUninit::<DlFindObject>::uninit();
+    // SAFETY: `find` is `_dl_find_object` (from `init`, non-zero); it fills `r` when it
+    // returns 0, and reads nothing else.
+    let ok = unsafe {
+        let f: FindFn = core::mem::transmute::<usize, FindFn>(find);
+        f(pc as *mut c_void, r.as_mut_ptr()) == 0
     };
-    let holds = phdrs
-        .iter()
-        .any(|p| p.p_type == libc::PT_LOAD && (seg(p).0..seg(p).1).contains(&o.pc));
-    if !holds {
-        return 0;
+    if !ok {
+        return None;
     }
-    o.found = true;
-    for p in phdrs {
-        if p.p_type == libc::PT_LOAD && o.n_loads < o.loads.len() {
-            o.loads[o.n_loads] = seg(p);
-            o.n_loads += 1;
-        } else if p.p_type == libc::PT_GNU_EH_FRAME {
-            (o.hdr, o.hdr_len) = (seg(p).0, p.p_memsz as usize);
-        }
-    }
-    1
-}
-
-fn find_object(pc: usize) -> Option<Object> {
-    let mut o = Object {
-        pc,
-        found: false,
-        hdr: 0,
-        hdr_len: 0,
-        loads: [(0, 0); 16],
-        n_loads: 0,
-    };
-    // SAFETY: `find_cb` only writes into `o`, which outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(find_cb), (&raw mut o).cast()) };
-    o.found.then_some(o)
+    // SAFETY: filled, as `_dl_find_object` returned 0.
+    let r = unsafe { r.assume_init() };
+    let id = (r.link_map as u64)
+        ^ (r.map_start as u64).rotate_left(21)
+        ^ (r.map_end as u64).rotate_left(42);
+    Some(Object {
+        map_end: r.map_end,
+        hdr: r.eh_frame,
+        id: id | 1,
+    })
 }
 
 /// The rule at `at` in object `o`: [`Rule::End`] where its tables have no entry for it.
 fn rule_in(o: &Object, at: usize, ctx: &mut Ctx) -> Rule {
-    if o.hdr == 0 {
+    if o.hdr == 0 || o.hdr >= o.map_end {
         return Rule::End;
     }
-    // SAFETY: the object's `PT_GNU_EH_FRAME` segment, mapped while the object is loaded (it
-    // holds `at`, a return address on this thread's stack, so it is).
-    let hdr = unsafe { core::slice::from_raw_parts(o.hdr as *const u8, o.hdr_len) };
+    // SAFETY: the object's `.eh_frame_hdr`, inside its mapping (up to `map_end`), mapped
+    // while the object is loaded (it holds `at`, a return address on this thread's stack, so
+    // it is); gimli reads the header and the table entries it names, inside the segment.
+    let hdr = unsafe { core::slice::from_raw_parts(o.hdr as *const u8, o.map_end - o.hdr) };
     let bases = BaseAddresses::default().set_eh_frame_hdr(o.hdr as u64);
     let Ok(parsed) = EhFrameHdr::new(hdr, NativeEndian).parse(&bases, 8) else {
         return Rule::Other;
@@ -292,15 +302,12 @@ fn rule_in(o: &Object, at: usize, ctx: &mut Ctx) -> Rule {
         return Rule::Other;
     };
     let eh = eh as usize;
-    // `.eh_frame` runs to the end of the loaded segment that holds it at most.
-    let Some(&(_, end)) = o.loads[..o.n_loads]
-        .iter()
-        .find(|&&(s, e)| (s..e).contains(&eh))
-    else {
+    if eh >= o.map_end {
         return Rule::Other;
-    };
-    // SAFETY: part of a loaded segment of the object, mapped while it is loaded.
-    let eh_bytes = unsafe { core::slice::from_raw_parts(eh as *const u8, end - eh) };
+    }
+    // SAFETY: `.eh_frame`, inside the object's mapping, as above; gimli reads the entries the
+    // header's table names.
+    let eh_bytes = unsafe { core::slice::from_raw_parts(eh as *const u8, o.map_end - eh) };
     let bases = bases.set_eh_frame(eh as u64);
     let eh_frame = EhFrame::new(eh_bytes, NativeEndian);
     let Some(table) = parsed.table() else {
@@ -352,32 +359,11 @@ fn rule_in(o: &Object, at: usize, ctx: &mut Ctx) -> Rule {
     }
 }
 
-unsafe extern "C" fn gen_cb(
-    info: *mut libc::dl_phdr_info,
-    size: usize,
-    data: *mut c_void,
-) -> c_int {
-    let need = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
-    if size >= need {
-        // SAFETY: `data` is `unload_count`'s `u64`; the record has the field (`size`).
-        unsafe { *data.cast::<u64>() = (*info).dlpi_subs };
-    }
-    1
-}
-
-/// The loader's count of objects unloaded so far (PT6): one `dl_iterate_phdr` step.
-fn unload_count() -> u64 {
-    let mut n = u64::MAX;
-    // SAFETY: `gen_cb` only writes into `n`, which outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(gen_cb), (&raw mut n).cast()) };
-    n
-}
-
 /// The calling thread's stack as libgcc's `_Unwind_Backtrace` reports it, innermost first,
-/// without this function's frame, from the cached rules (PT6, PT7); `None` when a frame needs
-/// libgcc's unwinder.
+/// without this function's frame, from the cached rules (PT6, PT7), written into `f`; false
+/// when a frame needs libgcc's unwinder (`f` then holds a part).
 #[inline(never)]
-pub fn capture() -> Option<Frames> {
+pub fn capture(f: &mut Frames) -> bool {
     let (mut pc, mut sp, mut fp): (usize, usize, usize);
     // SAFETY: reads the instruction pointer (the next instruction's address), the stack
     // pointer and the frame register; no memory, no stack, no flags.
@@ -395,15 +381,24 @@ pub fn capture() -> Option<Frames> {
     // `pc` is inside this function, not a return address: its rule is looked up at `pc - 1`
     // as a return address's is, which lies in the same instructions.
     pc += 1;
-    let gen = unload_count();
+    let find = FIND.load(Relaxed);
+    if find == 0 {
+        return false;
+    }
     let mut fp_known = true;
-    let mut f = Frames::empty();
+    f.len = 0;
     loop {
-        let rule = match cached(pc, gen) {
+        // Code in no loaded object (registered at run time, as JIT compilers do): libgcc's.
+        let Some(o) = find_object(find, pc - 1) else {
+            return false;
+        };
+        let rule = match cached(pc, o.id) {
             Some(r) => r,
             None => {
-                let r = work_out(pc)?;
-                keep(pc, gen, r);
+                let Some(r) = work_out(pc, &o) else {
+                    return false;
+                };
+                keep(pc, o.id, r);
                 r
             }
         };
@@ -414,16 +409,16 @@ pub fn capture() -> Option<Frames> {
                 ra_off,
                 rbp,
             } => (cfa_rbp, cfa_off, ra_off, rbp),
-            Rule::End => return Some(f),
-            Rule::Other => return None,
+            Rule::End => return true,
+            Rule::Other => return false,
         };
         if cfa_rbp && !fp_known {
-            return None;
+            return false;
         }
         let cfa = if cfa_rbp { fp } else { sp }.wrapping_add(cfa_off as isize as usize);
         if cfa <= sp {
             // PT7: a CFA at or below the stack pointer is no frame of this stack.
-            return Some(f);
+            return true;
         }
         // SAFETY: the frame's unwind table says its return address is saved there, in the
         // frame between `sp` and its CFA (PT7).
@@ -439,12 +434,12 @@ pub fn capture() -> Option<Frames> {
         }
         sp = cfa;
         if ra == 0 {
-            return Some(f);
+            return true;
         }
         f.ips[f.len] = ra;
         f.len += 1;
         if f.len == MAX_FRAMES {
-            return Some(f);
+            return true;
         }
         pc = ra;
     }
@@ -489,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_keeps_a_rule_under_its_unload_count_only() {
+    fn a_slot_keeps_a_rule_for_its_object_only() {
         let pc = 0x7000_1234_5678;
         let r = Rule::Frame {
             cfa_rbp: false,
@@ -499,7 +494,7 @@ mod tests {
         };
         keep(pc, 7, r);
         assert_eq!(cached(pc, 7), Some(r));
-        assert_eq!(cached(pc, 8), None, "an unload voids it");
+        assert_eq!(cached(pc, 8), None, "another object at the same address");
         assert_eq!(cached(pc + 1, 7), None);
     }
 }

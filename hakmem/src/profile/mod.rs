@@ -221,7 +221,8 @@ fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 
 fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
     if !s.busy.get() {
         s.busy.set(true);
-        let frames = unwind::capture();
+        let mut frames = unwind::Frames::empty();
+        unwind::capture(&mut frames);
         let mean = MEAN.load(Relaxed) as f64;
         let prob = 1.0 - (-(counted as f64) / mean).exp();
         let (objects, bytes) = (1.0 / prob, size as f64 / prob);
@@ -249,6 +250,8 @@ pub fn start(sample_bytes: u64) -> bool {
         STARTING.store(false, Release);
         return false;
     }
+    #[cfg(target_arch = "x86_64")]
+    cfi::init();
     MEAN.store(
         if sample_bytes == 0 {
             DEFAULT_SAMPLE

@@ -60,25 +60,24 @@ impl Frames {
     }
 }
 
-/// The calling thread's stack, innermost first, without this function's own frame; at most
-/// [`MAX_FRAMES`] frames.
+/// The calling thread's stack, innermost first, without this function's own frame (it is
+/// inlined into its caller), written into `f`; at most [`MAX_FRAMES`] frames.
 #[inline(always)]
-pub fn capture() -> Frames {
+pub fn capture(f: &mut Frames) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(f) = super::cfi::capture() {
-        return f;
+    if super::cfi::capture(f) {
+        return;
     }
-    capture_libgcc()
+    capture_libgcc(f);
 }
 
 /// [`capture`] by libgcc's unwinder alone.
 #[inline(never)]
-pub fn capture_libgcc() -> Frames {
-    let mut f = Frames::empty();
+pub fn capture_libgcc(f: &mut Frames) {
+    f.len = 0;
     f.skip = 1;
     // SAFETY: `step` only writes into `f`, which outlives the call.
-    unsafe { _Unwind_Backtrace(step, (&raw mut f).cast()) };
-    f
+    unsafe { _Unwind_Backtrace(step, (f as *mut Frames).cast()) };
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -90,9 +89,11 @@ mod tests {
     /// calls, two addresses), the rest the same stack.
     #[inline(never)]
     fn both() -> (Frames, Option<Frames>) {
-        let a = black_box(capture_libgcc());
-        let b = black_box(super::super::cfi::capture());
-        (a, b)
+        super::super::cfi::init();
+        let (mut a, mut b) = (Frames::empty(), Frames::empty());
+        capture_libgcc(black_box(&mut a));
+        let stepped = super::super::cfi::capture(black_box(&mut b));
+        (a, stepped.then_some(b))
     }
 
     fn ips(f: &Frames) -> &[usize] {
