@@ -81,9 +81,9 @@
 //! on x86_64 each return address's rule is worked out once and kept in a fixed table (about
 //! 1 800 instructions a sample of 11 frames, `cfi.rs`, PT6), with libgcc's unwinder
 //! (`_Unwind_Backtrace`, about 20 000) for stacks with a frame the cached rules do not step,
-//! such as a signal frame. They are symbolised only when a profile is written or viewed, outside every
-//! allocator lock, with the thread's sampler guard set: the allocations that symbolisation
-//! makes are served but not sampled.
+//! such as a signal frame. They are symbolised only when a profile is written or viewed,
+//! outside every allocator lock, with the thread's sampler guard set: the allocations that
+//! symbolisation makes are served but not sampled.
 #[cfg(target_arch = "x86_64")]
 mod cfi;
 mod output;
