@@ -54,3 +54,22 @@ fn three_hundred_forks_of_a_four_thread_parent_allocating_in_every_tier() {
         );
     }
 }
+
+/// The same with heap profiling sampling every few KiB, so that the parent's threads capture
+/// stacks all the time, and so do the children: a capture that took a lock of the loader's at
+/// the fork (`dl_iterate_phdr`'s, which glibc's fork does not reset) would leave a child stuck
+/// in its first sample (profile PT6).
+#[test]
+fn forks_while_every_thread_samples_stacks() {
+    let h = h();
+    let mut cmd = h.preloaded(h.c_program("fork"));
+    cmd.arg("100")
+        .env("HAKMEM_PROF", "1")
+        .env("HAKMEM_PROF_SAMPLE", "4096")
+        .env("HAKMEM_PROF_FILE", "");
+    let out = run_for(&mut cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success() && out.stdout.contains("fork ok: 101 children"),
+        "{out:?}"
+    );
+}

@@ -319,6 +319,13 @@
 //!   it follows as a single walk does (superslab SS18), a slab left without a free block leaves
 //!   the ring (H3), and the held count grows by the blocks taken (stats S3). Otherwise a refill
 //!   takes its slabs one after another.
+//! - **H24 (the profiler's tally).** A heap keeps the profiler's tally of its current sample
+//!   interval ([`ProfTally`], reset by [`Heap::prof_start`]): the blocks its holder gained
+//!   less those it gave back ([`Heap::prof_fill`], H22), to which the facade adds the
+//!   allocations it counts itself and its slow events, and whether the profiler counts
+//!   every allocation one by one (`counting`: the holder is then empty, so each allocation
+//!   misses its fast path and the credit is the countdown, H19). The heap only keeps the
+//!   numbers; what they decide is the facade's (`hakmem/src/profile`).
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves
@@ -405,6 +412,7 @@ pub use hakmem_stats::{Event, Snapshot};
 pub use hakmem_superslab::{Corrupt, Env, LibcOs, Os, SlabMeta, Superslab};
 /// What a private heap holds (H17).
 pub use private::Usage;
+pub use prof::ProfTally;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -711,6 +719,8 @@ pub struct Heap {
     prof_started: bool,
     /// The classes whose holder lists may hold blocks (H19, H22).
     prof_listed: [u64; 2],
+    /// What the profiler tallies of this heap's current sample interval (H24).
+    prof_tally: prof::ProfTally,
 }
 
 impl Heap {
@@ -814,6 +824,7 @@ impl Heap {
         h.huge_run = 0;
         h.purge_due = u64::MAX;
         h.prof_started = false;
+        h.prof_tally = prof::ProfTally::NEW;
         h.adapt = adapt::Adapt::new();
         h.cache
             .set_caps(&CACHE_CAPS)

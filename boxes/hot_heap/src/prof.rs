@@ -11,6 +11,50 @@ use hakmem_tls_sll::MAX_CAP;
 /// 83.7 M at 16 and 88.6 M at 32, before exchanges took the whole credit.)
 const FILL_SHARE: i64 = 8;
 
+/// Where the holder lies in its mapping. Heaps and holders are mapped page-aligned, so without
+/// a skew a holder's list heads sit at the same offsets within a page as its heap's, and the
+/// next allocation's load of the holder's head after a free's store to the heap's (4 KiB
+/// apart, or a multiple) is held back as if it read the stored word (the store buffer matches
+/// on the low 12 address bits). Half a page and two lines apart, they never match.
+const HOLDER_SKEW: usize = 2048 + 128;
+const _: () = assert!(HOLDER_SKEW.is_multiple_of(core::mem::align_of::<Heap>()));
+
+/// What the profiler tallies of a heap's sample interval, to choose how the next one counts
+/// (H24): the facade's policy, kept with the heap as its credit is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfTally {
+    /// Every allocation is counted one by one (the holder stays empty), instead of the
+    /// holder serving them uncounted.
+    pub counting: bool,
+    /// Slow allocations the holder could not serve in its recent intervals (halved at each
+    /// interval's end).
+    pub events: u32,
+    /// Give-backs of the holder's lists for a credit that ran short, in the same intervals.
+    pub trims: u32,
+    /// Blocks the holder gained less those it gave back, and allocations counted, in the
+    /// same intervals: about their small allocations.
+    pub blocks: u64,
+    /// Intervals left to count one by one before the holder is tried again.
+    pub left: u32,
+    /// How many intervals the next switch to counting lasts.
+    pub period: u32,
+    /// Switches to counting since the profiler started on the heap.
+    pub switches: u32,
+}
+
+impl ProfTally {
+    /// A heap's tally when the profiler starts on it: the holder serves.
+    pub const NEW: ProfTally = ProfTally {
+        counting: false,
+        events: 0,
+        trims: 0,
+        blocks: 0,
+        left: 0,
+        period: 1,
+        switches: 0,
+    };
+}
+
 impl Heap {
     /// Starts the profiler's credit at `credit` bytes (H19) with an empty holder (H21),
     /// mapped at the first start on this heap. False when the holder could not be mapped: the
@@ -22,13 +66,14 @@ impl Heap {
         if self.prof_holder.is_null() {
             let ctx = self.ctx();
             let page = ctx.os.page_size();
-            let len = (core::mem::size_of::<Heap>() + page - 1) & !(page - 1);
+            let len = (core::mem::size_of::<Heap>() + HOLDER_SKEW + page - 1) & !(page - 1);
             let Some(m) = ctx.os.map(len, page, &ctx.stats) else {
                 return false;
             };
+            // SAFETY: within the mapping of `len` bytes, which holds a `Heap` past the skew.
+            let hold = unsafe { m.as_ptr().add(HOLDER_SKEW) }.cast::<Heap>();
             // Under the heap list's lock: a snapshot reads the pointer under it (H21).
-            ctx.heaps
-                .with(|_| self.prof_holder = m.cast::<Heap>().as_ptr());
+            ctx.heaps.with(|_| self.prof_holder = hold);
         }
         let check = self.ctx().check;
         let this: *mut Heap = self;
@@ -53,6 +98,7 @@ impl Heap {
             hold.prof_owner = this;
         });
         self.prof_listed = [0; 2];
+        self.prof_tally = ProfTally::NEW;
         true
     }
 
@@ -68,6 +114,12 @@ impl Heap {
     #[inline(always)]
     pub fn prof_holder(&self) -> Option<*mut Heap> {
         (self.prof_started && !self.prof_holder.is_null()).then_some(self.prof_holder)
+    }
+
+    /// The profiler's tally of this heap's sample interval (H24).
+    #[inline(always)]
+    pub fn prof_tally(&mut self) -> &mut ProfTally {
+        &mut self.prof_tally
     }
 
     /// The profiler's credit (H19): the countdown less the bytes on the holder's lists.
@@ -189,6 +241,7 @@ impl Heap {
             chain.len
         };
         self.prof_credit -= i64::from(gained) * b;
+        self.prof_tally.blocks += u64::from(gained);
         self.prof_listed[i / 64] |= 1 << (i % 64);
         gained
     }
@@ -235,6 +288,8 @@ impl Heap {
                         unsafe { self.sll.exchange(&mut (*hold).sll, i) };
                         let gone = u64::from(h - r) * class.size() as u64;
                         self.prof_credit += gone as i64;
+                        self.prof_tally.blocks =
+                            self.prof_tally.blocks.saturating_sub(u64::from(h - r));
                         moved += gone;
                         if r == 0 {
                             self.prof_listed[w] &= !(1 << (i % 64));
@@ -318,6 +373,7 @@ impl Heap {
         let gone = before - unsafe { (*hold).sll.len(i) };
         let bytes = u64::from(gone) * class.size() as u64;
         self.prof_credit += bytes as i64;
+        self.prof_tally.blocks = self.prof_tally.blocks.saturating_sub(u64::from(gone));
         bytes
     }
 

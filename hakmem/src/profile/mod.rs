@@ -45,6 +45,16 @@
 //! Small blocks are counted by their block size (what a pop takes off the lists); medium and
 //! large ones, and a thread's allocations without a heap of its own, by the size asked for.
 //!
+//! The holder pays where its fills are short: many size classes in use, blocks large next to
+//! the interval (each fill moves what an eighth of the credit covers, and the credit shrinks
+//! to 0 at each sample point). So each heap tallies its holder's slow allocations, its
+//! give-backs and the blocks it served (hot_heap H24), and at each sample point compares what
+//! they cost with what counting every allocation one by one would have cost (about 45
+//! instructions an allocation: the fast path's miss, the credit's check, a pop from the heap's
+//! own list). When counting is cheaper, the holder empties and the next intervals count every
+//! allocation, for 1, 2, 4, ... up to 64 intervals, after which the holder is tried again. Both
+//! ways count exactly, so the choice moves no sample.
+//!
 //! A sampled small block comes from the process's late heap (under its lock; samples are
 //! rare) instead of the thread's heap, so its free misses the owner's fast free in both lanes
 //! (no thread's owned cache or owner test matches the late heap) and reaches the full free,
@@ -67,9 +77,15 @@
 //! beside it with `.collapsed` appended; empty: none), `HAKMEM_PROF_SIGNAL` (1: `SIGUSR2` writes the files
 //! too, from a helper thread).
 //!
-//! Stacks are captured with libgcc's DWARF unwinder (`_Unwind_Backtrace`) and symbolised only when a
-//! profile is written or viewed, outside every allocator lock, with the thread's sampler
-//! guard set: the allocations that symbolisation makes are served but not sampled.
+//! Stacks are captured from the `.eh_frame` unwind tables (DWARF; no frame pointers needed):
+//! on x86_64 each return address's rule is worked out once and kept in a fixed table (about
+//! 1 800 instructions a sample of 11 frames, `cfi.rs`, PT6), with libgcc's unwinder
+//! (`_Unwind_Backtrace`, about 20 000) for stacks with a frame the cached rules do not step,
+//! such as a signal frame. They are symbolised only when a profile is written or viewed,
+//! outside every allocator lock, with the thread's sampler guard set: the allocations that
+//! symbolisation makes are served but not sampled.
+#[cfg(target_arch = "x86_64")]
+mod cfi;
 mod output;
 mod table;
 mod unwind;
@@ -205,7 +221,8 @@ fn sample_in(s: &Sampler, p: *mut u8, size: usize, counted: i64, c: i64) -> i64 
 fn record_in(s: &Sampler, p: *mut u8, size: usize, counted: i64) {
     if !s.busy.get() {
         s.busy.set(true);
-        let frames = unwind::capture();
+        let mut frames = unwind::Frames::empty();
+        unwind::capture(&mut frames);
         let mean = MEAN.load(Relaxed) as f64;
         let prob = 1.0 - (-(counted as f64) / mean).exp();
         let (objects, bytes) = (1.0 / prob, size as f64 / prob);
@@ -233,6 +250,8 @@ pub fn start(sample_bytes: u64) -> bool {
         STARTING.store(false, Release);
         return false;
     }
+    #[cfg(target_arch = "x86_64")]
+    cfi::init();
     MEAN.store(
         if sample_bytes == 0 {
             DEFAULT_SAMPLE
@@ -451,6 +470,58 @@ unsafe fn countdown(h: *mut HotHeap) -> i64 {
     unsafe { (*h).prof_credit() + (*h).prof_held_bytes() as i64 }
 }
 
+/// What the holder's slow paths cost, in allocations counted one by one (about 45
+/// instructions each, the fast path's miss included): a slow allocation the holder could not
+/// serve (its fill, or its count) about 200 instructions, and a give-back of the holder's
+/// lists when the credit ran short about 1 500 (callgrind, tiny-hot at a 16 KiB mean
+/// interval: 1.97 M slow allocations and 79 k give-backs for 505 M instructions, 40 M
+/// allocations; random-mixed at 512 KiB: 2.34 M and 194 k for 1 030 M, 12 M allocations).
+const EVENT_COST: u64 = 4;
+const TRIM_COST: u64 = 32;
+/// The fewest slow allocations (summed, halved at each interval's end) that decide a switch:
+/// a heap's first fills, or a short interval's, are no verdict on the holder.
+const MIN_EVENTS: u32 = 16;
+/// The most intervals a switch to counting lasts before the holder is tried again.
+const MAX_PERIOD: u32 = 64;
+
+/// The end of a sample interval of `h` (H24): the next interval counts every allocation
+/// when the holder's recent slow events cost more than counting their allocations would
+/// have, for twice as many intervals as the switch before (one after intervals the holder
+/// served well, at most `MAX_PERIOD`); after them, an interval by the holder again. The
+/// events and blocks are summed over the intervals the holder served, halved at each end, so
+/// a short interval (they are exponential: one in ten is under a tenth of the mean), whose
+/// few allocations follow a fill, weighs as little as it counts. Both ways count exactly,
+/// so the choice moves no sample: it only chooses the cheaper.
+///
+/// # Safety
+/// `h` is this thread's live heap, whose profiler runs.
+unsafe fn interval_end(h: *mut HotHeap) {
+    // SAFETY: the caller's contract.
+    let t = unsafe { (*h).prof_tally() };
+    if t.counting {
+        t.left -= 1;
+        t.counting = t.left > 0;
+        return;
+    }
+    if t.events >= MIN_EVENTS
+        && u64::from(t.events) * EVENT_COST + u64::from(t.trims) * TRIM_COST > t.blocks
+    {
+        t.counting = true;
+        t.switches += 1;
+        t.left = t.period;
+        t.period = (t.period * 2).min(MAX_PERIOD);
+    } else {
+        t.period = 1;
+    }
+    (t.events, t.trims, t.blocks) = (t.events / 2, t.trims / 2, t.blocks / 2);
+    if t.counting {
+        // The holder empties (its bytes go back into the credit, which is then the
+        // countdown), so that every allocation misses its fast path.
+        // SAFETY: as above.
+        unsafe { (*h).prof_give_back() };
+    }
+}
+
 /// Counts an allocation of `counted` bytes at `p` (not null), asked for as `size`, that the
 /// holder did not serve, of `h`, this thread's live heap: sampled when `sampled` holds the
 /// countdown before it (below `counted`), and recorded when `record`. The credit falls by `counted` and rises by a
@@ -482,11 +553,16 @@ unsafe fn settle(
     };
     // SAFETY: the caller's contract, here and below.
     unsafe { (*h).prof_add(up - counted) };
+    if sampled.is_some() {
+        // SAFETY: as above.
+        unsafe { interval_end(h) };
+    }
     // SAFETY: as above.
     let k = unsafe { (*h).prof_credit() };
     if k < 0 {
         // SAFETY: as above.
         unsafe {
+            (*h).prof_tally().trims += 1;
             let held = (*h).prof_held_bytes();
             (*h).prof_trim(k.unsigned_abs().max(held / 2));
             debug_assert!(
@@ -504,8 +580,29 @@ unsafe fn settle(
 ///
 /// # Safety
 /// `h` is this thread's live heap.
-#[inline(never)]
+#[inline(always)]
 pub(crate) unsafe fn alloc_small(
+    h: *mut HotHeap,
+    class: hakmem_route::SizeClass,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    // SAFETY: this thread's live heap (the caller's contract); a heap the profiler has not
+    // started on does not count (`ProfTally::NEW`).
+    if unsafe { (*h).prof_tally().counting } {
+        // SAFETY: as above.
+        return unsafe { alloc_counting(h, class, size, zero) };
+    }
+    // SAFETY: as above.
+    unsafe { alloc_small_held(h, class, size, zero) }
+}
+
+/// [`alloc_small`] while the holder serves (H21): a fill, else the allocation is counted.
+///
+/// # Safety
+/// As [`alloc_small`].
+#[inline(never)]
+unsafe fn alloc_small_held(
     h: *mut HotHeap,
     class: hakmem_route::SizeClass,
     size: usize,
@@ -513,6 +610,8 @@ pub(crate) unsafe fn alloc_small(
 ) -> *mut u8 {
     // SAFETY: this thread's live heap (the caller's contract), here and below.
     unsafe { ensure_started(h) };
+    // SAFETY: as above.
+    unsafe { (*h).prof_tally().events += 1 };
     // SAFETY: as above.
     let mut p = if unsafe { (*h).prof_fill(class) } > 0 {
         // SAFETY: as above: the fill set the holder up.
@@ -533,6 +632,41 @@ pub(crate) unsafe fn alloc_small(
     if zero {
         // SAFETY: a block of at least the class's size, handed out.
         unsafe { p.write_bytes(0, class.size()) };
+    }
+    p
+}
+
+/// [`alloc_small`] while the profiler counts every allocation of `h` (H24): the holder is
+/// empty, so the countdown is the credit; an allocation it covers comes from the heap's own
+/// lists, any other is the sampled one ([`alloc_counted`]).
+///
+/// # Safety
+/// As [`alloc_small`].
+#[inline(always)]
+unsafe fn alloc_counting(
+    h: *mut HotHeap,
+    class: hakmem_route::SizeClass,
+    size: usize,
+    zero: bool,
+) -> *mut u8 {
+    let b = class.size() as i64;
+    // SAFETY: this thread's live heap (the caller's contract), here and below.
+    if unsafe { (*h).prof_credit() } < b {
+        // SAFETY: as above.
+        return unsafe { alloc_counted(h, class, size, zero) };
+    }
+    // SAFETY: as above, on its own thread.
+    let mut p = unsafe { HotHeap::alloc_fast(h, class) };
+    if p.is_null() {
+        // SAFETY: as above.
+        p = unsafe { crate::heap_alloc(&mut *h, class, zero) };
+    } else if zero {
+        // SAFETY: a block of at least the class's size, handed out.
+        unsafe { p.write_bytes(0, class.size()) };
+    }
+    if !p.is_null() {
+        // SAFETY: as above.
+        unsafe { (*h).prof_add(-b) };
     }
     p
 }
@@ -579,7 +713,10 @@ unsafe fn alloc_counted(
     };
     if !p.is_null() {
         // SAFETY: as above.
-        unsafe { settle(h, p, size, b, sampled, record) };
+        unsafe {
+            (*h).prof_tally().blocks += 1;
+            settle(h, p, size, b, sampled, record);
+        }
     }
     p
 }
@@ -595,10 +732,24 @@ extern "C" fn fork_child() {
     // holds them. Another thread may have held the table's lock at the fork, mid-update: the
     // child, where that thread does not exist, takes the lock over and clears what that
     // update could have left half done (table PT4).
+    #[cfg(target_arch = "x86_64")]
+    cfi::after_fork_child();
     table::force_unlock();
     table::lock();
     table::clear_locked();
     table::unlock();
+}
+
+/// How many times the profiler switched this thread's heap to counting every allocation
+/// (H24), since it started on it (for tests of the switch).
+#[doc(hidden)]
+pub fn thread_switches() -> u32 {
+    let h = crate::tls::get();
+    if h as usize <= crate::tls::DEAD as usize {
+        return 0;
+    }
+    // SAFETY: this thread's live heap, read on its own thread.
+    unsafe { (*h).prof_tally().switches }
 }
 
 /// Whether this thread's sampler guard is set (for tests of the re-entry guard).

@@ -7,13 +7,16 @@
 //!   nothing allocates, frees or captures a stack while holding it.
 //! - **PT2 (filter).** Two levels of counters, read without the lock: `SLAB_FILTER[s(a)]`
 //!   counts the live samples whose address lies in a 64 KiB granule (a small block's slab)
-//!   numbered `s(a)` modulo the table's length, and `filter[h(a)]` those whose address hashes
-//!   to `h(a)`. Both are raised under the lock before the sampled block reaches its user, and
-//!   lowered under the lock when the sample goes, so a free of a sampled block (which happens
+//!   numbered `s(a)` modulo the table's length, and `filter[h(a)]` those whose address's
+//!   16-byte granule is numbered `h(a)` modulo the filter's length (4 MiB of addresses before
+//!   two share a counter; neighbouring blocks never do, and the counters a program's samples
+//!   touch lie on the pages its heap's addresses map to, not on one page per sample as a hash
+//!   would spread them). Both are raised under the lock before the sampled block reaches its
+//!   user, and lowered under the lock when the sample goes, so a free of a sampled block (which happens
 //!   after the user got it) always reads non-zero counts: a zero at either level means "not
 //!   sampled" without the lock. The first level costs a shift, a mask and a load (the granule
 //!   is the slab number the free paths compute anyway), and is zero for every slab but the
-//!   few that hold a live sample, so most frees skip the hash.
+//!   few that hold a live sample, so most frees skip the second level.
 //! - **PT3 (stacks).** A stack, once stored, keeps its id and frames for the process's life
 //!   (a fork's child keeps them and zeroes their counters); its live counters are the sums of
 //!   the weights of its live samples.
@@ -202,9 +205,10 @@ fn mix(a: u64) -> u64 {
     x ^ (x >> 29)
 }
 
+/// `h(a)` (PT2): by address, so that the pages touched follow the heap's.
 #[inline(always)]
 fn filter_slot(addr: usize) -> usize {
-    (mix(addr as u64 >> 4) >> 20) as usize & (FILTER - 1)
+    (addr >> 4) & (FILTER - 1)
 }
 
 /// The home slot of `addr` in an address table of `mask + 1` slots.
