@@ -297,6 +297,29 @@ pub mod raw {
         unsafe { alloc_impl(size, 16, false, NO_CODE) }
     }
 
+    /// [`malloc`] for a size that [`malloc_fast`] just answered with null: the same result,
+    /// without trying the thread's list again for a tiny size (its miss, then the slow paths).
+    ///
+    /// ```
+    /// let n = 24;
+    /// let mut p = hakmem::raw::malloc_fast(n);
+    /// if p.is_null() {
+    ///     p = hakmem::raw::malloc_after_fast(n);
+    /// }
+    /// assert!(!p.is_null());
+    /// // SAFETY: `p` is a live block of hakmem's, given up once.
+    /// unsafe { hakmem::raw::free(p) };
+    /// ```
+    #[inline]
+    pub fn malloc_after_fast(size: usize) -> *mut u8 {
+        if size <= hakmem_route::MAX_TINY {
+            if let Route::Small(class) = route(size, 16) {
+                return alloc_small_miss(size, class, false, NO_CODE);
+            }
+        }
+        malloc(size)
+    }
+
     /// `malloc`'s fast path alone: a block from this thread's list for a tiny size, or null
     /// when that cannot serve it (the list is empty, the size is not tiny, the thread has no
     /// heap yet). Null is not a failure: the caller then calls [`malloc`], which decides.
