@@ -297,6 +297,29 @@ pub mod raw {
         unsafe { alloc_impl(size, 16, false, NO_CODE) }
     }
 
+    /// [`malloc`] for a size that [`malloc_fast`] just answered with null: the same result,
+    /// without trying the thread's list again for a tiny size (its miss, then the slow paths).
+    ///
+    /// ```
+    /// let n = 24;
+    /// let mut p = hakmem::raw::malloc_fast(n);
+    /// if p.is_null() {
+    ///     p = hakmem::raw::malloc_after_fast(n);
+    /// }
+    /// assert!(!p.is_null());
+    /// // SAFETY: `p` is a live block of hakmem's, given up once.
+    /// unsafe { hakmem::raw::free(p) };
+    /// ```
+    #[inline]
+    pub fn malloc_after_fast(size: usize) -> *mut u8 {
+        if size <= hakmem_route::MAX_TINY {
+            if let Route::Small(class) = route(size, 16) {
+                return alloc_small_miss(size, class, false, NO_CODE);
+            }
+        }
+        malloc(size)
+    }
+
     /// `malloc`'s fast path alone: a block from this thread's list for a tiny size, or null
     /// when that cannot serve it (the list is empty, the size is not tiny, the thread has no
     /// heap yet). Null is not a failure: the caller then calls [`malloc`], which decides.
@@ -456,16 +479,38 @@ fn alloc_large_profiled(
 /// [`alloc_small_slow`]. Out of line, so that the fast path stays small where it is inlined.
 #[inline(never)]
 fn alloc_small_miss(size: usize, class: SizeClass, zero: bool, code: &Option<Settings>) -> *mut u8 {
+    if profile::active() {
+        return alloc_small_miss_profiled(size, class, zero, code);
+    }
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // While heap profiling runs, the profiler's credit decides (the `profile` module
-        // docs).
-        if profile::active() {
-            // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
-            return unsafe { profile::alloc_small(h, class, size, zero) };
-        }
         // SAFETY: this thread's live heap, used on its own thread.
         return unsafe { heap_alloc(&mut *h, class, zero) };
+    }
+    alloc_small_slow(size, class, zero, code)
+}
+
+/// [`alloc_small_miss`] while heap profiling runs: the profiler decides (the `profile` module
+/// docs).
+#[inline(always)]
+fn alloc_small_miss_profiled(
+    size: usize,
+    class: SizeClass,
+    zero: bool,
+    code: &Option<Settings>,
+) -> *mut u8 {
+    // Counting every allocation (hot_heap H24), each one comes here: the free slot as it is
+    // (the heap, or an empty heap, which never counts), without the sentinels' tests.
+    let h = tls::raw_free();
+    // SAFETY: this thread's heap or an empty heap, on its own thread.
+    if unsafe { HotHeap::prof_counting(h) } {
+        // SAFETY: a counting heap is a live heap (never an empty one), this thread's.
+        return unsafe { profile::alloc_counting(h, class, size, zero) };
+    }
+    let h = heap_ptr();
+    if h as usize > DEAD as usize {
+        // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
+        return unsafe { profile::alloc_small(h, class, size, zero) };
     }
     alloc_small_slow(size, class, zero, code)
 }

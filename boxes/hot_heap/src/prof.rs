@@ -122,6 +122,17 @@ impl Heap {
         &mut self.prof_tally
     }
 
+    /// Whether the profiler counts every allocation of the heap at `this` (H24): false for an
+    /// empty heap, which is only read (H9).
+    ///
+    /// # Safety
+    /// `this` is a heap of the calling thread or an empty heap.
+    #[inline(always)]
+    pub unsafe fn prof_counting(this: *const Heap) -> bool {
+        // SAFETY: the caller's contract: a read of a heap no other thread writes.
+        unsafe { (*this).prof_tally.counting }
+    }
+
     /// The profiler's credit (H19): the countdown less the bytes on the holder's lists.
     #[inline(always)]
     pub fn prof_credit(&self) -> i64 {

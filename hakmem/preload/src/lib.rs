@@ -100,7 +100,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[cold]
 #[inline(never)]
 unsafe fn malloc_full(size: usize) -> *mut c_void {
-    or_enomem(raw::malloc(size))
+    or_enomem(raw::malloc_after_fast(size))
 }
 
 /// Frees a block from any of these functions; `free(NULL)` does nothing. A pointer that is not

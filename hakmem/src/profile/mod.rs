@@ -643,7 +643,7 @@ unsafe fn alloc_small_held(
 /// # Safety
 /// As [`alloc_small`].
 #[inline(always)]
-unsafe fn alloc_counting(
+pub(crate) unsafe fn alloc_counting(
     h: *mut HotHeap,
     class: hakmem_route::SizeClass,
     size: usize,
