@@ -40,6 +40,8 @@ pub struct ProfTally {
     pub period: u32,
     /// Switches to counting since the profiler started on the heap.
     pub switches: u32,
+    /// Sample intervals ended since the profiler started on the heap (at most `u32::MAX`).
+    pub intervals: u32,
 }
 
 impl ProfTally {
@@ -52,6 +54,7 @@ impl ProfTally {
         left: 0,
         period: 1,
         switches: 0,
+        intervals: 0,
     };
 }
 

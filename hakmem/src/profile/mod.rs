@@ -481,10 +481,13 @@ const TRIM_COST: u64 = 32;
 /// The fewest slow allocations (summed, halved at each interval's end) that decide a switch:
 /// a heap's first fills, or a short interval's, are no verdict on the holder.
 const MIN_EVENTS: u32 = 16;
+/// The sample intervals at a heap's start that decide nothing (H24).
+const WARM_INTERVALS: u32 = 2;
 /// The most intervals a switch to counting lasts before the holder is tried again.
 const MAX_PERIOD: u32 = 64;
 
-/// The end of a sample interval of `h` (H24): the next interval counts every allocation
+/// The end of a sample interval of `h` (H24), past the heap's first `WARM_INTERVALS` (whose
+/// fills are short while its lists' bounds grow): the next interval counts every allocation
 /// when the holder's recent slow events cost more than counting their allocations would
 /// have, for twice as many intervals as the switch before (one after intervals the holder
 /// served well, at most `MAX_PERIOD`); after them, an interval by the holder again. The
@@ -498,6 +501,13 @@ const MAX_PERIOD: u32 = 64;
 unsafe fn interval_end(h: *mut HotHeap) {
     // SAFETY: the caller's contract.
     let t = unsafe { (*h).prof_tally() };
+    t.intervals = t.intervals.saturating_add(1);
+    if t.intervals <= WARM_INTERVALS {
+        // The heap's first fills are short (its lists' bounds start small and grow with use,
+        // hot_heap H11): no verdict on the holder yet.
+        (t.events, t.trims, t.blocks) = (0, 0, 0);
+        return;
+    }
     if t.counting {
         t.left -= 1;
         t.counting = t.left > 0;
