@@ -174,6 +174,9 @@ fn keep(pc: usize, obj: u64, rule: Rule) {
     {
         return;
     }
+    // The odd sequence before the words (a reader that sees a new word then sees it odd, or
+    // later, in its second load: its Acquire fence synchronizes with this one).
+    fence(Release);
     s.pc.store(pc as u64, Relaxed);
     s.obj.store(obj, Relaxed);
     s.rule.store(rule.pack(), Relaxed);
