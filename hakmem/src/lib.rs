@@ -509,8 +509,9 @@ fn alloc_small_miss_profiled(
     }
     let h = heap_ptr();
     if h as usize > DEAD as usize {
-        // SAFETY: this thread's live heap, used on its own thread; one block of `class`.
-        return unsafe { profile::alloc_small(h, class, size, zero) };
+        // SAFETY: this thread's live heap, used on its own thread, which does not count (the
+        // test above); one block of `class`.
+        return unsafe { profile::alloc_small_held(h, class, size, zero) };
     }
     alloc_small_slow(size, class, zero, code)
 }

@@ -216,20 +216,12 @@ fn site_many_classes(bytes: usize) -> usize {
     asked
 }
 
-fn alloc_bytes_at(p: &hakmem::profile::Profile, site: &str) -> u64 {
-    p.sites
-        .iter()
-        .filter(|s| s.frames.iter().any(|f| f.function.ends_with(site)))
-        .map(|s| s.alloc_bytes)
-        .sum()
-}
-
 /// The bytes allocated since the start are estimated within 5% (at a 16 KiB mean interval,
 /// about 8 000 samples a site: four standard errors) both when the holder serves a thread's
 /// allocations (16-byte blocks in a ring of 8, where a fill serves about 20 allocations once
-/// the thread's lists have grown) and
-/// when the profiler counts them one by one (sizes over 60 classes at random, where the
-/// holder's fills and give-backs would cost more, hot_heap H24): the switch moves no sample.
+/// the thread's lists have grown) and when the profiler counts them one by one (sizes over 60
+/// classes at random, where the holder's fills and give-backs would cost more, hot_heap H24):
+/// the switch moves no sample.
 #[test]
 fn allocated_bytes_are_estimated_whichever_way_allocations_are_counted() {
     if alone(
@@ -247,7 +239,7 @@ fn allocated_bytes_are_estimated_whichever_way_allocations_are_counted() {
         let many = site_many_classes(BYTES);
         let p = hakmem::profile::snapshot();
         for (site, truth) in [("site_one_class", one), ("site_many_classes", many)] {
-            let est = alloc_bytes_at(&p, site) as f64;
+            let est = sum_at(&p, site, |s| s.alloc_bytes) as f64;
             let err = (est - truth as f64).abs() / truth as f64;
             assert!(err < 0.05, "{site}: {est} estimated, {truth} allocated");
         }
@@ -455,12 +447,21 @@ fn site_thread(keep: &mut Vec<Vec<u8>>, n: usize) {
     }
 }
 
-fn live_at(p: &hakmem::profile::Profile, site: &str) -> u64 {
+/// `of` summed over the sites whose stacks name `site`.
+fn sum_at(
+    p: &hakmem::profile::Profile,
+    site: &str,
+    of: impl Fn(&hakmem::profile::Site) -> u64,
+) -> u64 {
     p.sites
         .iter()
         .filter(|s| s.frames.iter().any(|f| f.function.ends_with(site)))
-        .map(|s| s.live_bytes)
+        .map(of)
         .sum()
+}
+
+fn live_at(p: &hakmem::profile::Profile, site: &str) -> u64 {
+    sum_at(p, site, |s| s.live_bytes)
 }
 
 /// Blocks of 4 MiB are sampled with a chance of 1 - e^-8 each, so these counts are near

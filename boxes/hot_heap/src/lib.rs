@@ -323,10 +323,12 @@
 //!   interval ([`ProfTally`], reset by [`Heap::prof_start`]): the blocks its holder gained
 //!   less those it gave back ([`Heap::prof_fill`], H22), to which the facade adds the
 //!   allocations it counts itself and its slow events, and whether the profiler counts
-//!   every allocation one by one (`counting`: the holder is then empty, so each allocation
-//!   misses its fast path and the credit is the countdown, H19), and how many intervals
-//!   ended. The heap only keeps the numbers; what they decide is the facade's
-//!   (`hakmem/src/profile`).
+//!   every allocation one by one (`counting`: the facade gives the holder back first, so
+//!   each allocation misses its fast path and the credit is the countdown, H19), and how many
+//!   intervals ended. The heap only keeps the numbers; what they decide is the facade's
+//!   (`hakmem/src/profile`). They touch no block: a tally set wrongly costs time (fills or
+//!   counts that were not needed), never a block, and every fill still stays within the
+//!   credit (H19), so no pop passes the sample point whatever the tally says.
 //! - **HG1 (huge pages for heaps that fill their memory).** A heap about to take a superslab
 //!   from the lru or the OS (every superslab it owns is full then, H7) asks for it to be
 //!   advised for huge pages (superslab SS20: before its first touch, so that one fault serves

@@ -612,7 +612,7 @@ pub(crate) unsafe fn alloc_small(
 /// # Safety
 /// As [`alloc_small`].
 #[inline(never)]
-unsafe fn alloc_small_held(
+pub(crate) unsafe fn alloc_small_held(
     h: *mut HotHeap,
     class: hakmem_route::SizeClass,
     size: usize,
